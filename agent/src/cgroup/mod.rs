@@ -1,0 +1,458 @@
+//! Control groups: the memory limit of every container, its usage and peak, and a reliable
+//! record of OOM kills, on cgroup v1 and v2 behind one small interface.
+//!
+//! hutch owns one delegated subtree and never touches a cgroup outside it: by default the
+//! cgroup the agent was started in (what a systemd unit with `Delegate=yes` gets), or an
+//! explicit root. Inside it:
+//!
+//! ```text
+//! ROOT/                       delegated to hutch
+//!   hutch-agent/              the agent itself (cgroup v2 only: inner nodes hold no processes)
+//!   hutch-INSTANCE/           one per agent instance (node name)
+//!     supervisors/            every supervisor: never charged to a container
+//!     ctr-ID/                 one per container, carrying its memory limit
+//! ```
+//!
+//! Which version is used is detected once: a pure v2 host mounts `cgroup2` at
+//! `/sys/fs/cgroup`; otherwise the v1 hierarchy carrying the memory controller is used (a
+//! hybrid host such as this project's CI mounts memory on v1 and an empty v2 beside it).
+//! The differences (file names, how OOM kills are counted, how a cgroup is emptied, what v2
+//! needs before children can have limits) live in [`v1`] and [`v2`].
+
+pub mod v1;
+pub mod v2;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cgroups_rs::memory::MemController;
+use cgroups_rs::{Cgroup, CgroupPid};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Which cgroup version carries the memory controller here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    /// Legacy per-controller hierarchies; memory at e.g. `/sys/fs/cgroup/memory`.
+    V1,
+    /// The unified hierarchy at `/sys/fs/cgroup`.
+    V2,
+}
+
+impl std::fmt::Display for CgroupVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+        })
+    }
+}
+
+/// Why a cgroup operation failed.
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    /// No usable memory controller.
+    #[error("no memory cgroup controller found: {0}")]
+    NoMemoryController(String),
+    /// The delegated root is not usable.
+    #[error("cgroup root {path}: {message}")]
+    Root {
+        /// The root.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading or writing a cgroup file failed.
+    #[error("cgroup {path}: {message}")]
+    Io {
+        /// The cgroup file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The host cannot limit swap.
+    #[error("a swap limit was requested but this host has no swap accounting ({0} is missing); drop memory_swap_limit_bytes or enable swapaccount")]
+    SwapUnsupported(PathBuf),
+    /// Processes remain in a cgroup that should be empty.
+    #[error("cgroup {0} still has processes after they were killed")]
+    Busy(PathBuf),
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> CgroupError {
+    CgroupError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Where a cgroup lives: enough for any process (agent or supervisor) to open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupPath {
+    /// Version of the hierarchy.
+    pub version: CgroupVersion,
+    /// Mount point of the hierarchy (e.g. `/sys/fs/cgroup/memory`).
+    pub mount: PathBuf,
+    /// Path relative to the mount point, without a leading `/`.
+    pub relative: PathBuf,
+}
+
+impl CgroupPath {
+    /// The cgroup's directory.
+    pub fn dir(&self) -> PathBuf {
+        self.mount.join(&self.relative)
+    }
+
+    /// A child of this cgroup.
+    pub fn child(&self, name: &str) -> CgroupPath {
+        CgroupPath {
+            relative: self.relative.join(name),
+            ..self.clone()
+        }
+    }
+
+    /// Moves process `pid` (all its threads) into this cgroup.
+    pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
+        let file = self.dir().join("cgroup.procs");
+        std::fs::write(&file, pid.to_string()).map_err(|e| io_err(&file, e))
+    }
+
+    /// Pids of the processes in this cgroup.
+    pub fn procs(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.dir().join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Memory figures of one container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    /// The limit in force, as the kernel rounded it; `None` when unlimited.
+    pub limit_bytes: Option<u64>,
+    /// Current usage.
+    pub usage_bytes: u64,
+    /// Highest usage seen, where the kernel records it.
+    pub peak_bytes: Option<u64>,
+    /// Processes the OOM killer killed in this cgroup.
+    pub oom_kills: u64,
+}
+
+/// Limits applied when a container's cgroup is created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Memory + swap limit in bytes.
+    pub memory_and_swap_bytes: Option<u64>,
+}
+
+/// The version-specific part of the interface.
+pub(crate) trait Driver {
+    /// Readies the delegated root so that its children can carry memory limits.
+    fn prepare_root(&self, root: &CgroupPath) -> Result<(), CgroupError>;
+    /// Lets the children of `dir` (a cgroup hutch created) carry memory limits.
+    fn delegate_memory(&self, cgroup: &CgroupPath) -> Result<(), CgroupError>;
+    /// Sets the memory + swap limit; `memory` is already in force.
+    fn set_swap_limit(&self, mem: &MemController, cgroup: &CgroupPath, memory: u64, total: u64) -> Result<(), CgroupError>;
+    /// Processes killed by the OOM killer in this cgroup so far.
+    fn oom_kills(&self, cgroup: &CgroupPath) -> u64;
+    /// The highest usage recorded, where the kernel keeps one.
+    fn peak(&self, mem: &MemController, cgroup: &CgroupPath) -> Option<u64>;
+    /// Kills every process in the cgroup.
+    fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError>;
+}
+
+fn driver(version: CgroupVersion) -> &'static dyn Driver {
+    match version {
+        CgroupVersion::V1 => &v1::V1,
+        CgroupVersion::V2 => &v2::V2,
+    }
+}
+
+/// Finds the memory hierarchy and this process's cgroup in it.
+pub fn detect_own_cgroup() -> Result<CgroupPath, CgroupError> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| CgroupError::NoMemoryController(format!("cannot read /proc/self/cgroup: {e}")))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| CgroupError::NoMemoryController(format!("cannot read /proc/self/mountinfo: {e}")))?;
+    detect_from(&own, &mountinfo)
+}
+
+/// Pure part of [`detect_own_cgroup`]: reads `/proc/self/cgroup` and `mountinfo` texts.
+pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, CgroupError> {
+    let mut v2_mount = None;
+    let mut v1_memory_mount = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split(' ').nth(4).unwrap_or("");
+        let mut right = right.split(' ');
+        let fstype = right.next().unwrap_or("");
+        let super_opts = right.nth(1).unwrap_or("");
+        if fstype == "cgroup2" && v2_mount.is_none() {
+            v2_mount = Some(PathBuf::from(mount_point));
+        }
+        if fstype == "cgroup" && super_opts.split(',').any(|o| o == "memory") {
+            v1_memory_mount = Some(PathBuf::from(mount_point));
+        }
+    }
+    let relative_of = |pred: &dyn Fn(&str, &str) -> bool| {
+        own_cgroup.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            pred(controllers, path).then(|| PathBuf::from(path.trim_start_matches('/')))
+        })
+    };
+    match (v1_memory_mount, v2_mount) {
+        (Some(mount), _) => {
+            let relative = relative_of(&|c, _| c.split(',').any(|c| c == "memory"))
+                .ok_or_else(|| CgroupError::NoMemoryController("memory hierarchy is mounted but /proc/self/cgroup has no memory line".into()))?;
+            Ok(CgroupPath {
+                version: CgroupVersion::V1,
+                mount,
+                relative,
+            })
+        }
+        (None, Some(mount)) => {
+            let relative = relative_of(&|c, _| c.is_empty())
+                .ok_or_else(|| CgroupError::NoMemoryController("cgroup2 is mounted but /proc/self/cgroup has no '0::' line".into()))?;
+            Ok(CgroupPath {
+                version: CgroupVersion::V2,
+                mount,
+                relative,
+            })
+        }
+        (None, None) => Err(CgroupError::NoMemoryController(
+            "neither a cgroup v1 memory hierarchy nor cgroup2 is mounted".into(),
+        )),
+    }
+}
+
+/// hutch's subtree for one agent instance.
+#[derive(Debug, Clone)]
+pub struct CgroupManager {
+    root: CgroupPath,
+    instance: CgroupPath,
+}
+
+/// A container's cgroup.
+#[derive(Debug, Clone)]
+pub struct ContainerCgroup {
+    path: CgroupPath,
+}
+
+impl CgroupManager {
+    /// Prepares `ROOT/hutch-INSTANCE/supervisors` below `root` (or below this process's own
+    /// cgroup when `root` is `None`).
+    pub fn init(root: Option<CgroupPath>, instance: &str) -> Result<Self, CgroupError> {
+        let root = match root {
+            Some(r) => r,
+            None => detect_own_cgroup()?,
+        };
+        if !root.dir().is_dir() {
+            return Err(CgroupError::Root {
+                path: root.dir(),
+                message: "does not exist".into(),
+            });
+        }
+        let d = driver(root.version);
+        d.prepare_root(&root)?;
+        let instance = root.child(&format!("hutch-{instance}"));
+        mkdir(&instance.dir())?;
+        d.delegate_memory(&instance)?;
+        mkdir(&instance.child("supervisors").dir())?;
+        Ok(CgroupManager { root, instance })
+    }
+
+    /// The cgroup version in use.
+    pub fn version(&self) -> CgroupVersion {
+        self.root.version
+    }
+
+    /// The delegated root.
+    pub fn root(&self) -> &CgroupPath {
+        &self.root
+    }
+
+    /// This instance's subtree.
+    pub fn instance(&self) -> &CgroupPath {
+        &self.instance
+    }
+
+    /// The leaf every supervisor joins.
+    pub fn supervisors(&self) -> CgroupPath {
+        self.instance.child("supervisors")
+    }
+
+    /// The cgroup container `id` has or will have.
+    pub fn container_path(&self, id: &str) -> CgroupPath {
+        self.instance.child(&format!("ctr-{id}"))
+    }
+
+    /// Creates container `id`'s cgroup with `limits`, before any of its processes exists.
+    /// A failure leaves no cgroup behind.
+    pub fn create_container(&self, id: &str, limits: MemoryLimits) -> Result<ContainerCgroup, CgroupError> {
+        let path = self.container_path(id);
+        let dir = path.dir();
+        std::fs::create_dir(&dir).map_err(|e| io_err(&dir, e))?;
+        let cg = ContainerCgroup { path };
+        if let Err(e) = cg.apply(limits) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// Removes the supervisors leaf and the instance directory when nothing is left in them.
+    pub fn remove_if_idle(&self) {
+        let _ = std::fs::remove_dir(self.supervisors().dir());
+        let _ = std::fs::remove_dir(self.instance.dir());
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(dir, e)),
+    }
+}
+
+impl ContainerCgroup {
+    /// Opens an existing container cgroup.
+    pub fn open(path: CgroupPath) -> Self {
+        ContainerCgroup { path }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &CgroupPath {
+        &self.path
+    }
+
+    fn controller(&self) -> Cgroup {
+        let hier: Box<dyn cgroups_rs::Hierarchy> = match self.path.version {
+            CgroupVersion::V1 => Box::new(cgroups_rs::hierarchies::V1::new()),
+            CgroupVersion::V2 => Box::new(cgroups_rs::hierarchies::V2::new()),
+        };
+        Cgroup::load_with_specified_controllers(
+            hier,
+            self.path.relative.to_string_lossy().as_ref(),
+            vec!["memory".to_string()],
+        )
+    }
+
+    fn with_memory<T>(&self, f: impl FnOnce(&MemController) -> T) -> Result<T, CgroupError> {
+        let cg = self.controller();
+        let mem: &MemController = cg
+            .controller_of()
+            .ok_or_else(|| io_err(&self.path.dir(), "memory controller not available in this cgroup"))?;
+        Ok(f(mem))
+    }
+
+    fn apply(&self, limits: MemoryLimits) -> Result<(), CgroupError> {
+        let Some(memory) = limits.memory_bytes else {
+            return Ok(());
+        };
+        let dir = self.path.dir();
+        let as_i64 = |v: u64| i64::try_from(v).map_err(|_| io_err(&dir, format!("limit {v} is too large")));
+        let memory_i64 = as_i64(memory)?;
+        self.with_memory(|m| m.set_limit(memory_i64))?
+            .map_err(|e| io_err(&dir, format!("setting memory limit {memory}: {e}")))?;
+        if let Some(total) = limits.memory_and_swap_bytes {
+            let d = driver(self.path.version);
+            self.with_memory(|m| d.set_swap_limit(m, &self.path, memory, total))??;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the container's cgroup.
+    pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
+        let cg = self.controller();
+        cg.add_task_by_tgid(CgroupPid::from(u64::from(pid)))
+            .map_err(|e| io_err(&self.path.dir(), format!("adding pid {pid}: {e}")))
+    }
+
+    /// Current memory figures.
+    pub fn memory(&self) -> MemoryStats {
+        let d = driver(self.path.version);
+        self.with_memory(|m| {
+            let stat = m.memory_stat();
+            let limit = u64::try_from(stat.limit_in_bytes).ok().filter(|l| *l > 0 && *l < i64::MAX as u64 / 2);
+            MemoryStats {
+                limit_bytes: limit,
+                usage_bytes: stat.usage_in_bytes,
+                peak_bytes: d.peak(m, &self.path),
+                oom_kills: d.oom_kills(&self.path),
+            }
+        })
+        .unwrap_or_default()
+    }
+
+    /// Kills every process in the cgroup and waits (up to a few seconds) until it is empty.
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        let d = driver(self.path.version);
+        for _ in 0..500 {
+            if self.path.procs().is_empty() {
+                return Ok(());
+            }
+            d.kill_all(&self.path)?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(CgroupError::Busy(self.path.dir()))
+    }
+
+    /// Removes the (empty) cgroup; already gone counts as removed.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let dir = self.path.dir();
+        for _ in 0..200 {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(io_err(&dir, e)),
+            }
+        }
+        Err(CgroupError::Busy(dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTINFO: &str = "\
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+35 30 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+36 30 0:32 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+";
+
+    #[test]
+    fn hybrid_uses_v1_memory() {
+        let own = "9:name=systemd:/\n4:memory:/process_api/abc\n0::/\n";
+        let p = detect_from(own, HYBRID_MOUNTINFO).expect("detect");
+        assert_eq!(p.version, CgroupVersion::V1);
+        assert_eq!(p.dir(), PathBuf::from("/sys/fs/cgroup/memory/process_api/abc"));
+    }
+
+    #[test]
+    fn pure_v2() {
+        let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let p = detect_from("0::/system.slice/hutch-agent.service\n", mi).expect("detect");
+        assert_eq!(p.version, CgroupVersion::V2);
+        assert_eq!(p.dir(), PathBuf::from("/sys/fs/cgroup/system.slice/hutch-agent.service"));
+        assert_eq!(
+            p.child("hutch-n1").child("ctr-c1").dir(),
+            PathBuf::from("/sys/fs/cgroup/system.slice/hutch-agent.service/hutch-n1/ctr-c1")
+        );
+    }
+
+    #[test]
+    fn nothing_mounted() {
+        assert!(detect_from("0::/\n", "1 0 8:1 / / rw - ext4 /dev/sda rw\n").is_err());
+    }
+}

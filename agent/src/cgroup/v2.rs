@@ -1,0 +1,86 @@
+//! cgroup v2 specifics. One unified tree where only leaves may hold processes once a
+//! controller is enabled for children ("no internal processes"): before the delegated root
+//! can hand the memory controller to hutch's cgroups, the agent moves itself into a leaf
+//! `hutch-agent`. OOM kills are counted in `memory.events` (`oom_kill N`), the peak in
+//! `memory.peak` (kernel 5.19+), swap in `memory.swap.max` (swap only, so the limit is
+//! total minus memory). `cgroup.kill` (5.14+) empties a cgroup in one write.
+
+use cgroups_rs::memory::MemController;
+
+use super::v1::read_keyed;
+use super::{io_err, CgroupError, CgroupPath, Driver};
+
+/// The v2 driver.
+pub struct V2;
+
+fn controllers(file: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .map(|t| t.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+impl Driver for V2 {
+    fn prepare_root(&self, root: &CgroupPath) -> Result<(), CgroupError> {
+        let dir = root.dir();
+        if !controllers(&dir.join("cgroup.controllers")).iter().any(|c| c == "memory") {
+            return Err(CgroupError::Root {
+                path: dir,
+                message: "the memory controller is not delegated to this cgroup (see its cgroup.controllers); run the agent in a unit with Delegate=yes or pass a delegated --cgroup-root".into(),
+            });
+        }
+        if controllers(&dir.join("cgroup.subtree_control")).iter().any(|c| c == "memory") {
+            return Ok(());
+        }
+        // Inner nodes cannot hold processes: move this process into a leaf of its own.
+        let me = std::process::id();
+        if root.procs().contains(&me) {
+            let leaf = root.child("hutch-agent");
+            super::mkdir(&leaf.dir())?;
+            leaf.add_process(me)?;
+        }
+        let others = root.procs();
+        if !others.is_empty() {
+            return Err(CgroupError::Root {
+                path: dir,
+                message: format!(
+                    "processes {others:?} (not hutch's) live in the delegated root, so it cannot delegate memory to children; start the agent in a cgroup of its own"
+                ),
+            });
+        }
+        self.delegate_memory(root)
+    }
+
+    fn delegate_memory(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {
+        let file = cgroup.dir().join("cgroup.subtree_control");
+        if controllers(&file).iter().any(|c| c == "memory") {
+            return Ok(());
+        }
+        std::fs::write(&file, "+memory").map_err(|e| io_err(&file, format!("enabling memory for children: {e}")))
+    }
+
+    fn set_swap_limit(&self, _mem: &MemController, cgroup: &CgroupPath, memory: u64, total: u64) -> Result<(), CgroupError> {
+        let file = cgroup.dir().join("memory.swap.max");
+        if !file.exists() {
+            return Err(CgroupError::SwapUnsupported(file));
+        }
+        std::fs::write(&file, total.saturating_sub(memory).to_string()).map_err(|e| io_err(&file, e))
+    }
+
+    fn oom_kills(&self, cgroup: &CgroupPath) -> u64 {
+        read_keyed(&cgroup.dir().join("memory.events"), "oom_kill")
+    }
+
+    fn peak(&self, _mem: &MemController, cgroup: &CgroupPath) -> Option<u64> {
+        std::fs::read_to_string(cgroup.dir().join("memory.peak"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {
+        let file = cgroup.dir().join("cgroup.kill");
+        if file.exists() {
+            return std::fs::write(&file, "1").map_err(|e| io_err(&file, e));
+        }
+        super::v1::V1.kill_all(cgroup)
+    }
+}

@@ -1,0 +1,508 @@
+//! The container spec: what to run, in which rootfs, with which namespaces and limits.
+//! Validation is pure (no I/O) so every rule is unit-tested without root; the runtime calls
+//! [`ContainerSpec::validate`] before it touches the host.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::names::{validate_name, NameError};
+
+/// Smallest memory limit hutch accepts. The kernel takes any value and rounds it to a page,
+/// but below this the container's own init cannot even be set up (mounts and `exec` are
+/// charged to the container), so the spec is refused instead of failing obscurely later.
+pub const MIN_MEMORY_LIMIT_BYTES: u64 = 256 * 1024;
+
+/// Default grace period between SIGTERM and SIGKILL on stop.
+pub const DEFAULT_STOP_GRACE_SECONDS: u32 = 10;
+
+/// Longest accepted hostname (the kernel's `HOST_NAME_MAX`).
+pub const MAX_HOSTNAME_LEN: usize = 64;
+
+/// A Linux namespace a container can have of its own, as selected by `unshare`'s flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespace {
+    /// `unshare -p`: process ids; the command is PID 1.
+    Pid,
+    /// `unshare -i`: System V IPC and POSIX message queues.
+    Ipc,
+    /// `unshare -n`: network stack; only `lo` inside.
+    Net,
+    /// `unshare -u`: hostname and domain name.
+    Uts,
+    /// `unshare -m`: mount table; needed for `pivot_root`.
+    Mount,
+    /// `unshare -U`: user and group ids; root inside is unprivileged outside.
+    User,
+    /// `unshare -C`: cgroup root; the container sees its own cgroup as `/`.
+    Cgroup,
+}
+
+impl Namespace {
+    /// Every namespace kind, in the order reports list them.
+    pub const ALL: [Namespace; 7] = [
+        Namespace::Pid,
+        Namespace::Ipc,
+        Namespace::Net,
+        Namespace::Uts,
+        Namespace::Mount,
+        Namespace::User,
+        Namespace::Cgroup,
+    ];
+
+    /// The default set: pid, ipc, net, uts and mount, like `unshare -p -i -n -u -m -f`.
+    pub const DEFAULT: [Namespace; 5] = [
+        Namespace::Pid,
+        Namespace::Ipc,
+        Namespace::Net,
+        Namespace::Uts,
+        Namespace::Mount,
+    ];
+
+    /// The name of the namespace's file in `/proc/PID/ns/`.
+    pub fn proc_name(self) -> &'static str {
+        match self {
+            Namespace::Pid => "pid",
+            Namespace::Ipc => "ipc",
+            Namespace::Net => "net",
+            Namespace::Uts => "uts",
+            Namespace::Mount => "mnt",
+            Namespace::User => "user",
+            Namespace::Cgroup => "cgroup",
+        }
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Namespace::Pid => "pid",
+            Namespace::Ipc => "ipc",
+            Namespace::Net => "net",
+            Namespace::Uts => "uts",
+            Namespace::Mount => "mount",
+            Namespace::User => "user",
+            Namespace::Cgroup => "cgroup",
+        };
+        f.write_str(s)
+    }
+}
+
+impl FromStr for Namespace {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "pid" | "p" => Namespace::Pid,
+            "ipc" | "i" => Namespace::Ipc,
+            "net" | "network" | "n" => Namespace::Net,
+            "uts" | "u" => Namespace::Uts,
+            "mount" | "mnt" | "m" => Namespace::Mount,
+            "user" | "U" => Namespace::User,
+            "cgroup" | "C" => Namespace::Cgroup,
+            _ => return Err(SpecError::UnknownNamespace(s.to_string())),
+        })
+    }
+}
+
+/// One line of a uid or gid map: `count` ids from `inside` map to ids from `outside`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    /// First id inside the container.
+    pub inside: u32,
+    /// First id on the host.
+    pub outside: u32,
+    /// How many consecutive ids are mapped.
+    pub count: u32,
+}
+
+impl IdMap {
+    /// The default map: root inside is uid/gid 100000 outside, 65536 ids mapped.
+    pub const DEFAULT: IdMap = IdMap {
+        inside: 0,
+        outside: 100_000,
+        count: 65_536,
+    };
+}
+
+/// What to run and how to isolate it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// Name of a rootfs in the store.
+    pub rootfs: String,
+    /// argv; `command[0]` is looked up in the container's `PATH`.
+    pub command: Vec<String>,
+    /// Environment variables, in addition to a default `PATH` and `HOSTNAME`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container (absolute); `/` when empty.
+    #[serde(default)]
+    pub workdir: String,
+    /// Hostname; requires the uts namespace. Defaults to the container id when uts is private.
+    #[serde(default)]
+    pub hostname: String,
+    /// Namespaces of its own; the others are shared with the host.
+    #[serde(default = "default_namespaces")]
+    pub namespaces: Vec<Namespace>,
+    /// uid map when the user namespace is private; empty means [`IdMap::DEFAULT`].
+    #[serde(default)]
+    pub uid_map: Vec<IdMap>,
+    /// gid map when the user namespace is private; empty means [`IdMap::DEFAULT`].
+    #[serde(default)]
+    pub gid_map: Vec<IdMap>,
+    /// Memory limit in bytes; `None` means no limit.
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+    /// Memory + swap limit in bytes (v1 `memsw`, v2 `swap.max` + limit); needs swap accounting.
+    #[serde(default)]
+    pub memory_swap_limit_bytes: Option<u64>,
+    /// Mount the rootfs read-only instead of giving the container a writable overlay layer.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    /// Seconds between SIGTERM and SIGKILL on stop.
+    #[serde(default = "default_grace")]
+    pub stop_grace_seconds: u32,
+}
+
+fn default_namespaces() -> Vec<Namespace> {
+    Namespace::DEFAULT.to_vec()
+}
+
+fn default_grace() -> u32 {
+    DEFAULT_STOP_GRACE_SECONDS
+}
+
+/// Why a spec was refused. Each message says what to change.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SpecError {
+    /// The rootfs name is not a safe name.
+    #[error(transparent)]
+    BadRootfsName(#[from] NameError),
+    /// `command` is empty.
+    #[error("command is empty: give the program to run, e.g. [\"/bin/sh\", \"-c\", \"echo hi\"]")]
+    EmptyCommand,
+    /// An argument or environment entry contains a NUL byte.
+    #[error("{0} contains a NUL byte")]
+    NulByte(String),
+    /// A namespace name is not one of pid, ipc, net, uts, mount, user, cgroup.
+    #[error("unknown namespace '{0}': choose from pid, ipc, net, uts, mount, user, cgroup")]
+    UnknownNamespace(String),
+    /// A namespace is listed twice.
+    #[error("namespace '{0}' is listed twice")]
+    DuplicateNamespace(Namespace),
+    /// A combination of namespaces that cannot work.
+    #[error("{0}")]
+    NamespaceCombination(String),
+    /// The memory limit is 0 or too small to start anything.
+    #[error(
+        "memory limit of {given} bytes is below the minimum of {MIN_MEMORY_LIMIT_BYTES} bytes (256 KiB): the container could not even start"
+    )]
+    MemoryLimitTooSmall {
+        /// The requested limit.
+        given: u64,
+    },
+    /// Swap limit without or below the memory limit.
+    #[error("{0}")]
+    BadSwapLimit(String),
+    /// Hostname invalid.
+    #[error("hostname '{0}' is invalid: 1 to 64 characters of letters, digits, '-' and '.'")]
+    BadHostname(String),
+    /// Working directory not absolute or escaping.
+    #[error("workdir '{0}' must be an absolute path without '..'")]
+    BadWorkdir(String),
+    /// A uid/gid map is malformed.
+    #[error("{0}")]
+    BadIdMap(String),
+    /// An environment variable name is malformed.
+    #[error("environment variable name '{0}' is invalid: it must be non-empty and contain no '='")]
+    BadEnvName(String),
+}
+
+impl ContainerSpec {
+    /// A spec running `command` in `rootfs` with the default namespaces and no limits.
+    pub fn new(rootfs: impl Into<String>, command: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        ContainerSpec {
+            rootfs: rootfs.into(),
+            command: command.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+            workdir: String::new(),
+            hostname: String::new(),
+            namespaces: default_namespaces(),
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
+            memory_limit_bytes: None,
+            memory_swap_limit_bytes: None,
+            read_only_rootfs: false,
+            stop_grace_seconds: DEFAULT_STOP_GRACE_SECONDS,
+        }
+    }
+
+    /// Whether the container gets namespace `ns` of its own.
+    pub fn has(&self, ns: Namespace) -> bool {
+        self.namespaces.contains(&ns)
+    }
+
+    /// The uid map to write, defaults applied.
+    pub fn effective_uid_map(&self) -> Vec<IdMap> {
+        if self.uid_map.is_empty() {
+            vec![IdMap::DEFAULT]
+        } else {
+            self.uid_map.clone()
+        }
+    }
+
+    /// The gid map to write, defaults applied.
+    pub fn effective_gid_map(&self) -> Vec<IdMap> {
+        if self.gid_map.is_empty() {
+            vec![IdMap::DEFAULT]
+        } else {
+            self.gid_map.clone()
+        }
+    }
+
+    /// Checks every rule that does not need the host. Errors name the field and the fix.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name("rootfs name", &self.rootfs)?;
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return Err(SpecError::EmptyCommand);
+        }
+        if let Some(arg) = self.command.iter().find(|a| a.contains('\0')) {
+            return Err(SpecError::NulByte(format!("command argument {arg:?}")));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(SpecError::BadEnvName(k.clone()));
+            }
+            if k.contains('\0') || v.contains('\0') {
+                return Err(SpecError::NulByte(format!("environment variable {k}")));
+            }
+        }
+        let mut seen = Vec::new();
+        for ns in &self.namespaces {
+            if seen.contains(ns) {
+                return Err(SpecError::DuplicateNamespace(*ns));
+            }
+            seen.push(*ns);
+        }
+        if self.has(Namespace::User) && !self.has(Namespace::Mount) {
+            return Err(SpecError::NamespaceCombination(
+                "the user namespace needs the mount namespace too: an unprivileged root cannot mount /proc in the host's mount table; add 'mount'".into(),
+            ));
+        }
+        if !self.hostname.is_empty() {
+            if !self.has(Namespace::Uts) {
+                return Err(SpecError::NamespaceCombination(format!(
+                    "hostname '{}' needs the uts namespace: without it the host's own hostname would change; add 'uts'",
+                    self.hostname
+                )));
+            }
+            let ok = self.hostname.len() <= MAX_HOSTNAME_LEN
+                && self
+                    .hostname
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !ok {
+                return Err(SpecError::BadHostname(self.hostname.clone()));
+            }
+        }
+        if !self.workdir.is_empty()
+            && (!self.workdir.starts_with('/')
+                || self.workdir.split('/').any(|c| c == "..")
+                || self.workdir.contains('\0'))
+        {
+            return Err(SpecError::BadWorkdir(self.workdir.clone()));
+        }
+        if let Some(limit) = self.memory_limit_bytes {
+            if limit < MIN_MEMORY_LIMIT_BYTES {
+                return Err(SpecError::MemoryLimitTooSmall { given: limit });
+            }
+        }
+        if let Some(swap) = self.memory_swap_limit_bytes {
+            match self.memory_limit_bytes {
+                None => {
+                    return Err(SpecError::BadSwapLimit(
+                        "memory_swap_limit_bytes needs memory_limit_bytes too".into(),
+                    ))
+                }
+                Some(limit) if swap < limit => {
+                    return Err(SpecError::BadSwapLimit(format!(
+                        "memory_swap_limit_bytes ({swap}) is memory + swap and must be at least memory_limit_bytes ({limit})"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        if self.has(Namespace::User) {
+            validate_id_map("uid_map", &self.effective_uid_map())?;
+            validate_id_map("gid_map", &self.effective_gid_map())?;
+        } else if !self.uid_map.is_empty() || !self.gid_map.is_empty() {
+            return Err(SpecError::BadIdMap(
+                "uid_map/gid_map are set but the user namespace is not selected; add 'user'".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The kernel accepts at most this many lines in a uid or gid map.
+const MAX_ID_MAP_LINES: usize = 340;
+
+fn validate_id_map(field: &str, map: &[IdMap]) -> Result<(), SpecError> {
+    if map.len() > MAX_ID_MAP_LINES {
+        return Err(SpecError::BadIdMap(format!(
+            "{field} has {} lines; the kernel accepts at most {MAX_ID_MAP_LINES}",
+            map.len()
+        )));
+    }
+    let mut inside_ranges: Vec<(u64, u64)> = Vec::new();
+    for m in map {
+        if m.count == 0 {
+            return Err(SpecError::BadIdMap(format!("{field}: a line maps 0 ids")));
+        }
+        let inside_end = u64::from(m.inside) + u64::from(m.count);
+        let outside_end = u64::from(m.outside) + u64::from(m.count);
+        if inside_end > u64::from(u32::MAX) || outside_end > u64::from(u32::MAX) {
+            return Err(SpecError::BadIdMap(format!(
+                "{field}: {} ids from {}/{} run past the largest id",
+                m.count, m.inside, m.outside
+            )));
+        }
+        let range = (u64::from(m.inside), inside_end);
+        if inside_ranges.iter().any(|r| range.0 < r.1 && r.0 < range.1) {
+            return Err(SpecError::BadIdMap(format!("{field}: inside ranges overlap")));
+        }
+        inside_ranges.push(range);
+    }
+    Ok(())
+}
+
+/// Parses a comma-separated namespace list such as `pid,ipc,net`.
+pub fn parse_namespaces(list: &str) -> Result<Vec<Namespace>, SpecError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Namespace::from_str)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_spec() -> ContainerSpec {
+        ContainerSpec::new("debian", ["/bin/true"])
+    }
+
+    #[test]
+    fn default_spec_is_valid_and_has_default_namespaces() {
+        let s = ok_spec();
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.namespaces, Namespace::DEFAULT.to_vec());
+    }
+
+    #[test]
+    fn refuses_bad_rootfs_names() {
+        for name in ["../x", "a/b", "", ".."] {
+            let mut s = ok_spec();
+            s.rootfs = name.into();
+            assert!(matches!(s.validate(), Err(SpecError::BadRootfsName(_))), "{name}");
+        }
+    }
+
+    #[test]
+    fn refuses_empty_command() {
+        let mut s = ok_spec();
+        s.command.clear();
+        assert_eq!(s.validate(), Err(SpecError::EmptyCommand));
+        s.command = vec![String::new()];
+        assert_eq!(s.validate(), Err(SpecError::EmptyCommand));
+    }
+
+    #[test]
+    fn memory_limits() {
+        let mut s = ok_spec();
+        s.memory_limit_bytes = Some(0);
+        assert_eq!(s.validate(), Err(SpecError::MemoryLimitTooSmall { given: 0 }));
+        s.memory_limit_bytes = Some(4096);
+        assert!(s.validate().is_err());
+        s.memory_limit_bytes = Some(1_000_000);
+        assert_eq!(s.validate(), Ok(()));
+        s.memory_swap_limit_bytes = Some(999_999);
+        assert!(matches!(s.validate(), Err(SpecError::BadSwapLimit(_))));
+        s.memory_swap_limit_bytes = Some(2_000_000);
+        assert_eq!(s.validate(), Ok(()));
+        s.memory_limit_bytes = None;
+        assert!(matches!(s.validate(), Err(SpecError::BadSwapLimit(_))));
+    }
+
+    #[test]
+    fn namespace_rules() {
+        let mut s = ok_spec();
+        s.namespaces = vec![Namespace::Pid, Namespace::Pid];
+        assert_eq!(s.validate(), Err(SpecError::DuplicateNamespace(Namespace::Pid)));
+        s.namespaces = vec![Namespace::User];
+        assert!(matches!(s.validate(), Err(SpecError::NamespaceCombination(_))));
+        s.namespaces = vec![Namespace::Pid];
+        s.hostname = "box".into();
+        assert!(matches!(s.validate(), Err(SpecError::NamespaceCombination(_))));
+        s.namespaces = vec![Namespace::Uts];
+        assert_eq!(s.validate(), Ok(()));
+        s.hostname = "bad host".into();
+        assert!(matches!(s.validate(), Err(SpecError::BadHostname(_))));
+    }
+
+    #[test]
+    fn parses_namespace_lists() {
+        assert_eq!(
+            parse_namespaces("pid, ipc,net,uts,mount,user,cgroup"),
+            Ok(Namespace::ALL.to_vec())
+        );
+        assert_eq!(
+            parse_namespaces("pid,time"),
+            Err(SpecError::UnknownNamespace("time".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_namespace_in_json_is_refused() {
+        let json = r#"{"rootfs":"debian","command":["/bin/true"],"namespaces":["pid","time"]}"#;
+        assert!(serde_json::from_str::<ContainerSpec>(json).is_err());
+    }
+
+    #[test]
+    fn id_maps() {
+        let mut s = ok_spec();
+        s.namespaces.push(Namespace::User);
+        assert_eq!(s.validate(), Ok(()));
+        s.uid_map = vec![IdMap { inside: 0, outside: 1000, count: 0 }];
+        assert!(matches!(s.validate(), Err(SpecError::BadIdMap(_))));
+        s.uid_map = vec![
+            IdMap { inside: 0, outside: 1000, count: 10 },
+            IdMap { inside: 5, outside: 5000, count: 10 },
+        ];
+        assert!(matches!(s.validate(), Err(SpecError::BadIdMap(_))));
+        s.uid_map = vec![IdMap { inside: 0, outside: u32::MAX - 1, count: 10 }];
+        assert!(matches!(s.validate(), Err(SpecError::BadIdMap(_))));
+        s.namespaces.retain(|n| *n != Namespace::User);
+        s.uid_map = vec![IdMap::DEFAULT];
+        assert!(matches!(s.validate(), Err(SpecError::BadIdMap(_))));
+    }
+
+    #[test]
+    fn workdir_and_env() {
+        let mut s = ok_spec();
+        s.workdir = "tmp".into();
+        assert!(matches!(s.validate(), Err(SpecError::BadWorkdir(_))));
+        s.workdir = "/tmp/../etc".into();
+        assert!(matches!(s.validate(), Err(SpecError::BadWorkdir(_))));
+        s.workdir = "/tmp".into();
+        assert_eq!(s.validate(), Ok(()));
+        s.env.insert("A=B".into(), "x".into());
+        assert!(matches!(s.validate(), Err(SpecError::BadEnvName(_))));
+    }
+}
