@@ -1,1 +1,515 @@
-fn main(){}
+//! `hutch-agent`: the per-host agent. For now a local admin tool over the runtime library
+//! (the gRPC service comes on top of the same library): build rootfs, run containers, look
+//! inside them, stop and remove them. Configuration is parsed and validated before anything
+//! on the host is touched.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hutch_agent::cgroup::{detect_own_cgroup, CgroupPath};
+use hutch_agent::rootfs::{BuildProgress, RootfsSource};
+use hutch_agent::runtime::state::Status;
+use hutch_agent::runtime::{ContainerInfo, Runtime, RuntimeConfig, RuntimeError};
+use hutch_agent::spec::{parse_namespaces, parse_size, ContainerSpec, IdMap};
+
+/// Exit code for errors of hutch itself (as `docker run` uses 125).
+const EXIT_HUTCH_ERROR: u8 = 125;
+/// Exit code for invalid configuration or arguments.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "hutch-agent", version, about = "hutch's per-host agent: rootfs store, namespaced containers, cgroup memory limits")]
+struct Cli {
+    /// State directory: rootfs store and container records.
+    #[arg(long, env = "HUTCH_STATE_DIR", default_value = "/var/lib/hutch", global = true)]
+    state_dir: PathBuf,
+    /// Rootfs store directory (default: STATE_DIR/rootfs).
+    #[arg(long, env = "HUTCH_ROOTFS_DIR", global = true)]
+    rootfs_dir: Option<PathBuf>,
+    /// Agent instance (node) name; hutch's cgroups live in ROOT/hutch-INSTANCE.
+    #[arg(long, env = "HUTCH_INSTANCE", default_value = "default", global = true)]
+    instance: String,
+    /// Delegated cgroup directory hutch may manage (default: the one the agent runs in),
+    /// e.g. /sys/fs/cgroup/system.slice/hutch-agent.service.
+    #[arg(long, env = "HUTCH_CGROUP_ROOT", global = true)]
+    cgroup_root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build, list, inspect and remove root filesystems.
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
+    /// Run a command in a new container.
+    ///
+    /// Example: hutch-agent run --ns pid,ipc,net,uts,mount --memory 64M debian -- ps -ef
+    Run(RunArgs),
+    /// List containers.
+    Ps,
+    /// Show a container's record and its namespace table.
+    Inspect {
+        /// Container id.
+        id: String,
+    },
+    /// Print a container's stdout and stderr.
+    Logs {
+        /// Container id.
+        id: String,
+    },
+    /// Run a command inside a running container (e.g. `exec c1 -- ip addr`).
+    Exec {
+        /// Container id.
+        id: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// Container id.
+        id: String,
+        /// Grace period in seconds (default: the container's).
+        #[arg(long, short = 't')]
+        time: Option<u64>,
+    },
+    /// Send a signal to a container's init.
+    Kill {
+        /// Container id.
+        id: String,
+        /// Signal number or name (TERM, KILL, HUP, INT, USR1, USR2).
+        #[arg(long, short = 's', default_value = "KILL")]
+        signal: String,
+    },
+    /// Wait for a container to end; exits with its exit code.
+    Wait {
+        /// Container id.
+        id: String,
+    },
+    /// Remove a container's state, logs and writable layer.
+    Rm {
+        /// Container id.
+        id: String,
+        /// Kill it first if it is running.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RootfsCommand {
+    /// Build a rootfs (cached: the same source is built once).
+    ///
+    /// Default: Debian bookworm minbase with procps and iproute2 from the host's apt mirror.
+    /// Examples: `rootfs build debian`, `rootfs build --tarball /tmp/alpine.tar.gz alpine`,
+    /// `rootfs build --initramfs /boot/initrd.img-$(uname -r) initrd`.
+    Build(BuildArgs),
+    /// List rootfs.
+    Ls,
+    /// Show one rootfs as JSON.
+    Inspect {
+        /// Rootfs name.
+        name: String,
+    },
+    /// Remove a rootfs (refused while containers use it).
+    Rm {
+        /// Rootfs name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Name to give the rootfs.
+    #[arg(default_value = "debian")]
+    name: String,
+    /// debootstrap suite (codename).
+    #[arg(long, default_value = "bookworm")]
+    suite: String,
+    /// debootstrap variant (minbase, buildd, fakechroot; empty for the default).
+    #[arg(long, default_value = "minbase")]
+    variant: String,
+    /// Extra packages, comma-separated.
+    #[arg(long, default_value = "procps,iproute2", value_delimiter = ',')]
+    include: Vec<String>,
+    /// Architecture (default: the host's).
+    #[arg(long, default_value = "")]
+    arch: String,
+    /// Mirror URL (default: the first Debian archive in the host's apt sources).
+    #[arg(long, default_value = "")]
+    mirror: String,
+    /// Build from a local .tar, .tar.gz or .tar.zst instead.
+    #[arg(long, conflicts_with_all = ["dir", "initramfs"])]
+    tarball: Option<PathBuf>,
+    /// Copy a local directory instead.
+    #[arg(long, conflicts_with_all = ["tarball", "initramfs"])]
+    dir: Option<PathBuf>,
+    /// Extract a cpio/initramfs image instead.
+    #[arg(long, conflicts_with_all = ["tarball", "dir"])]
+    initramfs: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Container id (default: generated).
+    #[arg(long)]
+    id: Option<String>,
+    /// Namespaces of its own, comma-separated: pid,ipc,net,uts,mount,user,cgroup.
+    #[arg(long, default_value = "pid,ipc,net,uts,mount")]
+    ns: String,
+    /// Memory limit, e.g. 1000000, 64M, 1GiB.
+    #[arg(long, short = 'm')]
+    memory: Option<String>,
+    /// Memory + swap limit.
+    #[arg(long)]
+    memory_swap: Option<String>,
+    /// Hostname (needs the uts namespace; default: the id).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Environment variable K=V (repeatable).
+    #[arg(long, short = 'e')]
+    env: Vec<String>,
+    /// Working directory inside.
+    #[arg(long, short = 'w', default_value = "")]
+    workdir: String,
+    /// Mount the rootfs read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// uid map INSIDE:OUTSIDE:COUNT for the user namespace (default 0:100000:65536).
+    #[arg(long)]
+    uid_map: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL on stop.
+    #[arg(long, default_value_t = 10)]
+    stop_grace: u32,
+    /// Return after start instead of waiting for the end.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// Remove the container after it ends.
+    #[arg(long)]
+    rm: bool,
+    /// Rootfs name.
+    rootfs: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cgroup_root = match cli.cgroup_root.as_ref().map(|p| cgroup_path_of(p)).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hutch-agent: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = RuntimeConfig {
+        state_dir: cli.state_dir.clone(),
+        rootfs_dir: cli.rootfs_dir.clone(),
+        supervisor_bin: None,
+        cgroup_root,
+        instance: cli.instance.clone(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hutch-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_HUTCH_ERROR);
+        }
+    };
+    rt.block_on(async move {
+        let runtime = match Runtime::new(config) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("hutch-agent: {e}");
+                return ExitCode::from(EXIT_HUTCH_ERROR);
+            }
+        };
+        let code = match dispatch(&runtime, cli.command).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("hutch-agent: {e}");
+                ExitCode::from(EXIT_HUTCH_ERROR)
+            }
+        };
+        runtime.close();
+        code
+    })
+}
+
+/// Turns a cgroup directory into a [`CgroupPath`] on the hierarchy hutch uses.
+fn cgroup_path_of(dir: &std::path::Path) -> Result<CgroupPath, String> {
+    let own = detect_own_cgroup().map_err(|e| e.to_string())?;
+    let relative = dir.strip_prefix(&own.mount).map_err(|_| {
+        format!(
+            "--cgroup-root {} is not below the {} memory hierarchy at {}",
+            dir.display(),
+            own.version,
+            own.mount.display()
+        )
+    })?;
+    Ok(CgroupPath {
+        relative: relative.to_path_buf(),
+        ..own
+    })
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    format!("c-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn parse_signal(s: &str) -> Result<i32, RuntimeError> {
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    Ok(match name.as_str() {
+        "TERM" => libc::SIGTERM,
+        "KILL" => libc::SIGKILL,
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "QUIT" => libc::SIGQUIT,
+        _ => s.parse().map_err(|_| RuntimeError::InvalidSignal(-1))?,
+    })
+}
+
+fn usage(message: String) -> RuntimeError {
+    RuntimeError::InvalidSpec(hutch_agent::spec::SpecError::NamespaceCombination(message))
+}
+
+fn spec_of(args: &RunArgs) -> Result<ContainerSpec, RuntimeError> {
+    let mut spec = ContainerSpec::new(args.rootfs.clone(), args.command.clone());
+    spec.namespaces = parse_namespaces(&args.ns)?;
+    spec.memory_limit_bytes = args.memory.as_deref().map(parse_size).transpose().map_err(usage)?;
+    spec.memory_swap_limit_bytes = args.memory_swap.as_deref().map(parse_size).transpose().map_err(usage)?;
+    spec.hostname = args.hostname.clone().unwrap_or_default();
+    spec.workdir = args.workdir.clone();
+    spec.read_only_rootfs = args.read_only;
+    spec.stop_grace_seconds = args.stop_grace;
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| usage(format!("--env '{kv}' must be KEY=VALUE")))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    spec.env = env;
+    if let Some(map) = &args.uid_map {
+        let parts: Vec<u32> = map.split(':').filter_map(|p| p.parse().ok()).collect();
+        let [inside, outside, count] = parts[..] else {
+            return Err(usage(format!("--uid-map '{map}' must be INSIDE:OUTSIDE:COUNT")));
+        };
+        spec.uid_map = vec![IdMap { inside, outside, count }];
+        spec.gid_map = spec.uid_map.clone();
+    }
+    Ok(spec)
+}
+
+fn exit_code_of(info: &ContainerInfo) -> ExitCode {
+    match (info.state.exit_code, info.state.signal) {
+        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
+        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        _ => ExitCode::from(EXIT_HUTCH_ERROR),
+    }
+}
+
+fn print_new_logs(runtime: &Runtime, id: &str, printed: &mut usize) {
+    if let Ok(lines) = runtime.logs(id) {
+        for line in lines.iter().skip(*printed) {
+            let end = if line.full { "\n" } else { "" };
+            match line.stream {
+                hutch_agent::runtime::logs::Stream::Stdout => print!("{}{end}", line.text),
+                hutch_agent::runtime::logs::Stream::Stderr => eprint!("{}{end}", line.text),
+            }
+        }
+        *printed = lines.len();
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn print_info(info: &ContainerInfo) {
+    println!("{}", serde_json::to_string_pretty(info).unwrap_or_default());
+    println!("\nNAMESPACE  CONTAINER INODE  HOST INODE  ISOLATED");
+    for ns in &info.state.namespaces {
+        println!(
+            "{:<10} {:<16} {:<11} {}",
+            ns.kind.to_string(),
+            ns.container_inode,
+            ns.host_inode,
+            if ns.isolated { "yes" } else { "no (shared with host)" }
+        );
+    }
+}
+
+async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, RuntimeError> {
+    match command {
+        Command::Rootfs(cmd) => rootfs(runtime, cmd).await,
+        Command::Run(args) => {
+            let spec = spec_of(&args)?;
+            let id = args.id.clone().unwrap_or_else(random_id);
+            let info = runtime.run(&id, spec).await?;
+            if args.detach {
+                println!("{id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut printed = 0;
+            let wait = runtime.wait(&id);
+            tokio::pin!(wait);
+            let done = loop {
+                tokio::select! {
+                    done = &mut wait => break done?,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => print_new_logs(runtime, &id, &mut printed),
+                }
+            };
+            print_new_logs(runtime, &id, &mut printed);
+            if done.state.status == Status::OomKilled {
+                eprintln!("hutch-agent: container {id} was OOM-killed (limit {:?} bytes)", info.spec.memory_limit_bytes);
+            }
+            if args.rm {
+                runtime.remove(&id, true).await?;
+            }
+            Ok(exit_code_of(&done))
+        }
+        Command::Ps => {
+            println!("{:<24} {:<10} {:<8} {:<10} COMMAND", "ID", "STATUS", "PID", "ROOTFS");
+            for c in runtime.list() {
+                println!(
+                    "{:<24} {:<10} {:<8} {:<10} {}",
+                    c.state.id,
+                    format!("{:?}", c.state.status).to_lowercase(),
+                    c.state.pid.map(|p| p.to_string()).unwrap_or_default(),
+                    c.spec.rootfs,
+                    c.spec.command.join(" ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { id } => {
+            print_info(&runtime.get(&id)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { id } => {
+            let mut printed = 0;
+            runtime.get(&id)?;
+            print_new_logs(runtime, &id, &mut printed);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec { id, command } => {
+            let out = runtime.exec(&id, command).await?;
+            std::io::stdout().write_all(&out.stdout).ok();
+            std::io::stderr().write_all(&out.stderr).ok();
+            Ok(match (out.exit_code, out.signal) {
+                (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
+                (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
+                _ => ExitCode::from(EXIT_HUTCH_ERROR),
+            })
+        }
+        Command::Stop { id, time } => {
+            let info = runtime.stop(&id, time.map(Duration::from_secs)).await?;
+            println!("{id}: {:?}", info.state.status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kill { id, signal } => {
+            runtime.kill(&id, parse_signal(&signal)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wait { id } => Ok(exit_code_of(&runtime.wait(&id).await?)),
+        Command::Rm { id, force } => {
+            runtime.remove(&id, force).await?;
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn describe_progress(p: &BuildProgress) -> String {
+    let mut s = format!("[{:?}] {}", p.stage, p.message).to_lowercase();
+    if let (Some(done), Some(total)) = (p.packages_done, p.packages_total) {
+        s = format!("{s} ({done}/{total} packages)");
+    } else if let Some(done) = p.packages_done {
+        s = format!("{s} ({done} packages)");
+    }
+    if let (Some(done), Some(total)) = (p.bytes_done, p.bytes_total) {
+        s = format!("{s} ({} / {} MiB)", done >> 20, total >> 20);
+    }
+    s
+}
+
+async fn rootfs(runtime: &Runtime, cmd: RootfsCommand) -> Result<ExitCode, RuntimeError> {
+    match cmd {
+        RootfsCommand::Build(args) => {
+            let source = if let Some(path) = args.tarball {
+                RootfsSource::Tarball { path }
+            } else if let Some(path) = args.dir {
+                RootfsSource::Directory { path }
+            } else if let Some(path) = args.initramfs {
+                RootfsSource::Initramfs { path }
+            } else {
+                RootfsSource::Debootstrap {
+                    suite: args.suite,
+                    variant: args.variant,
+                    include: args.include.into_iter().filter(|p| !p.is_empty()).collect(),
+                    arch: args.arch,
+                    mirror: args.mirror,
+                }
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<BuildProgress>(64);
+            let printer = tokio::spawn(async move {
+                let mut last = String::new();
+                while let Some(p) = rx.recv().await {
+                    let line = describe_progress(&p);
+                    if line != last {
+                        eprintln!("{line}");
+                        last = line;
+                    }
+                }
+            });
+            let started = std::time::Instant::now();
+            let result = runtime.store().build(&args.name, &source, Some(tx)).await;
+            let _ = printer.await;
+            let result = result?;
+            println!(
+                "rootfs '{}' {:?} in {:.1}s: {} ({} MiB) at {}",
+                result.info.name,
+                result.outcome,
+                started.elapsed().as_secs_f64(),
+                result.info.source.describe(),
+                result.info.size_bytes >> 20,
+                result.info.path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        RootfsCommand::Ls => {
+            println!("{:<16} {:<26} {:>9}  SOURCE", "NAME", "KEY", "SIZE MiB");
+            for r in runtime.store().list() {
+                println!("{:<16} {:<26} {:>9}  {}", r.name, r.key, r.size_bytes >> 20, r.source.describe());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RootfsCommand::Inspect { name } => {
+            let info = runtime.store().get(&name)?;
+            let users = runtime.rootfs_users(&info.key);
+            let value = serde_json::json!({ "rootfs": info, "containers": users });
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        RootfsCommand::Rm { name } => {
+            runtime.remove_rootfs(&name)?;
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

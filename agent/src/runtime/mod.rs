@@ -1,1 +1,692 @@
-//! placeholder
+//! The container runtime: the agent-side API over containers on this host.
+//!
+//! [`Runtime::run`] validates a spec, creates the container's state directory and its cgroup
+//! (limits set before any process exists), and starts a [`supervisor`] by `exec`. The
+//! supervisor does all namespace and mount work in its own single-threaded process, then
+//! reports back one line. Everything after that is read from the state directory the
+//! supervisor writes (see [`state`]), so a restarted agent knows as much as the one that
+//! started the container.
+//!
+//! Waiting uses a pidfd of the supervisor (it exits once the exit record is written and the
+//! container is cleaned up); signals go to the container's init through a pidfd, after
+//! checking that the pid still belongs to the container's cgroup.
+
+pub mod exec;
+pub mod init;
+pub mod logs;
+pub mod state;
+pub mod supervisor;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+use crate::cgroup::{CgroupError, CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats};
+use crate::fsutil::{read_json, unix_millis_now, write_json_atomic};
+use crate::mounts::unmount_below;
+use crate::names::{validate_name, NameError};
+use crate::rootfs::{RootfsError, RootfsInfo, RootfsStore};
+use crate::spec::{ContainerSpec, Namespace, SpecError};
+use exec::ExecResult;
+use logs::LogLine;
+use state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
+
+/// How long the supervisor may take to report that the container runs.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Output an exec may return per stream; the rest is dropped and flagged.
+const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// The broad class of an error, for mapping to API status codes at the service edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed.
+    InvalidArgument,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// It exists already.
+    AlreadyExists,
+    /// The request is fine but the state does not allow it now.
+    FailedPrecondition,
+    /// The host ran out of something.
+    ResourceExhausted,
+    /// Something on the host went wrong.
+    Internal,
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The container id is not a safe name.
+    #[error(transparent)]
+    BadId(NameError),
+    /// The spec is invalid.
+    #[error("invalid container spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+    /// A container with this id exists on this host.
+    #[error("container '{0}' already exists on this host; pick another id or remove it first")]
+    AlreadyExists(String),
+    /// No such container.
+    #[error("container '{0}' not found on this host")]
+    NotFound(String),
+    /// A rootfs problem (unknown rootfs, build failure, in use).
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// A cgroup problem.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The container could not be started; `failure.step` names the failing step.
+    #[error("container '{id}' failed to start at step '{}': {}", failure.step, failure.message)]
+    StartFailed {
+        /// The container.
+        id: String,
+        /// What failed.
+        failure: Failure,
+    },
+    /// An exec could not run its command.
+    #[error("exec in container '{id}' failed at step '{}': {}", failure.step, failure.message)]
+    ExecFailed {
+        /// The container.
+        id: String,
+        /// What failed.
+        failure: Failure,
+    },
+    /// The container is not running.
+    #[error("container '{id}' is not running (status: {status:?})")]
+    NotRunning {
+        /// The container.
+        id: String,
+        /// Its status.
+        status: Status,
+    },
+    /// The container is still running.
+    #[error("container '{0}' is still running; stop it first or remove it with force")]
+    StillRunning(String),
+    /// A signal number outside 1..=64.
+    #[error("signal {0} is not a valid signal number (1-64)")]
+    InvalidSignal(i32),
+    /// The supervisor could not be started or did not report.
+    #[error("supervisor of container '{id}': {message}")]
+    Supervisor {
+        /// The container.
+        id: String,
+        /// What happened.
+        message: String,
+    },
+    /// The state directory could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl RuntimeError {
+    /// The class of this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            RuntimeError::BadId(_) | RuntimeError::InvalidSpec(_) | RuntimeError::InvalidSignal(_) => {
+                ErrorClass::InvalidArgument
+            }
+            RuntimeError::AlreadyExists(_) => ErrorClass::AlreadyExists,
+            RuntimeError::NotFound(_) => ErrorClass::NotFound,
+            RuntimeError::Rootfs(e) => match e {
+                RootfsError::BadName(_) | RootfsError::InvalidSource(_) => ErrorClass::InvalidArgument,
+                RootfsError::NotFound { .. } => ErrorClass::NotFound,
+                RootfsError::SourceMissing(_) | RootfsError::InUse { .. } => ErrorClass::FailedPrecondition,
+                RootfsError::BuildFailed { .. } | RootfsError::Store { .. } => ErrorClass::Internal,
+            },
+            RuntimeError::Cgroup(CgroupError::SwapUnsupported(_)) => ErrorClass::FailedPrecondition,
+            RuntimeError::StartFailed { failure, .. } | RuntimeError::ExecFailed { failure, .. } => {
+                match failure.step.as_str() {
+                    "exec" | "workdir" => ErrorClass::InvalidArgument,
+                    "state" => ErrorClass::FailedPrecondition,
+                    _ => ErrorClass::Internal,
+                }
+            }
+            RuntimeError::NotRunning { .. } | RuntimeError::StillRunning(_) => ErrorClass::FailedPrecondition,
+            RuntimeError::Cgroup(_) | RuntimeError::Supervisor { .. } | RuntimeError::Io { .. } => ErrorClass::Internal,
+        }
+    }
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Where the runtime keeps its state and finds its helper.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// State directory (default `/var/lib/hutch`): `rootfs/` and `containers/` live below.
+    pub state_dir: PathBuf,
+    /// Rootfs store directory; default `STATE_DIR/rootfs`. Several runtimes may share one.
+    pub rootfs_dir: Option<PathBuf>,
+    /// The `hutch-supervisor` program; default: next to the running executable.
+    pub supervisor_bin: Option<PathBuf>,
+    /// The delegated cgroup; default: the one this process was started in.
+    pub cgroup_root: Option<CgroupPath>,
+    /// Instance name: hutch's cgroups go below `ROOT/hutch-INSTANCE`.
+    pub instance: String,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a state directory.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            state_dir: state_dir.into(),
+            rootfs_dir: None,
+            supervisor_bin: None,
+            cgroup_root: None,
+            instance: "default".into(),
+        }
+    }
+}
+
+/// A container as reported by the runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// The spec it was started with.
+    pub spec: ContainerSpec,
+    /// Content key of its rootfs entry.
+    pub rootfs_key: String,
+    /// Its record.
+    pub state: ContainerState,
+    /// Live memory figures while running; the final ones after.
+    pub memory: Option<MemoryStats>,
+    /// Its cgroup.
+    pub cgroup: CgroupPath,
+}
+
+/// The output of an exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Exit code, when the command exited.
+    pub exit_code: Option<i32>,
+    /// Signal, when a signal killed it.
+    pub signal: Option<i32>,
+    /// Whether output beyond the limit was dropped.
+    pub truncated: bool,
+}
+
+/// The container runtime of one host.
+pub struct Runtime {
+    containers_dir: PathBuf,
+    supervisor_bin: PathBuf,
+    store: RootfsStore,
+    cgroups: CgroupManager,
+    exec_counter: AtomicU64,
+}
+
+impl Runtime {
+    /// Opens the runtime: state directories, rootfs store and hutch's cgroup subtree.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        validate_name("instance name", &config.instance).map_err(RuntimeError::BadId)?;
+        let containers_dir = config.state_dir.join("containers");
+        std::fs::create_dir_all(&containers_dir).map_err(|e| io_err(&containers_dir, e))?;
+        let store = RootfsStore::open(
+            config
+                .rootfs_dir
+                .clone()
+                .unwrap_or_else(|| config.state_dir.join("rootfs")),
+        )?;
+        let cgroups = CgroupManager::init(config.cgroup_root.clone(), &config.instance)?;
+        let supervisor_bin = match config.supervisor_bin {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .map_err(|e| io_err(Path::new("/proc/self/exe"), e))?
+                .with_file_name("hutch-supervisor"),
+        };
+        if !supervisor_bin.is_file() {
+            return Err(io_err(
+                &supervisor_bin,
+                "hutch-supervisor not found; install it next to hutch-agent or set its path",
+            ));
+        }
+        Ok(Runtime {
+            containers_dir,
+            supervisor_bin,
+            store,
+            cgroups,
+            exec_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The rootfs store.
+    pub fn store(&self) -> &RootfsStore {
+        &self.store
+    }
+
+    /// hutch's cgroups.
+    pub fn cgroups(&self) -> &CgroupManager {
+        &self.cgroups
+    }
+
+    fn dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        validate_name("container id", id).map_err(RuntimeError::BadId)?;
+        Ok(self.containers_dir.join(id))
+    }
+
+    fn existing_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let dir = self.dir(id)?;
+        if StatePaths::config(&dir).exists() {
+            Ok(dir)
+        } else {
+            Err(RuntimeError::NotFound(id.to_string()))
+        }
+    }
+
+    /// Starts container `id` from `spec`; returns once its command has been exec'd (or with
+    /// the step that failed, leaving nothing behind).
+    #[tracing::instrument(skip(self, spec), fields(container = %id))]
+    pub async fn run(&self, id: &str, spec: ContainerSpec) -> Result<ContainerInfo, RuntimeError> {
+        let dir = self.dir(id)?;
+        spec.validate()?;
+        let rootfs = self.store.get(&spec.rootfs)?;
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists(id.to_string()))
+            }
+            Err(e) => return Err(io_err(&dir, e)),
+        }
+        let started = self.start(id, &dir, spec, &rootfs).await;
+        if started.is_err() {
+            self.discard(id, &dir);
+        }
+        started
+    }
+
+    async fn start(
+        &self,
+        id: &str,
+        dir: &Path,
+        spec: ContainerSpec,
+        rootfs: &RootfsInfo,
+    ) -> Result<ContainerInfo, RuntimeError> {
+        let cgroup = self.cgroups.create_container(
+            id,
+            MemoryLimits {
+                memory_bytes: spec.memory_limit_bytes,
+                memory_and_swap_bytes: spec.memory_swap_limit_bytes,
+            },
+        )?;
+        let hostname = if spec.hostname.is_empty() { id.to_string() } else { spec.hostname.clone() };
+        let config = SupervisorConfig {
+            id: id.to_string(),
+            spec,
+            hostname,
+            dir: dir.to_path_buf(),
+            lower: rootfs.path.clone(),
+            rootfs_key: rootfs.key.clone(),
+            cgroup: cgroup.path().clone(),
+            supervisors_cgroup: self.cgroups.supervisors(),
+        };
+        write_json_atomic(&StatePaths::config(dir), &config).map_err(|e| io_err(dir, e))?;
+        write_json_atomic(&StatePaths::state(dir), &ContainerState::created(id, unix_millis_now()))
+            .map_err(|e| io_err(dir, e))?;
+        let state = self.spawn_supervisor(id, dir).await?;
+        if state.status == Status::Failed {
+            let failure = state.failure.clone().unwrap_or(Failure {
+                step: "start".into(),
+                message: "failed without a reason".into(),
+            });
+            return Err(RuntimeError::StartFailed {
+                id: id.to_string(),
+                failure,
+            });
+        }
+        tracing::info!(pid = ?state.pid, "container running");
+        Ok(self.info_from(config, state))
+    }
+
+    /// Starts `hutch-supervisor run DIR` and reads its one-line report.
+    async fn spawn_supervisor(&self, id: &str, dir: &Path) -> Result<ContainerState, RuntimeError> {
+        let sup_err = |message: String| RuntimeError::Supervisor {
+            id: id.to_string(),
+            message,
+        };
+        let log_path = StatePaths::supervisor_log(dir);
+        let log = std::fs::File::create(&log_path).map_err(|e| io_err(&log_path, e))?;
+        let mut child = tokio::process::Command::new(&self.supervisor_bin)
+            .arg("run")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| sup_err(format!("cannot start {}: {e}", self.supervisor_bin.display())))?;
+        let stdout = child.stdout.take().ok_or_else(|| sup_err("no stdout pipe".into()))?;
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let read = tokio::time::timeout(START_TIMEOUT, reader.read_line(&mut line)).await;
+        // The first stage exits as soon as it has forked the real supervisor.
+        let _ = child.wait().await;
+        let tail = || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        match read {
+            Err(_) => Err(sup_err(format!(
+                "no report within {START_TIMEOUT:?}; see {}",
+                log_path.display()
+            ))),
+            Ok(Err(e)) => Err(sup_err(format!("reading its report: {e}"))),
+            Ok(Ok(0)) => Err(sup_err(format!("exited without a report: {}", tail()))),
+            Ok(Ok(_)) => {
+                let state: ContainerState = serde_json::from_str(&line)
+                    .map_err(|e| sup_err(format!("unreadable report {line:?}: {e}")))?;
+                if state.status == Status::Failed {
+                    // It exits right after a failed start: wait for it to be gone.
+                    let mut rest = Vec::new();
+                    let _ = tokio::time::timeout(START_TIMEOUT, reader.read_to_end(&mut rest)).await;
+                }
+                Ok(state)
+            }
+        }
+    }
+
+    /// Removes what a failed start left: mounts, cgroup, state directory.
+    fn discard(&self, id: &str, dir: &Path) {
+        let left = unmount_below(dir);
+        if !left.is_empty() {
+            tracing::error!(container = id, ?left, "mounts left after a failed start; state kept");
+            return;
+        }
+        let cg = ContainerCgroup::open(self.cgroups.container_path(id));
+        let _ = cg.kill_all();
+        if let Err(e) = cg.remove() {
+            tracing::error!(container = id, error = %e, "cgroup left after a failed start");
+        }
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::error!(container = id, error = %e, "state directory left after a failed start");
+        }
+    }
+
+    fn read_config(&self, dir: &Path) -> Result<SupervisorConfig, RuntimeError> {
+        read_json(&StatePaths::config(dir)).map_err(|e| io_err(&StatePaths::config(dir), e))
+    }
+
+    fn read_state(&self, dir: &Path) -> Result<ContainerState, RuntimeError> {
+        read_json(&StatePaths::state(dir)).map_err(|e| io_err(&StatePaths::state(dir), e))
+    }
+
+    fn info_from(&self, config: SupervisorConfig, state: ContainerState) -> ContainerInfo {
+        let memory = if state.status == Status::Running {
+            Some(ContainerCgroup::open(config.cgroup.clone()).memory())
+        } else {
+            state.final_memory
+        };
+        ContainerInfo {
+            spec: config.spec,
+            rootfs_key: config.rootfs_key,
+            memory,
+            cgroup: config.cgroup,
+            state,
+        }
+    }
+
+    /// The container's current record.
+    pub fn get(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let dir = self.existing_dir(id)?;
+        let config = self.read_config(&dir)?;
+        let state = self.read_state(&dir)?;
+        Ok(self.info_from(config, state))
+    }
+
+    /// Every container on this host, by id.
+    pub fn list(&self) -> Vec<ContainerInfo> {
+        let mut ids: Vec<String> = std::fs::read_dir(&self.containers_dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids.iter().filter_map(|id| self.get(id).ok()).collect()
+    }
+
+    /// A pidfd of the container's supervisor if it is still the same process.
+    fn supervisor_pidfd(state: &ContainerState) -> Option<std::os::fd::OwnedFd> {
+        let pid = state.supervisor_pid?;
+        let fd = sys::pidfd_open(pid).ok()?;
+        (sys::process_start_ticks(pid) == state.supervisor_start_ticks).then_some(fd)
+    }
+
+    /// Waits until the container has ended and its supervisor has cleaned up.
+    pub async fn wait(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let dir = self.existing_dir(id)?;
+        loop {
+            let state = self.read_state(&dir)?;
+            match Self::supervisor_pidfd(&state) {
+                Some(fd) => {
+                    let fd = sys::async_pidfd(fd)
+                        .map_err(|e| io_err(&dir, format!("watching the supervisor: {e}")))?;
+                    let _ = fd.readable().await.map_err(|e| io_err(&dir, e))?;
+                }
+                None => {
+                    let mut state = self.read_state(&dir)?;
+                    if !state.status.is_final() {
+                        // The supervisor is gone without an exit record: it was killed.
+                        state.status = Status::Failed;
+                        state.failure = Some(Failure {
+                            step: "supervisor".into(),
+                            message: "the supervisor exited without recording how the container ended".into(),
+                        });
+                        state.finished_ms = Some(unix_millis_now());
+                        write_json_atomic(&StatePaths::state(&dir), &state).map_err(|e| io_err(&dir, e))?;
+                    }
+                    let config = self.read_config(&dir)?;
+                    return Ok(self.info_from(config, state));
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to the container's init.
+    pub fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
+        if !(1..=64).contains(&signal) {
+            return Err(RuntimeError::InvalidSignal(signal));
+        }
+        let dir = self.existing_dir(id)?;
+        let state = self.read_state(&dir)?;
+        let not_running = || RuntimeError::NotRunning {
+            id: id.to_string(),
+            status: state.status,
+        };
+        let pid = match (state.status, state.pid) {
+            (Status::Running, Some(pid)) => pid,
+            _ => return Err(not_running()),
+        };
+        let fd = sys::pidfd_open(pid).map_err(|_| not_running())?;
+        // The pid is ours only while it is in the container's cgroup.
+        let cgroup = self.read_config(&dir)?.cgroup;
+        if !cgroup.procs().contains(&pid) {
+            return Err(not_running());
+        }
+        sys::pidfd_send_signal(&fd, signal).map_err(|e| io_err(&dir, format!("signal {signal}: {e}")))
+    }
+
+    /// Stops the container: SIGTERM, then SIGKILL after `grace` (default: the spec's).
+    pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<ContainerInfo, RuntimeError> {
+        let info = self.get(id)?;
+        if info.state.status != Status::Running {
+            return self.wait(id).await;
+        }
+        let grace = grace.unwrap_or(Duration::from_secs(u64::from(info.spec.stop_grace_seconds)));
+        match self.kill(id, libc::SIGTERM) {
+            Ok(()) | Err(RuntimeError::NotRunning { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if let Ok(done) = tokio::time::timeout(grace, self.wait(id)).await {
+            return done;
+        }
+        tracing::info!(container = id, ?grace, "grace period over; sending SIGKILL");
+        match self.kill(id, libc::SIGKILL) {
+            Ok(()) | Err(RuntimeError::NotRunning { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.wait(id).await
+    }
+
+    /// Deletes the container's state, logs and writable layer. A running container is
+    /// refused unless `force`, which kills it first.
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let dir = self.existing_dir(id)?;
+        let state = self.read_state(&dir)?;
+        if state.status == Status::Running || state.status == Status::Created {
+            if !force {
+                return Err(RuntimeError::StillRunning(id.to_string()));
+            }
+            let _ = self.kill(id, libc::SIGKILL);
+        }
+        let info = self.wait(id).await?;
+        let left = unmount_below(&dir);
+        if !left.is_empty() {
+            return Err(io_err(&dir, format!("still mounted: {left:?}")));
+        }
+        let cg = ContainerCgroup::open(info.cgroup);
+        cg.kill_all()?;
+        cg.remove()?;
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))
+    }
+
+    /// Runs `argv` inside the running container and returns its output and exit status.
+    pub async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, RuntimeError> {
+        let dir = self.existing_dir(id)?;
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(RuntimeError::InvalidSpec(SpecError::EmptyCommand));
+        }
+        let state = self.read_state(&dir)?;
+        if state.status != Status::Running {
+            return Err(RuntimeError::NotRunning {
+                id: id.to_string(),
+                status: state.status,
+            });
+        }
+        let exec_dir = StatePaths::exec_dir(&dir);
+        std::fs::create_dir_all(&exec_dir).map_err(|e| io_err(&exec_dir, e))?;
+        let n = self.exec_counter.fetch_add(1, Ordering::Relaxed);
+        let result_file = exec_dir.join(format!("{}-{}-{n}.json", std::process::id(), unix_millis_now()));
+        let mut child = tokio::process::Command::new(&self.supervisor_bin)
+            .arg("exec")
+            .arg(&dir)
+            .arg(&result_file)
+            .arg("--")
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| RuntimeError::Supervisor {
+                id: id.to_string(),
+                message: format!("cannot start exec helper: {e}"),
+            })?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let ((stdout, t1), (stderr, t2)) = tokio::join!(read_capped(stdout), read_capped(stderr));
+        let status = child.wait().await.map_err(|e| io_err(&dir, e))?;
+        let result: Result<ExecResult, _> = read_json(&result_file);
+        let _ = std::fs::remove_file(&result_file);
+        let result = result.map_err(|e| RuntimeError::Supervisor {
+            id: id.to_string(),
+            message: format!("exec helper ended ({status}) without a result: {e}; stderr: {}", String::from_utf8_lossy(&stderr)),
+        })?;
+        if let Some(failure) = result.failure {
+            return Err(if failure.step == "state" {
+                RuntimeError::NotRunning {
+                    id: id.to_string(),
+                    status: self.read_state(&dir).map(|s| s.status).unwrap_or(Status::Exited),
+                }
+            } else {
+                RuntimeError::ExecFailed {
+                    id: id.to_string(),
+                    failure,
+                }
+            });
+        }
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code: result.exit_code,
+            signal: result.signal,
+            truncated: t1 || t2,
+        })
+    }
+
+    /// The container's log, oldest first.
+    pub fn logs(&self, id: &str) -> Result<Vec<LogLine>, RuntimeError> {
+        let dir = self.existing_dir(id)?;
+        let text = match std::fs::read_to_string(StatePaths::log(&dir)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(&StatePaths::log(&dir), e)),
+        };
+        Ok(text.lines().filter_map(logs::parse_line).collect())
+    }
+
+    /// Ids of the containers (in any state) that use rootfs entry `key`.
+    pub fn rootfs_users(&self, key: &str) -> Vec<String> {
+        self.list()
+            .into_iter()
+            .filter(|c| c.rootfs_key == key)
+            .map(|c| c.state.id)
+            .collect()
+    }
+
+    /// Removes a named rootfs unless a container uses it.
+    pub fn remove_rootfs(&self, name: &str) -> Result<(), RuntimeError> {
+        let info = self.store.get(name)?;
+        let users = self.rootfs_users(&info.key);
+        Ok(self.store.remove(name, &users)?)
+    }
+
+    /// Removes hutch's cgroup subtree of this instance if no container is left in it.
+    pub fn close(&self) {
+        self.cgroups.remove_if_idle();
+    }
+
+    /// The namespace kinds a spec leaves shared with the host.
+    pub fn shared_namespaces(spec: &ContainerSpec) -> Vec<Namespace> {
+        Namespace::ALL.iter().copied().filter(|n| !spec.has(*n)).collect()
+    }
+}
+
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> (Vec<u8>, bool) {
+    let Some(mut r) = reader else {
+        return (Vec::new(), false);
+    };
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut truncated = false;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = MAX_EXEC_OUTPUT.saturating_sub(out.len());
+                if n > room {
+                    truncated = true;
+                }
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (out, truncated)
+}

@@ -1,0 +1,329 @@
+//! The container's init: what the child of the supervisor does between `clone` and `exec`.
+//!
+//! The supervisor clones this process into its new namespaces (user first, so it owns the
+//! others), moves it into the container's cgroup and writes its uid/gid maps, then releases
+//! it. From there, in order:
+//!
+//! 1. become root of the user namespace (when private); unshare the cgroup namespace now that
+//!    the process sits in its own cgroup, so that cgroup becomes its `/`;
+//! 2. with a private mount namespace, make every mount private (nothing propagates back to the
+//!    host) and bind the rootfs onto itself so it can become the root;
+//! 3. mount `/proc`, a minimal `/dev` (null, zero, full, random, urandom, tty, pts + ptmx,
+//!    shm), and `/sys` read-only when the network namespace is private;
+//! 4. set the hostname (uts namespace);
+//! 5. `pivot_root` into the rootfs and detach the old root (with a private mount namespace),
+//!    or `chroot` like the tutorial when the mount table is shared with the host (pivoting
+//!    would change the host's own root);
+//! 6. report the namespace inodes, enter the working directory, restore default signal
+//!    handling and `exec` the command.
+//!
+//! A failing step is reported to the supervisor over a close-on-exec pipe, as a
+//! [`Failure`] naming the step; a successful `exec` closes the pipe with nothing written.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{self, Gid, Uid};
+use serde::{Deserialize, Serialize};
+
+use super::state::{Failure, SupervisorConfig};
+use super::sys;
+use crate::spec::Namespace;
+
+/// `PATH` inside a container unless its spec sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the init tells the supervisor before `exec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum InitMessage {
+    /// Namespace inodes as seen from inside, just before `exec`.
+    Namespaces(Vec<(Namespace, u64)>),
+    /// A step failed; the init exits.
+    Failed(Failure),
+}
+
+/// The file descriptors the init works with (all opened by the supervisor before `clone`).
+#[derive(Debug, Clone, Copy)]
+pub struct InitIo {
+    /// Read end of the release pipe: one byte arrives when cgroup and id maps are in place.
+    pub release: RawFd,
+    /// Write end of the close-on-exec report pipe.
+    pub report: RawFd,
+    /// Becomes the command's stdout.
+    pub stdout: RawFd,
+    /// Becomes the command's stderr.
+    pub stderr: RawFd,
+}
+
+fn fail(step: &str, message: impl Into<String>) -> Failure {
+    Failure {
+        step: step.to_string(),
+        message: message.into(),
+    }
+}
+
+fn errno(step: &str, what: impl std::fmt::Display, e: Errno) -> Failure {
+    fail(step, format!("{what}: {} ({e:?})", e.desc()))
+}
+
+/// Sends one message to the supervisor. A failed write leaves nothing to do: the
+/// supervisor then sees the pipe close without a message.
+pub fn report(fd: RawFd, message: &InitMessage) {
+    let Ok(mut line) = serde_json::to_vec(message) else {
+        return;
+    };
+    line.push(b'\n');
+    let fd = borrow_fd(fd);
+    let mut written = 0;
+    while written < line.len() {
+        match unistd::write(fd, &line[written..]) {
+            Ok(n) if n > 0 => written += n,
+            _ => return,
+        }
+    }
+}
+
+fn borrow_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: the fds handed to the init are opened by the supervisor before clone and stay
+    // open in this process until it execs or exits.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// The child's entry point after `clone`: never returns on success (the command replaces
+/// this process); on failure reports the step and returns the exit status 127.
+pub fn run(cfg: &SupervisorConfig, io: InitIo) -> isize {
+    if let Err(failure) = setup_and_exec(cfg, io) {
+        report(io.report, &InitMessage::Failed(failure));
+    }
+    127
+}
+
+fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
+    let spec = &cfg.spec;
+    // stdio first, so that even a failing command's output would be captured.
+    let devnull = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty())
+        .map_err(|e| errno("stdio", "opening /dev/null", e))?;
+    for (from, to) in [(devnull, 0), (io.stdout, 1), (io.stderr, 2)] {
+        unistd::dup2(from, to).map_err(|e| errno("stdio", "redirecting output", e))?;
+    }
+
+    let mut byte = [0u8; 1];
+    match unistd::read(io.release, &mut byte) {
+        Ok(1) => {}
+        _ => return Err(fail("start", "the supervisor did not release the container")),
+    }
+
+    if spec.has(Namespace::User) {
+        unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .map_err(|e| errno("user namespace", "becoming gid 0", e))?;
+        unistd::setgroups(&[]).map_err(|e| errno("user namespace", "dropping groups", e))?;
+        unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .map_err(|e| errno("user namespace", "becoming uid 0", e))?;
+    }
+    if spec.has(Namespace::Cgroup) {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| errno("cgroup namespace", "unshare", e))?;
+    }
+
+    let root = cfg.layer().merged;
+    let private_mounts = spec.has(Namespace::Mount);
+    if private_mounts {
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(|e| errno("mount namespace", "making mounts private", e))?;
+        mount(Some(&root), &root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| errno("rootfs", format!("binding {}", root.display()), e))?;
+    }
+    mount_proc_dev_sys(&root, spec.has(Namespace::Net), spec.has(Namespace::User))?;
+
+    if spec.has(Namespace::Uts) {
+        unistd::sethostname(&cfg.hostname).map_err(|e| errno("hostname", format!("setting '{}'", cfg.hostname), e))?;
+    }
+
+    if private_mounts {
+        pivot_into(&root)?;
+        if spec.read_only_rootfs {
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| errno("rootfs", "remounting / read-only", e))?;
+        }
+    } else {
+        unistd::chroot(&root).map_err(|e| errno("chroot", root.display(), e))?;
+    }
+
+    report(io.report, &InitMessage::Namespaces(own_namespaces()));
+
+    let workdir = if spec.workdir.is_empty() { "/" } else { spec.workdir.as_str() };
+    unistd::chdir(workdir).map_err(|e| errno("workdir", format!("working directory '{workdir}'"), e))?;
+
+    let env = environment(cfg);
+    let path_var = env
+        .iter()
+        .find_map(|(k, v)| (k == "PATH").then_some(v.as_str()))
+        .unwrap_or(DEFAULT_PATH);
+    let program = resolve_command(&spec.command[0], path_var)?;
+    let argv = to_cstrings(&spec.command)?;
+    let envp = to_cstrings(&env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())?;
+    let program_c = CString::new(program.as_os_str().as_encoded_bytes())
+        .map_err(|_| fail("exec", "command contains a NUL byte"))?;
+    sys::reset_signals_for_exec().map_err(|e| errno("exec", "resetting signals", e))?;
+    let e = unistd::execve(&program_c, &argv, &envp).err().unwrap_or(Errno::UnknownErrno);
+    Err(match e {
+        Errno::ENOENT => fail("exec", format!("'{}' does not exist in the container", program.display())),
+        Errno::EACCES => fail("exec", format!("'{}' is not executable (permission denied)", program.display())),
+        Errno::ENOEXEC => fail("exec", format!("'{}' is not a program this kernel can run", program.display())),
+        other => errno("exec", program.display(), other),
+    })
+}
+
+fn to_cstrings(items: &[String]) -> Result<Vec<CString>, Failure> {
+    items
+        .iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| fail("exec", format!("{s:?} contains a NUL byte"))))
+        .collect()
+}
+
+/// The command's environment: defaults, then the spec's variables.
+pub fn environment(cfg: &SupervisorConfig) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), "/root".into()),
+    ];
+    if cfg.spec.has(Namespace::Uts) {
+        env.push(("HOSTNAME".into(), cfg.hostname.clone()));
+    }
+    for (k, v) in &cfg.spec.env {
+        env.retain(|(key, _)| key != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+/// Finds `command` like a shell: a name with a `/` is used as is, otherwise the first
+/// executable file of that name in `path_var`'s directories.
+pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, Failure> {
+    if command.contains('/') {
+        return Ok(PathBuf::from(command));
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(command))
+        .find(|p| p.is_file() && unistd::access(p, unistd::AccessFlags::X_OK).is_ok())
+        .ok_or_else(|| fail("exec", format!("'{command}' not found in the container's PATH ({path_var})")))
+}
+
+fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(), Failure> {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let target = |p: &str| root.join(p);
+    let mkdir = |p: &Path, step: &str| {
+        std::fs::create_dir_all(p).map_err(|e| fail(step, format!("creating {}: {e}", p.display())))
+    };
+
+    mkdir(&target("proc"), "mount /proc")?;
+    mount(Some("proc"), &target("proc"), Some("proc"), nosuid_nodev_noexec, None::<&str>)
+        .map_err(|e| errno("mount /proc", "mount -t proc proc /proc", e))?;
+
+    let dev = target("dev");
+    mkdir(&dev, "mount /dev")?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )
+    .map_err(|e| errno("mount /dev", "tmpfs on /dev", e))?;
+    // Device nodes are bound from the host: mknod is not allowed in a user namespace, and a
+    // bind works the same everywhere.
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let path = dev.join(node);
+        std::fs::File::create(&path).map_err(|e| fail("mount /dev", format!("creating {}: {e}", path.display())))?;
+        mount(Some(&Path::new("/dev").join(node)), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| errno("mount /dev", format!("binding /dev/{node}"), e))?;
+    }
+    let pts = dev.join("pts");
+    mkdir(&pts, "mount /dev/pts")?;
+    let pts_options = if user_ns {
+        "newinstance,ptmxmode=0666,mode=620"
+    } else {
+        "newinstance,ptmxmode=0666,mode=620,gid=5"
+    };
+    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(pts_options))
+        .map_err(|e| errno("mount /dev/pts", "devpts", e))?;
+    let shm = dev.join("shm");
+    mkdir(&shm, "mount /dev/shm")?;
+    mount(Some("shm"), &shm, Some("tmpfs"), nosuid_nodev_noexec, Some("mode=1777,size=65536k"))
+        .map_err(|e| errno("mount /dev/shm", "tmpfs", e))?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link))
+            .map_err(|e| fail("mount /dev", format!("linking /dev/{link}: {e}")))?;
+    }
+
+    if private_net {
+        let sys = target("sys");
+        mkdir(&sys, "mount /sys")?;
+        mount(Some("sysfs"), &sys, Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None::<&str>)
+            .map_err(|e| errno("mount /sys", "sysfs read-only", e))?;
+    }
+    Ok(())
+}
+
+/// firecracker's sequence: with the rootfs a mount point of a private mount namespace,
+/// `pivot_root(".", ".")` stacks the old root under the new one, and a lazy unmount of "."
+/// detaches it, so nothing of the host's tree stays reachable.
+fn pivot_into(root: &Path) -> Result<(), Failure> {
+    unistd::chdir(root).map_err(|e| errno("pivot_root", root.display(), e))?;
+    unistd::pivot_root(".", ".").map_err(|e| errno("pivot_root", "pivot_root(\".\", \".\")", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| errno("pivot_root", "detaching the old root", e))?;
+    unistd::chdir("/").map_err(|e| errno("pivot_root", "chdir /", e))
+}
+
+/// Inodes of this process's namespaces.
+pub fn own_namespaces() -> Vec<(Namespace, u64)> {
+    namespaces_of("self")
+}
+
+/// Inodes of the namespaces of process `who` (`self` or a pid).
+pub fn namespaces_of(who: &str) -> Vec<(Namespace, u64)> {
+    Namespace::ALL
+        .iter()
+        .filter_map(|ns| {
+            nix::sys::stat::stat(format!("/proc/{who}/ns/{}", ns.proc_name()).as_str())
+                .ok()
+                .map(|st| (*ns, st.st_ino))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_commands_in_path() {
+        assert_eq!(resolve_command("/bin/x", "/nowhere").map(|p| p.display().to_string()), Ok("/bin/x".into()));
+        assert_eq!(resolve_command("sh", "/nowhere:/bin:/usr/bin").map(|p| p.display().to_string()), Ok("/bin/sh".into()));
+        let e = resolve_command("no-such-program-hutch", "/bin").expect_err("missing");
+        assert_eq!(e.step, "exec");
+        assert!(e.message.contains("not found"));
+    }
+
+    #[test]
+    fn namespaces_of_self_are_all_there() {
+        assert_eq!(own_namespaces().len(), Namespace::ALL.len());
+    }
+}

@@ -1,0 +1,179 @@
+//! What a container is and was, as recorded on disk in its state directory
+//! (`STATE_DIR/containers/ID/`):
+//!
+//! - `config.json`: what the agent asked the supervisor to do (written once, before it starts);
+//! - `state.json`: what happened, written only by the supervisor, atomically, at each change:
+//!   running (with pid and namespace report), then the exit record (code, signal, OOM kill),
+//!   then `cleaned_up` once mounts and cgroup are gone;
+//! - `container.log`: stdout and stderr, one timestamped, tagged line each;
+//! - `supervisor.log`: the supervisor's own diagnostics;
+//! - `upper/`, `work/`, `rootfs/`: the writable layer and where the root is assembled.
+//!
+//! Because the exit record is on disk before anything else happens, a container that exits
+//! while no one watches still has its exit code, OOM flag and logs when asked later.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{CgroupPath, MemoryStats};
+use crate::rootfs::overlay::Layer;
+use crate::spec::{ContainerSpec, Namespace};
+
+/// The lifecycle of a container on its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// State directory and cgroup exist; the supervisor is starting it.
+    Created,
+    /// The command was exec'd and has not exited.
+    Running,
+    /// The command exited (see exit code or signal).
+    Exited,
+    /// The OOM killer killed a process of the container.
+    OomKilled,
+    /// It could not be started, or its supervisor vanished (see `failure`).
+    Failed,
+}
+
+impl Status {
+    /// Whether the container has finished (no process of it is left running).
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Exited | Status::OomKilled | Status::Failed)
+    }
+}
+
+/// Where and why a container failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The step that failed: rootfs, cgroup, user namespace, mount /proc, pivot_root, exec...
+    pub step: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// One namespace of a container next to the host's: the tutorial's `ls -l /proc/PID/ns`
+/// comparison, as data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceReport {
+    /// Which namespace.
+    pub kind: Namespace,
+    /// Inode of the container's namespace.
+    pub container_inode: u64,
+    /// Inode of the host's (the supervisor's) namespace of that kind.
+    pub host_inode: u64,
+    /// Whether they differ.
+    pub isolated: bool,
+}
+
+/// What the agent hands the supervisor (`config.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorConfig {
+    /// Container id.
+    pub id: String,
+    /// The validated spec.
+    pub spec: ContainerSpec,
+    /// Hostname to set when the uts namespace is private.
+    pub hostname: String,
+    /// The container's state directory.
+    pub dir: PathBuf,
+    /// The root filesystem layers.
+    pub lower: PathBuf,
+    /// Content key of the rootfs entry, to tell which containers use it.
+    pub rootfs_key: String,
+    /// The container's cgroup (already created, limits set).
+    pub cgroup: CgroupPath,
+    /// The cgroup leaf supervisors live in.
+    pub supervisors_cgroup: CgroupPath,
+}
+
+impl SupervisorConfig {
+    /// The writable layer's directories.
+    pub fn layer(&self) -> Layer {
+        Layer::in_dir(&self.dir, &self.lower)
+    }
+}
+
+/// The record of a container (`state.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    /// Container id.
+    pub id: String,
+    /// Current status.
+    pub status: Status,
+    /// The supervisor's pid.
+    pub supervisor_pid: Option<u32>,
+    /// The supervisor's start time in ticks, to recognise it after pid reuse.
+    pub supervisor_start_ticks: Option<u64>,
+    /// Host pid of the container's init (PID 1 inside when the pid namespace is private).
+    pub pid: Option<u32>,
+    /// Exit code, when it exited normally.
+    pub exit_code: Option<i32>,
+    /// Terminating signal, when a signal killed it.
+    pub signal: Option<i32>,
+    /// Whether the OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// Why it failed.
+    pub failure: Option<Failure>,
+    /// Namespace report taken just before the command was exec'd.
+    pub namespaces: Vec<NamespaceReport>,
+    /// Memory figures at exit.
+    pub final_memory: Option<MemoryStats>,
+    /// When it was created, started and finished (ms since the epoch).
+    pub created_ms: u64,
+    /// See `created_ms`.
+    pub started_ms: Option<u64>,
+    /// See `created_ms`.
+    pub finished_ms: Option<u64>,
+    /// Whether the supervisor finished removing mounts and cgroup.
+    pub cleaned_up: bool,
+}
+
+impl ContainerState {
+    /// A fresh record.
+    pub fn created(id: &str, now_ms: u64) -> Self {
+        ContainerState {
+            id: id.to_string(),
+            status: Status::Created,
+            supervisor_pid: None,
+            supervisor_start_ticks: None,
+            pid: None,
+            exit_code: None,
+            signal: None,
+            oom_killed: false,
+            failure: None,
+            namespaces: Vec::new(),
+            final_memory: None,
+            created_ms: now_ms,
+            started_ms: None,
+            finished_ms: None,
+            cleaned_up: false,
+        }
+    }
+}
+
+/// Paths of the files in a container's state directory.
+pub struct StatePaths;
+
+impl StatePaths {
+    /// `config.json`.
+    pub fn config(dir: &Path) -> PathBuf {
+        dir.join("config.json")
+    }
+    /// `state.json`.
+    pub fn state(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+    /// `container.log`.
+    pub fn log(dir: &Path) -> PathBuf {
+        dir.join("container.log")
+    }
+    /// `supervisor.log`.
+    pub fn supervisor_log(dir: &Path) -> PathBuf {
+        dir.join("supervisor.log")
+    }
+    /// Directory of exec results.
+    pub fn exec_dir(dir: &Path) -> PathBuf {
+        dir.join("exec")
+    }
+}

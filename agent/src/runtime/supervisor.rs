@@ -1,0 +1,450 @@
+//! The per-container supervisor (containerd's shim, podman's conmon): a small,
+//! single-threaded program, started by the agent with `exec`, one per container.
+//!
+//! It detaches from the agent (double fork + `setsid`, so it survives the agent and is not
+//! the agent's child), joins the supervisors' cgroup leaf (so it is never charged to the
+//! container), mounts the container's rootfs layer, clones the container's init into its
+//! namespaces (see [`super::init`]), places it in the container's cgroup, writes its uid/gid
+//! maps and releases it. It then:
+//!
+//! - tells the agent the outcome with one JSON line on its stdout (the container's state);
+//! - copies the container's stdout and stderr into `container.log`, one tagged line each;
+//! - reaps the init (and, as child subreaper, every orphan of the container);
+//! - writes the exit record (code, signal, OOM kill, memory peak) atomically *first*,
+//! - then kills what is left in the cgroup, unmounts everything below the container's
+//!   directory, removes the cgroup, and records `cleaned_up`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{self, Pid};
+
+use super::init::{self, InitIo, InitMessage};
+use super::logs::{format_line, LineSplitter, Stream};
+use super::state::{ContainerState, Failure, NamespaceReport, StatePaths, Status, SupervisorConfig};
+use super::sys;
+use crate::cgroup::ContainerCgroup;
+use crate::fsutil::{read_json, unix_millis_now, write_json_atomic};
+use crate::mounts::unmount_below;
+use crate::rootfs::overlay;
+use crate::spec::{IdMap, Namespace};
+
+/// Longest log record before a line is split into partial records.
+const MAX_LOG_LINE: usize = 16 * 1024;
+/// How long to wait for the output pipes to close after the container's processes are gone.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+macro_rules! diag {
+    ($($arg:tt)*) => {
+        eprintln!("{} {}", humantime::format_rfc3339_millis(SystemTime::now()), format!($($arg)*))
+    };
+}
+
+/// Entry point of `hutch-supervisor run DIR`. Returns the process exit code.
+pub fn main_run(dir: &Path) -> i32 {
+    // Stage 1: fork and exit at once, so the agent reaps us immediately and the real
+    // supervisor is re-parented away from the agent.
+    match sys::fork_single_threaded() {
+        Ok(sys::Forked::Parent(_)) => return 0,
+        Ok(sys::Forked::Child) => {}
+        Err(e) => {
+            diag!("fork failed: {e}");
+            return 1;
+        }
+    }
+    let _ = unistd::setsid();
+    let cfg: SupervisorConfig = match read_json(&StatePaths::config(dir)) {
+        Ok(c) => c,
+        Err(e) => {
+            diag!("cannot read {}: {e}", StatePaths::config(dir).display());
+            return 1;
+        }
+    };
+    let mut sup = Supervisor::new(cfg);
+    sup.run();
+    0
+}
+
+struct Supervisor {
+    cfg: SupervisorConfig,
+    state: ContainerState,
+    cgroup: ContainerCgroup,
+}
+
+struct Pipes {
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+    report: (OwnedFd, OwnedFd),
+    release: (OwnedFd, OwnedFd),
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
+    unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Failure {
+        step: "start".into(),
+        message: format!("creating a pipe: {e}"),
+    })
+}
+
+fn failure(step: &str, message: impl Into<String>) -> Failure {
+    Failure {
+        step: step.into(),
+        message: message.into(),
+    }
+}
+
+impl Supervisor {
+    fn new(cfg: SupervisorConfig) -> Self {
+        let me = std::process::id();
+        let mut state = read_json(&StatePaths::state(&cfg.dir))
+            .unwrap_or_else(|_| ContainerState::created(&cfg.id, unix_millis_now()));
+        state.supervisor_pid = Some(me);
+        state.supervisor_start_ticks = sys::process_start_ticks(me);
+        let cgroup = ContainerCgroup::open(cfg.cgroup.clone());
+        Supervisor { cfg, state, cgroup }
+    }
+
+    fn save(&self) {
+        if let Err(e) = write_json_atomic(&StatePaths::state(&self.cfg.dir), &self.state) {
+            diag!("cannot write state: {e}");
+        }
+    }
+
+    /// Tells the agent the outcome of the start, then stops using the pipe to it.
+    fn tell_agent(&self) {
+        if let Ok(mut line) = serde_json::to_vec(&self.state) {
+            line.push(b'\n');
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.flush();
+        }
+        // From now on stdout goes to the diagnostics log like stderr.
+        let _ = unistd::dup2(2, 1);
+    }
+
+    fn run(&mut self) {
+        let started = Instant::now();
+        self.save();
+        match self.start() {
+            Ok((child, pipes)) => {
+                diag!("container {} running as pid {child} (start took {:?})", self.cfg.id, started.elapsed());
+                self.tell_agent();
+                self.supervise(child, pipes);
+            }
+            Err(f) => {
+                diag!("container {} failed at '{}': {}", self.cfg.id, f.step, f.message);
+                self.state.status = Status::Failed;
+                self.state.failure = Some(f);
+                self.state.finished_ms = Some(unix_millis_now());
+                self.save();
+                self.cleanup();
+                self.tell_agent();
+            }
+        }
+    }
+
+    /// Everything up to the exec of the command. On error nothing of the container runs.
+    fn start(&mut self) -> Result<(Pid, (OwnedFd, OwnedFd)), Failure> {
+        let cfg = self.cfg.clone();
+        cfg.supervisors_cgroup
+            .add_process(std::process::id())
+            .map_err(|e| failure("cgroup", format!("joining the supervisors' cgroup: {e}")))?;
+        sys::set_child_subreaper().map_err(|e| failure("start", format!("becoming subreaper: {e}")))?;
+        overlay::mount_layer(&cfg.layer(), cfg.spec.read_only_rootfs).map_err(|e| failure("rootfs", e.to_string()))?;
+
+        let pipes = Pipes {
+            stdout: pipe()?,
+            stderr: pipe()?,
+            report: pipe()?,
+            release: pipe()?,
+        };
+        let io = InitIo {
+            release: pipes.release.0.as_raw_fd(),
+            report: pipes.report.1.as_raw_fd(),
+            stdout: pipes.stdout.1.as_raw_fd(),
+            stderr: pipes.stderr.1.as_raw_fd(),
+        };
+        let host_namespaces = init::own_namespaces();
+        let child = sys::clone_process(Box::new(|| init::run(&cfg, io)), clone_flags(&cfg))
+            .map_err(|e| failure("clone", format!("creating the namespaces: {} ({e:?})", e.desc())))?;
+        let Pipes {
+            stdout,
+            stderr,
+            report,
+            release,
+        } = pipes;
+        drop((stdout.1, stderr.1, report.1, release.0));
+
+        let placed = self
+            .cgroup
+            .add_process(child.as_raw() as u32)
+            .map_err(|e| failure("cgroup", e.to_string()))
+            .and_then(|()| {
+                if cfg.spec.has(Namespace::User) {
+                    write_id_maps(child, &cfg.spec.effective_uid_map(), &cfg.spec.effective_gid_map())
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(f) = placed {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return Err(f);
+        }
+        unistd::write(&release.1, &[1]).map_err(|e| failure("start", format!("releasing the init: {e}")))?;
+        drop(release.1);
+
+        let mut reader = std::io::BufReader::new(File::from(report.0));
+        let mut namespaces = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match std::io::BufRead::read_line(&mut reader, &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => match serde_json::from_str::<InitMessage>(&line) {
+                    Ok(InitMessage::Namespaces(ns)) => namespaces = Some(ns),
+                    Ok(InitMessage::Failed(f)) => {
+                        let _ = waitpid(child, None);
+                        return Err(f);
+                    }
+                    Err(e) => diag!("unreadable message from init: {e}"),
+                },
+            }
+        }
+        let Some(namespaces) = namespaces else {
+            let status = waitpid(child, None);
+            return Err(failure("start", format!("the container's init died during setup ({status:?})")));
+        };
+        self.state.namespaces = namespaces
+            .into_iter()
+            .map(|(kind, container_inode)| {
+                let host_inode = host_namespaces
+                    .iter()
+                    .find_map(|(k, i)| (*k == kind).then_some(*i))
+                    .unwrap_or(0);
+                NamespaceReport {
+                    kind,
+                    container_inode,
+                    host_inode,
+                    isolated: container_inode != host_inode,
+                }
+            })
+            .collect();
+        self.state.status = Status::Running;
+        self.state.pid = Some(child.as_raw() as u32);
+        self.state.started_ms = Some(unix_millis_now());
+        self.save();
+        Ok((child, (stdout.0, stderr.0)))
+    }
+
+    /// Copies output to the log and reaps until the container's init has exited.
+    fn supervise(&mut self, child: Pid, (stdout, stderr): (OwnedFd, OwnedFd)) {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
+        let mut sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(StatePaths::log(&self.cfg.dir))
+            .ok();
+        let mut streams = [
+            (Some(stdout), Stream::Stdout, LineSplitter::new(MAX_LOG_LINE)),
+            (Some(stderr), Stream::Stderr, LineSplitter::new(MAX_LOG_LINE)),
+        ];
+        let mut exit: Option<WaitStatus> = None;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if exit.is_some() && streams.iter().all(|s| s.0.is_none()) {
+                break;
+            }
+            if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                diag!("output pipes still open {DRAIN_TIMEOUT:?} after exit; closing them");
+                break;
+            }
+            // Reap before sleeping, so a SIGCHLD that arrived before the mask is not missed.
+            reap(child, &mut exit);
+            if exit.is_some() && drain_deadline.is_none() {
+                if let Err(e) = self.cgroup.kill_all() {
+                    diag!("{e}");
+                }
+                drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                continue;
+            }
+            let mut fds: Vec<PollFd> = Vec::new();
+            let mut which: Vec<usize> = Vec::new();
+            for (i, (fd, _, _)) in streams.iter().enumerate() {
+                if let Some(fd) = fd {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    which.push(i);
+                }
+            }
+            if let Some(s) = sigfd.as_ref() {
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            }
+            let timeout = if drain_deadline.is_some() || sigfd.is_none() {
+                PollTimeout::from(100u16)
+            } else {
+                PollTimeout::NONE
+            };
+            if poll(&mut fds, timeout).is_err() {
+                continue;
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+            if let Some(s) = sigfd.as_mut() {
+                while let Ok(Some(_)) = s.read_signal() {}
+            }
+            for (slot, &i) in which.iter().enumerate() {
+                if !ready[slot] {
+                    continue;
+                }
+                let (fd, stream, splitter) = &mut streams[i];
+                let n = match fd.as_ref().map(|f| unistd::read(f.as_raw_fd(), &mut buf)) {
+                    Some(Ok(n)) => n,
+                    Some(Err(nix::errno::Errno::EINTR)) | Some(Err(nix::errno::Errno::EAGAIN)) => continue,
+                    _ => 0,
+                };
+                let records = if n == 0 {
+                    *fd = None;
+                    splitter.finish().into_iter().collect()
+                } else {
+                    splitter.push(&buf[..n])
+                };
+                if let Some(log) = log.as_mut() {
+                    for (full, text) in records {
+                        let _ = log.write_all(&format_line(SystemTime::now(), *stream, full, &text));
+                    }
+                }
+            }
+        }
+        for (_, stream, splitter) in streams.iter_mut() {
+            if let (Some(log), Some((full, text))) = (log.as_mut(), splitter.finish()) {
+                let _ = log.write_all(&format_line(SystemTime::now(), *stream, full, &text));
+            }
+        }
+        if let Some(l) = log.as_mut() {
+            let _ = l.sync_data();
+        }
+        self.record_exit(exit);
+        self.cleanup();
+    }
+
+    fn record_exit(&mut self, exit: Option<WaitStatus>) {
+        let memory = self.cgroup.memory();
+        match exit {
+            Some(WaitStatus::Exited(_, code)) => self.state.exit_code = Some(code),
+            Some(WaitStatus::Signaled(_, sig, _)) => self.state.signal = Some(sig as i32),
+            _ => {}
+        }
+        self.state.oom_killed = memory.oom_kills > 0;
+        self.state.status = if self.state.oom_killed {
+            Status::OomKilled
+        } else {
+            Status::Exited
+        };
+        self.state.final_memory = Some(memory);
+        self.state.finished_ms = Some(unix_millis_now());
+        self.save();
+        diag!(
+            "container {} ended: status {:?}, exit code {:?}, signal {:?}, oom kills {}",
+            self.cfg.id,
+            self.state.status,
+            self.state.exit_code,
+            self.state.signal,
+            memory.oom_kills
+        );
+    }
+
+    /// Removes everything the container had on the host except its state directory.
+    fn cleanup(&mut self) {
+        let started = Instant::now();
+        if let Err(e) = self.cgroup.kill_all() {
+            diag!("{e}");
+        }
+        let killed = started.elapsed();
+        let left = unmount_below(&self.cfg.dir);
+        let unmounted = started.elapsed();
+        if !left.is_empty() {
+            diag!("could not unmount {left:?}");
+        }
+        if let Err(e) = self.cgroup.remove() {
+            diag!("{e}");
+        }
+        self.state.cleaned_up = left.is_empty();
+        self.save();
+        diag!(
+            "cleaned up in {:?} (processes gone after {killed:?}, unmounted after {unmounted:?})",
+            started.elapsed()
+        );
+    }
+}
+
+/// Reaps every exited child without blocking; records the init's status.
+fn reap(init: Pid, exit: &mut Option<WaitStatus>) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(status) => {
+                if status.pid() == Some(init) {
+                    *exit = Some(status);
+                }
+            }
+        }
+    }
+}
+
+fn clone_flags(cfg: &SupervisorConfig) -> CloneFlags {
+    let mut flags = CloneFlags::empty();
+    for ns in &cfg.spec.namespaces {
+        flags |= match ns {
+            Namespace::Pid => CloneFlags::CLONE_NEWPID,
+            Namespace::Ipc => CloneFlags::CLONE_NEWIPC,
+            Namespace::Net => CloneFlags::CLONE_NEWNET,
+            Namespace::Uts => CloneFlags::CLONE_NEWUTS,
+            Namespace::Mount => CloneFlags::CLONE_NEWNS,
+            Namespace::User => CloneFlags::CLONE_NEWUSER,
+            // Unshared by the init once it sits in its own cgroup, so that one is its root.
+            Namespace::Cgroup => CloneFlags::empty(),
+        };
+    }
+    flags
+}
+
+/// Formats a uid/gid map as the kernel reads it.
+pub fn format_id_map(map: &[IdMap]) -> String {
+    map.iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+        .collect()
+}
+
+fn write_id_maps(child: Pid, uid_map: &[IdMap], gid_map: &[IdMap]) -> Result<(), Failure> {
+    for (file, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        let path = format!("/proc/{child}/{file}");
+        std::fs::write(&path, format_id_map(map))
+            .map_err(|e| failure("user namespace", format!("writing {path}: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_map_format() {
+        assert_eq!(format_id_map(&[IdMap::DEFAULT]), "0 100000 65536\n");
+    }
+}
