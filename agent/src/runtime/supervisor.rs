@@ -154,6 +154,8 @@ impl Supervisor {
     /// Everything up to the exec of the command. On error nothing of the container runs.
     fn start(&mut self) -> Result<(Pid, (OwnedFd, OwnedFd)), Failure> {
         let cfg = self.cfg.clone();
+        // Another agent process may have just removed the idle leaf: recreate it.
+        let _ = std::fs::create_dir_all(cfg.supervisors_cgroup.dir());
         cfg.supervisors_cgroup
             .add_process(std::process::id())
             .map_err(|e| failure("cgroup", format!("joining the supervisors' cgroup: {e}")))?;

@@ -1,0 +1,189 @@
+//! Test support: a real runtime per test, on one debootstrapped rootfs shared by the whole
+//! test run, with every resource uniquely named and removed when the test ends, also when
+//! it fails.
+//!
+//! The shared rootfs lives in `/var/tmp/hutch-test-cache/rootfs` (or `$HUTCH_TEST_ROOTFS_DIR`)
+//! and is built once: in-process by the store's single-flight, across test processes by its
+//! file lock. Later runs find it cached.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hutch_agent::cgroup::ContainerCgroup;
+use hutch_agent::mounts::unmount_below;
+use hutch_agent::rootfs::RootfsSource;
+use hutch_agent::runtime::state::{ContainerState, StatePaths};
+use hutch_agent::runtime::{Runtime, RuntimeConfig};
+use hutch_agent::spec::ContainerSpec;
+
+/// Name of the shared Debian rootfs in every test host's store.
+pub const ROOTFS: &str = "debian";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call: `NAME-PID-N`.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The rootfs store shared by the test run.
+pub fn shared_rootfs_dir() -> PathBuf {
+    std::env::var_os("HUTCH_TEST_ROOTFS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/hutch-test-cache/rootfs"))
+}
+
+/// The supervisor binary built with these tests.
+pub fn supervisor_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hutch-supervisor"))
+}
+
+/// The agent binary built with these tests.
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hutch-agent"))
+}
+
+/// One runtime with its own state directory and cgroup instance.
+pub struct TestHost {
+    /// The runtime under test.
+    pub runtime: Runtime,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Its cgroup instance name.
+    pub instance: String,
+}
+
+impl TestHost {
+    /// A runtime named after the test, with the shared `debian` rootfs ready.
+    pub async fn new(test: &str) -> TestHost {
+        let name = unique(test);
+        let state_dir = PathBuf::from(format!("/var/tmp/hutch-test-{name}"));
+        let instance = format!("t-{name}");
+        let runtime = Runtime::new(RuntimeConfig {
+            state_dir: state_dir.clone(),
+            rootfs_dir: Some(shared_rootfs_dir()),
+            supervisor_bin: Some(supervisor_bin()),
+            cgroup_root: None,
+            instance: instance.clone(),
+        })
+        .expect("runtime");
+        let host = TestHost {
+            runtime,
+            state_dir,
+            instance,
+        };
+        let started = Instant::now();
+        let built = host
+            .runtime
+            .store()
+            .build(ROOTFS, &RootfsSource::default_debian(), None)
+            .await
+            .expect("shared debian rootfs");
+        println!(
+            "shared rootfs '{ROOTFS}' {:?} in {:.2}s",
+            built.outcome,
+            started.elapsed().as_secs_f64()
+        );
+        host
+    }
+
+    /// A spec on the shared rootfs.
+    pub fn spec(&self, command: &[&str]) -> ContainerSpec {
+        ContainerSpec::new(ROOTFS, command.iter().copied())
+    }
+
+    /// Directory of container `id`.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("containers").join(id)
+    }
+
+    /// The container's stdout as one string.
+    pub fn stdout(&self, id: &str) -> String {
+        self.runtime
+            .logs(id)
+            .expect("logs")
+            .into_iter()
+            .filter(|l| l.stream == hutch_agent::runtime::logs::Stream::Stdout)
+            .map(|l| l.text + "\n")
+            .collect()
+    }
+
+    /// Runs `spec` to its end and returns its final record.
+    pub async fn run_to_end(&self, id: &str, spec: ContainerSpec) -> hutch_agent::runtime::ContainerInfo {
+        self.runtime.run(id, spec).await.expect("run");
+        self.runtime.wait(id).await.expect("wait")
+    }
+
+    /// Asserts that nothing of container `id` is left on the host: no mount, no cgroup, no
+    /// state directory, no supervisor.
+    pub fn assert_nothing_left(&self, id: &str) {
+        let dir = self.container_dir(id);
+        assert!(unmount_below(&dir).is_empty() && hutch_agent::mounts::mounts_below(&dir).is_empty(), "mounts left below {}", dir.display());
+        let cg = self.runtime.cgroups().container_path(id).dir();
+        assert!(!cg.exists(), "cgroup {} left", cg.display());
+        assert!(!dir.exists(), "state directory {} left", dir.display());
+        assert!(supervisors_of(&dir).is_empty(), "supervisor of {id} still running");
+    }
+}
+
+/// Pids of supervisor or exec helper processes working on `container_dir`.
+pub fn supervisors_of(container_dir: &Path) -> Vec<u32> {
+    let needle = container_dir.to_string_lossy().into_owned();
+    hutch_processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains(&needle))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every running `hutch-supervisor` process: (pid, command line).
+pub fn hutch_processes() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.split(' ').next().is_some_and(|argv0| argv0.ends_with("hutch-supervisor")) {
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
+
+impl Drop for TestHost {
+    /// Kills whatever the test left running, waits for the supervisors to clean up, then
+    /// removes the state directory and the cgroup instance. Synchronous, so it also runs
+    /// when a test panics.
+    fn drop(&mut self) {
+        let containers = self.state_dir.join("containers");
+        for entry in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+            let dir = entry.path();
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let cg = ContainerCgroup::open(self.runtime.cgroups().container_path(&id));
+            let _ = cg.kill_all();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !supervisors_of(&dir).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let state: Option<ContainerState> = hutch_agent::fsutil::read_json(&StatePaths::state(&dir)).ok();
+            if state.is_some_and(|s| !s.cleaned_up) {
+                eprintln!("cleanup: container {id} was not cleaned up by its supervisor; removing what is left");
+            }
+            let _ = cg.remove();
+        }
+        let left = unmount_below(&self.state_dir);
+        if left.is_empty() {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        } else {
+            eprintln!("cleanup: could not unmount {left:?}; leaving {}", self.state_dir.display());
+        }
+        self.runtime.close();
+    }
+}
