@@ -59,22 +59,7 @@ pub struct TestHost {
 impl TestHost {
     /// A runtime named after the test, with the shared `debian` rootfs ready.
     pub async fn new(test: &str) -> TestHost {
-        let name = unique(test);
-        let state_dir = PathBuf::from(format!("/var/tmp/hutch-test-{name}"));
-        let instance = format!("t-{name}");
-        let runtime = Runtime::new(RuntimeConfig {
-            state_dir: state_dir.clone(),
-            rootfs_dir: Some(shared_rootfs_dir()),
-            supervisor_bin: Some(supervisor_bin()),
-            cgroup_root: None,
-            instance: instance.clone(),
-        })
-        .expect("runtime");
-        let host = TestHost {
-            runtime,
-            state_dir,
-            instance,
-        };
+        let host = TestHost::with_rootfs_dir(test, shared_rootfs_dir());
         let started = Instant::now();
         let built = host
             .runtime
@@ -88,6 +73,26 @@ impl TestHost {
             started.elapsed().as_secs_f64()
         );
         host
+    }
+
+    /// A runtime named after the test on the rootfs store at `rootfs_dir` (nothing built).
+    pub fn with_rootfs_dir(test: &str, rootfs_dir: PathBuf) -> TestHost {
+        let name = unique(test);
+        let state_dir = PathBuf::from(format!("/var/tmp/hutch-test-{name}"));
+        let instance = format!("t-{name}");
+        let runtime = Runtime::new(RuntimeConfig {
+            state_dir: state_dir.clone(),
+            rootfs_dir: Some(rootfs_dir),
+            supervisor_bin: Some(supervisor_bin()),
+            cgroup_root: None,
+            instance: instance.clone(),
+        })
+        .expect("runtime");
+        TestHost {
+            runtime,
+            state_dir,
+            instance,
+        }
     }
 
     /// A spec on the shared rootfs.

@@ -1,0 +1,46 @@
+//! Run last, after the whole suite (`scripts/test.sh` does): nothing hutch made may be left
+//! on the host: no hutch mount, no hutch cgroup below the cgroup the suite ran in, no
+//! supervisor process. It is ignored in a plain `cargo test` run because other tests running
+//! beside it would be seen as leaks.
+
+mod common;
+
+use hutch_agent::cgroup::detect_own_cgroup;
+
+fn hutch_cgroups(dir: &std::path::Path, found: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if entry.file_name().to_string_lossy().contains("hutch") {
+                found.push(path.display().to_string());
+            }
+            hutch_cgroups(&path, found);
+        }
+    }
+}
+
+#[test]
+#[ignore = "runs as the last step of scripts/test.sh, after every other test has ended"]
+fn nothing_is_left_behind() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mounts: Vec<&str> = mountinfo.lines().filter(|l| l.contains("hutch")).collect();
+    assert!(mounts.is_empty(), "hutch mounts left: {mounts:#?}");
+
+    let root = detect_own_cgroup().expect("cgroup");
+    let mut cgroups = Vec::new();
+    hutch_cgroups(&root.dir(), &mut cgroups);
+    assert!(cgroups.is_empty(), "hutch cgroups left: {cgroups:#?}");
+
+    let processes = common::hutch_processes();
+    assert!(processes.is_empty(), "hutch supervisors left: {processes:#?}");
+
+    let dirs: Vec<String> = std::fs::read_dir("/var/tmp")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hutch-test-") && n != "hutch-test-cache")
+        .collect();
+    assert!(dirs.is_empty(), "test state directories left: {dirs:?}");
+    println!("leak check: no hutch mount, cgroup, supervisor or test directory left (cgroup root {})", root.dir().display());
+}
