@@ -22,10 +22,19 @@ const EXIT_HUTCH_ERROR: u8 = 125;
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "hutch-agent", version, about = "hutch's per-host agent: rootfs store, namespaced containers, cgroup memory limits")]
+#[command(
+    name = "hutch-agent",
+    version,
+    about = "hutch's per-host agent: rootfs store, namespaced containers, cgroup memory limits"
+)]
 struct Cli {
     /// State directory: rootfs store and container records.
-    #[arg(long, env = "HUTCH_STATE_DIR", default_value = "/var/lib/hutch", global = true)]
+    #[arg(
+        long,
+        env = "HUTCH_STATE_DIR",
+        default_value = "/var/lib/hutch",
+        global = true
+    )]
     state_dir: PathBuf,
     /// Rootfs store directory (default: STATE_DIR/rootfs).
     #[arg(long, env = "HUTCH_ROOTFS_DIR", global = true)]
@@ -208,7 +217,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let cgroup_root = match cli.cgroup_root.as_ref().map(|p| cgroup_path_of(p)).transpose() {
+    let cgroup_root = match cli
+        .cgroup_root
+        .as_ref()
+        .map(|p| cgroup_path_of(p))
+        .transpose()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hutch-agent: {e}");
@@ -222,7 +236,10 @@ fn main() -> ExitCode {
         cgroup_root,
         instance: cli.instance.clone(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hutch-agent: cannot start the async runtime: {e}");
@@ -271,7 +288,10 @@ fn random_id() -> String {
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut bytes);
     }
-    format!("c-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "c-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 fn parse_signal(s: &str) -> Result<i32, RuntimeError> {
@@ -295,24 +315,42 @@ fn usage(message: String) -> RuntimeError {
 fn spec_of(args: &RunArgs) -> Result<ContainerSpec, RuntimeError> {
     let mut spec = ContainerSpec::new(args.rootfs.clone(), args.command.clone());
     spec.namespaces = parse_namespaces(&args.ns)?;
-    spec.memory_limit_bytes = args.memory.as_deref().map(parse_size).transpose().map_err(usage)?;
-    spec.memory_swap_limit_bytes = args.memory_swap.as_deref().map(parse_size).transpose().map_err(usage)?;
+    spec.memory_limit_bytes = args
+        .memory
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(usage)?;
+    spec.memory_swap_limit_bytes = args
+        .memory_swap
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(usage)?;
     spec.hostname = args.hostname.clone().unwrap_or_default();
     spec.workdir = args.workdir.clone();
     spec.read_only_rootfs = args.read_only;
     spec.stop_grace_seconds = args.stop_grace;
     let mut env = BTreeMap::new();
     for kv in &args.env {
-        let (k, v) = kv.split_once('=').ok_or_else(|| usage(format!("--env '{kv}' must be KEY=VALUE")))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--env '{kv}' must be KEY=VALUE")))?;
         env.insert(k.to_string(), v.to_string());
     }
     spec.env = env;
     if let Some(map) = &args.uid_map {
         let parts: Vec<u32> = map.split(':').filter_map(|p| p.parse().ok()).collect();
         let [inside, outside, count] = parts[..] else {
-            return Err(usage(format!("--uid-map '{map}' must be INSIDE:OUTSIDE:COUNT")));
+            return Err(usage(format!(
+                "--uid-map '{map}' must be INSIDE:OUTSIDE:COUNT"
+            )));
         };
-        spec.uid_map = vec![IdMap { inside, outside, count }];
+        spec.uid_map = vec![IdMap {
+            inside,
+            outside,
+            count,
+        }];
         spec.gid_map = spec.uid_map.clone();
     }
     Ok(spec)
@@ -349,7 +387,11 @@ fn print_info(info: &ContainerInfo) {
             ns.kind.to_string(),
             ns.container_inode,
             ns.host_inode,
-            if ns.isolated { "yes" } else { "no (shared with host)" }
+            if ns.isolated {
+                "yes"
+            } else {
+                "no (shared with host)"
+            }
         );
     }
 }
@@ -376,7 +418,10 @@ async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, Runti
             };
             print_new_logs(runtime, &id, &mut printed);
             if done.state.status == Status::OomKilled {
-                eprintln!("hutch-agent: container {id} was OOM-killed (limit {:?} bytes)", info.spec.memory_limit_bytes);
+                eprintln!(
+                    "hutch-agent: container {id} was OOM-killed (limit {:?} bytes)",
+                    info.spec.memory_limit_bytes
+                );
             }
             if args.rm {
                 runtime.remove(&id, true).await?;
@@ -384,7 +429,10 @@ async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, Runti
             Ok(exit_code_of(&done))
         }
         Command::Ps => {
-            println!("{:<24} {:<10} {:<8} {:<10} COMMAND", "ID", "STATUS", "PID", "ROOTFS");
+            println!(
+                "{:<24} {:<10} {:<8} {:<10} COMMAND",
+                "ID", "STATUS", "PID", "ROOTFS"
+            );
             for c in runtime.list() {
                 println!(
                     "{:<24} {:<10} {:<8} {:<10} {}",
@@ -495,7 +543,13 @@ async fn rootfs(runtime: &Runtime, cmd: RootfsCommand) -> Result<ExitCode, Runti
         RootfsCommand::Ls => {
             println!("{:<16} {:<26} {:>9}  SOURCE", "NAME", "KEY", "SIZE MiB");
             for r in runtime.store().list() {
-                println!("{:<16} {:<26} {:>9}  {}", r.name, r.key, r.size_bytes >> 20, r.source.describe());
+                println!(
+                    "{:<16} {:<26} {:>9}  {}",
+                    r.name,
+                    r.key,
+                    r.size_bytes >> 20,
+                    r.source.describe()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -503,7 +557,10 @@ async fn rootfs(runtime: &Runtime, cmd: RootfsCommand) -> Result<ExitCode, Runti
             let info = runtime.store().get(&name)?;
             let users = runtime.rootfs_users(&info.key);
             let value = serde_json::json!({ "rootfs": info, "containers": users });
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
         RootfsCommand::Rm { name } => {

@@ -80,19 +80,30 @@ mod tests {
 
     #[test]
     fn refuses_path_tricks() {
-        for n in ["..", ".", "../etc", "a/b", "/abs", ".hidden", "a..b", "a b", "a\0b", "-x"] {
-            assert!(validate_name("rootfs name", n).is_err(), "{n:?} must be refused");
+        for n in [
+            "..", ".", "../etc", "a/b", "/abs", ".hidden", "a..b", "a b", "a\0b", "-x",
+        ] {
+            assert!(
+                validate_name("rootfs name", n).is_err(),
+                "{n:?} must be refused"
+            );
         }
     }
 
     #[test]
     fn refuses_empty_and_long() {
-        assert!(matches!(validate_name("container id", ""), Err(NameError::Empty { .. })));
+        assert!(matches!(
+            validate_name("container id", ""),
+            Err(NameError::Empty { .. })
+        ));
         let long = "a".repeat(MAX_NAME_LEN + 1);
         assert!(matches!(
             validate_name("container id", &long),
             Err(NameError::TooLong { .. })
         ));
-        assert_eq!(validate_name("container id", &"a".repeat(MAX_NAME_LEN)), Ok(()));
+        assert_eq!(
+            validate_name("container id", &"a".repeat(MAX_NAME_LEN)),
+            Ok(())
+        );
     }
 }

@@ -225,7 +225,10 @@ pub enum SpecError {
 
 impl ContainerSpec {
     /// A spec running `command` in `rootfs` with the default namespaces and no limits.
-    pub fn new(rootfs: impl Into<String>, command: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        rootfs: impl Into<String>,
+        command: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         ContainerSpec {
             rootfs: rootfs.into(),
             command: command.into_iter().map(Into::into).collect(),
@@ -374,7 +377,9 @@ fn validate_id_map(field: &str, map: &[IdMap]) -> Result<(), SpecError> {
         }
         let range = (u64::from(m.inside), inside_end);
         if inside_ranges.iter().any(|r| range.0 < r.1 && r.0 < range.1) {
-            return Err(SpecError::BadIdMap(format!("{field}: inside ranges overlap")));
+            return Err(SpecError::BadIdMap(format!(
+                "{field}: inside ranges overlap"
+            )));
         }
         inside_ranges.push(range);
     }
@@ -407,9 +412,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        other => return Err(format!("unknown size unit '{other}' in '{text}': use k, M, G, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{text}': use k, M, G, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
     };
-    n.checked_mul(factor).ok_or_else(|| format!("size '{text}' is too large"))
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size '{text}' is too large"))
 }
 
 #[cfg(test)]
@@ -444,7 +454,10 @@ mod tests {
         for name in ["../x", "a/b", "", ".."] {
             let mut s = ok_spec();
             s.rootfs = name.into();
-            assert!(matches!(s.validate(), Err(SpecError::BadRootfsName(_))), "{name}");
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadRootfsName(_))),
+                "{name}"
+            );
         }
     }
 
@@ -461,7 +474,10 @@ mod tests {
     fn memory_limits() {
         let mut s = ok_spec();
         s.memory_limit_bytes = Some(0);
-        assert_eq!(s.validate(), Err(SpecError::MemoryLimitTooSmall { given: 0 }));
+        assert_eq!(
+            s.validate(),
+            Err(SpecError::MemoryLimitTooSmall { given: 0 })
+        );
         s.memory_limit_bytes = Some(4096);
         assert!(s.validate().is_err());
         s.memory_limit_bytes = Some(1_000_000);
@@ -478,12 +494,21 @@ mod tests {
     fn namespace_rules() {
         let mut s = ok_spec();
         s.namespaces = vec![Namespace::Pid, Namespace::Pid];
-        assert_eq!(s.validate(), Err(SpecError::DuplicateNamespace(Namespace::Pid)));
+        assert_eq!(
+            s.validate(),
+            Err(SpecError::DuplicateNamespace(Namespace::Pid))
+        );
         s.namespaces = vec![Namespace::User];
-        assert!(matches!(s.validate(), Err(SpecError::NamespaceCombination(_))));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::NamespaceCombination(_))
+        ));
         s.namespaces = vec![Namespace::Pid];
         s.hostname = "box".into();
-        assert!(matches!(s.validate(), Err(SpecError::NamespaceCombination(_))));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::NamespaceCombination(_))
+        ));
         s.namespaces = vec![Namespace::Uts];
         assert_eq!(s.validate(), Ok(()));
         s.hostname = "bad host".into();
@@ -513,14 +538,30 @@ mod tests {
         let mut s = ok_spec();
         s.namespaces.push(Namespace::User);
         assert_eq!(s.validate(), Ok(()));
-        s.uid_map = vec![IdMap { inside: 0, outside: 1000, count: 0 }];
+        s.uid_map = vec![IdMap {
+            inside: 0,
+            outside: 1000,
+            count: 0,
+        }];
         assert!(matches!(s.validate(), Err(SpecError::BadIdMap(_))));
         s.uid_map = vec![
-            IdMap { inside: 0, outside: 1000, count: 10 },
-            IdMap { inside: 5, outside: 5000, count: 10 },
+            IdMap {
+                inside: 0,
+                outside: 1000,
+                count: 10,
+            },
+            IdMap {
+                inside: 5,
+                outside: 5000,
+                count: 10,
+            },
         ];
         assert!(matches!(s.validate(), Err(SpecError::BadIdMap(_))));
-        s.uid_map = vec![IdMap { inside: 0, outside: u32::MAX - 1, count: 10 }];
+        s.uid_map = vec![IdMap {
+            inside: 0,
+            outside: u32::MAX - 1,
+            count: 10,
+        }];
         assert!(matches!(s.validate(), Err(SpecError::BadIdMap(_))));
         s.namespaces.retain(|n| *n != Namespace::User);
         s.uid_map = vec![IdMap::DEFAULT];

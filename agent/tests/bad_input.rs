@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{agent_bin, shared_rootfs_dir, TestHost};
+use common::TestHost;
 use hutch_agent::rootfs::RootfsError;
 use hutch_agent::runtime::{ErrorClass, RuntimeError};
 use hutch_agent::spec::{parse_namespaces, SpecError};
@@ -17,24 +17,45 @@ async fn bad_specs_are_typed_errors_and_leak_nothing() {
         let mut spec = host.spec(&["/bin/true"]);
         spec.rootfs = name.into();
         let e = rt.run("bad-rootfs", spec).await.expect_err(name);
-        assert!(matches!(e, RuntimeError::InvalidSpec(SpecError::BadRootfsName(_))), "{name}: {e:?}");
+        assert!(
+            matches!(e, RuntimeError::InvalidSpec(SpecError::BadRootfsName(_))),
+            "{name}: {e:?}"
+        );
         assert_eq!(e.class(), ErrorClass::InvalidArgument);
         host.assert_nothing_left("bad-rootfs");
     }
 
     let mut spec = host.spec(&["/bin/true"]);
     spec.rootfs = "no-such-rootfs".into();
-    let e = rt.run("unknown-rootfs", spec).await.expect_err("unknown rootfs");
-    assert!(matches!(e, RuntimeError::Rootfs(RootfsError::NotFound { .. })), "{e:?}");
-    assert!(e.to_string().contains("debian"), "the message lists known rootfs: {e}");
+    let e = rt
+        .run("unknown-rootfs", spec)
+        .await
+        .expect_err("unknown rootfs");
+    assert!(
+        matches!(e, RuntimeError::Rootfs(RootfsError::NotFound { .. })),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("debian"),
+        "the message lists known rootfs: {e}"
+    );
     assert_eq!(e.class(), ErrorClass::NotFound);
     host.assert_nothing_left("unknown-rootfs");
 
-    let e = rt.run("empty", host.spec(&[])).await.expect_err("empty argv");
-    assert!(matches!(e, RuntimeError::InvalidSpec(SpecError::EmptyCommand)));
+    let e = rt
+        .run("empty", host.spec(&[]))
+        .await
+        .expect_err("empty argv");
+    assert!(matches!(
+        e,
+        RuntimeError::InvalidSpec(SpecError::EmptyCommand)
+    ));
     host.assert_nothing_left("empty");
 
-    let e = rt.run("missing", host.spec(&["/no/such/binary"])).await.expect_err("missing binary");
+    let e = rt
+        .run("missing", host.spec(&["/no/such/binary"]))
+        .await
+        .expect_err("missing binary");
     match &e {
         RuntimeError::StartFailed { failure, .. } => {
             assert_eq!(failure.step, "exec");
@@ -44,25 +65,43 @@ async fn bad_specs_are_typed_errors_and_leak_nothing() {
     }
     host.assert_nothing_left("missing");
 
-    let e = rt.run("missing2", host.spec(&["no-such-command"])).await.expect_err("not in PATH");
-    assert!(e.to_string().contains("not found in the container's PATH"), "{e}");
+    let e = rt
+        .run("missing2", host.spec(&["no-such-command"]))
+        .await
+        .expect_err("not in PATH");
+    assert!(
+        e.to_string().contains("not found in the container's PATH"),
+        "{e}"
+    );
     host.assert_nothing_left("missing2");
 
     let mut spec = host.spec(&["/bin/true"]);
     spec.workdir = "/does/not/exist".into();
     let e = rt.run("workdir", spec).await.expect_err("missing workdir");
-    assert!(matches!(&e, RuntimeError::StartFailed { failure, .. } if failure.step == "workdir"), "{e:?}");
+    assert!(
+        matches!(&e, RuntimeError::StartFailed { failure, .. } if failure.step == "workdir"),
+        "{e:?}"
+    );
     host.assert_nothing_left("workdir");
 
     for limit in [0, 4096] {
         let mut spec = host.spec(&["/bin/true"]);
         spec.memory_limit_bytes = Some(limit);
         let e = rt.run("tiny", spec).await.expect_err("tiny limit");
-        assert!(matches!(e, RuntimeError::InvalidSpec(SpecError::MemoryLimitTooSmall { .. })), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                RuntimeError::InvalidSpec(SpecError::MemoryLimitTooSmall { .. })
+            ),
+            "{e:?}"
+        );
         host.assert_nothing_left("tiny");
     }
 
-    assert_eq!(parse_namespaces("pid,time"), Err(SpecError::UnknownNamespace("time".into())));
+    assert_eq!(
+        parse_namespaces("pid,time"),
+        Err(SpecError::UnknownNamespace("time".into()))
+    );
 
     for id in ["../x", "a/b", "", "x y"] {
         let e = rt.run(id, host.spec(&["/bin/true"])).await.expect_err(id);
@@ -70,30 +109,50 @@ async fn bad_specs_are_typed_errors_and_leak_nothing() {
     }
 
     // A duplicate id is refused and the first container is untouched.
-    rt.run("dup", host.spec(&["sleep", "60"])).await.expect("first");
-    let e = rt.run("dup", host.spec(&["/bin/true"])).await.expect_err("duplicate");
+    rt.run("dup", host.spec(&["sleep", "60"]))
+        .await
+        .expect("first");
+    let e = rt
+        .run("dup", host.spec(&["/bin/true"]))
+        .await
+        .expect_err("duplicate");
     assert!(matches!(e, RuntimeError::AlreadyExists(_)), "{e:?}");
     assert_eq!(e.class(), ErrorClass::AlreadyExists);
     let first = rt.get("dup").expect("first still there");
     assert_eq!(first.spec.command, vec!["sleep", "60"]);
-    assert_eq!(first.state.status, hutch_agent::runtime::state::Status::Running);
+    assert_eq!(
+        first.state.status,
+        hutch_agent::runtime::state::Status::Running
+    );
     rt.remove("dup", true).await.expect("remove");
     host.assert_nothing_left("dup");
 
-    assert!(matches!(rt.kill("dup", libc::SIGTERM), Err(RuntimeError::NotFound(_))));
-    assert!(matches!(rt.kill("x", 0), Err(RuntimeError::InvalidSignal(0))));
+    assert!(matches!(
+        rt.kill("dup", libc::SIGTERM),
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(matches!(
+        rt.kill("x", 0),
+        Err(RuntimeError::InvalidSignal(0))
+    ));
     assert!(matches!(rt.get("nope"), Err(RuntimeError::NotFound(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_reports_bad_input_in_one_line() {
     let host = TestHost::new("badcli").await;
-    let out = std::process::Command::new(agent_bin())
-        .arg("--state-dir")
-        .arg(&host.state_dir)
-        .arg("--rootfs-dir")
-        .arg(shared_rootfs_dir())
-        .args(["--instance", &host.instance, "run", "--id", "cli-bad", "--ns", "pid,time", "debian", "--", "/bin/true"])
+    let out = host
+        .agent_command()
+        .args([
+            "run",
+            "--id",
+            "cli-bad",
+            "--ns",
+            "pid,time",
+            "debian",
+            "--",
+            "/bin/true",
+        ])
         .output()
         .expect("hutch-agent");
     let err = String::from_utf8_lossy(&out.stderr);

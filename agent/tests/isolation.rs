@@ -13,11 +13,21 @@ async fn net_ipc_uts_are_private() {
     let host = TestHost::new("isolation").await;
 
     // A SysV shared-memory segment on the host.
-    let made = std::process::Command::new("ipcmk").args(["-M", "4096"]).output().expect("ipcmk");
+    let made = std::process::Command::new("ipcmk")
+        .args(["-M", "4096"])
+        .output()
+        .expect("ipcmk");
     let text = String::from_utf8_lossy(&made.stdout).to_string();
     let shm_id: String = text.split_whitespace().last().unwrap_or("").to_string();
     assert!(made.status.success() && !shm_id.is_empty(), "ipcmk: {text}");
-    let host_ipcs = String::from_utf8_lossy(&std::process::Command::new("ipcs").arg("-m").output().expect("ipcs").stdout).to_string();
+    let host_ipcs = String::from_utf8_lossy(
+        &std::process::Command::new("ipcs")
+            .arg("-m")
+            .output()
+            .expect("ipcs")
+            .stdout,
+    )
+    .to_string();
     assert!(host_ipcs.contains(&shm_id), "host sees its segment");
 
     let host_name_before = nix::unistd::gethostname().expect("hostname");
@@ -28,7 +38,9 @@ async fn net_ipc_uts_are_private() {
     ]);
     spec.hostname = "box-isolation".into();
     let info = host.run_to_end("iso", spec).await;
-    let _ = std::process::Command::new("ipcrm").args(["-m", &shm_id]).status();
+    let _ = std::process::Command::new("ipcrm")
+        .args(["-m", &shm_id])
+        .status();
     assert_eq!(info.state.exit_code, Some(0), "{:?}", info.state);
     let out = host.stdout("iso");
     println!("{out}");
@@ -46,17 +58,46 @@ async fn net_ipc_uts_are_private() {
         .iter()
         .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
         .collect();
-    assert!(ifaces.iter().all(|i| i == "lo"), "only lo inside: {ifaces:?}");
-    assert!(!section("IPCS").iter().any(|l| l.contains(&shm_id)), "host segment {shm_id} invisible inside");
-    assert_eq!(section("HOST"), vec!["box-isolation".to_string(), "renamed-inside".to_string()]);
-    assert_eq!(nix::unistd::gethostname().expect("hostname"), host_name_before, "host's hostname untouched");
+    assert!(
+        ifaces.iter().all(|i| i == "lo"),
+        "only lo inside: {ifaces:?}"
+    );
+    assert!(
+        !section("IPCS").iter().any(|l| l.contains(&shm_id)),
+        "host segment {shm_id} invisible inside"
+    );
+    assert_eq!(
+        section("HOST"),
+        vec!["box-isolation".to_string(), "renamed-inside".to_string()]
+    );
+    assert_eq!(
+        nix::unistd::gethostname().expect("hostname"),
+        host_name_before,
+        "host's hostname untouched"
+    );
 
-    for kind in [Namespace::Pid, Namespace::Ipc, Namespace::Net, Namespace::Uts, Namespace::Mount] {
-        let r = info.state.namespaces.iter().find(|r| r.kind == kind).expect("reported");
+    for kind in [
+        Namespace::Pid,
+        Namespace::Ipc,
+        Namespace::Net,
+        Namespace::Uts,
+        Namespace::Mount,
+    ] {
+        let r = info
+            .state
+            .namespaces
+            .iter()
+            .find(|r| r.kind == kind)
+            .expect("reported");
         assert!(r.isolated, "{kind} isolated");
     }
     for kind in [Namespace::User, Namespace::Cgroup] {
-        let r = info.state.namespaces.iter().find(|r| r.kind == kind).expect("reported");
+        let r = info
+            .state
+            .namespaces
+            .iter()
+            .find(|r| r.kind == kind)
+            .expect("reported");
         assert!(!r.isolated, "{kind} shared");
     }
 }
@@ -71,14 +112,26 @@ async fn exec_joins_a_running_container() {
     let info = host.runtime.run("ex", spec).await.expect("run");
     assert_eq!(info.state.status, Status::Running);
 
-    let run = |argv: &[&str]| host.runtime.exec("ex", argv.iter().map(|s| s.to_string()).collect());
+    let run = |argv: &[&str]| {
+        host.runtime
+            .exec("ex", argv.iter().map(|s| s.to_string()).collect())
+    };
     let ps = run(&["ps", "-ef"]).await.expect("exec ps");
     let ps_out = String::from_utf8_lossy(&ps.stdout).to_string();
     println!("{ps_out}");
     assert_eq!(ps.exit_code, Some(0));
-    let pid1 = ps_out.lines().find(|l| l.split_whitespace().nth(1) == Some("1")).expect("a PID 1");
-    assert!(pid1.ends_with("sleep 60"), "the container's init is PID 1: {pid1}");
-    assert!(ps_out.lines().any(|l| l.ends_with("ps -ef")), "exec'd ps runs in the container's pid namespace");
+    let pid1 = ps_out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("1"))
+        .expect("a PID 1");
+    assert!(
+        pid1.ends_with("sleep 60"),
+        "the container's init is PID 1: {pid1}"
+    );
+    assert!(
+        ps_out.lines().any(|l| l.ends_with("ps -ef")),
+        "exec'd ps runs in the container's pid namespace"
+    );
 
     let ip = run(&["ip", "-o", "link"]).await.expect("exec ip");
     let ip_out = String::from_utf8_lossy(&ip.stdout).to_string();
@@ -88,16 +141,34 @@ async fn exec_joins_a_running_container() {
     let hn = run(&["hostname"]).await.expect("exec hostname");
     assert_eq!(String::from_utf8_lossy(&hn.stdout).trim(), "box-exec");
 
-    let env = run(&["sh", "-c", "echo $GREETING; cat /proc/self/cgroup | grep memory; exit 7"]).await.expect("exec sh");
+    let env = run(&[
+        "sh",
+        "-c",
+        "echo $GREETING; cat /proc/self/cgroup | grep memory; exit 7",
+    ])
+    .await
+    .expect("exec sh");
     let env_out = String::from_utf8_lossy(&env.stdout).to_string();
     assert_eq!(env.exit_code, Some(7));
-    assert!(env_out.starts_with("hello\n"), "container environment: {env_out}");
-    assert!(env_out.contains("memory:/\n"), "cgroup namespace: its cgroup is / inside: {env_out}");
+    assert!(
+        env_out.starts_with("hello\n"),
+        "container environment: {env_out}"
+    );
+    assert!(
+        env_out.contains("memory:/\n"),
+        "cgroup namespace: its cgroup is / inside: {env_out}"
+    );
 
-    let missing = run(&["no-such-program"]).await.expect_err("missing program");
+    let missing = run(&["no-such-program"])
+        .await
+        .expect_err("missing program");
     assert!(missing.to_string().contains("not found"), "{missing}");
 
-    let stopped = host.runtime.stop("ex", Some(std::time::Duration::from_secs(1))).await.expect("stop");
+    let stopped = host
+        .runtime
+        .stop("ex", Some(std::time::Duration::from_secs(1)))
+        .await
+        .expect("stop");
     assert!(stopped.state.status.is_final());
     let after = run(&["true"]).await.expect_err("exec after exit");
     assert!(after.to_string().contains("not running"), "{after}");

@@ -32,7 +32,10 @@ fn nothing_is_left_behind() {
     assert!(cgroups.is_empty(), "hutch cgroups left: {cgroups:#?}");
 
     let processes = common::hutch_processes();
-    assert!(processes.is_empty(), "hutch supervisors left: {processes:#?}");
+    assert!(
+        processes.is_empty(),
+        "hutch supervisors left: {processes:#?}"
+    );
 
     let dirs: Vec<String> = std::fs::read_dir("/var/tmp")
         .into_iter()
@@ -42,5 +45,8 @@ fn nothing_is_left_behind() {
         .filter(|n| n.starts_with("hutch-test-") && n != "hutch-test-cache")
         .collect();
     assert!(dirs.is_empty(), "test state directories left: {dirs:?}");
-    println!("leak check: no hutch mount, cgroup, supervisor or test directory left (cgroup root {})", root.dir().display());
+    println!(
+        "leak check: no hutch mount, cgroup, supervisor or test directory left (cgroup root {})",
+        root.dir().display()
+    );
 }

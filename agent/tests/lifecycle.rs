@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{agent_bin, shared_rootfs_dir, TestHost};
+use common::TestHost;
 use hutch_agent::runtime::logs::Stream;
 use hutch_agent::runtime::state::Status;
 use hutch_agent::spec::Namespace;
@@ -14,17 +14,28 @@ use hutch_agent::spec::Namespace;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_signals_propagate() {
     let host = TestHost::new("exitcodes").await;
-    let code = host.run_to_end("code", host.spec(&["sh", "-c", "exit 42"])).await;
-    assert_eq!((code.state.status, code.state.exit_code, code.state.signal), (Status::Exited, Some(42), None));
+    let code = host
+        .run_to_end("code", host.spec(&["sh", "-c", "exit 42"]))
+        .await;
+    assert_eq!(
+        (code.state.status, code.state.exit_code, code.state.signal),
+        (Status::Exited, Some(42), None)
+    );
 
     // PID 1 of a pid namespace ignores signals it has no handler for, so this one shares
     // the host's pid namespace to let sh kill itself.
     let mut spec = host.spec(&["sh", "-c", "kill -USR1 $$; sleep 5"]);
     spec.namespaces = vec![Namespace::Ipc, Namespace::Uts, Namespace::Mount];
     let sig = host.run_to_end("sig", spec).await;
-    assert_eq!((sig.state.exit_code, sig.state.signal), (None, Some(libc::SIGUSR1)));
+    assert_eq!(
+        (sig.state.exit_code, sig.state.signal),
+        (None, Some(libc::SIGUSR1))
+    );
 
-    host.runtime.run("killed", host.spec(&["sleep", "60"])).await.expect("run");
+    host.runtime
+        .run("killed", host.spec(&["sleep", "60"]))
+        .await
+        .expect("run");
     host.runtime.kill("killed", libc::SIGKILL).expect("kill");
     let killed = host.runtime.wait("killed").await.expect("wait");
     assert_eq!(killed.state.signal, Some(libc::SIGKILL));
@@ -34,20 +45,38 @@ async fn exit_codes_and_signals_propagate() {
 async fn stop_escalates_to_sigkill_after_the_grace_period() {
     let host = TestHost::new("stop").await;
     // `sleep` as PID 1 has no SIGTERM handler, so the kernel ignores SIGTERM for it.
-    host.runtime.run("stubborn", host.spec(&["sleep", "60"])).await.expect("run");
+    host.runtime
+        .run("stubborn", host.spec(&["sleep", "60"]))
+        .await
+        .expect("run");
     let started = Instant::now();
-    let stopped = host.runtime.stop("stubborn", Some(Duration::from_secs(1))).await.expect("stop");
+    let stopped = host
+        .runtime
+        .stop("stubborn", Some(Duration::from_secs(1)))
+        .await
+        .expect("stop");
     let took = started.elapsed();
     println!("stop took {took:?}");
-    assert!(took >= Duration::from_secs(1), "waited for the grace period");
+    assert!(
+        took >= Duration::from_secs(1),
+        "waited for the grace period"
+    );
     assert_eq!(stopped.state.signal, Some(libc::SIGKILL));
 
     // One that handles SIGTERM ends at once with its own exit code.
-    let spec = host.spec(&["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.1; done"]);
+    let spec = host.spec(&[
+        "sh",
+        "-c",
+        "trap 'exit 3' TERM; while true; do sleep 0.1; done",
+    ]);
     host.runtime.run("polite", spec).await.expect("run");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let stopped = host.runtime.stop("polite", Some(Duration::from_secs(20))).await.expect("stop");
+    let stopped = host
+        .runtime
+        .stop("polite", Some(Duration::from_secs(20)))
+        .await
+        .expect("stop");
     assert_eq!(stopped.state.exit_code, Some(3));
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -56,12 +85,18 @@ async fn stop_escalates_to_sigkill_after_the_grace_period() {
 async fn supervisor_outlives_its_starter_and_is_not_charged_to_the_container() {
     let host = TestHost::new("survive").await;
     // Start the container from another process (the agent binary), then kill that process.
-    let mut starter = std::process::Command::new(agent_bin())
-        .args(["--state-dir"])
-        .arg(&host.state_dir)
-        .arg("--rootfs-dir")
-        .arg(shared_rootfs_dir())
-        .args(["--instance", &host.instance, "run", "--id", "orphan", "debian", "--", "sh", "-c", "sleep 2; echo survived; exit 5"])
+    let mut starter = host
+        .agent_command()
+        .args([
+            "run",
+            "--id",
+            "orphan",
+            "debian",
+            "--",
+            "sh",
+            "-c",
+            "sleep 2; echo survived; exit 5",
+        ])
         .spawn()
         .expect("start hutch-agent");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -79,15 +114,29 @@ async fn supervisor_outlives_its_starter_and_is_not_charged_to_the_container() {
 
     let supervisor = running.state.supervisor_pid.expect("supervisor pid");
     let container_procs = running.cgroup.procs();
-    assert!(!container_procs.contains(&supervisor), "supervisor {supervisor} not in the container's cgroup {container_procs:?}");
+    assert!(
+        !container_procs.contains(&supervisor),
+        "supervisor {supervisor} not in the container's cgroup {container_procs:?}"
+    );
     let supervisors_leaf = host.runtime.cgroups().supervisors();
-    assert!(supervisors_leaf.procs().contains(&supervisor), "supervisor sits in {}", supervisors_leaf.dir().display());
+    assert!(
+        supervisors_leaf.procs().contains(&supervisor),
+        "supervisor sits in {}",
+        supervisors_leaf.dir().display()
+    );
     let ppid = std::fs::read_to_string(format!("/proc/{supervisor}/stat")).expect("stat");
-    let ppid = ppid.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or("");
+    let ppid = ppid
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+        .unwrap_or("");
     assert_ne!(ppid, starter.id().to_string(), "not the starter's child");
 
     let done = host.runtime.wait("orphan").await.expect("wait");
-    assert_eq!((done.state.status, done.state.exit_code), (Status::Exited, Some(5)));
+    assert_eq!(
+        (done.state.status, done.state.exit_code),
+        (Status::Exited, Some(5))
+    );
     assert!(done.state.cleaned_up);
     assert_eq!(host.stdout("orphan"), "survived\n");
 }
@@ -96,7 +145,10 @@ async fn supervisor_outlives_its_starter_and_is_not_charged_to_the_container() {
 async fn logs_keep_streams_apart_and_survive_the_container() {
     let host = TestHost::new("logs").await;
     let info = host
-        .run_to_end("talk", host.spec(&["sh", "-c", "echo out1; echo err1 >&2; printf 'no newline'"]))
+        .run_to_end(
+            "talk",
+            host.spec(&["sh", "-c", "echo out1; echo err1 >&2; printf 'no newline'"]),
+        )
         .await;
     assert_eq!(info.state.exit_code, Some(0));
     let lines = host.runtime.logs("talk").expect("logs");
@@ -107,9 +159,19 @@ async fn logs_keep_streams_apart_and_survive_the_container() {
     assert!(lines.iter().all(|l| l.time.ends_with('Z') && l.full));
     // Listing shows it after exit; remove refuses a running container unless forced.
     assert!(host.runtime.list().iter().any(|c| c.state.id == "talk"));
-    host.runtime.run("busy", host.spec(&["sleep", "60"])).await.expect("run");
-    let refused = host.runtime.remove("busy", false).await.expect_err("still running");
+    host.runtime
+        .run("busy", host.spec(&["sleep", "60"]))
+        .await
+        .expect("run");
+    let refused = host
+        .runtime
+        .remove("busy", false)
+        .await
+        .expect_err("still running");
     assert!(refused.to_string().contains("still running"));
-    host.runtime.remove("busy", true).await.expect("forced remove");
+    host.runtime
+        .remove("busy", true)
+        .await
+        .expect("forced remove");
     host.assert_nothing_left("busy");
 }

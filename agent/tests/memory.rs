@@ -24,8 +24,15 @@ async fn allocating_past_the_limit_is_oom_killed_and_recorded() {
     let memory = done.memory.expect("final memory");
     assert!(memory.oom_kills >= 1);
     let limit = memory.limit_bytes.expect("limit recorded");
-    assert!(limit <= TUTORIAL_LIMIT && limit > TUTORIAL_LIMIT - 4096, "kernel rounds to a page: {limit}");
-    assert!(!cgroup_dir.exists(), "cgroup {} removed after exit", cgroup_dir.display());
+    assert!(
+        limit <= TUTORIAL_LIMIT && limit > TUTORIAL_LIMIT - 4096,
+        "kernel rounds to a page: {limit}"
+    );
+    assert!(
+        !cgroup_dir.exists(),
+        "cgroup {} removed after exit",
+        cgroup_dir.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +56,12 @@ async fn limit_and_usage_are_readable_while_running() {
     let mut spec = host.spec(&["sleep", "60"]);
     spec.memory_limit_bytes = Some(64 << 20);
     let info = host.runtime.run("m", spec).await.expect("run");
-    let memory = host.runtime.get("m").expect("get").memory.expect("live memory");
+    let memory = host
+        .runtime
+        .get("m")
+        .expect("get")
+        .memory
+        .expect("live memory");
     println!("{memory:?}");
     assert_eq!(memory.limit_bytes, Some(64 << 20));
     assert!(memory.usage_bytes > 0, "the running container is charged");
@@ -61,6 +73,12 @@ async fn limit_and_usage_are_readable_while_running() {
         .map(|f| dir.join(f))
         .find(|p| p.exists())
         .expect("a limit file");
-    assert_eq!(std::fs::read_to_string(file).expect("read").trim(), (64u64 << 20).to_string());
-    host.runtime.stop("m", Some(std::time::Duration::from_secs(1))).await.expect("stop");
+    assert_eq!(
+        std::fs::read_to_string(file).expect("read").trim(),
+        (64u64 << 20).to_string()
+    );
+    host.runtime
+        .stop("m", Some(std::time::Duration::from_secs(1)))
+        .await
+        .expect("stop");
 }

@@ -28,10 +28,22 @@ async fn pid_namespace_only_shows_command_as_pid_1_and_shares_the_rest() {
 
     let host_ns = own_namespaces();
     for report in &info.state.namespaces {
-        let mine = host_ns.iter().find(|(k, _)| *k == report.kind).map(|(_, i)| *i);
-        assert_eq!(Some(report.host_inode), mine, "host inode of {} matches this process", report.kind);
+        let mine = host_ns
+            .iter()
+            .find(|(k, _)| *k == report.kind)
+            .map(|(_, i)| *i);
+        assert_eq!(
+            Some(report.host_inode),
+            mine,
+            "host inode of {} matches this process",
+            report.kind
+        );
         let expect_isolated = report.kind == Namespace::Pid;
-        assert_eq!(report.isolated, expect_isolated, "{}: {report:?}", report.kind);
+        assert_eq!(
+            report.isolated, expect_isolated,
+            "{}: {report:?}",
+            report.kind
+        );
         assert_eq!(report.isolated, report.container_inode != report.host_inode);
     }
     assert_eq!(info.state.namespaces.len(), Namespace::ALL.len());

@@ -20,7 +20,10 @@ impl Drop for Scratch {
 }
 
 fn sh(script: &str) {
-    let status = Command::new("sh").args(["-ec", script]).status().expect("sh");
+    let status = Command::new("sh")
+        .args(["-ec", script])
+        .status()
+        .expect("sh");
     assert!(status.success(), "{script}");
 }
 
@@ -37,9 +40,18 @@ async fn tarball_and_initramfs_sources_make_working_rootfs() {
     let shared = TestHost::new("sources-src").await;
     let tree = shared.runtime.store().get(ROOTFS).expect("shared").path;
     let expected = std::fs::read_to_string(tree.join("etc/debian_version")).expect("version");
-    let scratch = Scratch(PathBuf::from(format!("/var/tmp/hutch-test-sources-{}", unique("s"))));
+    let scratch = Scratch(PathBuf::from(format!(
+        "/var/tmp/hutch-test-sources-{}",
+        unique("s")
+    )));
     std::fs::create_dir_all(scratch.0.join("early/kernel/x86/microcode")).expect("mkdir");
-    std::fs::write(scratch.0.join("early/kernel/x86/microcode/GenuineIntel.bin"), b"fake microcode").expect("write");
+    std::fs::write(
+        scratch
+            .0
+            .join("early/kernel/x86/microcode/GenuineIntel.bin"),
+        b"fake microcode",
+    )
+    .expect("write");
     let t = tree.display();
     let s = scratch.0.display();
     sh(&format!("tar -C {t} --zstd -cf {s}/rootfs.tar.zst ."));
@@ -54,28 +66,53 @@ async fn tarball_and_initramfs_sources_make_working_rootfs() {
     let progress = tokio::spawn(async move {
         let mut saw_bytes = false;
         while let Some(p) = rx.recv().await {
-            saw_bytes |= p.stage == BuildStage::Copying && p.bytes_total.is_some_and(|t| t > 0) && p.bytes_done.is_some();
+            saw_bytes |= p.stage == BuildStage::Copying
+                && p.bytes_total.is_some_and(|t| t > 0)
+                && p.bytes_done.is_some();
         }
         saw_bytes
     });
     let tar = host
         .runtime
         .store()
-        .build("from-tar", &RootfsSource::Tarball { path: scratch.0.join("rootfs.tar.zst") }, Some(tx))
+        .build(
+            "from-tar",
+            &RootfsSource::Tarball {
+                path: scratch.0.join("rootfs.tar.zst"),
+            },
+            Some(tx),
+        )
         .await
         .expect("tarball");
-    assert!(progress.await.expect("progress task"), "byte progress reported");
+    assert!(
+        progress.await.expect("progress task"),
+        "byte progress reported"
+    );
     assert!(tar.info.size_bytes > 50 << 20);
     assert_eq!(run_cat_version(&host, "from-tar", "tar").await, expected);
 
     let initrd = host
         .runtime
         .store()
-        .build("from-initrd", &RootfsSource::Initramfs { path: scratch.0.join("initrd.img") }, None)
+        .build(
+            "from-initrd",
+            &RootfsSource::Initramfs {
+                path: scratch.0.join("initrd.img"),
+            },
+            None,
+        )
         .await
         .expect("initramfs");
-    assert!(Path::new(&initrd.info.path).join("kernel/x86/microcode/GenuineIntel.bin").exists(), "early archive extracted");
-    assert_eq!(run_cat_version(&host, "from-initrd", "initrd").await, expected);
+    assert!(
+        Path::new(&initrd.info.path)
+            .join("kernel/x86/microcode/GenuineIntel.bin")
+            .exists(),
+        "early archive extracted"
+    );
+    assert_eq!(
+        run_cat_version(&host, "from-initrd", "initrd").await,
+        expected
+    );
 
     let garbage = scratch.0.join("garbage.img");
     std::fs::write(&garbage, b"this is not an initramfs").expect("write");

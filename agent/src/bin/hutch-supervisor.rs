@@ -11,9 +11,15 @@ use std::path::Path;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let code = match args.get(1).map(String::as_str) {
-        Some("run") if args.len() == 3 => hutch_agent::runtime::supervisor::main_run(Path::new(&args[2])),
+        Some("run") if args.len() == 3 => {
+            hutch_agent::runtime::supervisor::main_run(Path::new(&args[2]))
+        }
         Some("exec") if args.len() >= 6 && args[4] == "--" => {
-            hutch_agent::runtime::exec::main_exec(Path::new(&args[2]), Path::new(&args[3]), args[5..].to_vec())
+            hutch_agent::runtime::exec::main_exec(
+                Path::new(&args[2]),
+                Path::new(&args[3]),
+                args[5..].to_vec(),
+            )
         }
         _ => {
             eprintln!("usage: hutch-supervisor run DIR | hutch-supervisor exec DIR RESULT -- ARGV...\n(started by hutch-agent; not meant to be run by hand)");

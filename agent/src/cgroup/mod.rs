@@ -154,7 +154,13 @@ pub(crate) trait Driver {
     /// Lets the children of `dir` (a cgroup hutch created) carry memory limits.
     fn delegate_memory(&self, cgroup: &CgroupPath) -> Result<(), CgroupError>;
     /// Sets the memory + swap limit; `memory` is already in force.
-    fn set_swap_limit(&self, mem: &MemController, cgroup: &CgroupPath, memory: u64, total: u64) -> Result<(), CgroupError>;
+    fn set_swap_limit(
+        &self,
+        mem: &MemController,
+        cgroup: &CgroupPath,
+        memory: u64,
+        total: u64,
+    ) -> Result<(), CgroupError>;
     /// Processes killed by the OOM killer in this cgroup so far.
     fn oom_kills(&self, cgroup: &CgroupPath) -> u64;
     /// The highest usage recorded, where the kernel keeps one.
@@ -172,10 +178,12 @@ fn driver(version: CgroupVersion) -> &'static dyn Driver {
 
 /// Finds the memory hierarchy and this process's cgroup in it.
 pub fn detect_own_cgroup() -> Result<CgroupPath, CgroupError> {
-    let own = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| CgroupError::NoMemoryController(format!("cannot read /proc/self/cgroup: {e}")))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| CgroupError::NoMemoryController(format!("cannot read /proc/self/mountinfo: {e}")))?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| {
+        CgroupError::NoMemoryController(format!("cannot read /proc/self/cgroup: {e}"))
+    })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| {
+        CgroupError::NoMemoryController(format!("cannot read /proc/self/mountinfo: {e}"))
+    })?;
     detect_from(&own, &mountinfo)
 }
 
@@ -207,8 +215,13 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
     };
     match (v1_memory_mount, v2_mount) {
         (Some(mount), _) => {
-            let relative = relative_of(&|c, _| c.split(',').any(|c| c == "memory"))
-                .ok_or_else(|| CgroupError::NoMemoryController("memory hierarchy is mounted but /proc/self/cgroup has no memory line".into()))?;
+            let relative =
+                relative_of(&|c, _| c.split(',').any(|c| c == "memory")).ok_or_else(|| {
+                    CgroupError::NoMemoryController(
+                        "memory hierarchy is mounted but /proc/self/cgroup has no memory line"
+                            .into(),
+                    )
+                })?;
             Ok(CgroupPath {
                 version: CgroupVersion::V1,
                 mount,
@@ -216,8 +229,11 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
             })
         }
         (None, Some(mount)) => {
-            let relative = relative_of(&|c, _| c.is_empty())
-                .ok_or_else(|| CgroupError::NoMemoryController("cgroup2 is mounted but /proc/self/cgroup has no '0::' line".into()))?;
+            let relative = relative_of(&|c, _| c.is_empty()).ok_or_else(|| {
+                CgroupError::NoMemoryController(
+                    "cgroup2 is mounted but /proc/self/cgroup has no '0::' line".into(),
+                )
+            })?;
             Ok(CgroupPath {
                 version: CgroupVersion::V2,
                 mount,
@@ -293,7 +309,11 @@ impl CgroupManager {
 
     /// Creates container `id`'s cgroup with `limits`, before any of its processes exists.
     /// A failure leaves no cgroup behind.
-    pub fn create_container(&self, id: &str, limits: MemoryLimits) -> Result<ContainerCgroup, CgroupError> {
+    pub fn create_container(
+        &self,
+        id: &str,
+        limits: MemoryLimits,
+    ) -> Result<ContainerCgroup, CgroupError> {
         let path = self.container_path(id);
         let dir = path.dir();
         std::fs::create_dir(&dir).map_err(|e| io_err(&dir, e))?;
@@ -345,9 +365,12 @@ impl ContainerCgroup {
 
     fn with_memory<T>(&self, f: impl FnOnce(&MemController) -> T) -> Result<T, CgroupError> {
         let cg = self.controller();
-        let mem: &MemController = cg
-            .controller_of()
-            .ok_or_else(|| io_err(&self.path.dir(), "memory controller not available in this cgroup"))?;
+        let mem: &MemController = cg.controller_of().ok_or_else(|| {
+            io_err(
+                &self.path.dir(),
+                "memory controller not available in this cgroup",
+            )
+        })?;
         Ok(f(mem))
     }
 
@@ -356,7 +379,8 @@ impl ContainerCgroup {
             return Ok(());
         };
         let dir = self.path.dir();
-        let as_i64 = |v: u64| i64::try_from(v).map_err(|_| io_err(&dir, format!("limit {v} is too large")));
+        let as_i64 =
+            |v: u64| i64::try_from(v).map_err(|_| io_err(&dir, format!("limit {v} is too large")));
         let memory_i64 = as_i64(memory)?;
         self.with_memory(|m| m.set_limit(memory_i64))?
             .map_err(|e| io_err(&dir, format!("setting memory limit {memory}: {e}")))?;
@@ -379,7 +403,9 @@ impl ContainerCgroup {
         let d = driver(self.path.version);
         self.with_memory(|m| {
             let stat = m.memory_stat();
-            let limit = u64::try_from(stat.limit_in_bytes).ok().filter(|l| *l > 0 && *l < i64::MAX as u64 / 2);
+            let limit = u64::try_from(stat.limit_in_bytes)
+                .ok()
+                .filter(|l| *l > 0 && *l < i64::MAX as u64 / 2);
             MemoryStats {
                 limit_bytes: limit,
                 usage_bytes: stat.usage_in_bytes,
@@ -436,7 +462,10 @@ mod tests {
         let own = "9:name=systemd:/\n4:memory:/process_api/abc\n0::/\n";
         let p = detect_from(own, HYBRID_MOUNTINFO).expect("detect");
         assert_eq!(p.version, CgroupVersion::V1);
-        assert_eq!(p.dir(), PathBuf::from("/sys/fs/cgroup/memory/process_api/abc"));
+        assert_eq!(
+            p.dir(),
+            PathBuf::from("/sys/fs/cgroup/memory/process_api/abc")
+        );
     }
 
     #[test]
@@ -444,7 +473,10 @@ mod tests {
         let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
         let p = detect_from("0::/system.slice/hutch-agent.service\n", mi).expect("detect");
         assert_eq!(p.version, CgroupVersion::V2);
-        assert_eq!(p.dir(), PathBuf::from("/sys/fs/cgroup/system.slice/hutch-agent.service"));
+        assert_eq!(
+            p.dir(),
+            PathBuf::from("/sys/fs/cgroup/system.slice/hutch-agent.service")
+        );
         assert_eq!(
             p.child("hutch-n1").child("ctr-c1").dir(),
             PathBuf::from("/sys/fs/cgroup/system.slice/hutch-agent.service/hutch-n1/ctr-c1")

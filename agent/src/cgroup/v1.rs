@@ -20,7 +20,13 @@ impl Driver for V1 {
         Ok(())
     }
 
-    fn set_swap_limit(&self, mem: &MemController, cgroup: &CgroupPath, _memory: u64, total: u64) -> Result<(), CgroupError> {
+    fn set_swap_limit(
+        &self,
+        mem: &MemController,
+        cgroup: &CgroupPath,
+        _memory: u64,
+        total: u64,
+    ) -> Result<(), CgroupError> {
         let file = cgroup.dir().join("memory.memsw.limit_in_bytes");
         if !file.exists() {
             return Err(CgroupError::SwapUnsupported(file));
@@ -41,7 +47,10 @@ impl Driver for V1 {
     fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {
         for pid in cgroup.procs() {
             if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         Ok(())

@@ -22,13 +22,19 @@ fn controllers(file: &std::path::Path) -> Vec<String> {
 impl Driver for V2 {
     fn prepare_root(&self, root: &CgroupPath) -> Result<(), CgroupError> {
         let dir = root.dir();
-        if !controllers(&dir.join("cgroup.controllers")).iter().any(|c| c == "memory") {
+        if !controllers(&dir.join("cgroup.controllers"))
+            .iter()
+            .any(|c| c == "memory")
+        {
             return Err(CgroupError::Root {
                 path: dir,
                 message: "the memory controller is not delegated to this cgroup (see its cgroup.controllers); run the agent in a unit with Delegate=yes or pass a delegated --cgroup-root".into(),
             });
         }
-        if controllers(&dir.join("cgroup.subtree_control")).iter().any(|c| c == "memory") {
+        if controllers(&dir.join("cgroup.subtree_control"))
+            .iter()
+            .any(|c| c == "memory")
+        {
             return Ok(());
         }
         // Inner nodes cannot hold processes: move this process into a leaf of its own.
@@ -55,15 +61,23 @@ impl Driver for V2 {
         if controllers(&file).iter().any(|c| c == "memory") {
             return Ok(());
         }
-        std::fs::write(&file, "+memory").map_err(|e| io_err(&file, format!("enabling memory for children: {e}")))
+        std::fs::write(&file, "+memory")
+            .map_err(|e| io_err(&file, format!("enabling memory for children: {e}")))
     }
 
-    fn set_swap_limit(&self, _mem: &MemController, cgroup: &CgroupPath, memory: u64, total: u64) -> Result<(), CgroupError> {
+    fn set_swap_limit(
+        &self,
+        _mem: &MemController,
+        cgroup: &CgroupPath,
+        memory: u64,
+        total: u64,
+    ) -> Result<(), CgroupError> {
         let file = cgroup.dir().join("memory.swap.max");
         if !file.exists() {
             return Err(CgroupError::SwapUnsupported(file));
         }
-        std::fs::write(&file, total.saturating_sub(memory).to_string()).map_err(|e| io_err(&file, e))
+        std::fs::write(&file, total.saturating_sub(memory).to_string())
+            .map_err(|e| io_err(&file, e))
     }
 
     fn oom_kills(&self, cgroup: &CgroupPath) -> u64 {

@@ -23,7 +23,10 @@ pub fn host_debian_mirror_in(apt_dir: &Path) -> Option<String> {
         .unwrap_or_default();
     files.sort();
     for f in files {
-        if let Some(uri) = fs::read_to_string(&f).ok().and_then(|t| first_uri_deb822(&t)) {
+        if let Some(uri) = fs::read_to_string(&f)
+            .ok()
+            .and_then(|t| first_uri_deb822(&t))
+        {
             return Some(uri);
         }
     }
@@ -132,8 +135,11 @@ mod tests {
     fn reads_a_directory() {
         let dir = std::env::temp_dir().join(format!("hutch-apt-test-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sources.list.d")).expect("mkdir");
-        std::fs::write(dir.join("sources.list"), "deb http://list.example/debian bookworm main\n")
-            .expect("write");
+        std::fs::write(
+            dir.join("sources.list"),
+            "deb http://list.example/debian bookworm main\n",
+        )
+        .expect("write");
         assert_eq!(
             host_debian_mirror_in(&dir).as_deref(),
             Some("http://list.example/debian")

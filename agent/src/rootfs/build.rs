@@ -41,7 +41,11 @@ fn failed(step: &str, message: impl Into<String>) -> RootfsError {
 }
 
 /// Builds `source` into `target`, which exists and is empty.
-pub fn build_into(source: &ResolvedSource, target: &Path, sink: &mut BuildSink) -> Result<(), RootfsError> {
+pub fn build_into(
+    source: &ResolvedSource,
+    target: &Path,
+    sink: &mut BuildSink,
+) -> Result<(), RootfsError> {
     match &source.source {
         RootfsSource::Debootstrap {
             suite,
@@ -125,7 +129,10 @@ fn run_logged(
     if status.success() {
         Ok(())
     } else {
-        Err(failed(step, format!("{step} {status}: {}", tail.join(" | "))))
+        Err(failed(
+            step,
+            format!("{step} {status}: {}", tail.join(" | ")),
+        ))
     }
 }
 
@@ -177,7 +184,12 @@ fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
-fn finish(step: &str, mut child: Child, stderr: std::thread::JoinHandle<String>, sink: &mut BuildSink) -> Result<(), RootfsError> {
+fn finish(
+    step: &str,
+    mut child: Child,
+    stderr: std::thread::JoinHandle<String>,
+    sink: &mut BuildSink,
+) -> Result<(), RootfsError> {
     let status = child
         .wait()
         .map_err(|e| failed(step, format!("waiting for {step}: {e}")))?;
@@ -190,17 +202,23 @@ fn finish(step: &str, mut child: Child, stderr: std::thread::JoinHandle<String>,
     } else {
         let tail: Vec<&str> = text.lines().rev().take(ERROR_TAIL_LINES).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        Err(failed(step, format!("{step} {status}: {}", tail.join(" | "))))
+        Err(failed(
+            step,
+            format!("{step} {status}: {}", tail.join(" | ")),
+        ))
     }
 }
 
 fn extract_tarball(path: &Path, target: &Path, sink: &mut BuildSink) -> Result<(), RootfsError> {
-    let mut file = File::open(path).map_err(|e| RootfsError::SourceMissing(format!("cannot open '{}': {e}", path.display())))?;
+    let mut file = File::open(path).map_err(|e| {
+        RootfsError::SourceMissing(format!("cannot open '{}': {e}", path.display()))
+    })?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut magic = [0u8; 8];
     let n = file.read(&mut magic).unwrap_or(0);
     let mut cmd = Command::new("tar");
-    cmd.args(["-x", "--numeric-owner", "-p", "-f", "-", "-C"]).arg(target);
+    cmd.args(["-x", "--numeric-owner", "-p", "-f", "-", "-C"])
+        .arg(target);
     match Compression::from_magic(&magic[..n]) {
         Some(Compression::Gzip) => cmd.arg("-z"),
         Some(Compression::Zstd) => cmd.arg("--zstd"),
@@ -208,7 +226,9 @@ fn extract_tarball(path: &Path, target: &Path, sink: &mut BuildSink) -> Result<(
         Some(Compression::Bzip2) => cmd.arg("-j"),
         None => &mut cmd,
     };
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = spawn("tar", &mut cmd)?;
     let stderr = collect_stderr(&mut child);
     let name = path.display().to_string();
@@ -216,16 +236,24 @@ fn extract_tarball(path: &Path, target: &Path, sink: &mut BuildSink) -> Result<(
     if let Some(mut stdin) = child.stdin.take() {
         // A write error means tar stopped reading; its exit status says why.
         let _ = feed(&mut file, 0, total, &mut stdin, &|done| {
-            progress(BuildProgress::bytes(BuildStage::Copying, format!("extracting {name}"), done, total))
+            progress(BuildProgress::bytes(
+                BuildStage::Copying,
+                format!("extracting {name}"),
+                done,
+                total,
+            ))
         });
     }
     finish("tar", child, stderr, sink)
 }
 
 fn extract_initramfs(path: &Path, target: &Path, sink: &mut BuildSink) -> Result<(), RootfsError> {
-    let mut file = File::open(path).map_err(|e| RootfsError::SourceMissing(format!("cannot open '{}': {e}", path.display())))?;
+    let mut file = File::open(path).map_err(|e| {
+        RootfsError::SourceMissing(format!("cannot open '{}': {e}", path.display()))
+    })?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let segments = cpio::split_initramfs(&mut file).map_err(|e| failed("initramfs", e.to_string()))?;
+    let segments =
+        cpio::split_initramfs(&mut file).map_err(|e| failed("initramfs", e.to_string()))?;
     sink.log_line(&format!("initramfs segments: {segments:?}"));
     let name = path.display().to_string();
     for segment in segments {
@@ -244,7 +272,10 @@ fn extract_initramfs(path: &Path, target: &Path, sink: &mut BuildSink) -> Result
         if let Some(c) = compression {
             let argv = c.decompressor();
             let mut d = Command::new(argv[0]);
-            d.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            d.args(&argv[1..])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
             let mut dchild = spawn(argv[0], &mut d)?;
             let out: OwnedFd = dchild
                 .stdout

@@ -184,11 +184,12 @@ mod tests {
 
     fn newc_entry(name: &str, data: &[u8]) -> Vec<u8> {
         let name_size = name.len() + 1;
-        let mut out = format!(
+        let mut out =
+            format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             1, 0o100644, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name_size, 0
         )
-        .into_bytes();
+            .into_bytes();
         out.extend_from_slice(name.as_bytes());
         out.push(0);
         while out.len() % 4 != 0 {
@@ -228,19 +229,28 @@ mod tests {
         assert_eq!(
             segs,
             vec![
-                Segment::Cpio { start: 0, end: early_end },
-                Segment::Compressed { start: 512, compression: Compression::Gzip }
+                Segment::Cpio {
+                    start: 0,
+                    end: early_end
+                },
+                Segment::Compressed {
+                    start: 512,
+                    compression: Compression::Gzip
+                }
             ]
         );
     }
 
     #[test]
     fn pure_zstd() {
-        let segs = split_initramfs(&mut Cursor::new(vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0]))
-            .expect("split");
+        let segs =
+            split_initramfs(&mut Cursor::new(vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0])).expect("split");
         assert_eq!(
             segs,
-            vec![Segment::Compressed { start: 0, compression: Compression::Zstd }]
+            vec![Segment::Compressed {
+                start: 0,
+                compression: Compression::Zstd
+            }]
         );
     }
 

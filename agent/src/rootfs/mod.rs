@@ -275,7 +275,10 @@ impl RootfsStore {
         let info = self.info_of(name, &key)?;
         if let Some(tx) = progress.as_ref() {
             let _ = tx
-                .send(BuildProgress::stage(BuildStage::Done, format!("rootfs '{name}' ready")))
+                .send(BuildProgress::stage(
+                    BuildStage::Done,
+                    format!("rootfs '{name}' ready"),
+                ))
                 .await;
         }
         Ok(BuildResult { info, outcome })
@@ -321,17 +324,18 @@ impl RootfsStore {
             .write(true)
             .open(&lock_path)
             .map_err(|e| store_err(&lock_path, e))?;
-        let _lock = match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((file, _)) => {
-                progress(BuildProgress::stage(
-                    BuildStage::Waiting,
-                    "another process is building this rootfs; waiting for it",
-                ));
-                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-                    .map_err(|(_, e)| store_err(&lock_path, e))?
-            }
-        };
+        let _lock =
+            match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((file, _)) => {
+                    progress(BuildProgress::stage(
+                        BuildStage::Waiting,
+                        "another process is building this rootfs; waiting for it",
+                    ));
+                    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                        .map_err(|(_, e)| store_err(&lock_path, e))?
+                }
+            };
         if self.entry_dir(key).join("meta.json").exists() {
             return Ok(());
         }
@@ -364,7 +368,10 @@ impl RootfsStore {
             },
         );
         let finished = built.and_then(|()| {
-            progress(BuildProgress::stage(BuildStage::Finalizing, "recording and moving into place"));
+            progress(BuildProgress::stage(
+                BuildStage::Finalizing,
+                "recording and moving into place",
+            ));
             let meta = EntryMeta {
                 key: key.to_string(),
                 source: resolved.clone(),
@@ -388,7 +395,11 @@ impl RootfsStore {
             tracing::warn!(key, error = %e, "rootfs build failed");
             return Err(e);
         }
-        tracing::info!(key, millis = started.elapsed().as_millis() as u64, "rootfs built");
+        tracing::info!(
+            key,
+            millis = started.elapsed().as_millis() as u64,
+            "rootfs built"
+        );
         Ok(())
     }
 
@@ -400,14 +411,23 @@ impl RootfsStore {
         }
         let left = unmount_below(dir);
         if !left.is_empty() {
-            return Err(store_err(dir, format!("still mounted inside: {left:?}; not deleting")));
+            return Err(store_err(
+                dir,
+                format!("still mounted inside: {left:?}; not deleting"),
+            ));
         }
         fs::remove_dir_all(dir).map_err(|e| store_err(dir, e))
     }
 
     fn set_name(&self, name: &str, key: &str) -> Result<(), RootfsError> {
         let path = self.name_file(name);
-        write_json_atomic(&path, &NameRecord { key: key.to_string() }).map_err(|e| store_err(&path, e))
+        write_json_atomic(
+            &path,
+            &NameRecord {
+                key: key.to_string(),
+            },
+        )
+        .map_err(|e| store_err(&path, e))
     }
 
     fn info_of(&self, name: &str, key: &str) -> Result<RootfsInfo, RootfsError> {
@@ -461,7 +481,10 @@ impl RootfsStore {
 
     /// Every named rootfs.
     pub fn list(&self) -> Vec<RootfsInfo> {
-        self.names().iter().filter_map(|n| self.get(n).ok()).collect()
+        self.names()
+            .iter()
+            .filter_map(|n| self.get(n).ok())
+            .collect()
     }
 
     /// Removes the name, and its entry when no other name refers to it. `users` are the
@@ -491,14 +514,22 @@ impl RootfsStore {
     /// Entries being built right now (in this store's `tmp/`).
     pub fn builds_in_progress(&self) -> Vec<String> {
         fs::read_dir(self.root.join("tmp"))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Keys of the entries in the store.
     pub fn entry_keys(&self) -> Vec<String> {
         fs::read_dir(self.root.join("entries"))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

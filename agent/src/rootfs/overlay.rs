@@ -76,7 +76,10 @@ impl Layer {
 /// Whether the running kernel offers overlayfs.
 pub fn overlay_supported() -> bool {
     std::fs::read_to_string("/proc/filesystems")
-        .map(|t| t.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some("overlay"))
+        })
         .unwrap_or(false)
 }
 
@@ -96,7 +99,14 @@ pub fn mount_layer(layer: &Layer, read_only: bool) -> Result<(), OverlayError> {
             target: layer.merged.clone(),
             source,
         };
-        mount(Some(&layer.lower), &layer.merged, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+        mount(
+            Some(&layer.lower),
+            &layer.merged,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err)?;
         return mount(
             None::<&str>,
             &layer.merged,
@@ -131,8 +141,14 @@ mod tests {
 
     #[test]
     fn layout_and_options() {
-        let l = Layer::in_dir(Path::new("/var/lib/hutch/containers/c1"), Path::new("/store/e/rootfs"));
-        assert_eq!(l.merged, PathBuf::from("/var/lib/hutch/containers/c1/rootfs"));
+        let l = Layer::in_dir(
+            Path::new("/var/lib/hutch/containers/c1"),
+            Path::new("/store/e/rootfs"),
+        );
+        assert_eq!(
+            l.merged,
+            PathBuf::from("/var/lib/hutch/containers/c1/rootfs")
+        );
         assert_eq!(
             l.options(),
             "lowerdir=/store/e/rootfs,upperdir=/var/lib/hutch/containers/c1/upper,workdir=/var/lib/hutch/containers/c1/work"

@@ -179,29 +179,53 @@ mod tests {
         ];
         let mut p = DebootstrapParser::new();
         let out: Vec<_> = lines.iter().map(|l| p.feed(l)).collect();
-        assert_eq!(out[0].as_ref().map(|e| e.stage), Some(BuildStage::Resolving));
-        assert_eq!(out[2].as_ref().map(|e| e.stage), Some(BuildStage::Resolving));
+        assert_eq!(
+            out[0].as_ref().map(|e| e.stage),
+            Some(BuildStage::Resolving)
+        );
+        assert_eq!(
+            out[2].as_ref().map(|e| e.stage),
+            Some(BuildStage::Resolving)
+        );
         let dl = out[3].as_ref().expect("download event");
         assert_eq!(dl.stage, BuildStage::Downloading);
         assert_eq!(dl.packages_done, Some(1));
         assert_eq!(dl.message, "retrieving adduser");
-        assert_eq!(out[4].as_ref().map(|e| e.stage), Some(BuildStage::Downloading));
+        assert_eq!(
+            out[4].as_ref().map(|e| e.stage),
+            Some(BuildStage::Downloading)
+        );
         assert_eq!(out[5].as_ref().and_then(|e| e.packages_done), Some(2));
         let ex = out[6].as_ref().expect("extract event");
-        assert_eq!((ex.stage, ex.packages_done, ex.packages_total), (BuildStage::Extracting, Some(1), Some(2)));
+        assert_eq!(
+            (ex.stage, ex.packages_done, ex.packages_total),
+            (BuildStage::Extracting, Some(1), Some(2))
+        );
         let un = out[8].as_ref().expect("unpack event");
-        assert_eq!((un.stage, un.packages_done, un.packages_total), (BuildStage::Unpacking, Some(1), Some(2)));
+        assert_eq!(
+            (un.stage, un.packages_done, un.packages_total),
+            (BuildStage::Unpacking, Some(1), Some(2))
+        );
         assert_eq!(un.message, "unpacking adduser");
         let cf = out[9].as_ref().expect("configure event");
-        assert_eq!((cf.stage, cf.packages_done), (BuildStage::Configuring, Some(1)));
-        assert_eq!(out[10].as_ref().map(|e| e.stage), Some(BuildStage::Finalizing));
+        assert_eq!(
+            (cf.stage, cf.packages_done),
+            (BuildStage::Configuring, Some(1))
+        );
+        assert_eq!(
+            out[10].as_ref().map(|e| e.stage),
+            Some(BuildStage::Finalizing)
+        );
         assert!(out[11].is_none(), "warnings are logged, not progress");
     }
 
     #[test]
     fn non_info_lines_are_ignored() {
         let mut p = DebootstrapParser::new();
-        assert_eq!(p.feed("E: No such script: /usr/share/debootstrap/scripts/nosuch"), None);
+        assert_eq!(
+            p.feed("E: No such script: /usr/share/debootstrap/scripts/nosuch"),
+            None
+        );
         assert_eq!(p.feed(""), None);
     }
 }

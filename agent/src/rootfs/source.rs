@@ -110,16 +110,30 @@ impl RootfsSource {
                 if !is_token(suite, &['-', '.', '_']) {
                     return bad("suite", suite, "use a codename such as bookworm or stable");
                 }
-                if !variant.is_empty() && !["minbase", "buildd", "fakechroot"].contains(&variant.as_str()) {
-                    return bad("variant", variant, "choose minbase, buildd or fakechroot (or leave it empty)");
+                if !variant.is_empty()
+                    && !["minbase", "buildd", "fakechroot"].contains(&variant.as_str())
+                {
+                    return bad(
+                        "variant",
+                        variant,
+                        "choose minbase, buildd or fakechroot (or leave it empty)",
+                    );
                 }
                 for p in include {
                     if !is_token(p, &['-', '.', '+']) {
-                        return bad("package", p, "Debian package names use a-z, 0-9, '+', '-' and '.'");
+                        return bad(
+                            "package",
+                            p,
+                            "Debian package names use a-z, 0-9, '+', '-' and '.'",
+                        );
                     }
                 }
                 if !arch.is_empty() && !is_token(arch, &[]) {
-                    return bad("arch", arch, "use a Debian architecture such as amd64 or arm64");
+                    return bad(
+                        "arch",
+                        arch,
+                        "use a Debian architecture such as amd64 or arm64",
+                    );
                 }
                 if !mirror.is_empty()
                     && (!(mirror.starts_with("http://")
@@ -148,9 +162,9 @@ impl RootfsSource {
     /// A short description for listings: `debootstrap bookworm (minbase)`, `tarball /x.tar`.
     pub fn describe(&self) -> String {
         match self {
-            RootfsSource::Debootstrap {
-                suite, variant, ..
-            } if !variant.is_empty() => format!("debootstrap {suite} ({variant})"),
+            RootfsSource::Debootstrap { suite, variant, .. } if !variant.is_empty() => {
+                format!("debootstrap {suite} ({variant})")
+            }
             RootfsSource::Debootstrap { suite, .. } => format!("debootstrap {suite}"),
             RootfsSource::Tarball { path } => format!("tarball {}", path.display()),
             RootfsSource::Directory { path } => format!("directory {}", path.display()),
@@ -178,7 +192,11 @@ impl RootfsSource {
                 } else {
                     mirror.clone()
                 };
-                let arch = if arch.is_empty() { host_arch() } else { arch.clone() };
+                let arch = if arch.is_empty() {
+                    host_arch()
+                } else {
+                    arch.clone()
+                };
                 let mut include = include.clone();
                 include.sort();
                 include.dedup();
@@ -193,10 +211,12 @@ impl RootfsSource {
                     fingerprint: None,
                 })
             }
-            RootfsSource::Tarball { path } | RootfsSource::Initramfs { path } => Ok(ResolvedSource {
-                source: self.clone(),
-                fingerprint: Some(fingerprint(path, false)?),
-            }),
+            RootfsSource::Tarball { path } | RootfsSource::Initramfs { path } => {
+                Ok(ResolvedSource {
+                    source: self.clone(),
+                    fingerprint: Some(fingerprint(path, false)?),
+                })
+            }
             RootfsSource::Directory { path } => Ok(ResolvedSource {
                 source: self.clone(),
                 fingerprint: Some(fingerprint(path, true)?),
@@ -213,7 +233,11 @@ fn fingerprint(path: &Path, want_dir: bool) -> Result<(u64, u64), RootfsError> {
         return Err(RootfsError::SourceMissing(format!(
             "'{}' is {}, expected {}",
             path.display(),
-            if meta.is_dir() { "a directory" } else { "not a directory" },
+            if meta.is_dir() {
+                "a directory"
+            } else {
+                "not a directory"
+            },
             if want_dir { "a directory" } else { "a file" }
         )));
     }
@@ -258,13 +282,21 @@ mod tests {
 
     #[test]
     fn key_is_stable_and_order_insensitive_for_packages() {
-        let a = deb(&["procps", "iproute2"], "http://m.example/debian").resolve().expect("resolve");
-        let b = deb(&["iproute2", "procps"], "http://m.example/debian").resolve().expect("resolve");
+        let a = deb(&["procps", "iproute2"], "http://m.example/debian")
+            .resolve()
+            .expect("resolve");
+        let b = deb(&["iproute2", "procps"], "http://m.example/debian")
+            .resolve()
+            .expect("resolve");
         assert_eq!(a.key(), b.key());
         assert_eq!(a.key().len(), 24);
-        let c = deb(&["procps"], "http://m.example/debian").resolve().expect("resolve");
+        let c = deb(&["procps"], "http://m.example/debian")
+            .resolve()
+            .expect("resolve");
         assert_ne!(a.key(), c.key());
-        let d = deb(&["procps", "iproute2"], "http://other.example/debian").resolve().expect("resolve");
+        let d = deb(&["procps", "iproute2"], "http://other.example/debian")
+            .resolve()
+            .expect("resolve");
         assert_ne!(a.key(), d.key());
     }
 
@@ -290,7 +322,11 @@ mod tests {
             mirror: String::new(),
         };
         assert!(s.validate().is_err());
-        assert!(RootfsSource::Tarball { path: "rel/x.tar".into() }.validate().is_err());
+        assert!(RootfsSource::Tarball {
+            path: "rel/x.tar".into()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]
@@ -299,12 +335,22 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let file = dir.join("a.tar");
         std::fs::write(&file, b"1234").expect("write");
-        let r = RootfsSource::Tarball { path: file.clone() }.resolve().expect("resolve");
+        let r = RootfsSource::Tarball { path: file.clone() }
+            .resolve()
+            .expect("resolve");
         assert_eq!(r.fingerprint.map(|f| f.0), Some(4));
-        assert!(RootfsSource::Directory { path: file.clone() }.resolve().is_err());
-        assert!(RootfsSource::Tarball { path: dir.join("missing.tar") }.resolve().is_err());
+        assert!(RootfsSource::Directory { path: file.clone() }
+            .resolve()
+            .is_err());
+        assert!(RootfsSource::Tarball {
+            path: dir.join("missing.tar")
+        }
+        .resolve()
+        .is_err());
         std::fs::write(&file, b"12345").expect("write");
-        let r2 = RootfsSource::Tarball { path: file }.resolve().expect("resolve");
+        let r2 = RootfsSource::Tarball { path: file }
+            .resolve()
+            .expect("resolve");
         assert_ne!(r.key(), r2.key());
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -13,13 +13,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::{open, OFlag};
-use nix::sched::{setns, CloneFlags};
+use nix::sched::setns;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{self, Gid, Uid};
+use nix::unistd;
 use serde::{Deserialize, Serialize};
 
-use super::init::{environment, resolve_command, report, InitMessage, DEFAULT_PATH};
+use super::init::{become_root_in_user_namespace, clone_flag, exec_command, report, InitMessage};
 use super::state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
 use super::sys;
 use crate::cgroup::ContainerCgroup;
@@ -50,7 +50,10 @@ pub fn main_exec(dir: &Path, result_file: &Path, argv: Vec<String>) -> i32 {
     let mut out = match std::fs::File::create(result_file) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("hutch-supervisor exec: cannot create {}: {e}", result_file.display());
+            eprintln!(
+                "hutch-supervisor exec: cannot create {}: {e}",
+                result_file.display()
+            );
             return 1;
         }
     };
@@ -65,7 +68,10 @@ pub fn main_exec(dir: &Path, result_file: &Path, argv: Vec<String>) -> i32 {
     match written {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("hutch-supervisor exec: cannot write {}: {e}", result_file.display());
+            eprintln!(
+                "hutch-supervisor exec: cannot write {}: {e}",
+                result_file.display()
+            );
             1
         }
     }
@@ -83,29 +89,30 @@ const SETNS_ORDER: [Namespace; 7] = [
     Namespace::Mount,
 ];
 
-fn ns_flag(ns: Namespace) -> CloneFlags {
-    match ns {
-        Namespace::Pid => CloneFlags::CLONE_NEWPID,
-        Namespace::Ipc => CloneFlags::CLONE_NEWIPC,
-        Namespace::Net => CloneFlags::CLONE_NEWNET,
-        Namespace::Uts => CloneFlags::CLONE_NEWUTS,
-        Namespace::Mount => CloneFlags::CLONE_NEWNS,
-        Namespace::User => CloneFlags::CLONE_NEWUSER,
-        Namespace::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-    }
-}
-
 fn exec_in(dir: &Path, argv: Vec<String>) -> Result<ExecResult, Failure> {
     if argv.is_empty() || argv[0].is_empty() {
         return Err(fail("exec", "command is empty"));
     }
-    let mut cfg: SupervisorConfig = read_json(&StatePaths::config(dir))
-        .map_err(|e| fail("state", format!("reading {}: {e}", StatePaths::config(dir).display())))?;
-    let state: ContainerState = read_json(&StatePaths::state(dir))
-        .map_err(|e| fail("state", format!("reading {}: {e}", StatePaths::state(dir).display())))?;
+    let mut cfg: SupervisorConfig = read_json(&StatePaths::config(dir)).map_err(|e| {
+        fail(
+            "state",
+            format!("reading {}: {e}", StatePaths::config(dir).display()),
+        )
+    })?;
+    let state: ContainerState = read_json(&StatePaths::state(dir)).map_err(|e| {
+        fail(
+            "state",
+            format!("reading {}: {e}", StatePaths::state(dir).display()),
+        )
+    })?;
     let pid = match (state.status, state.pid) {
         (Status::Running, Some(pid)) => pid,
-        (status, _) => return Err(fail("state", format!("container {} is {status:?}, not running", cfg.id))),
+        (status, _) => {
+            return Err(fail(
+                "state",
+                format!("container {} is {status:?}, not running", cfg.id),
+            ))
+        }
     };
     let cgroup = ContainerCgroup::open(cfg.cgroup.clone());
     if !cgroup.path().procs().contains(&pid) {
@@ -113,15 +120,28 @@ fn exec_in(dir: &Path, argv: Vec<String>) -> Result<ExecResult, Failure> {
     }
 
     // Open everything of the container before entering anything.
-    let open_dir = |p: &str| open(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty());
-    let root = open_dir(&format!("/proc/{pid}/root")).map_err(|e| fail("enter", format!("opening its root: {e}")))?;
+    let open_dir = |p: &str| {
+        open(
+            p,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let root = open_dir(&format!("/proc/{pid}/root"))
+        .map_err(|e| fail("enter", format!("opening its root: {e}")))?;
     let mut ns_fds: Vec<(Namespace, OwnedFd)> = Vec::new();
     for ns in SETNS_ORDER.iter().filter(|ns| cfg.spec.has(**ns)) {
         let path = format!("/proc/{pid}/ns/{}", ns.proc_name());
-        let fd = open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| fail("enter", format!("opening {path}: {e}")))?;
+        let fd = open(
+            path.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail("enter", format!("opening {path}: {e}")))?;
         // SAFETY: `open` just returned this fd; nothing else owns it.
-        ns_fds.push((*ns, unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }));
+        ns_fds.push((*ns, unsafe {
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }));
     }
     // SAFETY: as above.
     let root: OwnedFd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(root) };
@@ -130,24 +150,29 @@ fn exec_in(dir: &Path, argv: Vec<String>) -> Result<ExecResult, Failure> {
         .add_process(std::process::id())
         .map_err(|e| fail("cgroup", e.to_string()))?;
     for (ns, fd) in &ns_fds {
-        setns(fd, ns_flag(*ns)).map_err(|e| fail("enter", format!("setns {ns}: {}", e.desc())))?;
+        setns(fd, clone_flag(*ns))
+            .map_err(|e| fail("enter", format!("setns {ns}: {}", e.desc())))?;
     }
     if !cfg.spec.has(Namespace::Mount) {
-        unistd::fchdir(root.as_raw_fd()).map_err(|e| fail("enter", format!("entering its root: {e}")))?;
+        unistd::fchdir(root.as_raw_fd())
+            .map_err(|e| fail("enter", format!("entering its root: {e}")))?;
         unistd::chroot(".").map_err(|e| fail("enter", format!("chroot: {e}")))?;
     }
     drop(root);
     if cfg.spec.has(Namespace::User) {
-        unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-            .and_then(|()| unistd::setgroups(&[]))
-            .and_then(|()| unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)))
-            .map_err(|e| fail("user namespace", format!("becoming root inside: {e}")))?;
+        become_root_in_user_namespace()?;
     }
-    let workdir = if cfg.spec.workdir.is_empty() { "/".to_string() } else { cfg.spec.workdir.clone() };
-    unistd::chdir(workdir.as_str()).map_err(|e| fail("workdir", format!("working directory '{workdir}': {e}")))?;
+    let workdir = if cfg.spec.workdir.is_empty() {
+        "/".to_string()
+    } else {
+        cfg.spec.workdir.clone()
+    };
+    unistd::chdir(workdir.as_str())
+        .map_err(|e| fail("workdir", format!("working directory '{workdir}': {e}")))?;
 
     cfg.spec.command = argv;
-    let (report_r, report_w) = unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("exec", format!("pipe: {e}")))?;
+    let (report_r, report_w) =
+        unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("exec", format!("pipe: {e}")))?;
     let child = match sys::fork_single_threaded().map_err(|e| fail("exec", format!("fork: {e}")))? {
         sys::Forked::Child => {
             let failure = exec_command(&cfg);
@@ -160,7 +185,9 @@ fn exec_in(dir: &Path, argv: Vec<String>) -> Result<ExecResult, Failure> {
     let mut text = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(report_r), &mut text);
     let status = waitpid(child, None).map_err(|e| fail("exec", format!("waiting: {e}")))?;
-    if let Some(Ok(InitMessage::Failed(f))) = text.lines().next().map(serde_json::from_str::<InitMessage>) {
+    if let Some(Ok(InitMessage::Failed(f))) =
+        text.lines().next().map(serde_json::from_str::<InitMessage>)
+    {
         return Err(f);
     }
     Ok(match status {
@@ -176,33 +203,4 @@ fn exec_in(dir: &Path, argv: Vec<String>) -> Result<ExecResult, Failure> {
         },
         other => return Err(fail("exec", format!("unexpected wait status {other:?}"))),
     })
-}
-
-/// In the forked child: exec the command; returns only on failure.
-fn exec_command(cfg: &SupervisorConfig) -> Failure {
-    let env = environment(cfg);
-    let path_var = env
-        .iter()
-        .find_map(|(k, v)| (k == "PATH").then_some(v.as_str()))
-        .unwrap_or(DEFAULT_PATH);
-    let program = match resolve_command(&cfg.spec.command[0], path_var) {
-        Ok(p) => p,
-        Err(f) => return f,
-    };
-    let cstr = |s: &str| std::ffi::CString::new(s).map_err(|_| fail("exec", format!("{s:?} contains a NUL byte")));
-    let argv: Result<Vec<_>, _> = cfg.spec.command.iter().map(|a| cstr(a)).collect();
-    let envp: Result<Vec<_>, _> = env.iter().map(|(k, v)| cstr(&format!("{k}={v}"))).collect();
-    let prog = cstr(&program.to_string_lossy());
-    let (argv, envp, prog) = match (argv, envp, prog) {
-        (Ok(a), Ok(e), Ok(p)) => (a, e, p),
-        (Err(f), _, _) | (_, Err(f), _) | (_, _, Err(f)) => return f,
-    };
-    if let Err(e) = sys::reset_signals_for_exec() {
-        return fail("exec", format!("resetting signals: {e}"));
-    }
-    match unistd::execve(&prog, &argv, &envp) {
-        Err(nix::errno::Errno::ENOENT) => fail("exec", format!("'{}' does not exist in the container", program.display())),
-        Err(e) => fail("exec", format!("{}: {}", program.display(), e.desc())),
-        Ok(never) => match never {},
-    }
 }

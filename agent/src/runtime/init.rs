@@ -104,8 +104,12 @@ pub fn run(cfg: &SupervisorConfig, io: InitIo) -> isize {
 fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
     let spec = &cfg.spec;
     // stdio first, so that even a failing command's output would be captured.
-    let devnull = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty())
-        .map_err(|e| errno("stdio", "opening /dev/null", e))?;
+    let devnull = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| errno("stdio", "opening /dev/null", e))?;
     for (from, to) in [(devnull, 0), (io.stdout, 1), (io.stderr, 2)] {
         unistd::dup2(from, to).map_err(|e| errno("stdio", "redirecting output", e))?;
     }
@@ -113,15 +117,16 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
     let mut byte = [0u8; 1];
     match unistd::read(io.release, &mut byte) {
         Ok(1) => {}
-        _ => return Err(fail("start", "the supervisor did not release the container")),
+        _ => {
+            return Err(fail(
+                "start",
+                "the supervisor did not release the container",
+            ))
+        }
     }
 
     if spec.has(Namespace::User) {
-        unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-            .map_err(|e| errno("user namespace", "becoming gid 0", e))?;
-        unistd::setgroups(&[]).map_err(|e| errno("user namespace", "dropping groups", e))?;
-        unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-            .map_err(|e| errno("user namespace", "becoming uid 0", e))?;
+        become_root_in_user_namespace()?;
     }
     if spec.has(Namespace::Cgroup) {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
@@ -131,15 +136,28 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
     let root = cfg.layer().merged;
     let private_mounts = spec.has(Namespace::Mount);
     if private_mounts {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .map_err(|e| errno("mount namespace", "making mounts private", e))?;
-        mount(Some(&root), &root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| errno("rootfs", format!("binding {}", root.display()), e))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| errno("mount namespace", "making mounts private", e))?;
+        mount(
+            Some(&root),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| errno("rootfs", format!("binding {}", root.display()), e))?;
     }
     mount_proc_dev_sys(&root, spec.has(Namespace::Net), spec.has(Namespace::User))?;
 
     if spec.has(Namespace::Uts) {
-        unistd::sethostname(&cfg.hostname).map_err(|e| errno("hostname", format!("setting '{}'", cfg.hostname), e))?;
+        unistd::sethostname(&cfg.hostname)
+            .map_err(|e| errno("hostname", format!("setting '{}'", cfg.hostname), e))?;
     }
 
     if private_mounts {
@@ -160,33 +178,99 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
 
     report(io.report, &InitMessage::Namespaces(own_namespaces()));
 
-    let workdir = if spec.workdir.is_empty() { "/" } else { spec.workdir.as_str() };
-    unistd::chdir(workdir).map_err(|e| errno("workdir", format!("working directory '{workdir}'"), e))?;
+    let workdir = if spec.workdir.is_empty() {
+        "/"
+    } else {
+        spec.workdir.as_str()
+    };
+    unistd::chdir(workdir)
+        .map_err(|e| errno("workdir", format!("working directory '{workdir}'"), e))?;
 
+    Err(exec_command(cfg))
+}
+
+/// Becomes uid and gid 0 of the user namespace this process is in, with no extra groups.
+pub fn become_root_in_user_namespace() -> Result<(), Failure> {
+    unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(|e| errno("user namespace", "becoming gid 0", e))?;
+    unistd::setgroups(&[]).map_err(|e| errno("user namespace", "dropping groups", e))?;
+    unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(|e| errno("user namespace", "becoming uid 0", e))
+}
+
+/// Execs `cfg.spec.command` with the container's environment, looked up in its `PATH`,
+/// with default signal handling. Returns only on failure, with the reason.
+pub fn exec_command(cfg: &SupervisorConfig) -> Failure {
     let env = environment(cfg);
     let path_var = env
         .iter()
         .find_map(|(k, v)| (k == "PATH").then_some(v.as_str()))
         .unwrap_or(DEFAULT_PATH);
-    let program = resolve_command(&spec.command[0], path_var)?;
-    let argv = to_cstrings(&spec.command)?;
-    let envp = to_cstrings(&env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())?;
-    let program_c = CString::new(program.as_os_str().as_encoded_bytes())
-        .map_err(|_| fail("exec", "command contains a NUL byte"))?;
-    sys::reset_signals_for_exec().map_err(|e| errno("exec", "resetting signals", e))?;
-    let e = unistd::execve(&program_c, &argv, &envp).err().unwrap_or(Errno::UnknownErrno);
-    Err(match e {
-        Errno::ENOENT => fail("exec", format!("'{}' does not exist in the container", program.display())),
-        Errno::EACCES => fail("exec", format!("'{}' is not executable (permission denied)", program.display())),
-        Errno::ENOEXEC => fail("exec", format!("'{}' is not a program this kernel can run", program.display())),
+    let program = match resolve_command(&cfg.spec.command[0], path_var) {
+        Ok(p) => p,
+        Err(f) => return f,
+    };
+    let env_lines: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let prepared = to_cstrings(&cfg.spec.command).and_then(|argv| {
+        let envp = to_cstrings(&env_lines)?;
+        let program_c = CString::new(program.as_os_str().as_encoded_bytes())
+            .map_err(|_| fail("exec", "command contains a NUL byte"))?;
+        Ok((argv, envp, program_c))
+    });
+    let (argv, envp, program_c) = match prepared {
+        Ok(p) => p,
+        Err(f) => return f,
+    };
+    if let Err(e) = sys::reset_signals_for_exec() {
+        return errno("exec", "resetting signals", e);
+    }
+    let e = unistd::execve(&program_c, &argv, &envp)
+        .err()
+        .unwrap_or(Errno::UnknownErrno);
+    match e {
+        Errno::ENOENT => fail(
+            "exec",
+            format!("'{}' does not exist in the container", program.display()),
+        ),
+        Errno::EACCES => fail(
+            "exec",
+            format!(
+                "'{}' is not executable (permission denied)",
+                program.display()
+            ),
+        ),
+        Errno::ENOEXEC => fail(
+            "exec",
+            format!(
+                "'{}' is not a program this kernel can run",
+                program.display()
+            ),
+        ),
         other => errno("exec", program.display(), other),
-    })
+    }
+}
+
+/// The `clone`/`setns` flag of a namespace kind.
+pub fn clone_flag(ns: Namespace) -> nix::sched::CloneFlags {
+    use nix::sched::CloneFlags;
+    match ns {
+        Namespace::Pid => CloneFlags::CLONE_NEWPID,
+        Namespace::Ipc => CloneFlags::CLONE_NEWIPC,
+        Namespace::Net => CloneFlags::CLONE_NEWNET,
+        Namespace::Uts => CloneFlags::CLONE_NEWUTS,
+        Namespace::Mount => CloneFlags::CLONE_NEWNS,
+        Namespace::User => CloneFlags::CLONE_NEWUSER,
+        Namespace::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+    }
 }
 
 fn to_cstrings(items: &[String]) -> Result<Vec<CString>, Failure> {
     items
         .iter()
-        .map(|s| CString::new(s.as_bytes()).map_err(|_| fail("exec", format!("{s:?} contains a NUL byte"))))
+        .map(|s| {
+            CString::new(s.as_bytes())
+                .map_err(|_| fail("exec", format!("{s:?} contains a NUL byte")))
+        })
         .collect()
 }
 
@@ -217,7 +301,12 @@ pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, Failure
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(command))
         .find(|p| p.is_file() && unistd::access(p, unistd::AccessFlags::X_OK).is_ok())
-        .ok_or_else(|| fail("exec", format!("'{command}' not found in the container's PATH ({path_var})")))
+        .ok_or_else(|| {
+            fail(
+                "exec",
+                format!("'{command}' not found in the container's PATH ({path_var})"),
+            )
+        })
 }
 
 fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(), Failure> {
@@ -228,8 +317,14 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
     };
 
     mkdir(&target("proc"), "mount /proc")?;
-    mount(Some("proc"), &target("proc"), Some("proc"), nosuid_nodev_noexec, None::<&str>)
-        .map_err(|e| errno("mount /proc", "mount -t proc proc /proc", e))?;
+    mount(
+        Some("proc"),
+        &target("proc"),
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None::<&str>,
+    )
+    .map_err(|e| errno("mount /proc", "mount -t proc proc /proc", e))?;
 
     let dev = target("dev");
     mkdir(&dev, "mount /dev")?;
@@ -245,9 +340,16 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
     // bind works the same everywhere.
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let path = dev.join(node);
-        std::fs::File::create(&path).map_err(|e| fail("mount /dev", format!("creating {}: {e}", path.display())))?;
-        mount(Some(&Path::new("/dev").join(node)), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| errno("mount /dev", format!("binding /dev/{node}"), e))?;
+        std::fs::File::create(&path)
+            .map_err(|e| fail("mount /dev", format!("creating {}: {e}", path.display())))?;
+        mount(
+            Some(&Path::new("/dev").join(node)),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| errno("mount /dev", format!("binding /dev/{node}"), e))?;
     }
     let pts = dev.join("pts");
     mkdir(&pts, "mount /dev/pts")?;
@@ -256,12 +358,24 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
     } else {
         "newinstance,ptmxmode=0666,mode=620,gid=5"
     };
-    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(pts_options))
-        .map_err(|e| errno("mount /dev/pts", "devpts", e))?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(pts_options),
+    )
+    .map_err(|e| errno("mount /dev/pts", "devpts", e))?;
     let shm = dev.join("shm");
     mkdir(&shm, "mount /dev/shm")?;
-    mount(Some("shm"), &shm, Some("tmpfs"), nosuid_nodev_noexec, Some("mode=1777,size=65536k"))
-        .map_err(|e| errno("mount /dev/shm", "tmpfs", e))?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| errno("mount /dev/shm", "tmpfs", e))?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -276,8 +390,14 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
     if private_net {
         let sys = target("sys");
         mkdir(&sys, "mount /sys")?;
-        mount(Some("sysfs"), &sys, Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None::<&str>)
-            .map_err(|e| errno("mount /sys", "sysfs read-only", e))?;
+        mount(
+            Some("sysfs"),
+            &sys,
+            Some("sysfs"),
+            nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| errno("mount /sys", "sysfs read-only", e))?;
     }
     Ok(())
 }
@@ -288,7 +408,8 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
 fn pivot_into(root: &Path) -> Result<(), Failure> {
     unistd::chdir(root).map_err(|e| errno("pivot_root", root.display(), e))?;
     unistd::pivot_root(".", ".").map_err(|e| errno("pivot_root", "pivot_root(\".\", \".\")", e))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| errno("pivot_root", "detaching the old root", e))?;
+    umount2(".", MntFlags::MNT_DETACH)
+        .map_err(|e| errno("pivot_root", "detaching the old root", e))?;
     unistd::chdir("/").map_err(|e| errno("pivot_root", "chdir /", e))
 }
 
@@ -315,8 +436,14 @@ mod tests {
 
     #[test]
     fn resolves_commands_in_path() {
-        assert_eq!(resolve_command("/bin/x", "/nowhere").map(|p| p.display().to_string()), Ok("/bin/x".into()));
-        assert_eq!(resolve_command("sh", "/nowhere:/bin:/usr/bin").map(|p| p.display().to_string()), Ok("/bin/sh".into()));
+        assert_eq!(
+            resolve_command("/bin/x", "/nowhere").map(|p| p.display().to_string()),
+            Ok("/bin/x".into())
+        );
+        assert_eq!(
+            resolve_command("sh", "/nowhere:/bin:/usr/bin").map(|p| p.display().to_string()),
+            Ok("/bin/sh".into())
+        );
         let e = resolve_command("no-such-program-hutch", "/bin").expect_err("missing");
         assert_eq!(e.step, "exec");
         assert!(e.message.contains("not found"));

@@ -128,7 +128,10 @@ mod tests {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_123_456_789);
         let line = format_line(t, Stream::Stderr, true, b"hello world");
         let text = String::from_utf8(line).expect("utf8");
-        assert_eq!(text, "2023-11-14T22:13:20.123456789Z stderr F hello world\n");
+        assert_eq!(
+            text,
+            "2023-11-14T22:13:20.123456789Z stderr F hello world\n"
+        );
         let parsed = parse_line(text.trim_end()).expect("parse");
         assert_eq!(parsed.stream, Stream::Stderr);
         assert!(parsed.full);
@@ -140,7 +143,10 @@ mod tests {
     fn splitter() {
         let mut s = LineSplitter::new(8);
         assert_eq!(s.push(b"ab\ncd"), vec![(true, b"ab".to_vec())]);
-        assert_eq!(s.push(b"e\n\n"), vec![(true, b"cde".to_vec()), (true, Vec::new())]);
+        assert_eq!(
+            s.push(b"e\n\n"),
+            vec![(true, b"cde".to_vec()), (true, Vec::new())]
+        );
         assert_eq!(s.push(b"0123456789"), vec![(false, b"01234567".to_vec())]);
         assert_eq!(s.finish(), Some((true, b"89".to_vec())));
         assert_eq!(s.finish(), None);

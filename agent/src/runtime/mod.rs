@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-use crate::cgroup::{CgroupError, CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats};
+use crate::cgroup::{
+    CgroupError, CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats,
+};
 use crate::fsutil::{read_json, unix_millis_now, write_json_atomic};
 use crate::mounts::unmount_below;
 use crate::names::{validate_name, NameError};
@@ -132,27 +134,34 @@ impl RuntimeError {
     /// The class of this error.
     pub fn class(&self) -> ErrorClass {
         match self {
-            RuntimeError::BadId(_) | RuntimeError::InvalidSpec(_) | RuntimeError::InvalidSignal(_) => {
-                ErrorClass::InvalidArgument
-            }
+            RuntimeError::BadId(_)
+            | RuntimeError::InvalidSpec(_)
+            | RuntimeError::InvalidSignal(_) => ErrorClass::InvalidArgument,
             RuntimeError::AlreadyExists(_) => ErrorClass::AlreadyExists,
             RuntimeError::NotFound(_) => ErrorClass::NotFound,
             RuntimeError::Rootfs(e) => match e {
-                RootfsError::BadName(_) | RootfsError::InvalidSource(_) => ErrorClass::InvalidArgument,
+                RootfsError::BadName(_) | RootfsError::InvalidSource(_) => {
+                    ErrorClass::InvalidArgument
+                }
                 RootfsError::NotFound { .. } => ErrorClass::NotFound,
-                RootfsError::SourceMissing(_) | RootfsError::InUse { .. } => ErrorClass::FailedPrecondition,
+                RootfsError::SourceMissing(_) | RootfsError::InUse { .. } => {
+                    ErrorClass::FailedPrecondition
+                }
                 RootfsError::BuildFailed { .. } | RootfsError::Store { .. } => ErrorClass::Internal,
             },
             RuntimeError::Cgroup(CgroupError::SwapUnsupported(_)) => ErrorClass::FailedPrecondition,
-            RuntimeError::StartFailed { failure, .. } | RuntimeError::ExecFailed { failure, .. } => {
-                match failure.step.as_str() {
-                    "exec" | "workdir" => ErrorClass::InvalidArgument,
-                    "state" => ErrorClass::FailedPrecondition,
-                    _ => ErrorClass::Internal,
-                }
+            RuntimeError::StartFailed { failure, .. }
+            | RuntimeError::ExecFailed { failure, .. } => match failure.step.as_str() {
+                "exec" | "workdir" => ErrorClass::InvalidArgument,
+                "state" => ErrorClass::FailedPrecondition,
+                _ => ErrorClass::Internal,
+            },
+            RuntimeError::NotRunning { .. } | RuntimeError::StillRunning(_) => {
+                ErrorClass::FailedPrecondition
             }
-            RuntimeError::NotRunning { .. } | RuntimeError::StillRunning(_) => ErrorClass::FailedPrecondition,
-            RuntimeError::Cgroup(_) | RuntimeError::Supervisor { .. } | RuntimeError::Io { .. } => ErrorClass::Internal,
+            RuntimeError::Cgroup(_) | RuntimeError::Supervisor { .. } | RuntimeError::Io { .. } => {
+                ErrorClass::Internal
+            }
         }
     }
 }
@@ -324,7 +333,11 @@ impl Runtime {
                 memory_and_swap_bytes: spec.memory_swap_limit_bytes,
             },
         )?;
-        let hostname = if spec.hostname.is_empty() { id.to_string() } else { spec.hostname.clone() };
+        let hostname = if spec.hostname.is_empty() {
+            id.to_string()
+        } else {
+            spec.hostname.clone()
+        };
         let config = SupervisorConfig {
             id: id.to_string(),
             spec,
@@ -336,8 +349,11 @@ impl Runtime {
             supervisors_cgroup: self.cgroups.supervisors(),
         };
         write_json_atomic(&StatePaths::config(dir), &config).map_err(|e| io_err(dir, e))?;
-        write_json_atomic(&StatePaths::state(dir), &ContainerState::created(id, unix_millis_now()))
-            .map_err(|e| io_err(dir, e))?;
+        write_json_atomic(
+            &StatePaths::state(dir),
+            &ContainerState::created(id, unix_millis_now()),
+        )
+        .map_err(|e| io_err(dir, e))?;
         let state = self.spawn_supervisor(id, dir).await?;
         if state.status == Status::Failed {
             let failure = state.failure.clone().unwrap_or(Failure {
@@ -368,8 +384,16 @@ impl Runtime {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
-            .map_err(|e| sup_err(format!("cannot start {}: {e}", self.supervisor_bin.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| sup_err("no stdout pipe".into()))?;
+            .map_err(|e| {
+                sup_err(format!(
+                    "cannot start {}: {e}",
+                    self.supervisor_bin.display()
+                ))
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| sup_err("no stdout pipe".into()))?;
         let mut reader = tokio::io::BufReader::new(stdout);
         let mut line = String::new();
         let read = tokio::time::timeout(START_TIMEOUT, reader.read_line(&mut line)).await;
@@ -400,7 +424,8 @@ impl Runtime {
                 if state.status == Status::Failed {
                     // It exits right after a failed start: wait for it to be gone.
                     let mut rest = Vec::new();
-                    let _ = tokio::time::timeout(START_TIMEOUT, reader.read_to_end(&mut rest)).await;
+                    let _ =
+                        tokio::time::timeout(START_TIMEOUT, reader.read_to_end(&mut rest)).await;
                 }
                 Ok(state)
             }
@@ -411,7 +436,11 @@ impl Runtime {
     fn discard(&self, id: &str, dir: &Path) {
         let left = unmount_below(dir);
         if !left.is_empty() {
-            tracing::error!(container = id, ?left, "mounts left after a failed start; state kept");
+            tracing::error!(
+                container = id,
+                ?left,
+                "mounts left after a failed start; state kept"
+            );
             return;
         }
         let cg = ContainerCgroup::open(self.cgroups.container_path(id));
@@ -458,7 +487,11 @@ impl Runtime {
     /// Every container on this host, by id.
     pub fn list(&self) -> Vec<ContainerInfo> {
         let mut ids: Vec<String> = std::fs::read_dir(&self.containers_dir)
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         ids.sort();
         ids.iter().filter_map(|id| self.get(id).ok()).collect()
@@ -489,10 +522,13 @@ impl Runtime {
                         state.status = Status::Failed;
                         state.failure = Some(Failure {
                             step: "supervisor".into(),
-                            message: "the supervisor exited without recording how the container ended".into(),
+                            message:
+                                "the supervisor exited without recording how the container ended"
+                                    .into(),
                         });
                         state.finished_ms = Some(unix_millis_now());
-                        write_json_atomic(&StatePaths::state(&dir), &state).map_err(|e| io_err(&dir, e))?;
+                        write_json_atomic(&StatePaths::state(&dir), &state)
+                            .map_err(|e| io_err(&dir, e))?;
                     }
                     let config = self.read_config(&dir)?;
                     return Ok(self.info_from(config, state));
@@ -522,11 +558,16 @@ impl Runtime {
         if !cgroup.procs().contains(&pid) {
             return Err(not_running());
         }
-        sys::pidfd_send_signal(&fd, signal).map_err(|e| io_err(&dir, format!("signal {signal}: {e}")))
+        sys::pidfd_send_signal(&fd, signal)
+            .map_err(|e| io_err(&dir, format!("signal {signal}: {e}")))
     }
 
     /// Stops the container: SIGTERM, then SIGKILL after `grace` (default: the spec's).
-    pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<ContainerInfo, RuntimeError> {
+    pub async fn stop(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<ContainerInfo, RuntimeError> {
         let info = self.get(id)?;
         if info.state.status != Status::Running {
             return self.wait(id).await;
@@ -585,7 +626,11 @@ impl Runtime {
         let exec_dir = StatePaths::exec_dir(&dir);
         std::fs::create_dir_all(&exec_dir).map_err(|e| io_err(&exec_dir, e))?;
         let n = self.exec_counter.fetch_add(1, Ordering::Relaxed);
-        let result_file = exec_dir.join(format!("{}-{}-{n}.json", std::process::id(), unix_millis_now()));
+        let result_file = exec_dir.join(format!(
+            "{}-{}-{n}.json",
+            std::process::id(),
+            unix_millis_now()
+        ));
         let mut child = tokio::process::Command::new(&self.supervisor_bin)
             .arg("exec")
             .arg(&dir)
@@ -607,13 +652,19 @@ impl Runtime {
         let _ = std::fs::remove_file(&result_file);
         let result = result.map_err(|e| RuntimeError::Supervisor {
             id: id.to_string(),
-            message: format!("exec helper ended ({status}) without a result: {e}; stderr: {}", String::from_utf8_lossy(&stderr)),
+            message: format!(
+                "exec helper ended ({status}) without a result: {e}; stderr: {}",
+                String::from_utf8_lossy(&stderr)
+            ),
         })?;
         if let Some(failure) = result.failure {
             return Err(if failure.step == "state" {
                 RuntimeError::NotRunning {
                     id: id.to_string(),
-                    status: self.read_state(&dir).map(|s| s.status).unwrap_or(Status::Exited),
+                    status: self
+                        .read_state(&dir)
+                        .map(|s| s.status)
+                        .unwrap_or(Status::Exited),
                 }
             } else {
                 RuntimeError::ExecFailed {
@@ -665,7 +716,11 @@ impl Runtime {
 
     /// The namespace kinds a spec leaves shared with the host.
     pub fn shared_namespaces(spec: &ContainerSpec) -> Vec<Namespace> {
-        Namespace::ALL.iter().copied().filter(|n| !spec.has(*n)).collect()
+        Namespace::ALL
+            .iter()
+            .copied()
+            .filter(|n| !spec.has(*n))
+            .collect()
     }
 }
 

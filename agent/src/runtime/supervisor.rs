@@ -30,7 +30,9 @@ use nix::unistd::{self, Pid};
 
 use super::init::{self, InitIo, InitMessage};
 use super::logs::{format_line, LineSplitter, Stream};
-use super::state::{ContainerState, Failure, NamespaceReport, StatePaths, Status, SupervisorConfig};
+use super::state::{
+    ContainerState, Failure, NamespaceReport, StatePaths, Status, SupervisorConfig,
+};
 use super::sys;
 use crate::cgroup::ContainerCgroup;
 use crate::fsutil::{read_json, unix_millis_now, write_json_atomic};
@@ -135,12 +137,21 @@ impl Supervisor {
         self.save();
         match self.start() {
             Ok((child, pipes)) => {
-                diag!("container {} running as pid {child} (start took {:?})", self.cfg.id, started.elapsed());
+                diag!(
+                    "container {} running as pid {child} (start took {:?})",
+                    self.cfg.id,
+                    started.elapsed()
+                );
                 self.tell_agent();
                 self.supervise(child, pipes);
             }
             Err(f) => {
-                diag!("container {} failed at '{}': {}", self.cfg.id, f.step, f.message);
+                diag!(
+                    "container {} failed at '{}': {}",
+                    self.cfg.id,
+                    f.step,
+                    f.message
+                );
                 self.state.status = Status::Failed;
                 self.state.failure = Some(f);
                 self.state.finished_ms = Some(unix_millis_now());
@@ -159,8 +170,10 @@ impl Supervisor {
         cfg.supervisors_cgroup
             .add_process(std::process::id())
             .map_err(|e| failure("cgroup", format!("joining the supervisors' cgroup: {e}")))?;
-        sys::set_child_subreaper().map_err(|e| failure("start", format!("becoming subreaper: {e}")))?;
-        overlay::mount_layer(&cfg.layer(), cfg.spec.read_only_rootfs).map_err(|e| failure("rootfs", e.to_string()))?;
+        sys::set_child_subreaper()
+            .map_err(|e| failure("start", format!("becoming subreaper: {e}")))?;
+        overlay::mount_layer(&cfg.layer(), cfg.spec.read_only_rootfs)
+            .map_err(|e| failure("rootfs", e.to_string()))?;
 
         let pipes = Pipes {
             stdout: pipe()?,
@@ -176,7 +189,12 @@ impl Supervisor {
         };
         let host_namespaces = init::own_namespaces();
         let child = sys::clone_process(Box::new(|| init::run(&cfg, io)), clone_flags(&cfg))
-            .map_err(|e| failure("clone", format!("creating the namespaces: {} ({e:?})", e.desc())))?;
+            .map_err(|e| {
+                failure(
+                    "clone",
+                    format!("creating the namespaces: {} ({e:?})", e.desc()),
+                )
+            })?;
         let Pipes {
             stdout,
             stderr,
@@ -191,7 +209,11 @@ impl Supervisor {
             .map_err(|e| failure("cgroup", e.to_string()))
             .and_then(|()| {
                 if cfg.spec.has(Namespace::User) {
-                    write_id_maps(child, &cfg.spec.effective_uid_map(), &cfg.spec.effective_gid_map())
+                    write_id_maps(
+                        child,
+                        &cfg.spec.effective_uid_map(),
+                        &cfg.spec.effective_gid_map(),
+                    )
                 } else {
                     Ok(())
                 }
@@ -201,7 +223,8 @@ impl Supervisor {
             let _ = waitpid(child, None);
             return Err(f);
         }
-        unistd::write(&release.1, &[1]).map_err(|e| failure("start", format!("releasing the init: {e}")))?;
+        unistd::write(&release.1, &[1])
+            .map_err(|e| failure("start", format!("releasing the init: {e}")))?;
         drop(release.1);
 
         let mut reader = std::io::BufReader::new(File::from(report.0));
@@ -223,7 +246,10 @@ impl Supervisor {
         }
         let Some(namespaces) = namespaces else {
             let status = waitpid(child, None);
-            return Err(failure("start", format!("the container's init died during setup ({status:?})")));
+            return Err(failure(
+                "start",
+                format!("the container's init died during setup ({status:?})"),
+            ));
         };
         self.state.namespaces = namespaces
             .into_iter()
@@ -252,15 +278,24 @@ impl Supervisor {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
-        let mut sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
+        let mut sigfd =
+            SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(StatePaths::log(&self.cfg.dir))
             .ok();
         let mut streams = [
-            (Some(stdout), Stream::Stdout, LineSplitter::new(MAX_LOG_LINE)),
-            (Some(stderr), Stream::Stderr, LineSplitter::new(MAX_LOG_LINE)),
+            (
+                Some(stdout),
+                Stream::Stdout,
+                LineSplitter::new(MAX_LOG_LINE),
+            ),
+            (
+                Some(stderr),
+                Stream::Stderr,
+                LineSplitter::new(MAX_LOG_LINE),
+            ),
         ];
         let mut exit: Option<WaitStatus> = None;
         let mut drain_deadline: Option<Instant> = None;
@@ -316,7 +351,9 @@ impl Supervisor {
                 let (fd, stream, splitter) = &mut streams[i];
                 let n = match fd.as_ref().map(|f| unistd::read(f.as_raw_fd(), &mut buf)) {
                     Some(Ok(n)) => n,
-                    Some(Err(nix::errno::Errno::EINTR)) | Some(Err(nix::errno::Errno::EAGAIN)) => continue,
+                    Some(Err(nix::errno::Errno::EINTR)) | Some(Err(nix::errno::Errno::EAGAIN)) => {
+                        continue
+                    }
                     _ => 0,
                 };
                 let records = if n == 0 {
@@ -327,7 +364,8 @@ impl Supervisor {
                 };
                 if let Some(log) = log.as_mut() {
                     for (full, text) in records {
-                        let _ = log.write_all(&format_line(SystemTime::now(), *stream, full, &text));
+                        let _ =
+                            log.write_all(&format_line(SystemTime::now(), *stream, full, &text));
                     }
                 }
             }
@@ -409,20 +447,15 @@ fn reap(init: Pid, exit: &mut Option<WaitStatus>) {
 }
 
 fn clone_flags(cfg: &SupervisorConfig) -> CloneFlags {
-    let mut flags = CloneFlags::empty();
-    for ns in &cfg.spec.namespaces {
-        flags |= match ns {
-            Namespace::Pid => CloneFlags::CLONE_NEWPID,
-            Namespace::Ipc => CloneFlags::CLONE_NEWIPC,
-            Namespace::Net => CloneFlags::CLONE_NEWNET,
-            Namespace::Uts => CloneFlags::CLONE_NEWUTS,
-            Namespace::Mount => CloneFlags::CLONE_NEWNS,
-            Namespace::User => CloneFlags::CLONE_NEWUSER,
-            // Unshared by the init once it sits in its own cgroup, so that one is its root.
-            Namespace::Cgroup => CloneFlags::empty(),
-        };
-    }
-    flags
+    cfg.spec
+        .namespaces
+        .iter()
+        // The cgroup namespace is unshared by the init once it sits in its own cgroup, so
+        // that one becomes its root.
+        .filter(|ns| **ns != Namespace::Cgroup)
+        .fold(CloneFlags::empty(), |flags, ns| {
+            flags | init::clone_flag(*ns)
+        })
 }
 
 /// Formats a uid/gid map as the kernel reads it.

@@ -44,7 +44,10 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> Result<(), Errno> {
 /// Starts `child` in a new process with `flags` (namespaces) on a fresh stack, as `clone(2)`.
 /// Only the single-threaded supervisor calls this, so the child's copy of the address space
 /// has no lock held by another thread; the child runs `child` and exits with its result.
-pub fn clone_process(child: Box<dyn FnMut() -> isize + '_>, flags: CloneFlags) -> Result<Pid, Errno> {
+pub fn clone_process(
+    child: Box<dyn FnMut() -> isize + '_>,
+    flags: CloneFlags,
+) -> Result<Pid, Errno> {
     const STACK_SIZE: usize = 1024 * 1024;
     let mut stack = vec![0u8; STACK_SIZE];
     // SAFETY: the callback runs in a separate process (no CLONE_VM), on `stack`, which lives
@@ -81,33 +84,22 @@ pub fn set_parent_death_signal_kill() -> Result<(), Errno> {
     Errno::result(rc).map(drop)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_ticks_of_tricky_comm() {
-        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 200";
-        assert_eq!(parse_start_ticks(stat), Some(123456));
-        assert_eq!(parse_start_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn own_start_ticks_are_stable() {
-        let me = std::process::id();
-        assert!(process_start_ticks(me).is_some());
-        assert_eq!(process_start_ticks(me), process_start_ticks(me));
-    }
-}
-
 /// Restores default signal handling before `exec`: an empty signal mask and default
 /// dispositions for the signals Rust's runtime or the supervisor changed (SIGPIPE is ignored
 /// by Rust programs, and an ignored signal stays ignored across `exec`).
 pub fn reset_signals_for_exec() -> Result<(), Errno> {
-    use nix::sys::signal::{sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+    use nix::sys::signal::{
+        sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+    };
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for sig in [Signal::SIGPIPE, Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for sig in [
+        Signal::SIGPIPE,
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
         // SAFETY: installing SIG_DFL runs no code of ours in signal context.
         unsafe { sigaction(sig, &default) }?;
     }
@@ -139,5 +131,25 @@ pub fn async_pidfd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<Owne
     // SAFETY: an OwnedFd is a valid open fd that it alone closes, and `as_raw_fd` always
     // returns that same fd, for as long as the AsyncFd owns it.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-        .map_err(|e| std::io::Error::from(e).into())
+        .map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_of_tricky_comm() {
+        let stat =
+            "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 200";
+        assert_eq!(parse_start_ticks(stat), Some(123456));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_start_ticks_are_stable() {
+        let me = std::process::id();
+        assert!(process_start_ticks(me).is_some());
+        assert_eq!(process_start_ticks(me), process_start_ticks(me));
+    }
 }

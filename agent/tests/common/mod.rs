@@ -26,7 +26,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call: `NAME-PID-N`.
 pub fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The rootfs store shared by the test run.
@@ -95,6 +99,19 @@ impl TestHost {
         }
     }
 
+    /// The `hutch-agent` binary set up on this host's state directory, rootfs store and
+    /// cgroup instance, ready for a subcommand.
+    pub fn agent_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(agent_bin());
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--rootfs-dir")
+            .arg(self.runtime.store().root())
+            .arg("--instance")
+            .arg(&self.instance);
+        cmd
+    }
+
     /// A spec on the shared rootfs.
     pub fn spec(&self, command: &[&str]) -> ContainerSpec {
         ContainerSpec::new(ROOTFS, command.iter().copied())
@@ -117,7 +134,11 @@ impl TestHost {
     }
 
     /// Runs `spec` to its end and returns its final record.
-    pub async fn run_to_end(&self, id: &str, spec: ContainerSpec) -> hutch_agent::runtime::ContainerInfo {
+    pub async fn run_to_end(
+        &self,
+        id: &str,
+        spec: ContainerSpec,
+    ) -> hutch_agent::runtime::ContainerInfo {
         self.runtime.run(id, spec).await.expect("run");
         self.runtime.wait(id).await.expect("wait")
     }
@@ -126,11 +147,18 @@ impl TestHost {
     /// state directory, no supervisor.
     pub fn assert_nothing_left(&self, id: &str) {
         let dir = self.container_dir(id);
-        assert!(unmount_below(&dir).is_empty() && hutch_agent::mounts::mounts_below(&dir).is_empty(), "mounts left below {}", dir.display());
+        assert!(
+            unmount_below(&dir).is_empty() && hutch_agent::mounts::mounts_below(&dir).is_empty(),
+            "mounts left below {}",
+            dir.display()
+        );
         let cg = self.runtime.cgroups().container_path(id).dir();
         assert!(!cg.exists(), "cgroup {} left", cg.display());
         assert!(!dir.exists(), "state directory {} left", dir.display());
-        assert!(supervisors_of(&dir).is_empty(), "supervisor of {id} still running");
+        assert!(
+            supervisors_of(&dir).is_empty(),
+            "supervisor of {id} still running"
+        );
     }
 }
 
@@ -148,14 +176,22 @@ pub fn supervisors_of(container_dir: &Path) -> Vec<u32> {
 pub fn hutch_processes() -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.split(' ').next().is_some_and(|argv0| argv0.ends_with("hutch-supervisor")) {
+        if cmdline
+            .split(' ')
+            .next()
+            .is_some_and(|argv0| argv0.ends_with("hutch-supervisor"))
+        {
             out.push((pid, cmdline));
         }
     }
@@ -168,7 +204,11 @@ impl Drop for TestHost {
     /// when a test panics.
     fn drop(&mut self) {
         let containers = self.state_dir.join("containers");
-        for entry in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let dir = entry.path();
             let id = entry.file_name().to_string_lossy().into_owned();
             let cg = ContainerCgroup::open(self.runtime.cgroups().container_path(&id));
@@ -177,7 +217,8 @@ impl Drop for TestHost {
             while !supervisors_of(&dir).is_empty() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let state: Option<ContainerState> = hutch_agent::fsutil::read_json(&StatePaths::state(&dir)).ok();
+            let state: Option<ContainerState> =
+                hutch_agent::fsutil::read_json(&StatePaths::state(&dir)).ok();
             if state.is_some_and(|s| !s.cleaned_up) {
                 eprintln!("cleanup: container {id} was not cleaned up by its supervisor; removing what is left");
             }
@@ -187,7 +228,10 @@ impl Drop for TestHost {
         if left.is_empty() {
             let _ = std::fs::remove_dir_all(&self.state_dir);
         } else {
-            eprintln!("cleanup: could not unmount {left:?}; leaving {}", self.state_dir.display());
+            eprintln!(
+                "cleanup: could not unmount {left:?}; leaving {}",
+                self.state_dir.display()
+            );
         }
         self.runtime.close();
     }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the test dependencies and runs the whole suite, as root on a real kernel:
+# formatting, lints, unit tests, integration tests (real namespaces, cgroups, overlays and a
+# real debootstrapped rootfs shared by the run), then a leak check that nothing is left.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+hutch_install_packages
+
+started=$(date +%s)
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace --all-targets
+echo "== leak check (last: nothing hutch made may be left)"
+cargo test -p hutch-agent --test leak_check -- --ignored
+echo "== suite passed in $(( $(date +%s) - started ))s"
