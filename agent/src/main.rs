@@ -516,13 +516,23 @@ async fn rootfs(runtime: &Runtime, cmd: RootfsCommand) -> Result<ExitCode, Runti
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel::<BuildProgress>(64);
             let printer = tokio::spawn(async move {
+                // On a terminal the progress line is redrawn in place; elsewhere (logs, CI)
+                // each change is a line of its own.
+                let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
                 let mut last = String::new();
                 while let Some(p) = rx.recv().await {
                     let line = describe_progress(&p);
                     if line != last {
-                        eprintln!("{line}");
+                        if tty {
+                            eprint!("\r\x1b[K{line}");
+                        } else {
+                            eprintln!("{line}");
+                        }
                         last = line;
                     }
+                }
+                if tty {
+                    eprintln!();
                 }
             });
             let started = std::time::Instant::now();
