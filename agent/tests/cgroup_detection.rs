@@ -14,7 +14,11 @@ fn detects_the_memory_hierarchy_this_process_runs_in() {
     let own = detect_own_cgroup().expect("a memory cgroup");
     println!("memory cgroup: {own:?}");
     assert!(own.dir().is_dir());
-    assert!(own.procs().contains(&std::process::id()), "this process is listed in {}", own.dir().display());
+    assert!(
+        own.procs().contains(&std::process::id()),
+        "this process is listed in {}",
+        own.dir().display()
+    );
 }
 
 #[test]
@@ -25,9 +29,15 @@ fn a_v2_root_without_the_memory_controller_is_refused_clearly() {
         return;
     }
     let unified = PathBuf::from("/sys/fs/cgroup/unified");
-    let controllers = std::fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
-    if !unified.join("cgroup.procs").exists() || controllers.split_whitespace().any(|c| c == "memory") {
-        println!("NOT RUN: no memory-less cgroup2 mount at {} on this host", unified.display());
+    let controllers =
+        std::fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
+    if !unified.join("cgroup.procs").exists()
+        || controllers.split_whitespace().any(|c| c == "memory")
+    {
+        println!(
+            "NOT RUN: no memory-less cgroup2 mount at {} on this host",
+            unified.display()
+        );
         return;
     }
     println!(
@@ -37,17 +47,27 @@ fn a_v2_root_without_the_memory_controller_is_refused_clearly() {
     let own_v2 = std::fs::read_to_string("/proc/self/cgroup")
         .expect("cgroup")
         .lines()
-        .find_map(|l| l.strip_prefix("0::").map(|p| p.trim_start_matches('/').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("0::")
+                .map(|p| p.trim_start_matches('/').to_string())
+        })
         .expect("a 0:: line");
     let root = CgroupPath {
         version: CgroupVersion::V2,
         mount: unified.clone(),
         relative: PathBuf::from(own_v2),
     };
-    let e = CgroupManager::init(Some(root.clone()), "v2-refusal").expect_err("no memory controller");
+    let e =
+        CgroupManager::init(Some(root.clone()), "v2-refusal").expect_err("no memory controller");
     let msg = e.to_string();
     println!("{msg}");
     assert!(msg.contains("memory controller is not delegated"), "{msg}");
-    assert!(msg.contains("Delegate=yes"), "the message says how to fix it: {msg}");
-    assert!(!root.child("hutch-v2-refusal").dir().exists(), "nothing created on refusal");
+    assert!(
+        msg.contains("Delegate=yes"),
+        "the message says how to fix it: {msg}"
+    );
+    assert!(
+        !root.child("hutch-v2-refusal").dir().exists(),
+        "nothing created on refusal"
+    );
 }
