@@ -16,6 +16,7 @@
 //!   supervisor it drives.
 
 pub mod cgroup;
+pub mod events;
 pub mod fsutil;
 pub mod mounts;
 pub mod names;

@@ -1,0 +1,20 @@
+//! Compiles `hutch/v1/*.proto` with protox (pure Rust: no system `protoc`) and generates
+//! prost types plus tonic clients and servers; writes the file-descriptor set that the
+//! servers' reflection service embeds.
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["hutch/v1/types.proto", "hutch/v1/agent.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("hutch_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
