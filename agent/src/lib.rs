@@ -16,10 +16,13 @@
 //!   supervisor it drives.
 
 pub mod cgroup;
+pub mod config;
 pub mod events;
 pub mod fsutil;
 pub mod mounts;
 pub mod names;
+pub mod node;
 pub mod rootfs;
 pub mod runtime;
+pub mod service;
 pub mod spec;

@@ -7,13 +7,16 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hutch_agent::cgroup::{detect_own_cgroup, CgroupPath};
+use hutch_agent::config::{self, AgentConfig, FileConfig};
 use hutch_agent::rootfs::{BuildProgress, RootfsSource};
 use hutch_agent::runtime::state::Status;
 use hutch_agent::runtime::{ContainerInfo, Runtime, RuntimeConfig, RuntimeError};
+use hutch_agent::service::server::ServeOptions;
 use hutch_agent::spec::{parse_namespaces, parse_size, ContainerSpec, IdMap};
 
 /// Exit code for errors of hutch itself (as `docker run` uses 125).
@@ -25,23 +28,27 @@ const EXIT_USAGE: u8 = 2;
 #[command(
     name = "hutch-agent",
     version,
-    about = "hutch's per-host agent: rootfs store, namespaced containers, cgroup memory limits"
+    about = "hutch's per-host agent: rootfs store, namespaced containers, cgroup memory limits",
+    long_about = "hutch's per-host agent. `hutch-agent serve` runs the gRPC service (hutch.v1.Agent); \
+the other commands work on this host's containers and rootfs directly.\n\n\
+Settings come from flags, then HUTCH_* environment variables, then the TOML file given with \
+--config, then defaults."
 )]
 struct Cli {
-    /// State directory: rootfs store and container records.
-    #[arg(
-        long,
-        env = "HUTCH_STATE_DIR",
-        default_value = "/var/lib/hutch",
-        global = true
-    )]
-    state_dir: PathBuf,
-    /// Rootfs store directory (default: STATE_DIR/rootfs).
+    /// TOML config file (keys: listen, state_dir, rootfs_dir, name, cgroup_root,
+    /// event_log_keep, memory_reserve).
+    #[arg(long, env = "HUTCH_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// State directory: container records, logs, writable layers, event log
+    /// [default: /var/lib/hutch].
+    #[arg(long, env = "HUTCH_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// Rootfs store directory [default: STATE_DIR/rootfs].
     #[arg(long, env = "HUTCH_ROOTFS_DIR", global = true)]
     rootfs_dir: Option<PathBuf>,
-    /// Agent instance (node) name; hutch's cgroups live in ROOT/hutch-INSTANCE.
-    #[arg(long, env = "HUTCH_INSTANCE", default_value = "default", global = true)]
-    instance: String,
+    /// Node name; hutch's cgroups live in ROOT/hutch-NAME [default: the host name].
+    #[arg(long, alias = "instance", env = "HUTCH_NAME", global = true)]
+    name: Option<String>,
     /// Delegated cgroup directory hutch may manage (default: the one the agent runs in),
     /// e.g. /sys/fs/cgroup/system.slice/hutch-agent.service.
     #[arg(long, env = "HUTCH_CGROUP_ROOT", global = true)]
@@ -52,6 +59,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the gRPC API (hutch.v1.Agent, health, reflection) until SIGTERM or SIGINT.
+    /// Containers keep running when the agent stops.
+    ///
+    /// Example: hutch-agent serve --listen 127.0.0.1:7070, then
+    /// grpcurl -plaintext 127.0.0.1:7070 hutch.v1.Agent/NodeInfo
+    Serve(ServeArgs),
     /// Build, list, inspect and remove root filesystems.
     #[command(subcommand)]
     Rootfs(RootfsCommand),
@@ -108,6 +121,19 @@ enum Command {
         #[arg(long, short = 'f')]
         force: bool,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7070]; port 0 picks a free port (printed).
+    #[arg(long, env = "HUTCH_LISTEN")]
+    listen: Option<String>,
+    /// Events kept in the log before compaction [default: 10000].
+    #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
+    event_log_keep: Option<usize>,
+    /// Memory kept back for the host, not promised to containers [default: 256MiB].
+    #[arg(long, env = "HUTCH_MEMORY_RESERVE")]
+    memory_reserve: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -217,24 +243,20 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let cgroup_root = match cli
-        .cgroup_root
-        .as_ref()
-        .map(|p| cgroup_path_of(p))
-        .transpose()
-    {
-        Ok(r) => r,
+    // Everything is parsed and validated before the host is touched or a port bound.
+    let config = match load_config(&cli) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("hutch-agent: {e}");
+            eprintln!("hutch-agent: invalid configuration: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let config = RuntimeConfig {
-        state_dir: cli.state_dir.clone(),
-        rootfs_dir: cli.rootfs_dir.clone(),
+    let runtime_config = RuntimeConfig {
+        state_dir: config.agent.state_dir.clone(),
+        rootfs_dir: config.agent.rootfs_dir.clone(),
         supervisor_bin: None,
-        cgroup_root,
-        instance: cli.instance.clone(),
+        cgroup_root: config.cgroup_root.clone(),
+        instance: config.agent.name.clone(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -247,23 +269,104 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let runtime = match Runtime::new(config) {
-            Ok(r) => r,
+        let runtime = match Runtime::new(runtime_config) {
+            Ok(r) => Arc::new(r),
             Err(e) => {
                 eprintln!("hutch-agent: {e}");
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
-        let code = match dispatch(&runtime, cli.command).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("hutch-agent: {e}");
-                ExitCode::from(EXIT_HUTCH_ERROR)
-            }
+        let code = match cli.command {
+            Command::Serve(_) => serve(runtime.clone(), &config.agent).await,
+            command => match dispatch(&runtime, command).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("hutch-agent: {e}");
+                    ExitCode::from(EXIT_HUTCH_ERROR)
+                }
+            },
         };
         runtime.close();
         code
     })
+}
+
+/// The resolved configuration and the cgroup root it names.
+struct Loaded {
+    agent: AgentConfig,
+    cgroup_root: Option<CgroupPath>,
+}
+
+fn load_config(cli: &Cli) -> Result<Loaded, String> {
+    let file = match &cli.config {
+        Some(path) => config::read_file(path).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
+    };
+    let serve = match &cli.command {
+        Command::Serve(s) => Some(s),
+        _ => None,
+    };
+    let over = FileConfig {
+        listen: serve.and_then(|s| s.listen.clone()),
+        state_dir: cli.state_dir.clone(),
+        rootfs_dir: cli.rootfs_dir.clone(),
+        name: cli.name.clone(),
+        cgroup_root: cli.cgroup_root.clone(),
+        event_log_keep: serve.and_then(|s| s.event_log_keep),
+        memory_reserve: serve.and_then(|s| s.memory_reserve.clone()),
+    };
+    let agent = config::resolve(over, file).map_err(|e| e.to_string())?;
+    let cgroup_root = agent
+        .cgroup_root
+        .as_deref()
+        .map(cgroup_path_of)
+        .transpose()?;
+    Ok(Loaded { agent, cgroup_root })
+}
+
+async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hutch-agent: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(EXIT_HUTCH_ERROR);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(%addr, "serving without TLS on a non-loopback address: anyone who can reach it can run containers as root");
+    }
+    println!("hutch-agent {} listening on {addr}", config.name);
+    let _ = std::io::stdout().flush();
+    let shutdown = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    let options = ServeOptions {
+        runtime,
+        node: config.name.clone(),
+        event_keep: config.event_log_keep,
+        memory_reserve_bytes: config.memory_reserve_bytes,
+    };
+    match hutch_agent::service::server::serve(options, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hutch-agent: {e}");
+            ExitCode::from(EXIT_HUTCH_ERROR)
+        }
+    }
 }
 
 /// Turns a cgroup directory into a [`CgroupPath`] on the hierarchy hutch uses.
@@ -398,6 +501,7 @@ fn print_info(info: &ContainerInfo) {
 
 async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, RuntimeError> {
     match command {
+        Command::Serve(_) => Ok(ExitCode::SUCCESS),
         Command::Rootfs(cmd) => rootfs(runtime, cmd).await,
         Command::Run(args) => {
             let spec = spec_of(&args)?;

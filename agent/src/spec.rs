@@ -167,6 +167,9 @@ pub struct ContainerSpec {
     /// Seconds between SIGTERM and SIGKILL on stop.
     #[serde(default = "default_grace")]
     pub stop_grace_seconds: u32,
+    /// Free-form labels, for selection by clients.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -242,6 +245,7 @@ impl ContainerSpec {
             memory_swap_limit_bytes: None,
             read_only_rootfs: false,
             stop_grace_seconds: DEFAULT_STOP_GRACE_SECONDS,
+            labels: BTreeMap::new(),
         }
     }
 

@@ -233,6 +233,7 @@ pub struct ExecOutput {
 
 /// The container runtime of one host.
 pub struct Runtime {
+    state_dir: PathBuf,
     containers_dir: PathBuf,
     supervisor_bin: PathBuf,
     store: RootfsStore,
@@ -266,12 +267,18 @@ impl Runtime {
             ));
         }
         Ok(Runtime {
+            state_dir: config.state_dir.clone(),
             containers_dir,
             supervisor_bin,
             store,
             cgroups,
             exec_counter: AtomicU64::new(0),
         })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// The rootfs store.
@@ -289,7 +296,8 @@ impl Runtime {
         Ok(self.containers_dir.join(id))
     }
 
-    fn existing_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+    /// The state directory of an existing container.
+    pub fn existing_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
         let dir = self.dir(id)?;
         if StatePaths::config(&dir).exists() {
             Ok(dir)

@@ -1,0 +1,241 @@
+//! The agent's configuration: command-line flags, environment variables and an optional TOML
+//! file (`--config`), merged in that order of precedence and validated as a whole before the
+//! agent touches the host or binds a port. Unknown keys in the file are errors, so a typo
+//! never silently becomes a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::names::validate_name;
+use crate::spec::parse_size;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hutch";
+/// Default number of events kept in the log.
+pub const DEFAULT_EVENT_LOG_KEEP: usize = 10_000;
+/// Default memory kept back for the host.
+pub const DEFAULT_MEMORY_RESERVE: &str = "256MiB";
+
+/// The file form (every key optional).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `host:port` to serve on.
+    pub listen: Option<String>,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Rootfs store directory.
+    pub rootfs_dir: Option<PathBuf>,
+    /// Node name.
+    pub name: Option<String>,
+    /// Delegated cgroup directory.
+    pub cgroup_root: Option<PathBuf>,
+    /// Events kept before compaction.
+    pub event_log_keep: Option<usize>,
+    /// Memory kept back for the host, e.g. "256MiB".
+    pub memory_reserve: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Rootfs store directory, when not `STATE_DIR/rootfs`.
+    pub rootfs_dir: Option<PathBuf>,
+    /// Node name (also names hutch's cgroup subtree).
+    pub name: String,
+    /// Delegated cgroup directory, when not the agent's own.
+    pub cgroup_root: Option<PathBuf>,
+    /// Events kept before compaction.
+    pub event_log_keep: usize,
+    /// Memory kept back for the host, in bytes.
+    pub memory_reserve_bytes: u64,
+}
+
+/// Why the configuration is invalid.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Reads a TOML config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    parse_file(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Pure part of [`read_file`].
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// The host name as a node name, or `default` when it is not a valid name.
+pub fn default_name() -> String {
+    let host = crate::node::hostname();
+    if validate_name("name", &host).is_ok() {
+        host
+    } else {
+        "default".into()
+    }
+}
+
+/// Merges flags/env (`over`) over the file (`file`) over defaults, and validates.
+pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, ConfigError> {
+    let invalid = |field, message: String| ConfigError::Invalid { field, message };
+    let listen_text = over
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("'{listen_text}' is not HOST:PORT with an IP address, e.g. 127.0.0.1:7070"),
+        )
+    })?;
+    let name = over.name.or(file.name).unwrap_or_else(default_name);
+    validate_name("name", &name).map_err(|e| invalid("name", e.to_string()))?;
+    let state_dir = over
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    if !state_dir.is_absolute() {
+        return Err(invalid(
+            "state_dir",
+            format!("'{}' must be an absolute path", state_dir.display()),
+        ));
+    }
+    let rootfs_dir = over.rootfs_dir.or(file.rootfs_dir);
+    if let Some(d) = &rootfs_dir {
+        if !d.is_absolute() {
+            return Err(invalid(
+                "rootfs_dir",
+                format!("'{}' must be an absolute path", d.display()),
+            ));
+        }
+    }
+    let event_log_keep = over
+        .event_log_keep
+        .or(file.event_log_keep)
+        .unwrap_or(DEFAULT_EVENT_LOG_KEEP);
+    if event_log_keep == 0 {
+        return Err(invalid("event_log_keep", "must be at least 1".into()));
+    }
+    let reserve_text = over
+        .memory_reserve
+        .or(file.memory_reserve)
+        .unwrap_or_else(|| DEFAULT_MEMORY_RESERVE.into());
+    let memory_reserve_bytes =
+        parse_size(&reserve_text).map_err(|e| invalid("memory_reserve", e))?;
+    Ok(AgentConfig {
+        listen,
+        state_dir,
+        rootfs_dir,
+        name,
+        cgroup_root: over.cgroup_root.or(file.cgroup_root),
+        event_log_keep,
+        memory_reserve_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = resolve(FileConfig::default(), FileConfig::default()).expect("defaults");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.event_log_keep, DEFAULT_EVENT_LOG_KEEP);
+        assert_eq!(c.memory_reserve_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file =
+            parse_file("listen = \"127.0.0.1:9000\"\nname = \"lab-1\"\nevent_log_keep = 5\n")
+                .expect("toml");
+        let over = FileConfig {
+            listen: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        let c = resolve(over, file).expect("config");
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.name, "lab-1");
+        assert_eq!(c.event_log_keep, 5);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(parse_file("lisen = \"x\"")
+            .expect_err("unknown key")
+            .contains("lisen"));
+        let bad = |f: FileConfig| {
+            resolve(f, FileConfig::default())
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert!(bad(FileConfig {
+            listen: Some("localhost".into()),
+            ..Default::default()
+        })
+        .starts_with("listen"));
+        assert!(bad(FileConfig {
+            name: Some("a/b".into()),
+            ..Default::default()
+        })
+        .starts_with("name"));
+        assert!(bad(FileConfig {
+            state_dir: Some("rel".into()),
+            ..Default::default()
+        })
+        .starts_with("state_dir"));
+        assert!(bad(FileConfig {
+            event_log_keep: Some(0),
+            ..Default::default()
+        })
+        .starts_with("event_log_keep"));
+        assert!(bad(FileConfig {
+            memory_reserve: Some("lots".into()),
+            ..Default::default()
+        })
+        .starts_with("memory_reserve"));
+    }
+}

@@ -1,0 +1,154 @@
+//! `ContainerLogs`: the container's log file as a stream of entries, optionally only the last
+//! `tail` lines and only lines since a time, and with `follow` new lines as they are written
+//! until the container has ended. The file is read incrementally from an offset, so memory
+//! stays bounded by the channel and the `tail` window, whatever the container writes.
+
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hutch_proto::v1;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::convert::log_to;
+use crate::runtime::logs::{parse_line, LogLine};
+use crate::runtime::state::StatePaths;
+use crate::runtime::Runtime;
+
+/// How often a follower looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// Largest `tail` honoured, to bound memory.
+pub const MAX_TAIL: usize = 100_000;
+/// Bytes read from the log file per step.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What to stream.
+pub struct LogQuery {
+    /// Container id.
+    pub id: String,
+    /// Keep streaming until the container ends.
+    pub follow: bool,
+    /// RFC 3339 time: only lines at or after it.
+    pub since: Option<String>,
+    /// Only the last N lines before following.
+    pub tail: Option<usize>,
+}
+
+/// Reads new complete lines from a growing file.
+struct LogReader {
+    path: PathBuf,
+    offset: u64,
+    pending: Vec<u8>,
+}
+
+impl LogReader {
+    /// Complete lines appended since the last call (a torn last line waits for its end).
+    fn read_new(&mut self) -> std::io::Result<Vec<LogLine>> {
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let n = file.read(&mut buf)?;
+        self.offset += n as u64;
+        self.pending.extend_from_slice(&buf[..n]);
+        let mut lines = Vec::new();
+        while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = self.pending.drain(..=pos).collect();
+            if let Some(l) = parse_line(String::from_utf8_lossy(&raw[..raw.len() - 1]).as_ref()) {
+                lines.push(l);
+            }
+        }
+        Ok(lines)
+    }
+}
+
+/// Streams the log of `query.id` into `tx` until done or the receiver goes away.
+pub async fn stream_logs(
+    runtime: Arc<Runtime>,
+    query: LogQuery,
+    tx: mpsc::Sender<Result<v1::LogEntry, Status>>,
+) {
+    let Ok(dir) = runtime.existing_dir(&query.id) else {
+        let _ = tx
+            .send(Err(Status::not_found(format!(
+                "container '{}' not found",
+                query.id
+            ))))
+            .await;
+        return;
+    };
+    let mut reader = LogReader {
+        path: StatePaths::log(&dir),
+        offset: 0,
+        pending: Vec::new(),
+    };
+    let keep = |l: &LogLine| query.since.as_deref().is_none_or(|s| l.time.as_str() >= s);
+    // Catch up: everything written so far, through the tail window.
+    let mut window: VecDeque<LogLine> = VecDeque::new();
+    let tail = query.tail.map(|t| t.min(MAX_TAIL));
+    loop {
+        let lines = match reader.read_new() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!("reading the log: {e}"))))
+                    .await;
+                return;
+            }
+        };
+        if lines.is_empty() {
+            break;
+        }
+        for l in lines.into_iter().filter(|l| keep(l)) {
+            match tail {
+                Some(t) => {
+                    if t == 0 {
+                        continue;
+                    }
+                    if window.len() == t {
+                        window.pop_front();
+                    }
+                    window.push_back(l);
+                }
+                None => {
+                    if tx.send(Ok(log_to(&l))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    for l in window {
+        if tx.send(Ok(log_to(&l))).await.is_err() {
+            return;
+        }
+    }
+    if !query.follow {
+        return;
+    }
+    loop {
+        let ended = runtime
+            .get(&query.id)
+            .map(|i| i.state.status.is_final() && i.state.cleaned_up)
+            .unwrap_or(true);
+        let lines = reader.read_new().unwrap_or_default();
+        let quiet = lines.is_empty();
+        for l in lines.into_iter().filter(|l| keep(l)) {
+            if tx.send(Ok(log_to(&l))).await.is_err() {
+                return;
+            }
+        }
+        if ended && quiet {
+            return;
+        }
+        if quiet {
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Turns container state changes into events. The supervisor records what happened on disk;
+//! the reporter compares that with what was last reported for the container (a small
+//! `reported.json` in its state directory) and appends an event for each difference, so that
+//! nothing is lost across agent restarts: on start, [`Reporter::reconcile`] reports what
+//! changed while the agent was away and watches every running container again.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{EventLog, NewEvent};
+use crate::fsutil::{read_json, write_json_atomic};
+use crate::runtime::state::Status;
+use crate::runtime::{ContainerInfo, Runtime};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Reported {
+    status: Status,
+}
+
+/// Appends container events to the log, once per state change.
+pub struct Reporter {
+    runtime: Arc<Runtime>,
+    events: Arc<EventLog>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// A one-line summary of a container's state, for an event.
+pub fn summary(info: &ContainerInfo) -> String {
+    let st = &info.state;
+    match st.status {
+        Status::Created => "preparing".into(),
+        Status::Running => format!("running as pid {}", st.pid.unwrap_or(0)),
+        Status::Exited | Status::OomKilled => {
+            let how = match (st.exit_code, st.signal) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (None, Some(s)) => format!("killed by signal {s}"),
+                _ => "ended".into(),
+            };
+            if st.oom_killed {
+                let limit = info
+                    .spec
+                    .memory_limit_bytes
+                    .map(|l| format!("{l} bytes"))
+                    .unwrap_or_else(|| "none".into());
+                format!("{how}; OOM-killed (memory limit {limit})")
+            } else {
+                how
+            }
+        }
+        Status::Failed => st
+            .failure
+            .as_ref()
+            .map(|f| format!("failed at {}: {}", f.step, f.message))
+            .unwrap_or_else(|| "failed".into()),
+    }
+}
+
+/// The event describing `info`'s current state.
+pub fn event_of(info: &ContainerInfo, removed: bool) -> NewEvent {
+    NewEvent {
+        container_id: info.state.id.clone(),
+        status: info.state.status,
+        details: if removed {
+            "removed".into()
+        } else {
+            summary(info)
+        },
+        exit_code: info.state.exit_code,
+        signal: info.state.signal,
+        oom_killed: info.state.oom_killed,
+        removed,
+    }
+}
+
+impl Reporter {
+    /// A reporter over `runtime`'s containers into `events`.
+    pub fn new(runtime: Arc<Runtime>, events: Arc<EventLog>) -> Arc<Self> {
+        Arc::new(Reporter {
+            runtime,
+            events,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Reports `info`'s state unless it was already reported.
+    pub async fn report(&self, info: &ContainerInfo) {
+        let _guard = self.lock.lock().await;
+        let Ok(dir) = self.runtime.existing_dir(&info.state.id) else {
+            return;
+        };
+        let marker = dir.join("reported.json");
+        let last: Option<Reported> = read_json(&marker).ok();
+        if last.map(|r| r.status) == Some(info.state.status) {
+            return;
+        }
+        match self.events.append(event_of(info, false)) {
+            Ok(event) => {
+                tracing::debug!(container = %info.state.id, seq = event.seq, "event recorded");
+                if let Err(e) = write_json_atomic(
+                    &marker,
+                    &Reported {
+                        status: info.state.status,
+                    },
+                ) {
+                    tracing::warn!(container = %info.state.id, error = %e, "cannot record the reported state");
+                }
+            }
+            Err(e) => {
+                tracing::error!(container = %info.state.id, error = %e, "cannot record an event")
+            }
+        }
+    }
+
+    /// Reports an event that is not a state of an existing container (a failed start, a
+    /// removal).
+    pub async fn report_event(&self, event: NewEvent) {
+        let _guard = self.lock.lock().await;
+        if let Err(e) = self.events.append(event) {
+            tracing::error!(error = %e, "cannot record an event");
+        }
+    }
+
+    /// Watches container `id` until it ends and reports its final state.
+    pub fn watch(self: &Arc<Self>, id: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            match me.runtime.wait(&id).await {
+                Ok(info) => me.report(&info).await,
+                Err(e) => tracing::debug!(container = %id, error = %e, "stopped watching"),
+            }
+        });
+    }
+
+    /// Reports every change that happened while no one watched, and watches every container
+    /// that is still running.
+    pub async fn reconcile(self: &Arc<Self>) {
+        for info in self.runtime.list() {
+            self.report(&info).await;
+            if !info.state.status.is_final() {
+                self.watch(info.state.id.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Assembles the agent's gRPC server: `hutch.v1.Agent`, `grpc.health.v1.Health`, and server
+//! reflection in both versions clients use (`grpc.reflection.v1`, and `v1alpha`, which
+//! grpcurl 1.8 asks for). Message sizes are bounded on purpose: requests are small (4 MiB),
+//! responses may carry exec output (up to 16 MiB per stream, so 40 MiB).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hutch_proto::v1::agent_server::AgentServer;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::reporter::Reporter;
+use super::{AgentCore, AgentService};
+use crate::events::{EventLog, EventLogError};
+use crate::runtime::Runtime;
+
+/// Largest request accepted.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest response sent.
+pub const MAX_RESPONSE_BYTES: usize = 40 << 20;
+
+/// Why the server could not run.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Events(#[from] EventLogError),
+    /// Reflection could not be set up.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The transport failed.
+    #[error("gRPC server: {0}")]
+    Transport(String),
+}
+
+/// What the server serves.
+pub struct ServeOptions {
+    /// The runtime of this host.
+    pub runtime: Arc<Runtime>,
+    /// This node's name.
+    pub node: String,
+    /// Events kept in the log before compaction.
+    pub event_keep: usize,
+    /// Memory kept back from containers.
+    pub memory_reserve_bytes: u64,
+}
+
+/// Opens the event log, reconciles what happened while the agent was away, and serves on
+/// `listener` until `shutdown` resolves. Containers keep running after it returns.
+pub async fn serve(
+    options: ServeOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let state_dir = options.runtime.state_dir().to_path_buf();
+    let events = Arc::new(EventLog::open(
+        &state_dir.join("events.log"),
+        options.event_keep,
+    )?);
+    let reporter = Reporter::new(options.runtime.clone(), events.clone());
+    reporter.reconcile().await;
+    let core = Arc::new(AgentCore {
+        runtime: options.runtime,
+        events,
+        reporter,
+        node: options.node,
+        memory_reserve_bytes: options.memory_reserve_bytes,
+        draining: AtomicBool::new(false),
+    });
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hutch_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServer<AgentService>>().await;
+
+    let agent = AgentServer::new(AgentService::new(core.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let draining = {
+        let core = core.clone();
+        async move {
+            shutdown.await;
+            core.draining.store(true, Ordering::SeqCst);
+            health.set_not_serving::<AgentServer<AgentService>>().await;
+            tracing::info!(node = %core.node, "shutting down; containers keep running under their supervisors");
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agent)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .await
+        .map_err(|e| ServeError::Transport(e.to_string()))
+}
