@@ -615,7 +615,14 @@ impl Runtime {
         let cg = ContainerCgroup::open(info.cgroup);
         cg.kill_all()?;
         cg.remove()?;
-        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))
+        // Renamed first, so the container vanishes at once and a concurrent writer (a late
+        // status report) cannot make the recursive delete fail half-way.
+        let n = self.exec_counter.fetch_add(1, Ordering::Relaxed);
+        let tomb = self
+            .containers_dir
+            .join(format!(".removing-{id}-{}-{n}", std::process::id()));
+        std::fs::rename(&dir, &tomb).map_err(|e| io_err(&dir, e))?;
+        std::fs::remove_dir_all(&tomb).map_err(|e| io_err(&tomb, e))
     }
 
     /// Runs `argv` inside the running container and returns its output and exit status.

@@ -53,7 +53,7 @@ pub fn agent_bin() -> PathBuf {
 /// One runtime with its own state directory and cgroup instance.
 pub struct TestHost {
     /// The runtime under test.
-    pub runtime: Runtime,
+    pub runtime: std::sync::Arc<Runtime>,
     /// Its state directory.
     pub state_dir: PathBuf,
     /// Its cgroup instance name.
@@ -84,14 +84,16 @@ impl TestHost {
         let name = unique(test);
         let state_dir = PathBuf::from(format!("/var/tmp/hutch-test-{name}"));
         let instance = format!("t-{name}");
-        let runtime = Runtime::new(RuntimeConfig {
-            state_dir: state_dir.clone(),
-            rootfs_dir: Some(rootfs_dir),
-            supervisor_bin: Some(supervisor_bin()),
-            cgroup_root: None,
-            instance: instance.clone(),
-        })
-        .expect("runtime");
+        let runtime = std::sync::Arc::new(
+            Runtime::new(RuntimeConfig {
+                state_dir: state_dir.clone(),
+                rootfs_dir: Some(rootfs_dir),
+                supervisor_bin: Some(supervisor_bin()),
+                cgroup_root: None,
+                instance: instance.clone(),
+            })
+            .expect("runtime"),
+        );
         TestHost {
             runtime,
             state_dir,
@@ -110,6 +112,64 @@ impl TestHost {
             .arg("--instance")
             .arg(&self.instance);
         cmd
+    }
+
+    /// A second runtime on the same state directory, store and cgroup instance: what a
+    /// restarted agent process would open.
+    pub fn reopen(&self) -> std::sync::Arc<Runtime> {
+        std::sync::Arc::new(
+            Runtime::new(RuntimeConfig {
+                state_dir: self.state_dir.clone(),
+                rootfs_dir: Some(self.runtime.store().root().to_path_buf()),
+                supervisor_bin: Some(supervisor_bin()),
+                cgroup_root: None,
+                instance: self.instance.clone(),
+            })
+            .expect("runtime"),
+        )
+    }
+
+    /// Serves `runtime` (this host's unless given) over gRPC on 127.0.0.1:0.
+    pub async fn serve(
+        &self,
+        runtime: Option<std::sync::Arc<Runtime>>,
+        event_keep: usize,
+    ) -> TestAgent {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let options = hutch_agent::service::server::ServeOptions {
+            runtime: runtime.unwrap_or_else(|| self.runtime.clone()),
+            node: self.instance.clone(),
+            event_keep,
+            memory_reserve_bytes: 256 << 20,
+        };
+        let task = tokio::spawn(hutch_agent::service::server::serve(
+            options,
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let url = format!("http://{addr}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = loop {
+            match hutch_proto::v1::agent_client::AgentClient::connect(url.clone()).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "agent did not come up: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        TestAgent {
+            addr,
+            client,
+            shutdown: Some(tx),
+            task,
+        }
     }
 
     /// A spec on the shared rootfs.
@@ -196,6 +256,26 @@ pub fn hutch_processes() -> Vec<(u32, String)> {
         }
     }
     out
+}
+
+/// An agent served in-process for a test.
+pub struct TestAgent {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// A connected client.
+    pub client: hutch_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), hutch_agent::service::server::ServeError>>,
+}
+
+impl TestAgent {
+    /// Stops serving (as SIGTERM would) and waits for the server to end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for TestHost {

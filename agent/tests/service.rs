@@ -1,0 +1,413 @@
+//! `hutch.v1.Agent` end to end in-process: a real agent on 127.0.0.1:0 over a real runtime,
+//! every RPC, and every error code the service promises.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{TestHost, ROOTFS};
+use hutch_proto::v1;
+use hutch_proto::v1::agent_server::Agent;
+use tonic::{Code, Request};
+
+fn spec(command: &[&str]) -> v1::ContainerSpec {
+    v1::ContainerSpec {
+        rootfs: ROOTFS.into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn run_req(name: &str, spec: v1::ContainerSpec) -> v1::RunContainerRequest {
+    v1::RunContainerRequest {
+        name: name.into(),
+        spec: Some(spec),
+    }
+}
+
+async fn wait_final(
+    client: &mut v1::agent_client::AgentClient<tonic::transport::Channel>,
+    id: &str,
+) -> v1::Container {
+    for _ in 0..500 {
+        let c = client
+            .get_container(v1::GetContainerRequest { id: id.into() })
+            .await
+            .expect("get")
+            .into_inner();
+        let st = v1::ContainerState::try_from(c.state).unwrap_or(v1::ContainerState::Unspecified);
+        if matches!(
+            st,
+            v1::ContainerState::Exited | v1::ContainerState::OomKilled | v1::ContainerState::Failed
+        ) {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("container {id} did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_works() {
+    let host = TestHost::new("svc").await;
+    let agent = host.serve(None, 1000).await;
+    let mut c = agent.client.clone();
+
+    let node = c
+        .node_info(v1::NodeInfoRequest {})
+        .await
+        .expect("node info")
+        .into_inner();
+    assert_eq!(node.name, host.instance);
+    assert!(node.memory_total_bytes > node.memory_allocatable_bytes);
+    assert!(["v1", "v2"].contains(&node.cgroup_version.as_str()));
+    assert!(!node.kernel.is_empty() && !node.agent_version.is_empty());
+
+    // BuildRootfs on a cached source: progress stream ends with the result.
+    let mut build = c
+        .build_rootfs(v1::BuildRootfsRequest {
+            rootfs: Some(v1::RootfsSpec {
+                name: ROOTFS.into(),
+                source: Some(v1::rootfs_spec::Source::Debootstrap(
+                    v1::DebootstrapSource {
+                        suite: "bookworm".into(),
+                        variant: "minbase".into(),
+                        include: vec!["procps".into(), "iproute2".into()],
+                        ..Default::default()
+                    },
+                )),
+            }),
+        })
+        .await
+        .expect("build")
+        .into_inner();
+    let mut result = None;
+    while let Some(msg) = build.message().await.expect("stream") {
+        if let Some(v1::build_rootfs_response::Event::Result(r)) = msg.event {
+            result = Some(r);
+        }
+    }
+    let result = result.expect("a result at the end");
+    assert_eq!(result.outcome, v1::BuildOutcome::Cached as i32);
+    let listed = c
+        .list_rootfs(v1::ListRootfsRequest {})
+        .await
+        .expect("list rootfs")
+        .into_inner();
+    assert!(listed
+        .rootfs
+        .iter()
+        .any(|r| r.name == ROOTFS && r.size_bytes > 0));
+
+    // The tutorial's pid-only container.
+    let mut pid_only = spec(&["ps", "-ef"]);
+    pid_only.namespaces = vec![v1::Namespace::Pid as i32];
+    pid_only.labels.insert("tutorial".into(), "pid".into());
+    let started = c
+        .run_container(run_req("ps", pid_only))
+        .await
+        .expect("run")
+        .into_inner();
+    assert_eq!(started.id, "ps");
+    let done = wait_final(&mut c, "ps").await;
+    assert_eq!(done.exit_code, Some(0));
+    let pid_ns = done
+        .namespaces
+        .iter()
+        .find(|n| n.kind == v1::Namespace::Pid as i32)
+        .expect("pid ns");
+    assert!(pid_ns.isolated);
+    let net_ns = done
+        .namespaces
+        .iter()
+        .find(|n| n.kind == v1::Namespace::Net as i32)
+        .expect("net ns");
+    assert!(!net_ns.isolated);
+
+    let mut logs = c
+        .container_logs(v1::ContainerLogsRequest {
+            id: "ps".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(e) = logs.message().await.expect("log stream") {
+        assert_eq!(e.stream, v1::LogStream::Stdout as i32);
+        assert!(e.time.is_some());
+        lines.push(e.line);
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].ends_with("ps -ef"));
+
+    // A long-running one: list with filters, exec, logs with follow and tail, stop.
+    let chatty = spec(&[
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo line $i; done; sleep 1; echo late; sleep 60",
+    ]);
+    c.run_container(run_req("chatty", chatty))
+        .await
+        .expect("run");
+    let running = c
+        .list_containers(v1::ListContainersRequest {
+            state: v1::ContainerState::Running as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        running
+            .containers
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["chatty"]
+    );
+    let labelled = c
+        .list_containers(v1::ListContainersRequest {
+            labels: [("tutorial".to_string(), "pid".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        labelled
+            .containers
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["ps"]
+    );
+
+    let exec = c
+        .exec(v1::ExecRequest {
+            id: "chatty".into(),
+            command: vec!["hostname".into()],
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "chatty");
+    assert_eq!(exec.exit_code, Some(0));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut follow = c
+        .container_logs(v1::ContainerLogsRequest {
+            id: "chatty".into(),
+            follow: true,
+            tail: Some(2),
+            ..Default::default()
+        })
+        .await
+        .expect("follow")
+        .into_inner();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let e = tokio::time::timeout(Duration::from_secs(10), follow.message())
+            .await
+            .expect("a line in time")
+            .expect("stream")
+            .expect("open");
+        got.push(e.line);
+    }
+    assert_eq!(got, vec!["line 4", "line 5", "late"]);
+
+    c.kill_container(v1::KillContainerRequest {
+        id: "chatty".into(),
+        signal: 0,
+    })
+    .await
+    .expect("kill");
+    let killed = wait_final(&mut c, "chatty").await;
+    assert_eq!(killed.signal, Some(libc::SIGKILL));
+    // The follower ends once the container has.
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(_e) = follow.message().await.expect("stream") {}
+    })
+    .await;
+    assert!(rest.is_ok(), "follow ends after the container");
+
+    c.run_container(run_req("sleeper", spec(&["sleep", "60"])))
+        .await
+        .expect("run");
+    let stopped = c
+        .stop_container(v1::StopContainerRequest {
+            id: "sleeper".into(),
+            grace_seconds: Some(1),
+        })
+        .await
+        .expect("stop")
+        .into_inner();
+    assert_eq!(stopped.state, v1::ContainerState::Exited as i32);
+    for id in ["ps", "chatty", "sleeper"] {
+        c.remove_container(v1::RemoveContainerRequest {
+            id: id.into(),
+            force: false,
+        })
+        .await
+        .expect("remove");
+        host.assert_nothing_left(id);
+    }
+    let gone = c
+        .get_container(v1::GetContainerRequest { id: "ps".into() })
+        .await
+        .expect_err("removed");
+    assert_eq!(gone.code(), Code::NotFound);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_code_is_precise() {
+    let host = TestHost::new("svcerr").await;
+    let agent = host.serve(None, 3).await;
+    let mut c = agent.client.clone();
+    let code_of =
+        |r: Result<tonic::Response<v1::Container>, tonic::Status>| r.expect_err("must fail");
+
+    // InvalidArgument, naming the field.
+    let mut tiny = spec(&["true"]);
+    tiny.memory_limit_bytes = Some(0);
+    let e = code_of(c.run_container(run_req("tiny", tiny)).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("memory limit"), "{}", e.message());
+    let mut bad_ns = spec(&["true"]);
+    bad_ns.namespaces = vec![99];
+    let e = code_of(c.run_container(run_req("badns", bad_ns)).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("spec.namespaces[0]"),
+        "{}",
+        e.message()
+    );
+    let e = code_of(
+        c.run_container(run_req("nospec", v1::ContainerSpec::default()))
+            .await,
+    );
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = code_of(
+        c.run_container(v1::RunContainerRequest {
+            name: "x".into(),
+            spec: None,
+        })
+        .await,
+    );
+    assert!(e.message().starts_with("spec"), "{}", e.message());
+    let e = code_of(c.run_container(run_req("../etc", spec(&["true"]))).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = code_of(
+        c.run_container(run_req("missing", spec(&["/no/such"])))
+            .await,
+    );
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("exec"), "{}", e.message());
+
+    // NotFound.
+    let mut unknown = spec(&["true"]);
+    unknown.rootfs = "no-such-rootfs".into();
+    let e = code_of(c.run_container(run_req("u", unknown)).await);
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(
+        e.message().contains("debian"),
+        "lists the known rootfs: {}",
+        e.message()
+    );
+    let e = c
+        .get_container(v1::GetContainerRequest { id: "nope".into() })
+        .await
+        .expect_err("nf");
+    assert_eq!(e.code(), Code::NotFound);
+
+    // AlreadyExists, and FailedPrecondition for a running container and a rootfs in use.
+    c.run_container(run_req("dup", spec(&["sleep", "60"])))
+        .await
+        .expect("first");
+    let e = code_of(c.run_container(run_req("dup", spec(&["true"]))).await);
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = c
+        .remove_container(v1::RemoveContainerRequest {
+            id: "dup".into(),
+            force: false,
+        })
+        .await
+        .expect_err("running");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = c
+        .remove_rootfs(v1::RemoveRootfsRequest {
+            name: ROOTFS.into(),
+        })
+        .await
+        .expect_err("in use");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("dup"), "{}", e.message());
+    let e = c
+        .kill_container(v1::KillContainerRequest {
+            id: "dup".into(),
+            signal: 99,
+        })
+        .await
+        .expect_err("bad signal");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    c.remove_container(v1::RemoveContainerRequest {
+        id: "dup".into(),
+        force: true,
+    })
+    .await
+    .expect("forced remove");
+
+    // ResourceExhausted: more memory than the node has.
+    let mut huge = spec(&["true"]);
+    huge.memory_limit_bytes = Some(1 << 50);
+    let e = code_of(c.run_container(run_req("huge", huge)).await);
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("allocatable"), "{}", e.message());
+
+    // OutOfRange: events compacted away (the log keeps 3 here).
+    for i in 0..4 {
+        let id = format!("ev{i}");
+        c.run_container(run_req(&id, spec(&["true"])))
+            .await
+            .expect("run");
+        wait_final(&mut c, &id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let e = c
+        .events(v1::EventsRequest { since_seq: 1 })
+        .await
+        .expect_err("compacted");
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert!(e.message().contains("oldest kept"), "{}", e.message());
+
+    // Unavailable: a draining agent refuses new containers.
+    let core = std::sync::Arc::new(hutch_agent::service::AgentCore {
+        runtime: host.runtime.clone(),
+        events: std::sync::Arc::new(
+            hutch_agent::events::EventLog::open(&host.state_dir.join("drain-events.log"), 10)
+                .expect("log"),
+        ),
+        reporter: hutch_agent::service::reporter::Reporter::new(
+            host.runtime.clone(),
+            std::sync::Arc::new(
+                hutch_agent::events::EventLog::open(&host.state_dir.join("drain-events2.log"), 10)
+                    .expect("log"),
+            ),
+        ),
+        node: "draining".into(),
+        memory_reserve_bytes: 0,
+        draining: std::sync::atomic::AtomicBool::new(false),
+    });
+    core.draining.store(true, Ordering::SeqCst);
+    let svc = hutch_agent::service::AgentService::new(core);
+    let e = svc
+        .run_container(Request::new(run_req("late", spec(&["true"]))))
+        .await
+        .expect_err("draining");
+    assert_eq!(e.code(), Code::Unavailable);
+    agent.stop().await;
+}
