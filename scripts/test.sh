@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 hutch_install_packages
+hutch_install_grpcurl
 
 started=$(date +%s)
 echo "== cargo fmt --check"

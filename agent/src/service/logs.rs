@@ -73,6 +73,7 @@ pub async fn stream_logs(
     runtime: Arc<Runtime>,
     query: LogQuery,
     tx: mpsc::Sender<Result<v1::LogEntry, Status>>,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) {
     let Ok(dir) = runtime.existing_dir(&query.id) else {
         let _ = tx
@@ -144,7 +145,8 @@ pub async fn stream_logs(
                 return;
             }
         }
-        if ended && quiet {
+        // Done when the container has ended, the client left, or the agent stops.
+        if (ended && quiet) || tx.is_closed() || *closing.borrow() {
             return;
         }
         if quiet {

@@ -50,6 +50,8 @@ pub struct AgentCore {
     pub memory_reserve_bytes: u64,
     /// Set on shutdown: new containers are refused with `Unavailable`.
     pub draining: AtomicBool,
+    /// Flips to true on shutdown, ending the long-lived streams so the server can stop.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl AgentCore {
@@ -322,7 +324,13 @@ impl Agent for AgentService {
             tail: req.tail.map(|t| t as usize),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(logs::stream_logs(self.core.runtime.clone(), query, tx));
+        let closing = self.core.closing.subscribe();
+        tokio::spawn(logs::stream_logs(
+            self.core.runtime.clone(),
+            query,
+            tx,
+            closing,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -333,12 +341,14 @@ impl Agent for AgentService {
         let since = request.into_inner().since_seq;
         let (replay, live) = self.core.events.subscribe(since)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let closing = self.core.closing.subscribe();
         tokio::spawn(stream_events(
             self.core.events.clone(),
             since,
             replay,
             live,
             tx,
+            closing,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -372,6 +382,18 @@ impl Agent for AgentService {
     }
 }
 
+/// Resolves once the agent starts shutting down.
+async fn wait_closing(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *closing.borrow_and_update() {
+            return;
+        }
+        if closing.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Sends the replay, then live events, each exactly once and in order. A subscriber that
 /// falls too far behind the live channel catches up from the log again.
 async fn stream_events(
@@ -380,6 +402,7 @@ async fn stream_events(
     replay: Vec<crate::events::Event>,
     mut live: tokio::sync::broadcast::Receiver<crate::events::Event>,
     tx: mpsc::Sender<Result<v1::Event, Status>>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     let mut last = since;
@@ -394,7 +417,20 @@ async fn stream_events(
             }
             last = e.seq;
         }
-        match live.recv().await {
+        let next = tokio::select! {
+            next = live.recv() => next,
+            // The client went away.
+            _ = tx.closed() => return,
+            _ = wait_closing(&mut closing) => {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "the agent is shutting down; resume with since_seq {last}"
+                    ))))
+                    .await;
+                return;
+            }
+        };
+        match next {
             Ok(e) => pending.push(e),
             Err(RecvError::Lagged(_)) => match log.subscribe(last) {
                 Ok((again, rx)) => {

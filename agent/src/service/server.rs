@@ -69,6 +69,7 @@ pub async fn serve(
         node: options.node,
         memory_reserve_bytes: options.memory_reserve_bytes,
         draining: AtomicBool::new(false),
+        closing: tokio::sync::watch::channel(false).0,
     });
 
     let reflection = || {
@@ -93,6 +94,7 @@ pub async fn serve(
         async move {
             shutdown.await;
             core.draining.store(true, Ordering::SeqCst);
+            core.closing.send_replace(true);
             health.set_not_serving::<AgentServer<AgentService>>().await;
             tracing::info!(node = %core.node, "shutting down; containers keep running under their supervisors");
         }
