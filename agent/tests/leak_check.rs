@@ -1,17 +1,22 @@
-//! Run last, after the whole suite (`scripts/test.sh` does): nothing hutch made may be left
-//! on the host: no hutch mount, no hutch cgroup below the cgroup the suite ran in, no
-//! supervisor process. It is ignored in a plain `cargo test` run because other tests running
-//! beside it would be seen as leaks.
+//! Run last, after the whole suite (`scripts/test.sh` does): nothing the tests made may be
+//! left on the host: no mount below a test's state directory, no test cgroup
+//! (`hutch-t-*`) below the cgroup the suite ran in, no supervisor of a test container, no
+//! test directory. Only the tests' own resources are looked at, so an agent the user runs on
+//! the same host (`scripts/setup.sh` starts one) is not mistaken for a leak. It is ignored in
+//! a plain `cargo test` run because tests running beside it would be seen as leaks.
 
 mod common;
 
 use hutch_agent::cgroup::detect_own_cgroup;
 
+/// Every test state directory starts with this.
+const TEST_PREFIX: &str = "/var/tmp/hutch-test-";
+
 fn hutch_cgroups(dir: &std::path::Path, found: &mut Vec<String>) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
         if path.is_dir() {
-            if entry.file_name().to_string_lossy().contains("hutch") {
+            if entry.file_name().to_string_lossy().starts_with("hutch-t-") {
                 found.push(path.display().to_string());
             }
             hutch_cgroups(&path, found);
@@ -23,8 +28,11 @@ fn hutch_cgroups(dir: &std::path::Path, found: &mut Vec<String>) {
 #[ignore = "runs as the last step of scripts/test.sh, after every other test has ended"]
 fn nothing_is_left_behind() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let mounts: Vec<&str> = mountinfo.lines().filter(|l| l.contains("hutch")).collect();
-    assert!(mounts.is_empty(), "hutch mounts left: {mounts:#?}");
+    let mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.contains(TEST_PREFIX))
+        .collect();
+    assert!(mounts.is_empty(), "test mounts left: {mounts:#?}");
 
     let root = detect_own_cgroup().expect("cgroup");
     let mut cgroups = Vec::new();

@@ -412,3 +412,60 @@ async fn every_error_code_is_precise() {
     assert_eq!(e.code(), Code::Unavailable);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1 as r1, v1alpha as r1a};
+    let host = TestHost::new("reflect").await;
+    let agent = host.serve(None, 100).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+
+    let mut v1_client = r1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = v1_client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("v1 reflection")
+        .into_inner();
+    let answer = answers.message().await.expect("answer").expect("one");
+    let names: Vec<String> = match answer.message_response {
+        Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(names.contains(&"hutch.v1.Agent".to_string()), "{names:?}");
+
+    let mut alpha = r1a::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = r1a::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            r1a::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "hutch.v1.Agent".into(),
+            ),
+        ),
+    };
+    let mut answers = alpha
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner();
+    let answer = answers.message().await.expect("answer").expect("one");
+    assert!(
+        matches!(
+            answer.message_response,
+            Some(r1a::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+        ),
+        "{answer:?}"
+    );
+    agent.stop().await;
+}
