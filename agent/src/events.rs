@@ -25,13 +25,21 @@ use crate::runtime::state::Status;
 /// Live events buffered per subscriber before it counts as lagging.
 const LIVE_BUFFER: usize = 1024;
 
-/// One recorded state change.
+/// One recorded state change: a [`NewEvent`] with its sequence number and time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Sequence number, strictly increasing per agent, starting at 1.
     pub seq: u64,
     /// When it was recorded (ms since the epoch).
     pub time_ms: u64,
+    /// What changed.
+    #[serde(flatten)]
+    pub change: NewEvent,
+}
+
+/// A state change of a container, before it is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
     /// The container.
     pub container_id: String,
     /// Its new status.
@@ -45,25 +53,6 @@ pub struct Event {
     /// Whether the OOM killer acted.
     pub oom_killed: bool,
     /// Whether the container was removed from the node.
-    pub removed: bool,
-}
-
-/// An event before it has a sequence number and time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    /// The container.
-    pub container_id: String,
-    /// Its new status.
-    pub status: Status,
-    /// Summary.
-    pub details: String,
-    /// Exit code.
-    pub exit_code: Option<i32>,
-    /// Signal.
-    pub signal: Option<i32>,
-    /// OOM flag.
-    pub oom_killed: bool,
-    /// Removal.
     pub removed: bool,
 }
 
@@ -159,13 +148,7 @@ impl EventLog {
         let event = Event {
             seq: inner.next_seq,
             time_ms: crate::fsutil::unix_millis_now(),
-            container_id: event.container_id,
-            status: event.status,
-            details: event.details,
-            exit_code: event.exit_code,
-            signal: event.signal,
-            oom_killed: event.oom_killed,
-            removed: event.removed,
+            change: event,
         };
         let mut line = serde_json::to_vec(&event).map_err(|e| io_err(&inner.path, e))?;
         line.push(b'\n');

@@ -386,17 +386,6 @@ fn cgroup_path_of(dir: &std::path::Path) -> Result<CgroupPath, String> {
     })
 }
 
-fn random_id() -> String {
-    let mut bytes = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    format!(
-        "c-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
 fn parse_signal(s: &str) -> Result<i32, RuntimeError> {
     let name = s.trim_start_matches("SIG").to_ascii_uppercase();
     Ok(match name.as_str() {
@@ -505,7 +494,10 @@ async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, Runti
         Command::Rootfs(cmd) => rootfs(runtime, cmd).await,
         Command::Run(args) => {
             let spec = spec_of(&args)?;
-            let id = args.id.clone().unwrap_or_else(random_id);
+            let id = args
+                .id
+                .clone()
+                .unwrap_or_else(hutch_agent::names::random_container_name);
             let info = runtime.run(&id, spec).await?;
             if args.detach {
                 println!("{id}");

@@ -67,6 +67,18 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// A fresh container name, `c-` and 12 random hex digits, for requests that give none.
+pub fn random_container_name() -> String {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    format!(
+        "c-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,13 +254,13 @@ pub fn event_to(e: &Event) -> v1::Event {
     v1::Event {
         seq: e.seq,
         time: Some(timestamp_ms(e.time_ms)),
-        container_id: e.container_id.clone(),
-        state: state_to(e.status) as i32,
-        details: e.details.clone(),
-        exit_code: e.exit_code,
-        signal: e.signal,
-        oom_killed: e.oom_killed,
-        removed: e.removed,
+        container_id: e.change.container_id.clone(),
+        state: state_to(e.change.status) as i32,
+        details: e.change.details.clone(),
+        exit_code: e.change.exit_code,
+        signal: e.change.signal,
+        oom_killed: e.change.oom_killed,
+        removed: e.change.removed,
     }
 }
 

@@ -74,17 +74,6 @@ impl AgentService {
     }
 }
 
-fn random_name() -> String {
-    let mut bytes = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    format!(
-        "c-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
 fn labels_match(
     have: &BTreeMap<String, String>,
     want: &std::collections::HashMap<String, String>,
@@ -182,7 +171,7 @@ impl Agent for AgentService {
         }
         let req = request.into_inner();
         let name = if req.name.is_empty() {
-            random_name()
+            crate::names::random_container_name()
         } else {
             req.name
         };
