@@ -13,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== leftovers of earlier, killed test runs"
+bash scripts/clean-test-leftovers.sh
 echo "== cargo test"
 cargo test --workspace --all-targets
 echo "== leak check (last: nothing hutch made may be left)"

@@ -234,4 +234,26 @@ async fn grpcurl_walkthrough_and_errors() {
         &["hutch.v1.Agent/RemoveContainer"],
     );
     assert_eq!(forced.code, 0, "{}", forced.stderr);
+
+    // SIGTERM stops the agent, not its containers.
+    let keeper = r#"{"name":"keeper","spec":{"rootfs":"debian","command":["sleep","60"]}}"#;
+    assert_eq!(
+        grpcurl(a, Some(keeper), &["hutch.v1.Agent/RunContainer"]).code,
+        0
+    );
+    let mut d = d;
+    let agent_pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    nix::sys::signal::kill(agent_pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = d.child.wait().expect("agent exits");
+    assert!(status.success(), "graceful exit: {status}");
+    let info = host.runtime.get("keeper").expect("still known");
+    assert_eq!(
+        info.state.status,
+        hutch_agent::runtime::state::Status::Running
+    );
+    let pid = nix::unistd::Pid::from_raw(info.state.pid.expect("pid") as i32);
+    assert!(
+        nix::sys::signal::kill(pid, None).is_ok(),
+        "container still alive"
+    );
 }

@@ -90,6 +90,48 @@ async fn every_rpc_works() {
     }
     let result = result.expect("a result at the end");
     assert_eq!(result.outcome, v1::BuildOutcome::Cached as i32);
+    // A second rootfs from a directory source, built, listed, then removed.
+    let tree = host.runtime.store().get(ROOTFS).expect("shared").path;
+    let copy_name = format!("copy-{}", std::process::id());
+    let mut copy = c
+        .build_rootfs(v1::BuildRootfsRequest {
+            rootfs: Some(v1::RootfsSpec {
+                name: copy_name.clone(),
+                source: Some(v1::rootfs_spec::Source::Directory(
+                    tree.display().to_string(),
+                )),
+            }),
+        })
+        .await
+        .expect("build copy")
+        .into_inner();
+    let mut stages = Vec::new();
+    let mut copy_result = None;
+    while let Some(msg) = copy.message().await.expect("stream") {
+        match msg.event {
+            Some(v1::build_rootfs_response::Event::Progress(p)) => stages.push(p.stage),
+            Some(v1::build_rootfs_response::Event::Result(r)) => copy_result = Some(r),
+            None => {}
+        }
+    }
+    assert!(copy_result.is_some(), "a result at the end");
+    assert!(stages.contains(&"done".to_string()), "{stages:?}");
+    let all = c
+        .list_rootfs(v1::ListRootfsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(all.rootfs.iter().any(|r| r.name == copy_name));
+    c.remove_rootfs(v1::RemoveRootfsRequest {
+        name: copy_name.clone(),
+    })
+    .await
+    .expect("remove copy");
+    let gone = c
+        .remove_rootfs(v1::RemoveRootfsRequest { name: copy_name })
+        .await
+        .expect_err("already removed");
+    assert_eq!(gone.code(), Code::NotFound);
     let listed = c
         .list_rootfs(v1::ListRootfsRequest {})
         .await
