@@ -403,6 +403,18 @@ async fn every_error_code_is_precise() {
     .await
     .expect("forced remove");
 
+    // Requests are bounded (4 MiB): tonic refuses a larger one before any handler runs,
+    // with OUT_OF_RANGE (its code for an oversized message).
+    let e = c
+        .exec(v1::ExecRequest {
+            id: "any".into(),
+            command: vec!["x".repeat(5 << 20)],
+        })
+        .await
+        .expect_err("oversized");
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("too large"), "{}", e.message());
+
     // ResourceExhausted: more memory than the node has.
     let mut huge = spec(&["true"]);
     huge.memory_limit_bytes = Some(1 << 50);
