@@ -63,6 +63,11 @@ async fn net_ipc_uts_are_private() {
         "only lo inside: {ifaces:?}"
     );
     assert!(
+        section("IP").iter().any(|l| l.contains("127.0.0.1")),
+        "lo is up with 127.0.0.1, as Docker sets it: {:?}",
+        section("IP")
+    );
+    assert!(
         !section("IPCS").iter().any(|l| l.contains(&shm_id)),
         "host segment {shm_id} invisible inside"
     );

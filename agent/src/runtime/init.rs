@@ -10,7 +10,8 @@
 //!    host) and bind the rootfs onto itself so it can become the root;
 //! 3. mount `/proc`, a minimal `/dev` (null, zero, full, random, urandom, tty, pts + ptmx,
 //!    shm), and `/sys` read-only when the network namespace is private;
-//! 4. set the hostname (uts namespace);
+//! 4. bring `lo` up (network namespace; the kernel creates it down) and set the hostname
+//!    (uts namespace);
 //! 5. `pivot_root` into the rootfs and detach the old root (with a private mount namespace),
 //!    or `chroot` like the tutorial when the mount table is shared with the host (pivoting
 //!    would change the host's own root);
@@ -155,6 +156,9 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
     }
     mount_proc_dev_sys(&root, spec.has(Namespace::Net), spec.has(Namespace::User))?;
 
+    if spec.has(Namespace::Net) {
+        sys::bring_loopback_up().map_err(|e| errno("network", "bringing lo up", e))?;
+    }
     if spec.has(Namespace::Uts) {
         unistd::sethostname(&cfg.hostname)
             .map_err(|e| errno("hostname", format!("setting '{}'", cfg.hostname), e))?;
