@@ -420,10 +420,20 @@ impl Runtime {
                 .join(" | ")
         };
         match read {
-            Err(_) => Err(sup_err(format!(
-                "no report within {START_TIMEOUT:?}; see {}",
-                log_path.display()
-            ))),
+            Err(_) => {
+                // A supervisor stuck in setup must not outlive the cleanup of a failed start.
+                if let Some(fd) = self
+                    .read_state(dir)
+                    .ok()
+                    .and_then(|st| Self::supervisor_pidfd(&st))
+                {
+                    let _ = sys::pidfd_send_signal(&fd, libc::SIGKILL);
+                }
+                Err(sup_err(format!(
+                    "no report within {START_TIMEOUT:?}; it was killed; see {}",
+                    log_path.display()
+                )))
+            }
             Ok(Err(e)) => Err(sup_err(format!("reading its report: {e}"))),
             Ok(Ok(0)) => Err(sup_err(format!("exited without a report: {}", tail()))),
             Ok(Ok(_)) => {
