@@ -525,34 +525,27 @@ impl Runtime {
     /// Waits until the container has ended and its supervisor has cleaned up.
     pub async fn wait(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
         let dir = self.existing_dir(id)?;
-        loop {
-            let state = self.read_state(&dir)?;
-            match Self::supervisor_pidfd(&state) {
-                Some(fd) => {
-                    let fd = sys::async_pidfd(fd)
-                        .map_err(|e| io_err(&dir, format!("watching the supervisor: {e}")))?;
-                    let _ = fd.readable().await.map_err(|e| io_err(&dir, e))?;
-                }
-                None => {
-                    let mut state = self.read_state(&dir)?;
-                    if !state.status.is_final() {
-                        // The supervisor is gone without an exit record: it was killed.
-                        state.status = Status::Failed;
-                        state.failure = Some(Failure {
-                            step: "supervisor".into(),
-                            message:
-                                "the supervisor exited without recording how the container ended"
-                                    .into(),
-                        });
-                        state.finished_ms = Some(unix_millis_now());
-                        write_json_atomic(&StatePaths::state(&dir), &state)
-                            .map_err(|e| io_err(&dir, e))?;
-                    }
-                    let config = self.read_config(&dir)?;
-                    return Ok(self.info_from(config, state));
-                }
-            }
+        let state = self.read_state(&dir)?;
+        if let Some(fd) = Self::supervisor_pidfd(&state) {
+            // Readable once the supervisor has exited, reaped or not: an orphan may stay a
+            // zombie for a while, and it is done with the container all the same.
+            let fd = sys::async_pidfd(fd)
+                .map_err(|e| io_err(&dir, format!("watching the supervisor: {e}")))?;
+            let _ = fd.readable().await.map_err(|e| io_err(&dir, e))?;
         }
+        let mut state = self.read_state(&dir)?;
+        if !state.status.is_final() {
+            // The supervisor is gone without an exit record: it was killed.
+            state.status = Status::Failed;
+            state.failure = Some(Failure {
+                step: "supervisor".into(),
+                message: "the supervisor exited without recording how the container ended".into(),
+            });
+            state.finished_ms = Some(unix_millis_now());
+            write_json_atomic(&StatePaths::state(&dir), &state).map_err(|e| io_err(&dir, e))?;
+        }
+        let config = self.read_config(&dir)?;
+        Ok(self.info_from(config, state))
     }
 
     /// Sends `signal` to the container's init.

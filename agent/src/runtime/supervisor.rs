@@ -311,6 +311,7 @@ impl Supervisor {
             // Reap before sleeping, so a SIGCHLD that arrived before the mask is not missed.
             reap(child, &mut exit);
             if exit.is_some() && drain_deadline.is_none() {
+                diag!("init exited: {exit:?}");
                 if let Err(e) = self.cgroup.kill_all() {
                     diag!("{e}");
                 }
