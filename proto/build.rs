@@ -5,7 +5,11 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["hutch/v1/types.proto", "hutch/v1/agent.proto"];
+    let files = [
+        "hutch/v1/types.proto",
+        "hutch/v1/agent.proto",
+        "hutch/v1/controller.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

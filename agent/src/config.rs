@@ -3,6 +3,7 @@
 //! agent touches the host or binds a port. Unknown keys in the file are errors, so a typo
 //! never silently becomes a default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,12 @@ pub struct FileConfig {
     pub event_log_keep: Option<usize>,
     /// Memory kept back for the host, e.g. "256MiB".
     pub memory_reserve: Option<String>,
+    /// The controller to register with, e.g. "http://10.0.0.1:7000".
+    pub controller: Option<String>,
+    /// `host:port` the controller dials to reach this agent (default: the listen address).
+    pub advertise: Option<String>,
+    /// Labels for node selectors.
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// The validated configuration.
@@ -58,6 +65,12 @@ pub struct AgentConfig {
     pub event_log_keep: usize,
     /// Memory kept back for the host, in bytes.
     pub memory_reserve_bytes: u64,
+    /// The controller to register with.
+    pub controller: Option<String>,
+    /// `host:port` the controller dials to reach this agent.
+    pub advertise: String,
+    /// Labels for node selectors.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Why the configuration is invalid.
@@ -163,7 +176,41 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         .unwrap_or_else(|| DEFAULT_MEMORY_RESERVE.into());
     let memory_reserve_bytes =
         parse_size(&reserve_text).map_err(|e| invalid("memory_reserve", e))?;
+    let controller = over.controller.or(file.controller).filter(|c| !c.is_empty());
+    let advertise = match over.advertise.or(file.advertise) {
+        Some(a) => {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok {
+                return Err(invalid(
+                    "advertise",
+                    format!("'{a}' is not HOST:PORT, e.g. 10.0.0.5:7070"),
+                ));
+            }
+            a
+        }
+        None => listen.to_string(),
+    };
+    if controller.is_some() && (listen.ip().is_unspecified() || listen.port() == 0) && advertise == listen.to_string() {
+        return Err(invalid(
+            "advertise",
+            format!("listening on {listen}, the controller cannot know how to reach this agent: give --advertise HOST:PORT"),
+        ));
+    }
+    let labels = over.labels.or(file.labels).unwrap_or_default();
+    for (k, v) in &labels {
+        if k.is_empty() || k.contains('=') || k.contains(',') || v.contains(',') {
+            return Err(invalid(
+                "labels",
+                format!("'{k}={v}' is not a label: keys are non-empty, without '=' or ','; values without ','"),
+            ));
+        }
+    }
     Ok(AgentConfig {
+        controller,
+        advertise,
+        labels,
         listen,
         state_dir,
         rootfs_dir,

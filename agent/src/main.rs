@@ -16,6 +16,7 @@ use hutch_agent::config::{self, AgentConfig, FileConfig};
 use hutch_agent::rootfs::{BuildProgress, RootfsSource};
 use hutch_agent::runtime::state::Status;
 use hutch_agent::runtime::{ContainerInfo, Runtime, RuntimeConfig, RuntimeError};
+use hutch_agent::service::registration::Registration;
 use hutch_agent::service::server::ServeOptions;
 use hutch_agent::spec::{parse_namespaces, parse_size, ContainerSpec, IdMap};
 
@@ -134,6 +135,17 @@ struct ServeArgs {
     /// Memory kept back for the host, not promised to containers [default: 256MiB].
     #[arg(long, env = "HUTCH_MEMORY_RESERVE")]
     memory_reserve: Option<String>,
+    /// Register with this controller and heartbeat to it, e.g. http://127.0.0.1:7000.
+    /// Without it the agent stands alone.
+    #[arg(long, env = "HUTCH_CONTROLLER")]
+    controller: Option<String>,
+    /// HOST:PORT the controller dials to reach this agent [default: the listen address].
+    #[arg(long, env = "HUTCH_ADVERTISE")]
+    advertise: Option<String>,
+    /// Node label for placement selectors, KEY=VALUE; repeat for several
+    /// (e.g. --label zone=a --label disk=ssd).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -314,6 +326,12 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
         cgroup_root: cli.cgroup_root.clone(),
         event_log_keep: serve.and_then(|s| s.event_log_keep),
         memory_reserve: serve.and_then(|s| s.memory_reserve.clone()),
+        controller: serve.and_then(|s| s.controller.clone()),
+        advertise: serve.and_then(|s| s.advertise.clone()),
+        labels: match serve {
+            Some(s) if !s.labels.is_empty() => Some(parse_labels(&s.labels)?),
+            _ => None,
+        },
     };
     let agent = config::resolve(over, file).map_err(|e| e.to_string())?;
     let cgroup_root = agent
@@ -341,24 +359,17 @@ async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
     }
     println!("hutch-agent {} listening on {addr}", config.name);
     let _ = std::io::stdout().flush();
-    let shutdown = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    };
+    let shutdown = hutch_agent::service::server::shutdown_signal();
     let options = ServeOptions {
         runtime,
         node: config.name.clone(),
         event_keep: config.event_log_keep,
         memory_reserve_bytes: config.memory_reserve_bytes,
+        registration: config.controller.clone().map(|controller| Registration {
+            controller,
+            advertise: if config.listen.port() == 0 { addr.clone() } else { config.advertise.clone() },
+            labels: config.labels.clone(),
+        }),
     };
     match hutch_agent::service::server::serve(options, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -367,6 +378,17 @@ async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
             ExitCode::from(EXIT_HUTCH_ERROR)
         }
     }
+}
+
+/// `KEY=VALUE` arguments as a map.
+fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>, String> {
+    args.iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("--label {a}: expected KEY=VALUE"))
+        })
+        .collect()
 }
 
 /// Turns a cgroup directory into a [`CgroupPath`] on the hierarchy hutch uses.

@@ -184,6 +184,7 @@ pub fn container_to(info: &ContainerInfo, node: &str) -> v1::Container {
         started_at: st.started_ms.map(timestamp_ms),
         finished_at: st.finished_ms.map(timestamp_ms),
         rootfs_key: info.rootfs_key.clone(),
+        ..Default::default()
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod logs;
+pub mod registration;
 pub mod reporter;
 pub mod server;
 pub mod status;

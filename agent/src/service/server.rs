@@ -10,6 +10,8 @@ use std::sync::Arc;
 use hutch_proto::v1::agent_server::AgentServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tonic::transport::server::Router;
+use tonic_health::server::HealthReporter;
 
 use super::reporter::Reporter;
 use super::{AgentCore, AgentService};
@@ -45,6 +47,8 @@ pub struct ServeOptions {
     pub event_keep: usize,
     /// Memory kept back from containers.
     pub memory_reserve_bytes: u64,
+    /// The controller to register with, when part of a cluster.
+    pub registration: Option<super::registration::Registration>,
 }
 
 /// Opens the event log, reconciles what happened while the agent was away, and serves on
@@ -71,19 +75,11 @@ pub async fn serve(
         closing: tokio::sync::watch::channel(false).0,
     });
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(hutch_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (router, health) = base_router()?;
     health.set_serving::<AgentServer<AgentService>>().await;
+    if let Some(reg) = options.registration {
+        tokio::spawn(super::registration::run(core.clone(), reg));
+    }
 
     let agent = AgentServer::new(AgentService::new(core.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -98,16 +94,58 @@ pub async fn serve(
             tracing::info!(node = %core.node, "shutting down; containers keep running under their supervisors");
         }
     };
-    tonic::transport::Server::builder()
+    serve_router(router.add_service(agent), listener, draining).await
+}
+
+/// A server with the services every hutch daemon offers: `grpc.health.v1.Health` and
+/// reflection in both versions, plus the health reporter to mark its own services.
+pub fn base_router() -> Result<(Router, HealthReporter), ServeError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hutch_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(agent)
+        .add_service(reflection_v1alpha);
+    Ok((router, health))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve_router(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    router
         // No Nagle: small replies must not wait for a delayed ACK (40 ms per round trip).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            draining,
+            shutdown,
         )
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

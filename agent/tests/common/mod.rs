@@ -145,6 +145,7 @@ impl TestHost {
             node: self.instance.clone(),
             event_keep,
             memory_reserve_bytes: 256 << 20,
+            registration: None,
         };
         let task = tokio::spawn(hutch_agent::service::server::serve(
             options,

@@ -1,0 +1,154 @@
+//! The agent's side of the cluster: register with the controller, then heartbeat at the
+//! interval it asks for. When the controller is away or asks for it (it restarted, or had
+//! declared this node down), register again, with exponential backoff between attempts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hutch_proto::v1;
+use hutch_proto::v1::nodes_client::NodesClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::AgentCore;
+use crate::node;
+use crate::runtime::state::Status as RunStatus;
+
+/// First and longest pause between registration attempts.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest a registration or heartbeat call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where and as what this agent registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The controller, `http://host:port` or `host:port`.
+    pub controller: String,
+    /// `host:port` the controller dials to reach this agent.
+    pub advertise: String,
+    /// Labels for node selectors.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The controller URL with a scheme.
+pub fn controller_url(controller: &str) -> String {
+    if controller.contains("://") {
+        controller.to_string()
+    } else {
+        format!("http://{controller}")
+    }
+}
+
+fn rootfs_names(core: &AgentCore) -> Vec<String> {
+    let mut names: Vec<String> = core
+        .runtime
+        .store()
+        .list()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn register_request(core: &AgentCore, reg: &Registration) -> v1::RegisterRequest {
+    v1::RegisterRequest {
+        name: core.node.clone(),
+        address: reg.advertise.clone(),
+        labels: reg.labels.clone().into_iter().collect(),
+        hostname: node::hostname(),
+        kernel: node::kernel_release(),
+        cgroup_version: core.runtime.cgroups().version().to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        memory_total_bytes: node::memory_total_bytes(),
+        memory_allocatable_bytes: core.allocatable_bytes(),
+        rootfs: rootfs_names(core),
+        last_event_seq: core.events.last_seq(),
+    }
+}
+
+fn heartbeat_request(core: &AgentCore, session: &str) -> v1::HeartbeatRequest {
+    let containers = core.runtime.list();
+    let running: Vec<_> = containers
+        .iter()
+        .filter(|c| c.state.status == RunStatus::Running)
+        .collect();
+    v1::HeartbeatRequest {
+        name: core.node.clone(),
+        session: session.to_string(),
+        memory_used_bytes: running
+            .iter()
+            .filter_map(|c| c.memory.map(|m| m.usage_bytes))
+            .sum(),
+        running_containers: running.len() as u32,
+        rootfs: rootfs_names(core),
+    }
+}
+
+/// Registers and heartbeats until the agent shuts down.
+pub async fn run(core: Arc<AgentCore>, reg: Registration) {
+    let url = controller_url(&reg.controller);
+    let endpoint = match Endpoint::from_shared(url.clone()) {
+        Ok(e) => e
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true),
+        Err(e) => {
+            tracing::error!(controller = %url, "invalid controller URL: {e}");
+            return;
+        }
+    };
+    let mut client = NodesClient::new(endpoint.connect_lazy());
+    let mut closing = core.closing.subscribe();
+    let mut pause = BACKOFF_FIRST;
+    loop {
+        if *closing.borrow() {
+            return;
+        }
+        match client.register(register_request(&core, &reg)).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                tracing::info!(controller = %url, node = %core.node, "registered");
+                pause = BACKOFF_FIRST;
+                let why = heartbeat(&core, &mut client, &r, &mut closing).await;
+                if *closing.borrow() {
+                    return;
+                }
+                tracing::warn!(controller = %url, "registering again: {why}");
+            }
+            Err(s) => {
+                tracing::warn!(controller = %url, "cannot register (retrying in {pause:?}): {}", s.message());
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = closing.changed() => return,
+                }
+                pause = (pause * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Heartbeats until a heartbeat fails; returns why.
+async fn heartbeat(
+    core: &AgentCore,
+    client: &mut NodesClient<Channel>,
+    registered: &v1::RegisterResponse,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) -> String {
+    let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = closing.changed() => return "shutting down".into(),
+        }
+        if let Err(s) = client
+            .heartbeat(heartbeat_request(core, &registered.session))
+            .await
+        {
+            return s.message().to_string();
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! Container operations: create (validate, record, place), stop, kill, remove, the restart
+//! policy, and the loop that places PENDING containers when capacity appears.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use hutch_agent::names::{random_container_name, validate_name};
+use hutch_agent::service::convert::{spec_from, timestamp};
+use hutch_proto::v1::{self, ContainerState as S, WatchEventType};
+
+use super::records::{self, holds_reservation, is_final, state, wants_restart};
+use super::{not_found, Change, Cluster, ClusterError, State};
+use crate::scheduler::Request;
+
+/// Longest a stop may wait for the node beyond the grace period.
+const STOP_SLACK: Duration = Duration::from_secs(15);
+
+impl Cluster {
+    /// Validates, records and places a new container (see `CreateContainer`).
+    pub fn create(
+        self: &Arc<Self>,
+        req: v1::CreateContainerRequest,
+    ) -> Result<v1::Container, ClusterError> {
+        let name = if req.name.is_empty() {
+            random_container_name()
+        } else {
+            req.name.clone()
+        };
+        validate_name("container name", &name)
+            .map_err(|e| ClusterError::InvalidArgument(format!("name: {e}")))?;
+        if name.len() > records::MAX_NAME_LEN {
+            return Err(ClusterError::InvalidArgument(format!(
+                "name: '{name}' is {} characters long; the limit is {}",
+                name.len(),
+                records::MAX_NAME_LEN
+            )));
+        }
+        let spec = req
+            .spec
+            .clone()
+            .ok_or_else(|| ClusterError::InvalidArgument("spec: missing".into()))?;
+        let parsed = spec_from(spec.clone())
+            .map_err(|s| ClusterError::InvalidArgument(s.message().to_string()))?;
+        parsed
+            .validate()
+            .map_err(|e| ClusterError::InvalidArgument(format!("spec: {e}")))?;
+        let placement = req.placement.clone().unwrap_or_default();
+        if !placement.node.is_empty() {
+            validate_name("placement.node", &placement.node)
+                .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
+        }
+        let policy = req.restart_policy.unwrap_or_default();
+        v1::restart_policy::Kind::try_from(policy.kind).map_err(|_| {
+            ClusterError::InvalidArgument(format!(
+                "restart_policy.kind: unknown value {}; use NEVER, ON_FAILURE or ALWAYS",
+                policy.kind
+            ))
+        })?;
+
+        let mut st = self.lock();
+        if let Some(existing) = st.containers.get(&name) {
+            let same = existing.spec.as_ref() == Some(&spec)
+                && existing.placement.clone().unwrap_or_default() == placement
+                && existing.restart_policy.unwrap_or_default() == policy;
+            return if same {
+                Ok(existing.clone())
+            } else {
+                Err(ClusterError::AlreadyExists(format!(
+                    "container '{name}' exists with a different spec, placement or restart policy; remove it first or choose another name"
+                )))
+            };
+        }
+        let record = v1::Container {
+            id: name.clone(),
+            name: name.clone(),
+            reserved_memory_bytes: spec
+                .memory_limit_bytes
+                .unwrap_or(self.config.default_reservation_bytes),
+            spec: Some(spec),
+            placement: Some(placement),
+            restart_policy: Some(policy),
+            state: S::Pending as i32,
+            created_at: Some(timestamp(SystemTime::now())),
+            ..Default::default()
+        };
+        let record = self.place_and_commit(&mut st, record, WatchEventType::Created)?;
+        drop(st);
+        if state(&record) == S::Scheduled {
+            self.spawn_dispatch(&record);
+        }
+        Ok(record)
+    }
+
+    /// Tries to place `record` (PENDING), then commits it either SCHEDULED on a node or
+    /// PENDING with the reason.
+    fn place_and_commit(
+        &self,
+        st: &mut State,
+        mut record: v1::Container,
+        kind: WatchEventType,
+    ) -> Result<v1::Container, ClusterError> {
+        match self.place(st, &record) {
+            Ok(node) => {
+                record.state = S::Scheduled as i32;
+                record.status_message = format!("placed on {node}");
+                record.node = node;
+            }
+            Err(reason) => {
+                record.status_message = reason;
+            }
+        }
+        let mut out = self.commit(st, vec![Change::Container(kind, record)])?;
+        out.pop()
+            .ok_or_else(|| ClusterError::FailedPrecondition("nothing committed".into()))
+    }
+
+    fn place(&self, st: &State, record: &v1::Container) -> Result<String, String> {
+        let placement = record.placement.clone().unwrap_or_default();
+        let selector: BTreeMap<String, String> = placement.node_selector.into_iter().collect();
+        let rootfs = record.spec.as_ref().map_or("", |s| s.rootfs.as_str());
+        let req = Request {
+            memory_bytes: record.reserved_memory_bytes,
+            node: (!placement.node.is_empty()).then_some(placement.node.as_str()),
+            selector: &selector,
+            rootfs,
+            rootfs_buildable: st.rootfs_specs.contains_key(rootfs),
+        };
+        st.scheduler.place(&req).map_err(|e| e.0)
+    }
+
+    /// Places every PENDING container that fits now, oldest first.
+    pub(crate) fn schedule_pending(self: &Arc<Self>) {
+        let pending = self.lock().pending.clone();
+        for name in pending {
+            let placed = {
+                let mut st = self.lock();
+                let Some(record) = st.containers.get(&name).cloned() else {
+                    continue;
+                };
+                if state(&record) != S::Pending {
+                    continue;
+                }
+                let before = record.status_message.clone();
+                match self.place(&st, &record) {
+                    Ok(_) => self.place_and_commit(&mut st, record, WatchEventType::Updated),
+                    Err(reason) if reason != before => {
+                        let mut r = record;
+                        r.status_message = reason;
+                        self.place_and_commit(&mut st, r, WatchEventType::Updated)
+                    }
+                    Err(_) => continue,
+                }
+            };
+            match placed {
+                Ok(r) if state(&r) == S::Scheduled => self.spawn_dispatch(&r),
+                Ok(_) => {}
+                Err(e) => tracing::error!(container = %name, "placing a pending container: {e}"),
+            }
+        }
+    }
+
+    /// Stops a container on its node; it is not restarted.
+    pub async fn stop(
+        self: &Arc<Self>,
+        name: &str,
+        grace: Option<u32>,
+    ) -> Result<v1::Container, ClusterError> {
+        let record = self.request_stop(name).await?;
+        match state(&record) {
+            S::Pending => {
+                let name = name.to_string();
+                return self
+                    .commit_blocking(move |c| {
+                        c.update(&name, |r| {
+                            if state(r) != S::Pending {
+                                return false;
+                            }
+                            r.state = S::Exited as i32;
+                            r.finished_at = Some(timestamp(SystemTime::now()));
+                            r.status_message = "stopped before it was placed".into();
+                            true
+                        })
+                    })
+                    .await;
+            }
+            s if is_final(s) || s == S::Lost => return Ok(record),
+            _ => {}
+        }
+        let mut client = self.client_for(&record.node)?;
+        let grace_total = grace
+            .or(record.spec.as_ref().and_then(|s| s.stop_grace_seconds))
+            .unwrap_or(hutch_agent::spec::DEFAULT_STOP_GRACE_SECONDS);
+        let mut request = tonic::Request::new(v1::StopContainerRequest {
+            id: records::current_agent_id(&record),
+            grace_seconds: grace,
+        });
+        request.set_timeout(Duration::from_secs(u64::from(grace_total)) + STOP_SLACK);
+        let agent_view = client
+            .stop_container(request)
+            .await
+            .map_err(|status| node_error(&record.node, status))?
+            .into_inner();
+        self.apply_agent_view(&record.node, agent_view).await?;
+        self.get(name)
+    }
+
+    /// Marks the container as stopped on purpose (no restart) and returns it.
+    async fn request_stop(self: &Arc<Self>, name: &str) -> Result<v1::Container, ClusterError> {
+        let name = name.to_string();
+        self.commit_blocking(move |c| {
+            c.update(&name, |r| {
+                if r.stop_requested {
+                    return false;
+                }
+                r.stop_requested = true;
+                true
+            })
+        })
+        .await
+    }
+
+    /// Sends `signal` to the container on its node. SIGKILL, SIGTERM and SIGINT mark it as
+    /// stopped on purpose (no restart).
+    pub async fn kill(self: &Arc<Self>, name: &str, signal: i32) -> Result<(), ClusterError> {
+        let record = if matches!(signal, 0 | 2 | 9 | 15) {
+            self.request_stop(name).await?
+        } else {
+            self.get(name)?
+        };
+        if !holds_reservation(state(&record)) {
+            return Err(ClusterError::FailedPrecondition(format!(
+                "container '{name}' is not running (state {})",
+                state(&record).as_str_name()
+            )));
+        }
+        let mut client = self.client_for(&record.node)?;
+        client
+            .kill_container(v1::KillContainerRequest {
+                id: records::current_agent_id(&record),
+                signal,
+            })
+            .await
+            .map_err(|status| node_error(&record.node, status))?;
+        Ok(())
+    }
+
+    /// Forgets the container and removes it from its node.
+    pub async fn remove(self: &Arc<Self>, name: &str, force: bool) -> Result<(), ClusterError> {
+        let record = self.get(name)?;
+        let running = holds_reservation(state(&record));
+        if running && !force {
+            return Err(ClusterError::FailedPrecondition(format!(
+                "container '{name}' is {} on {}; stop it first or remove with force",
+                state(&record).as_str_name(),
+                record.node
+            )));
+        }
+        if !record.node.is_empty() {
+            match self.client_for(&record.node) {
+                Ok(mut client) => {
+                    let removed = client
+                        .remove_container(v1::RemoveContainerRequest {
+                            id: records::current_agent_id(&record),
+                            force: true,
+                        })
+                        .await;
+                    match removed {
+                        Ok(_) => {}
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) if !running => tracing::warn!(
+                            container = %name, node = %record.node,
+                            "could not remove the node's copy ({s}); it is removed when the node reconciles"
+                        ),
+                        Err(s) => return Err(node_error(&record.node, s)),
+                    }
+                }
+                Err(e) if running => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let name = name.to_string();
+        self.commit_blocking(move |c| {
+            let mut st = c.lock();
+            let Some(r) = st.containers.get(&name).cloned() else {
+                return Ok(());
+            };
+            c.commit(&mut st, vec![Change::Removed(r)]).map(drop)
+        })
+        .await
+    }
+
+    /// Changes one record with `f` (which returns whether it changed anything) and commits.
+    pub(crate) fn update(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut v1::Container) -> bool,
+    ) -> Result<v1::Container, ClusterError> {
+        let mut st = self.lock();
+        let mut record = st.containers.get(name).cloned().ok_or_else(|| not_found(name))?;
+        if !f(&mut record) {
+            return Ok(record);
+        }
+        let mut out = self.commit(&mut st, vec![Change::Container(WatchEventType::Updated, record)])?;
+        out.pop().ok_or_else(|| not_found(name))
+    }
+
+    /// After a run ended (or was lost): schedules a restart when the policy asks for one.
+    pub(crate) fn after_end(self: &Arc<Self>, record: &v1::Container) {
+        let evicted = self.lock().evicted.contains(&record.name);
+        if !wants_restart(record, evicted) {
+            self.kick.notify_one();
+            return;
+        }
+        let delay = records::restart_backoff(
+            self.config.restart_backoff,
+            self.config.restart_backoff_max,
+            record.restart_count,
+        );
+        let name = record.name.clone();
+        let attempt = record.restart_count;
+        let note = format!(
+            "restarting in {} (restart {})",
+            humantime::format_duration(delay),
+            attempt + 1
+        );
+        if let Err(e) = self.update(&name, |r| {
+            r.status_message = note;
+            true
+        }) {
+            tracing::error!(container = %name, "recording the restart: {e}");
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(c) = me.upgrade() {
+                c.commit_blocking(move |c| c.restart(&name, attempt)).await;
+            }
+        });
+        self.kick.notify_one();
+    }
+
+    /// Starts run `attempt + 1` of an ended container, wherever it fits now.
+    fn restart(self: &Arc<Self>, name: &str, attempt: u32) {
+        let result = {
+            let mut st = self.lock();
+            let Some(old) = st.containers.get(name).cloned() else {
+                return;
+            };
+            let s = state(&old);
+            if old.restart_count != attempt || !(is_final(s) || s == S::Lost) || old.stop_requested
+            {
+                return;
+            }
+            st.evicted.remove(name);
+            let mut record = old.clone();
+            records::reset_for_new_run(&mut record);
+            record.restart_count += 1;
+            self.place_and_commit(&mut st, record, WatchEventType::Updated)
+                .map(|r| (old, r))
+        };
+        match result {
+            Ok((old, new)) => {
+                tracing::info!(container = %name, node = %new.node, restart = new.restart_count, "restarting");
+                if !old.node.is_empty() && state(&old) != S::Lost {
+                    self.spawn_remove_copy(&old.node, &records::current_agent_id(&old));
+                }
+                if state(&new) == S::Scheduled {
+                    self.spawn_dispatch(&new);
+                }
+            }
+            Err(e) => tracing::error!(container = %name, "restart: {e}"),
+        }
+    }
+
+    /// Removes the node's copy `name` (an agent id) in the background (best effort).
+    pub(crate) fn spawn_remove_copy(self: &Arc<Self>, node: &str, name: &str) {
+        let Ok(mut client) = self.client_for(node) else {
+            return;
+        };
+        let (node, name) = (node.to_string(), name.to_string());
+        tokio::spawn(async move {
+            let removed = client
+                .remove_container(v1::RemoveContainerRequest {
+                    id: name.clone(),
+                    force: true,
+                })
+                .await;
+            if let Err(s) = removed {
+                if s.code() != tonic::Code::NotFound {
+                    tracing::warn!(%node, container = %name, "removing an old copy: {s}");
+                }
+            }
+        });
+    }
+}
+
+/// Places PENDING containers whenever something may have freed or added capacity.
+pub(crate) async fn placement_loop(cluster: Weak<Cluster>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let kick = c.kick.clone();
+        let notified = kick.notified();
+        let has_pending = !c.lock().pending.is_empty();
+        if has_pending {
+            c.commit_blocking(|c| c.schedule_pending()).await;
+        }
+        drop(c);
+        notified.await;
+    }
+}
+
+/// A node's error answer, with the node named.
+pub(crate) fn node_error(node: &str, status: tonic::Status) -> ClusterError {
+    ClusterError::Node {
+        node: node.to_string(),
+        status,
+    }
+}
+

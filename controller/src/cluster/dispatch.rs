@@ -1,0 +1,440 @@
+//! Talking to agents about containers: starting a SCHEDULED container on its node (exactly
+//! once per run, even across controller restarts), following each agent's event stream
+//! from the last event applied, and reconciling a node's containers with the records when
+//! the node (re)registers.
+//!
+//! Exactly once: the agent's copy of run N of container NAME has the id `NAME.N` (unique per
+//! node) and carries the label `hutch.attempt=N`. A second `RunContainer` for the same run
+//! finds ALREADY_EXISTS and adopts the copy; events name the run they are about, so an old
+//! run's events never touch a newer run; a copy the record does not point at (another node,
+//! another run, a removed record) is stopped and removed when its node reconciles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hutch_proto::v1::{self, ContainerState as S, WatchEventType};
+use tokio_stream::StreamExt;
+
+use super::containers::node_error;
+use super::records::{self, is_final, moves_forward, state, ATTEMPT_LABEL};
+use super::{Change, Cluster, ClusterError};
+
+/// Longest a `RunContainer` may take on the node (rootfs already there).
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a rootfs build before a run may take.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
+/// First and longest pause between retries against an agent.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Removes `name` from the in-flight set when dropped.
+struct InflightGuard {
+    cluster: Arc<Cluster>,
+    name: String,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.cluster.lock().inflight.remove(&self.name);
+    }
+}
+
+/// Whether an agent's copy was started by the controller.
+fn is_ours(c: &v1::Container) -> bool {
+    c.spec
+        .as_ref()
+        .is_some_and(|s| s.labels.contains_key(ATTEMPT_LABEL))
+}
+
+fn is_transient(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+impl Cluster {
+    /// Starts the record's run on its node in the background (once per run at a time).
+    pub(crate) fn spawn_dispatch(self: &Arc<Self>, record: &v1::Container) {
+        if !self.lock().inflight.insert(record.name.clone()) {
+            return;
+        }
+        let guard = InflightGuard {
+            cluster: self.clone(),
+            name: record.name.clone(),
+        };
+        let me = self.clone();
+        let (name, attempt) = (record.name.clone(), record.restart_count);
+        let span = tracing::info_span!("dispatch", container = %name, node = %record.node, attempt);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                me.dispatch(&name, attempt).await;
+                drop(guard);
+            },
+            span,
+        ));
+    }
+
+    async fn dispatch(self: &Arc<Self>, name: &str, attempt: u32) {
+        let mut pause = RETRY_FIRST;
+        loop {
+            let Ok(record) = self.get(name) else { return };
+            if record.restart_count != attempt || state(&record) != S::Scheduled {
+                return;
+            }
+            let node = record.node.clone();
+            match self.run_on_node(&record).await {
+                Ok(view) => {
+                    if let Err(e) = self.apply_agent_view(&node, view).await {
+                        tracing::error!("recording the started container: {e}");
+                    }
+                    return;
+                }
+                Err(ClusterError::Node { status, .. }) if !is_transient(status.code()) => {
+                    let message = format!("node {node} could not start it: {}", status.message());
+                    tracing::warn!("{message}");
+                    let name = name.to_string();
+                    let failed = self
+                        .commit_blocking(move |c| {
+                            c.update(&name, |r| {
+                                if r.restart_count != attempt || state(r) != S::Scheduled {
+                                    return false;
+                                }
+                                r.state = S::Failed as i32;
+                                r.failure = Some(v1::Failure {
+                                    step: "start".into(),
+                                    message: status.message().to_string(),
+                                });
+                                r.status_message = message;
+                                true
+                            })
+                        })
+                        .await;
+                    if let Ok(r) = failed {
+                        if state(&r) == S::Failed {
+                            self.after_end(&r);
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!("node not reachable, retrying in {pause:?}: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One `RunContainer` of the record's current run, adopting or replacing a copy the
+    /// node already has.
+    async fn run_on_node(self: &Arc<Self>, record: &v1::Container) -> Result<v1::Container, ClusterError> {
+        let node = &record.node;
+        let mut client = self.client_for(node)?;
+        let mut spec = record.spec.clone().unwrap_or_default();
+        self.ensure_rootfs(node, &spec.rootfs).await?;
+        spec.labels
+            .insert(ATTEMPT_LABEL.into(), record.restart_count.to_string());
+        let agent_id = records::current_agent_id(record);
+        let run = |client: &mut hutch_proto::v1::agent_client::AgentClient<_>| {
+            let mut request = tonic::Request::new(v1::RunContainerRequest {
+                name: agent_id.clone(),
+                spec: Some(spec.clone()),
+            });
+            request.set_timeout(RUN_TIMEOUT);
+            let mut client = client.clone();
+            async move { client.run_container(request).await }
+        };
+        match run(&mut client).await {
+            Ok(r) => Ok(r.into_inner()),
+            // Sent before (a retry, or a controller restart): the copy is this run's.
+            Err(s) if s.code() == tonic::Code::AlreadyExists => client
+                .get_container(v1::GetContainerRequest { id: agent_id })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| node_error(node, s)),
+            Err(s) => Err(node_error(node, s)),
+        }
+    }
+
+    /// Builds the rootfs on the node first when the node lacks it and the cluster knows
+    /// how to build it.
+    async fn ensure_rootfs(self: &Arc<Self>, node: &str, rootfs: &str) -> Result<(), ClusterError> {
+        let spec = {
+            let st = self.lock();
+            let has = st
+                .nodes
+                .get(node)
+                .is_some_and(|e| e.record.rootfs.iter().any(|r| r == rootfs));
+            if has {
+                return Ok(());
+            }
+            st.rootfs_specs.get(rootfs).cloned()
+        };
+        let Some(spec) = spec else { return Ok(()) };
+        tracing::info!(%node, %rootfs, "building the rootfs on the node before the run");
+        let mut client = self.client_for(node)?;
+        let mut request = tonic::Request::new(v1::BuildRootfsRequest { rootfs: Some(spec) });
+        request.set_timeout(BUILD_TIMEOUT);
+        let mut stream = client
+            .build_rootfs(request)
+            .await
+            .map_err(|s| node_error(node, s))?
+            .into_inner();
+        while let Some(msg) = stream.next().await {
+            msg.map_err(|s| node_error(node, s))?;
+        }
+        self.node_has_rootfs(node, rootfs);
+        Ok(())
+    }
+
+    /// Brings the record up to date with the node's view of its copy (a run's answer, a
+    /// stop's answer, reconciliation), when that copy is the record's current run.
+    pub(crate) async fn apply_agent_view(
+        self: &Arc<Self>,
+        node: &str,
+        view: v1::Container,
+    ) -> Result<(), ClusterError> {
+        let node = node.to_string();
+        let updated = self
+            .commit_blocking(move |c| {
+                let Some((name, run)) = records::parse_agent_id(&view.name) else {
+                    return c.get(&view.name);
+                };
+                c.update(name, |r| {
+                    let current = r.node == node && r.restart_count == run;
+                    if !current || !moves_forward(state(r), state(&view)) {
+                        return false;
+                    }
+                    let was_lost = state(r) == S::Lost;
+                    records::merge_agent_view(r, &view);
+                    r.status_message = records::describe(r);
+                    if was_lost {
+                        r.status_message = format!("node {node} is back: {}", r.status_message);
+                    }
+                    true
+                })
+            })
+            .await?;
+        if is_final(state(&updated)) {
+            self.after_end(&updated);
+        }
+        Ok(())
+    }
+
+    /// Follows the agent's event stream from the last event applied, reconnecting with
+    /// backoff, until the node registers again or goes down (which abort this task).
+    pub(crate) async fn follow_events(self: Arc<Self>, node: String) {
+        let mut pause = RETRY_FIRST;
+        loop {
+            let since = match self.node(&node) {
+                Ok(n) => n.last_event_seq,
+                Err(_) => return,
+            };
+            let stream = match self.client_for(&node) {
+                Ok(mut client) => client
+                    .events(v1::EventsRequest { since_seq: since })
+                    .await
+                    .map(tonic::Response::into_inner),
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            match stream {
+                Ok(mut stream) => {
+                    pause = RETRY_FIRST;
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(event) => {
+                                let n = node.clone();
+                                let applied = self
+                                    .commit_blocking(move |c| c.apply_agent_event(&n, event))
+                                    .await;
+                                match applied {
+                                    Ok(Some(r)) if is_final(state(&r)) => self.after_end(&r),
+                                    Ok(_) => {}
+                                    Err(e) => {
+                                        tracing::error!(%node, "applying an agent event: {e}");
+                                        break;
+                                    }
+                                }
+                            }
+                            Err(s) => {
+                                tracing::info!(%node, "event stream ended: {s}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(s) => tracing::info!(%node, "cannot follow events yet: {s}"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Applies one agent event; returns the record when it changed. The node's last event
+    /// is persisted together with a record change (an event that changes nothing is only
+    /// remembered in memory: replaying it after a restart changes nothing either).
+    fn apply_agent_event(
+        &self,
+        node: &str,
+        event: v1::Event,
+    ) -> Result<Option<v1::Container>, ClusterError> {
+        let mut st = self.lock();
+        let Some(entry) = st.nodes.get_mut(node) else {
+            return Ok(None);
+        };
+        if event.seq <= entry.record.last_event_seq {
+            return Ok(None);
+        }
+        entry.record.last_event_seq = event.seq;
+        let node_record = entry.record.clone();
+        let Some((name, run)) = records::parse_agent_id(&event.container_id) else {
+            return Ok(None);
+        };
+        let Some(mut record) = st.containers.get(name).cloned() else {
+            return Ok(None);
+        };
+        let update = S::try_from(event.state).unwrap_or(S::Unspecified);
+        if event.removed
+            || record.node != node
+            || record.restart_count != run
+            || !moves_forward(state(&record), update)
+        {
+            return Ok(None);
+        }
+        let was_lost = state(&record) == S::Lost;
+        records::merge_agent_event(&mut record, &event);
+        record.status_message = records::describe(&record);
+        if was_lost {
+            record.status_message = format!(
+                "node {node} is back; while it was away the container: {}",
+                event.details
+            );
+        }
+        let mut out = self.commit(
+            &mut st,
+            vec![
+                Change::Container(WatchEventType::Updated, record),
+                Change::Node(node_record),
+            ],
+        )?;
+        Ok(out.pop())
+    }
+
+    /// Compares what the node runs with the records after it (re)registered: copies of the
+    /// current run update their record, copies the records do not point at are stopped and
+    /// removed, SCHEDULED records are dispatched again, and records whose copy the node no
+    /// longer has are LOST.
+    pub(crate) async fn reconcile(self: Arc<Self>, node: String) {
+        let span = tracing::info_span!("reconcile", node = %node);
+        tracing::Instrument::instrument(self.reconcile_node(node), span).await
+    }
+
+    async fn reconcile_node(self: Arc<Self>, node: String) {
+        let revision_before = self.revision();
+        let listed = match self.client_for(&node) {
+            Ok(mut client) => client
+                .list_containers(v1::ListContainersRequest::default())
+                .await
+                .map(|r| r.into_inner().containers)
+                .map_err(|s| s.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let copies = match listed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot list the node's containers: {e}");
+                return;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for copy in copies {
+            if !is_ours(&copy) {
+                continue; // Not started by the controller (an admin's local container).
+            }
+            let Some((name, run)) = records::parse_agent_id(&copy.name) else {
+                continue;
+            };
+            let (name, copy_id) = (name.to_string(), copy.name.clone());
+            let record = self.get(&name).ok();
+            let current = record
+                .as_ref()
+                .is_some_and(|r| r.node == node && r.restart_count == run);
+            if current {
+                seen.insert(name);
+                if let Err(e) = self.apply_agent_view(&node, copy).await {
+                    tracing::error!("reconciling: {e}");
+                }
+                continue;
+            }
+            // A stale copy: its record is gone, or moved on to another node or run.
+            let running = !is_final(state(&copy));
+            tracing::warn!(container = %copy_id, running, "removing a stale copy");
+            if let Ok(mut client) = self.client_for(&node) {
+                if let Err(s) = client
+                    .remove_container(v1::RemoveContainerRequest {
+                        id: copy_id.clone(),
+                        force: true,
+                    })
+                    .await
+                {
+                    tracing::warn!(container = %copy_id, "removing a stale copy: {s}");
+                    continue;
+                }
+            }
+            if running && record.is_some() {
+                let note = format!(
+                    "stopped and removed a stale copy of run {run} on node {node}, which came back"
+                );
+                let noted = self
+                    .commit_blocking(move |c| {
+                        c.update(&name, |r| {
+                            r.status_message = note;
+                            true
+                        })
+                    })
+                    .await;
+                if let Err(e) = noted {
+                    tracing::error!("recording a stale copy: {e}");
+                }
+            }
+        }
+        // Records on this node whose copy the node does not have.
+        let missing: Vec<v1::Container> = {
+            let st = self.lock();
+            st.containers
+                .values()
+                .filter(|c| c.node == node && !seen.contains(&c.name))
+                .filter(|c| matches!(state(c), S::Scheduled | S::Preparing | S::Running))
+                .filter(|c| c.revision <= revision_before && !st.inflight.contains(&c.name))
+                .cloned()
+                .collect()
+        };
+        for c in missing {
+            if state(&c) == S::Scheduled {
+                self.spawn_dispatch(&c);
+                continue;
+            }
+            let name = c.name.clone();
+            let n = node.clone();
+            let lost = self
+                .commit_blocking(move |cl| {
+                    cl.update(&name, |r| {
+                        if r.node != n || r.revision != c.revision {
+                            return false;
+                        }
+                        r.state = S::Lost as i32;
+                        r.pid = 0;
+                        r.status_message = format!("node {n} no longer has the container");
+                        true
+                    })
+                })
+                .await;
+            match lost {
+                Ok(r) if state(&r) == S::Lost => self.after_end(&r),
+                Ok(_) => {}
+                Err(e) => tracing::error!("recording a lost container: {e}"),
+            }
+        }
+    }
+}

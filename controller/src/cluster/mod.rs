@@ -1,0 +1,444 @@
+//! The cluster's state and every change to it.
+//!
+//! One [`Cluster`] holds the container records, the nodes, the scheduler's reservations and
+//! the recent watch events in memory, behind one mutex. Every change goes through
+//! [`Cluster::commit`]: it numbers the changed records with the next cluster-wide revisions,
+//! writes them and their watch events to the [`Store`] in one durable batch, and only then
+//! applies them in memory (reservations and the pending queue follow from the records) and
+//! publishes them to watchers. So nothing is acknowledged or published that a crash could
+//! take back.
+//!
+//! The operations live in submodules by concern: [`containers`] (create, stop, kill,
+//! remove, restart, pending placement), [`nodes`] (registration, heartbeats, liveness,
+//! cordon, drain), [`dispatch`] (starting containers on agents, following agents' events,
+//! reconciliation after a node comes back), [`rootfs`] (builds and listings across nodes).
+
+pub mod containers;
+pub mod dispatch;
+pub mod nodes;
+pub mod records;
+pub mod rootfs;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use hutch_agent::service::convert::timestamp;
+use hutch_proto::v1::{self, ContainerState as S, WatchEventType};
+use thiserror::Error;
+use tokio::sync::{broadcast, Notify};
+
+use crate::agents::AgentPool;
+use crate::scheduler::{Scheduler, Strategy};
+use crate::store::{Batch, Store, StoreError, Write};
+use records::{holds_reservation, state};
+
+/// How the cluster behaves; see the controller's configuration.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Ranking of candidate nodes.
+    pub strategy: Strategy,
+    /// How often agents heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before a node is NOT_READY.
+    pub not_ready_misses: u32,
+    /// Silence after which a node is DOWN and its containers LOST.
+    pub down_after: Duration,
+    /// Memory reserved for a container without a memory limit.
+    pub default_reservation_bytes: u64,
+    /// Watch events kept for resuming watchers.
+    pub event_keep: usize,
+    /// First delay before a restart; doubles per restart.
+    pub restart_backoff: Duration,
+    /// Longest delay before a restart.
+    pub restart_backoff_max: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            strategy: Strategy::Spread,
+            heartbeat_interval: Duration::from_secs(1),
+            not_ready_misses: 3,
+            down_after: Duration::from_secs(30),
+            default_reservation_bytes: 64 << 20,
+            event_keep: 10_000,
+            restart_backoff: Duration::from_secs(1),
+            restart_backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why an operation on the cluster failed. Each variant maps to one gRPC code at the edge.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such container, node or rootfs.
+    #[error("{0}")]
+    NotFound(String),
+    /// A container with that name exists with another spec.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The operation does not fit the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A node that must be asked cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A watch asked for a revision no longer kept.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A node answered with an error (its code is kept).
+    #[error("node {node}: {status}")]
+    Node {
+        /// The node.
+        node: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// The state store failed; nothing was changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the controller keeps per node besides its record.
+pub(crate) struct NodeEntry {
+    pub record: v1::Node,
+    /// Last heartbeat or registration (monotonic).
+    pub last_seen: Instant,
+    /// Registered with this controller process (heartbeats carry its session).
+    pub registered: bool,
+    /// The task following the agent's events.
+    pub link: Option<tokio::task::AbortHandle>,
+}
+
+/// Everything behind the mutex.
+pub(crate) struct State {
+    pub containers: HashMap<String, v1::Container>,
+    pub nodes: BTreeMap<String, NodeEntry>,
+    pub scheduler: Scheduler,
+    pub revision: u64,
+    pub events: VecDeque<v1::WatchEvent>,
+    /// PENDING containers, oldest first.
+    pub pending: Vec<String>,
+    pub rootfs_specs: HashMap<String, v1::RootfsSpec>,
+    /// Containers with a dispatch to their node in flight.
+    pub inflight: HashSet<String>,
+    /// Containers stopped by a drain: their restart policy treats the stop as a failure.
+    pub evicted: HashSet<String>,
+}
+
+/// One change to commit.
+pub(crate) enum Change {
+    /// A container record, new or changed.
+    Container(WatchEventType, v1::Container),
+    /// A container record to forget.
+    Removed(v1::Container),
+    /// A node record.
+    Node(v1::Node),
+    /// A rootfs spec the cluster can build.
+    RootfsSpec(v1::RootfsSpec),
+}
+
+/// The cluster.
+pub struct Cluster {
+    pub(crate) config: ClusterConfig,
+    store: Box<dyn Store>,
+    state: Mutex<State>,
+    /// Changes with every start of the controller; heartbeats must carry it.
+    pub(crate) session: String,
+    watchers: broadcast::Sender<v1::WatchEvent>,
+    /// Wakes the pending-placement loop.
+    pub(crate) kick: Arc<Notify>,
+    pub(crate) agents: AgentPool,
+}
+
+/// Live events buffered per watcher before it is cut off as too slow.
+pub const WATCH_BUFFER: usize = 4096;
+
+impl Cluster {
+    /// Loads the state from `store` and starts the background loops (pending placement,
+    /// node liveness). Nodes start NOT_READY until they register with this process.
+    pub fn start(config: ClusterConfig, store: Box<dyn Store>) -> Result<Arc<Cluster>, ClusterError> {
+        let snap = store.load()?;
+        let mut st = State {
+            containers: HashMap::new(),
+            nodes: BTreeMap::new(),
+            scheduler: Scheduler::new(config.strategy),
+            revision: snap.revision,
+            events: snap.events.into(),
+            pending: Vec::new(),
+            rootfs_specs: snap
+                .rootfs_specs
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect(),
+            inflight: HashSet::new(),
+            evicted: HashSet::new(),
+        };
+        let now = Instant::now();
+        for mut node in snap.nodes {
+            if node.state != v1::NodeState::Down as i32 {
+                node.state = v1::NodeState::NotReady as i32;
+                node.message = "controller restarted; waiting for the node to register".into();
+            }
+            st.scheduler
+                .set_node(&node.name, nodes::capacity_of(&node, false));
+            st.nodes.insert(
+                node.name.clone(),
+                NodeEntry {
+                    record: node,
+                    last_seen: now,
+                    registered: false,
+                    link: None,
+                },
+            );
+        }
+        let mut created: Vec<&v1::Container> = snap.containers.iter().collect();
+        created.sort_by_key(|c| (c.created_at.map(|t| (t.seconds, t.nanos)), c.name.clone()));
+        for c in created {
+            Self::account(&mut st, None, Some(c));
+        }
+        st.containers = snap
+            .containers
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        let cluster = Arc::new(Cluster {
+            config,
+            store,
+            state: Mutex::new(st),
+            session: new_session(),
+            watchers: broadcast::channel(WATCH_BUFFER).0,
+            kick: Arc::new(Notify::new()),
+            agents: AgentPool::default(),
+        });
+        tokio::spawn(containers::placement_loop(Arc::downgrade(&cluster)));
+        tokio::spawn(nodes::liveness_loop(Arc::downgrade(&cluster)));
+        cluster.kick.notify_one();
+        Ok(cluster)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (commit applies after the
+        // store write, field by field); keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the scheduler's reservations and the pending queue in step with a record
+    /// changing from `old` to `new`.
+    fn account(st: &mut State, old: Option<&v1::Container>, new: Option<&v1::Container>) {
+        if let Some(o) = old {
+            if holds_reservation(state(o)) && !o.node.is_empty() {
+                st.scheduler.release(&o.node, o.reserved_memory_bytes);
+            }
+        }
+        match new {
+            Some(n) if holds_reservation(state(n)) && !n.node.is_empty() => {
+                st.scheduler.reserve(&n.node, n.reserved_memory_bytes);
+            }
+            _ => {}
+        }
+        let name = new.or(old).map(|c| c.name.clone()).unwrap_or_default();
+        let pending_now = new.is_some_and(|n| state(n) == S::Pending);
+        let was_pending = st.pending.contains(&name);
+        if pending_now && !was_pending {
+            st.pending.push(name);
+        } else if !pending_now && was_pending {
+            st.pending.retain(|p| p != &name);
+        }
+    }
+
+    /// Persists `changes` in one durable batch, then applies and publishes them. Returns
+    /// the container records as committed (with their revisions).
+    pub(crate) fn commit(
+        &self,
+        st: &mut State,
+        changes: Vec<Change>,
+    ) -> Result<Vec<v1::Container>, ClusterError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = Batch::default();
+        let mut revision = st.revision;
+        let mut events = Vec::new();
+        let mut records = Vec::new();
+        let now = Some(timestamp(SystemTime::now()));
+        for change in changes {
+            match change {
+                Change::Container(kind, mut c) => {
+                    revision += 1;
+                    c.revision = revision;
+                    batch.writes.push(Write::PutContainer(c.clone()));
+                    events.push(watch_event(revision, now, kind, &c));
+                    records.push((kind, c));
+                }
+                Change::Removed(mut c) => {
+                    revision += 1;
+                    c.revision = revision;
+                    batch.writes.push(Write::DeleteContainer(c.name.clone()));
+                    events.push(watch_event(revision, now, WatchEventType::Removed, &c));
+                    records.push((WatchEventType::Removed, c));
+                }
+                Change::Node(n) => batch.writes.push(Write::PutNode(n)),
+                Change::RootfsSpec(r) => batch.writes.push(Write::PutRootfsSpec(r)),
+            }
+        }
+        for e in &events {
+            batch.writes.push(Write::Event(e.clone()));
+        }
+        batch.revision = revision;
+        let kept = st.events.len() + events.len();
+        if kept > self.config.event_keep {
+            let first_kept = revision + 1 - self.config.event_keep.min(kept) as u64;
+            batch.drop_events_below = first_kept;
+        }
+        self.store.commit(&batch)?;
+
+        // Durable: apply and publish.
+        st.revision = revision;
+        for w in batch.writes {
+            match w {
+                Write::PutNode(n) => {
+                    if let Some(entry) = st.nodes.get_mut(&n.name) {
+                        entry.record = n;
+                    }
+                }
+                Write::PutRootfsSpec(r) => {
+                    st.rootfs_specs.insert(r.name.clone(), r);
+                }
+                _ => {}
+            }
+        }
+        let mut committed = Vec::new();
+        for (kind, c) in records {
+            let old = st.containers.get(&c.name).cloned();
+            if kind == WatchEventType::Removed {
+                Self::account(st, old.as_ref(), None);
+                st.containers.remove(&c.name);
+                st.evicted.remove(&c.name);
+            } else {
+                Self::account(st, old.as_ref(), Some(&c));
+                st.containers.insert(c.name.clone(), c.clone());
+            }
+            committed.push(c);
+        }
+        for e in events {
+            st.events.push_back(e.clone());
+            // No receivers is fine: nobody watches.
+            let _ = self.watchers.send(e);
+        }
+        while st.events.len() > self.config.event_keep {
+            st.events.pop_front();
+        }
+        Ok(committed)
+    }
+
+    /// Commits under the lock, from a blocking thread (the store's commit waits for the
+    /// disk).
+    pub(crate) async fn commit_blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Arc<Cluster>) -> T + Send + 'static,
+    ) -> T {
+        let me = self.clone();
+        let task = tokio::task::spawn_blocking(move || f(&me));
+        match task.await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// The record of `name`.
+    pub fn get(&self, name: &str) -> Result<v1::Container, ClusterError> {
+        self.lock()
+            .containers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Records matching the filters, by name.
+    pub fn list(
+        &self,
+        node: &str,
+        want: Option<S>,
+        labels: &HashMap<String, String>,
+    ) -> Vec<v1::Container> {
+        let st = self.lock();
+        let mut out: Vec<v1::Container> = st
+            .containers
+            .values()
+            .filter(|c| node.is_empty() || c.node == node)
+            .filter(|c| want.is_none_or(|w| state(c) == w))
+            .filter(|c| {
+                let have = c.spec.as_ref().map(|s| &s.labels);
+                labels
+                    .iter()
+                    .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+            })
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Every change after `since` (kept ones), then a receiver of live ones, without gap
+    /// or duplicate: both are taken under the lock that commits publish under.
+    pub fn watch(
+        &self,
+        since: u64,
+    ) -> Result<(Vec<v1::WatchEvent>, broadcast::Receiver<v1::WatchEvent>), ClusterError> {
+        let st = self.lock();
+        let oldest = st.events.front().map_or(st.revision + 1, |e| e.revision);
+        if since > 0 && since + 1 < oldest {
+            return Err(ClusterError::OutOfRange(format!(
+                "revision {since} is no longer kept (the oldest kept is {oldest}); list the containers to resync, then watch from revision {}",
+                st.revision
+            )));
+        }
+        if since > st.revision {
+            return Err(ClusterError::OutOfRange(format!(
+                "revision {since} is in the future: the cluster is at revision {}",
+                st.revision
+            )));
+        }
+        let replay = st
+            .events
+            .iter()
+            .filter(|e| e.revision > since)
+            .cloned()
+            .collect();
+        Ok((replay, self.watchers.subscribe()))
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+}
+
+fn watch_event(
+    revision: u64,
+    time: Option<prost_types::Timestamp>,
+    kind: WatchEventType,
+    c: &v1::Container,
+) -> v1::WatchEvent {
+    v1::WatchEvent {
+        revision,
+        time,
+        r#type: kind as i32,
+        container: Some(c.clone()),
+    }
+}
+
+/// `NotFound` for a container name.
+pub(crate) fn not_found(name: &str) -> ClusterError {
+    ClusterError::NotFound(format!("container '{name}' not found"))
+}
+
+/// A random session id.
+fn new_session() -> String {
+    hutch_agent::names::random_container_name().replacen("c-", "s-", 1)
+}

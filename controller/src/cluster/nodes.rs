@@ -1,0 +1,400 @@
+//! Nodes: registration, heartbeats, liveness (READY, NOT_READY, DOWN), cordon and drain.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use hutch_agent::names::validate_name;
+use hutch_agent::service::convert::timestamp;
+use hutch_proto::v1::agent_client::AgentClient;
+use hutch_proto::v1::{self, ContainerState as S, NodeState, WatchEventType};
+use tonic::transport::Channel;
+
+use super::records::{holds_reservation, state};
+use super::{Change, Cluster, ClusterError, NodeEntry, State};
+use crate::scheduler::NodeCapacity;
+
+/// What the scheduler needs of a node record.
+pub(crate) fn capacity_of(n: &v1::Node, schedulable: bool) -> NodeCapacity {
+    NodeCapacity {
+        labels: n.labels.clone().into_iter().collect(),
+        allocatable_bytes: n.memory_allocatable_bytes,
+        schedulable,
+        rootfs: n.rootfs.iter().cloned().collect(),
+    }
+}
+
+fn node_state(n: &v1::Node) -> NodeState {
+    NodeState::try_from(n.state).unwrap_or(NodeState::Unspecified)
+}
+
+fn schedulable(n: &v1::Node) -> bool {
+    node_state(n) == NodeState::Ready && !n.cordoned
+}
+
+fn node_not_found(name: &str) -> ClusterError {
+    ClusterError::NotFound(format!("node '{name}' is not registered"))
+}
+
+impl Cluster {
+    /// Registers (or re-registers) a node; answers with the session its heartbeats carry.
+    /// Its event stream is followed from the last event applied, and what it runs is
+    /// reconciled with the records.
+    pub fn register(
+        self: &Arc<Self>,
+        req: v1::RegisterRequest,
+    ) -> Result<v1::RegisterResponse, ClusterError> {
+        validate_name("node name", &req.name)
+            .map_err(|e| ClusterError::InvalidArgument(format!("name: {e}")))?;
+        if req.address.parse::<std::net::SocketAddr>().is_err()
+            && !req.address.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty() && p.parse::<u16>().is_ok()
+            })
+        {
+            return Err(ClusterError::InvalidArgument(format!(
+                "address: '{}' is not host:port (the address the controller dials to reach the agent)",
+                req.address
+            )));
+        }
+        let name = req.name.clone();
+        let mut st = self.lock();
+        let old = st.nodes.get(&name).map(|e| e.record.clone());
+        if let Some(o) = &old {
+            if o.address != req.address {
+                self.agents.forget(&o.address);
+            }
+        }
+        let old = old.unwrap_or_default();
+        // Follow the agent's events from the last one applied; a new node's history is not
+        // ours, and an agent whose log restarted is read from its beginning.
+        let last_event_seq = if old.name.is_empty() {
+            req.last_event_seq
+        } else if req.last_event_seq < old.last_event_seq {
+            0
+        } else {
+            old.last_event_seq
+        };
+        let now = Some(timestamp(SystemTime::now()));
+        let record = v1::Node {
+            name: name.clone(),
+            address: req.address,
+            labels: req.labels,
+            state: NodeState::Ready as i32,
+            cordoned: old.cordoned,
+            hostname: req.hostname,
+            kernel: req.kernel,
+            cgroup_version: req.cgroup_version,
+            agent_version: req.agent_version,
+            memory_total_bytes: req.memory_total_bytes,
+            memory_allocatable_bytes: req.memory_allocatable_bytes,
+            memory_reserved_bytes: 0,
+            memory_used_bytes: 0,
+            running_containers: 0,
+            rootfs: req.rootfs,
+            registered_at: now,
+            last_heartbeat: now,
+            last_event_seq,
+            message: if old.name.is_empty() {
+                "registered".into()
+            } else {
+                "registered again".into()
+            },
+        };
+        let entry = st.nodes.entry(name.clone()).or_insert_with(|| NodeEntry {
+            record: record.clone(),
+            last_seen: Instant::now(),
+            registered: true,
+            link: None,
+        });
+        entry.last_seen = Instant::now();
+        entry.registered = true;
+        if let Some(link) = entry.link.take() {
+            link.abort();
+        }
+        self.commit(&mut st, vec![Change::Node(record.clone())])?;
+        st.scheduler
+            .set_node(&name, capacity_of(&record, schedulable(&record)));
+        let link = tokio::spawn(self.clone().follow_events(name.clone())).abort_handle();
+        if let Some(e) = st.nodes.get_mut(&name) {
+            e.link = Some(link);
+        }
+        drop(st);
+        tracing::info!(node = %name, address = %record.address, "node registered");
+        tokio::spawn(self.clone().reconcile(name));
+        self.kick.notify_one();
+        Ok(v1::RegisterResponse {
+            session: self.session.clone(),
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+        })
+    }
+
+    /// Records a heartbeat. `FailedPrecondition` asks the agent to register again.
+    pub fn heartbeat(self: &Arc<Self>, req: v1::HeartbeatRequest) -> Result<(), ClusterError> {
+        let mut st = self.lock();
+        let again = |why: &str| {
+            ClusterError::FailedPrecondition(format!("node '{}': {why}; register again", req.name))
+        };
+        let Some(entry) = st.nodes.get_mut(&req.name) else {
+            return Err(again("not registered"));
+        };
+        if req.session != self.session || !entry.registered {
+            return Err(again("the controller restarted since it registered"));
+        }
+        if node_state(&entry.record) == NodeState::Down {
+            return Err(again("it was down"));
+        }
+        entry.last_seen = Instant::now();
+        let r = &mut entry.record;
+        r.last_heartbeat = Some(timestamp(SystemTime::now()));
+        r.memory_used_bytes = req.memory_used_bytes;
+        r.running_containers = req.running_containers;
+        let rootfs_changed = r.rootfs != req.rootfs;
+        r.rootfs = req.rootfs;
+        let was_not_ready = node_state(r) == NodeState::NotReady;
+        let record = r.clone();
+        if rootfs_changed {
+            st.scheduler
+                .set_rootfs(&req.name, record.rootfs.iter().cloned().collect());
+        }
+        if was_not_ready {
+            let mut ready = record;
+            ready.state = NodeState::Ready as i32;
+            ready.message = "heartbeats resumed".into();
+            self.commit(&mut st, vec![Change::Node(ready.clone())])?;
+            st.scheduler.set_schedulable(&req.name, schedulable(&ready));
+            tracing::info!(node = %req.name, "node ready again");
+        }
+        if rootfs_changed || was_not_ready {
+            self.kick.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Moves silent nodes to NOT_READY, then DOWN; the containers of a DOWN node become
+    /// LOST (and are restarted elsewhere when their policy says so).
+    pub(crate) fn check_liveness(self: &Arc<Self>) {
+        let not_ready_after = self.config.heartbeat_interval * self.config.not_ready_misses;
+        let mut lost = Vec::new();
+        {
+            let mut st = self.lock();
+            let now = Instant::now();
+            let mut changes = Vec::new();
+            let mut down_nodes = Vec::new();
+            for (name, entry) in st.nodes.iter_mut() {
+                let silent = now.duration_since(entry.last_seen);
+                let r = &entry.record;
+                match node_state(r) {
+                    NodeState::Ready | NodeState::NotReady if silent >= self.config.down_after => {
+                        let mut n = r.clone();
+                        n.state = NodeState::Down as i32;
+                        n.message = format!("down: no heartbeat for {}", secs(silent));
+                        if let Some(link) = entry.link.take() {
+                            link.abort();
+                        }
+                        entry.registered = false;
+                        tracing::warn!(node = %name, "node down");
+                        down_nodes.push(name.clone());
+                        changes.push(Change::Node(n));
+                    }
+                    NodeState::Ready if silent >= not_ready_after => {
+                        let mut n = r.clone();
+                        n.state = NodeState::NotReady as i32;
+                        n.message = format!(
+                            "not ready: {} heartbeats missed",
+                            silent.as_millis() / self.config.heartbeat_interval.as_millis().max(1)
+                        );
+                        tracing::warn!(node = %name, "node not ready");
+                        changes.push(Change::Node(n));
+                    }
+                    _ => {}
+                }
+            }
+            if changes.is_empty() {
+                return;
+            }
+            for node in &down_nodes {
+                for c in st.containers.values() {
+                    if c.node == *node && holds_reservation(state(c)) {
+                        let mut l = c.clone();
+                        l.state = S::Lost as i32;
+                        l.pid = 0;
+                        l.status_message = format!("node {node} is down; the container's fate is unknown");
+                        changes.push(Change::Container(WatchEventType::Updated, l));
+                    }
+                }
+            }
+            match self.commit(&mut st, changes) {
+                Ok(committed) => lost = committed,
+                Err(e) => tracing::error!("recording node liveness: {e}"),
+            }
+            let names: Vec<String> = st.nodes.keys().cloned().collect();
+            for name in names {
+                if let Some(e) = st.nodes.get(&name) {
+                    let ok = schedulable(&e.record);
+                    st.scheduler.set_schedulable(&name, ok);
+                }
+            }
+        }
+        for c in lost {
+            self.after_end(&c);
+        }
+    }
+
+    /// Every node, by name.
+    pub fn nodes(&self) -> Vec<v1::Node> {
+        let st = self.lock();
+        st.nodes.keys().filter_map(|n| node_view(&st, n)).collect()
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Result<v1::Node, ClusterError> {
+        node_view(&self.lock(), name).ok_or_else(|| node_not_found(name))
+    }
+
+    /// Cordons or uncordons a node.
+    pub fn set_cordoned(self: &Arc<Self>, name: &str, cordoned: bool) -> Result<v1::Node, ClusterError> {
+        let mut st = self.lock();
+        let mut n = st
+            .nodes
+            .get(name)
+            .map(|e| e.record.clone())
+            .ok_or_else(|| node_not_found(name))?;
+        if n.cordoned != cordoned {
+            n.cordoned = cordoned;
+            n.message = if cordoned { "cordoned" } else { "uncordoned" }.into();
+            self.commit(&mut st, vec![Change::Node(n.clone())])?;
+            st.scheduler.set_schedulable(name, schedulable(&n));
+        }
+        let view = node_view(&st, name).ok_or_else(|| node_not_found(name))?;
+        drop(st);
+        if !cordoned {
+            self.kick.notify_one();
+        }
+        Ok(view)
+    }
+
+    /// Cordons the node and stops its containers; those whose restart policy is not
+    /// `never` start again elsewhere.
+    pub async fn drain(self: &Arc<Self>, name: &str) -> Result<v1::DrainNodeResponse, ClusterError> {
+        let me = self.clone();
+        let node_name = name.to_string();
+        self.commit_blocking(move |c| c.set_cordoned(&node_name, true)).await?;
+        let victims: Vec<v1::Container> = {
+            let mut st = me.lock();
+            let v: Vec<v1::Container> = st
+                .containers
+                .values()
+                .filter(|c| c.node == name && holds_reservation(state(c)))
+                .cloned()
+                .collect();
+            for c in &v {
+                st.evicted.insert(c.name.clone());
+            }
+            v
+        };
+        let mut stopped = Vec::new();
+        for c in &victims {
+            let mut client = self.client_for(name)?;
+            let mut request = tonic::Request::new(v1::StopContainerRequest {
+                id: super::records::current_agent_id(c),
+                grace_seconds: None,
+            });
+            request.set_timeout(Duration::from_secs(60));
+            match client.stop_container(request).await {
+                Ok(view) => {
+                    self.apply_agent_view(name, view.into_inner()).await?;
+                    stopped.push(c.name.clone());
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(super::containers::node_error(name, s)),
+            }
+        }
+        Ok(v1::DrainNodeResponse {
+            node: Some(self.node(name)?),
+            containers: stopped,
+        })
+    }
+
+    /// A client for the agent of `node`.
+    pub(crate) fn client_for(&self, node: &str) -> Result<AgentClient<Channel>, ClusterError> {
+        let (address, st) = {
+            let st = self.lock();
+            let e = st.nodes.get(node).ok_or_else(|| node_not_found(node))?;
+            (e.record.address.clone(), node_state(&e.record))
+        };
+        if st == NodeState::Down {
+            return Err(ClusterError::Unavailable(format!(
+                "node '{node}' is down; try again when it is back"
+            )));
+        }
+        self.agents
+            .client(&address)
+            .map_err(ClusterError::Unavailable)
+    }
+
+    /// Names of the nodes a rootfs build or listing goes to.
+    pub(crate) fn target_nodes(
+        &self,
+        node: &str,
+        selector: &std::collections::HashMap<String, String>,
+    ) -> Result<Vec<String>, ClusterError> {
+        let st = self.lock();
+        if !node.is_empty() {
+            return st
+                .nodes
+                .contains_key(node)
+                .then(|| vec![node.to_string()])
+                .ok_or_else(|| node_not_found(node));
+        }
+        Ok(st
+            .nodes
+            .values()
+            .filter(|e| node_state(&e.record) == NodeState::Ready)
+            .filter(|e| selector.iter().all(|(k, v)| e.record.labels.get(k) == Some(v)))
+            .map(|e| e.record.name.clone())
+            .collect())
+    }
+
+    /// Adds a rootfs a node now has.
+    pub(crate) fn node_has_rootfs(&self, node: &str, rootfs: &str) {
+        let mut st = self.lock();
+        let Some(e) = st.nodes.get_mut(node) else {
+            return;
+        };
+        if e.record.rootfs.iter().any(|r| r == rootfs) {
+            return;
+        }
+        e.record.rootfs.push(rootfs.to_string());
+        e.record.rootfs.sort();
+        let set = e.record.rootfs.iter().cloned().collect();
+        st.scheduler.set_rootfs(node, set);
+        drop(st);
+        self.kick.notify_one();
+    }
+}
+
+/// A node with its live figures (reservations from the scheduler).
+fn node_view(st: &State, name: &str) -> Option<v1::Node> {
+    let e = st.nodes.get(name)?;
+    let mut n = e.record.clone();
+    n.memory_reserved_bytes = st.scheduler.reserved_bytes(name);
+    Some(n)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// Checks node liveness a few times per heartbeat interval.
+pub(crate) async fn liveness_loop(cluster: Weak<Cluster>) {
+    let period = match cluster.upgrade() {
+        Some(c) => (c.config.heartbeat_interval / 4).max(Duration::from_millis(20)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else { return };
+        c.commit_blocking(|c| c.check_liveness()).await;
+    }
+}

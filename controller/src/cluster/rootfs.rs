@@ -1,0 +1,129 @@
+//! Rootfs across nodes: a build on one, some or all nodes with every node's progress merged
+//! into one stream, and listings gathered from the nodes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hutch_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use super::{Change, Cluster, ClusterError};
+
+/// Longest a listing may wait for one node.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    /// Starts the build on the target nodes; every node's progress, result or error is sent
+    /// to `out`, tagged with the node. The spec is remembered (durably) so that any node
+    /// can build the rootfs again before a container needs it there.
+    pub async fn build_rootfs(
+        self: &Arc<Self>,
+        req: v1::ClusterBuildRootfsRequest,
+        out: mpsc::Sender<Result<v1::ClusterBuildRootfsResponse, tonic::Status>>,
+    ) -> Result<(), ClusterError> {
+        let spec = req
+            .rootfs
+            .ok_or_else(|| ClusterError::InvalidArgument("rootfs: missing".into()))?;
+        hutch_agent::service::convert::rootfs_from(Some(spec.clone()))
+            .map_err(|s| ClusterError::InvalidArgument(s.message().to_string()))?;
+        let nodes = self.target_nodes(&req.node, &req.node_selector)?;
+        if nodes.is_empty() {
+            return Err(ClusterError::FailedPrecondition(
+                "no ready node matches; check `ListNodes`".into(),
+            ));
+        }
+        let remembered = spec.clone();
+        self.commit_blocking(move |c| {
+            let mut st = c.lock();
+            c.commit(&mut st, vec![Change::RootfsSpec(remembered)]).map(drop)
+        })
+        .await?;
+        for node in nodes {
+            let me = self.clone();
+            let out = out.clone();
+            let spec = spec.clone();
+            tokio::spawn(async move {
+                let tag = |event| v1::ClusterBuildRootfsResponse {
+                    node: node.clone(),
+                    event: Some(event),
+                };
+                let error = |status: tonic::Status| {
+                    v1::cluster_build_rootfs_response::Event::Error(v1::NodeError {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    })
+                };
+                let name = spec.name.clone();
+                let stream = match me.client_for(&node) {
+                    Ok(mut client) => client
+                        .build_rootfs(v1::BuildRootfsRequest { rootfs: Some(spec) })
+                        .await
+                        .map(tonic::Response::into_inner),
+                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                };
+                let mut stream = match stream {
+                    Ok(s) => s,
+                    Err(s) => {
+                        let _ = out.send(Ok(tag(error(s)))).await;
+                        return;
+                    }
+                };
+                while let Some(item) = stream.next().await {
+                    use v1::build_rootfs_response::Event as In;
+                    use v1::cluster_build_rootfs_response::Event as Out;
+                    let event = match item {
+                        Ok(v1::BuildRootfsResponse {
+                            event: Some(In::Progress(p)),
+                        }) => Out::Progress(p),
+                        Ok(v1::BuildRootfsResponse {
+                            event: Some(In::Result(r)),
+                        }) => {
+                            me.node_has_rootfs(&node, &name);
+                            Out::Result(r)
+                        }
+                        Ok(_) => continue,
+                        Err(s) => error(s),
+                    };
+                    if out.send(Ok(tag(event))).await.is_err() {
+                        return; // The client went away; the node finishes the build.
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The rootfs of the target nodes (one node, or every ready one).
+    pub async fn list_rootfs(
+        self: &Arc<Self>,
+        node: &str,
+    ) -> Result<v1::ClusterListRootfsResponse, ClusterError> {
+        let nodes = self.target_nodes(node, &Default::default())?;
+        let mut response = v1::ClusterListRootfsResponse::default();
+        for node in nodes {
+            let listed = match self.client_for(&node) {
+                Ok(mut client) => {
+                    let mut request = tonic::Request::new(v1::ListRootfsRequest {});
+                    request.set_timeout(LIST_TIMEOUT);
+                    client
+                        .list_rootfs(request)
+                        .await
+                        .map(|r| r.into_inner().rootfs)
+                        .map_err(|s| s.message().to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match listed {
+                Ok(list) => response.rootfs.extend(list.into_iter().map(|r| v1::NodeRootfs {
+                    node: node.clone(),
+                    rootfs: Some(r),
+                })),
+                Err(e) => {
+                    response.unreachable.insert(node, e);
+                }
+            }
+        }
+        Ok(response)
+    }
+}

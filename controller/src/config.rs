@@ -1,0 +1,225 @@
+//! The controller's configuration: flags, then `HUTCH_*` environment variables, then the
+//! TOML file given with `--config`, then defaults; validated as a whole before anything is
+//! opened or bound. Unknown keys in the file are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hutch_agent::config::ConfigError;
+use hutch_agent::spec::parse_size;
+use serde::Deserialize;
+
+use crate::cluster::ClusterConfig;
+use crate::scheduler::Strategy;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+/// Default data directory (the state store lives there).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/hutch-controller";
+
+/// The file form (every key optional).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `host:port` to serve on.
+    pub listen: Option<String>,
+    /// Where the state store lives.
+    pub data_dir: Option<PathBuf>,
+    /// `spread` or `binpack`.
+    pub strategy: Option<String>,
+    /// How often agents heartbeat, e.g. "1s".
+    pub heartbeat_interval: Option<String>,
+    /// Missed heartbeats before a node is NOT_READY.
+    pub not_ready_misses: Option<u32>,
+    /// Silence before a node is DOWN, e.g. "30s".
+    pub down_after: Option<String>,
+    /// Memory reserved for containers without a limit, e.g. "64MiB".
+    pub default_memory_reservation: Option<String>,
+    /// Watch events kept for resuming.
+    pub event_keep: Option<usize>,
+    /// First restart delay, e.g. "1s".
+    pub restart_backoff: Option<String>,
+    /// Longest restart delay, e.g. "60s".
+    pub restart_backoff_max: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// Where the state store lives.
+    pub data_dir: PathBuf,
+    /// How the cluster behaves.
+    pub cluster: ClusterConfig,
+}
+
+/// Reads a TOML config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+fn duration(field: &'static str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(text) = text else { return Ok(default) };
+    let d = humantime::parse_duration(&text)
+        .map_err(|e| invalid(field, format!("'{text}' is not a duration like 500ms, 2s or 1m: {e}")))?;
+    if d.is_zero() {
+        return Err(invalid(field, "must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// Merges flags/env (`over`) over the file over defaults, and validates.
+pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, ConfigError> {
+    let defaults = ClusterConfig::default();
+    let listen_text = over
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("'{listen_text}' is not HOST:PORT with an IP address, e.g. {DEFAULT_LISTEN}"),
+        )
+    })?;
+    let data_dir = over
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if !data_dir.is_absolute() {
+        return Err(invalid(
+            "data_dir",
+            format!("'{}' must be an absolute path", data_dir.display()),
+        ));
+    }
+    let strategy = match over.strategy.or(file.strategy) {
+        Some(s) => s.parse::<Strategy>().map_err(|e| invalid("strategy", e))?,
+        None => defaults.strategy,
+    };
+    let heartbeat_interval = duration(
+        "heartbeat_interval",
+        over.heartbeat_interval.or(file.heartbeat_interval),
+        defaults.heartbeat_interval,
+    )?;
+    let not_ready_misses = over
+        .not_ready_misses
+        .or(file.not_ready_misses)
+        .unwrap_or(defaults.not_ready_misses);
+    if not_ready_misses == 0 {
+        return Err(invalid("not_ready_misses", "must be at least 1"));
+    }
+    let down_after = duration(
+        "down_after",
+        over.down_after.or(file.down_after),
+        defaults.down_after,
+    )?;
+    if down_after <= heartbeat_interval * not_ready_misses {
+        return Err(invalid(
+            "down_after",
+            format!(
+                "{} must be longer than heartbeat_interval x not_ready_misses ({})",
+                humantime::format_duration(down_after),
+                humantime::format_duration(heartbeat_interval * not_ready_misses)
+            ),
+        ));
+    }
+    let default_reservation_bytes = match over
+        .default_memory_reservation
+        .or(file.default_memory_reservation)
+    {
+        Some(t) => parse_size(&t).map_err(|e| invalid("default_memory_reservation", e))?,
+        None => defaults.default_reservation_bytes,
+    };
+    let event_keep = over
+        .event_keep
+        .or(file.event_keep)
+        .unwrap_or(defaults.event_keep);
+    if event_keep == 0 {
+        return Err(invalid("event_keep", "must be at least 1"));
+    }
+    let restart_backoff = duration(
+        "restart_backoff",
+        over.restart_backoff.or(file.restart_backoff),
+        defaults.restart_backoff,
+    )?;
+    let restart_backoff_max = duration(
+        "restart_backoff_max",
+        over.restart_backoff_max.or(file.restart_backoff_max),
+        defaults.restart_backoff_max,
+    )?
+    .max(restart_backoff);
+    Ok(ControllerConfig {
+        listen,
+        data_dir,
+        cluster: ClusterConfig {
+            strategy,
+            heartbeat_interval,
+            not_ready_misses,
+            down_after,
+            default_reservation_bytes,
+            event_keep,
+            restart_backoff,
+            restart_backoff_max,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = resolve(FileConfig::default(), FileConfig::default()).expect("defaults");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.cluster.strategy, Strategy::Spread);
+        let file: FileConfig =
+            toml::from_str("strategy = \"binpack\"\nheartbeat_interval = \"200ms\"\ndown_after = \"2s\"\n")
+                .expect("toml");
+        let over = FileConfig {
+            listen: Some("127.0.0.1:9000".into()),
+            ..Default::default()
+        };
+        let c = resolve(over, file).expect("config");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.cluster.strategy, Strategy::Binpack);
+        assert_eq!(c.cluster.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.cluster.down_after, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let bad = |f: FileConfig| resolve(f, FileConfig::default()).expect_err("invalid").to_string();
+        assert!(bad(FileConfig {
+            strategy: Some("random".into()),
+            ..Default::default()
+        })
+        .starts_with("strategy"));
+        assert!(bad(FileConfig {
+            down_after: Some("1s".into()),
+            ..Default::default()
+        })
+        .starts_with("down_after"));
+        assert!(bad(FileConfig {
+            heartbeat_interval: Some("soon".into()),
+            ..Default::default()
+        })
+        .starts_with("heartbeat_interval"));
+        assert!(toml::from_str::<FileConfig>("stratgy = \"spread\"").is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! hutch-controller: one endpoint for the whole cluster.
+//!
+//! Clients call `hutch.v1.Controller`; agents call `hutch.v1.Nodes` to register and
+//! heartbeat. The controller keeps every record in a durable store, places containers on
+//! nodes with room, starts them through the agents' `hutch.v1.Agent` API, follows each
+//! agent's event stream and re-publishes every change with a cluster-wide revision.
+//!
+//! Modules, one concern each:
+//! - [`scheduler`]: pure placement (filter, score, reservations).
+//! - [`store`]: the durable state behind a small trait; redb is the embedded backend.
+//! - [`cluster`]: the records and every change to them (containers, nodes, dispatch,
+//!   reconciliation, rootfs across nodes).
+//! - [`agents`]: gRPC channels to agents.
+//! - [`service`]: the gRPC services and server.
+//! - [`config`]: configuration from flags, environment and file.
+
+pub mod agents;
+pub mod cluster;
+pub mod scheduler;
+pub mod store;
+pub mod config;
+pub mod service;

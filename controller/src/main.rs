@@ -1,0 +1,164 @@
+//! `hutch-controller`: serves the cluster API (hutch.v1.Controller) and the agents' API
+//! (hutch.v1.Nodes) until SIGTERM or SIGINT.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hutch_controller::cluster::Cluster;
+use hutch_controller::config::{self, FileConfig};
+use hutch_controller::store::RedbStore;
+
+/// Exit code for errors of hutch itself.
+const EXIT_HUTCH_ERROR: u8 = 125;
+/// Exit code for invalid configuration.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "hutch-controller",
+    version,
+    about = "hutch's controller: one API for the whole cluster",
+    long_about = "hutch's controller. Clients call hutch.v1.Controller to create, watch and manage \
+containers anywhere in the cluster; agents started with `hutch-agent serve --controller URL` \
+register through hutch.v1.Nodes and heartbeat. Every record lives in an embedded store under \
+--data-dir and survives restarts.\n\n\
+Example: hutch-controller --listen 127.0.0.1:7000 --data-dir /var/lib/hutch-controller, then\n\
+  grpcurl -plaintext 127.0.0.1:7000 hutch.v1.Controller/ListNodes\n\n\
+Settings come from flags, then HUTCH_* environment variables, then the TOML file given with \
+--config, then defaults."
+)]
+struct Cli {
+    /// TOML config file (keys: listen, data_dir, strategy, heartbeat_interval,
+    /// not_ready_misses, down_after, default_memory_reservation, event_keep,
+    /// restart_backoff, restart_backoff_max).
+    #[arg(long, env = "HUTCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7000]; port 0 picks a free port (printed).
+    #[arg(long, env = "HUTCH_LISTEN")]
+    listen: Option<String>,
+    /// Where the state store (state.redb) lives [default: /var/lib/hutch-controller].
+    #[arg(long, env = "HUTCH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Placement: `spread` (most free memory first) or `binpack` (fill nodes one by one)
+    /// [default: spread].
+    #[arg(long, env = "HUTCH_STRATEGY")]
+    strategy: Option<String>,
+    /// How often agents heartbeat, e.g. 500ms [default: 1s].
+    #[arg(long, env = "HUTCH_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<String>,
+    /// Missed heartbeats before a node is NOT_READY [default: 3].
+    #[arg(long, env = "HUTCH_NOT_READY_MISSES")]
+    not_ready_misses: Option<u32>,
+    /// Silence after which a node is DOWN and its containers LOST [default: 30s].
+    #[arg(long, env = "HUTCH_DOWN_AFTER")]
+    down_after: Option<String>,
+    /// Memory the scheduler sets aside for a container without a memory limit
+    /// [default: 64MiB].
+    #[arg(long, env = "HUTCH_DEFAULT_MEMORY_RESERVATION")]
+    default_memory_reservation: Option<String>,
+    /// Watch events kept so watchers can resume [default: 10000].
+    #[arg(long, env = "HUTCH_EVENT_KEEP")]
+    event_keep: Option<usize>,
+    /// Delay before the first restart of a container; doubles per restart [default: 1s].
+    #[arg(long, env = "HUTCH_RESTART_BACKOFF")]
+    restart_backoff: Option<String>,
+    /// Longest delay between restarts [default: 60s].
+    #[arg(long, env = "HUTCH_RESTART_BACKOFF_MAX")]
+    restart_backoff_max: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(path) => match config::read_file(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("hutch-controller: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => FileConfig::default(),
+    };
+    let over = FileConfig {
+        listen: cli.listen,
+        data_dir: cli.data_dir,
+        strategy: cli.strategy,
+        heartbeat_interval: cli.heartbeat_interval,
+        not_ready_misses: cli.not_ready_misses,
+        down_after: cli.down_after,
+        default_memory_reservation: cli.default_memory_reservation,
+        event_keep: cli.event_keep,
+        restart_backoff: cli.restart_backoff,
+        restart_backoff_max: cli.restart_backoff_max,
+    };
+    let config = match config::resolve(over, file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hutch-controller: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hutch-controller: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_HUTCH_ERROR);
+        }
+    };
+    rt.block_on(async move {
+        let store = match RedbStore::open(&config.data_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("hutch-controller: {e} (is another controller using this data dir?)");
+                return ExitCode::from(EXIT_HUTCH_ERROR);
+            }
+        };
+        let cluster = match Cluster::start(config.cluster.clone(), Box::new(store)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("hutch-controller: {e}");
+                return ExitCode::from(EXIT_HUTCH_ERROR);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("hutch-controller: cannot listen on {}: {e}", config.listen);
+                return ExitCode::from(EXIT_HUTCH_ERROR);
+            }
+        };
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        if !config.listen.ip().is_loopback() {
+            tracing::warn!(%addr, "serving without TLS on a non-loopback address: anyone who can reach it can run containers on every node");
+        }
+        println!(
+            "hutch-controller listening on {addr} (revision {}, strategy {})",
+            cluster.revision(),
+            config.cluster.strategy
+        );
+        let _ = std::io::stdout().flush();
+        let shutdown = hutch_agent::service::server::shutdown_signal();
+        match hutch_controller::service::server::serve(cluster, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hutch-controller: {e}");
+                ExitCode::from(EXIT_HUTCH_ERROR)
+            }
+        }
+    })
+}

@@ -1,0 +1,592 @@
+//! Placement: which node a container goes to. Pure logic, no I/O, no clock.
+//!
+//! A node is a candidate when it is schedulable (ready and not cordoned), carries every label
+//! of the request's selector, has the rootfs (or the cluster can build it there), and has at
+//! least the requested memory free: allocatable minus what is already reserved for the
+//! containers placed on it. Reservations are taken by the caller with [`Scheduler::reserve`]
+//! the moment a placement is recorded, so a burst of creates can never overcommit a node.
+//!
+//! Candidates are kept in an index ordered by free memory, so a placement walks from the best
+//! end (`spread`: most free first; `binpack`: least free that fits first) and usually stops at
+//! the first node it looks at; nothing sorts all nodes per placement. Ties are broken by name,
+//! so the same state always gives the same answer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+/// How candidates are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// The node with the most free memory: containers spread over the cluster.
+    #[default]
+    Spread,
+    /// The node with the least free memory that still fits: nodes fill one after another.
+    Binpack,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "spread" => Ok(Strategy::Spread),
+            "binpack" => Ok(Strategy::Binpack),
+            other => Err(format!(
+                "unknown strategy '{other}': use 'spread' or 'binpack'"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::Spread => "spread",
+            Strategy::Binpack => "binpack",
+        })
+    }
+}
+
+/// What the scheduler knows of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCapacity {
+    /// Labels, matched by selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Memory containers may be promised in total.
+    pub allocatable_bytes: u64,
+    /// Ready and not cordoned.
+    pub schedulable: bool,
+    /// Rootfs names the node has.
+    pub rootfs: BTreeSet<String>,
+}
+
+/// One container to place.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Memory to reserve.
+    pub memory_bytes: u64,
+    /// Exactly this node, when set.
+    pub node: Option<&'a str>,
+    /// Labels the node must carry.
+    pub selector: &'a BTreeMap<String, String>,
+    /// The rootfs it runs on.
+    pub rootfs: &'a str,
+    /// The cluster knows how to build this rootfs on any node.
+    pub rootfs_buildable: bool,
+}
+
+/// Why no node fits; the text is meant for the container's status message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unschedulable(pub String);
+
+impl fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    capacity: NodeCapacity,
+    reserved_bytes: u64,
+}
+
+impl Slot {
+    fn free(&self) -> u64 {
+        self.capacity
+            .allocatable_bytes
+            .saturating_sub(self.reserved_bytes)
+    }
+}
+
+/// The nodes, their reservations, and the index of schedulable nodes by free memory.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    strategy: Strategy,
+    slots: HashMap<String, Slot>,
+    /// (free bytes, name) of every schedulable node.
+    by_free: BTreeSet<(u64, String)>,
+}
+
+impl Scheduler {
+    /// An empty scheduler ranking with `strategy`.
+    pub fn new(strategy: Strategy) -> Self {
+        Scheduler {
+            strategy,
+            ..Default::default()
+        }
+    }
+
+    /// The ranking in use.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    fn unindex(&mut self, name: &str) {
+        if let Some(slot) = self.slots.get(name) {
+            self.by_free.remove(&(slot.free(), name.to_string()));
+        }
+    }
+
+    fn index(&mut self, name: &str) {
+        if let Some(slot) = self.slots.get(name) {
+            if slot.capacity.schedulable {
+                self.by_free.insert((slot.free(), name.to_string()));
+            }
+        }
+    }
+
+    /// Adds a node or replaces what is known of it; its reservations stay.
+    pub fn set_node(&mut self, name: &str, capacity: NodeCapacity) {
+        self.unindex(name);
+        self.slots
+            .entry(name.to_string())
+            .and_modify(|s| s.capacity = capacity.clone())
+            .or_insert(Slot {
+                capacity,
+                reserved_bytes: 0,
+            });
+        self.index(name);
+    }
+
+    /// Marks a node schedulable or not (readiness, cordon).
+    pub fn set_schedulable(&mut self, name: &str, schedulable: bool) {
+        self.unindex(name);
+        if let Some(slot) = self.slots.get_mut(name) {
+            slot.capacity.schedulable = schedulable;
+        }
+        self.index(name);
+    }
+
+    /// Replaces the rootfs names a node has.
+    pub fn set_rootfs(&mut self, name: &str, rootfs: BTreeSet<String>) {
+        if let Some(slot) = self.slots.get_mut(name) {
+            slot.capacity.rootfs = rootfs;
+        }
+    }
+
+    /// Forgets a node (its reservations too).
+    pub fn remove_node(&mut self, name: &str) {
+        self.unindex(name);
+        self.slots.remove(name);
+    }
+
+    /// Sets `bytes` aside on `node` for a container placed there.
+    pub fn reserve(&mut self, node: &str, bytes: u64) {
+        self.unindex(node);
+        if let Some(slot) = self.slots.get_mut(node) {
+            slot.reserved_bytes = slot.reserved_bytes.saturating_add(bytes);
+        }
+        self.index(node);
+    }
+
+    /// Gives back what [`Scheduler::reserve`] set aside.
+    pub fn release(&mut self, node: &str, bytes: u64) {
+        self.unindex(node);
+        if let Some(slot) = self.slots.get_mut(node) {
+            slot.reserved_bytes = slot.reserved_bytes.saturating_sub(bytes);
+        }
+        self.index(node);
+    }
+
+    /// Memory reserved on `node`.
+    pub fn reserved_bytes(&self, node: &str) -> u64 {
+        self.slots.get(node).map_or(0, |s| s.reserved_bytes)
+    }
+
+    /// Memory still free on `node`.
+    pub fn free_bytes(&self, node: &str) -> u64 {
+        self.slots.get(node).map_or(0, Slot::free)
+    }
+
+    fn fits_besides_memory(slot: &Slot, req: &Request<'_>) -> bool {
+        slot.capacity.schedulable
+            && req
+                .selector
+                .iter()
+                .all(|(k, v)| slot.capacity.labels.get(k) == Some(v))
+            && (req.rootfs_buildable || slot.capacity.rootfs.contains(req.rootfs))
+    }
+
+    /// The node for `req`, or why there is none. Does not reserve anything.
+    pub fn place(&self, req: &Request<'_>) -> Result<String, Unschedulable> {
+        if let Some(name) = req.node {
+            return self.place_on(name, req);
+        }
+        let fits = |(free, name): &&(u64, String)| {
+            *free >= req.memory_bytes
+                && self
+                    .slots
+                    .get(name)
+                    .is_some_and(|s| Self::fits_besides_memory(s, req))
+        };
+        let found = match self.strategy {
+            Strategy::Spread => self.by_free.iter().rev().find(fits),
+            Strategy::Binpack => self
+                .by_free
+                .range((req.memory_bytes, String::new())..)
+                .find(fits),
+        };
+        match found {
+            Some((_, name)) => Ok(name.clone()),
+            None => Err(self.explain(req)),
+        }
+    }
+
+    fn place_on(&self, name: &str, req: &Request<'_>) -> Result<String, Unschedulable> {
+        let Some(slot) = self.slots.get(name) else {
+            return Err(Unschedulable(format!("node '{name}' is not registered")));
+        };
+        if !slot.capacity.schedulable {
+            return Err(Unschedulable(format!(
+                "node '{name}' is not ready or is cordoned"
+            )));
+        }
+        if let Some((k, v)) = req
+            .selector
+            .iter()
+            .find(|(k, v)| slot.capacity.labels.get(*k) != Some(*v))
+        {
+            return Err(Unschedulable(format!(
+                "node '{name}' does not carry the label {k}={v}"
+            )));
+        }
+        if !req.rootfs_buildable && !slot.capacity.rootfs.contains(req.rootfs) {
+            return Err(Unschedulable(format!(
+                "node '{name}' has no rootfs '{}'; build it there with BuildRootfs",
+                req.rootfs
+            )));
+        }
+        if slot.free() < req.memory_bytes {
+            return Err(Unschedulable(format!(
+                "node '{name}' has {} free memory; {} is needed",
+                human_bytes(slot.free()),
+                human_bytes(req.memory_bytes)
+            )));
+        }
+        Ok(name.to_string())
+    }
+
+    /// Why nothing fits: the first filter that leaves no node, with the numbers. Walks every
+    /// node, but only when a placement has failed.
+    fn explain(&self, req: &Request<'_>) -> Unschedulable {
+        if self.slots.is_empty() {
+            return Unschedulable("no node is registered".to_string());
+        }
+        let ready: Vec<(&String, &Slot)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.capacity.schedulable)
+            .collect();
+        if ready.is_empty() {
+            return Unschedulable(format!(
+                "none of the {} registered nodes is ready and uncordoned",
+                self.slots.len()
+            ));
+        }
+        let selected: Vec<_> = ready
+            .into_iter()
+            .filter(|(_, s)| {
+                req.selector
+                    .iter()
+                    .all(|(k, v)| s.capacity.labels.get(k) == Some(v))
+            })
+            .collect();
+        if selected.is_empty() {
+            let wanted: Vec<String> = req.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            return Unschedulable(format!(
+                "no ready node carries the labels {}",
+                wanted.join(",")
+            ));
+        }
+        let with_rootfs: Vec<_> = selected
+            .into_iter()
+            .filter(|(_, s)| req.rootfs_buildable || s.capacity.rootfs.contains(req.rootfs))
+            .collect();
+        if with_rootfs.is_empty() {
+            return Unschedulable(format!(
+                "no ready node has rootfs '{}'; build it with BuildRootfs",
+                req.rootfs
+            ));
+        }
+        let largest = with_rootfs
+            .iter()
+            .map(|(name, s)| (s.free(), std::cmp::Reverse(*name)))
+            .max();
+        match largest {
+            Some((free, std::cmp::Reverse(name))) => Unschedulable(format!(
+                "no node with {} free memory; largest free: {} on {name}",
+                human_bytes(req.memory_bytes),
+                human_bytes(free)
+            )),
+            None => Unschedulable("no node fits".to_string()),
+        }
+    }
+}
+
+/// `1.2 GiB`, `64 MiB`, `512 KiB`, `100 B`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() < 0.05 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    fn node(allocatable: u64, labels: &[(&str, &str)]) -> NodeCapacity {
+        NodeCapacity {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            allocatable_bytes: allocatable,
+            schedulable: true,
+            rootfs: ["debian".to_string()].into_iter().collect(),
+        }
+    }
+
+    fn req<'a>(memory: u64, selector: &'a BTreeMap<String, String>) -> Request<'a> {
+        Request {
+            memory_bytes: memory,
+            node: None,
+            selector,
+            rootfs: "debian",
+            rootfs_buildable: false,
+        }
+    }
+
+    fn place_and_reserve(s: &mut Scheduler, r: &Request<'_>) -> Result<String, Unschedulable> {
+        let n = s.place(r)?;
+        s.reserve(&n, r.memory_bytes);
+        Ok(n)
+    }
+
+    #[test]
+    fn spread_alternates_between_equal_nodes() {
+        let mut s = Scheduler::new(Strategy::Spread);
+        for n in ["a", "b", "c"] {
+            s.set_node(n, node(4 * GIB, &[]));
+        }
+        let none = BTreeMap::new();
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for _ in 0..30 {
+            let n = place_and_reserve(&mut s, &req(64 * MIB, &none)).expect("fits");
+            *counts.entry(n).or_default() += 1;
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
+    }
+
+    #[test]
+    fn binpack_fills_one_node_before_the_next() {
+        let mut s = Scheduler::new(Strategy::Binpack);
+        s.set_node("a", node(GIB, &[]));
+        s.set_node("b", node(GIB, &[]));
+        let none = BTreeMap::new();
+        let placed: Vec<String> = (0..8)
+            .map(|_| place_and_reserve(&mut s, &req(256 * MIB, &none)).expect("fits"))
+            .collect();
+        assert!(placed[..4].iter().all(|n| n == &placed[0]), "{placed:?}");
+        assert!(placed[4..].iter().all(|n| n != &placed[0]), "{placed:?}");
+        let err = s.place(&req(256 * MIB, &none)).expect_err("full");
+        assert_eq!(
+            err.0,
+            "no node with 256 MiB free memory; largest free: 0 B on a"
+        );
+    }
+
+    #[test]
+    fn memory_decides_and_the_reason_names_the_largest_free_node() {
+        let mut s = Scheduler::new(Strategy::Spread);
+        s.set_node("lab-1", node(GIB, &[]));
+        s.set_node("lab-2", node(GIB + GIB / 5, &[]));
+        let none = BTreeMap::new();
+        assert_eq!(s.place(&req(GIB + 100 * MIB, &none)), Ok("lab-2".into()));
+        let err = s.place(&req(2 * GIB, &none)).expect_err("too big");
+        assert_eq!(
+            err.0,
+            "no node with 2 GiB free memory; largest free: 1.2 GiB on lab-2"
+        );
+    }
+
+    #[test]
+    fn selectors_cordons_and_rootfs_filter() {
+        let mut s = Scheduler::new(Strategy::Spread);
+        s.set_node("gpu", node(GIB, &[("gpu", "yes")]));
+        s.set_node("big", node(8 * GIB, &[]));
+        let gpu: BTreeMap<String, String> = [("gpu".to_string(), "yes".to_string())].into();
+        assert_eq!(s.place(&req(MIB, &gpu)), Ok("gpu".into()));
+        s.set_schedulable("gpu", false);
+        assert_eq!(
+            s.place(&req(MIB, &gpu)).expect_err("cordoned").0,
+            "no ready node carries the labels gpu=yes"
+        );
+        let none = BTreeMap::new();
+        let mut other = req(MIB, &none);
+        other.rootfs = "alpine";
+        assert_eq!(
+            s.place(&other).expect_err("no rootfs").0,
+            "no ready node has rootfs 'alpine'; build it with BuildRootfs"
+        );
+        other.rootfs_buildable = true;
+        assert_eq!(s.place(&other), Ok("big".into()));
+        s.set_schedulable("big", false);
+        assert_eq!(
+            s.place(&req(MIB, &none)).expect_err("none ready").0,
+            "none of the 2 registered nodes is ready and uncordoned"
+        );
+    }
+
+    #[test]
+    fn a_named_node_is_checked_like_any_other() {
+        let mut s = Scheduler::new(Strategy::Spread);
+        s.set_node("a", node(GIB, &[]));
+        s.set_node("b", node(8 * GIB, &[]));
+        let none = BTreeMap::new();
+        let mut r = req(MIB, &none);
+        r.node = Some("a");
+        assert_eq!(s.place(&r), Ok("a".into()));
+        r.memory_bytes = 2 * GIB;
+        assert_eq!(
+            s.place(&r).expect_err("too big").0,
+            "node 'a' has 1 GiB free memory; 2 GiB is needed"
+        );
+        r.node = Some("zz");
+        assert_eq!(
+            s.place(&r).expect_err("unknown").0,
+            "node 'zz' is not registered"
+        );
+    }
+
+    #[test]
+    fn release_gives_memory_back_and_unknown_nodes_are_ignored() {
+        let mut s = Scheduler::new(Strategy::Spread);
+        s.set_node("a", node(GIB, &[]));
+        s.reserve("a", GIB);
+        assert_eq!(s.free_bytes("a"), 0);
+        s.release("a", GIB);
+        assert_eq!(s.free_bytes("a"), GIB);
+        s.reserve("nope", GIB);
+        s.release("nope", GIB);
+        s.remove_node("a");
+        assert_eq!(s.free_bytes("a"), 0);
+    }
+
+    /// xorshift64*: a small deterministic generator for the property tests.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Random clusters, random requests, random cordons and releases: no node is ever
+    /// reserved beyond its allocatable memory, every placement satisfies its selector and
+    /// schedulability, a refusal happens only when no node could take the request, and the
+    /// index agrees with a brute-force search over all nodes.
+    #[test]
+    fn property_never_overcommits_and_agrees_with_brute_force() {
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let strategy = if seed % 2 == 0 {
+                Strategy::Spread
+            } else {
+                Strategy::Binpack
+            };
+            let mut s = Scheduler::new(strategy);
+            let zones = ["a", "b", "c"];
+            let n_nodes = 1 + rng.below(30);
+            let mut caps = BTreeMap::new();
+            for i in 0..n_nodes {
+                let zone = zones[rng.below(3) as usize];
+                let cap = node((1 + rng.below(16)) * 256 * MIB, &[("zone", zone)]);
+                caps.insert(format!("n{i:02}"), cap.clone());
+                s.set_node(&format!("n{i:02}"), cap);
+            }
+            let mut placed: Vec<(String, u64)> = Vec::new();
+            for _ in 0..400 {
+                match rng.below(10) {
+                    0 => {
+                        let name = format!("n{:02}", rng.below(n_nodes));
+                        let on = rng.below(2) == 0;
+                        s.set_schedulable(&name, on);
+                        if let Some(c) = caps.get_mut(&name) {
+                            c.schedulable = on;
+                        }
+                    }
+                    1 if !placed.is_empty() => {
+                        let (n, m) = placed.swap_remove(rng.below(placed.len() as u64) as usize);
+                        s.release(&n, m);
+                    }
+                    _ => {
+                        let mem = (1 + rng.below(8)) * 128 * MIB;
+                        let selector: BTreeMap<String, String> = if rng.below(3) == 0 {
+                            [("zone".to_string(), zones[rng.below(3) as usize].to_string())].into()
+                        } else {
+                            BTreeMap::new()
+                        };
+                        let r = req(mem, &selector);
+                        let reserved = |n: &str| {
+                            placed.iter().filter(|(p, _)| p == n).map(|(_, m)| *m).sum::<u64>()
+                        };
+                        let brute: Vec<(&String, u64)> = caps
+                            .iter()
+                            .filter(|(_, c)| {
+                                c.schedulable
+                                    && selector.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+                            })
+                            .map(|(n, c)| (n, c.allocatable_bytes - reserved(n)))
+                            .filter(|(_, free)| *free >= mem)
+                            .collect();
+                        match s.place(&r) {
+                            Ok(n) => {
+                                let c = &caps[&n];
+                                assert!(c.schedulable);
+                                assert!(selector.iter().all(|(k, v)| c.labels.get(k) == Some(v)));
+                                let free = c.allocatable_bytes - reserved(&n);
+                                assert!(free >= mem, "overcommit on {n}");
+                                let best = match strategy {
+                                    Strategy::Spread => brute.iter().map(|(_, f)| *f).max(),
+                                    Strategy::Binpack => brute.iter().map(|(_, f)| *f).min(),
+                                };
+                                assert_eq!(Some(free), best, "{strategy} picked {n}");
+                                s.reserve(&n, mem);
+                                placed.push((n, mem));
+                            }
+                            Err(e) => assert!(brute.is_empty(), "refused ({e}) but {brute:?} fit"),
+                        }
+                    }
+                }
+            }
+            for (n, c) in &caps {
+                assert!(s.reserved_bytes(n) <= c.allocatable_bytes, "{n} overcommitted");
+            }
+        }
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(64 * MIB), "64 MiB");
+        assert_eq!(human_bytes(GIB + GIB / 5), "1.2 GiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

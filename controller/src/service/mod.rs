@@ -1,0 +1,284 @@
+//! `hutch.v1.Controller` over gRPC: thin handlers over [`Cluster`]; errors become status
+//! codes in [`status`]. Logs and exec are proxied to the node that runs the container.
+
+pub mod nodes;
+pub mod server;
+pub mod status;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hutch_proto::v1;
+use hutch_proto::v1::controller_server::Controller;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::records::current_agent_id;
+use crate::cluster::{Cluster, ClusterError};
+
+type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Messages buffered per proxied stream.
+const STREAM_BUFFER: usize = 64;
+
+/// The client-facing service.
+#[derive(Clone)]
+pub struct ControllerService {
+    cluster: Arc<Cluster>,
+}
+
+impl ControllerService {
+    /// A service over `cluster`.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        ControllerService { cluster }
+    }
+
+    /// The node running `id` and the id of its copy there, for proxied calls.
+    fn copy_of(&self, id: &str) -> Result<(String, String), Status> {
+        let c = self.cluster.get(id)?;
+        if c.node.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "container '{id}' has not been placed on a node yet: {}",
+                c.status_message
+            )));
+        }
+        Ok((c.node.clone(), current_agent_id(&c)))
+    }
+}
+
+fn wanted_state(value: i32) -> Result<Option<v1::ContainerState>, Status> {
+    match v1::ContainerState::try_from(value) {
+        Ok(v1::ContainerState::Unspecified) => Ok(None),
+        Ok(s) => Ok(Some(s)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "state: unknown container state {value}"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_container(
+        &self,
+        request: Request<v1::CreateContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        let req = request.into_inner();
+        let record = self
+            .cluster
+            .commit_blocking(move |c| c.create(req))
+            .await?;
+        Ok(Response::new(record))
+    }
+
+    async fn get_container(
+        &self,
+        request: Request<v1::GetContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        Ok(Response::new(self.cluster.get(&request.into_inner().id)?))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<v1::ListClusterContainersRequest>,
+    ) -> Result<Response<v1::ListContainersResponse>, Status> {
+        let req = request.into_inner();
+        let containers = self
+            .cluster
+            .list(&req.node, wanted_state(req.state)?, &req.labels);
+        Ok(Response::new(v1::ListContainersResponse { containers }))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<v1::StopContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.cluster.stop(&req.id, req.grace_seconds).await?,
+        ))
+    }
+
+    async fn kill_container(
+        &self,
+        request: Request<v1::KillContainerRequest>,
+    ) -> Result<Response<v1::KillContainerResponse>, Status> {
+        let req = request.into_inner();
+        if !(0..=64).contains(&req.signal) {
+            return Err(Status::invalid_argument(format!(
+                "signal: {} is not a signal number (1-64; 0 means SIGKILL)",
+                req.signal
+            )));
+        }
+        self.cluster.kill(&req.id, req.signal).await?;
+        Ok(Response::new(v1::KillContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<v1::RemoveContainerRequest>,
+    ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster.remove(&req.id, req.force).await?;
+        Ok(Response::new(v1::RemoveContainerResponse {}))
+    }
+
+    type WatchContainersStream = RpcStream<v1::WatchEvent>;
+
+    async fn watch_containers(
+        &self,
+        request: Request<v1::WatchContainersRequest>,
+    ) -> Result<Response<Self::WatchContainersStream>, Status> {
+        let since = request.into_inner().since_revision;
+        let (replay, mut live) = self.cluster.watch(since)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let mut last = since;
+            for e in replay {
+                last = e.revision;
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.revision <= last => {}
+                    Ok(e) => {
+                        last = e.revision;
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(format!(
+                                "this watch fell {n} changes behind and was cut off; watch again with since_revision={last}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!(
+                                "the controller is shutting down; watch again with since_revision={last}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ContainerLogsStream = RpcStream<v1::LogEntry>;
+
+    async fn container_logs(
+        &self,
+        request: Request<v1::ContainerLogsRequest>,
+    ) -> Result<Response<Self::ContainerLogsStream>, Status> {
+        let mut req = request.into_inner();
+        let (node, copy) = self.copy_of(&req.id)?;
+        req.id = copy;
+        let mut client = self.cluster.client_for(&node)?;
+        let stream = client
+            .container_logs(req)
+            .await
+            .map_err(|s| Status::from(ClusterError::Node { node: node.clone(), status: s }))?
+            .into_inner();
+        let stream = stream.map(move |item| {
+            item.map_err(|s| {
+                Status::from(ClusterError::Node {
+                    node: node.clone(),
+                    status: s,
+                })
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn exec(
+        &self,
+        request: Request<v1::ExecRequest>,
+    ) -> Result<Response<v1::ExecResponse>, Status> {
+        let mut req = request.into_inner();
+        let (node, copy) = self.copy_of(&req.id)?;
+        req.id = copy;
+        let mut client = self.cluster.client_for(&node)?;
+        let response = client
+            .exec(req)
+            .await
+            .map_err(|status| Status::from(ClusterError::Node { node, status }))?;
+        Ok(Response::new(response.into_inner()))
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        Ok(Response::new(v1::ListNodesResponse {
+            nodes: self.cluster.nodes(),
+        }))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<v1::GetNodeRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        Ok(Response::new(self.cluster.node(&request.into_inner().name)?))
+    }
+
+    async fn cordon_node(
+        &self,
+        request: Request<v1::CordonNodeRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        let name = request.into_inner().name;
+        let node = self
+            .cluster
+            .commit_blocking(move |c| c.set_cordoned(&name, true))
+            .await?;
+        Ok(Response::new(node))
+    }
+
+    async fn uncordon_node(
+        &self,
+        request: Request<v1::UncordonNodeRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        let name = request.into_inner().name;
+        let node = self
+            .cluster
+            .commit_blocking(move |c| c.set_cordoned(&name, false))
+            .await?;
+        Ok(Response::new(node))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<v1::DrainNodeRequest>,
+    ) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        Ok(Response::new(
+            self.cluster.drain(&request.into_inner().name).await?,
+        ))
+    }
+
+    type BuildRootfsStream = RpcStream<v1::ClusterBuildRootfsResponse>;
+
+    async fn build_rootfs(
+        &self,
+        request: Request<v1::ClusterBuildRootfsRequest>,
+    ) -> Result<Response<Self::BuildRootfsStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        self.cluster.build_rootfs(request.into_inner(), tx).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_rootfs(
+        &self,
+        request: Request<v1::ClusterListRootfsRequest>,
+    ) -> Result<Response<v1::ClusterListRootfsResponse>, Status> {
+        Ok(Response::new(
+            self.cluster.list_rootfs(&request.into_inner().node).await?,
+        ))
+    }
+}

@@ -1,0 +1,41 @@
+//! Assembles the controller's gRPC server: `hutch.v1.Controller`, `hutch.v1.Nodes`,
+//! `grpc.health.v1.Health` and reflection (v1 and v1alpha), with the same message size
+//! bounds as the agent.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hutch_agent::service::server::{
+    base_router, serve_router, ServeError, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+};
+use hutch_proto::v1::controller_server::ControllerServer;
+use hutch_proto::v1::nodes_server::NodesServer;
+use tokio::net::TcpListener;
+
+use super::nodes::NodesService;
+use super::ControllerService;
+use crate::cluster::Cluster;
+
+/// Serves `cluster` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    cluster: Arc<Cluster>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (router, health) = base_router()?;
+    health
+        .set_serving::<ControllerServer<ControllerService>>()
+        .await;
+    health.set_serving::<NodesServer<NodesService>>().await;
+    let controller = ControllerServer::new(ControllerService::new(cluster.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let nodes = NodesServer::new(NodesService::new(cluster))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    serve_router(
+        router.add_service(controller).add_service(nodes),
+        listener,
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,87 @@
+//! Durable cluster state behind one small interface, so a distributed backend (etcd, say)
+//! can replace the embedded one without touching the rest of the controller.
+//!
+//! What is kept: every container record, every node, the rootfs specs the cluster knows how
+//! to build, the revision counter and the most recent watch events. Records are the wire's
+//! protobuf messages, encoded with prost. A [`Batch`] is applied atomically and durably (the
+//! call returns after the data is on disk), and the controller acknowledges or publishes a
+//! change only after its batch is committed.
+
+pub mod redb_store;
+
+use hutch_proto::v1;
+use thiserror::Error;
+
+pub use redb_store::RedbStore;
+
+/// Why the store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The backend failed (disk, corruption, locking).
+    #[error("state store {path}: {message}")]
+    Backend {
+        /// Where the store lives.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// A stored record could not be decoded.
+    #[error("state store: record {key} in {table} is corrupt: {message}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The record's key.
+        key: String,
+        /// The decode error.
+        message: String,
+    },
+}
+
+/// Everything the store holds, as loaded at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Container records.
+    pub containers: Vec<v1::Container>,
+    /// Nodes.
+    pub nodes: Vec<v1::Node>,
+    /// Rootfs specs built through the controller, which any node can build again.
+    pub rootfs_specs: Vec<v1::RootfsSpec>,
+    /// The highest revision committed.
+    pub revision: u64,
+    /// The watch events kept, oldest first.
+    pub events: Vec<v1::WatchEvent>,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert or replace a container record (keyed by name).
+    PutContainer(v1::Container),
+    /// Delete a container record.
+    DeleteContainer(String),
+    /// Insert or replace a node (keyed by name).
+    PutNode(v1::Node),
+    /// Insert or replace a rootfs spec (keyed by name).
+    PutRootfsSpec(v1::RootfsSpec),
+    /// Append a watch event (keyed by revision).
+    Event(v1::WatchEvent),
+}
+
+/// Writes applied together, or not at all.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The writes, in order.
+    pub writes: Vec<Write>,
+    /// The revision counter after the batch.
+    pub revision: u64,
+    /// Events with a revision below this are deleted (compaction).
+    pub drop_events_below: u64,
+}
+
+/// A durable, transactional home for the cluster's state.
+pub trait Store: Send + Sync {
+    /// Reads everything.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Applies `batch` atomically; returns once it is durable.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+}

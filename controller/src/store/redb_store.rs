@@ -1,0 +1,215 @@
+//! The embedded [`Store`]: one redb file (`DATA_DIR/state.redb`), one table per kind of
+//! record, values are prost-encoded protobuf messages. Every commit is durable
+//! (`Durability::Immediate`: fsync before `commit` returns).
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::{Batch, Snapshot, Store, StoreError, Write};
+
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const ROOTFS_SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("rootfs_specs");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+
+/// The cluster state in a redb database file.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens (or creates) `data_dir/state.redb`. Only one process may have it open.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join("state.redb");
+        let backend = |e: &dyn std::fmt::Display| StoreError::Backend {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| backend(&e))?;
+        let db = Database::create(&path).map_err(|e| backend(&e))?;
+        let store = RedbStore { db, path };
+        // Create every table, so readers never meet a missing one.
+        store.commit(&Batch::default())?;
+        Ok(store)
+    }
+
+    fn backend(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn decode<M: Message + Default>(
+    table: &'static str,
+    key: String,
+    bytes: &[u8],
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        key,
+        message: e.to_string(),
+    })
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.backend(e))?;
+        let mut snap = Snapshot::default();
+        let containers = txn.open_table(CONTAINERS).map_err(|e| self.backend(e))?;
+        for row in containers.iter().map_err(|e| self.backend(e))? {
+            let (k, v) = row.map_err(|e| self.backend(e))?;
+            snap.containers
+                .push(decode("containers", k.value().to_string(), v.value())?);
+        }
+        let nodes = txn.open_table(NODES).map_err(|e| self.backend(e))?;
+        for row in nodes.iter().map_err(|e| self.backend(e))? {
+            let (k, v) = row.map_err(|e| self.backend(e))?;
+            snap.nodes
+                .push(decode("nodes", k.value().to_string(), v.value())?);
+        }
+        let specs = txn.open_table(ROOTFS_SPECS).map_err(|e| self.backend(e))?;
+        for row in specs.iter().map_err(|e| self.backend(e))? {
+            let (k, v) = row.map_err(|e| self.backend(e))?;
+            snap.rootfs_specs
+                .push(decode("rootfs_specs", k.value().to_string(), v.value())?);
+        }
+        let events = txn.open_table(EVENTS).map_err(|e| self.backend(e))?;
+        for row in events.iter().map_err(|e| self.backend(e))? {
+            let (k, v) = row.map_err(|e| self.backend(e))?;
+            snap.events
+                .push(decode("events", k.value().to_string(), v.value())?);
+        }
+        let meta = txn.open_table(META).map_err(|e| self.backend(e))?;
+        snap.revision = meta
+            .get(REVISION)
+            .map_err(|e| self.backend(e))?
+            .map_or(0, |v| v.value());
+        Ok(snap)
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.backend(e))?;
+        {
+            let mut containers = txn.open_table(CONTAINERS).map_err(|e| self.backend(e))?;
+            let mut nodes = txn.open_table(NODES).map_err(|e| self.backend(e))?;
+            let mut specs = txn.open_table(ROOTFS_SPECS).map_err(|e| self.backend(e))?;
+            let mut events = txn.open_table(EVENTS).map_err(|e| self.backend(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.backend(e))?;
+            for write in &batch.writes {
+                let done = match write {
+                    Write::PutContainer(c) => containers
+                        .insert(c.name.as_str(), c.encode_to_vec().as_slice())
+                        .map(drop),
+                    Write::DeleteContainer(name) => containers.remove(name.as_str()).map(drop),
+                    Write::PutNode(n) => nodes
+                        .insert(n.name.as_str(), n.encode_to_vec().as_slice())
+                        .map(drop),
+                    Write::PutRootfsSpec(r) => specs
+                        .insert(r.name.as_str(), r.encode_to_vec().as_slice())
+                        .map(drop),
+                    Write::Event(e) => events
+                        .insert(e.revision, e.encode_to_vec().as_slice())
+                        .map(drop),
+                };
+                done.map_err(|e| self.backend(e))?;
+            }
+            if batch.drop_events_below > 0 {
+                events
+                    .retain_in(..batch.drop_events_below, |_, _| false)
+                    .map_err(|e| self.backend(e))?;
+            }
+            if batch.revision > 0 {
+                meta.insert(REVISION, batch.revision)
+                    .map_err(|e| self.backend(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.backend(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hutch_proto::v1;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "hutch-controller-store-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn event(revision: u64, name: &str) -> v1::WatchEvent {
+        v1::WatchEvent {
+            revision,
+            container: Some(v1::Container {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn commits_survive_reopening_and_compaction_drops_old_events() {
+        let dir = temp_dir("reopen");
+        {
+            let store = RedbStore::open(&dir).expect("open");
+            let mut batch = Batch {
+                revision: 3,
+                ..Default::default()
+            };
+            for r in 1..=3 {
+                batch.writes.push(Write::Event(event(r, "c1")));
+            }
+            batch.writes.push(Write::PutContainer(v1::Container {
+                name: "c1".into(),
+                revision: 3,
+                ..Default::default()
+            }));
+            batch.writes.push(Write::PutNode(v1::Node {
+                name: "n1".into(),
+                last_event_seq: 42,
+                ..Default::default()
+            }));
+            store.commit(&batch).expect("commit");
+            store
+                .commit(&Batch {
+                    writes: vec![
+                        Write::DeleteContainer("c1".into()),
+                        Write::Event(event(4, "c1")),
+                    ],
+                    revision: 4,
+                    drop_events_below: 3,
+                })
+                .expect("commit");
+        }
+        let store = RedbStore::open(&dir).expect("reopen");
+        let snap = store.load().expect("load");
+        assert_eq!(snap.revision, 4);
+        assert!(snap.containers.is_empty());
+        assert_eq!(snap.nodes.len(), 1);
+        assert_eq!(snap.nodes[0].last_event_seq, 42);
+        let revs: Vec<u64> = snap.events.iter().map(|e| e.revision).collect();
+        assert_eq!(revs, vec![3, 4]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused() {
+        let dir = temp_dir("lock");
+        let _first = RedbStore::open(&dir).expect("open");
+        let err = RedbStore::open(&dir).err().expect("second open must fail");
+        assert!(err.to_string().contains("state.redb"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
