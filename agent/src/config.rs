@@ -192,7 +192,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         }
         None => listen.to_string(),
     };
-    if controller.is_some() && (listen.ip().is_unspecified() || listen.port() == 0) && advertise == listen.to_string() {
+    if controller.is_some() && listen.ip().is_unspecified() && advertise == listen.to_string() {
         return Err(invalid(
             "advertise",
             format!("listening on {listen}, the controller cannot know how to reach this agent: give --advertise HOST:PORT"),

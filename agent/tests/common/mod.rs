@@ -40,14 +40,38 @@ pub fn shared_rootfs_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/hutch-test-cache/rootfs"))
 }
 
-/// The supervisor binary built with these tests.
-pub fn supervisor_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hutch-supervisor"))
+/// A binary of the workspace: from cargo's environment in the agent's own tests, else next
+/// to the test executable's directory (`target/debug/deps/..`), where `cargo test
+/// --workspace` builds every binary.
+fn workspace_bin(name: &str, from_cargo: Option<&str>) -> PathBuf {
+    if let Some(p) = from_cargo {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p hutch-agent)",
+        bin.display()
+    );
+    bin
 }
 
-/// The agent binary built with these tests.
+/// The supervisor binary.
+pub fn supervisor_bin() -> PathBuf {
+    workspace_bin(
+        "hutch-supervisor",
+        option_env!("CARGO_BIN_EXE_hutch-supervisor"),
+    )
+}
+
+/// The agent binary.
 pub fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hutch-agent"))
+    workspace_bin("hutch-agent", option_env!("CARGO_BIN_EXE_hutch-agent"))
 }
 
 /// One runtime with its own state directory and cgroup instance.

@@ -136,6 +136,14 @@ impl Cluster {
         spec.labels
             .insert(ATTEMPT_LABEL.into(), record.restart_count.to_string());
         let agent_id = records::current_agent_id(record);
+        // The container's hostname is its cluster name, not the id of this run's copy.
+        let hostname_ok = record
+            .name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
+        if spec.hostname.is_empty() && hostname_ok {
+            spec.hostname = record.name.clone();
+        }
         let run = |client: &mut hutch_proto::v1::agent_client::AgentClient<_>| {
             let mut request = tonic::Request::new(v1::RunContainerRequest {
                 name: agent_id.clone(),

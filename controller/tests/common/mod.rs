@@ -1,0 +1,280 @@
+//! Test support: a real `hutch-controller` process and real `hutch-agent` processes on
+//! loopback, each with its own port, state directory and cgroup instance, on the rootfs
+//! shared by the test run. Processes are killed and everything they made is removed when the
+//! test ends, also when it fails.
+
+#![allow(dead_code)]
+
+#[path = "../../../agent/tests/common/mod.rs"]
+pub mod agent_common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hutch_proto::v1;
+use hutch_proto::v1::agent_client::AgentClient;
+use hutch_proto::v1::controller_client::ControllerClient;
+use tonic::transport::Channel;
+
+pub use agent_common::{unique, TestHost, ROOTFS};
+
+/// Heartbeat interval the test controllers ask for.
+pub const HEARTBEAT: &str = "200ms";
+/// Silence after which a test controller declares a node down.
+pub const DOWN_AFTER: &str = "2s";
+
+/// The controller binary built with these tests.
+pub fn controller_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hutch-controller"))
+}
+
+/// Starts `cmd` and returns it with the address it printed (`... listening on ADDR ...`).
+fn spawn_listening(mut cmd: Command, what: &str) -> (Child, String) {
+    let log = std::env::temp_dir().join(format!("{}.log", unique(what)));
+    let log_file = std::fs::File::create(&log).expect("log file");
+    cmd.stdout(Stdio::piped()).stderr(log_file);
+    let mut child = cmd.spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            let err = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("{what} did not start: stdout {line:?}, stderr:\n{err}")
+        })
+        .to_string();
+    println!("{what} listening on {addr} (log {})", log.display());
+    (child, addr)
+}
+
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A controller process with its own data directory.
+pub struct TestController {
+    /// Where it listens.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestController {
+    /// Starts a controller on a free port with fast liveness timing and `extra` flags.
+    pub fn start(test: &str, extra: &[&str]) -> TestController {
+        let data_dir = PathBuf::from(format!("/var/tmp/hutch-test-ctl-{}", unique(test)));
+        let mut c = TestController {
+            addr: "127.0.0.1:0".into(),
+            data_dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        c.restart();
+        c
+    }
+
+    /// Starts the controller again on the same address and data directory.
+    pub fn restart(&mut self) {
+        kill9(&mut self.child);
+        let mut cmd = Command::new(controller_bin());
+        cmd.env("RUST_LOG", "info,hutch_controller=debug")
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--heartbeat-interval")
+            .arg(HEARTBEAT)
+            .arg("--down-after")
+            .arg(DOWN_AFTER)
+            .arg("--restart-backoff")
+            .arg("100ms")
+            .args(&self.extra);
+        let (child, addr) = spawn_listening(cmd, "controller");
+        self.child = Some(child);
+        self.addr = addr;
+    }
+
+    /// SIGKILLs the controller.
+    pub fn kill(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> ControllerClient<Channel> {
+        ControllerClient::connect(self.url()).await.expect("connect")
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// An agent process registered with a controller. Dropping it kills the process and then
+/// the containers it left (through the host's cleanup).
+pub struct TestNode {
+    /// The node's name.
+    pub name: String,
+    /// Where it listens.
+    pub addr: String,
+    controller: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    // Last: dropped after the process is gone.
+    host: TestHost,
+}
+
+impl TestNode {
+    /// Starts an agent offering `capacity_bytes` of memory (all of the host's when None).
+    pub async fn start(
+        test: &str,
+        controller: &TestController,
+        capacity_bytes: Option<u64>,
+        labels: &[&str],
+    ) -> TestNode {
+        let host = TestHost::new(test).await;
+        let mut args = Vec::new();
+        if let Some(cap) = capacity_bytes {
+            let reserve = hutch_agent::node::memory_total_bytes().saturating_sub(cap);
+            args.push(format!("--memory-reserve={reserve}"));
+        }
+        for l in labels {
+            args.push(format!("--label={l}"));
+        }
+        let mut node = TestNode {
+            name: host.instance.clone(),
+            addr: "127.0.0.1:0".into(),
+            controller: controller.url(),
+            args,
+            child: None,
+            host,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts the agent process again (same name, state, address).
+    pub fn restart(&mut self) {
+        kill9(&mut self.child);
+        let mut cmd = self.host.agent_command();
+        cmd.env("RUST_LOG", "info")
+            .arg("serve")
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--controller")
+            .arg(&self.controller)
+            .args(&self.args);
+        let (child, addr) = spawn_listening(cmd, &self.name);
+        self.child = Some(child);
+        self.addr = addr;
+    }
+
+    /// SIGKILLs the agent; its containers keep running under their supervisors.
+    pub fn kill(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// A client straight to the agent.
+    pub async fn agent(&self) -> AgentClient<Channel> {
+        AgentClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect agent")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// A spec on the shared rootfs.
+pub fn spec(command: &[&str]) -> v1::ContainerSpec {
+    v1::ContainerSpec {
+        rootfs: ROOTFS.into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A create request.
+pub fn create(name: &str, spec: v1::ContainerSpec) -> v1::CreateContainerRequest {
+    v1::CreateContainerRequest {
+        name: name.into(),
+        spec: Some(spec),
+        ..Default::default()
+    }
+}
+
+/// The record's state.
+pub fn state_of(c: &v1::Container) -> v1::ContainerState {
+    v1::ContainerState::try_from(c.state).unwrap_or(v1::ContainerState::Unspecified)
+}
+
+/// Polls `GetContainer` until `done` holds, or panics after `timeout` with the last record.
+pub async fn wait_container(
+    client: &mut ControllerClient<Channel>,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&v1::Container) -> bool,
+) -> v1::Container {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = client
+            .get_container(v1::GetContainerRequest { id: name.into() })
+            .await
+            .map(tonic::Response::into_inner);
+        if let Ok(c) = &got {
+            if done(c) {
+                return c.clone();
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("container {name} did not get there in {timeout:?}; last: {got:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `GetNode` until the node is in `want`.
+pub async fn wait_node(
+    client: &mut ControllerClient<Channel>,
+    name: &str,
+    want: v1::NodeState,
+    timeout: Duration,
+) -> v1::Node {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = client
+            .get_node(v1::GetNodeRequest { name: name.into() })
+            .await
+            .map(tonic::Response::into_inner);
+        if let Ok(n) = &got {
+            if n.state == want as i32 {
+                return n.clone();
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("node {name} is not {want:?} after {timeout:?}; last: {got:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,200 @@
+//! A real controller and real agents on loopback: placement follows memory, a container no
+//! node can hold stays PENDING with the reason and starts when a node with room registers;
+//! the tutorial's OOM case through the controller; logs and exec proxied to the node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use hutch_proto::v1::{self, ContainerState as S};
+
+const GIB: u64 = 1 << 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_follows_memory_and_pending_waits_for_room() {
+    let ctl = TestController::start("placement", &[]);
+    let small = TestNode::start("place-small", &ctl, Some(GIB), &[]).await;
+    let big = TestNode::start("place-big", &ctl, Some(2 * GIB), &[]).await;
+    let mut client = ctl.client().await;
+    for n in [&small, &big] {
+        wait_node(&mut client, &n.name, v1::NodeState::Ready, Duration::from_secs(10)).await;
+    }
+
+    // 1.5 GiB fits only on the 2 GiB node.
+    let mut s = spec(&["sleep", "600"]);
+    s.memory_limit_bytes = Some(GIB + GIB / 2);
+    let c = client
+        .create_container(create("fits-big", s))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(c.node, big.name, "{c:#?}");
+    let running = wait_container(&mut client, "fits-big", Duration::from_secs(20), |c| {
+        state_of(c) == S::Running
+    })
+    .await;
+    assert!(running.pid > 0);
+
+    // 3 GiB fits nowhere: PENDING, with the numbers.
+    let mut s = spec(&["/bin/true"]);
+    s.memory_limit_bytes = Some(3 * GIB);
+    let c = client
+        .create_container(create("too-big", s))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(state_of(&c), S::Pending);
+    assert_eq!(
+        c.status_message,
+        format!("no node with 3 GiB free memory; largest free: 1 GiB on {}", small.name),
+        "{c:#?}"
+    );
+    let node = client
+        .get_node(v1::GetNodeRequest {
+            name: big.name.clone(),
+        })
+        .await
+        .expect("node")
+        .into_inner();
+    assert_eq!(node.memory_reserved_bytes, GIB + GIB / 2);
+
+    // A node with room registers: the pending container is placed there and runs to its end.
+    let large = TestNode::start("place-large", &ctl, Some(4 * GIB), &[]).await;
+    let done = wait_container(&mut client, "too-big", Duration::from_secs(20), |c| {
+        state_of(c) == S::Exited
+    })
+    .await;
+    assert_eq!(done.node, large.name);
+    assert_eq!(done.exit_code, Some(0));
+
+    // Creating the same again is idempotent; another spec under the name is refused.
+    let mut s = spec(&["/bin/true"]);
+    s.memory_limit_bytes = Some(3 * GIB);
+    let again = client
+        .create_container(create("too-big", s))
+        .await
+        .expect("same create")
+        .into_inner();
+    assert_eq!(again.revision, done.revision);
+    let err = client
+        .create_container(create("too-big", spec(&["/bin/false"])))
+        .await
+        .expect_err("different spec");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+
+    // Stop, then remove: gone from the controller and from the node.
+    let stopped = client
+        .stop_container(v1::StopContainerRequest {
+            id: "fits-big".into(),
+            grace_seconds: Some(1),
+        })
+        .await
+        .expect("stop")
+        .into_inner();
+    // `sleep` as PID 1 has no SIGTERM handler, so the kernel ignores SIGTERM: SIGKILL after
+    // the grace period.
+    assert_eq!(state_of(&stopped), S::Exited, "{stopped:#?}");
+    assert_eq!(stopped.signal, Some(9));
+    assert!(stopped.stop_requested);
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            id: "fits-big".into(),
+            force: false,
+        })
+        .await
+        .expect("remove");
+    let err = client
+        .get_container(v1::GetContainerRequest {
+            id: "fits-big".into(),
+        })
+        .await
+        .expect_err("removed");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let on_node = big
+        .agent()
+        .await
+        .list_containers(v1::ListContainersRequest::default())
+        .await
+        .expect("agent list")
+        .into_inner()
+        .containers;
+    assert!(on_node.is_empty(), "{on_node:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_logs_and_exec_through_the_controller() {
+    let ctl = TestController::start("oom", &[]);
+    let node = TestNode::start("oom-node", &ctl, None, &[]).await;
+    let mut client = ctl.client().await;
+    wait_node(&mut client, &node.name, v1::NodeState::Ready, Duration::from_secs(10)).await;
+
+    // The tutorial's memory limit: a shell that grows a string past 16 MiB.
+    let mut s = spec(&[
+        "/bin/sh",
+        "-c",
+        "echo starting; x=a; while true; do x=$x$x; done",
+    ]);
+    s.memory_limit_bytes = Some(16 << 20);
+    client
+        .create_container(create("oom", s))
+        .await
+        .expect("create");
+    let started = Instant::now();
+    let c = wait_container(&mut client, "oom", Duration::from_secs(30), |c| {
+        matches!(state_of(c), S::OomKilled | S::Exited | S::Failed)
+    })
+    .await;
+    println!("OOM after {:?}: {}", started.elapsed(), c.status_message);
+    assert_eq!(state_of(&c), S::OomKilled, "{c:#?}");
+    assert!(c.oom_killed);
+
+    // Logs of an ended container, through the controller.
+    let mut logs = client
+        .container_logs(v1::ContainerLogsRequest {
+            id: "oom".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let first = logs.message().await.expect("log entry").expect("one line");
+    assert_eq!(first.line, "starting");
+
+    // Exec in a running container, through the controller: it joins its pid namespace.
+    client
+        .create_container(create("execme", spec(&["sleep", "600"])))
+        .await
+        .expect("create");
+    wait_container(&mut client, "execme", Duration::from_secs(20), |c| {
+        state_of(c) == S::Running
+    })
+    .await;
+    let out = client
+        .exec(v1::ExecRequest {
+            id: "execme".into(),
+            command: vec!["/bin/sh".into(), "-c".into(), "cat /proc/1/cmdline | tr '\\0' ' '; hostname".into()],
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sleep 600 execme\n");
+
+    // Errors keep their codes through the proxy.
+    let err = client
+        .exec(v1::ExecRequest {
+            id: "nope".into(),
+            command: vec!["true".into()],
+        })
+        .await
+        .expect_err("unknown container");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            id: "execme".into(),
+            force: true,
+        })
+        .await
+        .expect("remove");
+}
