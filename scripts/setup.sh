@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what hutch needs, builds and installs the agent, builds the default rootfs
-# (Debian bookworm minbase + procps + iproute2, from the host's apt mirror, progress shown),
-# and starts the agent as a daemon on 127.0.0.1:7070.
-# Usage (as root): scripts/setup.sh          PREFIX=/usr/local, HUTCH_LISTEN=127.0.0.1:7070
+# Installs what hutch needs, builds and installs the controller and the agent, builds the
+# default rootfs (Debian bookworm minbase + procps + iproute2, from the host's apt mirror,
+# progress shown), and starts a one-host cluster: the controller on 127.0.0.1:7000 and an
+# agent on 127.0.0.1:7070 registered with it.
+# Usage (as root): scripts/setup.sh
+#   PREFIX=/usr/local  HUTCH_CONTROLLER_LISTEN=127.0.0.1:7000  HUTCH_LISTEN=127.0.0.1:7070
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -10,36 +12,52 @@ hutch_install_packages
 hutch_install_grpcurl
 
 PREFIX="${PREFIX:-/usr/local}"
+CONTROLLER="${HUTCH_CONTROLLER_LISTEN:-127.0.0.1:7000}"
 LISTEN="${HUTCH_LISTEN:-127.0.0.1:7070}"
-LOG=/var/log/hutch-agent.log
-PIDFILE=/run/hutch-agent.pid
 
-cargo build --release -p hutch-agent
-install -m 0755 target/release/hutch-agent target/release/hutch-supervisor "$PREFIX/bin/"
-echo "hutch: installed hutch-agent and hutch-supervisor in $PREFIX/bin"
+cargo build --release -p hutch-agent -p hutch-controller
+install -m 0755 target/release/hutch-agent target/release/hutch-supervisor \
+  target/release/hutch-controller "$PREFIX/bin/"
+echo "hutch: installed hutch-controller, hutch-agent and hutch-supervisor in $PREFIX/bin"
 
 "$PREFIX/bin/hutch-agent" rootfs build debian
 
-# (Re)start the daemon. Running containers survive: they belong to their supervisors.
-if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
-  echo "hutch: stopping the running agent (pid $(cat "$PIDFILE"))"
-  kill -TERM "$(cat "$PIDFILE")"
-  for _ in $(seq 50); do kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break; sleep 0.1; done
-fi
-setsid "$PREFIX/bin/hutch-agent" serve --listen "$LISTEN" >>"$LOG" 2>&1 < /dev/null &
-echo $! > "$PIDFILE"
-for _ in $(seq 100); do
-  grep -q "listening on" "$LOG" 2>/dev/null && break
-  kill -0 "$(cat "$PIDFILE")" 2>/dev/null || { echo "hutch: the agent did not start; see $LOG" >&2; tail -5 "$LOG" >&2; exit 1; }
+# start_daemon NAME ARGS...: (re)starts $PREFIX/bin/NAME ARGS as a daemon, logging to
+# /var/log/NAME.log, pid in /run/NAME.pid; waits until it listens.
+start_daemon() {
+  local name=$1; shift
+  local log=/var/log/$name.log pidfile=/run/$name.pid
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "hutch: stopping the running $name (pid $(cat "$pidfile"))"
+    kill -TERM "$(cat "$pidfile")"
+    for _ in $(seq 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+  fi
+  local start_line
+  start_line=$(( $(wc -l < "$log" 2>/dev/null || echo 0) + 1 ))
+  setsid "$PREFIX/bin/$name" "$@" >>"$log" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+  for _ in $(seq 100); do
+    tail -n +"$start_line" "$log" | grep -q "listening on" && break
+    kill -0 "$(cat "$pidfile")" 2>/dev/null || { echo "hutch: $name did not start; see $log" >&2; tail -5 "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "hutch: $name running (pid $(cat "$pidfile"), log $log): $(tail -n +"$start_line" "$log" | grep "listening on" | tail -1)"
+}
+
+# Running containers survive restarts of either daemon: they belong to their supervisors.
+start_daemon hutch-controller --listen "$CONTROLLER"
+start_daemon hutch-agent serve --listen "$LISTEN" --controller "http://$CONTROLLER"
+for _ in $(seq 50); do
+  grpcurl -plaintext "$CONTROLLER" hutch.v1.Controller/ListNodes 2>/dev/null | grep -q NODE_STATE_READY && break
   sleep 0.1
 done
-echo "hutch: agent running (pid $(cat "$PIDFILE"), log $LOG): $(grep "listening on" "$LOG" | tail -1)"
 cat <<MSG
 
-Try it:
-  grpcurl -plaintext $LISTEN hutch.v1.Agent/NodeInfo
-  grpcurl -plaintext -d '{"name":"hello","spec":{"rootfs":"debian","command":["ps","-ef"],"namespaces":["NAMESPACE_PID"]}}' $LISTEN hutch.v1.Agent/RunContainer
-  grpcurl -plaintext -d '{"id":"hello"}' $LISTEN hutch.v1.Agent/ContainerLogs
-Or locally: hutch-agent run --ns pid debian -- ps -ef
-Stop the agent: kill \$(cat $PIDFILE)   (containers keep running)
+A one-host cluster is up. Try it:
+  grpcurl -plaintext $CONTROLLER hutch.v1.Controller/ListNodes
+  grpcurl -plaintext -d '{"name":"hello","spec":{"rootfs":"debian","command":["ps","-ef"]}}' $CONTROLLER hutch.v1.Controller/CreateContainer
+  grpcurl -plaintext -d '{"id":"hello"}' $CONTROLLER hutch.v1.Controller/GetContainer
+  grpcurl -plaintext -d '{"id":"hello"}' $CONTROLLER hutch.v1.Controller/ContainerLogs
+The agent's own API is on $LISTEN (hutch.v1.Agent); locally: hutch-agent run --ns pid debian -- ps -ef
+Stop: kill \$(cat /run/hutch-agent.pid) \$(cat /run/hutch-controller.pid)   (containers keep running)
 MSG

@@ -176,7 +176,10 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         .unwrap_or_else(|| DEFAULT_MEMORY_RESERVE.into());
     let memory_reserve_bytes =
         parse_size(&reserve_text).map_err(|e| invalid("memory_reserve", e))?;
-    let controller = over.controller.or(file.controller).filter(|c| !c.is_empty());
+    let controller = over
+        .controller
+        .or(file.controller)
+        .filter(|c| !c.is_empty());
     let advertise = match over.advertise.or(file.advertise) {
         Some(a) => {
             let ok = a

@@ -367,7 +367,11 @@ async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
         memory_reserve_bytes: config.memory_reserve_bytes,
         registration: config.controller.clone().map(|controller| Registration {
             controller,
-            advertise: if config.listen.port() == 0 { addr.clone() } else { config.advertise.clone() },
+            advertise: if config.listen.port() == 0 {
+                addr.clone()
+            } else {
+                config.advertise.clone()
+            },
             labels: config.labels.clone(),
         }),
     };

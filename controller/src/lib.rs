@@ -16,7 +16,7 @@
 
 pub mod agents;
 pub mod cluster;
-pub mod scheduler;
-pub mod store;
 pub mod config;
+pub mod scheduler;
 pub mod service;
+pub mod store;

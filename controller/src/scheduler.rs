@@ -292,7 +292,11 @@ impl Scheduler {
             })
             .collect();
         if selected.is_empty() {
-            let wanted: Vec<String> = req.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let wanted: Vec<String> = req
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             return Unschedulable(format!(
                 "no ready node carries the labels {}",
                 wanted.join(",")
@@ -386,7 +390,10 @@ mod tests {
             let n = place_and_reserve(&mut s, &req(64 * MIB, &none)).expect("fits");
             *counts.entry(n).or_default() += 1;
         }
-        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![10, 10, 10]
+        );
     }
 
     #[test]
@@ -545,7 +552,11 @@ mod tests {
                         };
                         let r = req(mem, &selector);
                         let reserved = |n: &str| {
-                            placed.iter().filter(|(p, _)| p == n).map(|(_, m)| *m).sum::<u64>()
+                            placed
+                                .iter()
+                                .filter(|(p, _)| p == n)
+                                .map(|(_, m)| *m)
+                                .sum::<u64>()
                         };
                         let brute: Vec<(&String, u64)> = caps
                             .iter()
@@ -577,7 +588,10 @@ mod tests {
                 }
             }
             for (n, c) in &caps {
-                assert!(s.reserved_bytes(n) <= c.allocatable_bytes, "{n} overcommitted");
+                assert!(
+                    s.reserved_bytes(n) <= c.allocatable_bytes,
+                    "{n} overcommitted"
+                );
             }
         }
     }

@@ -18,7 +18,13 @@ async fn placement_follows_memory_and_pending_waits_for_room() {
     let big = TestNode::start("place-big", &ctl, Some(2 * GIB), &[]).await;
     let mut client = ctl.client().await;
     for n in [&small, &big] {
-        wait_node(&mut client, &n.name, v1::NodeState::Ready, Duration::from_secs(10)).await;
+        wait_node(
+            &mut client,
+            &n.name,
+            v1::NodeState::Ready,
+            Duration::from_secs(10),
+        )
+        .await;
     }
 
     // 1.5 GiB fits only on the 2 GiB node.
@@ -47,7 +53,10 @@ async fn placement_follows_memory_and_pending_waits_for_room() {
     assert_eq!(state_of(&c), S::Pending);
     assert_eq!(
         c.status_message,
-        format!("no node with 3 GiB free memory; largest free: 1 GiB on {}", small.name),
+        format!(
+            "no node with 3 GiB free memory; largest free: 1 GiB on {}",
+            small.name
+        ),
         "{c:#?}"
     );
     let node = client
@@ -127,7 +136,13 @@ async fn oom_logs_and_exec_through_the_controller() {
     let ctl = TestController::start("oom", &[]);
     let node = TestNode::start("oom-node", &ctl, None, &[]).await;
     let mut client = ctl.client().await;
-    wait_node(&mut client, &node.name, v1::NodeState::Ready, Duration::from_secs(10)).await;
+    wait_node(
+        &mut client,
+        &node.name,
+        v1::NodeState::Ready,
+        Duration::from_secs(10),
+    )
+    .await;
 
     // The tutorial's memory limit: a shell that grows a string past 16 MiB.
     let mut s = spec(&[
@@ -173,7 +188,11 @@ async fn oom_logs_and_exec_through_the_controller() {
     let out = client
         .exec(v1::ExecRequest {
             id: "execme".into(),
-            command: vec!["/bin/sh".into(), "-c".into(), "cat /proc/1/cmdline | tr '\\0' ' '; hostname".into()],
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat /proc/1/cmdline | tr '\\0' ' '; hostname".into(),
+            ],
         })
         .await
         .expect("exec")

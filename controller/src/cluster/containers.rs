@@ -297,11 +297,18 @@ impl Cluster {
         f: impl FnOnce(&mut v1::Container) -> bool,
     ) -> Result<v1::Container, ClusterError> {
         let mut st = self.lock();
-        let mut record = st.containers.get(name).cloned().ok_or_else(|| not_found(name))?;
+        let mut record = st
+            .containers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))?;
         if !f(&mut record) {
             return Ok(record);
         }
-        let mut out = self.commit(&mut st, vec![Change::Container(WatchEventType::Updated, record)])?;
+        let mut out = self.commit(
+            &mut st,
+            vec![Change::Container(WatchEventType::Updated, record)],
+        )?;
         out.pop().ok_or_else(|| not_found(name))
     }
 
@@ -320,18 +327,33 @@ impl Cluster {
         let name = record.name.clone();
         let attempt = record.restart_count;
         let note = format!(
-            "restarting in {} (restart {})",
+            "{}; restarting in {} (restart {})",
+            record.status_message,
             humantime::format_duration(delay),
             attempt + 1
         );
-        if let Err(e) = self.update(&name, |r| {
-            r.status_message = note;
-            true
-        }) {
-            tracing::error!(container = %name, "recording the restart: {e}");
-        }
-        let me = Arc::downgrade(self);
+        let me = self.clone();
+        // Called from async tasks and from blocking commits alike: the commits below run on
+        // blocking threads of their own.
         tokio::spawn(async move {
+            let noted = me
+                .commit_blocking({
+                    let name = name.clone();
+                    move |c| {
+                        c.update(&name, |r| {
+                            if r.restart_count != attempt {
+                                return false;
+                            }
+                            r.status_message = note;
+                            true
+                        })
+                    }
+                })
+                .await;
+            if let Err(e) = noted {
+                tracing::error!(container = %name, "recording the restart: {e}");
+            }
+            let me = Arc::downgrade(&me);
             tokio::time::sleep(delay).await;
             if let Some(c) = me.upgrade() {
                 c.commit_blocking(move |c| c.restart(&name, attempt)).await;
@@ -417,4 +439,3 @@ pub(crate) fn node_error(node: &str, status: tonic::Status) -> ClusterError {
         status,
     }
 }
-

@@ -49,7 +49,10 @@ fn is_ours(c: &v1::Container) -> bool {
 fn is_transient(code: tonic::Code) -> bool {
     matches!(
         code,
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
     )
 }
 
@@ -128,7 +131,10 @@ impl Cluster {
 
     /// One `RunContainer` of the record's current run, adopting or replacing a copy the
     /// node already has.
-    async fn run_on_node(self: &Arc<Self>, record: &v1::Container) -> Result<v1::Container, ClusterError> {
+    async fn run_on_node(
+        self: &Arc<Self>,
+        record: &v1::Container,
+    ) -> Result<v1::Container, ClusterError> {
         let node = &record.node;
         let mut client = self.client_for(node)?;
         let mut spec = record.spec.clone().unwrap_or_default();
@@ -211,16 +217,20 @@ impl Cluster {
                 };
                 c.update(name, |r| {
                     let current = r.node == node && r.restart_count == run;
-                    if !current || !moves_forward(state(r), state(&view)) {
+                    // The same state again is a fuller view (the run's answer carries the
+                    // pid and namespaces that its RUNNING event does not).
+                    let same = state(r) == state(&view);
+                    if !current || !(same || moves_forward(state(r), state(&view))) {
                         return false;
                     }
+                    let before = r.clone();
                     let was_lost = state(r) == S::Lost;
                     records::merge_agent_view(r, &view);
                     r.status_message = records::describe(r);
                     if was_lost {
                         r.status_message = format!("node {node} is back: {}", r.status_message);
                     }
-                    true
+                    *r != before
                 })
             })
             .await?;

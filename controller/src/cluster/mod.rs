@@ -161,7 +161,10 @@ pub const WATCH_BUFFER: usize = 4096;
 impl Cluster {
     /// Loads the state from `store` and starts the background loops (pending placement,
     /// node liveness). Nodes start NOT_READY until they register with this process.
-    pub fn start(config: ClusterConfig, store: Box<dyn Store>) -> Result<Arc<Cluster>, ClusterError> {
+    pub fn start(
+        config: ClusterConfig,
+        store: Box<dyn Store>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let snap = store.load()?;
         let mut st = State {
             containers: HashMap::new(),

@@ -46,9 +46,10 @@ impl Cluster {
         validate_name("node name", &req.name)
             .map_err(|e| ClusterError::InvalidArgument(format!("name: {e}")))?;
         if req.address.parse::<std::net::SocketAddr>().is_err()
-            && !req.address.rsplit_once(':').is_some_and(|(h, p)| {
-                !h.is_empty() && p.parse::<u16>().is_ok()
-            })
+            && !req
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
         {
             return Err(ClusterError::InvalidArgument(format!(
                 "address: '{}' is not host:port (the address the controller dials to reach the agent)",
@@ -217,7 +218,8 @@ impl Cluster {
                         let mut l = c.clone();
                         l.state = S::Lost as i32;
                         l.pid = 0;
-                        l.status_message = format!("node {node} is down; the container's fate is unknown");
+                        l.status_message =
+                            format!("node {node} is down; the container's fate is unknown");
                         changes.push(Change::Container(WatchEventType::Updated, l));
                     }
                 }
@@ -251,7 +253,11 @@ impl Cluster {
     }
 
     /// Cordons or uncordons a node.
-    pub fn set_cordoned(self: &Arc<Self>, name: &str, cordoned: bool) -> Result<v1::Node, ClusterError> {
+    pub fn set_cordoned(
+        self: &Arc<Self>,
+        name: &str,
+        cordoned: bool,
+    ) -> Result<v1::Node, ClusterError> {
         let mut st = self.lock();
         let mut n = st
             .nodes
@@ -274,10 +280,14 @@ impl Cluster {
 
     /// Cordons the node and stops its containers; those whose restart policy is not
     /// `never` start again elsewhere.
-    pub async fn drain(self: &Arc<Self>, name: &str) -> Result<v1::DrainNodeResponse, ClusterError> {
+    pub async fn drain(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<v1::DrainNodeResponse, ClusterError> {
         let me = self.clone();
         let node_name = name.to_string();
-        self.commit_blocking(move |c| c.set_cordoned(&node_name, true)).await?;
+        self.commit_blocking(move |c| c.set_cordoned(&node_name, true))
+            .await?;
         let victims: Vec<v1::Container> = {
             let mut st = me.lock();
             let v: Vec<v1::Container> = st
@@ -291,23 +301,47 @@ impl Cluster {
             }
             v
         };
-        let mut stopped = Vec::new();
-        for c in &victims {
+        // All at once: each waits out its own grace period.
+        let mut stops = tokio::task::JoinSet::new();
+        for c in victims {
             let mut client = self.client_for(name)?;
-            let mut request = tonic::Request::new(v1::StopContainerRequest {
-                id: super::records::current_agent_id(c),
-                grace_seconds: None,
-            });
-            request.set_timeout(Duration::from_secs(60));
-            match client.stop_container(request).await {
-                Ok(view) => {
-                    self.apply_agent_view(name, view.into_inner()).await?;
-                    stopped.push(c.name.clone());
+            let me = self.clone();
+            let node = name.to_string();
+            stops.spawn(async move {
+                let grace = c
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.stop_grace_seconds)
+                    .unwrap_or(hutch_agent::spec::DEFAULT_STOP_GRACE_SECONDS);
+                let mut request = tonic::Request::new(v1::StopContainerRequest {
+                    id: super::records::current_agent_id(&c),
+                    grace_seconds: None,
+                });
+                request.set_timeout(Duration::from_secs(u64::from(grace) + 15));
+                match client.stop_container(request).await {
+                    Ok(view) => me
+                        .apply_agent_view(&node, view.into_inner())
+                        .await
+                        .map(|()| Some(c.name)),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+                    Err(s) => Err(super::containers::node_error(&node, s)),
                 }
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(super::containers::node_error(name, s)),
+            });
+        }
+        let mut stopped = Vec::new();
+        while let Some(done) = stops.join_next().await {
+            match done {
+                Ok(Ok(Some(name))) => stopped.push(name),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    return Err(ClusterError::FailedPrecondition(format!(
+                        "a stop during the drain failed: {e}"
+                    )))
+                }
             }
         }
+        stopped.sort();
         Ok(v1::DrainNodeResponse {
             node: Some(self.node(name)?),
             containers: stopped,
@@ -349,7 +383,11 @@ impl Cluster {
             .nodes
             .values()
             .filter(|e| node_state(&e.record) == NodeState::Ready)
-            .filter(|e| selector.iter().all(|(k, v)| e.record.labels.get(k) == Some(v)))
+            .filter(|e| {
+                selector
+                    .iter()
+                    .all(|(k, v)| e.record.labels.get(k) == Some(v))
+            })
             .map(|e| e.record.name.clone())
             .collect())
     }

@@ -212,13 +212,34 @@ mod tests {
 
     #[test]
     fn restart_policy_as_named() {
-        assert!(!wants_restart(&with(S::Exited, Some(1), Kind::Never, 0, 0), false));
-        assert!(wants_restart(&with(S::Exited, Some(1), Kind::OnFailure, 0, 0), false));
-        assert!(!wants_restart(&with(S::Exited, Some(0), Kind::OnFailure, 0, 0), false));
-        assert!(wants_restart(&with(S::Exited, Some(0), Kind::OnFailure, 0, 0), true));
-        assert!(wants_restart(&with(S::Lost, None, Kind::OnFailure, 3, 2), false));
-        assert!(!wants_restart(&with(S::Lost, None, Kind::OnFailure, 3, 3), false));
-        assert!(wants_restart(&with(S::Exited, Some(0), Kind::Always, 0, 7), false));
+        assert!(!wants_restart(
+            &with(S::Exited, Some(1), Kind::Never, 0, 0),
+            false
+        ));
+        assert!(wants_restart(
+            &with(S::Exited, Some(1), Kind::OnFailure, 0, 0),
+            false
+        ));
+        assert!(!wants_restart(
+            &with(S::Exited, Some(0), Kind::OnFailure, 0, 0),
+            false
+        ));
+        assert!(wants_restart(
+            &with(S::Exited, Some(0), Kind::OnFailure, 0, 0),
+            true
+        ));
+        assert!(wants_restart(
+            &with(S::Lost, None, Kind::OnFailure, 3, 2),
+            false
+        ));
+        assert!(!wants_restart(
+            &with(S::Lost, None, Kind::OnFailure, 3, 3),
+            false
+        ));
+        assert!(wants_restart(
+            &with(S::Exited, Some(0), Kind::Always, 0, 7),
+            false
+        ));
         let mut stopped = with(S::Exited, Some(137), Kind::Always, 0, 0);
         stopped.stop_requested = true;
         assert!(!wants_restart(&stopped, false));

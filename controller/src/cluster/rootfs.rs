@@ -36,7 +36,8 @@ impl Cluster {
         let remembered = spec.clone();
         self.commit_blocking(move |c| {
             let mut st = c.lock();
-            c.commit(&mut st, vec![Change::RootfsSpec(remembered)]).map(drop)
+            c.commit(&mut st, vec![Change::RootfsSpec(remembered)])
+                .map(drop)
         })
         .await?;
         for node in nodes {
@@ -115,10 +116,12 @@ impl Cluster {
                 Err(e) => Err(e.to_string()),
             };
             match listed {
-                Ok(list) => response.rootfs.extend(list.into_iter().map(|r| v1::NodeRootfs {
-                    node: node.clone(),
-                    rootfs: Some(r),
-                })),
+                Ok(list) => response
+                    .rootfs
+                    .extend(list.into_iter().map(|r| v1::NodeRootfs {
+                        node: node.clone(),
+                        rootfs: Some(r),
+                    })),
                 Err(e) => {
                     response.unreachable.insert(node, e);
                 }

@@ -65,10 +65,7 @@ impl Controller for ControllerService {
         request: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::Container>, Status> {
         let req = request.into_inner();
-        let record = self
-            .cluster
-            .commit_blocking(move |c| c.create(req))
-            .await?;
+        let record = self.cluster.commit_blocking(move |c| c.create(req)).await?;
         Ok(Response::new(record))
     }
 
@@ -185,7 +182,12 @@ impl Controller for ControllerService {
         let stream = client
             .container_logs(req)
             .await
-            .map_err(|s| Status::from(ClusterError::Node { node: node.clone(), status: s }))?
+            .map_err(|s| {
+                Status::from(ClusterError::Node {
+                    node: node.clone(),
+                    status: s,
+                })
+            })?
             .into_inner();
         let stream = stream.map(move |item| {
             item.map_err(|s| {
@@ -226,7 +228,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
-        Ok(Response::new(self.cluster.node(&request.into_inner().name)?))
+        Ok(Response::new(
+            self.cluster.node(&request.into_inner().name)?,
+        ))
     }
 
     async fn cordon_node(

@@ -30,8 +30,8 @@ pub async fn serve(
     let controller = ControllerServer::new(ControllerService::new(cluster.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let nodes = NodesServer::new(NodesService::new(cluster))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let nodes =
+        NodesServer::new(NodesService::new(cluster)).max_decoding_message_size(MAX_REQUEST_BYTES);
     serve_router(
         router.add_service(controller).add_service(nodes),
         listener,

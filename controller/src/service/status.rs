@@ -17,9 +17,9 @@ impl From<ClusterError> for Status {
             ClusterError::Node { node, status } => {
                 Status::new(status.code(), format!("node {node}: {}", status.message()))
             }
-            ClusterError::Store(e) => Status::unavailable(format!(
-                "{e}; nothing was changed, try again"
-            )),
+            ClusterError::Store(e) => {
+                Status::unavailable(format!("{e}; nothing was changed, try again"))
+            }
         }
     }
 }

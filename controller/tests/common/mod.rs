@@ -117,7 +117,9 @@ impl TestController {
 
     /// A connected client.
     pub async fn client(&self) -> ControllerClient<Channel> {
-        ControllerClient::connect(self.url()).await.expect("connect")
+        ControllerClient::connect(self.url())
+            .await
+            .expect("connect")
     }
 }
 

@@ -1,0 +1,231 @@
+//! The controller driven with nothing but real `grpcurl`: reflection (list, describe),
+//! health, create/get/list/watch, and one bad request per error code with grpcurl's exit
+//! code (64 + the gRPC code) and message checked.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::agent_common::{assert_code, grpcurl};
+use common::*;
+use hutch_proto::v1;
+
+fn until_state(addr: &str, id: &str, state: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = grpcurl(
+            addr,
+            Some(&format!(r#"{{"id":"{id}"}}"#)),
+            &["hutch.v1.Controller/GetContainer"],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        if out.stdout.contains(state) {
+            return out.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {state}: {}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_against_the_controller() {
+    let ctl = TestController::start("grpcurl-ctl", &[]);
+    let node = TestNode::start("grpcurl-node", &ctl, None, &["zone=a"]).await;
+    let mut client = ctl.client().await;
+    wait_node(
+        &mut client,
+        &node.name,
+        v1::NodeState::Ready,
+        Duration::from_secs(10),
+    )
+    .await;
+    let a = ctl.addr.as_str();
+
+    let list = grpcurl(a, None, &["list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    for svc in [
+        "hutch.v1.Controller",
+        "hutch.v1.Nodes",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(list.stdout.contains(svc), "{svc} missing: {}", list.stdout);
+    }
+    let describe = grpcurl(a, None, &["describe", "hutch.v1.Controller"]);
+    assert!(
+        describe.stdout.contains("rpc WatchContainers"),
+        "{}",
+        describe.stdout
+    );
+    let health = grpcurl(a, None, &["grpc.health.v1.Health/Check"]);
+    assert!(health.stdout.contains("SERVING"), "{}", health.stdout);
+
+    let nodes = grpcurl(a, None, &["hutch.v1.Controller/ListNodes"]);
+    assert!(
+        nodes.stdout.contains(&node.name) && nodes.stdout.contains("NODE_STATE_READY"),
+        "{}",
+        nodes.stdout
+    );
+
+    let created = grpcurl(
+        a,
+        Some(
+            r#"{"name":"hello","spec":{"rootfs":"debian","command":["/bin/sh","-c","echo hi from $(hostname)"]},"placement":{"nodeSelector":{"zone":"a"}}}"#,
+        ),
+        &["hutch.v1.Controller/CreateContainer"],
+    );
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert!(created.stdout.contains(&node.name), "{}", created.stdout);
+    let done = until_state(a, "hello", "CONTAINER_STATE_EXITED");
+    assert!(done.contains(r#""exitCode": 0"#), "{done}");
+    let logs = grpcurl(
+        a,
+        Some(r#"{"id":"hello"}"#),
+        &["hutch.v1.Controller/ContainerLogs"],
+    );
+    assert!(logs.stdout.contains("hi from hello"), "{}", logs.stdout);
+    let listed = grpcurl(
+        a,
+        Some(r#"{"state":"CONTAINER_STATE_EXITED"}"#),
+        &["hutch.v1.Controller/ListContainers"],
+    );
+    assert!(
+        listed.stdout.contains(r#""name": "hello""#),
+        "{}",
+        listed.stdout
+    );
+    // A watch streams until the client's deadline: replay of everything so far.
+    let watched = std::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-max-time",
+            "1",
+            "-d",
+            r#"{"sinceRevision":"0"}"#,
+            a,
+        ])
+        .arg("hutch.v1.Controller/WatchContainers")
+        .output()
+        .expect("grpcurl");
+    let watched = String::from_utf8_lossy(&watched.stdout);
+    for needle in [
+        "WATCH_EVENT_TYPE_CREATED",
+        "CONTAINER_STATE_RUNNING",
+        "CONTAINER_STATE_EXITED",
+    ] {
+        assert!(watched.contains(needle), "{needle}: {watched}");
+    }
+
+    // Errors: code and message.
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"name":"x","spec":{"rootfs":"debian"}}"#),
+            &["hutch.v1.Controller/CreateContainer"],
+        ),
+        tonic::Code::InvalidArgument,
+        "command is empty",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"name":"../x","spec":{"rootfs":"debian","command":["true"]}}"#),
+            &["hutch.v1.Controller/CreateContainer"],
+        ),
+        tonic::Code::InvalidArgument,
+        "not allowed",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"name":"hello","spec":{"rootfs":"debian","command":["true"]}}"#),
+            &["hutch.v1.Controller/CreateContainer"],
+        ),
+        tonic::Code::AlreadyExists,
+        "different spec",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"id":"nope"}"#),
+            &["hutch.v1.Controller/GetContainer"],
+        ),
+        tonic::Code::NotFound,
+        "'nope' not found",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"name":"ghost"}"#),
+            &["hutch.v1.Controller/CordonNode"],
+        ),
+        tonic::Code::NotFound,
+        "not registered",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"sinceRevision":"999999"}"#),
+            &["hutch.v1.Controller/WatchContainers"],
+        ),
+        tonic::Code::OutOfRange,
+        "in the future",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"id":"hello","signal":99}"#),
+            &["hutch.v1.Controller/KillContainer"],
+        ),
+        tonic::Code::InvalidArgument,
+        "not a signal",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"name":"n1","session":"s-0"}"#),
+            &["hutch.v1.Nodes/Heartbeat"],
+        ),
+        tonic::Code::FailedPrecondition,
+        "register again",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"name":"n1","address":"nowhere"}"#),
+            &["hutch.v1.Nodes/Register"],
+        ),
+        tonic::Code::InvalidArgument,
+        "host:port",
+    );
+    // A container pinned to a node that does not exist waits, and says why.
+    let pending = grpcurl(
+        a,
+        Some(
+            r#"{"name":"pinned","spec":{"rootfs":"debian","command":["true"]},"placement":{"node":"ghost"}}"#,
+        ),
+        &["hutch.v1.Controller/CreateContainer"],
+    );
+    assert!(
+        pending.stdout.contains("CONTAINER_STATE_PENDING")
+            && pending.stdout.contains("node 'ghost' is not registered"),
+        "{}",
+        pending.stdout
+    );
+    let rm = grpcurl(
+        a,
+        Some(r#"{"id":"pinned"}"#),
+        &["hutch.v1.Controller/RemoveContainer"],
+    );
+    assert_eq!(rm.code, 0, "{}", rm.stderr);
+    let rm = grpcurl(
+        a,
+        Some(r#"{"id":"hello"}"#),
+        &["hutch.v1.Controller/RemoveContainer"],
+    );
+    assert_eq!(rm.code, 0, "{}", rm.stderr);
+}

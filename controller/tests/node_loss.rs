@@ -1,0 +1,218 @@
+//! Kill -9 an agent: its node goes NOT_READY, then DOWN; its containers become LOST; an
+//! `on-failure` container starts again on the other node. Restart the agent: it registers
+//! again, and reconciliation stops the stale copy that kept running there and says so.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hutch_proto::v1::{self, ContainerState as S};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_is_noticed_and_its_containers_move() {
+    let ctl = TestController::start("nodeloss", &[]);
+    let mut doomed = TestNode::start("loss-doomed", &ctl, None, &[]).await;
+    let survivor = TestNode::start("loss-survivor", &ctl, None, &[]).await;
+    let mut client = ctl.client().await;
+    for n in [&doomed, &survivor] {
+        wait_node(
+            &mut client,
+            &n.name,
+            v1::NodeState::Ready,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+
+    // Both containers on the doomed node: the survivor is cordoned while they are placed.
+    client
+        .cordon_node(v1::CordonNodeRequest {
+            name: survivor.name.clone(),
+        })
+        .await
+        .expect("cordon");
+    let mut restartable = create("restartable", spec(&["sleep", "600"]));
+    restartable.restart_policy = Some(v1::RestartPolicy {
+        kind: v1::restart_policy::Kind::OnFailure as i32,
+        max_retries: 3,
+    });
+    client.create_container(restartable).await.expect("create");
+    client
+        .create_container(create("once", spec(&["sleep", "600"])))
+        .await
+        .expect("create");
+    for name in ["restartable", "once"] {
+        let c = wait_container(&mut client, name, Duration::from_secs(20), |c| {
+            state_of(c) == S::Running
+        })
+        .await;
+        assert_eq!(c.node, doomed.name);
+    }
+    client
+        .uncordon_node(v1::UncordonNodeRequest {
+            name: survivor.name.clone(),
+        })
+        .await
+        .expect("uncordon");
+
+    doomed.kill();
+    let n = wait_node(
+        &mut client,
+        &doomed.name,
+        v1::NodeState::NotReady,
+        Duration::from_secs(5),
+    )
+    .await;
+    println!("{}: {}", n.name, n.message);
+    let n = wait_node(
+        &mut client,
+        &doomed.name,
+        v1::NodeState::Down,
+        Duration::from_secs(10),
+    )
+    .await;
+    println!("{}: {}", n.name, n.message);
+
+    let once = wait_container(&mut client, "once", Duration::from_secs(5), |c| {
+        state_of(c) == S::Lost
+    })
+    .await;
+    assert_eq!(once.node, doomed.name);
+    let moved = wait_container(&mut client, "restartable", Duration::from_secs(20), |c| {
+        state_of(c) == S::Running && c.node == survivor.name
+    })
+    .await;
+    assert_eq!(moved.restart_count, 1, "{moved:#?}");
+
+    // The agent comes back: it registers again; the copy of `restartable` that kept running
+    // there is a stale copy and is stopped; `once` is still running there, so its record
+    // says so again.
+    doomed.restart();
+    wait_node(
+        &mut client,
+        &doomed.name,
+        v1::NodeState::Ready,
+        Duration::from_secs(10),
+    )
+    .await;
+    let noted = wait_container(&mut client, "restartable", Duration::from_secs(10), |c| {
+        c.status_message.contains("stale copy")
+    })
+    .await;
+    assert_eq!(noted.node, survivor.name);
+    assert_eq!(state_of(&noted), S::Running);
+    let back = wait_container(&mut client, "once", Duration::from_secs(10), |c| {
+        state_of(c) == S::Running
+    })
+    .await;
+    assert!(back.status_message.contains("is back"), "{back:#?}");
+    let copies: Vec<String> = doomed
+        .agent()
+        .await
+        .list_containers(v1::ListContainersRequest::default())
+        .await
+        .expect("agent list")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        copies,
+        vec!["once.0".to_string()],
+        "exactly one copy per create"
+    );
+
+    for name in ["restartable", "once"] {
+        client
+            .remove_container(v1::RemoveContainerRequest {
+                id: name.into(),
+                force: true,
+            })
+            .await
+            .expect("remove");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_restartable_containers_and_stops_the_rest() {
+    let ctl = TestController::start("drain", &[]);
+    let drained = TestNode::start("drain-from", &ctl, None, &[]).await;
+    let other = TestNode::start("drain-to", &ctl, None, &[]).await;
+    let mut client = ctl.client().await;
+    for n in [&drained, &other] {
+        wait_node(
+            &mut client,
+            &n.name,
+            v1::NodeState::Ready,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    client
+        .cordon_node(v1::CordonNodeRequest {
+            name: other.name.clone(),
+        })
+        .await
+        .expect("cordon");
+    let mut quick = spec(&["sleep", "600"]);
+    quick.stop_grace_seconds = Some(1);
+    let mut mover = create("mover", quick.clone());
+    mover.restart_policy = Some(v1::RestartPolicy {
+        kind: v1::restart_policy::Kind::OnFailure as i32,
+        max_retries: 0,
+    });
+    client.create_container(mover).await.expect("create");
+    client
+        .create_container(create("stayer", quick))
+        .await
+        .expect("create");
+    for name in ["mover", "stayer"] {
+        wait_container(&mut client, name, Duration::from_secs(20), |c| {
+            state_of(c) == S::Running
+        })
+        .await;
+    }
+    client
+        .uncordon_node(v1::UncordonNodeRequest {
+            name: other.name.clone(),
+        })
+        .await
+        .expect("uncordon");
+
+    let drain = client
+        .drain_node(v1::DrainNodeRequest {
+            name: drained.name.clone(),
+        })
+        .await
+        .expect("drain")
+        .into_inner();
+    let mut stopped = drain.containers.clone();
+    stopped.sort();
+    assert_eq!(stopped, vec!["mover".to_string(), "stayer".to_string()]);
+    assert!(drain.node.expect("node").cordoned);
+    let moved = wait_container(&mut client, "mover", Duration::from_secs(20), |c| {
+        state_of(c) == S::Running && c.node == other.name
+    })
+    .await;
+    assert_eq!(moved.restart_count, 1);
+    let stayer = client
+        .get_container(v1::GetContainerRequest {
+            id: "stayer".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(state_of(&stayer), S::Exited, "{stayer:#?}");
+    assert_eq!(stayer.node, drained.name);
+    for name in ["mover", "stayer"] {
+        client
+            .remove_container(v1::RemoveContainerRequest {
+                id: name.into(),
+                force: true,
+            })
+            .await
+            .expect("remove");
+    }
+}
