@@ -33,7 +33,7 @@ start_daemon() {
     for _ in $(seq 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
   fi
   local start_line
-  start_line=$(( $(wc -l < "$log" 2>/dev/null || echo 0) + 1 ))
+  start_line=$(( $( { cat "$log" 2>/dev/null || true; } | wc -l) + 1 ))
   setsid "$PREFIX/bin/$name" "$@" >>"$log" 2>&1 < /dev/null &
   echo $! > "$pidfile"
   for _ in $(seq 100); do
