@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub default_memory_reservation: Option<String>,
     /// Watch events kept for resuming.
     pub event_keep: Option<usize>,
+    /// Live events a watcher may fall behind before it is cut off.
+    pub watch_buffer: Option<usize>,
     /// First restart delay, e.g. "1s".
     pub restart_backoff: Option<String>,
     /// Longest restart delay, e.g. "60s".
@@ -160,6 +162,13 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
     if event_keep == 0 {
         return Err(invalid("event_keep", "must be at least 1"));
     }
+    let watch_buffer = over
+        .watch_buffer
+        .or(file.watch_buffer)
+        .unwrap_or(defaults.watch_buffer);
+    if watch_buffer == 0 {
+        return Err(invalid("watch_buffer", "must be at least 1"));
+    }
     let restart_backoff = duration(
         "restart_backoff",
         over.restart_backoff.or(file.restart_backoff),
@@ -181,6 +190,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
             down_after,
             default_reservation_bytes,
             event_keep,
+            watch_buffer,
             restart_backoff,
             restart_backoff_max,
         },

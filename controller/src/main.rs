@@ -32,7 +32,7 @@ Settings come from flags, then HUTCH_* environment variables, then the TOML file
 struct Cli {
     /// TOML config file (keys: listen, data_dir, strategy, heartbeat_interval,
     /// not_ready_misses, down_after, default_memory_reservation, event_keep,
-    /// restart_backoff, restart_backoff_max).
+    /// watch_buffer, restart_backoff, restart_backoff_max).
     #[arg(long, env = "HUTCH_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7000]; port 0 picks a free port (printed).
@@ -61,6 +61,10 @@ struct Cli {
     /// Watch events kept so watchers can resume [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_KEEP")]
     event_keep: Option<usize>,
+    /// Live changes a watcher may fall behind before it is cut off with RESOURCE_EXHAUSTED
+    /// (it can resume from the revision named) [default: 4096].
+    #[arg(long, env = "HUTCH_WATCH_BUFFER")]
+    watch_buffer: Option<usize>,
     /// Delay before the first restart of a container; doubles per restart [default: 1s].
     #[arg(long, env = "HUTCH_RESTART_BACKOFF")]
     restart_backoff: Option<String>,
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         down_after: cli.down_after,
         default_memory_reservation: cli.default_memory_reservation,
         event_keep: cli.event_keep,
+        watch_buffer: cli.watch_buffer,
         restart_backoff: cli.restart_backoff,
         restart_backoff_max: cli.restart_backoff_max,
     };

@@ -48,6 +48,8 @@ pub struct ClusterConfig {
     pub default_reservation_bytes: u64,
     /// Watch events kept for resuming watchers.
     pub event_keep: usize,
+    /// Live events a watcher may fall behind before it is cut off.
+    pub watch_buffer: usize,
     /// First delay before a restart; doubles per restart.
     pub restart_backoff: Duration,
     /// Longest delay before a restart.
@@ -63,6 +65,7 @@ impl Default for ClusterConfig {
             down_after: Duration::from_secs(30),
             default_reservation_bytes: 64 << 20,
             event_keep: 10_000,
+            watch_buffer: 4096,
             restart_backoff: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(60),
         }
@@ -155,9 +158,6 @@ pub struct Cluster {
     pub(crate) agents: AgentPool,
 }
 
-/// Live events buffered per watcher before it is cut off as too slow.
-pub const WATCH_BUFFER: usize = 4096;
-
 impl Cluster {
     /// Loads the state from `store` and starts the background loops (pending placement,
     /// node liveness). Nodes start NOT_READY until they register with this process.
@@ -209,12 +209,13 @@ impl Cluster {
             .into_iter()
             .map(|c| (c.name.clone(), c))
             .collect();
+        let watchers = broadcast::channel(config.watch_buffer.max(1)).0;
         let cluster = Arc::new(Cluster {
             config,
             store,
             state: Mutex::new(st),
             session: new_session(),
-            watchers: broadcast::channel(WATCH_BUFFER).0,
+            watchers,
             kick: Arc::new(Notify::new()),
             agents: AgentPool::default(),
         });

@@ -150,7 +150,7 @@ impl Controller for ControllerService {
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         let _ = tx
                             .send(Err(Status::resource_exhausted(format!(
-                                "this watch fell {n} changes behind and was cut off; watch again with since_revision={last}"
+                                "this watch fell {n} changes behind (it reads slower than the cluster changes) and was cut off; watch again with since_revision={last}"
                             ))))
                             .await;
                         return;
