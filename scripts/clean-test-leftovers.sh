@@ -37,3 +37,10 @@ while read -r cg; do
   sleep 0.2
   find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 done < <(find /sys/fs/cgroup -mindepth 1 -maxdepth 8 -type d -name 'hutch-t-*' -prune 2>/dev/null)
+
+# Daemon logs that failed tests kept for reading (a passing test removes its own).
+for log in "${TMPDIR:-/tmp}"/hutch-test-*.log; do
+  [ -e "$log" ] || continue
+  echo "clean: daemon log of an earlier failed test run $log"
+  rm -f "$log"
+done

@@ -45,6 +45,33 @@ fn nothing_is_left_behind() {
         "hutch supervisors left: {processes:#?}"
     );
 
+    // Agent and controller processes started by tests (their flags name a test directory).
+    let daemons: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| {
+            let argv0 = c.split(' ').next().unwrap_or("");
+            (argv0.ends_with("hutch-agent") || argv0.ends_with("hutch-controller"))
+                && c.contains(TEST_PREFIX)
+        })
+        .collect();
+    assert!(daemons.is_empty(), "test daemons left: {daemons:#?}");
+
+    let logs: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hutch-test-") && n.ends_with(".log"))
+        .collect();
+    assert!(
+        logs.is_empty(),
+        "daemon logs of passed tests left: {logs:?}"
+    );
+
     let dirs: Vec<String> = std::fs::read_dir("/var/tmp")
         .into_iter()
         .flatten()
@@ -54,7 +81,7 @@ fn nothing_is_left_behind() {
         .collect();
     assert!(dirs.is_empty(), "test state directories left: {dirs:?}");
     println!(
-        "leak check: no hutch mount, cgroup, supervisor or test directory left (cgroup root {})",
+        "leak check: no hutch mount, cgroup, supervisor, test daemon, log or test directory left (cgroup root {})",
         root.dir().display()
     );
 }

@@ -30,9 +30,29 @@ pub fn controller_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hutch-controller"))
 }
 
+/// A daemon's stderr log: removed when the test passes, printed (its end) when it fails.
+pub struct DaemonLog(PathBuf);
+
+impl Drop for DaemonLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "---- last lines of {} ----\n{}",
+                self.0.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
 /// Starts `cmd` and returns it with the address it printed (`... listening on ADDR ...`).
-fn spawn_listening(mut cmd: Command, what: &str) -> (Child, String) {
-    let log = std::env::temp_dir().join(format!("{}.log", unique(what)));
+fn spawn_listening(mut cmd: Command, what: &str, logs: &mut Vec<DaemonLog>) -> (Child, String) {
+    let log = std::env::temp_dir().join(format!("hutch-test-{}.log", unique(what)));
+    logs.push(DaemonLog(log.clone()));
     let log_file = std::fs::File::create(&log).expect("log file");
     cmd.stdout(Stdio::piped()).stderr(log_file);
     let mut child = cmd.spawn().expect("spawn");
@@ -68,6 +88,7 @@ pub struct TestController {
     pub data_dir: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
+    logs: Vec<DaemonLog>,
 }
 
 impl TestController {
@@ -79,6 +100,7 @@ impl TestController {
             data_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            logs: Vec::new(),
         };
         c.restart();
         c
@@ -100,7 +122,7 @@ impl TestController {
             .arg("--restart-backoff")
             .arg("100ms")
             .args(&self.extra);
-        let (child, addr) = spawn_listening(cmd, "controller");
+        let (child, addr) = spawn_listening(cmd, "controller", &mut self.logs);
         self.child = Some(child);
         self.addr = addr;
     }
@@ -140,6 +162,7 @@ pub struct TestNode {
     controller: String,
     args: Vec<String>,
     child: Option<Child>,
+    logs: Vec<DaemonLog>,
     // Last: dropped after the process is gone.
     host: TestHost,
 }
@@ -167,6 +190,7 @@ impl TestNode {
             controller: controller.url(),
             args,
             child: None,
+            logs: Vec::new(),
             host,
         };
         node.restart();
@@ -184,7 +208,7 @@ impl TestNode {
             .arg("--controller")
             .arg(&self.controller)
             .args(&self.args);
-        let (child, addr) = spawn_listening(cmd, &self.name);
+        let (child, addr) = spawn_listening(cmd, &self.name, &mut self.logs);
         self.child = Some(child);
         self.addr = addr;
     }
