@@ -25,8 +25,14 @@ impl Cluster {
         let spec = req
             .rootfs
             .ok_or_else(|| ClusterError::InvalidArgument("rootfs: missing".into()))?;
-        hutch_agent::service::convert::rootfs_from(Some(spec.clone()))
+        // The nodes' own checks, before any node is asked.
+        let (name, source) = hutch_agent::service::convert::rootfs_from(Some(spec.clone()))
             .map_err(|s| ClusterError::InvalidArgument(s.message().to_string()))?;
+        hutch_agent::names::validate_name("rootfs name", &name)
+            .map_err(|e| ClusterError::InvalidArgument(format!("rootfs.name: {e}")))?;
+        source
+            .validate()
+            .map_err(|e| ClusterError::InvalidArgument(format!("rootfs: {e}")))?;
         let nodes = self.target_nodes(&req.node, &req.node_selector)?;
         if nodes.is_empty() {
             return Err(ClusterError::FailedPrecondition(
