@@ -1,6 +1,7 @@
-//! `hutch-agent`: the per-host agent. For now a local admin tool over the runtime library
-//! (the gRPC service comes on top of the same library): build rootfs, run containers, look
-//! inside them, stop and remove them. Configuration is parsed and validated before anything
+//! `hutch-agent`: the per-host agent. `serve` runs the gRPC service (and, with
+//! `--controller`, registers with a controller); the other commands are a local admin tool
+//! over the same runtime library: build rootfs, run containers, look inside them, stop and
+//! remove them. Configuration is parsed and validated before anything
 //! on the host is touched.
 
 use std::collections::BTreeMap;
@@ -64,7 +65,9 @@ enum Command {
     /// Containers keep running when the agent stops.
     ///
     /// Example: hutch-agent serve --listen 127.0.0.1:7070, then
-    /// grpcurl -plaintext 127.0.0.1:7070 hutch.v1.Agent/NodeInfo
+    /// grpcurl -plaintext 127.0.0.1:7070 hutch.v1.Agent/NodeInfo.
+    /// In a cluster: hutch-agent serve --listen 10.0.0.5:7070 --controller http://10.0.0.1:7000
+    /// --label zone=a (registers, heartbeats, and registers again whenever needed).
     Serve(ServeArgs),
     /// Build, list, inspect and remove root filesystems.
     #[command(subcommand)]
