@@ -133,6 +133,17 @@ async fn replay_then_live_and_compaction() {
         .await
         .expect("create");
     assert_eq!(next_revision(&mut stream).await, 9);
+
+    // Shutting down ends the watch with the revision to resume from, instead of hanging.
+    if let Some(stop) = c.stop.take() {
+        let _ = stop.send(());
+    }
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the watch ends on shutdown")
+        .expect_err("an error status");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end}");
+    assert!(end.message().contains("since_revision=9"), "{end}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

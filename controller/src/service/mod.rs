@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use hutch_proto::v1;
 use hutch_proto::v1::controller_server::Controller;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -27,12 +27,14 @@ const STREAM_BUFFER: usize = 64;
 #[derive(Clone)]
 pub struct ControllerService {
     cluster: Arc<Cluster>,
+    /// Turns true when the controller shuts down: long-lived streams end then.
+    closing: watch::Receiver<bool>,
 }
 
 impl ControllerService {
-    /// A service over `cluster`.
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        ControllerService { cluster }
+    /// A service over `cluster`; its streams end when `closing` turns true.
+    pub fn new(cluster: Arc<Cluster>, closing: watch::Receiver<bool>) -> Self {
+        ControllerService { cluster, closing }
     }
 
     /// The node running `id` and the id of its copy there, for proxied calls.
@@ -129,6 +131,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<Self::WatchContainersStream>, Status> {
         let since = request.into_inner().since_revision;
         let (replay, mut live) = self.cluster.watch(since)?;
+        let mut closing = self.closing.clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let mut last = since;
@@ -139,7 +142,11 @@ impl Controller for ControllerService {
                 }
             }
             loop {
-                match live.recv().await {
+                let next = tokio::select! {
+                    next = live.recv() => next,
+                    _ = wait_closing(&mut closing) => Err(broadcast::error::RecvError::Closed),
+                };
+                match next {
                     Ok(e) if e.revision <= last => {}
                     Ok(e) => {
                         last = e.revision;
@@ -189,7 +196,7 @@ impl Controller for ControllerService {
                 })
             })?
             .into_inner();
-        let stream = stream.map(move |item| {
+        let mut stream = stream.map(move |item| {
             item.map_err(|s| {
                 Status::from(ClusterError::Node {
                     node: node.clone(),
@@ -197,7 +204,25 @@ impl Controller for ControllerService {
                 })
             })
         });
-        Ok(Response::new(Box::pin(stream)))
+        // Forwarded by a task so that a followed stream ends when the controller shuts down.
+        let mut closing = self.closing.clone();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    _ = wait_closing(&mut closing) => Some(Err(Status::unavailable(
+                        "the controller is shutting down; ask again for the lines since the last one you got",
+                    ))),
+                };
+                let Some(item) = item else { return };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn exec(
@@ -284,5 +309,12 @@ impl Controller for ControllerService {
         Ok(Response::new(
             self.cluster.list_rootfs(&request.into_inner().node).await?,
         ))
+    }
+}
+
+/// Resolves once the controller starts shutting down.
+async fn wait_closing(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

@@ -27,15 +27,25 @@ pub async fn serve(
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
     health.set_serving::<NodesServer<NodesService>>().await;
-    let controller = ControllerServer::new(ControllerService::new(cluster.clone()))
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let controller = ControllerServer::new(ControllerService::new(cluster.clone(), closing))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let nodes =
         NodesServer::new(NodesService::new(cluster)).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let draining = async move {
+        shutdown.await;
+        // End watches and followed logs, so the server can stop; clients resume elsewhere.
+        closing_tx.send_replace(true);
+        health
+            .set_not_serving::<ControllerServer<ControllerService>>()
+            .await;
+        tracing::info!("shutting down; containers keep running on their nodes");
+    };
     serve_router(
         router.add_service(controller).add_service(nodes),
         listener,
-        shutdown,
+        draining,
     )
     .await
 }
