@@ -198,3 +198,63 @@ async fn nothing_acknowledged_is_lost_across_a_kill_9() {
             .expect("remove");
     }
 }
+
+/// While the controller is down, containers end and the agent's event log is compacted past
+/// the controller's last event: on restart the controller learns the real exit status by
+/// reconciling, and follows the agent's events again from its newest one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_while_the_controller_is_away_are_recorded() {
+    let mut ctl = TestController::start("ctlaway", &[]);
+    let node = TestNode::start("ctlaway-node", &ctl, None, &["--event-log-keep=2"]).await;
+    let mut client = ctl.client().await;
+    wait_node(
+        &mut client,
+        &node.name,
+        v1::NodeState::Ready,
+        Duration::from_secs(10),
+    )
+    .await;
+    for (name, code) in [("away-0", 0), ("away-3", 3), ("away-7", 7)] {
+        client
+            .create_container(create(
+                name,
+                spec(&["/bin/sh", "-c", &format!("sleep 1; exit {code}")]),
+            ))
+            .await
+            .expect("create");
+        wait_container(&mut client, name, Duration::from_secs(20), |c| {
+            state_of(c) == S::Running
+        })
+        .await;
+    }
+    ctl.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // all three exit meanwhile
+    ctl.restart();
+    let mut client = ctl.client().await;
+    for (name, code) in [("away-0", 0), ("away-3", 3), ("away-7", 7)] {
+        let c = wait_container(&mut client, name, Duration::from_secs(20), |c| {
+            state_of(c) == S::Exited
+        })
+        .await;
+        assert_eq!(c.exit_code, Some(code), "{c:#?}");
+    }
+    // Events flow again: a new container's whole life is seen.
+    client
+        .create_container(create("after", spec(&["/bin/true"])))
+        .await
+        .expect("create");
+    let c = wait_container(&mut client, "after", Duration::from_secs(20), |c| {
+        state_of(c) == S::Exited
+    })
+    .await;
+    assert_eq!(c.exit_code, Some(0));
+    for name in ["away-0", "away-3", "away-7", "after"] {
+        client
+            .remove_container(v1::RemoveContainerRequest {
+                id: name.into(),
+                force: true,
+            })
+            .await
+            .expect("remove");
+    }
+}

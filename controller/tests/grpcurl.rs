@@ -34,7 +34,7 @@ fn until_state(addr: &str, id: &str, state: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_against_the_controller() {
     let ctl = TestController::start("grpcurl-ctl", &[]);
-    let node = TestNode::start("grpcurl-node", &ctl, None, &["zone=a"]).await;
+    let node = TestNode::start("grpcurl-node", &ctl, None, &["--label=zone=a"]).await;
     let mut client = ctl.client().await;
     wait_node(
         &mut client,

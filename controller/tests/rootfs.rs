@@ -14,7 +14,7 @@ use v1::cluster_build_rootfs_response::Event;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_on_every_node_with_one_stream() {
     let ctl = TestController::start("rootfs", &[]);
-    let a = TestNode::start("rootfs-a", &ctl, None, &["disk=ssd"]).await;
+    let a = TestNode::start("rootfs-a", &ctl, None, &["--label=disk=ssd"]).await;
     let b = TestNode::start("rootfs-b", &ctl, None, &[]).await;
     let mut client = ctl.client().await;
     for n in [&a, &b] {

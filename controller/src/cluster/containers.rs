@@ -185,6 +185,14 @@ impl Cluster {
                     .await;
             }
             s if is_final(s) || s == S::Lost => return Ok(record),
+            S::Scheduled => {
+                // On its way to the node: the dispatcher sees the stop request, or the run
+                // arrives and is stopped below.
+                let record = self.wait_until_started(name).await?;
+                if state(&record) != S::Running {
+                    return Ok(record);
+                }
+            }
             _ => {}
         }
         let mut client = self.client_for(&record.node)?;
@@ -203,6 +211,18 @@ impl Cluster {
             .into_inner();
         self.apply_agent_view(&record.node, agent_view).await?;
         self.get(name)
+    }
+
+    /// Waits while the container is SCHEDULED (its run on the way to the node).
+    async fn wait_until_started(&self, name: &str) -> Result<v1::Container, ClusterError> {
+        let deadline = tokio::time::Instant::now() + STOP_SLACK;
+        loop {
+            let record = self.get(name)?;
+            if state(&record) != S::Scheduled || tokio::time::Instant::now() > deadline {
+                return Ok(record);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Marks the container as stopped on purpose (no restart) and returns it.

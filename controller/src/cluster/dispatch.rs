@@ -85,11 +85,40 @@ impl Cluster {
             if record.restart_count != attempt || state(&record) != S::Scheduled {
                 return;
             }
+            if record.stop_requested {
+                let name = name.to_string();
+                let stopped = self
+                    .commit_blocking(move |c| {
+                        c.update(&name, |r| {
+                            if r.restart_count != attempt || state(r) != S::Scheduled {
+                                return false;
+                            }
+                            r.state = S::Exited as i32;
+                            r.status_message = "stopped before it started".into();
+                            true
+                        })
+                    })
+                    .await;
+                if let Ok(r) = stopped {
+                    self.after_end(&r);
+                }
+                return;
+            }
             let node = record.node.clone();
             match self.run_on_node(&record).await {
                 Ok(view) => {
+                    let copy = view.name.clone();
                     if let Err(e) = self.apply_agent_view(&node, view).await {
                         tracing::error!("recording the started container: {e}");
+                    }
+                    // Removed, or moved on to another run, while the run was on its way:
+                    // the copy belongs to nobody.
+                    let current = self
+                        .get(name)
+                        .is_ok_and(|r| r.node == node && r.restart_count == attempt);
+                    if !current {
+                        tracing::info!(%copy, "removing a copy started for a record that moved on");
+                        self.spawn_remove_copy(&node, &copy);
                     }
                     return;
                 }
@@ -256,6 +285,13 @@ impl Cluster {
                     .map(tonic::Response::into_inner),
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             };
+            let stream = match stream {
+                Err(s) if s.code() == tonic::Code::OutOfRange => {
+                    self.skip_compacted_events(&node, &s).await;
+                    continue;
+                }
+                other => other,
+            };
             match stream {
                 Ok(mut stream) => {
                     pause = RETRY_FIRST;
@@ -275,6 +311,10 @@ impl Cluster {
                                     }
                                 }
                             }
+                            Err(s) if s.code() == tonic::Code::OutOfRange => {
+                                self.skip_compacted_events(&node, &s).await;
+                                break;
+                            }
                             Err(s) => {
                                 tracing::info!(%node, "event stream ended: {s}");
                                 break;
@@ -286,6 +326,30 @@ impl Cluster {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// The agent no longer keeps the events after our last one (its log was compacted while
+    /// the controller was away): continue from its newest event, and reconcile to learn what
+    /// the skipped ones said.
+    async fn skip_compacted_events(self: &Arc<Self>, node: &str, status: &tonic::Status) {
+        tracing::warn!(%node, "events were compacted on the node ({}); reconciling", status.message());
+        let info = match self.client_for(node) {
+            Ok(mut client) => client.node_info(v1::NodeInfoRequest {}).await,
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        match info {
+            Ok(info) => {
+                let newest = info.into_inner().last_event_seq;
+                if let Some(e) = self.lock().nodes.get_mut(node) {
+                    e.record.last_event_seq = newest;
+                }
+                tokio::spawn(self.clone().reconcile(node.to_string()));
+            }
+            Err(s) => {
+                tracing::info!(%node, "cannot ask the node for its newest event: {s}");
+                tokio::time::sleep(RETRY_MAX).await;
+            }
         }
     }
 

@@ -30,7 +30,8 @@ pub fn controller_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hutch-controller"))
 }
 
-/// A daemon's stderr log: removed when the test passes, printed (its end) when it fails.
+/// A daemon's stderr log: removed when the test passes (kept with `HUTCH_TEST_KEEP_LOGS=1`),
+/// printed (its end) when it fails.
 pub struct DaemonLog(PathBuf);
 
 impl Drop for DaemonLog {
@@ -43,7 +44,7 @@ impl Drop for DaemonLog {
                 self.0.display(),
                 lines[lines.len().saturating_sub(40)..].join("\n")
             );
-        } else {
+        } else if std::env::var_os("HUTCH_TEST_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_file(&self.0);
         }
     }
@@ -168,12 +169,13 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Starts an agent offering `capacity_bytes` of memory (all of the host's when None).
+    /// Starts an agent offering `capacity_bytes` of memory (all of the host's when None),
+    /// with extra `serve` flags (e.g. `--label=zone=a`).
     pub async fn start(
         test: &str,
         controller: &TestController,
         capacity_bytes: Option<u64>,
-        labels: &[&str],
+        flags: &[&str],
     ) -> TestNode {
         let host = TestHost::new(test).await;
         let mut args = Vec::new();
@@ -181,9 +183,7 @@ impl TestNode {
             let reserve = hutch_agent::node::memory_total_bytes().saturating_sub(cap);
             args.push(format!("--memory-reserve={reserve}"));
         }
-        for l in labels {
-            args.push(format!("--label={l}"));
-        }
+        args.extend(flags.iter().map(|f| f.to_string()));
         let mut node = TestNode {
             name: host.instance.clone(),
             addr: "127.0.0.1:0".into(),
