@@ -206,14 +206,7 @@ async fn nothing_acknowledged_is_lost_across_a_kill_9() {
 async fn exits_while_the_controller_is_away_are_recorded() {
     let mut ctl = TestController::start("ctlaway", &[]);
     let node = TestNode::start("ctlaway-node", &ctl, None, &["--event-log-keep=2"]).await;
-    let mut client = ctl.client().await;
-    wait_node(
-        &mut client,
-        &node.name,
-        v1::NodeState::Ready,
-        Duration::from_secs(10),
-    )
-    .await;
+    let mut client = ctl.client_when_ready(&[&node]).await;
     for (name, code) in [("away-0", 0), ("away-3", 3), ("away-7", 7)] {
         client
             .create_container(create(

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::agent_common::{assert_code, grpcurl};
 use common::*;
-use hutch_proto::v1;
 
 fn until_state(addr: &str, id: &str, state: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -35,14 +34,7 @@ fn until_state(addr: &str, id: &str, state: &str) -> String {
 async fn grpcurl_against_the_controller() {
     let ctl = TestController::start("grpcurl-ctl", &[]);
     let node = TestNode::start("grpcurl-node", &ctl, None, &["--label=zone=a"]).await;
-    let mut client = ctl.client().await;
-    wait_node(
-        &mut client,
-        &node.name,
-        v1::NodeState::Ready,
-        Duration::from_secs(10),
-    )
-    .await;
+    let _client = ctl.client_when_ready(&[&node]).await;
     let a = ctl.addr.as_str();
 
     let list = grpcurl(a, None, &["list"]);

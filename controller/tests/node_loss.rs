@@ -14,16 +14,7 @@ async fn a_lost_node_is_noticed_and_its_containers_move() {
     let ctl = TestController::start("nodeloss", &[]);
     let mut doomed = TestNode::start("loss-doomed", &ctl, None, &[]).await;
     let survivor = TestNode::start("loss-survivor", &ctl, None, &[]).await;
-    let mut client = ctl.client().await;
-    for n in [&doomed, &survivor] {
-        wait_node(
-            &mut client,
-            &n.name,
-            v1::NodeState::Ready,
-            Duration::from_secs(10),
-        )
-        .await;
-    }
+    let mut client = ctl.client_when_ready(&[&doomed, &survivor]).await;
 
     // Both containers on the doomed node: the survivor is cordoned while they are placed.
     client
@@ -140,16 +131,7 @@ async fn drain_moves_restartable_containers_and_stops_the_rest() {
     let ctl = TestController::start("drain", &[]);
     let drained = TestNode::start("drain-from", &ctl, None, &[]).await;
     let other = TestNode::start("drain-to", &ctl, None, &[]).await;
-    let mut client = ctl.client().await;
-    for n in [&drained, &other] {
-        wait_node(
-            &mut client,
-            &n.name,
-            v1::NodeState::Ready,
-            Duration::from_secs(10),
-        )
-        .await;
-    }
+    let mut client = ctl.client_when_ready(&[&drained, &other]).await;
     client
         .cordon_node(v1::CordonNodeRequest {
             name: other.name.clone(),

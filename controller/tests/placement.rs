@@ -16,16 +16,7 @@ async fn placement_follows_memory_and_pending_waits_for_room() {
     let ctl = TestController::start("placement", &[]);
     let small = TestNode::start("place-small", &ctl, Some(GIB), &[]).await;
     let big = TestNode::start("place-big", &ctl, Some(2 * GIB), &[]).await;
-    let mut client = ctl.client().await;
-    for n in [&small, &big] {
-        wait_node(
-            &mut client,
-            &n.name,
-            v1::NodeState::Ready,
-            Duration::from_secs(10),
-        )
-        .await;
-    }
+    let mut client = ctl.client_when_ready(&[&small, &big]).await;
 
     // 1.5 GiB fits only on the 2 GiB node.
     let mut s = spec(&["sleep", "600"]);
@@ -135,14 +126,7 @@ async fn placement_follows_memory_and_pending_waits_for_room() {
 async fn oom_logs_and_exec_through_the_controller() {
     let ctl = TestController::start("oom", &[]);
     let node = TestNode::start("oom-node", &ctl, None, &[]).await;
-    let mut client = ctl.client().await;
-    wait_node(
-        &mut client,
-        &node.name,
-        v1::NodeState::Ready,
-        Duration::from_secs(10),
-    )
-    .await;
+    let mut client = ctl.client_when_ready(&[&node]).await;
 
     // The tutorial's memory limit: a shell that grows a string past 16 MiB.
     let mut s = spec(&[

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::*;
 use hutch_proto::v1;
@@ -16,16 +15,7 @@ async fn builds_on_every_node_with_one_stream() {
     let ctl = TestController::start("rootfs", &[]);
     let a = TestNode::start("rootfs-a", &ctl, None, &["--label=disk=ssd"]).await;
     let b = TestNode::start("rootfs-b", &ctl, None, &[]).await;
-    let mut client = ctl.client().await;
-    for n in [&a, &b] {
-        wait_node(
-            &mut client,
-            &n.name,
-            v1::NodeState::Ready,
-            Duration::from_secs(10),
-        )
-        .await;
-    }
+    let mut client = ctl.client_when_ready(&[&a, &b]).await;
     // A small directory source, unique to this test run (the test nodes share one store).
     let name = unique("tiny");
     let source = std::path::PathBuf::from(format!("/var/tmp/hutch-test-{name}"));

@@ -144,6 +144,21 @@ impl TestController {
             .await
             .expect("connect")
     }
+
+    /// A connected client, once every one of `nodes` is READY.
+    pub async fn client_when_ready(&self, nodes: &[&TestNode]) -> ControllerClient<Channel> {
+        let mut client = self.client().await;
+        for n in nodes {
+            wait_node(
+                &mut client,
+                &n.name,
+                v1::NodeState::Ready,
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+        client
+    }
 }
 
 impl Drop for TestController {
