@@ -15,6 +15,8 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== leftovers of earlier, killed test runs"
 bash scripts/clean-test-leftovers.sh
+echo "== cargo build (binaries and the example programs the tests run)"
+cargo build --workspace --bins --examples
 echo "== cargo test"
 cargo test --workspace --all-targets
 echo "== leak check (last: nothing hutch made may be left)"

@@ -399,48 +399,11 @@ pub fn parse_namespaces(list: &str) -> Result<Vec<Namespace>, SpecError> {
         .collect()
 }
 
-/// Parses a human size: plain bytes (`1000000`), binary units (`512k`, `1M`, `2GiB`: powers
-/// of 1024, as `docker run -m` reads them) or decimal ones (`1MB` = 1,000,000).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size: use e.g. 1000000, 64M or 1GiB"))?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit '{other}' in '{text}': use k, M, G, KiB, MiB, GiB, KB, MB or GB"
-            ))
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("size '{text}' is too large"))
-}
+pub use hutch_proto::units::parse_size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1000000"), Ok(1_000_000));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_size("1MB"), Ok(1_000_000));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("5 parsecs").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
-    }
 
     fn ok_spec() -> ContainerSpec {
         ContainerSpec::new("debian", ["/bin/true"])

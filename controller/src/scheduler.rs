@@ -327,21 +327,7 @@ impl Scheduler {
     }
 }
 
-/// `1.2 GiB`, `64 MiB`, `512 KiB`, `100 B`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value.fract() < 0.05 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use hutch_proto::units::human_bytes;
 
 #[cfg(test)]
 mod tests {
@@ -594,13 +580,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn human_bytes_reads_well() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(64 * MIB), "64 MiB");
-        assert_eq!(human_bytes(GIB + GIB / 5), "1.2 GiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 }

@@ -2,6 +2,8 @@
 //! and server, and the encoded file-descriptor set for server reflection.
 #![forbid(unsafe_code)]
 
+pub mod units;
+
 /// Package `hutch.v1`.
 #[allow(missing_docs, clippy::all, clippy::unwrap_used)]
 pub mod v1 {

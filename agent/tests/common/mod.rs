@@ -43,7 +43,7 @@ pub fn shared_rootfs_dir() -> PathBuf {
 /// A binary of the workspace: from cargo's environment in the agent's own tests, else next
 /// to the test executable's directory (`target/debug/deps/..`), where `cargo test
 /// --workspace` builds every binary.
-fn workspace_bin(name: &str, from_cargo: Option<&str>) -> PathBuf {
+pub fn workspace_bin(name: &str, from_cargo: Option<&str>) -> PathBuf {
     if let Some(p) = from_cargo {
         return PathBuf::from(p);
     }

@@ -39,6 +39,24 @@ impl Drop for InflightGuard {
     }
 }
 
+/// The failing step of a start the node refused: the agent says "... failed to start at
+/// step 'STEP': MESSAGE"; anything else is the step "start".
+fn failure_of(message: &str) -> v1::Failure {
+    let parsed = message
+        .split_once("failed to start at step '")
+        .and_then(|(_, rest)| rest.split_once("': "));
+    match parsed {
+        Some((step, detail)) => v1::Failure {
+            step: step.to_string(),
+            message: detail.to_string(),
+        },
+        None => v1::Failure {
+            step: "start".into(),
+            message: message.to_string(),
+        },
+    }
+}
+
 /// Whether an agent's copy was started by the controller.
 fn is_ours(c: &v1::Container) -> bool {
     c.spec
@@ -133,10 +151,7 @@ impl Cluster {
                                     return false;
                                 }
                                 r.state = S::Failed as i32;
-                                r.failure = Some(v1::Failure {
-                                    step: "start".into(),
-                                    message: status.message().to_string(),
-                                });
+                                r.failure = Some(failure_of(status.message()));
                                 r.status_message = message;
                                 true
                             })
@@ -176,7 +191,9 @@ impl Cluster {
             .name
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
-        if spec.hostname.is_empty() && hostname_ok {
+        let has_uts =
+            spec.namespaces.is_empty() || spec.namespaces.contains(&(v1::Namespace::Uts as i32));
+        if spec.hostname.is_empty() && hostname_ok && has_uts {
             spec.hostname = record.name.clone();
         }
         let run = |client: &mut hutch_proto::v1::agent_client::AgentClient<_>| {
@@ -518,5 +535,18 @@ impl Cluster {
                 Err(e) => tracing::error!("recording a lost container: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_of;
+
+    #[test]
+    fn the_agents_failing_step_is_kept() {
+        let f = failure_of("container 'x.0' failed to start at step 'exec': '/nope' does not exist in the container");
+        assert_eq!(f.step, "exec");
+        assert_eq!(f.message, "'/nope' does not exist in the container");
+        assert_eq!(failure_of("no route").step, "start");
     }
 }

@@ -25,9 +25,12 @@ pub const HEARTBEAT: &str = "200ms";
 /// Silence after which a test controller declares a node down.
 pub const DOWN_AFTER: &str = "2s";
 
-/// The controller binary built with these tests.
+/// The controller binary.
 pub fn controller_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hutch-controller"))
+    agent_common::workspace_bin(
+        "hutch-controller",
+        option_env!("CARGO_BIN_EXE_hutch-controller"),
+    )
 }
 
 /// A daemon's stderr log: removed when the test passes (kept with `HUTCH_TEST_KEEP_LOGS=1`),

@@ -1,0 +1,345 @@
+//! How records are shown: tables for people, JSON with stable snake_case field names for
+//! programs (`--output json`). The JSON shapes are defined here, not derived from the wire
+//! types, so renaming a proto field never changes a script's input.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hutch::human_bytes;
+use hutch::proto as v1;
+use serde::Serialize;
+
+/// A container, as `hutch ps -o json` and `hutch inspect -o json` print it.
+#[derive(Serialize)]
+pub struct ContainerJson {
+    pub id: String,
+    pub node: String,
+    pub state: String,
+    pub status: String,
+    pub rootfs: String,
+    pub command: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub failure: Option<String>,
+    pub pid: u32,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_usage_bytes: Option<u64>,
+    pub restart_count: u32,
+    pub restart_policy: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub namespaces: Vec<NamespaceJson>,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub revision: u64,
+}
+
+/// One namespace next to the host's.
+#[derive(Serialize)]
+pub struct NamespaceJson {
+    pub kind: String,
+    pub container_inode: u64,
+    pub host_inode: u64,
+    pub isolated: bool,
+}
+
+/// A node, as `hutch nodes -o json` prints it.
+#[derive(Serialize)]
+pub struct NodeJson {
+    pub name: String,
+    pub address: String,
+    pub state: String,
+    pub cordoned: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub memory_total_bytes: u64,
+    pub memory_allocatable_bytes: u64,
+    pub memory_reserved_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub running_containers: u32,
+    pub rootfs: Vec<String>,
+    pub cgroup_version: String,
+    pub kernel: String,
+    pub message: String,
+}
+
+/// `CONTAINER_STATE_RUNNING` -> `running`.
+pub fn state_name(state: i32) -> String {
+    v1::ContainerState::try_from(state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("CONTAINER_STATE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| format!("unknown({state})"))
+}
+
+fn node_state_name(state: i32) -> String {
+    v1::NodeState::try_from(state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("NODE_STATE_")
+                .to_ascii_lowercase()
+                .replace('_', "-")
+        })
+        .unwrap_or_else(|_| format!("unknown({state})"))
+}
+
+fn namespace_name(kind: i32) -> String {
+    v1::Namespace::try_from(kind)
+        .map(|n| {
+            n.as_str_name()
+                .trim_start_matches("NAMESPACE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| format!("unknown({kind})"))
+}
+
+fn time_of(t: &prost_types::Timestamp) -> SystemTime {
+    UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(t.seconds).unwrap_or(0),
+            u32::try_from(t.nanos).unwrap_or(0).min(999_999_999),
+        )
+}
+
+fn rfc3339(t: &Option<prost_types::Timestamp>) -> Option<String> {
+    t.as_ref()
+        .map(|t| humantime::format_rfc3339_millis(time_of(t)).to_string())
+}
+
+/// `3s ago`, `5m ago`.
+fn ago(t: &Option<prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let secs = SystemTime::now()
+        .duration_since(time_of(t))
+        .unwrap_or_default()
+        .as_secs();
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+fn policy_name(p: &Option<v1::RestartPolicy>) -> String {
+    use v1::restart_policy::Kind;
+    let p = p.unwrap_or_default();
+    match Kind::try_from(p.kind).unwrap_or(Kind::Unspecified) {
+        Kind::OnFailure if p.max_retries > 0 => format!("on-failure:{}", p.max_retries),
+        Kind::OnFailure => "on-failure".into(),
+        Kind::Always => "always".into(),
+        _ => "never".into(),
+    }
+}
+
+/// The JSON form of a container.
+pub fn container_json(c: &v1::Container) -> ContainerJson {
+    let spec = c.spec.clone().unwrap_or_default();
+    ContainerJson {
+        id: c.name.clone(),
+        node: c.node.clone(),
+        state: state_name(c.state),
+        status: c.status_message.clone(),
+        rootfs: spec.rootfs,
+        command: spec.command,
+        exit_code: c.exit_code,
+        signal: c.signal,
+        oom_killed: c.oom_killed,
+        failure: c
+            .failure
+            .as_ref()
+            .map(|f| format!("{}: {}", f.step, f.message)),
+        pid: c.pid,
+        memory_limit_bytes: spec.memory_limit_bytes,
+        memory_usage_bytes: c.memory.map(|m| m.usage_bytes),
+        restart_count: c.restart_count,
+        restart_policy: policy_name(&c.restart_policy),
+        labels: spec.labels.into_iter().collect(),
+        namespaces: c
+            .namespaces
+            .iter()
+            .map(|n| NamespaceJson {
+                kind: namespace_name(n.kind),
+                container_inode: n.container_inode,
+                host_inode: n.host_inode,
+                isolated: n.isolated,
+            })
+            .collect(),
+        created_at: rfc3339(&c.created_at),
+        started_at: rfc3339(&c.started_at),
+        finished_at: rfc3339(&c.finished_at),
+        revision: c.revision,
+    }
+}
+
+/// The JSON form of a node.
+pub fn node_json(n: &v1::Node) -> NodeJson {
+    NodeJson {
+        name: n.name.clone(),
+        address: n.address.clone(),
+        state: node_state_name(n.state),
+        cordoned: n.cordoned,
+        labels: n.labels.clone().into_iter().collect(),
+        memory_total_bytes: n.memory_total_bytes,
+        memory_allocatable_bytes: n.memory_allocatable_bytes,
+        memory_reserved_bytes: n.memory_reserved_bytes,
+        memory_used_bytes: n.memory_used_bytes,
+        running_containers: n.running_containers,
+        rootfs: n.rootfs.clone(),
+        cgroup_version: n.cgroup_version.clone(),
+        kernel: n.kernel.clone(),
+        message: n.message.clone(),
+    }
+}
+
+/// Prints rows as columns padded to their widest cell.
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, cell) in r.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(max.saturating_sub(3)).collect();
+        format!("{cut}...")
+    }
+}
+
+/// `hutch ps`.
+pub fn containers_table(list: &[v1::Container]) {
+    let rows = list
+        .iter()
+        .map(|c| {
+            let spec = c.spec.clone().unwrap_or_default();
+            vec![
+                c.name.clone(),
+                if c.node.is_empty() {
+                    "-".into()
+                } else {
+                    c.node.clone()
+                },
+                state_name(c.state),
+                ago(&c.created_at),
+                shorten(&spec.command.join(" "), 30),
+                shorten(&c.status_message, 60),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NODE", "STATE", "CREATED", "COMMAND", "STATUS"],
+        rows,
+    );
+}
+
+/// `hutch inspect`: the record, then the namespace table (the tutorial's `ls -l /proc/PID/ns`).
+pub fn container_details(c: &v1::Container) {
+    let j = container_json(c);
+    let field = |k: &str, v: String| println!("{k:<16}{v}");
+    field("id", j.id.clone());
+    field("node", j.node.clone());
+    field("state", j.state.clone());
+    field("status", j.status.clone());
+    field("rootfs", j.rootfs.clone());
+    field("command", j.command.join(" "));
+    field("pid", j.pid.to_string());
+    if let Some(code) = j.exit_code {
+        field("exit code", code.to_string());
+    }
+    if let Some(sig) = j.signal {
+        field("signal", sig.to_string());
+    }
+    field("oom killed", j.oom_killed.to_string());
+    if let Some(f) = &j.failure {
+        field("failure", f.clone());
+    }
+    field(
+        "memory limit",
+        j.memory_limit_bytes.map_or("none".into(), human_bytes),
+    );
+    if let Some(u) = j.memory_usage_bytes {
+        field("memory usage", human_bytes(u));
+    }
+    field("restart policy", j.restart_policy.clone());
+    field("restarts", j.restart_count.to_string());
+    field("created", j.created_at.clone().unwrap_or_default());
+    field("started", j.started_at.clone().unwrap_or_default());
+    field("finished", j.finished_at.clone().unwrap_or_default());
+    if !j.namespaces.is_empty() {
+        println!();
+        table(
+            &["NAMESPACE", "CONTAINER INODE", "HOST INODE", "ISOLATED"],
+            j.namespaces
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.kind.clone(),
+                        n.container_inode.to_string(),
+                        n.host_inode.to_string(),
+                        if n.isolated { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+}
+
+/// `hutch nodes`.
+pub fn nodes_table(list: &[v1::Node]) {
+    let rows = list
+        .iter()
+        .map(|n| {
+            let mut state = node_state_name(n.state);
+            if n.cordoned {
+                state.push_str(",cordoned");
+            }
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                n.name.clone(),
+                state,
+                n.address.clone(),
+                n.running_containers.to_string(),
+                format!(
+                    "{} / {}",
+                    human_bytes(n.memory_reserved_bytes),
+                    human_bytes(n.memory_allocatable_bytes)
+                ),
+                n.rootfs.join(","),
+                labels.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "ADDRESS",
+            "RUNNING",
+            "RESERVED / ALLOCATABLE",
+            "ROOTFS",
+            "LABELS",
+        ],
+        rows,
+    );
+}

@@ -1,0 +1,267 @@
+//! [`Client`]: a connection to the controller, with typed calls for containers, nodes and
+//! rootfs.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use hutch_proto::v1;
+use hutch_proto::v1::controller_client::ControllerClient;
+use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::container::Container;
+use crate::error::{Error, Result};
+use crate::spec::ContainerSpec;
+
+/// A stream of items from the cluster.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
+
+/// Where the controller's CA and this client's certificate come from (mutual TLS). hutch's
+/// servers do not speak TLS yet; setting this is refused until they do.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM of the CA that signed the controller's certificate.
+    pub ca_pem: Vec<u8>,
+    /// PEM of this client's certificate and key, for mutual TLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Longest a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Longest a unary call may take (streams are not limited).
+    pub request_timeout: Option<Duration>,
+    /// Bearer token sent with every call (`authorization: Bearer ...`).
+    pub token: Option<String>,
+    /// TLS settings.
+    pub tls: Option<TlsOptions>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: None,
+            token: None,
+            tls: None,
+        }
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Rpc = ControllerClient<InterceptedService<Channel, Auth>>;
+
+/// A connection to the controller. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    rpc: Rpc,
+    request_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the controller at `url` (`http://host:port`, or `host:port`).
+    pub async fn connect(url: &str) -> Result<Client> {
+        Client::connect_with(url, ClientOptions::default()).await
+    }
+
+    /// Connects with explicit options.
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
+        let url = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
+        if options.tls.is_some() {
+            return Err(Error::InvalidInput(
+                "TLS is not offered by hutch's servers yet; connect over plaintext on a trusted network".into(),
+            ));
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::InvalidInput(format!("controller URL '{url}': {e}")))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| Error::Connect {
+            url: url.clone(),
+            message: source_chain(&e),
+        })?;
+        let token = match options.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| Error::InvalidInput("token: not valid in a header".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Client {
+            rpc: ControllerClient::with_interceptor(channel, Auth(token))
+                .max_decoding_message_size(64 << 20),
+            request_timeout: options.request_timeout,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(t) = self.request_timeout {
+            r.set_timeout(t);
+        }
+        r
+    }
+
+    pub(crate) fn rpc(&self) -> Rpc {
+        self.rpc.clone()
+    }
+
+    /// Creates a container (idempotent by name) and returns its handle and first record.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<(Container, v1::Container)> {
+        let request = spec.to_request()?;
+        let record = self
+            .rpc()
+            .create_container(self.request(request))
+            .await?
+            .into_inner();
+        Ok((self.container(&record.name), record))
+    }
+
+    /// A handle on the container `id` (not checked until used).
+    pub fn container(&self, id: &str) -> Container {
+        Container::new(self.clone(), id)
+    }
+
+    /// One container's record.
+    pub async fn get(&self, id: &str) -> Result<v1::Container> {
+        Ok(self
+            .rpc()
+            .get_container(self.request(v1::GetContainerRequest { id: id.into() }))
+            .await?
+            .into_inner())
+    }
+
+    /// Containers matching the filter (all when it is empty).
+    pub async fn list(
+        &self,
+        filter: v1::ListClusterContainersRequest,
+    ) -> Result<Vec<v1::Container>> {
+        Ok(self
+            .rpc()
+            .list_containers(self.request(filter))
+            .await?
+            .into_inner()
+            .containers)
+    }
+
+    /// Every change after `since_revision` (0: all kept), then live ones.
+    pub async fn watch(&self, since_revision: u64) -> Result<BoxStream<v1::WatchEvent>> {
+        let stream = self
+            .rpc()
+            .watch_containers(v1::WatchContainersRequest { since_revision })
+            .await?
+            .into_inner();
+        Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
+    }
+
+    /// The nodes.
+    pub async fn nodes(&self) -> Result<Vec<v1::Node>> {
+        Ok(self
+            .rpc()
+            .list_nodes(self.request(v1::ListNodesRequest {}))
+            .await?
+            .into_inner()
+            .nodes)
+    }
+
+    /// One node.
+    pub async fn node(&self, name: &str) -> Result<v1::Node> {
+        Ok(self
+            .rpc()
+            .get_node(self.request(v1::GetNodeRequest { name: name.into() }))
+            .await?
+            .into_inner())
+    }
+
+    /// Stops placing containers on the node.
+    pub async fn cordon(&self, name: &str) -> Result<v1::Node> {
+        Ok(self
+            .rpc()
+            .cordon_node(self.request(v1::CordonNodeRequest { name: name.into() }))
+            .await?
+            .into_inner())
+    }
+
+    /// Places containers on the node again.
+    pub async fn uncordon(&self, name: &str) -> Result<v1::Node> {
+        Ok(self
+            .rpc()
+            .uncordon_node(self.request(v1::UncordonNodeRequest { name: name.into() }))
+            .await?
+            .into_inner())
+    }
+
+    /// Cordons the node and stops its containers (restartable ones move elsewhere).
+    pub async fn drain(&self, name: &str) -> Result<v1::DrainNodeResponse> {
+        Ok(self
+            .rpc()
+            .drain_node(v1::DrainNodeRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Builds a rootfs on one node (`node`), on nodes with these labels (`selector`), or on
+    /// every ready node; streams each node's progress and result.
+    pub async fn build_rootfs(
+        &self,
+        request: v1::ClusterBuildRootfsRequest,
+    ) -> Result<BoxStream<v1::ClusterBuildRootfsResponse>> {
+        let stream = self.rpc().build_rootfs(request).await?.into_inner();
+        Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
+    }
+
+    /// Every node's rootfs (or one node's).
+    pub async fn list_rootfs(&self, node: &str) -> Result<v1::ClusterListRootfsResponse> {
+        Ok(self
+            .rpc()
+            .list_rootfs(self.request(v1::ClusterListRootfsRequest { node: node.into() }))
+            .await?
+            .into_inner())
+    }
+}
+
+/// An error and its causes on one line.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,173 @@
+//! [`Container`]: a handle on one container, with its lifecycle as async calls and its logs
+//! and changes as streams.
+
+use hutch_proto::v1::{self, ContainerState};
+use tokio_stream::StreamExt;
+
+use crate::client::{BoxStream, Client};
+use crate::error::{Error, Result};
+
+/// Whether a state is an end (EXITED, OOM_KILLED, FAILED, LOST).
+pub fn is_final(state: i32) -> bool {
+    [
+        ContainerState::Exited,
+        ContainerState::OomKilled,
+        ContainerState::Failed,
+        ContainerState::Lost,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
+}
+
+/// What an exec printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal, when it was killed.
+    pub signal: Option<i32>,
+}
+
+/// One container of the cluster.
+#[derive(Clone)]
+pub struct Container {
+    client: Client,
+    id: String,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container").field("id", &self.id).finish()
+    }
+}
+
+impl Container {
+    pub(crate) fn new(client: Client, id: &str) -> Self {
+        Container {
+            client,
+            id: id.to_string(),
+        }
+    }
+
+    /// Its id (= name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its current record.
+    pub async fn info(&self) -> Result<v1::Container> {
+        self.client.get(&self.id).await
+    }
+
+    /// Its changes from now on (the current record first).
+    pub async fn events(&self) -> Result<BoxStream<v1::Container>> {
+        let current = self.info().await?;
+        let id = self.id.clone();
+        let stream = self
+            .client
+            .watch(current.revision)
+            .await?
+            .filter_map(move |e| match e {
+                Ok(e) => e.container.filter(|c| c.name == id).map(Ok),
+                Err(e) => Some(Err(e)),
+            });
+        Ok(Box::pin(tokio_stream::once(Ok(current)).chain(stream)))
+    }
+
+    /// Waits until it has ended (EXITED, OOM_KILLED, FAILED or LOST) and returns the final
+    /// record. A restart policy may start it again afterwards.
+    pub async fn wait(&self) -> Result<v1::Container> {
+        let mut events = self.events().await?;
+        while let Some(c) = events.next().await {
+            let c = c?;
+            if is_final(c.state) {
+                return Ok(c);
+            }
+        }
+        Err(Error::Status(tonic::Status::unavailable(format!(
+            "the watch of container '{}' ended before it did",
+            self.id
+        ))))
+    }
+
+    /// Its output lines; with `follow`, new lines until it ends.
+    pub async fn logs(&self, follow: bool, tail: Option<u32>) -> Result<BoxStream<v1::LogEntry>> {
+        let stream = self
+            .client
+            .rpc()
+            .container_logs(v1::ContainerLogsRequest {
+                id: self.id.clone(),
+                follow,
+                since: None,
+                tail,
+            })
+            .await?
+            .into_inner();
+        Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
+    }
+
+    /// Runs a command inside it (joining its namespaces, cgroup and root) and returns what
+    /// it printed.
+    pub async fn exec<S: Into<String>>(
+        &self,
+        argv: impl IntoIterator<Item = S>,
+    ) -> Result<ExecOutput> {
+        let r = self
+            .client
+            .rpc()
+            .exec(v1::ExecRequest {
+                id: self.id.clone(),
+                command: argv.into_iter().map(Into::into).collect(),
+            })
+            .await?
+            .into_inner();
+        Ok(ExecOutput {
+            stdout: r.stdout,
+            stderr: r.stderr,
+            exit_code: r.exit_code,
+            signal: r.signal,
+        })
+    }
+
+    /// SIGTERM, then SIGKILL after `grace_seconds` (the container's own when None); returns
+    /// the final record. It is not restarted.
+    pub async fn stop(&self, grace_seconds: Option<u32>) -> Result<v1::Container> {
+        Ok(self
+            .client
+            .rpc()
+            .stop_container(v1::StopContainerRequest {
+                id: self.id.clone(),
+                grace_seconds,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Sends a signal (0 = SIGKILL).
+    pub async fn kill(&self, signal: i32) -> Result<()> {
+        self.client
+            .rpc()
+            .kill_container(v1::KillContainerRequest {
+                id: self.id.clone(),
+                signal,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets it and removes it from its node (`force`: even while it runs).
+    pub async fn remove(&self, force: bool) -> Result<()> {
+        self.client
+            .rpc()
+            .remove_container(v1::RemoveContainerRequest {
+                id: self.id.clone(),
+                force,
+            })
+            .await?;
+        Ok(())
+    }
+}

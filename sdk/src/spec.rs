@@ -1,0 +1,319 @@
+//! Building a container request: what to run ([`ContainerSpec`]), where
+//! ([`Placement`] through the builder's `node`/`selector`) and what to do when it ends
+//! ([`RestartPolicy`]).
+//!
+//! ```
+//! use hutch::{ContainerSpec, Namespace, RestartPolicy};
+//! let spec = ContainerSpec::new("debian")
+//!     .command(["/bin/sh", "-c", "echo hello"])
+//!     .memory("64M")
+//!     .namespaces([Namespace::Pid, Namespace::Ipc, Namespace::Net, Namespace::Uts, Namespace::Mount])
+//!     .restart(RestartPolicy::OnFailure { max_retries: 3 });
+//! assert_eq!(spec.to_request().unwrap().spec.unwrap().memory_limit_bytes, Some(64 << 20));
+//! ```
+
+use std::collections::HashMap;
+
+use hutch_proto::units::parse_size;
+use hutch_proto::v1;
+
+use crate::error::{Error, Result};
+
+/// A Linux namespace a container can have of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    /// Process ids: the command is PID 1.
+    Pid,
+    /// System V IPC and POSIX message queues.
+    Ipc,
+    /// Network stack: only `lo` inside.
+    Net,
+    /// Hostname.
+    Uts,
+    /// Mount table.
+    Mount,
+    /// User and group ids: root inside is unprivileged outside.
+    User,
+    /// Cgroup root.
+    Cgroup,
+}
+
+impl Namespace {
+    /// The wire's value.
+    pub fn to_proto(self) -> v1::Namespace {
+        match self {
+            Namespace::Pid => v1::Namespace::Pid,
+            Namespace::Ipc => v1::Namespace::Ipc,
+            Namespace::Net => v1::Namespace::Net,
+            Namespace::Uts => v1::Namespace::Uts,
+            Namespace::Mount => v1::Namespace::Mount,
+            Namespace::User => v1::Namespace::User,
+            Namespace::Cgroup => v1::Namespace::Cgroup,
+        }
+    }
+}
+
+impl std::str::FromStr for Namespace {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "pid" => Namespace::Pid,
+            "ipc" => Namespace::Ipc,
+            "net" | "network" => Namespace::Net,
+            "uts" => Namespace::Uts,
+            "mount" | "mnt" => Namespace::Mount,
+            "user" => Namespace::User,
+            "cgroup" => Namespace::Cgroup,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                "unknown namespace '{other}': choose from pid, ipc, net, uts, mount, user, cgroup"
+            )))
+            }
+        })
+    }
+}
+
+/// What the controller does when the container ends or its node is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Never start it again.
+    #[default]
+    Never,
+    /// After a failure (non-zero exit, signal, OOM, failed start, lost node); 0 means no limit.
+    OnFailure {
+        /// Restarts at most this often; 0 means no limit.
+        max_retries: u32,
+    },
+    /// After any end except an explicit stop or kill.
+    Always,
+}
+
+impl RestartPolicy {
+    /// The wire's value.
+    pub fn to_proto(self) -> v1::RestartPolicy {
+        use v1::restart_policy::Kind;
+        let (kind, max_retries) = match self {
+            RestartPolicy::Never => (Kind::Never, 0),
+            RestartPolicy::OnFailure { max_retries } => (Kind::OnFailure, max_retries),
+            RestartPolicy::Always => (Kind::Always, 0),
+        };
+        v1::RestartPolicy {
+            kind: kind as i32,
+            max_retries,
+        }
+    }
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = Error;
+    /// `never`, `always`, `on-failure` or `on-failure:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once(':') {
+            None if s == "never" || s == "no" => Ok(RestartPolicy::Never),
+            None if s == "always" => Ok(RestartPolicy::Always),
+            None if s == "on-failure" => Ok(RestartPolicy::OnFailure { max_retries: 0 }),
+            Some(("on-failure", n)) => n
+                .parse()
+                .map(|max_retries| RestartPolicy::OnFailure { max_retries })
+                .map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "restart policy '{s}': N in on-failure:N must be a number"
+                    ))
+                }),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown restart policy '{s}': use never, on-failure, on-failure:N or always"
+            ))),
+        }
+    }
+}
+
+/// A container to create: the rootfs and command, isolation, limits, placement and restart
+/// policy. Setters take and return the builder; a value that does not parse (a size) is
+/// reported when the request is built.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    name: String,
+    spec: v1::ContainerSpec,
+    placement: v1::Placement,
+    restart: RestartPolicy,
+    problems: Vec<String>,
+}
+
+impl ContainerSpec {
+    /// A container on the rootfs named `rootfs` (see `hutch rootfs ls`).
+    pub fn new(rootfs: impl Into<String>) -> Self {
+        ContainerSpec {
+            name: String::new(),
+            spec: v1::ContainerSpec {
+                rootfs: rootfs.into(),
+                ..Default::default()
+            },
+            placement: v1::Placement::default(),
+            restart: RestartPolicy::Never,
+            problems: Vec::new(),
+        }
+    }
+
+    /// The container's name (unique in the cluster); generated when not set.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The command and its arguments; `command[0]` is looked up in the container's PATH.
+    pub fn command<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
+        self.spec.command = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A memory limit in human units: `1000000`, `64M`, `512MiB`, `1G`.
+    pub fn memory(mut self, size: &str) -> Self {
+        match parse_size(size) {
+            Ok(b) => self.spec.memory_limit_bytes = Some(b),
+            Err(e) => self.problems.push(format!("memory: {e}")),
+        }
+        self
+    }
+
+    /// A memory limit in bytes.
+    pub fn memory_bytes(mut self, bytes: u64) -> Self {
+        self.spec.memory_limit_bytes = Some(bytes);
+        self
+    }
+
+    /// The namespaces of its own (default: pid, ipc, net, uts, mount).
+    pub fn namespaces(mut self, namespaces: impl IntoIterator<Item = Namespace>) -> Self {
+        self.spec.namespaces = namespaces
+            .into_iter()
+            .map(|n| n.to_proto() as i32)
+            .collect();
+        self
+    }
+
+    /// An environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.spec.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// The hostname (default: the container's name).
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.spec.hostname = hostname.into();
+        self
+    }
+
+    /// The working directory inside (absolute).
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.spec.workdir = dir.into();
+        self
+    }
+
+    /// Mount the rootfs read-only (no writable layer).
+    pub fn read_only(mut self) -> Self {
+        self.spec.read_only_rootfs = true;
+        self
+    }
+
+    /// A label, for filtering with `list`.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.spec.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Seconds between SIGTERM and SIGKILL when stopped.
+    pub fn stop_grace(mut self, seconds: u32) -> Self {
+        self.spec.stop_grace_seconds = Some(seconds);
+        self
+    }
+
+    /// Run on exactly this node.
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.placement.node = node.into();
+        self
+    }
+
+    /// Run only on nodes carrying this label.
+    pub fn selector(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.placement
+            .node_selector
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// What to do when it ends.
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// The wire's request, or the first problem found while building it.
+    pub fn to_request(&self) -> Result<v1::CreateContainerRequest> {
+        if let Some(p) = self.problems.first() {
+            return Err(Error::InvalidInput(p.clone()));
+        }
+        Ok(v1::CreateContainerRequest {
+            name: self.name.clone(),
+            spec: Some(self.spec.clone()),
+            placement: Some(self.placement.clone()),
+            restart_policy: Some(self.restart.to_proto()),
+        })
+    }
+}
+
+/// Parses `KEY=VALUE` pairs (labels, environment, selectors).
+pub fn parse_pairs(what: &str, pairs: &[String]) -> Result<HashMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| Error::InvalidInput(format!("{what} '{p}': expected KEY=VALUE")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_fills_the_request() {
+        let r = ContainerSpec::new("debian")
+            .name("web")
+            .command(["sleep", "1"])
+            .memory("1M")
+            .namespaces([Namespace::Pid])
+            .env("A", "1")
+            .selector("zone", "a")
+            .restart(RestartPolicy::Always)
+            .to_request()
+            .expect("request");
+        let spec = r.spec.expect("spec");
+        assert_eq!(r.name, "web");
+        assert_eq!(spec.memory_limit_bytes, Some(1 << 20));
+        assert_eq!(spec.namespaces, vec![v1::Namespace::Pid as i32]);
+        assert_eq!(r.placement.expect("placement").node_selector["zone"], "a");
+        assert_eq!(
+            r.restart_policy.expect("policy").kind,
+            v1::restart_policy::Kind::Always as i32
+        );
+    }
+
+    #[test]
+    fn bad_values_are_reported_when_building() {
+        let err = ContainerSpec::new("debian")
+            .memory("lots")
+            .to_request()
+            .expect_err("bad size");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().starts_with("memory:"), "{err}");
+        assert!("nope".parse::<Namespace>().is_err());
+        assert_eq!(
+            "on-failure:3".parse::<RestartPolicy>().expect("policy"),
+            RestartPolicy::OnFailure { max_retries: 3 }
+        );
+        assert!("sometimes".parse::<RestartPolicy>().is_err());
+        assert!(parse_pairs("label", &["novalue".into()]).is_err());
+    }
+}
