@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what hutch needs, builds and installs the controller and the agent, builds the
+# Installs what hutch needs, builds and installs the controller, the agent and the CLI, builds the
 # default rootfs (Debian bookworm minbase + procps + iproute2, from the host's apt mirror,
 # progress shown), and starts a one-host cluster: the controller on 127.0.0.1:7000 and an
 # agent on 127.0.0.1:7070 registered with it.
@@ -15,10 +15,10 @@ PREFIX="${PREFIX:-/usr/local}"
 CONTROLLER="${HUTCH_CONTROLLER_LISTEN:-127.0.0.1:7000}"
 LISTEN="${HUTCH_LISTEN:-127.0.0.1:7070}"
 
-cargo build --release -p hutch-agent -p hutch-controller
+cargo build --release -p hutch-agent -p hutch-controller -p hutch
 install -m 0755 target/release/hutch-agent target/release/hutch-supervisor \
-  target/release/hutch-controller "$PREFIX/bin/"
-echo "hutch: installed hutch-controller, hutch-agent and hutch-supervisor in $PREFIX/bin"
+  target/release/hutch-controller target/release/hutch "$PREFIX/bin/"
+echo "hutch: installed hutch (the CLI), hutch-controller, hutch-agent and hutch-supervisor in $PREFIX/bin"
 
 "$PREFIX/bin/hutch-agent" rootfs build debian
 
@@ -53,7 +53,11 @@ for _ in $(seq 50); do
 done
 cat <<MSG
 
-A one-host cluster is up. Try it:
+A one-host cluster is up. Try it with the CLI:
+  hutch nodes
+  hutch run --rm --ns pid debian -- ps -ef
+  hutch run -d --name box debian -- sleep infinity && hutch exec box -- ip addr
+Or with grpcurl:
   grpcurl -plaintext $CONTROLLER hutch.v1.Controller/ListNodes
   grpcurl -plaintext -d '{"name":"hello","spec":{"rootfs":"debian","command":["ps","-ef"]}}' $CONTROLLER hutch.v1.Controller/CreateContainer
   grpcurl -plaintext -d '{"id":"hello"}' $CONTROLLER hutch.v1.Controller/GetContainer

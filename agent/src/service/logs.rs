@@ -133,6 +133,11 @@ pub async fn stream_logs(
     if !query.follow {
         return;
     }
+    // Wakes the loop as soon as the supervisor is done (output drained, log closed), so a
+    // follower learns of the end at once instead of at the next poll.
+    let supervisor_done = runtime.wait(&query.id);
+    tokio::pin!(supervisor_done);
+    let mut done_seen = false;
     loop {
         let ended = runtime
             .get(&query.id)
@@ -150,7 +155,14 @@ pub async fn stream_logs(
             return;
         }
         if quiet {
-            tokio::time::sleep(FOLLOW_POLL).await;
+            if done_seen {
+                tokio::time::sleep(FOLLOW_POLL).await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    _ = &mut supervisor_done => done_seen = true,
+                }
+            }
         }
     }
 }

@@ -1,0 +1,222 @@
+//! The real `hutch` binary against a real controller and agent: output, exit codes (the
+//! container's, 125 for hutch's own errors, 2 for usage), JSON with stable field names, and
+//! the end-to-end time of `hutch run --rm ROOTFS -- /bin/true` (printed, not asserted).
+
+#[path = "../../controller/tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{agent_common::workspace_bin, TestController, TestNode, ROOTFS};
+
+struct Cli {
+    url: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
+            .arg("--controller")
+            .arg(&self.url)
+            .args(args)
+            .output()
+            .expect("run hutch")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_containers_like_docker_does() {
+    let ctl = TestController::start("cli", &[]);
+    let node = TestNode::start("cli-node", &ctl, None, &[]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let cli = Cli { url: ctl.url() };
+
+    // Output goes where it belongs; the exit code is the container's.
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        ROOTFS,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(code(&o), 3, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "out\n");
+    assert!(text(&o.stderr).contains("err\n"), "{}", text(&o.stderr));
+
+    // The tutorial's steps: pid namespace, memory limit, a command that does not exist.
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--ns",
+        "pid,mount",
+        ROOTFS,
+        "--",
+        "ps",
+        "-o",
+        "pid,comm",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout).split_whitespace().collect::<Vec<_>>(),
+        vec!["PID", "COMMAND", "1", "ps"]
+    );
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--memory",
+        "16M",
+        ROOTFS,
+        "--",
+        "/bin/sh",
+        "-c",
+        "x=a; while true; do x=$x$x; done",
+    ]);
+    assert_eq!(code(&o), 137, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("OOM-killed"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cli.run(&["run", "--rm", ROOTFS, "--", "/no/such/program"]);
+    assert_eq!(code(&o), 127, "{}", text(&o.stderr));
+
+    // Detached: back once it runs; exec, ps, inspect, stop, wait, rm.
+    let o = cli.run(&[
+        "run", "-d", "--name", "cli-web", "--memory", "64M", ROOTFS, "--", "sleep", "600",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "cli-web\n");
+    let o = cli.run(&["exec", "cli-web", "--", "hostname"]);
+    assert_eq!(
+        (code(&o), text(&o.stdout)),
+        (0, "cli-web\n".to_string()),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cli.run(&["exec", "cli-web", "--", "/bin/sh", "-c", "exit 5"]);
+    assert_eq!(code(&o), 5);
+    let o = cli.run(&["ps"]);
+    let ps = text(&o.stdout);
+    assert!(ps.starts_with("ID"), "{ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("cli-web") && l.contains("running")),
+        "{ps}"
+    );
+    let o = cli.run(&["inspect", "cli-web"]);
+    let inspect = text(&o.stdout);
+    assert!(inspect.contains("NAMESPACE"), "{inspect}");
+    assert!(
+        inspect
+            .lines()
+            .any(|l| l.starts_with("pid ") && l.trim_end().ends_with("yes")),
+        "{inspect}"
+    );
+    assert!(inspect.contains("64 MiB"), "{inspect}");
+
+    // JSON: valid, with the documented field names.
+    let o = cli.run(&["-o", "json", "ps"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ps -o json is JSON");
+    let web = list
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["id"] == "cli-web"))
+        .expect("cli-web listed");
+    for field in [
+        "id",
+        "node",
+        "state",
+        "status",
+        "rootfs",
+        "command",
+        "exit_code",
+        "signal",
+        "oom_killed",
+        "pid",
+        "memory_limit_bytes",
+        "restart_count",
+        "restart_policy",
+        "labels",
+        "namespaces",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "revision",
+    ] {
+        assert!(web.get(field).is_some(), "field {field} missing: {web}");
+    }
+    assert_eq!(web["state"], "running");
+    assert_eq!(web["memory_limit_bytes"], 64 << 20);
+    assert_eq!(web["namespaces"][0]["kind"], "pid");
+    let o = cli.run(&["-o", "json", "nodes"]);
+    let nodes: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("nodes -o json is JSON");
+    assert_eq!(nodes[0]["name"], node.name.as_str());
+    assert_eq!(nodes[0]["state"], "ready");
+
+    let o = cli.run(&["stop", "-t", "1", "cli-web"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = cli.run(&["wait", "cli-web"]);
+    assert_eq!(
+        code(&o),
+        137,
+        "sleep as PID 1 ignores SIGTERM: SIGKILL after the grace"
+    );
+    let o = cli.run(&["logs", "cli-web"]);
+    assert_eq!(code(&o), 0);
+    let o = cli.run(&["rm", "cli-web"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+
+    // Errors: one line, exit 125; usage errors exit 2.
+    let o = cli.run(&["inspect", "cli-web"]);
+    assert_eq!(code(&o), 125);
+    assert_eq!(text(&o.stderr), "hutch: container 'cli-web' not found\n");
+    let o = cli.run(&["run", "--memory", "lots", ROOTFS, "--", "true"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        text(&o.stderr).starts_with("hutch: memory:"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cli.run(&["run", ROOTFS]);
+    assert_eq!(code(&o), 2, "no command is a usage error");
+    let o = Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
+        .args(["--controller", "http://127.0.0.1:1", "ps"])
+        .output()
+        .expect("hutch");
+    assert_eq!(code(&o), 125);
+    assert!(
+        text(&o.stderr).starts_with("hutch: cannot reach the controller at http://127.0.0.1:1"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cli.run(&["completions", "bash"]);
+    assert!(text(&o.stdout).contains("_hutch()"), "bash completion");
+
+    // What `hutch run --rm ROOTFS -- /bin/true` costs end to end (process start, connect,
+    // create, run, exit, remove), measured here; printed for the record.
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let o = cli.run(&["run", "--rm", ROOTFS, "--", "/bin/true"]);
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+        times.push(start.elapsed());
+    }
+    times.sort();
+    println!(
+        "hutch run --rm {ROOTFS} -- /bin/true (debug build): p50 {:?}, max {:?} over {}",
+        times[times.len() / 2],
+        times.last().copied().unwrap_or(Duration::ZERO),
+        times.len()
+    );
+}
