@@ -116,10 +116,25 @@ async fn builds_on_every_node_with_one_stream() {
         .expect_err("unknown node");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
 
-    a.agent()
+    // Removed everywhere (the test nodes share one store: one node removes it, the other
+    // finds it gone); the nodes no longer list it.
+    let removed = client
+        .remove_rootfs(v1::ClusterRemoveRootfsRequest {
+            name: name.clone(),
+            node: String::new(),
+        })
         .await
-        .remove_rootfs(v1::RemoveRootfsRequest { name: name.clone() })
+        .expect("remove rootfs")
+        .into_inner();
+    assert!(removed.failed.is_empty(), "{removed:?}");
+    assert!(!removed.removed.is_empty(), "{removed:?}");
+    let node = client
+        .get_node(v1::GetNodeRequest {
+            name: a.name.clone(),
+        })
         .await
-        .expect("remove rootfs");
+        .expect("node")
+        .into_inner();
+    assert!(!node.rootfs.contains(&name), "{node:#?}");
     let _ = std::fs::remove_dir_all(&source);
 }

@@ -244,6 +244,22 @@ impl Client {
         Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
     }
 
+    /// Removes a rootfs from one node (`node`) or from every node.
+    pub async fn remove_rootfs(
+        &self,
+        name: &str,
+        node: &str,
+    ) -> Result<v1::ClusterRemoveRootfsResponse> {
+        Ok(self
+            .rpc()
+            .remove_rootfs(self.request(v1::ClusterRemoveRootfsRequest {
+                name: name.into(),
+                node: node.into(),
+            }))
+            .await?
+            .into_inner())
+    }
+
     /// Every node's rootfs (or one node's).
     pub async fn list_rootfs(&self, node: &str) -> Result<v1::ClusterListRootfsResponse> {
         Ok(self

@@ -143,6 +143,8 @@ pub(crate) enum Change {
     Node(v1::Node),
     /// A rootfs spec the cluster can build.
     RootfsSpec(v1::RootfsSpec),
+    /// A rootfs spec to forget.
+    ForgetRootfsSpec(String),
 }
 
 /// The cluster.
@@ -288,6 +290,7 @@ impl Cluster {
                 }
                 Change::Node(n) => batch.writes.push(Write::PutNode(n)),
                 Change::RootfsSpec(r) => batch.writes.push(Write::PutRootfsSpec(r)),
+                Change::ForgetRootfsSpec(n) => batch.writes.push(Write::DeleteRootfsSpec(n)),
             }
         }
         for e in &events {
@@ -312,6 +315,9 @@ impl Cluster {
                 }
                 Write::PutRootfsSpec(r) => {
                     st.rootfs_specs.insert(r.name.clone(), r);
+                }
+                Write::DeleteRootfsSpec(n) => {
+                    st.rootfs_specs.remove(&n);
                 }
                 _ => {}
             }

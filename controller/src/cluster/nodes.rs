@@ -410,6 +410,19 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Removes a rootfs from what a node has.
+    pub(crate) fn node_lost_rootfs(&self, node: &str, rootfs: &str) {
+        let mut st = self.lock();
+        let Some(e) = st.nodes.get_mut(node) else {
+            return;
+        };
+        e.record.rootfs.retain(|r| r != rootfs);
+        let set = e.record.rootfs.iter().cloned().collect();
+        st.scheduler.set_rootfs(node, set);
+    }
+}
+
 /// A node with its live figures (reservations from the scheduler).
 fn node_view(st: &State, name: &str) -> Option<v1::Node> {
     let e = st.nodes.get(name)?;

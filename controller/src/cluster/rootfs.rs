@@ -135,4 +135,48 @@ impl Cluster {
         }
         Ok(response)
     }
+
+    /// Removes the rootfs from the target nodes (one, or every ready one); with no node
+    /// named, the cluster also forgets its spec.
+    pub async fn remove_rootfs(
+        self: &Arc<Self>,
+        name: &str,
+        node: &str,
+    ) -> Result<v1::ClusterRemoveRootfsResponse, ClusterError> {
+        hutch_agent::names::validate_name("rootfs name", name)
+            .map_err(|e| ClusterError::InvalidArgument(format!("name: {e}")))?;
+        let nodes = self.target_nodes(node, &Default::default())?;
+        let mut response = v1::ClusterRemoveRootfsResponse::default();
+        for n in nodes {
+            let removed = match self.client_for(&n) {
+                Ok(mut client) => client
+                    .remove_rootfs(v1::RemoveRootfsRequest { name: name.into() })
+                    .await
+                    .map(drop)
+                    .map_err(|s| (s.code(), s.message().to_string())),
+                Err(e) => Err((tonic::Code::Unavailable, e.to_string())),
+            };
+            match removed {
+                Ok(()) => {
+                    self.node_lost_rootfs(&n, name);
+                    response.removed.push(n);
+                }
+                // Not there: nothing to remove.
+                Err((tonic::Code::NotFound, _)) => self.node_lost_rootfs(&n, name),
+                Err((_, why)) => {
+                    response.failed.insert(n, why);
+                }
+            }
+        }
+        if node.is_empty() {
+            let name = name.to_string();
+            self.commit_blocking(move |c| {
+                let mut st = c.lock();
+                c.commit(&mut st, vec![Change::ForgetRootfsSpec(name)])
+                    .map(drop)
+            })
+            .await?;
+        }
+        Ok(response)
+    }
 }

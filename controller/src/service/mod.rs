@@ -302,6 +302,16 @@ impl Controller for ControllerService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn remove_rootfs(
+        &self,
+        request: Request<v1::ClusterRemoveRootfsRequest>,
+    ) -> Result<Response<v1::ClusterRemoveRootfsResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.cluster.remove_rootfs(&req.name, &req.node).await?,
+        ))
+    }
+
     async fn list_rootfs(
         &self,
         request: Request<v1::ClusterListRootfsRequest>,

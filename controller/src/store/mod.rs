@@ -63,6 +63,8 @@ pub enum Write {
     PutNode(v1::Node),
     /// Insert or replace a rootfs spec (keyed by name).
     PutRootfsSpec(v1::RootfsSpec),
+    /// Delete a rootfs spec.
+    DeleteRootfsSpec(String),
     /// Append a watch event (keyed by revision).
     Event(v1::WatchEvent),
 }

@@ -114,6 +114,7 @@ impl Store for RedbStore {
                     Write::PutRootfsSpec(r) => specs
                         .insert(r.name.as_str(), r.encode_to_vec().as_slice())
                         .map(drop),
+                    Write::DeleteRootfsSpec(name) => specs.remove(name.as_str()).map(drop),
                     Write::Event(e) => events
                         .insert(e.revision, e.encode_to_vec().as_slice())
                         .map(drop),

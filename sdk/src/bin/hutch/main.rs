@@ -241,6 +241,14 @@ enum RootfsCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Remove a rootfs from every node (or one); refused where containers use it.
+    Rm {
+        /// Name of the rootfs.
+        name: String,
+        /// Only from this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -490,6 +498,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rootfs(RootfsCommand::Rm { name, node }) => {
+            let r = client
+                .remove_rootfs(&name, node.as_deref().unwrap_or(""))
+                .await?;
+            for n in &r.removed {
+                println!("{n}: removed {name}");
+            }
+            for (n, why) in &r.failed {
+                eprintln!("hutch: node {n}: {why}");
+            }
+            Ok(if r.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_HUTCH)
+            })
+        }
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
     }
 }
@@ -730,6 +754,8 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
         .await?;
     let mut failed = false;
     let mut last: std::collections::HashMap<String, String> = Default::default();
+    let mut board = (!json && std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .then(ProgressBoard::default);
     while let Some(msg) = stream.next().await {
         let msg = msg?;
         use v1::cluster_build_rootfs_response::Event;
@@ -747,7 +773,11 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
                     _ => String::new(),
                 };
                 let line = format!("{}: {}{count} {}", msg.node, p.stage, p.message);
-                // One line per change of stage or count, not per message.
+                if let Some(board) = board.as_mut() {
+                    board.show(&msg.node, line.trim_end());
+                    continue;
+                }
+                // Not a terminal: one line per change of stage or count.
                 let key = format!("{}{count}", p.stage);
                 if last.get(&msg.node) != Some(&key) {
                     println!("{}", line.trim_end());
@@ -769,7 +799,7 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
                         serde_json::json!({"node": msg.node, "name": info.name, "outcome": outcome, "size_bytes": info.size_bytes, "build_millis": info.build_millis})
                     );
                 } else {
-                    println!(
+                    let line = format!(
                         "{}: {} {} ({}, {:.1}s)",
                         msg.node,
                         info.name,
@@ -777,6 +807,10 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
                         hutch::human_bytes(info.size_bytes),
                         info.build_millis as f64 / 1000.0
                     );
+                    match board.as_mut() {
+                        Some(b) => b.show(&msg.node, &line),
+                        None => println!("{line}"),
+                    }
                 }
             }
             Some(Event::Error(e)) => {
@@ -797,4 +831,28 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
 fn bar(done: u32, total: u32) -> String {
     let filled = (done.min(total) as usize * 20) / total.max(1) as usize;
     format!("{}{}", "#".repeat(filled), ".".repeat(20 - filled))
+}
+
+/// One line per node on a terminal, redrawn in place as its build progresses.
+#[derive(Default)]
+struct ProgressBoard {
+    nodes: Vec<String>,
+}
+
+impl ProgressBoard {
+    fn show(&mut self, node: &str, line: &str) {
+        let mut out = std::io::stdout();
+        let index = match self.nodes.iter().position(|n| n == node) {
+            Some(i) => i,
+            None => {
+                self.nodes.push(node.to_string());
+                let _ = writeln!(out);
+                self.nodes.len() - 1
+            }
+        };
+        let up = self.nodes.len() - index;
+        // Up to the node's line, clear it, write, back down.
+        let _ = write!(out, "\x1b[{up}A\r\x1b[2K{line}\x1b[{up}B\r");
+        let _ = out.flush();
+    }
 }
