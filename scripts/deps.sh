@@ -10,6 +10,7 @@ HUTCH_PACKAGES=(
   xz-utils bzip2 gzip tar
   util-linux    # ipcmk/ipcs used by the isolation tests, nsenter for users
   procps iproute2
+  tmux          # the terminal tests drive the CLI in a real terminal
   ca-certificates
 )
 

@@ -112,6 +112,55 @@ async fn grpcurl_against_the_controller() {
         assert!(watched.contains(needle), "{needle}: {watched}");
     }
 
+    // A non-TTY interactive exec driven by grpcurl, messages from stdin (-d @).
+    let sleeper = grpcurl(
+        a,
+        Some(r#"{"name":"sleeper","spec":{"rootfs":"debian","command":["sleep","600"]}}"#),
+        &["hutch.v1.Controller/CreateContainer"],
+    );
+    assert_eq!(sleeper.code, 0, "{}", sleeper.stderr);
+    until_state(a, "sleeper", "CONTAINER_STATE_RUNNING");
+    let mut child = std::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            "@",
+            a,
+            "hutch.v1.Controller/ExecSession",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("grpcurl");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        // "hello\n" in base64, then the end of stdin: `cat` echoes it and exits 0; the
+        // shell then writes to stderr and exits 4.
+        writeln!(
+            stdin,
+            r#"{{"start":{{"id":"sleeper","command":["/bin/sh","-c","cat; echo to-stderr >&2; exit 4"]}}}}"#
+        )
+        .expect("write");
+        writeln!(stdin, r#"{{"stdin":"aGVsbG8K"}}"#).expect("write");
+        writeln!(stdin, r#"{{"closeStdin":true}}"#).expect("write");
+    }
+    let out = child.wait_with_output().expect("grpcurl output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(r#""stdout": "aGVsbG8K""#), "{stdout}");
+    assert!(
+        stdout.contains(r#""stderr": "dG8tc3RkZXJyCg==""#),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""exitCode": 4"#), "{stdout}");
+    let rm = grpcurl(
+        a,
+        Some(r#"{"id":"sleeper","force":true}"#),
+        &["hutch.v1.Controller/RemoveContainer"],
+    );
+    assert_eq!(rm.code, 0, "{}", rm.stderr);
+
     // Errors: code and message.
     assert_code(
         &grpcurl(

@@ -171,3 +171,113 @@ impl Container {
         Ok(())
     }
 }
+
+/// What an interactive exec sends back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutput {
+    /// Bytes the command wrote to stdout (or to its terminal).
+    Stdout(Vec<u8>),
+    /// Bytes the command wrote to stderr (never with a terminal).
+    Stderr(Vec<u8>),
+    /// How it ended; the last item.
+    Exit {
+        /// Exit code, when it exited.
+        exit_code: Option<i32>,
+        /// Signal, when a signal ended it.
+        signal: Option<i32>,
+    },
+}
+
+/// An interactive exec: send input with [`ExecSession::stdin`], [`ExecSession::resize`] and
+/// [`ExecSession::close_stdin`]; read [`ExecSession::output`] until [`SessionOutput::Exit`].
+pub struct ExecSession {
+    input: tokio::sync::mpsc::Sender<v1::ExecSessionInput>,
+    /// The command's output, then how it ended.
+    pub output: BoxStream<SessionOutput>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession").finish_non_exhaustive()
+    }
+}
+
+fn input(i: v1::exec_session_input::Input) -> v1::ExecSessionInput {
+    v1::ExecSessionInput { input: Some(i) }
+}
+
+impl ExecSession {
+    async fn send(&self, i: v1::exec_session_input::Input) -> Result<()> {
+        self.input
+            .send(input(i))
+            .await
+            .map_err(|_| Error::Status(tonic::Status::unavailable("the session has ended")))
+    }
+
+    /// Sends bytes to the command's stdin.
+    pub async fn stdin(&self, bytes: Vec<u8>) -> Result<()> {
+        self.send(v1::exec_session_input::Input::Stdin(bytes)).await
+    }
+
+    /// Tells the command its terminal's new size.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.send(v1::exec_session_input::Input::Resize(v1::TerminalSize {
+            rows: rows.into(),
+            cols: cols.into(),
+        }))
+        .await
+    }
+
+    /// Ends the command's stdin (on a terminal: Ctrl-D).
+    pub async fn close_stdin(&self) -> Result<()> {
+        self.send(v1::exec_session_input::Input::CloseStdin(true))
+            .await
+    }
+}
+
+impl Container {
+    /// Starts `argv` inside the container interactively: on a pseudo-terminal of `tty`
+    /// (rows, columns), or on pipes when `None`.
+    pub async fn exec_session<S: Into<String>>(
+        &self,
+        argv: impl IntoIterator<Item = S>,
+        tty: Option<(u16, u16)>,
+    ) -> Result<ExecSession> {
+        use v1::exec_session_output::Output;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let start = v1::ExecSessionStart {
+            id: self.id.clone(),
+            command: argv.into_iter().map(Into::into).collect(),
+            tty: tty.is_some(),
+            size: tty.map(|(rows, cols)| v1::TerminalSize {
+                rows: rows.into(),
+                cols: cols.into(),
+            }),
+        };
+        tx.send(input(v1::exec_session_input::Input::Start(start)))
+            .await
+            .map_err(|_| Error::InvalidInput("session channel closed".into()))?;
+        let stream = self
+            .client
+            .rpc()
+            .exec_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let output = stream.filter_map(|item| match item {
+            Ok(v1::ExecSessionOutput { output: Some(o) }) => Some(Ok(match o {
+                Output::Stdout(b) => SessionOutput::Stdout(b),
+                Output::Stderr(b) => SessionOutput::Stderr(b),
+                Output::Exit(e) => SessionOutput::Exit {
+                    exit_code: e.exit_code,
+                    signal: e.signal,
+                },
+            })),
+            Ok(_) => None,
+            Err(s) => Some(Err(Error::from(s))),
+        });
+        Ok(ExecSession {
+            input: tx,
+            output: Box::pin(output),
+        })
+    }
+}

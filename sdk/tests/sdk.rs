@@ -67,6 +67,26 @@ async fn the_sdk_drives_the_cluster() {
     let out = web.exec(["cat", "/proc/1/cmdline"]).await.expect("exec");
     assert_eq!(out.stdout, b"sleep\x00600\x00");
     assert_eq!(out.exit_code, Some(0));
+    // An interactive session on pipes: stdin in, stdout and stderr apart, then the end.
+    let mut session = web
+        .exec_session(["/bin/sh", "-c", "cat; echo done >&2"], None)
+        .await
+        .expect("session");
+    session.stdin(b"abc".to_vec()).await.expect("stdin");
+    session.close_stdin().await.expect("close");
+    // stdout and stderr are separate pipes: their order relative to each other is not kept.
+    let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), None);
+    while let Some(item) = session.output.next().await {
+        assert!(exit.is_none(), "nothing comes after the exit");
+        match item.expect("output") {
+            hutch::SessionOutput::Stdout(b) => out.extend(b),
+            hutch::SessionOutput::Stderr(b) => err.extend(b),
+            hutch::SessionOutput::Exit { exit_code, signal } => exit = Some((exit_code, signal)),
+        }
+    }
+    assert_eq!(out, b"abc");
+    assert_eq!(err, b"done\n");
+    assert_eq!(exit, Some((Some(0), None)));
     let stopped = web.stop(Some(1)).await.expect("stop");
     assert!(stopped.stop_requested);
     assert_eq!(stopped.signal, Some(9), "{stopped:#?}");

@@ -4,6 +4,7 @@
 //! ```text
 //! hutch-supervisor run DIR                      supervise the container in state dir DIR
 //! hutch-supervisor exec DIR RESULT -- ARGV...   run ARGV inside it, outcome to RESULT
+//! hutch-supervisor exec-tty DIR RESULT -- ARGV...   the same, stdin being its terminal
 //! ```
 
 use std::path::Path;
@@ -14,11 +15,12 @@ fn main() {
         Some("run") if args.len() == 3 => {
             hutch_agent::runtime::supervisor::main_run(Path::new(&args[2]))
         }
-        Some("exec") if args.len() >= 6 && args[4] == "--" => {
+        Some(mode @ ("exec" | "exec-tty")) if args.len() >= 6 && args[4] == "--" => {
             hutch_agent::runtime::exec::main_exec(
                 Path::new(&args[2]),
                 Path::new(&args[3]),
                 args[5..].to_vec(),
+                mode == "exec-tty",
             )
         }
         _ => {

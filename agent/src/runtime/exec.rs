@@ -44,8 +44,10 @@ fn fail(step: &str, message: impl Into<String>) -> Failure {
     }
 }
 
-/// Entry point of `hutch-supervisor exec DIR RESULT -- ARGV...`.
-pub fn main_exec(dir: &Path, result_file: &Path, argv: Vec<String>) -> i32 {
+/// Entry point of `hutch-supervisor exec DIR RESULT -- ARGV...` and, with `tty`, of
+/// `hutch-supervisor exec-tty ...`: stdin is then a terminal, which the command gets as its
+/// controlling terminal in a session of its own (job control, Ctrl-C, window size).
+pub fn main_exec(dir: &Path, result_file: &Path, argv: Vec<String>, tty: bool) -> i32 {
     // Opened before entering the container: afterwards the host's paths are out of reach.
     let mut out = match std::fs::File::create(result_file) {
         Ok(f) => f,
@@ -57,7 +59,7 @@ pub fn main_exec(dir: &Path, result_file: &Path, argv: Vec<String>) -> i32 {
             return 1;
         }
     };
-    let result = exec_in(dir, argv).unwrap_or_else(|f| ExecResult {
+    let result = exec_in(dir, argv, tty).unwrap_or_else(|f| ExecResult {
         exit_code: None,
         signal: None,
         failure: Some(f),
@@ -89,7 +91,7 @@ const SETNS_ORDER: [Namespace; 7] = [
     Namespace::Mount,
 ];
 
-fn exec_in(dir: &Path, argv: Vec<String>) -> Result<ExecResult, Failure> {
+fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failure> {
     if argv.is_empty() || argv[0].is_empty() {
         return Err(fail("exec", "command is empty"));
     }
@@ -171,10 +173,28 @@ fn exec_in(dir: &Path, argv: Vec<String>) -> Result<ExecResult, Failure> {
         .map_err(|e| fail("workdir", format!("working directory '{workdir}': {e}")))?;
 
     cfg.spec.command = argv;
+    if tty {
+        cfg.spec
+            .env
+            .entry("TERM".into())
+            .or_insert_with(|| "xterm".into());
+    }
     let (report_r, report_w) =
         unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("exec", format!("pipe: {e}")))?;
     let child = match sys::fork_single_threaded().map_err(|e| fail("exec", format!("fork: {e}")))? {
         sys::Forked::Child => {
+            if tty {
+                let taken = unistd::setsid()
+                    .map_err(|e| fail("terminal", format!("setsid: {e}")))
+                    .and_then(|_| {
+                        sys::set_controlling_terminal(0)
+                            .map_err(|e| fail("terminal", format!("taking the terminal: {e}")))
+                    });
+                if let Err(failure) = taken {
+                    report(report_w.as_raw_fd(), &InitMessage::Failed(failure));
+                    std::process::exit(127);
+                }
+            }
             let failure = exec_command(&cfg);
             report(report_w.as_raw_fd(), &InitMessage::Failed(failure));
             std::process::exit(127);

@@ -14,6 +14,7 @@
 pub mod exec;
 pub mod init;
 pub mod logs;
+pub mod session;
 pub mod state;
 pub mod supervisor;
 pub mod sys;
@@ -628,8 +629,8 @@ impl Runtime {
         std::fs::remove_dir_all(&tomb).map_err(|e| io_err(&tomb, e))
     }
 
-    /// Runs `argv` inside the running container and returns its output and exit status.
-    pub async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, RuntimeError> {
+    /// Checks that `id` runs and names a fresh result file for an exec helper.
+    fn prepare_exec(&self, id: &str, argv: &[String]) -> Result<(PathBuf, PathBuf), RuntimeError> {
         let dir = self.existing_dir(id)?;
         if argv.is_empty() || argv[0].is_empty() {
             return Err(RuntimeError::InvalidSpec(SpecError::EmptyCommand));
@@ -649,48 +650,85 @@ impl Runtime {
             std::process::id(),
             unix_millis_now()
         ));
-        let mut child = tokio::process::Command::new(&self.supervisor_bin)
-            .arg("exec")
-            .arg(&dir)
-            .arg(&result_file)
+        Ok((dir, result_file))
+    }
+
+    /// Starts the exec helper: `hutch-supervisor exec[-tty] DIR RESULT -- ARGV`.
+    fn spawn_exec_helper(
+        &self,
+        id: &str,
+        dir: &Path,
+        result_file: &Path,
+        argv: &[String],
+        tty: bool,
+        stdio: [Stdio; 3],
+    ) -> Result<tokio::process::Child, RuntimeError> {
+        let [stdin, stdout, stderr] = stdio;
+        tokio::process::Command::new(&self.supervisor_bin)
+            .arg(if tty { "exec-tty" } else { "exec" })
+            .arg(dir)
+            .arg(result_file)
             .arg("--")
-            .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .args(argv)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .map_err(|e| RuntimeError::Supervisor {
                 id: id.to_string(),
                 message: format!("cannot start exec helper: {e}"),
-            })?;
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let ((stdout, t1), (stderr, t2)) = tokio::join!(read_capped(stdout), read_capped(stderr));
-        let status = child.wait().await.map_err(|e| io_err(&dir, e))?;
-        let result: Result<ExecResult, _> = read_json(&result_file);
-        let _ = std::fs::remove_file(&result_file);
+            })
+    }
+
+    /// Reads (and deletes) the helper's result file once it has exited.
+    fn exec_result(
+        &self,
+        id: &str,
+        dir: &Path,
+        result_file: &Path,
+        status: std::process::ExitStatus,
+        stderr: &[u8],
+    ) -> Result<ExecResult, RuntimeError> {
+        let result: Result<ExecResult, _> = read_json(result_file);
+        let _ = std::fs::remove_file(result_file);
         let result = result.map_err(|e| RuntimeError::Supervisor {
             id: id.to_string(),
             message: format!(
                 "exec helper ended ({status}) without a result: {e}; stderr: {}",
-                String::from_utf8_lossy(&stderr)
+                String::from_utf8_lossy(stderr)
             ),
         })?;
-        if let Some(failure) = result.failure {
-            return Err(if failure.step == "state" {
-                RuntimeError::NotRunning {
-                    id: id.to_string(),
-                    status: self
-                        .read_state(&dir)
-                        .map(|s| s.status)
-                        .unwrap_or(Status::Exited),
-                }
-            } else {
-                RuntimeError::ExecFailed {
-                    id: id.to_string(),
-                    failure,
-                }
-            });
+        match result.failure {
+            Some(failure) if failure.step == "state" => Err(RuntimeError::NotRunning {
+                id: id.to_string(),
+                status: self
+                    .read_state(dir)
+                    .map(|s| s.status)
+                    .unwrap_or(Status::Exited),
+            }),
+            Some(failure) => Err(RuntimeError::ExecFailed {
+                id: id.to_string(),
+                failure,
+            }),
+            None => Ok(result),
         }
+    }
+
+    /// Runs `argv` inside the running container and returns its output and exit status.
+    pub async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, RuntimeError> {
+        let (dir, result_file) = self.prepare_exec(id, &argv)?;
+        let mut child = self.spawn_exec_helper(
+            id,
+            &dir,
+            &result_file,
+            &argv,
+            false,
+            [Stdio::null(), Stdio::piped(), Stdio::piped()],
+        )?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let ((stdout, t1), (stderr, t2)) = tokio::join!(read_capped(stdout), read_capped(stderr));
+        let status = child.wait().await.map_err(|e| io_err(&dir, e))?;
+        let result = self.exec_result(id, &dir, &result_file, status, &stderr)?;
         Ok(ExecOutput {
             stdout,
             stderr,
@@ -698,6 +736,58 @@ impl Runtime {
             signal: result.signal,
             truncated: t1 || t2,
         })
+    }
+
+    /// Starts `argv` inside the running container for an interactive session: on a new
+    /// pseudo-terminal of `size` (rows, columns), or on pipes. See [`session::ExecProcess`].
+    pub fn exec_session(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        tty: Option<(u16, u16)>,
+    ) -> Result<session::ExecProcess, RuntimeError> {
+        let (dir, result_file) = self.prepare_exec(id, &argv)?;
+        let where_ = dir.clone();
+        let io_error = |e: std::io::Error| io_err(&where_, e);
+        match tty {
+            Some((rows, cols)) => {
+                let (master, slave) = session::open_terminal(rows, cols).map_err(io_error)?;
+                let stdio = [
+                    Stdio::from(slave.try_clone().map_err(io_error)?),
+                    Stdio::from(slave.try_clone().map_err(io_error)?),
+                    Stdio::from(slave),
+                ];
+                let child = self.spawn_exec_helper(id, &dir, &result_file, &argv, true, stdio)?;
+                // The agent's copy of the terminal's slave side is closed here (the Stdio
+                // values are dropped), so the master reads end-of-file once the session ends.
+                Ok(session::ExecProcess::tty(child, master, dir, result_file).map_err(io_error)?)
+            }
+            None => {
+                let child = self.spawn_exec_helper(
+                    id,
+                    &dir,
+                    &result_file,
+                    &argv,
+                    false,
+                    [Stdio::piped(), Stdio::piped(), Stdio::piped()],
+                )?;
+                Ok(session::ExecProcess::pipes(child, dir, result_file))
+            }
+        }
+    }
+
+    /// Waits for a session's command to end and returns how it ended.
+    pub async fn finish_session(
+        &self,
+        id: &str,
+        process: &mut session::ExecProcess,
+    ) -> Result<ExecResult, RuntimeError> {
+        let status = process
+            .child
+            .wait()
+            .await
+            .map_err(|e| io_err(&process.dir, e))?;
+        self.exec_result(id, &process.dir, &process.result_file, status, &[])
     }
 
     /// The container's log, oldest first.

@@ -128,9 +128,17 @@ pub fn fork_single_threaded() -> Result<Forked, Errno> {
 /// Registers a pidfd with Tokio's reactor, so that `readable().await` waits for the process
 /// to exit without a thread or a poll loop.
 pub fn async_pidfd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    async_fd(fd, tokio::io::Interest::READABLE)
+}
+
+/// Registers `fd` with Tokio's reactor for `interest`.
+pub fn async_fd(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is a valid open fd that it alone closes, and `as_raw_fd` always
     // returns that same fd, for as long as the AsyncFd owns it.
-    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
         .map_err(std::io::Error::from)
 }
 
@@ -156,6 +164,31 @@ pub fn bring_loopback_up() -> Result<(), Errno> {
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: SIOCSIFFLAGS reads `req`, valid for the duration of the call.
     Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// Sets the window size of terminal `fd` (`TIOCSWINSZ`); its foreground process group gets
+/// SIGWINCH.
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a live
+    // local for the duration of the call; `fd` is a valid open descriptor.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    Errno::result(r).map(drop)
+}
+
+/// Makes terminal `fd` the controlling terminal of this process, which must be a session
+/// leader without one (`TIOCSCTTY`).
+pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal it from another session)
+    // and no pointer; an invalid `fd` is reported as an error.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) };
+    Errno::result(r).map(drop)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod logs;
 pub mod registration;
 pub mod reporter;
 pub mod server;
+pub mod session;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -341,6 +342,17 @@ impl Agent for AgentService {
             closing,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExecSessionStream = RpcStream<v1::ExecSessionOutput>;
+
+    async fn exec_session(
+        &self,
+        request: Request<tonic::Streaming<v1::ExecSessionInput>>,
+    ) -> Result<Response<Self::ExecSessionStream>, Status> {
+        Ok(Response::new(
+            session::start(self.core.clone(), request.into_inner()).await?,
+        ))
     }
 
     async fn node_info(

@@ -240,6 +240,49 @@ impl Controller for ControllerService {
         Ok(Response::new(response.into_inner()))
     }
 
+    type ExecSessionStream = RpcStream<v1::ExecSessionOutput>;
+
+    async fn exec_session(
+        &self,
+        request: Request<tonic::Streaming<v1::ExecSessionInput>>,
+    ) -> Result<Response<Self::ExecSessionStream>, Status> {
+        use v1::exec_session_input::Input;
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("input: the stream is empty: send start first")
+        })?;
+        let Some(Input::Start(mut start)) = first.input else {
+            return Err(Status::invalid_argument(
+                "input: the first message must be start {id, command, tty, size}",
+            ));
+        };
+        let (node, copy) = self.copy_of(&start.id)?;
+        start.id = copy;
+        let mut client = self.cluster.client_for(&node)?;
+        // The client's stream as it comes, behind the rewritten first message; it ends when
+        // the client's does (or fails).
+        let rest = async_stream_of(inbound);
+        let outbound = tokio_stream::once(v1::ExecSessionInput {
+            input: Some(Input::Start(start)),
+        })
+        .chain(rest);
+        let node_for_errors = node.clone();
+        let stream = client
+            .exec_session(outbound)
+            .await
+            .map_err(|status| Status::from(ClusterError::Node { node, status }))?
+            .into_inner()
+            .map(move |item| {
+                item.map_err(|status| {
+                    Status::from(ClusterError::Node {
+                        node: node_for_errors.clone(),
+                        status,
+                    })
+                })
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_nodes(
         &self,
         _: Request<v1::ListNodesRequest>,
@@ -327,4 +370,19 @@ async fn wait_closing(closing: &mut watch::Receiver<bool>) {
     if closing.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// The messages of a client stream until it ends or fails.
+fn async_stream_of(
+    mut inbound: tonic::Streaming<v1::ExecSessionInput>,
+) -> impl Stream<Item = v1::ExecSessionInput> + Send + 'static {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = inbound.message().await {
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }

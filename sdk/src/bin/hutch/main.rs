@@ -6,6 +6,7 @@
 //! code, 128 + N when signal N killed it (137 for an OOM kill), 126 when its command could
 //! not be run, 127 when it was not found.
 
+mod interactive;
 mod output;
 
 use std::io::Write;
@@ -95,8 +96,14 @@ enum Command {
     },
     /// Run a command inside a running container (its namespaces, cgroup and root).
     ///
-    /// Example: hutch exec web -- ps -ef
+    /// Example: hutch exec web -- ps -ef; a shell in it: hutch exec -it web -- /bin/bash
     Exec {
+        /// Keep stdin open and send it to the command.
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// Run the command on a terminal (raw mode here; Ctrl-C goes to the command).
+        #[arg(long, short = 't')]
+        tty: bool,
         /// Container id.
         id: String,
         /// The command and its arguments.
@@ -297,7 +304,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_HUTCH);
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // A blocking read of stdin (exec -i) cannot be cancelled: do not wait for it.
+    rt.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hutch: {e}");
@@ -353,7 +363,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             print_logs(&client.container(&id), follow, tail, json).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec { id, command } => {
+        Command::Exec {
+            interactive,
+            tty,
+            id,
+            command,
+        } if interactive || tty => {
+            let size = tty.then(interactive::terminal_size);
+            let session = client.container(&id).exec_session(command, size).await?;
+            let raw = if tty {
+                interactive::RawMode::enable()?
+            } else {
+                None
+            };
+            let ended = interactive::run(session, tty, interactive).await;
+            drop(raw);
+            let (code, signal) = ended?;
+            Ok(ExitCode::from(exit_code_of(code, signal)))
+        }
+        Command::Exec { id, command, .. } => {
             let out = client.container(&id).exec(command).await?;
             if json {
                 print_json(&serde_json::json!({

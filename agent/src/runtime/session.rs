@@ -1,0 +1,124 @@
+//! An interactive exec: the helper process with its stdio either on a pseudo-terminal the
+//! agent allocated (the agent keeps the master side) or on pipes.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tokio::io::unix::AsyncFd;
+
+use super::sys;
+
+/// The running helper and its stdio.
+pub struct ExecProcess {
+    /// The helper (it waits for the command and records the result).
+    pub child: tokio::process::Child,
+    /// The terminal's master side, when on a terminal.
+    pub terminal: Option<Terminal>,
+    pub(crate) dir: PathBuf,
+    pub(crate) result_file: PathBuf,
+}
+
+impl ExecProcess {
+    pub(crate) fn tty(
+        child: tokio::process::Child,
+        master: OwnedFd,
+        dir: PathBuf,
+        result_file: PathBuf,
+    ) -> std::io::Result<Self> {
+        Ok(ExecProcess {
+            child,
+            terminal: Some(Terminal::new(master)?),
+            dir,
+            result_file,
+        })
+    }
+
+    pub(crate) fn pipes(child: tokio::process::Child, dir: PathBuf, result_file: PathBuf) -> Self {
+        ExecProcess {
+            child,
+            terminal: None,
+            dir,
+            result_file,
+        }
+    }
+}
+
+/// A new pseudo-terminal of `rows` x `cols`: (master, slave).
+pub fn open_terminal(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let size = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).map_err(std::io::Error::from)?;
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(
+            fd.as_raw_fd(),
+            FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    Ok((pty.master, pty.slave))
+}
+
+/// The master side of a session's terminal, readable and writable from async code (and
+/// from two tasks at once: one reads, one writes).
+#[derive(Clone)]
+pub struct Terminal {
+    fd: Arc<AsyncFd<OwnedFd>>,
+}
+
+impl Terminal {
+    fn new(master: OwnedFd) -> std::io::Result<Self> {
+        let flags = fcntl(master.as_raw_fd(), FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+        fcntl(
+            master.as_raw_fd(),
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(Terminal {
+            fd: Arc::new(sys::async_fd(
+                master,
+                tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+            )?),
+        })
+    }
+
+    /// Reads what the session wrote; 0 once it has ended (the kernel answers EIO when the
+    /// last slave side is closed).
+    pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref().as_raw_fd(), buf).map_err(std::io::Error::from)
+            }) {
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes all of `data` to the session's input.
+    pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| {
+                nix::unistd::write(fd.get_ref().as_fd(), data).map_err(std::io::Error::from)
+            }) {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the session its terminal's new size (it gets SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
+        sys::set_window_size(self.fd.get_ref().as_fd(), rows, cols).map_err(std::io::Error::from)
+    }
+}

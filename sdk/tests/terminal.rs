@@ -1,0 +1,215 @@
+//! The real `hutch` CLI in a real terminal (tmux): `hutch exec -it` into a running container
+//! gives an interactive shell that joined the container's pid namespace, follows window
+//! resizes, takes Ctrl-C, exits with the shell's code, and leaves the terminal as it was.
+
+#[path = "../../controller/tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{agent_common::workspace_bin, unique, TestController, TestNode, ROOTFS};
+
+/// A tmux session of its own, killed when dropped.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        let name = unique("hutch-term");
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &name,
+                "-x",
+                "120",
+                "-y",
+                "30",
+                command,
+            ])
+            .status()
+            .expect("tmux is installed (scripts/deps.sh)")
+            .success();
+        assert!(ok, "tmux new-session failed");
+        Tmux { name }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let ok = Command::new("tmux")
+            .args(["send-keys", "-t", &self.name])
+            .args(keys)
+            .status()
+            .expect("tmux")
+            .success();
+        assert!(ok, "tmux send-keys failed");
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .expect("tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the screen shows `needle`; returns the screen.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the terminal never showed {needle:?}; it shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types `command` followed by a marker and waits for the marker's output line.
+    fn run(&self, command: &str) -> String {
+        let marker = unique("DONE").replace('-', "_");
+        self.keys(&[&format!("{command}; echo {marker}"), "Enter"]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let screen = self.screen();
+            if screen.lines().any(|l| l.trim_end() == marker) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{command:?} did not finish; the terminal shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn resize(&self, cols: u16, rows: u16) {
+        let ok = Command::new("tmux")
+            .args([
+                "resize-window",
+                "-t",
+                &self.name,
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+            ])
+            .status()
+            .expect("tmux")
+            .success();
+        assert!(ok, "tmux resize-window failed");
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_it_is_a_real_terminal_in_the_container() {
+    let ctl = TestController::start("term", &[]);
+    let node = TestNode::start("term-node", &ctl, None, &[]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let hutch = workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch"));
+    let run = Command::new(&hutch)
+        .args([
+            "--controller",
+            &ctl.url(),
+            "run",
+            "-d",
+            "--name",
+            "term-box",
+            ROOTFS,
+            "--",
+            "sleep",
+            "600",
+        ])
+        .output()
+        .expect("hutch run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let t = Tmux::start(&format!(
+        "{} --controller {} exec -it term-box -- /bin/bash; echo CLI_EXIT=$?; stty -a; sleep 60",
+        hutch.display(),
+        ctl.url()
+    ));
+    t.wait_for("root@term-box:/#");
+
+    // The shell joined the container's pid namespace: PID 1 is the container's sleep, and
+    // nothing of the host (no tmux, no agent) is visible.
+    let screen = t.run("ps -ef");
+    let ps: Vec<&str> = screen.lines().filter(|l| l.starts_with("root ")).collect();
+    assert!(
+        ps.iter()
+            .any(|l| l.split_whitespace().nth(1) == Some("1") && l.ends_with("sleep 600")),
+        "{screen}"
+    );
+    assert!(ps.iter().any(|l| l.ends_with("/bin/bash")), "{screen}");
+    assert!(
+        !screen.contains("tmux") && !screen.contains("hutch-agent"),
+        "{screen}"
+    );
+
+    let screen = t.run("hostname");
+    assert!(screen.lines().any(|l| l == "term-box"), "{screen}");
+
+    // Window size, before and after a resize.
+    t.keys(&["echo SIZE=$(stty size)", "Enter"]);
+    t.wait_for("SIZE=30 120");
+    t.resize(100, 25);
+    // The resize travels CLI (SIGWINCH) -> controller -> agent (TIOCSWINSZ): ask until seen.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let screen = t.run("echo SIZE=$(stty size)");
+        let last = screen.lines().rfind(|l| l.starts_with("SIZE="));
+        if last == Some("SIZE=25 100") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resize never arrived:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Ctrl-C reaches the command in the container, not the CLI.
+    t.keys(&["sleep 100", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    t.keys(&["C-c"]);
+    let screen = t.run("echo AFTER_SLEEP=$?");
+    assert!(screen.contains("\nAFTER_SLEEP=130"), "{screen}");
+
+    // exit 3: the CLI exits with 3 and the terminal is back in its normal (cooked) mode.
+    t.keys(&["exit 3", "Enter"]);
+    t.wait_for("CLI_EXIT=3");
+    let screen = t.wait_for("speed");
+    let stty = screen
+        .split("CLI_EXIT=3")
+        .nth(1)
+        .unwrap_or_default()
+        .replace('\n', " ");
+    assert!(
+        stty.contains(" icanon") && stty.contains(" echo ") && !stty.contains("-icanon"),
+        "the terminal was not restored: {stty}"
+    );
+
+    let rm = Command::new(&hutch)
+        .args(["--controller", &ctl.url(), "rm", "-f", "term-box"])
+        .output()
+        .expect("hutch rm");
+    assert!(rm.status.success());
+}
