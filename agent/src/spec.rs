@@ -170,6 +170,12 @@ pub struct ContainerSpec {
     /// Free-form labels, for selection by clients.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Run the command on a pseudo-terminal that clients can attach to.
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep stdin open for attached clients (needs `tty`).
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -221,6 +227,9 @@ pub enum SpecError {
     /// A uid/gid map is malformed.
     #[error("{0}")]
     BadIdMap(String),
+    /// `stdin` without `tty`.
+    #[error("stdin needs tty: attaching is offered on a terminal only (set tty too)")]
+    StdinWithoutTty,
     /// An environment variable name is malformed.
     #[error("environment variable name '{0}' is invalid: it must be non-empty and contain no '='")]
     BadEnvName(String),
@@ -246,6 +255,8 @@ impl ContainerSpec {
             read_only_rootfs: false,
             stop_grace_seconds: DEFAULT_STOP_GRACE_SECONDS,
             labels: BTreeMap::new(),
+            tty: false,
+            stdin: false,
         }
     }
 
@@ -277,6 +288,9 @@ impl ContainerSpec {
         validate_name("rootfs name", &self.rootfs)?;
         if self.command.is_empty() || self.command[0].is_empty() {
             return Err(SpecError::EmptyCommand);
+        }
+        if self.stdin && !self.tty {
+            return Err(SpecError::StdinWithoutTty);
         }
         if let Some(arg) = self.command.iter().find(|a| a.contains('\0')) {
             return Err(SpecError::NulByte(format!("command argument {arg:?}")));

@@ -154,6 +154,31 @@ async fn grpcurl_against_the_controller() {
         "{stdout}"
     );
     assert!(stdout.contains(r#""exitCode": 4"#), "{stdout}");
+    // Attach needs a container started with tty.
+    let attach = std::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"start":{"id":"sleeper"}}"#,
+            a,
+            "hutch.v1.Controller/Attach",
+        ])
+        .output()
+        .expect("grpcurl");
+    assert_eq!(
+        attach.status.code(),
+        Some(64 + tonic::Code::FailedPrecondition as i32)
+    );
+    assert!(String::from_utf8_lossy(&attach.stderr).contains("not started with tty"));
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"name":"x","spec":{"rootfs":"debian","command":["true"],"stdin":true}}"#),
+            &["hutch.v1.Controller/CreateContainer"],
+        ),
+        tonic::Code::InvalidArgument,
+        "stdin needs tty",
+    );
     let rm = grpcurl(
         a,
         Some(r#"{"id":"sleeper","force":true}"#),

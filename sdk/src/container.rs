@@ -243,8 +243,6 @@ impl Container {
         argv: impl IntoIterator<Item = S>,
         tty: Option<(u16, u16)>,
     ) -> Result<ExecSession> {
-        use v1::exec_session_output::Output;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
         let start = v1::ExecSessionStart {
             id: self.id.clone(),
             command: argv.into_iter().map(Into::into).collect(),
@@ -254,15 +252,38 @@ impl Container {
                 cols: cols.into(),
             }),
         };
+        self.open_session(start, false).await
+    }
+
+    /// Attaches to the container's terminal (it was created with `tty`); `size` is the
+    /// client's terminal size. Dropping the session detaches; the container keeps running.
+    pub async fn attach(&self, size: Option<(u16, u16)>) -> Result<ExecSession> {
+        let start = v1::ExecSessionStart {
+            id: self.id.clone(),
+            command: Vec::new(),
+            tty: true,
+            size: size.map(|(rows, cols)| v1::TerminalSize {
+                rows: rows.into(),
+                cols: cols.into(),
+            }),
+        };
+        self.open_session(start, true).await
+    }
+
+    async fn open_session(&self, start: v1::ExecSessionStart, attach: bool) -> Result<ExecSession> {
+        use v1::exec_session_output::Output;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         tx.send(input(v1::exec_session_input::Input::Start(start)))
             .await
             .map_err(|_| Error::InvalidInput("session channel closed".into()))?;
-        let stream = self
-            .client
-            .rpc()
-            .exec_session(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let inputs = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut rpc = self.client.rpc();
+        let stream = if attach {
+            rpc.attach(inputs).await?
+        } else {
+            rpc.exec_session(inputs).await?
+        }
+        .into_inner();
         let output = stream.filter_map(|item| match item {
             Ok(v1::ExecSessionOutput { output: Some(o) }) => Some(Ok(match o {
                 Output::Stdout(b) => SessionOutput::Stdout(b),

@@ -226,6 +226,18 @@ impl ContainerSpec {
         self
     }
 
+    /// Run the command on a pseudo-terminal that clients can attach to (`hutch run -t`).
+    pub fn tty(mut self) -> Self {
+        self.spec.tty = true;
+        self
+    }
+
+    /// Keep stdin open for attached clients (needs [`ContainerSpec::tty`]; `hutch run -i`).
+    pub fn stdin(mut self) -> Self {
+        self.spec.stdin = true;
+        self
+    }
+
     /// Run on exactly this node.
     pub fn node(mut self, node: impl Into<String>) -> Self {
         self.placement.node = node.into();

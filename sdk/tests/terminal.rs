@@ -213,3 +213,116 @@ async fn exec_it_is_a_real_terminal_in_the_container() {
         .expect("hutch rm");
     assert!(rm.status.success());
 }
+
+/// `hutch run -it ROOTFS -- /bin/bash`: bash is PID 1 of the container and nothing of the
+/// host is visible; the hostname is the container's; a resize reaches it; `exit 3` ends the
+/// CLI with 3 and the terminal is restored. Then `hutch attach` to a detached one, and
+/// Ctrl-P Ctrl-Q detaches without stopping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_it_is_the_tutorials_chroot_bash_and_attach_detaches() {
+    let ctl = TestController::start("run-it", &[]);
+    let node = TestNode::start("run-it-node", &ctl, None, &[]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let hutch = workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch"));
+
+    let t = Tmux::start(&format!(
+        "{} --controller {} run -it --rm --name run-it-box {ROOTFS} -- /bin/bash; echo CLI_EXIT=$?; stty -a; sleep 60",
+        hutch.display(),
+        ctl.url()
+    ));
+    // The first prompt is there: output written before the CLI attached is replayed.
+    t.wait_for("root@run-it-box:/#");
+    let screen = t.run("ps -ef");
+    let ps: Vec<&str> = screen.lines().filter(|l| l.starts_with("root ")).collect();
+    assert!(
+        ps.iter()
+            .any(|l| l.split_whitespace().nth(1) == Some("1") && l.ends_with("/bin/bash")),
+        "bash is PID 1:\n{screen}"
+    );
+    assert!(
+        ps.iter().all(|l| {
+            let cmd = l.split_whitespace().skip(7).collect::<Vec<_>>().join(" ");
+            ["/bin/bash", "ps -ef"].contains(&cmd.as_str())
+        }),
+        "nothing but the container's own processes:\n{screen}"
+    );
+    let screen = t.run("hostname");
+    assert!(screen.lines().any(|l| l == "run-it-box"), "{screen}");
+    t.resize(100, 25);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let screen = t.run("echo SIZE=$(stty size)");
+        if screen.lines().rfind(|l| l.starts_with("SIZE=")) == Some("SIZE=25 100") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resize never arrived:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.keys(&["exit 3", "Enter"]);
+    t.wait_for("CLI_EXIT=3");
+    let screen = t.wait_for("speed");
+    let stty = screen
+        .split("CLI_EXIT=3")
+        .nth(1)
+        .unwrap_or_default()
+        .replace('\n', " ");
+    assert!(
+        stty.contains(" icanon") && stty.contains(" echo ") && !stty.contains("-icanon"),
+        "the terminal was not restored: {stty}"
+    );
+    drop(t);
+    // --rm removed it.
+    let ps = Command::new(&hutch)
+        .args(["--controller", &ctl.url(), "ps", "-a"])
+        .output()
+        .expect("hutch ps");
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains("run-it-box"));
+
+    // Detached with a terminal, attached later, detached again: it keeps running.
+    let run = Command::new(&hutch)
+        .args([
+            "--controller",
+            &ctl.url(),
+            "run",
+            "-d",
+            "-it",
+            "--name",
+            "shell",
+            ROOTFS,
+            "--",
+            "/bin/bash",
+        ])
+        .output()
+        .expect("hutch run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let t = Tmux::start(&format!(
+        "{} --controller {} attach shell; echo CLI_EXIT=$?; sleep 60",
+        hutch.display(),
+        ctl.url()
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let screen = t.run("echo ATTACHED=$((6*7))");
+    assert!(screen.contains("\nATTACHED=42"), "{screen}");
+    t.keys(&["C-p"]);
+    t.keys(&["C-q"]);
+    let screen = t.wait_for("CLI_EXIT=0");
+    assert!(screen.contains("detached from shell"), "{screen}");
+    let info = Command::new(&hutch)
+        .args(["--controller", &ctl.url(), "-o", "json", "inspect", "shell"])
+        .output()
+        .expect("hutch inspect");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    assert_eq!(info["state"], "running", "detaching does not stop it");
+    let rm = Command::new(&hutch)
+        .args(["--controller", &ctl.url(), "rm", "-f", "shell"])
+        .output()
+        .expect("hutch rm");
+    assert!(rm.status.success());
+}

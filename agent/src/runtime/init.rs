@@ -57,6 +57,9 @@ pub struct InitIo {
     pub stdout: RawFd,
     /// Becomes the command's stderr.
     pub stderr: RawFd,
+    /// Becomes the command's stdin and controlling terminal, when it runs on a terminal
+    /// (then `stdout` and `stderr` are the same terminal).
+    pub terminal: Option<RawFd>,
 }
 
 fn fail(step: &str, message: impl Into<String>) -> Failure {
@@ -111,8 +114,16 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| errno("stdio", "opening /dev/null", e))?;
-    for (from, to) in [(devnull, 0), (io.stdout, 1), (io.stderr, 2)] {
+    let stdin = io.terminal.unwrap_or(devnull);
+    for (from, to) in [(stdin, 0), (io.stdout, 1), (io.stderr, 2)] {
         unistd::dup2(from, to).map_err(|e| errno("stdio", "redirecting output", e))?;
+    }
+    if io.terminal.is_some() {
+        // A session of its own with the terminal as its controlling terminal: job control,
+        // Ctrl-C and window sizes reach the command.
+        unistd::setsid().map_err(|e| errno("terminal", "setsid", e))?;
+        sys::set_controlling_terminal(0)
+            .map_err(|e| errno("terminal", "taking the terminal", e))?;
     }
 
     let mut byte = [0u8; 1];

@@ -11,6 +11,7 @@
 //! container is cleaned up); signals go to the container's init through a pidfd, after
 //! checking that the pid still belongs to the container's cgroup.
 
+pub mod attach;
 pub mod exec;
 pub mod init;
 pub mod logs;
@@ -91,6 +92,11 @@ pub enum RuntimeError {
         /// What failed.
         failure: Failure,
     },
+    /// Attach to a container that does not run on a terminal.
+    #[error(
+        "container '{0}' was not started with tty: there is no terminal to attach to (use exec)"
+    )]
+    NotAttachable(String),
     /// An exec could not run its command.
     #[error("exec in container '{id}' failed at step '{}': {}", failure.step, failure.message)]
     ExecFailed {
@@ -157,9 +163,9 @@ impl RuntimeError {
                 "state" => ErrorClass::FailedPrecondition,
                 _ => ErrorClass::Internal,
             },
-            RuntimeError::NotRunning { .. } | RuntimeError::StillRunning(_) => {
-                ErrorClass::FailedPrecondition
-            }
+            RuntimeError::NotRunning { .. }
+            | RuntimeError::StillRunning(_)
+            | RuntimeError::NotAttachable(_) => ErrorClass::FailedPrecondition,
             RuntimeError::Cgroup(_) | RuntimeError::Supervisor { .. } | RuntimeError::Io { .. } => {
                 ErrorClass::Internal
             }
@@ -774,6 +780,27 @@ impl Runtime {
                 Ok(session::ExecProcess::pipes(child, dir, result_file))
             }
         }
+    }
+
+    /// Connects to the attach point of a running container started with `tty`.
+    pub async fn attach(&self, id: &str) -> Result<tokio::net::UnixStream, RuntimeError> {
+        let dir = self.existing_dir(id)?;
+        let state = self.read_state(&dir)?;
+        let config: SupervisorConfig =
+            read_json(&StatePaths::config(&dir)).map_err(|e| io_err(&dir, e))?;
+        if !config.spec.tty {
+            return Err(RuntimeError::NotAttachable(id.to_string()));
+        }
+        if state.status != Status::Running {
+            return Err(RuntimeError::NotRunning {
+                id: id.to_string(),
+                status: state.status,
+            });
+        }
+        let socket = StatePaths::attach(&dir);
+        tokio::net::UnixStream::connect(&socket)
+            .await
+            .map_err(|e| io_err(&socket, e))
     }
 
     /// Waits for a session's command to end and returns how it ended.

@@ -164,6 +164,10 @@ impl StatePaths {
     pub fn state(dir: &Path) -> PathBuf {
         dir.join("state.json")
     }
+    /// `attach.sock`: the attach point of a container on a terminal.
+    pub fn attach(dir: &Path) -> PathBuf {
+        dir.join("attach.sock")
+    }
     /// `container.log`.
     pub fn log(dir: &Path) -> PathBuf {
         dir.join("container.log")

@@ -28,6 +28,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{self, Pid};
 
+use super::attach::{self, AttachPoint};
 use super::init::{self, InitIo, InitMessage};
 use super::logs::{format_line, LineSplitter, Stream};
 use super::state::{
@@ -39,6 +40,29 @@ use crate::fsutil::{read_json, unix_millis_now, write_json_atomic};
 use crate::mounts::unmount_below;
 use crate::rootfs::overlay;
 use crate::spec::{IdMap, Namespace};
+
+/// End of file on a terminal (Ctrl-D).
+const EOT: u8 = 4;
+
+/// Where the container's output comes from.
+enum Output {
+    /// Two pipes.
+    Pipes { stdout: OwnedFd, stderr: OwnedFd },
+    /// A terminal's master side, and the socket clients attach to.
+    Terminal {
+        master: OwnedFd,
+        attach: AttachPoint,
+    },
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map(drop)
+}
 
 /// Longest log record before a line is split into partial records.
 const MAX_LOG_LINE: usize = 16 * 1024;
@@ -136,14 +160,14 @@ impl Supervisor {
         let started = Instant::now();
         self.save();
         match self.start() {
-            Ok((child, pipes)) => {
+            Ok((child, output)) => {
                 diag!(
                     "container {} running as pid {child} (start took {:?})",
                     self.cfg.id,
                     started.elapsed()
                 );
                 self.tell_agent();
-                self.supervise(child, pipes);
+                self.supervise(child, output);
             }
             Err(f) => {
                 diag!(
@@ -163,7 +187,7 @@ impl Supervisor {
     }
 
     /// Everything up to the exec of the command. On error nothing of the container runs.
-    fn start(&mut self) -> Result<(Pid, (OwnedFd, OwnedFd)), Failure> {
+    fn start(&mut self) -> Result<(Pid, Output), Failure> {
         let cfg = self.cfg.clone();
         // Another agent process may have just removed the idle leaf: recreate it.
         let _ = std::fs::create_dir_all(cfg.supervisors_cgroup.dir());
@@ -181,11 +205,24 @@ impl Supervisor {
             report: pipe()?,
             release: pipe()?,
         };
+        // On a terminal: the init gets the slave side; the master and the attach point stay
+        // here. Both exist before the container runs, so no output and no client is missed.
+        let terminal = if cfg.spec.tty {
+            let (master, slave) = super::session::open_terminal(24, 80)
+                .map_err(|e| failure("terminal", format!("opening a pseudo-terminal: {e}")))?;
+            let attach = AttachPoint::bind(&StatePaths::attach(&cfg.dir))
+                .map_err(|e| failure("terminal", format!("attach socket: {e}")))?;
+            Some((master, slave, attach))
+        } else {
+            None
+        };
+        let slave_fd = terminal.as_ref().map(|(_, slave, _)| slave.as_raw_fd());
         let io = InitIo {
             release: pipes.release.0.as_raw_fd(),
             report: pipes.report.1.as_raw_fd(),
-            stdout: pipes.stdout.1.as_raw_fd(),
-            stderr: pipes.stderr.1.as_raw_fd(),
+            stdout: slave_fd.unwrap_or(pipes.stdout.1.as_raw_fd()),
+            stderr: slave_fd.unwrap_or(pipes.stderr.1.as_raw_fd()),
+            terminal: slave_fd,
         };
         let host_namespaces = init::own_namespaces();
         let child = sys::clone_process(Box::new(|| init::run(&cfg, io)), clone_flags(&cfg))
@@ -202,6 +239,16 @@ impl Supervisor {
             release,
         } = pipes;
         drop((stdout.1, stderr.1, report.1, release.0));
+        let output = match terminal {
+            Some((master, slave, attach)) => {
+                drop(slave);
+                Output::Terminal { master, attach }
+            }
+            None => Output::Pipes {
+                stdout: stdout.0,
+                stderr: stderr.0,
+            },
+        };
 
         let placed = self
             .cgroup
@@ -270,11 +317,12 @@ impl Supervisor {
         self.state.pid = Some(child.as_raw() as u32);
         self.state.started_ms = Some(unix_millis_now());
         self.save();
-        Ok((child, (stdout.0, stderr.0)))
+        Ok((child, output))
     }
 
-    /// Copies output to the log and reaps until the container's init has exited.
-    fn supervise(&mut self, child: Pid, (stdout, stderr): (OwnedFd, OwnedFd)) {
+    /// Copies output to the log (and to attached clients), feeds attached clients' input to
+    /// the terminal, and reaps until the container's init has exited.
+    fn supervise(&mut self, child: Pid, output: Output) {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
@@ -285,18 +333,19 @@ impl Supervisor {
             .append(true)
             .open(StatePaths::log(&self.cfg.dir))
             .ok();
+        let (first, second, mut attach) = match output {
+            Output::Pipes { stdout, stderr } => (stdout, Some(stderr), None),
+            Output::Terminal { master, attach } => {
+                let _ = set_nonblocking(&master);
+                (master, None, Some(attach))
+            }
+        };
         let mut streams = [
-            (
-                Some(stdout),
-                Stream::Stdout,
-                LineSplitter::new(MAX_LOG_LINE),
-            ),
-            (
-                Some(stderr),
-                Stream::Stderr,
-                LineSplitter::new(MAX_LOG_LINE),
-            ),
+            (Some(first), Stream::Stdout, LineSplitter::new(MAX_LOG_LINE)),
+            (second, Stream::Stderr, LineSplitter::new(MAX_LOG_LINE)),
         ];
+        // Input from attached clients, waiting for room in the terminal.
+        let mut to_terminal: Vec<u8> = Vec::new();
         let mut exit: Option<WaitStatus> = None;
         let mut drain_deadline: Option<Instant> = None;
         let mut buf = vec![0u8; 64 * 1024];
@@ -322,12 +371,28 @@ impl Supervisor {
             let mut which: Vec<usize> = Vec::new();
             for (i, (fd, _, _)) in streams.iter().enumerate() {
                 if let Some(fd) = fd {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    let mut flags = PollFlags::POLLIN;
+                    if i == 0 && attach.is_some() && !to_terminal.is_empty() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(fd.as_fd(), flags));
                     which.push(i);
                 }
             }
-            if let Some(s) = sigfd.as_ref() {
+            let sig_slot = sigfd.as_ref().map(|s| {
                 fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let attach_base = fds.len();
+            if let Some(a) = attach.as_ref() {
+                fds.push(PollFd::new(a.listener.as_fd(), PollFlags::POLLIN));
+                for c in &a.clients {
+                    let mut flags = PollFlags::POLLIN;
+                    if c.wants_write() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(c.stream.as_fd(), flags));
+                }
             }
             let timeout = if drain_deadline.is_some() || sigfd.is_none() {
                 PollTimeout::from(100u16)
@@ -337,16 +402,55 @@ impl Supervisor {
             if poll(&mut fds, timeout).is_err() {
                 continue;
             }
-            let ready: Vec<bool> = fds
+            let revents: Vec<PollFlags> = fds
                 .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                 .collect();
             drop(fds);
-            if let Some(s) = sigfd.as_mut() {
-                while let Ok(Some(_)) = s.read_signal() {}
+            if sig_slot.is_some() {
+                if let Some(s) = sigfd.as_mut() {
+                    while let Ok(Some(_)) = s.read_signal() {}
+                }
+            }
+            if let Some(a) = attach.as_mut() {
+                if !revents[attach_base].is_empty() {
+                    a.accept();
+                }
+                // Clients from the last to the first, so a departure does not shift the rest.
+                let clients = revents.len() - attach_base - 1;
+                let mut requests = Vec::new();
+                for i in (0..clients.min(a.clients.len())).rev() {
+                    let r = revents[attach_base + 1 + i];
+                    if r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                        requests.extend(a.read_client(i));
+                    }
+                }
+                a.flush_all();
+                if let Some(master) = streams[0].0.as_ref() {
+                    for req in requests {
+                        match req {
+                            attach::Request::Input(bytes) => to_terminal.extend(bytes),
+                            attach::Request::Close => to_terminal.push(EOT),
+                            attach::Request::Resize(rows, cols) => {
+                                let _ = sys::set_window_size(master.as_fd(), rows, cols);
+                            }
+                        }
+                    }
+                    if !to_terminal.is_empty() {
+                        match unistd::write(master, &to_terminal) {
+                            Ok(n) => {
+                                to_terminal.drain(..n);
+                            }
+                            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                            Err(_) => to_terminal.clear(),
+                        }
+                    }
+                }
             }
             for (slot, &i) in which.iter().enumerate() {
-                if !ready[slot] {
+                if !revents[slot]
+                    .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                {
                     continue;
                 }
                 let (fd, stream, splitter) = &mut streams[i];
@@ -355,12 +459,16 @@ impl Supervisor {
                     Some(Err(nix::errno::Errno::EINTR)) | Some(Err(nix::errno::Errno::EAGAIN)) => {
                         continue
                     }
+                    // EIO on a terminal: its last slave side closed, the same as end of file.
                     _ => 0,
                 };
                 let records = if n == 0 {
                     *fd = None;
                     splitter.finish().into_iter().collect()
                 } else {
+                    if let Some(a) = attach.as_mut() {
+                        a.output(&buf[..n]);
+                    }
                     splitter.push(&buf[..n])
                 };
                 if let Some(log) = log.as_mut() {
@@ -371,6 +479,8 @@ impl Supervisor {
                 }
             }
         }
+        // Attached clients see the end (their connection closes) once the output is drained.
+        drop(attach);
         for (_, stream, splitter) in streams.iter_mut() {
             if let (Some(log), Some((full, text))) = (log.as_mut(), splitter.finish()) {
                 let _ = log.write_all(&format_line(SystemTime::now(), *stream, full, &text));

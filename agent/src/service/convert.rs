@@ -110,6 +110,8 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, Status> {
         read_only_rootfs: p.read_only_rootfs,
         stop_grace_seconds: p.stop_grace_seconds.unwrap_or(DEFAULT_STOP_GRACE_SECONDS),
         labels: p.labels.into_iter().collect(),
+        tty: p.tty,
+        stdin: p.stdin,
     })
 }
 
@@ -133,6 +135,8 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         uid_map: s.uid_map.iter().map(id_map_to).collect(),
         gid_map: s.gid_map.iter().map(id_map_to).collect(),
         stop_grace_seconds: Some(s.stop_grace_seconds),
+        tty: s.tty,
+        stdin: s.stdin,
     }
 }
 

@@ -355,6 +355,17 @@ impl Agent for AgentService {
         ))
     }
 
+    type AttachStream = RpcStream<v1::ExecSessionOutput>;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<v1::ExecSessionInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Ok(Response::new(
+            session::attach(self.core.clone(), request.into_inner()).await?,
+        ))
+    }
+
     async fn node_info(
         &self,
         _: Request<v1::NodeInfoRequest>,

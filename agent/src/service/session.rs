@@ -40,21 +40,29 @@ fn output(o: Output) -> Result<v1::ExecSessionOutput, Status> {
     Ok(v1::ExecSessionOutput { output: Some(o) })
 }
 
+/// The stream's first message, which must be `start`.
+async fn first_start(
+    inbound: &mut Streaming<v1::ExecSessionInput>,
+) -> Result<v1::ExecSessionStart, Status> {
+    let first = inbound
+        .message()
+        .await?
+        .ok_or_else(|| invalid("input", "the stream is empty: send start first"))?;
+    match first.input {
+        Some(Input::Start(start)) => Ok(start),
+        _ => Err(invalid(
+            "input",
+            "the first message must be start {id, command, tty, size}",
+        )),
+    }
+}
+
 /// Starts the session described by the stream's first message.
 pub async fn start(
     core: Arc<AgentCore>,
     mut inbound: Streaming<v1::ExecSessionInput>,
 ) -> Result<RpcStream<v1::ExecSessionOutput>, Status> {
-    let first = inbound
-        .message()
-        .await?
-        .ok_or_else(|| invalid("input", "the stream is empty: send start first"))?;
-    let Some(Input::Start(start)) = first.input else {
-        return Err(invalid(
-            "input",
-            "the first message must be start {id, command, tty, size}",
-        ));
-    };
+    let start = first_start(&mut inbound).await?;
     let tty = start.tty.then(|| size_of(start.size));
     let id = start.id.clone();
     let span =
@@ -178,4 +186,70 @@ async fn finish(core: &AgentCore, id: &str, process: &mut ExecProcess, tx: &Send
     };
     tracing::info!(container = %id, "session ended: {last:?}");
     let _ = tx.send(last).await;
+}
+
+/// Attaches to the terminal of the container named by the stream's first message.
+pub async fn attach(
+    core: Arc<AgentCore>,
+    mut inbound: Streaming<v1::ExecSessionInput>,
+) -> Result<RpcStream<v1::ExecSessionOutput>, Status> {
+    use crate::runtime::attach::{frame, resize_frame, FRAME_CLOSE, FRAME_INPUT};
+    let start = first_start(&mut inbound).await?;
+    let id = start.id.clone();
+    let socket = core.runtime.attach(&id).await?;
+    tracing::info!(node = %core.node, container = %id, "attached");
+    let (mut from_container, mut to_container) = socket.into_split();
+    if start.size.is_some() {
+        let (rows, cols) = size_of(start.size);
+        to_container
+            .write_all(&resize_frame(rows, cols))
+            .await
+            .map_err(|e| Status::unavailable(format!("attach: {e}")))?;
+    }
+    // Client input as frames; the client ending its stream detaches (the socket closes).
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = inbound.message().await {
+            let bytes = match msg.input {
+                Some(Input::Stdin(b)) => frame(FRAME_INPUT, &b),
+                Some(Input::Resize(size)) => {
+                    let (rows, cols) = size_of(Some(size));
+                    resize_frame(rows, cols)
+                }
+                Some(Input::CloseStdin(true)) => frame(FRAME_CLOSE, &[]),
+                _ => continue,
+            };
+            if to_container.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_container.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx
+                        .send(output(Output::Stdout(buf[..n].to_vec())))
+                        .await
+                        .is_err()
+                    {
+                        tracing::info!(container = %id, "detached");
+                        return;
+                    }
+                }
+            }
+        }
+        // The supervisor closed the connection: the container has ended.
+        let last = match core.runtime.wait(&id).await {
+            Ok(info) => output(Output::Exit(v1::ExecExit {
+                exit_code: info.state.exit_code,
+                signal: info.state.signal,
+            })),
+            Err(e) => Err(Status::from(e)),
+        };
+        let _ = tx.send(last).await;
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
 }

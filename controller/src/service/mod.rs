@@ -39,7 +39,14 @@ impl ControllerService {
 
     /// The node running `id` and the id of its copy there, for proxied calls.
     fn copy_of(&self, id: &str) -> Result<(String, String), Status> {
-        let c = self.cluster.get(id)?;
+        copy_of(&self.cluster, id)
+    }
+}
+
+/// The node running `id` and the id of its copy there, for proxied calls.
+fn copy_of(cluster: &Cluster, id: &str) -> Result<(String, String), Status> {
+    {
+        let c = cluster.get(id)?;
         if c.node.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "container '{id}' has not been placed on a node yet: {}",
@@ -246,41 +253,24 @@ impl Controller for ControllerService {
         &self,
         request: Request<tonic::Streaming<v1::ExecSessionInput>>,
     ) -> Result<Response<Self::ExecSessionStream>, Status> {
-        use v1::exec_session_input::Input;
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| {
-            Status::invalid_argument("input: the stream is empty: send start first")
-        })?;
-        let Some(Input::Start(mut start)) = first.input else {
-            return Err(Status::invalid_argument(
-                "input: the first message must be start {id, command, tty, size}",
-            ));
-        };
-        let (node, copy) = self.copy_of(&start.id)?;
-        start.id = copy;
-        let mut client = self.cluster.client_for(&node)?;
-        // The client's stream as it comes, behind the rewritten first message; it ends when
-        // the client's does (or fails).
-        let rest = async_stream_of(inbound);
-        let outbound = tokio_stream::once(v1::ExecSessionInput {
-            input: Some(Input::Start(start)),
-        })
-        .chain(rest);
-        let node_for_errors = node.clone();
-        let stream = client
-            .exec_session(outbound)
-            .await
-            .map_err(|status| Status::from(ClusterError::Node { node, status }))?
-            .into_inner()
-            .map(move |item| {
-                item.map_err(|status| {
-                    Status::from(ClusterError::Node {
-                        node: node_for_errors.clone(),
-                        status,
-                    })
-                })
-            });
-        Ok(Response::new(Box::pin(stream)))
+        let start = first_start(&mut inbound).await?;
+        let (mut client, node, outbound) = session_target(&self.cluster, start, inbound)?;
+        let answered = client.exec_session(outbound).await;
+        node_stream(node, answered)
+    }
+
+    type AttachStream = RpcStream<v1::ExecSessionOutput>;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<v1::ExecSessionInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let start = first_start(&mut inbound).await?;
+        let (mut client, node, outbound) = session_target(&self.cluster, start, inbound)?;
+        let answered = client.attach(outbound).await;
+        node_stream(node, answered)
     }
 
     async fn list_nodes(
@@ -373,7 +363,7 @@ async fn wait_closing(closing: &mut watch::Receiver<bool>) {
 }
 
 /// The messages of a client stream until it ends or fails.
-fn async_stream_of(
+fn messages_of(
     mut inbound: tonic::Streaming<v1::ExecSessionInput>,
 ) -> impl Stream<Item = v1::ExecSessionInput> + Send + 'static {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -385,4 +375,74 @@ fn async_stream_of(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// A session stream's first message, which must be `start`.
+async fn first_start(
+    inbound: &mut tonic::Streaming<v1::ExecSessionInput>,
+) -> Result<v1::ExecSessionStart, Status> {
+    use v1::exec_session_input::Input;
+    match inbound.message().await? {
+        Some(v1::ExecSessionInput {
+            input: Some(Input::Start(start)),
+        }) => Ok(start),
+        Some(_) => Err(Status::invalid_argument(
+            "input: the first message must be start {id, command, tty, size}",
+        )),
+        None => Err(Status::invalid_argument(
+            "input: the stream is empty: send start first",
+        )),
+    }
+}
+
+/// Where a session goes: a client for the node running the container `start` names, that
+/// node, and the session's input for it (the start with the id of the node's copy, then
+/// the client's messages as they come).
+fn session_target(
+    cluster: &Cluster,
+    mut start: v1::ExecSessionStart,
+    inbound: tonic::Streaming<v1::ExecSessionInput>,
+) -> Result<
+    (
+        hutch_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+        String,
+        impl Stream<Item = v1::ExecSessionInput> + Send + 'static,
+    ),
+    Status,
+> {
+    let (node, copy) = copy_of(cluster, &start.id)?;
+    start.id = copy;
+    let client = cluster.client_for(&node)?;
+    let first = v1::ExecSessionInput {
+        input: Some(v1::exec_session_input::Input::Start(start)),
+    };
+    Ok((
+        client,
+        node,
+        tokio_stream::once(first).chain(messages_of(inbound)),
+    ))
+}
+
+/// The node's answer to a session, its errors naming the node.
+fn node_stream(
+    node: String,
+    answered: Result<Response<tonic::Streaming<v1::ExecSessionOutput>>, Status>,
+) -> Result<Response<RpcStream<v1::ExecSessionOutput>>, Status> {
+    let stream = answered
+        .map_err(|status| {
+            Status::from(ClusterError::Node {
+                node: node.clone(),
+                status,
+            })
+        })?
+        .into_inner()
+        .map(move |item| {
+            item.map_err(|status| {
+                Status::from(ClusterError::Node {
+                    node: node.clone(),
+                    status,
+                })
+            })
+        });
+    Ok(Response::new(Box::pin(stream)))
 }

@@ -48,13 +48,26 @@ pub fn terminal_size() -> (u16, u16) {
         .unwrap_or((24, 80))
 }
 
-/// Wires stdin, stdout, stderr and window resizes to `session` until the command ends;
-/// returns its exit code and signal.
+/// How an interactive session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The command (or container) ended: exit code and signal.
+    Exit(Option<i32>, Option<i32>),
+    /// The user detached (Ctrl-P Ctrl-Q); the container keeps running.
+    Detached,
+}
+
+/// Ctrl-P, then Ctrl-Q: detach (as `docker attach` does).
+const DETACH: [u8; 2] = [0x10, 0x11];
+
+/// Wires stdin, stdout, stderr and window resizes to `session` until the command ends (or,
+/// with `detach_keys`, until the user types Ctrl-P Ctrl-Q).
 pub async fn run(
     session: ExecSession,
     tty: bool,
     forward_stdin: bool,
-) -> Result<(Option<i32>, Option<i32>), Error> {
+    detach_keys: bool,
+) -> Result<Ended, Error> {
     let ExecSessionParts {
         session,
         mut output,
@@ -68,6 +81,7 @@ pub async fn run(
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 4096];
     let mut stdin_open = forward_stdin;
+    let mut held: Vec<u8> = Vec::new();
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     loop {
@@ -81,7 +95,7 @@ pub async fn run(
                     let _ = stderr.write_all(&b);
                     let _ = stderr.flush();
                 }
-                Some(Ok(SessionOutput::Exit { exit_code, signal })) => return Ok((exit_code, signal)),
+                Some(Ok(SessionOutput::Exit { exit_code, signal })) => return Ok(Ended::Exit(exit_code, signal)),
                 Some(Err(e)) => return Err(e),
                 None => {
                     return Err(Error::Status(tonic::Status::unavailable(
@@ -95,7 +109,24 @@ pub async fn run(
                     let _ = session.close_stdin().await;
                 }
                 Ok(n) => {
-                    let _ = session.stdin(buf[..n].to_vec()).await;
+                    let mut chunk = std::mem::take(&mut held);
+                    chunk.extend_from_slice(&buf[..n]);
+                    if detach_keys {
+                        if let Some(at) = chunk.windows(2).position(|w| w == DETACH) {
+                            if at > 0 {
+                                let _ = session.stdin(chunk[..at].to_vec()).await;
+                            }
+                            return Ok(Ended::Detached);
+                        }
+                        // A Ctrl-P at the very end may be the start of the sequence.
+                        if chunk.last() == Some(&DETACH[0]) {
+                            chunk.pop();
+                            held.push(DETACH[0]);
+                        }
+                    }
+                    if !chunk.is_empty() {
+                        let _ = session.stdin(chunk).await;
+                    }
                 }
             },
             _ = winch.recv(), if tty => {

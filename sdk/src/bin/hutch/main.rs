@@ -136,6 +136,14 @@ enum Command {
         #[arg(long, short = 'f')]
         force: bool,
     },
+    /// Attach this terminal to a container started with -t (Ctrl-P Ctrl-Q detaches; the
+    /// container keeps running). Exits with its exit code when it ends.
+    ///
+    /// Example: hutch run -d -it --name shell debian -- /bin/bash; hutch attach shell
+    Attach {
+        /// Container id.
+        id: String,
+    },
     /// Wait until a container ends; exits with its exit code.
     Wait {
         /// Container id.
@@ -175,6 +183,13 @@ struct RunArgs {
     /// Remove the container when it ends.
     #[arg(long)]
     rm: bool,
+    /// Keep stdin open and send it to the container (needs -t).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Run the command on a terminal and attach this one to it (raw mode; Ctrl-C goes to
+    /// the container; Ctrl-P Ctrl-Q detaches).
+    #[arg(long, short = 't')]
+    tty: bool,
     /// Memory limit: 1000000, 64M, 512MiB, 1G.
     #[arg(long, short = 'm')]
     memory: Option<String>,
@@ -376,10 +391,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             } else {
                 None
             };
-            let ended = interactive::run(session, tty, interactive).await;
+            let ended = interactive::run(session, tty, interactive, false).await;
             drop(raw);
-            let (code, signal) = ended?;
-            Ok(ExitCode::from(exit_code_of(code, signal)))
+            match ended? {
+                interactive::Ended::Exit(code, signal) => {
+                    Ok(ExitCode::from(exit_code_of(code, signal)))
+                }
+                interactive::Ended::Detached => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Exec { id, command, .. } => {
             let out = client.container(&id).exec(command).await?;
@@ -418,6 +437,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 println!("{id}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Attach { id } => {
+            let container = client.container(&id);
+            let stdin = container.info().await?.spec.is_some_and(|s| s.stdin);
+            attach_terminal(&container, stdin, false).await
         }
         Command::Wait { id } => {
             let end = client.container(&id).wait().await?;
@@ -585,6 +609,17 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     if args.read_only {
         spec = spec.read_only();
     }
+    if args.tty {
+        spec = spec.tty();
+    }
+    if args.interactive {
+        if !args.tty {
+            return Err(Error::InvalidInput(
+                "-i needs -t: attaching is offered on a terminal only (use -it)".into(),
+            ));
+        }
+        spec = spec.stdin();
+    }
     Ok(spec)
 }
 
@@ -631,6 +666,9 @@ async fn run_container(client: &Client, args: RunArgs, json: bool) -> Result<Exi
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if args.tty && !hutch::is_final(started.state) {
+        return attach_terminal(&container, args.interactive, args.rm).await;
+    }
     let failed_to_start = started.state == v1::ContainerState::Failed as i32 && started.pid == 0;
     if !failed_to_start {
         print_logs(&container, true, None, json).await?;
@@ -665,6 +703,36 @@ async fn run_container(client: &Client, args: RunArgs, json: bool) -> Result<Exi
         container.remove(true).await?;
     }
     Ok(ExitCode::from(code))
+}
+
+/// Attaches the local terminal to the container's (raw mode while attached) until it ends
+/// (its exit code is returned) or the user detaches.
+async fn attach_terminal(
+    container: &hutch::Container,
+    forward_stdin: bool,
+    remove: bool,
+) -> Result<ExitCode, Error> {
+    let session = container.attach(Some(interactive::terminal_size())).await?;
+    let raw = interactive::RawMode::enable()?;
+    let ended = interactive::run(session, true, forward_stdin, true).await;
+    drop(raw);
+    match ended? {
+        interactive::Ended::Detached => {
+            eprintln!(
+                "hutch: detached from {}; it keeps running (hutch attach {0})",
+                container.id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        interactive::Ended::Exit(..) => {
+            // The record has the whole story (OOM, signal): use it for the exit code.
+            let end = container.wait().await?;
+            if remove {
+                container.remove(true).await?;
+            }
+            Ok(ExitCode::from(final_code(&end)))
+        }
+    }
 }
 
 /// Prints log lines: stdout lines to stdout, stderr lines to stderr (JSON: one object per
