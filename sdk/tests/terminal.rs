@@ -115,31 +115,67 @@ impl Drop for Tmux {
     }
 }
 
+/// Runs the real `hutch` CLI against `ctl` and asserts it succeeded; returns its stdout.
+fn hutch_ok(ctl: &TestController, args: &[&str]) -> String {
+    let out = Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
+        .args(["--controller", &ctl.url()])
+        .args(args)
+        .output()
+        .expect("run hutch");
+    assert!(
+        out.status.success(),
+        "hutch {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Resizes the window and waits until `stty size` in the session shows it (the resize
+/// travels CLI (SIGWINCH) -> controller -> agent -> terminal).
+fn resize_and_check(t: &Tmux, rows: u16, cols: u16) {
+    t.resize(cols, rows);
+    let want = format!("SIZE={rows} {cols}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let screen = t.run("echo SIZE=$(stty size)");
+        if screen.lines().rfind(|l| l.starts_with("SIZE=")) == Some(want.as_str()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resize never arrived:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// After the CLI printed `CLI_EXIT=N` and `stty -a`, checks that the terminal is back in
+/// cooked mode with echo.
+fn assert_terminal_restored(t: &Tmux, marker: &str) {
+    t.wait_for(marker);
+    let screen = t.wait_for("speed");
+    let stty = screen
+        .split(marker)
+        .nth(1)
+        .unwrap_or_default()
+        .replace('\n', " ");
+    assert!(
+        stty.contains(" icanon") && stty.contains(" echo ") && !stty.contains("-icanon"),
+        "the terminal was not restored: {stty}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_it_is_a_real_terminal_in_the_container() {
     let ctl = TestController::start("term", &[]);
     let node = TestNode::start("term-node", &ctl, None, &[]).await;
     let _ready = ctl.client_when_ready(&[&node]).await;
     let hutch = workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch"));
-    let run = Command::new(&hutch)
-        .args([
-            "--controller",
-            &ctl.url(),
-            "run",
-            "-d",
-            "--name",
-            "term-box",
-            ROOTFS,
-            "--",
-            "sleep",
-            "600",
-        ])
-        .output()
-        .expect("hutch run");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    hutch_ok(
+        &ctl,
+        &[
+            "run", "-d", "--name", "term-box", ROOTFS, "--", "sleep", "600",
+        ],
     );
 
     let t = Tmux::start(&format!(
@@ -170,21 +206,7 @@ async fn exec_it_is_a_real_terminal_in_the_container() {
     // Window size, before and after a resize.
     t.keys(&["echo SIZE=$(stty size)", "Enter"]);
     t.wait_for("SIZE=30 120");
-    t.resize(100, 25);
-    // The resize travels CLI (SIGWINCH) -> controller -> agent (TIOCSWINSZ): ask until seen.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let screen = t.run("echo SIZE=$(stty size)");
-        let last = screen.lines().rfind(|l| l.starts_with("SIZE="));
-        if last == Some("SIZE=25 100") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resize never arrived:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    resize_and_check(&t, 25, 100);
 
     // Ctrl-C reaches the command in the container, not the CLI.
     t.keys(&["sleep 100", "Enter"]);
@@ -195,23 +217,9 @@ async fn exec_it_is_a_real_terminal_in_the_container() {
 
     // exit 3: the CLI exits with 3 and the terminal is back in its normal (cooked) mode.
     t.keys(&["exit 3", "Enter"]);
-    t.wait_for("CLI_EXIT=3");
-    let screen = t.wait_for("speed");
-    let stty = screen
-        .split("CLI_EXIT=3")
-        .nth(1)
-        .unwrap_or_default()
-        .replace('\n', " ");
-    assert!(
-        stty.contains(" icanon") && stty.contains(" echo ") && !stty.contains("-icanon"),
-        "the terminal was not restored: {stty}"
-    );
+    assert_terminal_restored(&t, "CLI_EXIT=3");
 
-    let rm = Command::new(&hutch)
-        .args(["--controller", &ctl.url(), "rm", "-f", "term-box"])
-        .output()
-        .expect("hutch rm");
-    assert!(rm.status.success());
+    hutch_ok(&ctl, &["rm", "-f", "term-box"]);
 }
 
 /// `hutch run -it ROOTFS -- /bin/bash`: bash is PID 1 of the container and nothing of the
@@ -248,44 +256,17 @@ async fn run_it_is_the_tutorials_chroot_bash_and_attach_detaches() {
     );
     let screen = t.run("hostname");
     assert!(screen.lines().any(|l| l == "run-it-box"), "{screen}");
-    t.resize(100, 25);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let screen = t.run("echo SIZE=$(stty size)");
-        if screen.lines().rfind(|l| l.starts_with("SIZE=")) == Some("SIZE=25 100") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resize never arrived:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    resize_and_check(&t, 25, 100);
     t.keys(&["exit 3", "Enter"]);
-    t.wait_for("CLI_EXIT=3");
-    let screen = t.wait_for("speed");
-    let stty = screen
-        .split("CLI_EXIT=3")
-        .nth(1)
-        .unwrap_or_default()
-        .replace('\n', " ");
-    assert!(
-        stty.contains(" icanon") && stty.contains(" echo ") && !stty.contains("-icanon"),
-        "the terminal was not restored: {stty}"
-    );
+    assert_terminal_restored(&t, "CLI_EXIT=3");
     drop(t);
     // --rm removed it.
-    let ps = Command::new(&hutch)
-        .args(["--controller", &ctl.url(), "ps", "-a"])
-        .output()
-        .expect("hutch ps");
-    assert!(!String::from_utf8_lossy(&ps.stdout).contains("run-it-box"));
+    assert!(!hutch_ok(&ctl, &["ps", "-a"]).contains("run-it-box"));
 
     // Detached with a terminal, attached later, detached again: it keeps running.
-    let run = Command::new(&hutch)
-        .args([
-            "--controller",
-            &ctl.url(),
+    hutch_ok(
+        &ctl,
+        &[
             "run",
             "-d",
             "-it",
@@ -294,13 +275,7 @@ async fn run_it_is_the_tutorials_chroot_bash_and_attach_detaches() {
             ROOTFS,
             "--",
             "/bin/bash",
-        ])
-        .output()
-        .expect("hutch run");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+        ],
     );
     let t = Tmux::start(&format!(
         "{} --controller {} attach shell; echo CLI_EXIT=$?; sleep 60",
@@ -314,15 +289,8 @@ async fn run_it_is_the_tutorials_chroot_bash_and_attach_detaches() {
     t.keys(&["C-q"]);
     let screen = t.wait_for("CLI_EXIT=0");
     assert!(screen.contains("detached from shell"), "{screen}");
-    let info = Command::new(&hutch)
-        .args(["--controller", &ctl.url(), "-o", "json", "inspect", "shell"])
-        .output()
-        .expect("hutch inspect");
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    let info: serde_json::Value =
+        serde_json::from_str(&hutch_ok(&ctl, &["-o", "json", "inspect", "shell"])).expect("json");
     assert_eq!(info["state"], "running", "detaching does not stop it");
-    let rm = Command::new(&hutch)
-        .args(["--controller", &ctl.url(), "rm", "-f", "shell"])
-        .output()
-        .expect("hutch rm");
-    assert!(rm.status.success());
+    hutch_ok(&ctl, &["rm", "-f", "shell"]);
 }
