@@ -14,6 +14,8 @@
 //! - [`service`]: the gRPC services and server.
 //! - [`config`]: configuration from flags, environment and file.
 
+#![deny(missing_docs)]
+
 pub mod agents;
 pub mod cluster;
 pub mod config;

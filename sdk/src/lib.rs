@@ -20,6 +20,8 @@
 //! Every error is one [`Error`] that keeps the gRPC code ([`Error::code`]). The wire types
 //! are re-exported as [`proto`].
 
+#![deny(missing_docs)]
+
 pub mod client;
 pub mod container;
 pub mod error;

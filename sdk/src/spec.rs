@@ -1,5 +1,5 @@
 //! Building a container request: what to run ([`ContainerSpec`]), where
-//! ([`Placement`] through the builder's `node`/`selector`) and what to do when it ends
+//! (placement, through the builder's `node`/`selector`) and what to do when it ends
 //! ([`RestartPolicy`]).
 //!
 //! ```
