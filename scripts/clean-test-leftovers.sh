@@ -44,3 +44,12 @@ for log in "${TMPDIR:-/tmp}"/hutch-test-*.log; do
   echo "clean: daemon log of an earlier failed test run $log"
   rm -f "$log"
 done
+
+# Labs (deploy/lab) of test runs that were killed: their lab name ends in -PID-N.
+for dir in /var/tmp/hutch-lab-t-*; do
+  [ -e "$dir" ] || continue
+  name=${dir#/var/tmp/hutch-lab-}
+  owner_gone "$name" || continue
+  echo "clean: lab $name of a killed test run"
+  deploy/lab --name "$name" down
+done

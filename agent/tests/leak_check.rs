@@ -30,7 +30,7 @@ fn nothing_is_left_behind() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let mounts: Vec<&str> = mountinfo
         .lines()
-        .filter(|l| l.contains(TEST_PREFIX))
+        .filter(|l| l.contains(TEST_PREFIX) || l.contains("/var/tmp/hutch-lab-t-"))
         .collect();
     assert!(mounts.is_empty(), "test mounts left: {mounts:#?}");
 
@@ -55,7 +55,7 @@ fn nothing_is_left_behind() {
         .filter(|c| {
             let argv0 = c.split(' ').next().unwrap_or("");
             (argv0.ends_with("hutch-agent") || argv0.ends_with("hutch-controller"))
-                && c.contains(TEST_PREFIX)
+                && (c.contains(TEST_PREFIX) || c.contains("/var/tmp/hutch-lab-t-"))
         })
         .collect();
     assert!(daemons.is_empty(), "test daemons left: {daemons:#?}");
@@ -72,12 +72,24 @@ fn nothing_is_left_behind() {
         "daemon logs of passed tests left: {logs:?}"
     );
 
+    // Labs of the failure suite: network namespaces t-* and their state directories.
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let labs: Vec<&str> = netns.lines().filter(|l| l.starts_with("t-")).collect();
+    assert!(labs.is_empty(), "lab network namespaces left: {labs:?}");
+
     let dirs: Vec<String> = std::fs::read_dir("/var/tmp")
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("hutch-test-") && n != "hutch-test-cache")
+        .filter(|n| {
+            (n.starts_with("hutch-test-") && n != "hutch-test-cache")
+                || n.starts_with("hutch-lab-t-")
+        })
         .collect();
     assert!(dirs.is_empty(), "test state directories left: {dirs:?}");
     println!(

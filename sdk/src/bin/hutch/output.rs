@@ -60,6 +60,8 @@ pub struct NodeJson {
     pub cgroup_version: String,
     pub kernel: String,
     pub message: String,
+    pub registered_at: Option<String>,
+    pub last_heartbeat: Option<String>,
 }
 
 /// `CONTAINER_STATE_RUNNING` -> `running`.
@@ -190,6 +192,8 @@ pub fn node_json(n: &v1::Node) -> NodeJson {
         cgroup_version: n.cgroup_version.clone(),
         kernel: n.kernel.clone(),
         message: n.message.clone(),
+        registered_at: rfc3339(&n.registered_at),
+        last_heartbeat: rfc3339(&n.last_heartbeat),
     }
 }
 
