@@ -436,6 +436,16 @@ async fn lab_down_leaves_nothing() {
     );
 }
 
+/// When each node last registered, in node order.
+fn registrations(lab: &Lab) -> Vec<String> {
+    lab.hutch_json(&["nodes"])
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["registered_at"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 /// The revisions `hutch events --since SINCE` prints within `secs` seconds.
 fn revisions(lab: &Lab, since: u64, secs: u32) -> Vec<u64> {
     let out = lab.exec(
@@ -463,13 +473,7 @@ fn revisions(lab: &Lab, since: u64, secs: u32) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_restart_in_flight() {
     let lab = Lab::up("ctlrestart", 3, "").await;
-    let before: Vec<String> = lab
-        .hutch_json(&["nodes"])
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| n["registered_at"].as_str().unwrap_or("").to_string())
-        .collect();
+    let before = registrations(&lab);
     let (tx, rx) = std::sync::mpsc::channel();
     let lab_ref = &lab;
     let mut first = Vec::new();
@@ -501,13 +505,7 @@ async fn controller_restart_in_flight() {
     for host in ["n1", "n2", "n3"] {
         lab.wait_node(host, "ready", Duration::from_secs(15));
     }
-    let after: Vec<String> = lab
-        .hutch_json(&["nodes"])
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| n["registered_at"].as_str().unwrap_or("").to_string())
-        .collect();
+    let after = registrations(&lab);
     assert!(
         before.iter().zip(&after).all(|(b, a)| b != a),
         "every agent registered again: {before:?} {after:?}"
