@@ -48,3 +48,16 @@ hutch_install_grpcurl() {
   hash -r
   command -v grpcurl >/dev/null || { echo "hutch: grpcurl is not on PATH after installing it" >&2; exit 1; }
 }
+
+# The benchmark's peers, from Debian's packages: runc and containerd (whose daemon the
+# harness starts itself, with its own directories; nothing is enabled on the host).
+hutch_install_bench_peers() {
+  local missing=()
+  command -v runc >/dev/null || missing+=(runc)
+  command -v containerd >/dev/null || missing+=(containerd)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "hutch: installing ${missing[*]} (benchmark peers)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}

@@ -19,6 +19,9 @@ echo "== cargo build (binaries and the example programs the tests run)"
 cargo build --workspace --bins --examples
 echo "== cargo test"
 cargo test --workspace --all-targets
+echo "== benchmark harness, smoke run (checks it works; its figures mean nothing here)"
+hutch_install_bench_peers
+target/debug/hutch-bench --smoke
 echo "== leak check (last: nothing hutch made may be left)"
 cargo test -p hutch-agent --test leak_check -- --ignored
 echo "== suite passed in $(( $(date +%s) - started ))s"

@@ -1,0 +1,105 @@
+//! `hutch-bench`: hutch side by side with runc and containerd in one run, on this machine.
+//! See `bench/README.md`; `scripts/bench.sh` builds and runs it.
+
+mod report;
+mod scenarios;
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+const ALL: [&str; 4] = ["start-latency", "agent-latency", "throughput", "scheduler"];
+
+#[derive(Parser)]
+#[command(
+    name = "hutch-bench",
+    about = "hutch side by side with runc and containerd, in one run on this machine",
+    long_about = "Runs the scenarios (all when none is named): start-latency, agent-latency, \
+throughput, scheduler. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+Ratios matter more than absolute figures on a shared machine.\n\n\
+Example: scripts/bench.sh start-latency scheduler"
+)]
+struct Cli {
+    /// Scenarios to run [default: all].
+    scenarios: Vec<String>,
+    /// Print the rows as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A quick run (few repetitions) that checks the harness works; figures are not
+    /// meaningful. CI runs this.
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    for s in &cli.scenarios {
+        if !ALL.contains(&s.as_str()) {
+            eprintln!(
+                "hutch-bench: unknown scenario '{s}': choose from {}",
+                ALL.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let wanted: Vec<&str> = if cli.scenarios.is_empty() {
+        ALL.to_vec()
+    } else {
+        cli.scenarios.iter().map(String::as_str).collect()
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hutch-bench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(&wanted, cli.smoke)) {
+        Ok(rows) => {
+            if cli.json {
+                match serde_json::to_string_pretty(&rows) {
+                    Ok(t) => println!("{t}"),
+                    Err(e) => eprintln!("hutch-bench: {e}"),
+                }
+            } else {
+                report::print_table(&rows);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hutch-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
+    let (runs, count, requests) = if smoke {
+        (5, 20, 10_000)
+    } else {
+        (200, 1000, 100_000)
+    };
+    let needs_env = wanted.iter().any(|w| *w != "scheduler");
+    let env = if needs_env {
+        Some(setup::BenchEnv::start().await?)
+    } else {
+        None
+    };
+    let mut rows = Vec::new();
+    for w in wanted {
+        eprintln!("bench: {w} ...");
+        let found = match (*w, env.as_ref()) {
+            ("scheduler", _) => scenarios::scheduler(requests),
+            ("start-latency", Some(env)) => scenarios::start_latency(env, runs).await?,
+            ("agent-latency", Some(env)) => scenarios::agent_latency(env, runs).await?,
+            ("throughput", Some(env)) => scenarios::throughput(env, count).await?,
+            _ => Vec::new(),
+        };
+        rows.extend(found);
+    }
+    Ok(rows)
+}

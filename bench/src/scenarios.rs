@@ -1,0 +1,448 @@
+//! The scenarios. Each interleaves hutch and its peer (A B A B ...) so drift of this shared
+//! machine hits both, and returns rows for the table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hutch_controller::scheduler::{NodeCapacity, Request, Scheduler, Strategy};
+use hutch_proto::v1;
+use hutch_proto::v1::agent_client::AgentClient;
+use hutch_proto::v1::controller_client::ControllerClient;
+use tokio_stream::StreamExt;
+
+use crate::report::{ms, percentile, Row};
+use crate::setup::BenchEnv;
+
+fn spec(rootfs: &str) -> v1::ContainerSpec {
+    v1::ContainerSpec {
+        rootfs: rootfs.into(),
+        command: vec!["/bin/true".into()],
+        memory_limit_bytes: Some(64 << 20),
+        ..Default::default()
+    }
+}
+
+fn is_final(state: i32) -> bool {
+    [
+        v1::ContainerState::Exited,
+        v1::ContainerState::Failed,
+        v1::ContainerState::OomKilled,
+        v1::ContainerState::Lost,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
+}
+
+/// One timed run of a peer command; an error names the command.
+fn time_command(cmd: &mut Command) -> Result<Duration, String> {
+    let start = Instant::now();
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(start.elapsed())
+}
+
+fn runc(env: &BenchEnv, id: &str, worker: usize) -> Command {
+    let mut c = Command::new("runc");
+    c.arg("--root")
+        .arg(env.dir.join("runc-state"))
+        .args(["run", "--bundle"])
+        .arg(&env.runc_bundles[worker])
+        .arg(id);
+    c
+}
+
+fn ctr(env: &BenchEnv, id: &str) -> Command {
+    let mut c = Command::new("ctr");
+    c.arg("--address")
+        .arg(&env.containerd_socket)
+        .args(["run", "--rm", "--memory-limit", &(64u64 << 20).to_string()])
+        .arg("--fifo-dir")
+        .arg(env.dir.join("fifo"))
+        .arg("--cgroup")
+        .arg(format!("{}/ctr-{id}", env.cgroup_parent))
+        .arg("--rootfs")
+        .arg(&env.rootfs_dir)
+        .arg(id)
+        .arg("/bin/true");
+    c
+}
+
+fn unshare_chroot(env: &BenchEnv) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["-p", "-i", "-n", "-u", "-m", "-f", "chroot"])
+        .arg(&env.rootfs_dir)
+        .arg("/bin/true");
+    c
+}
+
+/// `start-latency`: CreateContainer at the controller until a watcher sees RUNNING and
+/// EXITED, next to `runc run` and containerd's `ctr run --rm` on the same rootfs.
+pub async fn start_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
+    let mut client = ControllerClient::connect(env.controller_url.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut watch = client
+        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let (mut to_running, mut to_exited, mut runc_t, mut ctr_t) = (vec![], vec![], vec![], vec![]);
+    for i in 0..runs + 2 {
+        let name = format!("start-{i}");
+        let start = Instant::now();
+        client
+            .create_container(v1::CreateContainerRequest {
+                name: name.clone(),
+                spec: Some(spec("debian")),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut running = None;
+        while let Some(e) = watch.next().await {
+            let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
+            if c.name != name {
+                continue;
+            }
+            if c.state == v1::ContainerState::Running as i32 && running.is_none() {
+                running = Some(start.elapsed());
+            }
+            if is_final(c.state) {
+                if c.state != v1::ContainerState::Exited as i32 || c.exit_code != Some(0) {
+                    return Err(format!("{name} ended badly: {}", c.status_message));
+                }
+                break;
+            }
+        }
+        let exited = start.elapsed();
+        let r = time_command(&mut runc(
+            env,
+            &format!("hb-runc-{}-{i}", std::process::id()),
+            0,
+        ))?;
+        let c = time_command(&mut ctr(env, &format!("hb-ctr-{i}")))?;
+        client
+            .remove_container(v1::RemoveContainerRequest {
+                id: name,
+                force: true,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if i >= 2 {
+            // The first two of each are warm-up.
+            to_running.push(running.unwrap_or(exited));
+            to_exited.push(exited);
+            runc_t.push(r);
+            ctr_t.push(c);
+        }
+    }
+    let runc_p50 = ms(percentile(&runc_t, 0.5));
+    let ctr_p50 = ms(percentile(&ctr_t, 0.5));
+    let p50 = ms(percentile(&to_exited, 0.5));
+    let p99 = ms(percentile(&to_exited, 0.99));
+    let row =
+        |metric: &str, hutch: f64, peer: f64, peer_name: &str, target: &str, pass: bool| Row {
+            scenario: "start-latency".into(),
+            metric: metric.into(),
+            hutch,
+            peer: Some(peer),
+            peer_name: peer_name.into(),
+            unit: "ms".into(),
+            ratio: Some(hutch / peer),
+            target: target.into(),
+            pass,
+        };
+    Ok(vec![
+        row(
+            "p50 create->EXITED",
+            p50,
+            runc_p50,
+            "runc p50",
+            "<= 0.5x runc p50",
+            p50 <= 0.5 * runc_p50,
+        ),
+        row(
+            "p99 create->EXITED",
+            p99,
+            runc_p50,
+            "runc p50",
+            "<= 1x runc p50",
+            p99 <= runc_p50,
+        ),
+        row(
+            "p50 create->EXITED",
+            p50,
+            ctr_p50,
+            "ctr run p50",
+            "< containerd p50",
+            p50 < ctr_p50,
+        ),
+        Row {
+            scenario: "start-latency".into(),
+            metric: "p50 create->RUNNING".into(),
+            hutch: ms(percentile(&to_running, 0.5)),
+            peer: None,
+            peer_name: String::new(),
+            unit: "ms".into(),
+            ratio: None,
+            target: "(for the record)".into(),
+            pass: true,
+        },
+    ])
+}
+
+/// `agent-latency`: RunContainer straight at the agent until its event stream says EXITED,
+/// next to `unshare -p -i -n -u -m -f chroot ROOTFS /bin/true`.
+pub async fn agent_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
+    let mut agent = AgentClient::connect(env.agent_url.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let since = agent
+        .node_info(v1::NodeInfoRequest {})
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .last_event_seq;
+    let mut events = agent
+        .events(v1::EventsRequest { since_seq: since })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let (mut hutch_t, mut unshare_t) = (vec![], vec![]);
+    for i in 0..runs + 2 {
+        let id = format!("agent-{}-{i}", std::process::id());
+        let start = Instant::now();
+        agent
+            .run_container(v1::RunContainerRequest {
+                name: id.clone(),
+                spec: Some(spec("debian")),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(e) = events.next().await {
+            let e = e.map_err(|e| e.to_string())?;
+            if e.container_id == id && is_final(e.state) {
+                break;
+            }
+        }
+        let t = start.elapsed();
+        let u = time_command(&mut unshare_chroot(env))?;
+        agent
+            .remove_container(v1::RemoveContainerRequest { id, force: true })
+            .await
+            .map_err(|e| e.to_string())?;
+        if i >= 2 {
+            hutch_t.push(t);
+            unshare_t.push(u);
+        }
+    }
+    let (h, u) = (
+        ms(percentile(&hutch_t, 0.5)),
+        ms(percentile(&unshare_t, 0.5)),
+    );
+    Ok(vec![Row {
+        scenario: "agent-latency".into(),
+        metric: "p50 RunContainer->EXITED".into(),
+        hutch: h,
+        peer: Some(u),
+        peer_name: "unshare+chroot p50".into(),
+        unit: "ms".into(),
+        ratio: Some(h / u),
+        target: "<= 4x unshare+chroot".into(),
+        pass: h <= 4.0 * u,
+    }])
+}
+
+/// `throughput`: `count` creates as fast as the API takes them (16 in flight) until all are
+/// EXITED, next to runc in a loop with 2 parallel workers.
+pub async fn throughput(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String> {
+    let client = ControllerClient::connect(env.controller_url.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut watch = client
+        .clone()
+        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let prefix = format!("tp-{}-", std::process::id());
+    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<usize>(16);
+    let creator = {
+        let client = client.clone();
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+            let mut tasks = Vec::new();
+            for i in 0..count {
+                let permit = sem
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut client = client.clone();
+                let name = format!("{prefix}{i}");
+                let tx = tx.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = client
+                        .create_container(v1::CreateContainerRequest {
+                            name,
+                            spec: Some(spec("debian")),
+                            ..Default::default()
+                        })
+                        .await;
+                    drop(permit);
+                    let _ = tx.send(i).await;
+                    r.map(drop).map_err(|e| e.to_string())
+                }));
+            }
+            for t in tasks {
+                t.await.map_err(|e| e.to_string())??;
+            }
+            Ok::<(), String>(())
+        })
+    };
+    let mut done = std::collections::HashSet::new();
+    while done.len() < count {
+        tokio::select! {
+            e = watch.next() => {
+                let Some(e) = e else { return Err("watch ended".into()) };
+                let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
+                if c.name.starts_with(&prefix) && is_final(c.state) {
+                    done.insert(c.name);
+                }
+            }
+            _ = rx.recv() => {}
+        }
+    }
+    let hutch_secs = start.elapsed().as_secs_f64();
+    creator.await.map_err(|e| e.to_string())??;
+    // Peer: runc with 2 workers.
+    let start = Instant::now();
+    let per_worker = count / 2;
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let mut cmds: Vec<Command> = (0..per_worker)
+                .map(|i| runc(env, &format!("hb-tp-{}-{w}-{i}", std::process::id()), w))
+                .collect();
+            std::thread::spawn(move || -> Result<(), String> {
+                for c in &mut cmds {
+                    time_command(c)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().map_err(|_| "runc worker panicked".to_string())??;
+    }
+    let runc_rate = (per_worker * 2) as f64 / start.elapsed().as_secs_f64();
+    let rate = count as f64 / hutch_secs;
+    // Remove what hutch made.
+    let mut client = client;
+    for i in 0..count {
+        let _ = client
+            .remove_container(v1::RemoveContainerRequest {
+                id: format!("{prefix}{i}"),
+                force: true,
+            })
+            .await;
+    }
+    Ok(vec![Row {
+        scenario: "throughput".into(),
+        metric: format!("{count} x /bin/true to EXITED"),
+        hutch: rate,
+        peer: Some(runc_rate),
+        peer_name: "runc, 2 workers".into(),
+        unit: "containers/s".into(),
+        ratio: Some(rate / runc_rate),
+        target: ">= 200 containers/s".into(),
+        pass: rate >= 200.0,
+    }])
+}
+
+/// Cost of `requests` placements on `nodes` nodes (pure scheduler), in seconds.
+fn placement_seconds(nodes: usize, requests: usize) -> f64 {
+    let mut s = Scheduler::new(Strategy::Spread);
+    let zones = ["a", "b", "c", "d"];
+    for i in 0..nodes {
+        let labels: BTreeMap<String, String> =
+            [("zone".to_string(), zones[i % zones.len()].to_string())].into();
+        s.set_node(
+            &format!("node-{i:05}"),
+            NodeCapacity {
+                labels,
+                allocatable_bytes: 1 << 40,
+                schedulable: true,
+                rootfs: ["debian".to_string()].into_iter().collect(),
+            },
+        );
+    }
+    let selectors: Vec<BTreeMap<String, String>> = std::iter::once(BTreeMap::new())
+        .chain(
+            zones
+                .iter()
+                .map(|z| [("zone".to_string(), z.to_string())].into()),
+        )
+        .collect();
+    let sizes = [16u64 << 20, 64 << 20, 256 << 20, 1 << 30];
+    let start = Instant::now();
+    let mut placed: HashMap<String, u64> = HashMap::new();
+    for i in 0..requests {
+        let req = Request {
+            memory_bytes: sizes[i % sizes.len()],
+            node: None,
+            selector: &selectors[i % selectors.len()],
+            rootfs: "debian",
+            rootfs_buildable: false,
+        };
+        if let Ok(n) = s.place(&req) {
+            s.reserve(&n, req.memory_bytes);
+            *placed.entry(n).or_default() += 1;
+        }
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// `scheduler`: pure placement, 100,000 requests of mixed sizes with selectors, on 10,000
+/// nodes, and the per-placement cost from 1,000 to 10,000 nodes.
+pub fn scheduler(requests: usize) -> Vec<Row> {
+    let big = placement_seconds(10_000, requests);
+    let small = placement_seconds(1_000, requests);
+    let rate = requests as f64 / big;
+    let growth = big / small;
+    vec![
+        Row {
+            scenario: "scheduler".into(),
+            metric: format!("{requests} placements, 10,000 nodes"),
+            hutch: rate,
+            peer: None,
+            peer_name: String::new(),
+            unit: "placements/s".into(),
+            ratio: None,
+            target: ">= 100,000/s".into(),
+            pass: rate >= 100_000.0,
+        },
+        Row {
+            scenario: "scheduler".into(),
+            metric: "cost 10,000 / 1,000 nodes".into(),
+            hutch: growth,
+            peer: None,
+            peer_name: String::new(),
+            unit: "x".into(),
+            ratio: None,
+            target: "< 1.5".into(),
+            pass: growth < 1.5,
+        },
+    ]
+}
