@@ -50,11 +50,13 @@ hutch_install_grpcurl() {
 }
 
 # The benchmark's peers, from Debian's packages: runc and containerd (whose daemon the
-# harness starts itself, with its own directories; nothing is enabled on the host).
+# harness starts itself, with its own directories; nothing is enabled on the host), and a
+# static busybox for the small rootfs of the rootfs-size scenario.
 hutch_install_bench_peers() {
   local missing=()
   command -v runc >/dev/null || missing+=(runc)
   command -v containerd >/dev/null || missing+=(containerd)
+  [ -x /bin/busybox ] || missing+=(busybox-static)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "hutch: installing ${missing[*]} (benchmark peers)"
     apt-get update -qq

@@ -9,14 +9,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 4] = ["start-latency", "agent-latency", "throughput", "scheduler"];
+const ALL: [&str; 5] = [
+    "start-latency",
+    "agent-latency",
+    "throughput",
+    "rootfs-size",
+    "scheduler",
+];
 
 #[derive(Parser)]
 #[command(
     name = "hutch-bench",
     about = "hutch side by side with runc and containerd, in one run on this machine",
     long_about = "Runs the scenarios (all when none is named): start-latency, agent-latency, \
-throughput, scheduler. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+throughput, rootfs-size, scheduler. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
 )]
@@ -97,6 +103,7 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
             ("start-latency", Some(env)) => scenarios::start_latency(env, runs).await?,
             ("agent-latency", Some(env)) => scenarios::agent_latency(env, runs).await?,
             ("throughput", Some(env)) => scenarios::throughput(env, count).await?,
+            ("rootfs-size", Some(env)) => scenarios::rootfs_size(env, runs).await?,
             _ => Vec::new(),
         };
         rows.extend(found);

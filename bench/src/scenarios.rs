@@ -85,6 +85,45 @@ fn unshare_chroot(env: &BenchEnv) -> Command {
     c
 }
 
+type Watch = tonic::Streaming<v1::WatchEvent>;
+
+/// One create of `/bin/true` on `rootfs` through the controller: the times until `watch`
+/// shows it RUNNING and EXITED. The container is removed afterwards.
+async fn hutch_sample(
+    client: &mut ControllerClient<tonic::transport::Channel>,
+    watch: &mut Watch,
+    name: &str,
+    rootfs: &str,
+) -> Result<(Duration, Duration), String> {
+    let start = Instant::now();
+    client
+        .create_container(v1::CreateContainerRequest {
+            name: name.to_string(),
+            spec: Some(spec(rootfs)),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut running = None;
+    while let Some(e) = watch.next().await {
+        let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
+        if c.name != name {
+            continue;
+        }
+        if c.state == v1::ContainerState::Running as i32 && running.is_none() {
+            running = Some(start.elapsed());
+        }
+        if is_final(c.state) {
+            if c.state != v1::ContainerState::Exited as i32 || c.exit_code != Some(0) {
+                return Err(format!("{name} ended badly: {}", c.status_message));
+            }
+            break;
+        }
+    }
+    let exited = start.elapsed();
+    Ok((running.unwrap_or(exited), exited))
+}
+
 /// `start-latency`: CreateContainer at the controller until a watcher sees RUNNING and
 /// EXITED, next to `runc run` and containerd's `ctr run --rm` on the same rootfs.
 pub async fn start_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
@@ -99,32 +138,7 @@ pub async fn start_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, Stri
     let (mut to_running, mut to_exited, mut runc_t, mut ctr_t) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs + 2 {
         let name = format!("start-{i}");
-        let start = Instant::now();
-        client
-            .create_container(v1::CreateContainerRequest {
-                name: name.clone(),
-                spec: Some(spec("debian")),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut running = None;
-        while let Some(e) = watch.next().await {
-            let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
-            if c.name != name {
-                continue;
-            }
-            if c.state == v1::ContainerState::Running as i32 && running.is_none() {
-                running = Some(start.elapsed());
-            }
-            if is_final(c.state) {
-                if c.state != v1::ContainerState::Exited as i32 || c.exit_code != Some(0) {
-                    return Err(format!("{name} ended badly: {}", c.status_message));
-                }
-                break;
-            }
-        }
-        let exited = start.elapsed();
+        let (running, exited) = hutch_sample(&mut client, &mut watch, &name, "debian").await?;
         let r = time_command(&mut runc(
             env,
             &format!("hb-runc-{}-{i}", std::process::id()),
@@ -140,7 +154,7 @@ pub async fn start_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, Stri
             .map_err(|e| e.to_string())?;
         if i >= 2 {
             // The first two of each are warm-up.
-            to_running.push(running.unwrap_or(exited));
+            to_running.push(running);
             to_exited.push(exited);
             runc_t.push(r);
             ctr_t.push(c);
@@ -445,4 +459,46 @@ pub fn scheduler(requests: usize) -> Vec<Row> {
             pass: growth < 1.5,
         },
     ]
+}
+
+/// `rootfs-size`: the same start on a 5 MB busybox rootfs and on the 230 MB Debian one,
+/// alternating: an overlay per container means the size does not matter.
+pub async fn rootfs_size(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
+    let mut client = ControllerClient::connect(env.controller_url.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut watch = client
+        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let (mut small, mut big) = (vec![], vec![]);
+    for i in 0..runs + 2 {
+        for (rootfs, out) in [("busybox", &mut small), ("debian", &mut big)] {
+            let name = format!("size-{rootfs}-{i}");
+            let (_, exited) = hutch_sample(&mut client, &mut watch, &name, rootfs).await?;
+            client
+                .remove_container(v1::RemoveContainerRequest {
+                    id: name,
+                    force: true,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if i >= 2 {
+                out.push(exited);
+            }
+        }
+    }
+    let (s, b) = (ms(percentile(&small, 0.5)), ms(percentile(&big, 0.5)));
+    Ok(vec![Row {
+        scenario: "rootfs-size".into(),
+        metric: "p50 create->EXITED, Debian".into(),
+        hutch: b,
+        peer: Some(s),
+        peer_name: format!("busybox, {}", env.busybox_size),
+        unit: "ms".into(),
+        ratio: Some(b / s),
+        target: "<= 1.1x busybox".into(),
+        pass: b <= 1.1 * s,
+    }])
 }

@@ -27,6 +27,8 @@ pub struct BenchEnv {
     pub cgroup_parent: String,
     /// Where hutch's binaries are.
     pub bin_dir: PathBuf,
+    /// The size of the busybox rootfs, for the table.
+    pub busybox_size: String,
     daemons: Vec<Child>,
     /// /run/containerd did not exist before the run (containerd's shims put sockets and
     /// runc state there whatever its config says): remove it after.
@@ -121,15 +123,47 @@ impl BenchEnv {
                 std::process::id()
             ),
             bin_dir,
+            busybox_size: String::new(),
             daemons: Vec::new(),
             remove_run_containerd: !Path::new("/run/containerd").exists(),
             dir,
         };
         env.start_hutch(&store_dir)?;
+        env.busybox_size = env.build_busybox(&store).await?;
         env.write_bundle(0)?;
         env.write_bundle(1)?;
         env.start_containerd()?;
         Ok(env)
+    }
+
+    /// A rootfs of one static busybox (Debian's busybox-static) named `busybox`, for the
+    /// rootfs-size scenario; returns its size.
+    async fn build_busybox(
+        &self,
+        store: &hutch_agent::rootfs::RootfsStore,
+    ) -> Result<String, String> {
+        let src = PathBuf::from("/var/tmp/hutch-bench-cache/busybox-src");
+        if !src.join("bin/busybox").exists() {
+            std::fs::create_dir_all(src.join("bin")).map_err(|e| die("busybox", e))?;
+            for d in ["proc", "dev", "sys", "tmp", "etc", "root"] {
+                std::fs::create_dir_all(src.join(d)).map_err(|e| die("busybox", e))?;
+            }
+            std::fs::copy("/bin/busybox", src.join("bin/busybox"))
+                .map_err(|e| die("/bin/busybox (scripts/bench.sh installs busybox-static)", e))?;
+            for applet in ["true", "sh", "ls", "cat", "echo"] {
+                std::os::unix::fs::symlink("busybox", src.join("bin").join(applet))
+                    .map_err(|e| die("busybox", e))?;
+            }
+        }
+        let built = store
+            .build(
+                "busybox",
+                &hutch_agent::rootfs::RootfsSource::Directory { path: src },
+                None,
+            )
+            .await
+            .map_err(|e| die("busybox rootfs", e))?;
+        Ok(hutch_proto::units::human_bytes(built.info.size_bytes))
     }
 
     fn start_hutch(&mut self, store_dir: &Path) -> Result<(), String> {
