@@ -104,13 +104,19 @@ pub enum ConfigError {
 
 /// Reads a TOML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    read_toml(path)
+}
+
+/// Reads a TOML file into `T` (the agent's or the controller's file form): unknown keys are
+/// errors when `T` denies them.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    parse_file(&text).map_err(|message| ConfigError::Parse {
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
-        message,
+        message: e.to_string(),
     })
 }
 

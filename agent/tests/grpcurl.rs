@@ -7,9 +7,8 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{assert_code, grpcurl, TestHost};
+use common::{assert_code, grpcurl, until_state, TestHost};
 
 struct Daemon {
     child: Child,
@@ -45,27 +44,6 @@ fn start(host: &TestHost, extra: &[&str]) -> Daemon {
         "unexpected first line {line:?}"
     );
     Daemon { child, addr }
-}
-
-fn until_state(addr: &str, id: &str, state: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = grpcurl(
-            addr,
-            Some(&format!(r#"{{"id":"{id}"}}"#)),
-            &["hutch.v1.Agent/GetContainer"],
-        );
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        if out.stdout.contains(state) {
-            return out.stdout;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never reached {state}: {}",
-            out.stdout
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +96,12 @@ async fn grpcurl_walkthrough_and_errors() {
         &["hutch.v1.Agent/RunContainer"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let done = until_state(a, "ps", "CONTAINER_STATE_EXITED");
+    let done = until_state(
+        a,
+        "hutch.v1.Agent/GetContainer",
+        "ps",
+        "CONTAINER_STATE_EXITED",
+    );
     let report: serde_json::Value = serde_json::from_str(&done).expect("json");
     let ns = report["namespaces"].as_array().expect("namespaces");
     let pid = ns
@@ -149,7 +132,12 @@ async fn grpcurl_walkthrough_and_errors() {
         &["hutch.v1.Agent/RunContainer"],
     );
     assert_eq!(oom.code, 0, "{}", oom.stderr);
-    let hog = until_state(a, "hog", "CONTAINER_STATE_OOM_KILLED");
+    let hog = until_state(
+        a,
+        "hutch.v1.Agent/GetContainer",
+        "hog",
+        "CONTAINER_STATE_OOM_KILLED",
+    );
     assert!(hog.contains(r#""oomKilled": true"#), "{hog}");
 
     // One bad request per error code.

@@ -86,11 +86,25 @@ fn unshare_chroot(env: &BenchEnv) -> Command {
 }
 
 type Watch = tonic::Streaming<v1::WatchEvent>;
+type Client = ControllerClient<tonic::transport::Channel>;
+
+/// A client of the controller and a watch of every change.
+async fn connect_and_watch(env: &BenchEnv) -> Result<(Client, Watch), String> {
+    let mut client = ControllerClient::connect(env.controller_url.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let watch = client
+        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    Ok((client, watch))
+}
 
 /// One create of `/bin/true` on `rootfs` through the controller: the times until `watch`
 /// shows it RUNNING and EXITED. The container is removed afterwards.
 async fn hutch_sample(
-    client: &mut ControllerClient<tonic::transport::Channel>,
+    client: &mut Client,
     watch: &mut Watch,
     name: &str,
     rootfs: &str,
@@ -127,14 +141,7 @@ async fn hutch_sample(
 /// `start-latency`: CreateContainer at the controller until a watcher sees RUNNING and
 /// EXITED, next to `runc run` and containerd's `ctr run --rm` on the same rootfs.
 pub async fn start_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
-    let mut client = ControllerClient::connect(env.controller_url.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut watch = client
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
+    let (mut client, mut watch) = connect_and_watch(env).await?;
     let (mut to_running, mut to_exited, mut runc_t, mut ctr_t) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs + 2 {
         let name = format!("start-{i}");
@@ -464,14 +471,7 @@ pub fn scheduler(requests: usize) -> Vec<Row> {
 /// `rootfs-size`: the same start on a 5 MB busybox rootfs and on the 230 MB Debian one,
 /// alternating: an overlay per container means the size does not matter.
 pub async fn rootfs_size(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
-    let mut client = ControllerClient::connect(env.controller_url.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut watch = client
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
+    let (mut client, mut watch) = connect_and_watch(env).await?;
     let (mut small, mut big) = (vec![], vec![]);
     for i in 0..runs + 2 {
         for (rootfs, out) in [("busybox", &mut small), ("debian", &mut big)] {

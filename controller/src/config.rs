@@ -59,14 +59,7 @@ pub struct ControllerConfig {
 
 /// Reads a TOML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    hutch_agent::config::read_toml(path)
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {

@@ -4,31 +4,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::agent_common::{assert_code, grpcurl};
+use common::agent_common::{assert_code, grpcurl, until_state};
 use common::*;
-
-fn until_state(addr: &str, id: &str, state: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = grpcurl(
-            addr,
-            Some(&format!(r#"{{"id":"{id}"}}"#)),
-            &["hutch.v1.Controller/GetContainer"],
-        );
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        if out.stdout.contains(state) {
-            return out.stdout;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never reached {state}: {}",
-            out.stdout
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_against_the_controller() {
@@ -72,7 +49,12 @@ async fn grpcurl_against_the_controller() {
     );
     assert_eq!(created.code, 0, "{}", created.stderr);
     assert!(created.stdout.contains(&node.name), "{}", created.stdout);
-    let done = until_state(a, "hello", "CONTAINER_STATE_EXITED");
+    let done = until_state(
+        a,
+        "hutch.v1.Controller/GetContainer",
+        "hello",
+        "CONTAINER_STATE_EXITED",
+    );
     assert!(done.contains(r#""exitCode": 0"#), "{done}");
     let logs = grpcurl(
         a,
@@ -119,7 +101,12 @@ async fn grpcurl_against_the_controller() {
         &["hutch.v1.Controller/CreateContainer"],
     );
     assert_eq!(sleeper.code, 0, "{}", sleeper.stderr);
-    until_state(a, "sleeper", "CONTAINER_STATE_RUNNING");
+    until_state(
+        a,
+        "hutch.v1.Controller/GetContainer",
+        "sleeper",
+        "CONTAINER_STATE_RUNNING",
+    );
     let mut child = std::process::Command::new("grpcurl")
         .args([
             "-plaintext",

@@ -384,3 +384,22 @@ pub fn assert_code(out: &Out, code: tonic::Code, needle: &str) {
         out.stderr
     );
 }
+
+/// Polls `METHOD` (a GetContainer) with `{"id": ID}` through grpcurl until its answer shows
+/// `state`; returns that answer.
+pub fn until_state(addr: &str, method: &str, id: &str, state: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = grpcurl(addr, Some(&format!(r#"{{"id":"{id}"}}"#)), &[method]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        if out.stdout.contains(state) {
+            return out.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {state}: {}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
