@@ -385,22 +385,25 @@ impl Cluster {
         if event.seq <= entry.record.last_event_seq {
             return Ok(None);
         }
-        entry.record.last_event_seq = event.seq;
-        let node_record = entry.record.clone();
-        let Some((name, run)) = records::parse_agent_id(&event.container_id) else {
+        let mut node_record = entry.record.clone();
+        node_record.last_event_seq = event.seq;
+        // An event that changes no record only advances the node's seq in memory; one that
+        // does is committed together with the new seq, so a failed commit replays it.
+        let changed = records::parse_agent_id(&event.container_id).and_then(|(name, run)| {
+            let record = st.containers.get(name)?;
+            let update = S::try_from(event.state).unwrap_or(S::Unspecified);
+            let applies = !event.removed
+                && record.node == node
+                && record.restart_count == run
+                && moves_forward(state(record), update);
+            applies.then(|| record.clone())
+        });
+        let Some(mut record) = changed else {
+            if let Some(entry) = st.nodes.get_mut(node) {
+                entry.record.last_event_seq = event.seq;
+            }
             return Ok(None);
         };
-        let Some(mut record) = st.containers.get(name).cloned() else {
-            return Ok(None);
-        };
-        let update = S::try_from(event.state).unwrap_or(S::Unspecified);
-        if event.removed
-            || record.node != node
-            || record.restart_count != run
-            || !moves_forward(state(&record), update)
-        {
-            return Ok(None);
-        }
         let was_lost = state(&record) == S::Lost;
         records::merge_agent_event(&mut record, &event);
         record.status_message = records::describe(&record);
