@@ -9,11 +9,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 5] = [
+const ALL: [&str; 6] = [
     "start-latency",
     "agent-latency",
     "throughput",
     "rootfs-size",
+    "watch-fanout",
     "scheduler",
 ];
 
@@ -22,7 +23,7 @@ const ALL: [&str; 5] = [
     name = "hutch-bench",
     about = "hutch side by side with runc and containerd, in one run on this machine",
     long_about = "Runs the scenarios (all when none is named): start-latency, agent-latency, \
-throughput, rootfs-size, scheduler. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+throughput, rootfs-size, watch-fanout, scheduler. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
 )]
@@ -104,6 +105,7 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
             ("agent-latency", Some(env)) => scenarios::agent_latency(env, runs).await?,
             ("throughput", Some(env)) => scenarios::throughput(env, count).await?,
             ("rootfs-size", Some(env)) => scenarios::rootfs_size(env, runs).await?,
+            ("watch-fanout", Some(env)) => scenarios::watch_fanout(env, 100, count).await?,
             _ => Vec::new(),
         };
         rows.extend(found);

@@ -502,3 +502,92 @@ pub async fn rootfs_size(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String
         pass: b <= 1.1 * s,
     }])
 }
+
+/// `watch-fanout`: `watchers` WatchContainers streams while `count` containers run: the
+/// delay from the controller recording a change (the event's time) to each watcher
+/// receiving it.
+pub async fn watch_fanout(
+    env: &BenchEnv,
+    watchers: usize,
+    count: usize,
+) -> Result<Vec<Row>, String> {
+    let (mut client, _) = connect_and_watch(env).await?;
+    let since = client
+        .list_containers(v1::ListClusterContainersRequest::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .containers
+        .iter()
+        .map(|c| c.revision)
+        .max()
+        .unwrap_or(0);
+    let prefix = format!("fan-{}-", std::process::id());
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        // A connection per watcher, as separate clients would have.
+        let mut c = ControllerClient::connect(env.controller_url.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = prefix.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = c
+                .watch_containers(v1::WatchContainersRequest {
+                    since_revision: since,
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let mut delays = Vec::new();
+            let mut ended = 0;
+            while ended < count {
+                let Some(e) = stream.next().await else { break };
+                let e = e.map_err(|e| e.to_string())?;
+                let now = std::time::SystemTime::now();
+                let Some(t) = e.time else { continue };
+                let at = std::time::UNIX_EPOCH
+                    + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+                delays.push(now.duration_since(at).unwrap_or_default());
+                let c = e.container.unwrap_or_default();
+                if c.name.starts_with(&prefix) && is_final(c.state) {
+                    ended += 1;
+                }
+            }
+            Ok::<Vec<Duration>, String>(delays)
+        }));
+    }
+    for i in 0..count {
+        client
+            .create_container(v1::CreateContainerRequest {
+                name: format!("{prefix}{i}"),
+                spec: Some(spec("debian")),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    for i in 0..count {
+        let _ = client
+            .remove_container(v1::RemoveContainerRequest {
+                id: format!("{prefix}{i}"),
+                force: true,
+            })
+            .await;
+    }
+    let p99 = ms(percentile(&all, 0.99));
+    Ok(vec![Row {
+        scenario: "watch-fanout".into(),
+        metric: format!("p99 delay, {watchers} watchers, {count} containers"),
+        hutch: p99,
+        peer: None,
+        peer_name: String::new(),
+        unit: "ms".into(),
+        ratio: None,
+        target: "< 5 ms".into(),
+        pass: p99 < 5.0,
+    }])
+}
