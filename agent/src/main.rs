@@ -346,20 +346,13 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
 }
 
 async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
+    let (listener, addr) = match hutch_agent::service::server::bind(config.listen).await {
+        Ok(bound) => bound,
         Err(e) => {
-            eprintln!("hutch-agent: cannot listen on {}: {e}", config.listen);
+            eprintln!("hutch-agent: {e}");
             return ExitCode::from(EXIT_HUTCH_ERROR);
         }
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    if !config.listen.ip().is_loopback() {
-        tracing::warn!(%addr, "serving without TLS on a non-loopback address: anyone who can reach it can run containers as root");
-    }
     println!("hutch-agent {} listening on {addr}", config.name);
     let _ = std::io::stdout().flush();
     let shutdown = hutch_agent::service::server::shutdown_signal();

@@ -137,20 +137,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(l) => l,
+        let (listener, addr) = match hutch_agent::service::server::bind(config.listen).await {
+            Ok(bound) => bound,
             Err(e) => {
-                eprintln!("hutch-controller: cannot listen on {}: {e}", config.listen);
+                eprintln!("hutch-controller: {e}");
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        if !config.listen.ip().is_loopback() {
-            tracing::warn!(%addr, "serving without TLS on a non-loopback address: anyone who can reach it can run containers on every node");
-        }
         println!(
             "hutch-controller listening on {addr} (revision {}, strategy {})",
             cluster.revision(),

@@ -149,3 +149,19 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// Binds `listen` for a daemon; returns the listener and the address it got (port 0 picks
+/// one). Warns that anyone who can reach a non-loopback address can use the API.
+pub async fn bind(listen: std::net::SocketAddr) -> Result<(TcpListener, String), String> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%addr, "serving without TLS on a non-loopback address: anyone who can reach it can run containers as root");
+    }
+    Ok((listener, addr))
+}
