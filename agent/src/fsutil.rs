@@ -4,10 +4,24 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Writes `data` to `path` atomically: a temporary file in the same directory is written,
-/// fsynced and renamed over `path`, and the directory is fsynced. A reader sees either the
-/// old content or the new one, never a torn write, even across a crash.
+/// Writes `data` to `path` atomically and durably: a temporary file in the same directory is
+/// written, fsynced and renamed over `path`, and the directory is fsynced. A reader sees
+/// either the old content or the new one, never a torn write, even across a power loss.
+/// For data that must outlive the host (rootfs metadata, the event log).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+/// Writes `data` to `path` atomically, without waiting for the disk: readers and a restarted
+/// agent see the old content or the new one, never a torn write. For records that describe
+/// live processes (a container's config and state), which a host crash makes moot anyway:
+/// after a reboot the container is gone whatever its record says, and the agent reports
+/// it so. Saves two fsyncs per write on the start path.
+pub fn replace_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -25,16 +39,27 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
-/// Writes `value` as pretty JSON to `path` atomically (see [`write_atomic`]).
+/// Writes `value` as pretty JSON to `path` atomically and durably (see [`write_atomic`]).
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     write_atomic(path, &data)
+}
+
+/// Writes `value` as JSON to `path` atomically, not durably (see [`replace_atomic`]).
+pub fn replace_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    replace_atomic(path, &data)
 }
 
 /// Reads JSON from `path`.

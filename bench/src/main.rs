@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     } else {
         cli.scenarios.iter().map(String::as_str).collect()
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -298,7 +298,6 @@ pub async fn throughput(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String
         .into_inner();
     let prefix = format!("tp-{}-", std::process::id());
     let start = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<usize>(16);
     let creator = {
         let client = client.clone();
         let prefix = prefix.clone();
@@ -313,7 +312,6 @@ pub async fn throughput(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String
                     .map_err(|e| e.to_string())?;
                 let mut client = client.clone();
                 let name = format!("{prefix}{i}");
-                let tx = tx.clone();
                 tasks.push(tokio::spawn(async move {
                     let r = client
                         .create_container(v1::CreateContainerRequest {
@@ -323,7 +321,6 @@ pub async fn throughput(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String
                         })
                         .await;
                     drop(permit);
-                    let _ = tx.send(i).await;
                     r.map(drop).map_err(|e| e.to_string())
                 }));
             }
@@ -335,15 +332,12 @@ pub async fn throughput(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String
     };
     let mut done = std::collections::HashSet::new();
     while done.len() < count {
-        tokio::select! {
-            e = watch.next() => {
-                let Some(e) = e else { return Err("watch ended".into()) };
-                let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
-                if c.name.starts_with(&prefix) && is_final(c.state) {
-                    done.insert(c.name);
-                }
-            }
-            _ = rx.recv() => {}
+        let Some(e) = watch.next().await else {
+            return Err("watch ended".into());
+        };
+        let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
+        if c.name.starts_with(&prefix) && is_final(c.state) {
+            done.insert(c.name);
         }
     }
     let hutch_secs = start.elapsed().as_secs_f64();

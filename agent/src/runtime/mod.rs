@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use crate::cgroup::{
     CgroupError, CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats,
 };
-use crate::fsutil::{read_json, unix_millis_now, write_json_atomic};
+use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
 use crate::names::{validate_name, NameError};
 use crate::rootfs::{RootfsError, RootfsInfo, RootfsStore};
@@ -363,8 +363,8 @@ impl Runtime {
             cgroup: cgroup.path().clone(),
             supervisors_cgroup: self.cgroups.supervisors(),
         };
-        write_json_atomic(&StatePaths::config(dir), &config).map_err(|e| io_err(dir, e))?;
-        write_json_atomic(
+        replace_json(&StatePaths::config(dir), &config).map_err(|e| io_err(dir, e))?;
+        replace_json(
             &StatePaths::state(dir),
             &ContainerState::created(id, unix_millis_now()),
         )
@@ -549,7 +549,7 @@ impl Runtime {
                 message: "the supervisor exited without recording how the container ended".into(),
             });
             state.finished_ms = Some(unix_millis_now());
-            write_json_atomic(&StatePaths::state(&dir), &state).map_err(|e| io_err(&dir, e))?;
+            replace_json(&StatePaths::state(&dir), &state).map_err(|e| io_err(&dir, e))?;
         }
         let config = self.read_config(&dir)?;
         Ok(self.info_from(config, state))

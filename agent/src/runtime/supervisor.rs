@@ -36,7 +36,7 @@ use super::state::{
 };
 use super::sys;
 use crate::cgroup::ContainerCgroup;
-use crate::fsutil::{read_json, unix_millis_now, write_json_atomic};
+use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
 use crate::rootfs::overlay;
 use crate::spec::{IdMap, Namespace};
@@ -139,7 +139,7 @@ impl Supervisor {
     }
 
     fn save(&self) {
-        if let Err(e) = write_json_atomic(&StatePaths::state(&self.cfg.dir), &self.state) {
+        if let Err(e) = replace_json(&StatePaths::state(&self.cfg.dir), &self.state) {
             diag!("cannot write state: {e}");
         }
     }
@@ -486,9 +486,8 @@ impl Supervisor {
                 let _ = log.write_all(&format_line(SystemTime::now(), *stream, full, &text));
             }
         }
-        if let Some(l) = log.as_mut() {
-            let _ = l.sync_data();
-        }
+        // Not fsynced, as Docker and containerd do not: the log is complete for readers once
+        // written, and a host crash ends the container anyway.
         self.record_exit(exit);
         self.cleanup();
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{EventLog, NewEvent};
-use crate::fsutil::{read_json, write_json_atomic};
+use crate::fsutil::{read_json, replace_json};
 use crate::runtime::state::Status;
 use crate::runtime::{ContainerInfo, Runtime};
 
@@ -97,7 +97,7 @@ impl Reporter {
         match self.events.append(event_of(info, false)) {
             Ok(event) => {
                 tracing::debug!(container = %info.state.id, seq = event.seq, "event recorded");
-                if let Err(e) = write_json_atomic(
+                if let Err(e) = replace_json(
                     &marker,
                     &Reported {
                         status: info.state.status,
