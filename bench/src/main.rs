@@ -1,7 +1,9 @@
 //! `hutch-bench`: hutch side by side with runc and containerd in one run, on this machine.
 //! See `bench/README.md`; `scripts/bench.sh` builds and runs it.
 
+mod density;
 mod report;
+mod scale;
 mod scenarios;
 mod setup;
 
@@ -9,13 +11,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 8] = [
     "start-latency",
     "agent-latency",
     "throughput",
+    "density",
     "rootfs-size",
-    "watch-fanout",
     "scheduler",
+    "watch-fanout",
+    "controller-scale",
 ];
 
 #[derive(Parser)]
@@ -23,7 +27,7 @@ const ALL: [&str; 6] = [
     name = "hutch-bench",
     about = "hutch side by side with runc and containerd, in one run on this machine",
     long_about = "Runs the scenarios (all when none is named): start-latency, agent-latency, \
-throughput, rootfs-size, watch-fanout, scheduler. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
 )]
@@ -55,7 +59,7 @@ fn main() -> ExitCode {
     } else {
         cli.scenarios.iter().map(String::as_str).collect()
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -90,6 +94,8 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
     } else {
         (200, 1000, 100_000)
     };
+    let (dense, idle) = if smoke { (5, 2) } else { (500, 10) };
+    let (sim_nodes, records) = if smoke { (20, 100) } else { (1000, 10_000) };
     let needs_env = wanted.iter().any(|w| *w != "scheduler");
     let env = if needs_env {
         Some(setup::BenchEnv::start().await?)
@@ -106,6 +112,12 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
             ("throughput", Some(env)) => scenarios::throughput(env, count).await?,
             ("rootfs-size", Some(env)) => scenarios::rootfs_size(env, runs).await?,
             ("watch-fanout", Some(env)) => scenarios::watch_fanout(env, 100, count).await?,
+            ("density", Some(env)) => {
+                density::density(env, dense, std::time::Duration::from_secs(idle)).await?
+            }
+            ("controller-scale", Some(env)) => {
+                scale::controller_scale(env, sim_nodes, records).await?
+            }
             _ => Vec::new(),
         };
         rows.extend(found);

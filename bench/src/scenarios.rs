@@ -35,7 +35,7 @@ fn is_final(state: i32) -> bool {
 }
 
 /// One timed run of a peer command; an error names the command.
-fn time_command(cmd: &mut Command) -> Result<Duration, String> {
+pub fn time_command(cmd: &mut Command) -> Result<Duration, String> {
     let start = Instant::now();
     let out = cmd
         .stdout(Stdio::null())
@@ -85,11 +85,11 @@ fn unshare_chroot(env: &BenchEnv) -> Command {
     c
 }
 
-type Watch = tonic::Streaming<v1::WatchEvent>;
-type Client = ControllerClient<tonic::transport::Channel>;
+pub type Watch = tonic::Streaming<v1::WatchEvent>;
+pub type Client = ControllerClient<tonic::transport::Channel>;
 
 /// A client of the controller and a watch of every change.
-async fn connect_and_watch(env: &BenchEnv) -> Result<(Client, Watch), String> {
+pub async fn connect_and_watch(env: &BenchEnv) -> Result<(Client, Watch), String> {
     let mut client = ControllerClient::connect(env.controller_url.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -284,64 +284,110 @@ pub async fn agent_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, Stri
     }])
 }
 
-/// `throughput`: `count` creates as fast as the API takes them (16 in flight) until all are
-/// EXITED, next to runc in a loop with 2 parallel workers.
-pub async fn throughput(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String> {
-    let client = ControllerClient::connect(env.controller_url.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut watch = client
-        .clone()
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    let prefix = format!("tp-{}-", std::process::id());
-    let start = Instant::now();
-    let creator = {
-        let client = client.clone();
-        let prefix = prefix.clone();
-        tokio::spawn(async move {
-            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-            let mut tasks = Vec::new();
-            for i in 0..count {
-                let permit = sem
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut client = client.clone();
-                let name = format!("{prefix}{i}");
-                tasks.push(tokio::spawn(async move {
-                    let r = client
-                        .create_container(v1::CreateContainerRequest {
-                            name,
-                            spec: Some(spec("debian")),
-                            ..Default::default()
-                        })
-                        .await;
-                    drop(permit);
-                    r.map(drop).map_err(|e| e.to_string())
-                }));
+/// Creates `prefix0` .. `prefix{count-1}` from `spec`, 16 requests in flight, as fast as
+/// the controller acknowledges them.
+async fn create_many(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+    spec: &v1::ContainerSpec,
+) -> Result<(), String> {
+    let mut in_flight = tokio::task::JoinSet::new();
+    for i in 0..count {
+        if in_flight.len() >= 16 {
+            if let Some(done) = in_flight.join_next().await {
+                done.map_err(|e| e.to_string())??;
             }
-            for t in tasks {
-                t.await.map_err(|e| e.to_string())??;
-            }
-            Ok::<(), String>(())
-        })
-    };
+        }
+        let mut client = client.clone();
+        let request = v1::CreateContainerRequest {
+            name: format!("{prefix}{i}"),
+            spec: Some(spec.clone()),
+            ..Default::default()
+        };
+        in_flight.spawn(async move {
+            client
+                .create_container(request)
+                .await
+                .map(drop)
+                .map_err(|e| format!("create {}: {e}", i))
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Follows `watch` until `count` containers named `prefix...` have reached a state `reached`
+/// accepts.
+async fn wait_for_states(
+    watch: &mut Watch,
+    prefix: &str,
+    count: usize,
+    reached: impl Fn(i32) -> bool,
+) -> Result<(), String> {
     let mut done = std::collections::HashSet::new();
     while done.len() < count {
         let Some(e) = watch.next().await else {
-            return Err("watch ended".into());
+            return Err("the watch ended".into());
         };
         let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
-        if c.name.starts_with(&prefix) && is_final(c.state) {
+        if c.name.starts_with(prefix) && reached(c.state) {
             done.insert(c.name);
         }
     }
+    Ok(())
+}
+
+/// Creates `count` containers (see [`create_many`]) while following `watch` (so it never
+/// falls behind) until each has reached a state `reached` accepts.
+pub async fn start_and_wait(
+    client: &Client,
+    watch: &mut Watch,
+    prefix: &str,
+    count: usize,
+    spec: &v1::ContainerSpec,
+    reached: impl Fn(i32) -> bool,
+) -> Result<(), String> {
+    let creator = {
+        let (client, prefix, spec) = (client.clone(), prefix.to_string(), spec.clone());
+        tokio::spawn(async move { create_many(&client, &prefix, count, &spec).await })
+    };
+    wait_for_states(watch, prefix, count, reached).await?;
+    creator.await.map_err(|e| e.to_string())?
+}
+
+/// Force-removes `prefix0` .. `prefix{count-1}`.
+pub async fn remove_many(client: &Client, prefix: &str, count: usize) {
+    let mut client = client.clone();
+    for i in 0..count {
+        let _ = client
+            .remove_container(v1::RemoveContainerRequest {
+                id: format!("{prefix}{i}"),
+                force: true,
+            })
+            .await;
+    }
+}
+
+/// `throughput`: `count` creates as fast as the API takes them (16 in flight) until all are
+/// EXITED, next to runc in a loop with 2 parallel workers.
+pub async fn throughput(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String> {
+    let (client, mut watch) = connect_and_watch(env).await?;
+    let prefix = format!("tp-{}-", std::process::id());
+    let start = Instant::now();
+    start_and_wait(
+        &client,
+        &mut watch,
+        &prefix,
+        count,
+        &spec("debian"),
+        is_final,
+    )
+    .await?;
     let hutch_secs = start.elapsed().as_secs_f64();
-    creator.await.map_err(|e| e.to_string())??;
+    drop(watch);
     // Peer: runc with 2 workers.
     let start = Instant::now();
     let per_worker = count / 2;
@@ -363,16 +409,7 @@ pub async fn throughput(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String
     }
     let runc_rate = (per_worker * 2) as f64 / start.elapsed().as_secs_f64();
     let rate = count as f64 / hutch_secs;
-    // Remove what hutch made.
-    let mut client = client;
-    for i in 0..count {
-        let _ = client
-            .remove_container(v1::RemoveContainerRequest {
-                id: format!("{prefix}{i}"),
-                force: true,
-            })
-            .await;
-    }
+    remove_many(&client, &prefix, count).await;
     Ok(vec![Row {
         scenario: "throughput".into(),
         metric: format!("{count} x /bin/true to EXITED"),
@@ -564,14 +601,7 @@ pub async fn watch_fanout(
     for t in tasks {
         all.extend(t.await.map_err(|e| e.to_string())??);
     }
-    for i in 0..count {
-        let _ = client
-            .remove_container(v1::RemoveContainerRequest {
-                id: format!("{prefix}{i}"),
-                force: true,
-            })
-            .await;
-    }
+    remove_many(&client, &prefix, count).await;
     let p99 = ms(percentile(&all, 0.99));
     Ok(vec![Row {
         scenario: "watch-fanout".into(),

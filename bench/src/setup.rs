@@ -29,6 +29,8 @@ pub struct BenchEnv {
     pub bin_dir: PathBuf,
     /// The size of the busybox rootfs, for the table.
     pub busybox_size: String,
+    /// The agent's process id.
+    pub agent_pid: u32,
     daemons: Vec<Child>,
     /// /run/containerd did not exist before the run (containerd's shims put sockets and
     /// runc state there whatever its config says): remove it after.
@@ -40,7 +42,7 @@ fn die(what: &str, e: impl std::fmt::Display) -> String {
 }
 
 /// Starts `cmd` and waits for its `listening on ADDR` line; returns the child and ADDR.
-fn spawn_listening(mut cmd: Command, log: &Path) -> Result<(Child, String), String> {
+pub fn spawn_listening(mut cmd: Command, log: &Path) -> Result<(Child, String), String> {
     let log_file = std::fs::File::create(log).map_err(|e| die("log", e))?;
     cmd.stdout(Stdio::piped()).stderr(log_file);
     let mut child = cmd.spawn().map_err(|e| die("spawn", e))?;
@@ -124,6 +126,7 @@ impl BenchEnv {
             ),
             bin_dir,
             busybox_size: String::new(),
+            agent_pid: 0,
             daemons: Vec::new(),
             remove_run_containerd: !Path::new("/run/containerd").exists(),
             dir,
@@ -188,6 +191,7 @@ impl BenchEnv {
                 &self.controller_url,
             ]);
         let (child, addr) = spawn_listening(agent, &self.dir.join("agent.log"))?;
+        self.agent_pid = child.id();
         self.daemons.push(child);
         self.agent_url = format!("http://{addr}");
         Ok(())

@@ -4,6 +4,9 @@
 //!
 //! Usage: cargo run --release -p hutch-controller --example create_latency -- \
 //!            [http://127.0.0.1:7000] [runs=100] [rootfs=debian]
+//!
+//! `PAUSE_MS=N` idles N ms before each create (outside the timed span), to see what idle
+//! gaps between containers cost (on a virtual machine: a lot, for every tool).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -57,9 +60,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .into_inner();
     let prefix = format!("lat-{}", std::process::id());
+    let pause = Duration::from_millis(
+        std::env::var("PAUSE_MS")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
+    );
     let (mut acked, mut running, mut exited) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let name = format!("{prefix}-{i}");
+        tokio::time::sleep(pause).await;
         let start = Instant::now();
         client
             .create_container(v1::CreateContainerRequest {

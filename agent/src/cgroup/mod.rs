@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cgroups_rs::memory::MemController;
-use cgroups_rs::{Cgroup, CgroupPid};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -163,8 +162,12 @@ pub(crate) trait Driver {
     ) -> Result<(), CgroupError>;
     /// Processes killed by the OOM killer in this cgroup so far.
     fn oom_kills(&self, cgroup: &CgroupPath) -> u64;
-    /// The highest usage recorded, where the kernel keeps one.
-    fn peak(&self, mem: &MemController, cgroup: &CgroupPath) -> Option<u64>;
+    /// The file holding the memory limit.
+    fn limit_file(&self) -> &'static str;
+    /// The file holding the current memory usage.
+    fn usage_file(&self) -> &'static str;
+    /// The file holding the highest usage recorded (absent on kernels before 5.19 on v2).
+    fn peak_file(&self) -> &'static str;
     /// Kills every process in the cgroup.
     fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError>;
 }
@@ -351,27 +354,11 @@ impl ContainerCgroup {
         &self.path
     }
 
-    fn controller(&self) -> Cgroup {
-        let hier: Box<dyn cgroups_rs::Hierarchy> = match self.path.version {
-            CgroupVersion::V1 => Box::new(cgroups_rs::hierarchies::V1::new()),
-            CgroupVersion::V2 => Box::new(cgroups_rs::hierarchies::V2::new()),
-        };
-        Cgroup::load_with_specified_controllers(
-            hier,
-            self.path.relative.to_string_lossy().as_ref(),
-            vec!["memory".to_string()],
-        )
-    }
-
-    fn with_memory<T>(&self, f: impl FnOnce(&MemController) -> T) -> Result<T, CgroupError> {
-        let cg = self.controller();
-        let mem: &MemController = cg.controller_of().ok_or_else(|| {
-            io_err(
-                &self.path.dir(),
-                "memory controller not available in this cgroup",
-            )
-        })?;
-        Ok(f(mem))
+    /// The memory controller of this cgroup, addressed by its directory: no lookup of the
+    /// hierarchy's mount point (that parses `/proc/self/mountinfo`, which lists every
+    /// container's overlay, so a lookup per call made reading N containers cost N^2).
+    fn memory_controller(&self) -> MemController {
+        MemController::new(self.path.dir(), self.path.version == CgroupVersion::V2)
     }
 
     fn apply(&self, limits: MemoryLimits) -> Result<(), CgroupError> {
@@ -382,38 +369,36 @@ impl ContainerCgroup {
         let as_i64 =
             |v: u64| i64::try_from(v).map_err(|_| io_err(&dir, format!("limit {v} is too large")));
         let memory_i64 = as_i64(memory)?;
-        self.with_memory(|m| m.set_limit(memory_i64))?
+        self.memory_controller()
+            .set_limit(memory_i64)
             .map_err(|e| io_err(&dir, format!("setting memory limit {memory}: {e}")))?;
         if let Some(total) = limits.memory_and_swap_bytes {
             let d = driver(self.path.version);
-            self.with_memory(|m| d.set_swap_limit(m, &self.path, memory, total))??;
+            d.set_swap_limit(&self.memory_controller(), &self.path, memory, total)?;
         }
         Ok(())
     }
 
     /// Moves process `pid` into the container's cgroup.
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        let cg = self.controller();
-        cg.add_task_by_tgid(CgroupPid::from(u64::from(pid)))
-            .map_err(|e| io_err(&self.path.dir(), format!("adding pid {pid}: {e}")))
+        self.path.add_process(pid)
     }
 
     /// Current memory figures.
     pub fn memory(&self) -> MemoryStats {
         let d = driver(self.path.version);
-        self.with_memory(|m| {
-            let stat = m.memory_stat();
-            let limit = u64::try_from(stat.limit_in_bytes)
+        let read = |file: &str| -> Option<u64> {
+            std::fs::read_to_string(self.path.dir().join(file))
                 .ok()
-                .filter(|l| *l > 0 && *l < i64::MAX as u64 / 2);
-            MemoryStats {
-                limit_bytes: limit,
-                usage_bytes: stat.usage_in_bytes,
-                peak_bytes: d.peak(m, &self.path),
-                oom_kills: d.oom_kills(&self.path),
-            }
-        })
-        .unwrap_or_default()
+                .and_then(|t| t.trim().parse().ok())
+        };
+        MemoryStats {
+            // "max" (v2) does not parse; v1's unlimited is a huge page-rounded number.
+            limit_bytes: read(d.limit_file()).filter(|l| *l > 0 && *l < i64::MAX as u64 / 2),
+            usage_bytes: read(d.usage_file()).unwrap_or(0),
+            peak_bytes: read(d.peak_file()),
+            oom_kills: d.oom_kills(&self.path),
+        }
     }
 
     /// Kills every process in the cgroup and waits (up to a few seconds) until it is empty.

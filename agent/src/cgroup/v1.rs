@@ -40,8 +40,16 @@ impl Driver for V1 {
         read_keyed(&cgroup.dir().join("memory.oom_control"), "oom_kill")
     }
 
-    fn peak(&self, mem: &MemController, _cgroup: &CgroupPath) -> Option<u64> {
-        Some(mem.memory_stat().max_usage_in_bytes)
+    fn limit_file(&self) -> &'static str {
+        "memory.limit_in_bytes"
+    }
+
+    fn usage_file(&self) -> &'static str {
+        "memory.usage_in_bytes"
+    }
+
+    fn peak_file(&self) -> &'static str {
+        "memory.max_usage_in_bytes"
     }
 
     fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {

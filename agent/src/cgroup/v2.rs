@@ -84,10 +84,16 @@ impl Driver for V2 {
         read_keyed(&cgroup.dir().join("memory.events"), "oom_kill")
     }
 
-    fn peak(&self, _mem: &MemController, cgroup: &CgroupPath) -> Option<u64> {
-        std::fs::read_to_string(cgroup.dir().join("memory.peak"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
+    fn limit_file(&self) -> &'static str {
+        "memory.max"
+    }
+
+    fn usage_file(&self) -> &'static str {
+        "memory.current"
+    }
+
+    fn peak_file(&self) -> &'static str {
+        "memory.peak"
     }
 
     fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {

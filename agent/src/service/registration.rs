@@ -12,7 +12,6 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::AgentCore;
 use crate::node;
-use crate::runtime::state::Status as RunStatus;
 
 /// First and longest pause between registration attempts.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -69,19 +68,11 @@ fn register_request(core: &AgentCore, reg: &Registration) -> v1::RegisterRequest
 }
 
 fn heartbeat_request(core: &AgentCore, session: &str) -> v1::HeartbeatRequest {
-    let containers = core.runtime.list();
-    let running: Vec<_> = containers
-        .iter()
-        .filter(|c| c.state.status == RunStatus::Running)
-        .collect();
     v1::HeartbeatRequest {
         name: core.node.clone(),
         session: session.to_string(),
-        memory_used_bytes: running
-            .iter()
-            .filter_map(|c| c.memory.map(|m| m.usage_bytes))
-            .sum(),
-        running_containers: running.len() as u32,
+        memory_used_bytes: core.runtime.memory_used_bytes(),
+        running_containers: core.runtime.running_count() as u32,
         rootfs: rootfs_names(core),
     }
 }

@@ -1,0 +1,342 @@
+//! `controller-scale`: a controller of its own with 1,000 simulated nodes and 10,000
+//! container records: its resident memory and the time of a full `ListContainers`.
+//!
+//! The nodes are simulated: every one registers with the same small agent server in this
+//! process, which answers `RunContainer` with a RUNNING copy at once, keeps each node's
+//! event stream open and has no containers of its own to reconcile. The harness heartbeats
+//! for all nodes, as their agents would, so none goes NOT_READY while records pile up. What
+//! is measured is the controller alone: the scheduler over 1,000 nodes, 10,000 durable
+//! records, 1,000 event streams and connections, and a 10,000-record answer.
+
+use std::pin::Pin;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hutch_proto::v1;
+use hutch_proto::v1::agent_server::{Agent, AgentServer};
+use hutch_proto::v1::controller_client::ControllerClient;
+use hutch_proto::v1::nodes_client::NodesClient;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::density::proc_kb_field;
+use crate::report::{ms, percentile, Row};
+use crate::scenarios::start_and_wait;
+use crate::setup::{spawn_listening, BenchEnv};
+
+type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The agent every simulated node points at: starts nothing, answers at once.
+#[derive(Default)]
+struct SimulatedAgent {
+    runs: AtomicUsize,
+}
+
+fn not_simulated<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not simulated by the bench's agent"))
+}
+
+#[tonic::async_trait]
+impl Agent for SimulatedAgent {
+    type BuildRootfsStream = RpcStream<v1::BuildRootfsResponse>;
+    type ContainerLogsStream = RpcStream<v1::LogEntry>;
+    type EventsStream = RpcStream<v1::Event>;
+    type ExecSessionStream = RpcStream<v1::ExecSessionOutput>;
+    type AttachStream = RpcStream<v1::ExecSessionOutput>;
+
+    async fn build_rootfs(
+        &self,
+        _: Request<v1::BuildRootfsRequest>,
+    ) -> Result<Response<Self::BuildRootfsStream>, Status> {
+        not_simulated()
+    }
+    async fn list_rootfs(
+        &self,
+        _: Request<v1::ListRootfsRequest>,
+    ) -> Result<Response<v1::ListRootfsResponse>, Status> {
+        Ok(Response::new(v1::ListRootfsResponse::default()))
+    }
+    async fn remove_rootfs(
+        &self,
+        _: Request<v1::RemoveRootfsRequest>,
+    ) -> Result<Response<v1::RemoveRootfsResponse>, Status> {
+        not_simulated()
+    }
+    async fn run_container(
+        &self,
+        request: Request<v1::RunContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let r = request.into_inner();
+        Ok(Response::new(v1::Container {
+            id: r.name.clone(),
+            name: r.name,
+            spec: r.spec,
+            state: v1::ContainerState::Running as i32,
+            pid: 1,
+            ..Default::default()
+        }))
+    }
+    async fn get_container(
+        &self,
+        _: Request<v1::GetContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        not_simulated()
+    }
+    async fn list_containers(
+        &self,
+        _: Request<v1::ListContainersRequest>,
+    ) -> Result<Response<v1::ListContainersResponse>, Status> {
+        Ok(Response::new(v1::ListContainersResponse::default()))
+    }
+    async fn stop_container(
+        &self,
+        _: Request<v1::StopContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        not_simulated()
+    }
+    async fn kill_container(
+        &self,
+        _: Request<v1::KillContainerRequest>,
+    ) -> Result<Response<v1::KillContainerResponse>, Status> {
+        not_simulated()
+    }
+    async fn remove_container(
+        &self,
+        _: Request<v1::RemoveContainerRequest>,
+    ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
+        not_simulated()
+    }
+    async fn exec(
+        &self,
+        _: Request<v1::ExecRequest>,
+    ) -> Result<Response<v1::ExecResponse>, Status> {
+        not_simulated()
+    }
+    async fn exec_session(
+        &self,
+        _: Request<Streaming<v1::ExecSessionInput>>,
+    ) -> Result<Response<Self::ExecSessionStream>, Status> {
+        not_simulated()
+    }
+    async fn attach(
+        &self,
+        _: Request<Streaming<v1::ExecSessionInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        not_simulated()
+    }
+    async fn container_logs(
+        &self,
+        _: Request<v1::ContainerLogsRequest>,
+    ) -> Result<Response<Self::ContainerLogsStream>, Status> {
+        not_simulated()
+    }
+    async fn events(
+        &self,
+        _: Request<v1::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        // Nothing ever happens on a simulated node; the stream stays open, as a real one.
+        Ok(Response::new(Box::pin(tokio_stream::pending())))
+    }
+    async fn node_info(
+        &self,
+        _: Request<v1::NodeInfoRequest>,
+    ) -> Result<Response<v1::NodeInfoResponse>, Status> {
+        Ok(Response::new(v1::NodeInfoResponse::default()))
+    }
+}
+
+/// The controller under test; killed when dropped.
+struct OwnController(Child);
+
+impl Drop for OwnController {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident memory of `pid` in bytes (`VmRSS`).
+fn rss_bytes(pid: u32) -> Result<u64, String> {
+    proc_kb_field(&format!("/proc/{pid}/status"), "VmRSS")
+}
+
+/// Registers `count` simulated nodes at `agent_addr`; returns the controller's session.
+async fn register_nodes(
+    nodes: &mut NodesClient<tonic::transport::Channel>,
+    count: usize,
+    agent_addr: &str,
+) -> Result<String, String> {
+    let mut session = String::new();
+    for i in 0..count {
+        let answer = nodes
+            .register(v1::RegisterRequest {
+                name: format!("sim-{i}"),
+                address: agent_addr.to_string(),
+                labels: [("zone".to_string(), format!("z{}", i % 4))].into(),
+                hostname: format!("sim-{i}"),
+                cgroup_version: "v2".into(),
+                memory_total_bytes: 64 << 30,
+                memory_allocatable_bytes: 64 << 30,
+                rootfs: vec!["debian".into()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("registering sim-{i}: {e}"))?
+            .into_inner();
+        session = answer.session;
+    }
+    Ok(session)
+}
+
+/// Heartbeats every simulated node once a second until aborted.
+fn heartbeat_forever(
+    nodes: NodesClient<tonic::transport::Channel>,
+    count: usize,
+    session: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let beats = (0..count).map(|i| {
+                let mut nodes = nodes.clone();
+                let session = session.clone();
+                async move {
+                    let _ = nodes
+                        .heartbeat(v1::HeartbeatRequest {
+                            name: format!("sim-{i}"),
+                            session,
+                            rootfs: vec!["debian".into()],
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            });
+            let mut beats = tokio_stream::iter(beats);
+            let mut in_flight = tokio::task::JoinSet::new();
+            while let Some(beat) = beats.next().await {
+                if in_flight.len() >= 64 {
+                    in_flight.join_next().await;
+                }
+                in_flight.spawn(beat);
+            }
+            while in_flight.join_next().await.is_some() {}
+        }
+    })
+}
+
+/// `controller-scale`: `records` containers over `node_count` simulated nodes.
+pub async fn controller_scale(
+    env: &BenchEnv,
+    node_count: usize,
+    records: usize,
+) -> Result<Vec<Row>, String> {
+    let sim = Arc::new(SimulatedAgent::default());
+    let (listener, agent_addr) = hutch_agent::service::server::bind(
+        "127.0.0.1:0"
+            .parse()
+            .map_err(|e: std::net::AddrParseError| e.to_string())?,
+    )
+    .await?;
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentServer::from_arc(sim.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut ctl = Command::new(env.bin_dir.join("hutch-controller"));
+    ctl.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(env.dir.join("scale-controller"));
+    let (child, addr) = spawn_listening(ctl, &env.dir.join("scale-controller.log"))?;
+    let controller = OwnController(child);
+    let url = format!("http://{addr}");
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut nodes = NodesClient::new(channel.clone());
+    let started = Instant::now();
+    let session = register_nodes(&mut nodes, node_count, &agent_addr).await?;
+    eprintln!(
+        "bench: {node_count} simulated nodes registered in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let beats = heartbeat_forever(nodes, node_count, session);
+    let client = ControllerClient::new(channel).max_decoding_message_size(256 << 20);
+    let prefix = format!("scale-{}-", std::process::id());
+    let spec = v1::ContainerSpec {
+        rootfs: "debian".into(),
+        command: vec!["/bin/sleep".into(), "infinity".into()],
+        memory_limit_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut watch = client
+        .clone()
+        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    start_and_wait(&client, &mut watch, &prefix, records, &spec, |s| {
+        s == v1::ContainerState::Running as i32
+    })
+    .await?;
+    eprintln!(
+        "bench: {records} records RUNNING on {node_count} nodes in {:.1}s ({} runs)",
+        started.elapsed().as_secs_f64(),
+        sim.runs.load(Ordering::Relaxed)
+    );
+    drop(watch);
+    let rss = rss_bytes(controller.0.id())?;
+    let mut lists = Vec::new();
+    for _ in 0..7 {
+        let mut client = client.clone();
+        let t = Instant::now();
+        let listed = client
+            .list_containers(v1::ListClusterContainersRequest::default())
+            .await
+            .map_err(|e| format!("ListContainers: {e}"))?
+            .into_inner()
+            .containers
+            .len();
+        lists.push(t.elapsed());
+        if listed < records {
+            return Err(format!("ListContainers gave {listed} of {records} records"));
+        }
+    }
+    beats.abort();
+    server.abort();
+    drop(controller);
+    let rss_mib = rss as f64 / (1 << 20) as f64;
+    let list_ms = ms(percentile(&lists, 0.5));
+    let row = |metric: String, hutch: f64, unit: &str, target: &str, pass: bool| Row {
+        scenario: "controller-scale".into(),
+        metric,
+        hutch,
+        peer: None,
+        peer_name: String::new(),
+        unit: unit.into(),
+        ratio: None,
+        target: target.into(),
+        pass,
+    };
+    Ok(vec![
+        row(
+            format!("controller RSS, {records} records, {node_count} nodes"),
+            rss_mib,
+            "MiB",
+            "< 150 MiB",
+            rss_mib < 150.0,
+        ),
+        row(
+            format!("ListContainers of {records} records, p50 of 7"),
+            list_ms,
+            "ms",
+            "< 50 ms",
+            list_ms < 50.0,
+        ),
+    ])
+}
