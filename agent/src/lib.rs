@@ -24,5 +24,6 @@ pub mod names;
 pub mod node;
 pub mod rootfs;
 pub mod runtime;
+pub mod security;
 pub mod service;
 pub mod spec;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::names::{validate_name, NameError};
+use crate::security::{Security, SecurityError};
 
 /// Smallest memory limit hutch accepts. The kernel takes any value and rounds it to a page,
 /// but below this the container's own init cannot even be set up (mounts and `exec` are
@@ -176,6 +177,9 @@ pub struct ContainerSpec {
     /// Keep stdin open for attached clients (needs `tty`).
     #[serde(default)]
     pub stdin: bool,
+    /// What its processes may do; the default is hardened.
+    #[serde(default)]
+    pub security: Security,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -230,6 +234,9 @@ pub enum SpecError {
     /// `stdin` without `tty`.
     #[error("stdin needs tty: attaching is offered on a terminal only (set tty too)")]
     StdinWithoutTty,
+    /// A capability or seccomp setting is unknown.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// An environment variable name is malformed.
     #[error("environment variable name '{0}' is invalid: it must be non-empty and contain no '='")]
     BadEnvName(String),
@@ -257,6 +264,7 @@ impl ContainerSpec {
             labels: BTreeMap::new(),
             tty: false,
             stdin: false,
+            security: Security::default(),
         }
     }
 
@@ -292,6 +300,7 @@ impl ContainerSpec {
         if self.stdin && !self.tty {
             return Err(SpecError::StdinWithoutTty);
         }
+        self.security.validate()?;
         if let Some(arg) = self.command.iter().find(|a| a.contains('\0')) {
             return Err(SpecError::NulByte(format!("command argument {arg:?}")));
         }

@@ -543,16 +543,13 @@ pub async fn watch_fanout(
     count: usize,
 ) -> Result<Vec<Row>, String> {
     let (mut client, _) = connect_and_watch(env).await?;
+    // From now on: the changes of earlier scenarios (still kept for replay) are not this one's.
     let since = client
         .list_containers(v1::ListClusterContainersRequest::default())
         .await
         .map_err(|e| e.to_string())?
         .into_inner()
-        .containers
-        .iter()
-        .map(|c| c.revision)
-        .max()
-        .unwrap_or(0);
+        .revision;
     let prefix = format!("fan-{}-", std::process::id());
     let mut tasks = Vec::new();
     for _ in 0..watchers {

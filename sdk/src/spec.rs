@@ -214,6 +214,41 @@ impl ContainerSpec {
         self
     }
 
+    /// Adds a capability to the default set (`NET_ADMIN` or `CAP_NET_ADMIN`; `ALL`).
+    pub fn cap_add(mut self, capability: impl Into<String>) -> Self {
+        self.security().cap_add.push(capability.into());
+        self
+    }
+
+    /// Removes a capability from the default set (`ALL` for every one).
+    pub fn cap_drop(mut self, capability: impl Into<String>) -> Self {
+        self.security().cap_drop.push(capability.into());
+        self
+    }
+
+    /// Runs without the default seccomp filter.
+    pub fn seccomp_unconfined(mut self) -> Self {
+        self.security().seccomp = "unconfined".into();
+        self
+    }
+
+    /// At most `limit` processes and threads (default 1024; 0 for no limit).
+    pub fn pids_limit(mut self, limit: u32) -> Self {
+        self.security().pids_limit = Some(limit);
+        self
+    }
+
+    /// Every capability, no seccomp filter, nothing masked (Docker's `--privileged`), for
+    /// containers that manage the host.
+    pub fn privileged(mut self) -> Self {
+        self.security().privileged = true;
+        self
+    }
+
+    fn security(&mut self) -> &mut v1::Security {
+        self.spec.security.get_or_insert_with(Default::default)
+    }
+
     /// A label, for filtering with `list`.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.spec.labels.insert(key.into(), value.into());

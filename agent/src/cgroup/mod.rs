@@ -54,6 +54,9 @@ pub enum CgroupError {
     /// No usable memory controller.
     #[error("no memory cgroup controller found: {0}")]
     NoMemoryController(String),
+    /// A pids limit is asked for where there is no pids controller.
+    #[error("cannot limit the number of processes of {0}: no pids cgroup controller is available to it (mount the v1 pids hierarchy, or delegate pids on cgroup v2); set pids_limit to 0 to run without one")]
+    NoPidsController(PathBuf),
     /// The delegated root is not usable.
     #[error("cgroup root {path}: {message}")]
     Root {
@@ -94,6 +97,10 @@ pub struct CgroupPath {
     pub mount: PathBuf,
     /// Path relative to the mount point, without a leading `/`.
     pub relative: PathBuf,
+    /// cgroup v1 only: the matching cgroup in the separate pids hierarchy (v2 has the pids
+    /// controller in the same directory). `None` when v1 has no pids hierarchy.
+    #[serde(default)]
+    pub pids_dir: Option<PathBuf>,
 }
 
 impl CgroupPath {
@@ -106,14 +113,38 @@ impl CgroupPath {
     pub fn child(&self, name: &str) -> CgroupPath {
         CgroupPath {
             relative: self.relative.join(name),
+            pids_dir: self.pids_dir.as_ref().map(|d| d.join(name)),
             ..self.clone()
         }
     }
 
-    /// Moves process `pid` (all its threads) into this cgroup.
+    /// Where `pids.max` and `pids.events` of this cgroup are, if the pids controller is
+    /// there.
+    pub fn pids_files_dir(&self) -> Option<PathBuf> {
+        match self.version {
+            CgroupVersion::V1 => self.pids_dir.clone(),
+            CgroupVersion::V2 => Some(self.dir()),
+        }
+        .filter(|d| d.join("pids.max").exists())
+    }
+
+    /// Moves process `pid` (all its threads) into this cgroup (and into its v1 pids
+    /// cgroup).
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        let file = self.dir().join("cgroup.procs");
-        std::fs::write(&file, pid.to_string()).map_err(|e| io_err(&file, e))
+        let dirs = std::iter::once(self.dir()).chain(self.pids_dir.clone());
+        for dir in dirs {
+            let file = dir.join("cgroup.procs");
+            std::fs::write(&file, pid.to_string()).map_err(|e| io_err(&file, e))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the cgroup's directory (and its v1 pids directory).
+    fn create(&self) -> Result<(), CgroupError> {
+        for dir in std::iter::once(self.dir()).chain(self.pids_dir.clone()) {
+            std::fs::create_dir(&dir).map_err(|e| io_err(&dir, e))?;
+        }
+        Ok(())
     }
 
     /// Pids of the processes in this cgroup.
@@ -122,6 +153,17 @@ impl CgroupPath {
             .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
     }
+}
+
+/// Process-count figures of one container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidsStats {
+    /// `pids.max`; `None` when unlimited.
+    pub limit: Option<u64>,
+    /// Processes and threads now.
+    pub current: u64,
+    /// Forks refused because the limit was reached.
+    pub limit_hits: u64,
 }
 
 /// Memory figures of one container.
@@ -144,6 +186,8 @@ pub struct MemoryLimits {
     pub memory_bytes: Option<u64>,
     /// Memory + swap limit in bytes.
     pub memory_and_swap_bytes: Option<u64>,
+    /// Most processes and threads (`pids.max`).
+    pub pids: Option<u32>,
 }
 
 /// The version-specific part of the interface.
@@ -194,6 +238,7 @@ pub fn detect_own_cgroup() -> Result<CgroupPath, CgroupError> {
 pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, CgroupError> {
     let mut v2_mount = None;
     let mut v1_memory_mount = None;
+    let mut v1_pids_mount = None;
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
@@ -207,6 +252,9 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
         }
         if fstype == "cgroup" && super_opts.split(',').any(|o| o == "memory") {
             v1_memory_mount = Some(PathBuf::from(mount_point));
+        }
+        if fstype == "cgroup" && super_opts.split(',').any(|o| o == "pids") {
+            v1_pids_mount = Some(PathBuf::from(mount_point));
         }
     }
     let relative_of = |pred: &dyn Fn(&str, &str) -> bool| {
@@ -225,10 +273,14 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
                             .into(),
                     )
                 })?;
+            let pids_dir = v1_pids_mount.and_then(|m| {
+                relative_of(&|c, _| c.split(',').any(|c| c == "pids")).map(|r| m.join(r))
+            });
             Ok(CgroupPath {
                 version: CgroupVersion::V1,
                 mount,
                 relative,
+                pids_dir,
             })
         }
         (None, Some(mount)) => {
@@ -241,6 +293,7 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
                 version: CgroupVersion::V2,
                 mount,
                 relative,
+                pids_dir: None,
             })
         }
         (None, None) => Err(CgroupError::NoMemoryController(
@@ -279,9 +332,15 @@ impl CgroupManager {
         let d = driver(root.version);
         d.prepare_root(&root)?;
         let instance = root.child(&format!("hutch-{instance}"));
-        mkdir(&instance.dir())?;
-        d.delegate_memory(&instance)?;
-        mkdir(&instance.child("supervisors").dir())?;
+        for cgroup in [&instance, &instance.child("supervisors")] {
+            mkdir(&cgroup.dir())?;
+            if let Some(pids) = &cgroup.pids_dir {
+                mkdir(pids)?;
+            }
+            if cgroup == &instance {
+                d.delegate_memory(&instance)?;
+            }
+        }
         Ok(CgroupManager { root, instance })
     }
 
@@ -298,6 +357,17 @@ impl CgroupManager {
     /// This instance's subtree.
     pub fn instance(&self) -> &CgroupPath {
         &self.instance
+    }
+
+    /// Whether containers can get a pids limit here.
+    pub fn has_pids(&self) -> bool {
+        match self.root.version {
+            CgroupVersion::V1 => self.instance.pids_dir.is_some(),
+            CgroupVersion::V2 => {
+                std::fs::read_to_string(self.instance.dir().join("cgroup.subtree_control"))
+                    .is_ok_and(|t| t.split_whitespace().any(|c| c == "pids"))
+            }
+        }
     }
 
     /// The leaf every supervisor joins.
@@ -318,11 +388,10 @@ impl CgroupManager {
         limits: MemoryLimits,
     ) -> Result<ContainerCgroup, CgroupError> {
         let path = self.container_path(id);
-        let dir = path.dir();
-        std::fs::create_dir(&dir).map_err(|e| io_err(&dir, e))?;
+        path.create()?;
         let cg = ContainerCgroup { path };
         if let Err(e) = cg.apply(limits) {
-            let _ = std::fs::remove_dir(&dir);
+            let _ = cg.remove();
             return Err(e);
         }
         Ok(cg)
@@ -330,8 +399,12 @@ impl CgroupManager {
 
     /// Removes the supervisors leaf and the instance directory when nothing is left in them.
     pub fn remove_if_idle(&self) {
-        let _ = std::fs::remove_dir(self.supervisors().dir());
-        let _ = std::fs::remove_dir(self.instance.dir());
+        for cgroup in [self.supervisors(), self.instance.clone()] {
+            let _ = std::fs::remove_dir(cgroup.dir());
+            if let Some(pids) = &cgroup.pids_dir {
+                let _ = std::fs::remove_dir(pids);
+            }
+        }
     }
 }
 
@@ -362,6 +435,16 @@ impl ContainerCgroup {
     }
 
     fn apply(&self, limits: MemoryLimits) -> Result<(), CgroupError> {
+        if let Some(max) = limits.pids {
+            match self.path.pids_files_dir() {
+                Some(dir) => {
+                    let file = dir.join("pids.max");
+                    std::fs::write(&file, max.to_string())
+                        .map_err(|e| io_err(&file, format!("setting {max}: {e}")))?;
+                }
+                None => return Err(CgroupError::NoPidsController(self.path.dir())),
+            }
+        }
         let Some(memory) = limits.memory_bytes else {
             return Ok(());
         };
@@ -401,6 +484,19 @@ impl ContainerCgroup {
         }
     }
 
+    /// The pids figures, where the pids controller is.
+    pub fn pids(&self) -> Option<PidsStats> {
+        let dir = self.path.pids_files_dir()?;
+        let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok();
+        Some(PidsStats {
+            limit: read("pids.max").and_then(|t| t.trim().parse().ok()),
+            current: read("pids.current")
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+            limit_hits: v1::read_keyed(&dir.join("pids.events"), "max"),
+        })
+    }
+
     /// Kills every process in the cgroup and waits (up to a few seconds) until it is empty.
     pub fn kill_all(&self) -> Result<(), CgroupError> {
         let d = driver(self.path.version);
@@ -416,19 +512,27 @@ impl ContainerCgroup {
 
     /// Removes the (empty) cgroup; already gone counts as removed.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        let dir = self.path.dir();
-        for _ in 0..200 {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(io_err(&dir, e)),
-            }
+        for dir in std::iter::once(self.path.dir()).chain(self.path.pids_dir.clone()) {
+            remove_cgroup_dir(&dir)?;
         }
-        Err(CgroupError::Busy(dir))
+        Ok(())
     }
+}
+
+/// Removes an empty cgroup directory, waiting a little while the kernel still counts a
+/// process that has just exited.
+fn remove_cgroup_dir(dir: &Path) -> Result<(), CgroupError> {
+    for _ in 0..200 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(io_err(dir, e)),
+        }
+    }
+    Err(CgroupError::Busy(dir.to_path_buf()))
 }
 
 #[cfg(test)]

@@ -58,6 +58,15 @@ impl Driver for V2 {
 
     fn delegate_memory(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {
         let file = cgroup.dir().join("cgroup.subtree_control");
+        // pids too, where it is delegated: containers' process limits need it.
+        if controllers(&cgroup.dir().join("cgroup.controllers"))
+            .iter()
+            .any(|c| c == "pids")
+            && !controllers(&file).iter().any(|c| c == "pids")
+        {
+            std::fs::write(&file, "+pids")
+                .map_err(|e| io_err(&file, format!("enabling pids for children: {e}")))?;
+        }
         if controllers(&file).iter().any(|c| c == "memory") {
             return Ok(());
         }

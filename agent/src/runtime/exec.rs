@@ -19,7 +19,9 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd;
 use serde::{Deserialize, Serialize};
 
-use super::init::{become_root_in_user_namespace, clone_flag, exec_command, report, InitMessage};
+use super::init::{
+    become_root_in_user_namespace, clone_flag, harden_and_exec, report, InitMessage,
+};
 use super::state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
 use super::sys;
 use crate::cgroup::ContainerCgroup;
@@ -195,7 +197,7 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
                     std::process::exit(127);
                 }
             }
-            let failure = exec_command(&cfg);
+            let failure = harden_and_exec(&cfg);
             report(report_w.as_raw_fd(), &InitMessage::Failed(failure));
             std::process::exit(127);
         }

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{Failure, SupervisorConfig};
 use super::sys;
+use crate::security::{MASKED_PATHS, READ_ONLY_PATHS};
 use crate::spec::Namespace;
 
 /// `PATH` inside a container unless its spec sets one.
@@ -166,6 +167,9 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
         .map_err(|e| errno("rootfs", format!("binding {}", root.display()), e))?;
     }
     mount_proc_dev_sys(&root, spec.has(Namespace::Net), spec.has(Namespace::User))?;
+    if spec.security.masks_paths() {
+        mask_paths(&root)?;
+    }
 
     if spec.has(Namespace::Net) {
         sys::bring_loopback_up().map_err(|e| errno("network", "bringing lo up", e))?;
@@ -201,7 +205,16 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
     unistd::chdir(workdir)
         .map_err(|e| errno("workdir", format!("working directory '{workdir}'"), e))?;
 
-    Err(exec_command(cfg))
+    Err(harden_and_exec(cfg))
+}
+
+/// Drops what the container may not do (capabilities, `no_new_privs`, seccomp; see
+/// [`crate::security`]), then execs its command. Returns only on failure, with the reason.
+pub fn harden_and_exec(cfg: &SupervisorConfig) -> Failure {
+    if let Err(e) = crate::security::harden_before_exec(&cfg.spec.security) {
+        return fail("security", e.to_string());
+    }
+    exec_command(cfg)
 }
 
 /// Becomes uid and gid 0 of the user namespace this process is in, with no extra groups.
@@ -413,6 +426,62 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
             None::<&str>,
         )
         .map_err(|e| errno("mount /sys", "sysfs read-only", e))?;
+    }
+    Ok(())
+}
+
+/// Hides what [`MASKED_PATHS`] names (files behind `/dev/null`, directories behind an empty
+/// read-only tmpfs) and makes [`READ_ONLY_PATHS`] read-only, below `root`. Paths this kernel
+/// does not have are skipped.
+fn mask_paths(root: &Path) -> Result<(), Failure> {
+    let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for p in MASKED_PATHS {
+        let path = root.join(p);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let done = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                locked | MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
+        } else {
+            mount(
+                Some("/dev/null"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        };
+        done.map_err(|e| errno("mask paths", format!("masking /{p}"), e))?;
+    }
+    for p in READ_ONLY_PATHS {
+        let path = root.join(p);
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        mount(
+            Some(&path),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .and_then(|()| {
+            // The flags /proc was mounted with stay: in a user namespace they are locked.
+            mount(
+                None::<&str>,
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
+                None::<&str>,
+            )
+        })
+        .map_err(|e| errno("mask paths", format!("making /{p} read-only"), e))?;
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::cgroup::{
-    CgroupError, CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats,
+    CgroupError, CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats, PidsStats,
 };
 use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
@@ -219,6 +219,8 @@ pub struct ContainerInfo {
     pub state: ContainerState,
     /// Live memory figures while running; the final ones after.
     pub memory: Option<MemoryStats>,
+    /// Live process-count figures while running; the final ones after.
+    pub pids: Option<PidsStats>,
     /// Its cgroup.
     pub cgroup: CgroupPath,
 }
@@ -341,11 +343,20 @@ impl Runtime {
         spec: ContainerSpec,
         rootfs: &RootfsInfo,
     ) -> Result<ContainerInfo, RuntimeError> {
+        // An explicit pids limit must be enforced; the default one is, where the host can.
+        let pids = match spec.security.pids_limit {
+            Some(_) => spec.security.effective_pids_limit(),
+            None => spec
+                .security
+                .effective_pids_limit()
+                .filter(|_| self.cgroups.has_pids()),
+        };
         let cgroup = self.cgroups.create_container(
             id,
             MemoryLimits {
                 memory_bytes: spec.memory_limit_bytes,
                 memory_and_swap_bytes: spec.memory_swap_limit_bytes,
+                pids,
             },
         )?;
         let hostname = if spec.hostname.is_empty() {
@@ -487,15 +498,17 @@ impl Runtime {
     }
 
     fn info_from(&self, config: SupervisorConfig, state: ContainerState) -> ContainerInfo {
-        let memory = if state.status == Status::Running {
-            Some(ContainerCgroup::open(config.cgroup.clone()).memory())
+        let (memory, pids) = if state.status == Status::Running {
+            let cgroup = ContainerCgroup::open(config.cgroup.clone());
+            (Some(cgroup.memory()), cgroup.pids())
         } else {
-            state.final_memory
+            (state.final_memory, state.final_pids)
         };
         ContainerInfo {
             spec: config.spec,
             rootfs_key: config.rootfs_key,
             memory,
+            pids,
             cgroup: config.cgroup,
             state,
         }

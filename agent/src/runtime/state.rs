@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{CgroupPath, MemoryStats};
+use crate::cgroup::{CgroupPath, MemoryStats, PidsStats};
 use crate::rootfs::overlay::Layer;
 use crate::spec::{ContainerSpec, Namespace};
 
@@ -119,6 +119,9 @@ pub struct ContainerState {
     pub namespaces: Vec<NamespaceReport>,
     /// Memory figures at exit.
     pub final_memory: Option<MemoryStats>,
+    /// Process-count figures at exit (where the pids controller is).
+    #[serde(default)]
+    pub final_pids: Option<PidsStats>,
     /// When it was created, started and finished (ms since the epoch).
     pub created_ms: u64,
     /// See `created_ms`.
@@ -144,6 +147,7 @@ impl ContainerState {
             failure: None,
             namespaces: Vec::new(),
             final_memory: None,
+            final_pids: None,
             created_ms: now_ms,
             started_ms: None,
             finished_ms: None,

@@ -506,6 +506,7 @@ impl Supervisor {
             Status::Exited
         };
         self.state.final_memory = Some(memory);
+        self.state.final_pids = self.cgroup.pids();
         self.state.finished_ms = Some(unix_millis_now());
         self.save();
         diag!(

@@ -13,6 +13,7 @@ use crate::rootfs::{BuildOutcome, BuildProgress, RootfsInfo, RootfsSource};
 use crate::runtime::logs::{LogLine, Stream};
 use crate::runtime::state::Status as RunStatus;
 use crate::runtime::ContainerInfo;
+use crate::security::{Seccomp, Security, SecurityError};
 use crate::spec::{ContainerSpec, IdMap, Namespace, DEFAULT_STOP_GRACE_SECONDS};
 
 /// A protobuf timestamp from milliseconds since the epoch.
@@ -112,7 +113,34 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, Status> {
         labels: p.labels.into_iter().collect(),
         tty: p.tty,
         stdin: p.stdin,
+        security: security_from(p.security.unwrap_or_default())?,
     })
+}
+
+fn security_from(p: v1::Security) -> Result<Security, Status> {
+    Ok(Security {
+        seccomp: p
+            .seccomp
+            .parse()
+            .map_err(|e: SecurityError| Status::invalid_argument(e.to_string()))?,
+        cap_add: p.cap_add,
+        cap_drop: p.cap_drop,
+        pids_limit: p.pids_limit,
+        privileged: p.privileged,
+    })
+}
+
+fn security_to(s: &Security) -> v1::Security {
+    v1::Security {
+        cap_add: s.cap_add.clone(),
+        cap_drop: s.cap_drop.clone(),
+        seccomp: match s.seccomp {
+            Seccomp::Default => String::new(),
+            Seccomp::Unconfined => "unconfined".into(),
+        },
+        pids_limit: s.pids_limit,
+        privileged: s.privileged,
+    }
 }
 
 /// The wire's spec from the runtime's.
@@ -137,6 +165,7 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         stop_grace_seconds: Some(s.stop_grace_seconds),
         tty: s.tty,
         stdin: s.stdin,
+        security: (s.security != Security::default()).then(|| security_to(&s.security)),
     }
 }
 
@@ -183,6 +212,11 @@ pub fn container_to(info: &ContainerInfo, node: &str) -> v1::Container {
             usage_bytes: m.usage_bytes,
             peak_bytes: m.peak_bytes,
             oom_kills: m.oom_kills,
+        }),
+        pids: info.pids.map(|p| v1::PidsInfo {
+            limit: p.limit,
+            current: p.current,
+            limit_hits: p.limit_hits,
         }),
         created_at: Some(timestamp_ms(st.created_ms)),
         started_at: st.started_ms.map(timestamp_ms),

@@ -240,7 +240,10 @@ impl Agent for AgentService {
             .filter(|c| labels_match(&c.spec.labels, &req.labels))
             .map(|c| container_to(c, &self.core.node))
             .collect();
-        Ok(Response::new(v1::ListContainersResponse { containers }))
+        Ok(Response::new(v1::ListContainersResponse {
+            containers,
+            revision: 0,
+        }))
     }
 
     async fn stop_container(

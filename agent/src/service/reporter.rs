@@ -32,11 +32,18 @@ pub fn summary(info: &ContainerInfo) -> String {
         Status::Created => "preparing".into(),
         Status::Running => format!("running as pid {}", st.pid.unwrap_or(0)),
         Status::Exited | Status::OomKilled => {
-            let how = match (st.exit_code, st.signal) {
+            let mut how = match (st.exit_code, st.signal) {
                 (Some(c), _) => format!("exited with code {c}"),
                 (None, Some(s)) => format!("killed by signal {s}"),
                 _ => "ended".into(),
             };
+            if let Some(p) = info.pids.filter(|p| p.limit_hits > 0) {
+                let limit = p.limit.map_or("none".into(), |l| l.to_string());
+                how.push_str(&format!(
+                    "; {} forks refused at the pids limit ({limit})",
+                    p.limit_hits
+                ));
+            }
             if st.oom_killed {
                 let limit = info
                     .spec

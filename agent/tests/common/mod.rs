@@ -237,8 +237,11 @@ impl TestHost {
             "mounts left below {}",
             dir.display()
         );
-        let cg = self.runtime.cgroups().container_path(id).dir();
-        assert!(!cg.exists(), "cgroup {} left", cg.display());
+        let cg = self.runtime.cgroups().container_path(id);
+        assert!(!cg.dir().exists(), "cgroup {} left", cg.dir().display());
+        if let Some(pids) = &cg.pids_dir {
+            assert!(!pids.exists(), "pids cgroup {} left", pids.display());
+        }
         assert!(!dir.exists(), "state directory {} left", dir.display());
         assert!(
             supervisors_of(&dir).is_empty(),

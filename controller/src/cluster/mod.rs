@@ -369,13 +369,13 @@ impl Cluster {
             .ok_or_else(|| not_found(name))
     }
 
-    /// Records matching the filters, by name.
+    /// Records matching the filters, by name, and the revision they are current at.
     pub fn list(
         &self,
         node: &str,
         want: Option<S>,
         labels: &HashMap<String, String>,
-    ) -> Vec<v1::Container> {
+    ) -> (Vec<v1::Container>, u64) {
         let st = self.lock();
         let mut out: Vec<v1::Container> = st
             .containers
@@ -391,7 +391,7 @@ impl Cluster {
             .cloned()
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        (out, st.revision)
     }
 
     /// Every change after `since` (kept ones), then a receiver of live ones, without gap

@@ -104,6 +104,9 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
     if agent.memory.is_some() {
         record.memory = agent.memory;
     }
+    if agent.pids.is_some() {
+        record.pids = agent.pids;
+    }
     record.started_at = agent.started_at.or(record.started_at);
     record.finished_at = agent.finished_at.or(record.finished_at);
     if !agent.rootfs_key.is_empty() {
@@ -138,6 +141,7 @@ pub fn reset_for_new_run(record: &mut v1::Container) {
     record.pid = 0;
     record.namespaces.clear();
     record.memory = None;
+    record.pids = None;
     record.started_at = None;
     record.finished_at = None;
     record.node.clear();

@@ -90,10 +90,13 @@ impl Controller for ControllerService {
         request: Request<v1::ListClusterContainersRequest>,
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
         let req = request.into_inner();
-        let containers = self
-            .cluster
-            .list(&req.node, wanted_state(req.state)?, &req.labels);
-        Ok(Response::new(v1::ListContainersResponse { containers }))
+        let (containers, revision) =
+            self.cluster
+                .list(&req.node, wanted_state(req.state)?, &req.labels);
+        Ok(Response::new(v1::ListContainersResponse {
+            containers,
+            revision,
+        }))
     }
 
     async fn stop_container(

@@ -220,6 +220,22 @@ struct RunArgs {
     /// Mount the rootfs read-only.
     #[arg(long)]
     read_only: bool,
+    /// Add a capability to the default set (NET_ADMIN, SYS_TIME, ...; ALL), repeatable.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Remove a capability from the default set (ALL for every one), repeatable.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// seccomp=unconfined: run without the default seccomp filter.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
+    /// Most processes and threads inside [default: 1024; 0: no limit].
+    #[arg(long)]
+    pids_limit: Option<u32>,
+    /// Every capability, no seccomp filter, /proc and /sys unmasked: for containers that
+    /// manage the host. Use with care.
+    #[arg(long)]
+    privileged: bool,
     /// The rootfs (see `hutch rootfs ls`).
     rootfs: String,
     /// The command and its arguments.
@@ -608,6 +624,28 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     }
     if args.read_only {
         spec = spec.read_only();
+    }
+    for cap in &args.cap_add {
+        spec = spec.cap_add(cap.clone());
+    }
+    for cap in &args.cap_drop {
+        spec = spec.cap_drop(cap.clone());
+    }
+    for opt in &args.security_opt {
+        match opt.as_str() {
+            "seccomp=unconfined" => spec = spec.seccomp_unconfined(),
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown --security-opt '{other}': the one supported is seccomp=unconfined"
+                )))
+            }
+        }
+    }
+    if let Some(limit) = args.pids_limit {
+        spec = spec.pids_limit(limit);
+    }
+    if args.privileged {
+        spec = spec.privileged();
     }
     if args.tty {
         spec = spec.tty();

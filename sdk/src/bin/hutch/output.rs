@@ -24,6 +24,9 @@ pub struct ContainerJson {
     pub pid: u32,
     pub memory_limit_bytes: Option<u64>,
     pub memory_usage_bytes: Option<u64>,
+    pub pids_limit: Option<u64>,
+    pub pids_current: Option<u64>,
+    pub pids_limit_hits: Option<u64>,
     pub restart_count: u32,
     pub restart_policy: String,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -155,6 +158,9 @@ pub fn container_json(c: &v1::Container) -> ContainerJson {
         pid: c.pid,
         memory_limit_bytes: spec.memory_limit_bytes,
         memory_usage_bytes: c.memory.map(|m| m.usage_bytes),
+        pids_limit: c.pids.and_then(|p| p.limit),
+        pids_current: c.pids.map(|p| p.current),
+        pids_limit_hits: c.pids.map(|p| p.limit_hits),
         restart_count: c.restart_count,
         restart_policy: policy_name(&c.restart_policy),
         labels: spec.labels.into_iter().collect(),
@@ -284,6 +290,16 @@ pub fn container_details(c: &v1::Container) {
     );
     if let Some(u) = j.memory_usage_bytes {
         field("memory usage", human_bytes(u));
+    }
+    if let Some(current) = j.pids_current {
+        let limit = j
+            .pids_limit
+            .map_or("no limit".into(), |l| format!("limit {l}"));
+        let hits = match j.pids_limit_hits {
+            Some(h) if h > 0 => format!(", {h} forks refused at the limit"),
+            _ => String::new(),
+        };
+        field("processes", format!("{current} ({limit}{hits})"));
     }
     field("restart policy", j.restart_policy.clone());
     field("restarts", j.restart_count.to_string());

@@ -1,0 +1,287 @@
+//! Escape attempts from inside a container with the default settings (no user namespace):
+//! every one must fail, and the host must be unchanged after. Plus a fork bomb that hits
+//! the pids limit while another container keeps working, and `--privileged` as the way
+//! back for containers that manage the host.
+//!
+//! Raw system calls are made with perl's `syscall` (perl-base is in every Debian minbase),
+//! with harmless arguments: were a call let through, it would fail with EFAULT or EINVAL,
+//! never with EPERM, so "EPERM" proves the refusal.
+
+mod common;
+
+use common::{unique, TestHost};
+use hutch_agent::runtime::state::Status;
+use hutch_agent::security::Security;
+
+/// The host's view that no attempt may change.
+/// (Not the mount table: tests running in parallel change it.)
+#[derive(Debug, PartialEq)]
+struct HostView {
+    hostname: String,
+    domainname: String,
+}
+
+fn host_view() -> HostView {
+    HostView {
+        hostname: nix::unistd::gethostname()
+            .expect("hostname")
+            .to_string_lossy()
+            .into_owned(),
+        domainname: std::fs::read_to_string("/proc/sys/kernel/domainname").unwrap_or_default(),
+    }
+}
+
+/// Runs `script` under `sh -c` in a default container; returns its stdout.
+async fn attempt(host: &TestHost, name: &str, script: &str) -> String {
+    let id = unique(name);
+    let info = host.run_to_end(&id, host.spec(&["sh", "-c", script])).await;
+    let out = host.stdout(&id);
+    println!("--- {name} (exit {:?}):\n{out}", info.state.exit_code);
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+    out
+}
+
+/// Lines `NAME ERRNO` for each system call, called with zero arguments through perl.
+fn syscall_script(calls: &[(&str, i64)]) -> String {
+    let args: Vec<String> = calls.iter().map(|(n, nr)| format!("{n}:{nr}")).collect();
+    format!(
+        "perl -e 'for (@ARGV) {{ my ($n, $nr) = split /:/; $! = 0; syscall($nr, 0, 0, 0, 0, 0); print \"$n \", $!+0, \"\\n\" }}' {}",
+        args.join(" ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_attempts_fail_and_leave_the_host_unchanged() {
+    let host = TestHost::new("escape").await;
+    let before = host_view();
+
+    // Mounting anything: procfs, a bind of /, a tmpfs.
+    let out = attempt(
+        &host,
+        "mount",
+        "mount -t proc proc /mnt && echo PROC-MOUNTED; mount --bind / /mnt && echo BIND-MOUNTED; mount -t tmpfs t /mnt && echo TMPFS-MOUNTED; echo done",
+    )
+    .await;
+    assert!(out.contains("done") && !out.contains("MOUNTED"), "{out}");
+
+    // Kernel modules, kexec, reboot, handle-based open (shocker), BPF, perf, the keyring,
+    // namespace games, the clock: refused with EPERM, by capability and by seccomp.
+    let calls = [
+        ("init_module", libc::SYS_init_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("delete_module", libc::SYS_delete_module),
+        ("kexec_load", libc::SYS_kexec_load),
+        ("reboot", libc::SYS_reboot),
+        ("open_by_handle_at", libc::SYS_open_by_handle_at),
+        ("bpf", libc::SYS_bpf),
+        ("perf_event_open", libc::SYS_perf_event_open),
+        ("keyctl", libc::SYS_keyctl),
+        ("unshare", libc::SYS_unshare),
+        ("setns", libc::SYS_setns),
+        ("mount", libc::SYS_mount),
+        ("pivot_root", libc::SYS_pivot_root),
+        ("settimeofday", libc::SYS_settimeofday),
+        ("swapon", libc::SYS_swapon),
+    ];
+    let out = attempt(&host, "syscalls", &syscall_script(&calls)).await;
+    for (name, _) in calls {
+        assert!(
+            out.lines().any(|l| l == format!("{name} {}", libc::EPERM)),
+            "{name} must be refused with EPERM: {out}"
+        );
+    }
+
+    // /proc/kcore is masked, /proc/sysrq-trigger and /proc/sys read-only.
+    let kcore_on_host = std::path::Path::new("/proc/kcore").exists();
+    let sysrq_on_host = std::path::Path::new("/proc/sysrq-trigger").exists();
+    let out = attempt(
+        &host,
+        "proc",
+        "echo kcore-bytes=$(head -c 4096 /proc/kcore 2>/dev/null | wc -c); \
+         echo keys-bytes=$(cat /proc/keys 2>/dev/null | wc -c); \
+         (echo h > /proc/sysrq-trigger) 2>/dev/null && echo SYSRQ-WRITTEN; \
+         (echo hijacked > /proc/sys/kernel/domainname) 2>/dev/null && echo SYSCTL-WRITTEN; \
+         grep -c '' /proc/self/mountinfo >/dev/null; echo done",
+    )
+    .await;
+    assert!(
+        out.contains("kcore-bytes=0"),
+        "kcore must read empty: {out}"
+    );
+    assert!(out.contains("keys-bytes=0"), "keys must read empty: {out}");
+    assert!(!out.contains("SYSRQ-WRITTEN"), "{out}");
+    assert!(!out.contains("SYSCTL-WRITTEN"), "{out}");
+    if !kcore_on_host {
+        println!("note: this kernel has no /proc/kcore; the mask is checked where it exists");
+    }
+    if !sysrq_on_host {
+        println!("note: this kernel has no /proc/sysrq-trigger (CONFIG_MAGIC_SYSRQ off)");
+    }
+
+    // The classic chroot escape: chroot into a subdirectory, climb out, chroot ".". With
+    // pivot_root and the old root detached there is nothing above the container's root.
+    let marker = host.container_dir("marker-that-only-the-host-has");
+    std::fs::create_dir_all(&marker).expect("marker");
+    let out = attempt(
+        &host,
+        "chroot",
+        &format!(
+            "perl -e 'mkdir \"x\"; chroot \"x\" or die \"chroot: $!\"; for (1..64) {{ chdir \"..\" }} chroot \".\" or die \"chroot2: $!\"; print -e \"{}\" ? \"ESCAPED\\n\" : \"contained\\n\"'",
+            marker.display()
+        ),
+    )
+    .await;
+    std::fs::remove_dir_all(&marker).expect("remove marker");
+    assert!(
+        out.contains("contained") && !out.contains("ESCAPED"),
+        "{out}"
+    );
+
+    // unshare -U to regain capabilities in a user namespace of its own.
+    let out = attempt(
+        &host,
+        "userns",
+        "unshare -Ur sh -c 'mount -t tmpfs t /mnt && echo MOUNTED-IN-USERNS' 2>&1; echo unshare=$?",
+    )
+    .await;
+    assert!(
+        !out.contains("MOUNTED") && !out.contains("unshare=0"),
+        "{out}"
+    );
+
+    // ptrace of a host process: the agent's (this test's) pid does not even exist inside,
+    // and CAP_SYS_PTRACE is gone.
+    let me = std::process::id();
+    let out = attempt(
+        &host,
+        "ptrace",
+        &format!(
+            "perl -e '$! = 0; my $r = syscall({}, 16, {me}, 0, 0); print \"ptrace $r \", $!+0, \"\\n\"'",
+            libc::SYS_ptrace
+        ),
+    )
+    .await;
+    assert!(out.contains("ptrace -1 "), "{out}");
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    assert!(
+        status.contains("TracerPid:\t0"),
+        "the host process is not traced"
+    );
+
+    // Device nodes: no CAP_MKNOD, so no raw access to the host's disks.
+    let out = attempt(
+        &host,
+        "mknod",
+        "mknod /tmp/disk b 253 0 2>&1 && echo MADE; echo done",
+    )
+    .await;
+    assert!(!out.contains("MADE"), "{out}");
+
+    // What the process is left with.
+    let out = attempt(
+        &host,
+        "status",
+        "grep -E 'CapBnd|CapAmb|NoNewPrivs|Seccomp:' /proc/self/status",
+    )
+    .await;
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("CapAmb:\t0000000000000000"), "{out}");
+    let bounding = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:\t"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .expect("CapBnd");
+    let sys_admin = 1u64 << 21;
+    let sys_module = 1u64 << 16;
+    assert_eq!(bounding & (sys_admin | sys_module), 0, "{out}");
+
+    assert_eq!(host_view(), before, "the host changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_stays_inside_its_pids_limit() {
+    let host = TestHost::new("forkbomb").await;
+    if !host.runtime.cgroups().has_pids() {
+        panic!("no pids cgroup controller is available to the agent here: the limit cannot be tested (or enforced)");
+    }
+    let bomb = unique("bomb");
+    let mut spec = host.spec(&["sh", "-c", "b() { b | b & }; b; sleep 3"]);
+    spec.security = Security {
+        pids_limit: Some(64),
+        ..Default::default()
+    };
+    host.runtime.run(&bomb, spec).await.expect("run bomb");
+    // Another container works meanwhile.
+    let other = unique("neighbour");
+    let info = host
+        .run_to_end(&other, host.spec(&["sh", "-c", "echo alive"]))
+        .await;
+    assert_eq!(info.state.exit_code, Some(0));
+    assert_eq!(host.stdout(&other), "alive\n");
+    let running = host.runtime.get(&bomb).expect("get");
+    let pids = running.pids.expect("pids figures");
+    println!("bomb: {pids:?}");
+    assert_eq!(pids.limit, Some(64));
+    assert!(pids.current <= 64, "{pids:?}");
+    assert!(pids.limit_hits > 0, "the limit was reached: {pids:?}");
+    let ended = host.runtime.wait(&bomb).await.expect("wait");
+    assert_ne!(ended.state.status, Status::Running);
+    assert!(
+        ended.pids.is_some_and(|p| p.limit_hits > 0),
+        "the record keeps why: {:?}",
+        ended.pids
+    );
+    let status = hutch_agent::service::reporter::summary(&ended);
+    println!("status: {status}");
+    assert!(
+        status.contains("forks refused at the pids limit (64)"),
+        "{status}"
+    );
+    for id in [&bomb, &other] {
+        host.runtime.remove(id, true).await.expect("remove");
+        host.assert_nothing_left(id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_and_overrides_give_back_what_they_name() {
+    let host = TestHost::new("privileged").await;
+    let id = unique("priv");
+    let mut spec = host.spec(&[
+        "sh",
+        "-c",
+        "grep -E 'NoNewPrivs|Seccomp:' /proc/self/status; mount -t tmpfs t /mnt && echo mounted",
+    ]);
+    spec.security.privileged = true;
+    let info = host.run_to_end(&id, spec).await;
+    let out = host.stdout(&id);
+    println!("{out}");
+    assert_eq!(info.state.exit_code, Some(0), "{out}");
+    assert!(
+        out.contains("NoNewPrivs:\t0") && out.contains("Seccomp:\t0"),
+        "{out}"
+    );
+    assert!(out.contains("mounted"), "{out}");
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+
+    // seccomp unconfined alone: the filter is gone, the capabilities still are.
+    let id = unique("unconfined");
+    let mut spec = host.spec(&["sh", "-c", "grep 'Seccomp:' /proc/self/status"]);
+    spec.security.seccomp = hutch_agent::security::Seccomp::Unconfined;
+    host.run_to_end(&id, spec).await;
+    assert!(host.stdout(&id).contains("Seccomp:\t0"));
+    host.runtime.remove(&id, true).await.expect("remove");
+
+    // An unknown capability is refused before anything starts.
+    let mut spec = host.spec(&["true"]);
+    spec.security.cap_add = vec!["SYS_WIZARD".into()];
+    let err = host
+        .runtime
+        .run(&unique("badcap"), spec)
+        .await
+        .expect_err("must refuse");
+    assert!(err.to_string().contains("SYS_WIZARD"), "{err}");
+}
