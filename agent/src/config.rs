@@ -46,6 +46,10 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     /// Labels for node selectors.
     pub labels: Option<BTreeMap<String, String>>,
+    /// Serve plaintext on a non-loopback address anyway.
+    pub insecure: Option<bool>,
+    /// Bearer token for the controller (a `node` token).
+    pub controller_token: Option<String>,
 }
 
 /// The validated configuration.
@@ -71,6 +75,10 @@ pub struct AgentConfig {
     pub advertise: String,
     /// Labels for node selectors.
     pub labels: BTreeMap<String, String>,
+    /// Plaintext on a non-loopback address was accepted by the operator.
+    pub insecure: bool,
+    /// Bearer token for the controller.
+    pub controller_token: Option<String>,
 }
 
 /// Why the configuration is invalid.
@@ -100,6 +108,17 @@ pub enum ConfigError {
         /// Why.
         message: String,
     },
+}
+
+/// The safe default of both daemons: no TLS yet, so plaintext only on loopback, unless the
+/// operator says `insecure` (a private lab network, say) and takes the warning at each start.
+pub fn check_plaintext(listen: SocketAddr, insecure: bool) -> Result<(), String> {
+    if listen.ip().is_loopback() || insecure {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve plaintext gRPC on {listen}: anyone who can reach that address could run containers as root on this host. Listen on 127.0.0.1, or pass --insecure (insecure = true) to accept it on a network only trusted hosts reach"
+    ))
 }
 
 /// Reads a TOML config file.
@@ -148,6 +167,8 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
             format!("'{listen_text}' is not HOST:PORT with an IP address, e.g. 127.0.0.1:7070"),
         )
     })?;
+    let insecure = over.insecure.or(file.insecure).unwrap_or(false);
+    check_plaintext(listen, insecure).map_err(|m| invalid("listen", m))?;
     let name = over.name.or(file.name).unwrap_or_else(default_name);
     validate_name("name", &name).map_err(|e| invalid("name", e.to_string()))?;
     let state_dir = over
@@ -220,6 +241,8 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         controller,
         advertise,
         labels,
+        insecure,
+        controller_token: over.controller_token.or(file.controller_token),
         listen,
         state_dir,
         rootfs_dir,
@@ -233,6 +256,26 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plaintext_off_loopback_needs_insecure() {
+        let open = |listen: &str, insecure: Option<bool>| {
+            resolve(
+                FileConfig {
+                    listen: Some(listen.into()),
+                    insecure,
+                    ..Default::default()
+                },
+                FileConfig::default(),
+            )
+        };
+        let err = open("192.0.2.10:7070", None).expect_err("refused");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        assert!(open("0.0.0.0:7070", Some(false)).is_err());
+        assert!(open("192.0.2.10:7070", Some(true)).is_ok_and(|c| c.insecure));
+        assert!(open("127.0.0.1:7070", None).is_ok());
+        assert!(open("[::1]:7070", None).is_ok());
+    }
 
     #[test]
     fn defaults() {

@@ -132,6 +132,10 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070]; port 0 picks a free port (printed).
     #[arg(long, env = "HUTCH_LISTEN")]
     listen: Option<String>,
+    /// Serve plaintext gRPC on a non-loopback address (refused otherwise: there is no TLS
+    /// yet, and whoever reaches the agent can run containers as root). Logs a warning.
+    #[arg(long, env = "HUTCH_INSECURE")]
+    insecure: bool,
     /// Events kept in the log before compaction [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
     event_log_keep: Option<usize>,
@@ -142,6 +146,10 @@ struct ServeArgs {
     /// Without it the agent stands alone.
     #[arg(long, env = "HUTCH_CONTROLLER")]
     controller: Option<String>,
+    /// Bearer token for the controller, when it requires tokens (a `node` token from its
+    /// tokens file).
+    #[arg(long, env = "HUTCH_CONTROLLER_TOKEN", hide_env_values = true)]
+    controller_token: Option<String>,
     /// HOST:PORT the controller dials to reach this agent [default: the listen address].
     #[arg(long, env = "HUTCH_ADVERTISE")]
     advertise: Option<String>,
@@ -335,6 +343,8 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
             Some(s) if !s.labels.is_empty() => Some(parse_labels(&s.labels)?),
             _ => None,
         },
+        insecure: serve.and_then(|s| s.insecure.then_some(true)),
+        controller_token: serve.and_then(|s| s.controller_token.clone()),
     };
     let agent = config::resolve(over, file).map_err(|e| e.to_string())?;
     let cgroup_root = agent
@@ -369,6 +379,7 @@ async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
                 config.advertise.clone()
             },
             labels: config.labels.clone(),
+            token: config.controller_token.clone(),
         }),
     };
     match hutch_agent::service::server::serve(options, listener, shutdown).await {

@@ -44,6 +44,10 @@ pub struct FileConfig {
     pub restart_backoff: Option<String>,
     /// Longest restart delay, e.g. "60s".
     pub restart_backoff_max: Option<String>,
+    /// Serve plaintext on a non-loopback address anyway.
+    pub insecure: Option<bool>,
+    /// Bearer tokens with roles (`TOKEN,NAME,ROLE` lines); without it calls need none.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -55,6 +59,10 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     /// How the cluster behaves.
     pub cluster: ClusterConfig,
+    /// Plaintext on a non-loopback address was accepted by the operator.
+    pub insecure: bool,
+    /// The bearer tokens file, when calls need tokens.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// Reads a TOML config file.
@@ -100,6 +108,8 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
             format!("'{listen_text}' is not HOST:PORT with an IP address, e.g. {DEFAULT_LISTEN}"),
         )
     })?;
+    let insecure = over.insecure.or(file.insecure).unwrap_or(false);
+    hutch_agent::config::check_plaintext(listen, insecure).map_err(|m| invalid("listen", m))?;
     let data_dir = over
         .data_dir
         .or(file.data_dir)
@@ -175,6 +185,8 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
     .max(restart_backoff);
     Ok(ControllerConfig {
         listen,
+        insecure,
+        tokens_file: over.tokens_file.or(file.tokens_file),
         data_dir,
         cluster: ClusterConfig {
             strategy,

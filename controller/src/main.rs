@@ -4,10 +4,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use hutch_controller::cluster::Cluster;
 use hutch_controller::config::{self, FileConfig};
+use hutch_controller::service::auth::Tokens;
 use hutch_controller::store::RedbStore;
 
 /// Exit code for errors of hutch itself.
@@ -30,7 +32,7 @@ Settings come from flags, then HUTCH_* environment variables, then the TOML file
 --config, then defaults."
 )]
 struct Cli {
-    /// TOML config file (keys: listen, data_dir, strategy, heartbeat_interval,
+    /// TOML config file (keys: listen, insecure, tokens_file, data_dir, strategy, heartbeat_interval,
     /// not_ready_misses, down_after, default_memory_reservation, event_keep,
     /// watch_buffer, restart_backoff, restart_backoff_max).
     #[arg(long, env = "HUTCH_CONFIG")]
@@ -38,6 +40,14 @@ struct Cli {
     /// Address to listen on [default: 127.0.0.1:7000]; port 0 picks a free port (printed).
     #[arg(long, env = "HUTCH_LISTEN")]
     listen: Option<String>,
+    /// Serve plaintext gRPC on a non-loopback address (refused otherwise: there is no TLS
+    /// yet, and anyone who reaches it can run containers on every node). Logs a warning.
+    #[arg(long, env = "HUTCH_INSECURE")]
+    insecure: bool,
+    /// Require bearer tokens: a file of `TOKEN,NAME,ROLE` lines (roles: admin, read-only,
+    /// node). Without it every call is let through (fine on loopback).
+    #[arg(long, env = "HUTCH_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
     /// Where the state store (state.redb) lives [default: /var/lib/hutch-controller].
     #[arg(long, env = "HUTCH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -104,6 +114,8 @@ fn main() -> ExitCode {
         watch_buffer: cli.watch_buffer,
         restart_backoff: cli.restart_backoff,
         restart_backoff_max: cli.restart_backoff_max,
+        insecure: cli.insecure.then_some(true),
+        tokens_file: cli.tokens_file,
     };
     let config = match config::resolve(over, file) {
         Ok(c) => c,
@@ -112,6 +124,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let tokens = match &config.tokens_file {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Tokens::parse(&t))
+        {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                eprintln!("hutch-controller: tokens file {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
+    if tokens.is_none() && !config.listen.ip().is_loopback() {
+        eprintln!(
+            "hutch-controller: warning: no --tokens-file: every client that reaches {} may create and kill containers",
+            config.listen
+        );
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -151,7 +182,7 @@ fn main() -> ExitCode {
         );
         let _ = std::io::stdout().flush();
         let shutdown = hutch_agent::service::server::shutdown_signal();
-        match hutch_controller::service::server::serve(cluster, listener, shutdown).await {
+        match hutch_controller::service::server::serve(cluster, listener, tokens, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hutch-controller: {e}");

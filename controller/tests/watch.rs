@@ -44,6 +44,7 @@ async fn start(name: &str, config: ClusterConfig) -> InProcess {
     tokio::spawn(hutch_controller::service::server::serve(
         cluster,
         listener,
+        None,
         async {
             let _ = rx.await;
         },

@@ -2,6 +2,7 @@
 //! and server, and the encoded file-descriptor set for server reflection.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod units;
 
 /// Package `hutch.v1`.

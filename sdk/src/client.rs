@@ -1,13 +1,13 @@
 //! [`Client`]: a connection to the controller, with typed calls for containers, nodes and
 //! rootfs.
 
+use hutch_proto::auth::BearerToken;
 use std::pin::Pin;
 use std::time::Duration;
 
 use hutch_proto::v1;
 use hutch_proto::v1::controller_client::ControllerClient;
 use tokio_stream::{Stream, StreamExt};
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -52,25 +52,7 @@ impl Default for ClientOptions {
     }
 }
 
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Rpc = ControllerClient<InterceptedService<Channel, Auth>>;
+type Rpc = ControllerClient<InterceptedService<Channel, BearerToken>>;
 
 /// A connection to the controller. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -113,16 +95,10 @@ impl Client {
             url: url.clone(),
             message: source_chain(&e),
         })?;
-        let token = match options.token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| Error::InvalidInput("token: not valid in a header".into()))?,
-            ),
-            None => None,
-        };
+        let token = BearerToken::new(options.token.as_deref())
+            .map_err(|e| Error::InvalidInput(format!("token: {e}")))?;
         Ok(Client {
-            rpc: ControllerClient::with_interceptor(channel, Auth(token))
+            rpc: ControllerClient::with_interceptor(channel, token)
                 .max_decoding_message_size(64 << 20),
             request_timeout: options.request_timeout,
         })

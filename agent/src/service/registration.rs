@@ -2,6 +2,7 @@
 //! interval it asks for. When the controller is away or asks for it (it restarted, or had
 //! declared this node down), register again, with exponential backoff between attempts.
 
+use hutch_proto::auth::BearerToken;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,11 @@ pub struct Registration {
     pub advertise: String,
     /// Labels for node selectors.
     pub labels: BTreeMap<String, String>,
+    /// Bearer token for the controller (a `node` token), when it requires one.
+    pub token: Option<String>,
 }
+
+type Client = NodesClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
 
 /// The controller URL with a scheme.
 pub fn controller_url(controller: &str) -> String {
@@ -90,7 +95,14 @@ pub async fn run(core: Arc<AgentCore>, reg: Registration) {
             return;
         }
     };
-    let mut client = NodesClient::new(endpoint.connect_lazy());
+    let token = match BearerToken::new(reg.token.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("controller token: {e}; not registering");
+            return;
+        }
+    };
+    let mut client = NodesClient::with_interceptor(endpoint.connect_lazy(), token);
     let mut closing = core.closing.subscribe();
     let mut pause = BACKOFF_FIRST;
     loop {
@@ -123,7 +135,7 @@ pub async fn run(core: Arc<AgentCore>, reg: Registration) {
 /// Heartbeats until a heartbeat fails; returns why.
 async fn heartbeat(
     core: &AgentCore,
-    client: &mut NodesClient<Channel>,
+    client: &mut Client,
     registered: &v1::RegisterResponse,
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> String {

@@ -151,7 +151,8 @@ pub async fn shutdown_signal() {
 }
 
 /// Binds `listen` for a daemon; returns the listener and the address it got (port 0 picks
-/// one). Warns that anyone who can reach a non-loopback address can use the API.
+/// one). A non-loopback address gets here only with `insecure` (see
+/// [`crate::config::check_plaintext`]); it is warned about at every start.
 pub async fn bind(listen: std::net::SocketAddr) -> Result<(TcpListener, String), String> {
     let listener = TcpListener::bind(listen)
         .await
@@ -161,7 +162,7 @@ pub async fn bind(listen: std::net::SocketAddr) -> Result<(TcpListener, String),
         .map(|a| a.to_string())
         .unwrap_or_default();
     if !listen.ip().is_loopback() {
-        tracing::warn!(%addr, "serving without TLS on a non-loopback address: anyone who can reach it can run containers as root");
+        tracing::warn!(%addr, "--insecure: serving plaintext gRPC on a non-loopback address; anyone who can reach it can run containers as root");
     }
     Ok((listener, addr))
 }

@@ -357,8 +357,16 @@ pub struct Out {
 
 /// Runs the real `grpcurl -plaintext [-d DATA] ADDR METHOD...`.
 pub fn grpcurl(addr: &str, data: Option<&str>, method: &[&str]) -> Out {
+    grpcurl_with(addr, &[], data, method)
+}
+
+/// [`grpcurl`] with extra headers (`-H 'authorization: Bearer ...'`).
+pub fn grpcurl_with(addr: &str, headers: &[&str], data: Option<&str>, method: &[&str]) -> Out {
     let mut cmd = std::process::Command::new("grpcurl");
     cmd.arg("-plaintext");
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
     if let Some(d) = data {
         cmd.args(["-d", d]);
     }
@@ -391,9 +399,25 @@ pub fn assert_code(out: &Out, code: tonic::Code, needle: &str) {
 /// Polls `METHOD` (a GetContainer) with `{"id": ID}` through grpcurl until its answer shows
 /// `state`; returns that answer.
 pub fn until_state(addr: &str, method: &str, id: &str, state: &str) -> String {
+    until_state_with(addr, &[], method, id, state)
+}
+
+/// [`until_state`] with extra headers.
+pub fn until_state_with(
+    addr: &str,
+    headers: &[&str],
+    method: &str,
+    id: &str,
+    state: &str,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = grpcurl(addr, Some(&format!(r#"{{"id":"{id}"}}"#)), &[method]);
+        let out = grpcurl_with(
+            addr,
+            headers,
+            Some(&format!(r#"{{"id":"{id}"}}"#)),
+            &[method],
+        );
         assert_eq!(out.code, 0, "{}", out.stderr);
         if out.stdout.contains(state) {
             return out.stdout;

@@ -1,6 +1,7 @@
 //! `hutch.v1.Controller` over gRPC: thin handlers over [`Cluster`]; errors become status
 //! codes in [`status`]. Logs and exec are proxied to the node that runs the container.
 
+pub mod auth;
 pub mod nodes;
 pub mod server;
 pub mod status;

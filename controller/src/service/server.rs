@@ -12,6 +12,7 @@ use hutch_proto::v1::controller_server::ControllerServer;
 use hutch_proto::v1::nodes_server::NodesServer;
 use tokio::net::TcpListener;
 
+use super::auth::{Authed, Tokens};
 use super::nodes::NodesService;
 use super::ControllerService;
 use crate::cluster::Cluster;
@@ -20,6 +21,7 @@ use crate::cluster::Cluster;
 pub async fn serve(
     cluster: Arc<Cluster>,
     listener: TcpListener,
+    tokens: Option<Arc<Tokens>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (router, health) = base_router()?;
@@ -43,7 +45,9 @@ pub async fn serve(
         tracing::info!("shutting down; containers keep running on their nodes");
     };
     serve_router(
-        router.add_service(controller).add_service(nodes),
+        router
+            .add_service(Authed::new(controller, tokens.clone()))
+            .add_service(Authed::new(nodes, tokens)),
         listener,
         draining,
     )

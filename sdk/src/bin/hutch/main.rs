@@ -42,6 +42,9 @@ struct Cli {
         default_value = "http://127.0.0.1:7000"
     )]
     controller: String,
+    /// Bearer token, when the controller requires one (its --tokens-file).
+    #[arg(long, global = true, env = "HUTCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Output format: `table` for people, `json` for programs (stable field names).
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Output,
@@ -359,7 +362,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         clap_complete::generate(shell, &mut Cli::command(), "hutch", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
     }
-    let client = Client::connect(&cli.controller).await?;
+    let client = Client::connect_with(
+        &cli.controller,
+        hutch::ClientOptions {
+            token: cli.token.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Run(args) => run_container(&client, *args, json).await,

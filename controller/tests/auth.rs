@@ -1,0 +1,168 @@
+//! Bearer tokens with roles on a real controller, driven with real `grpcurl` and the `hutch`
+//! CLI: no token is UNAUTHENTICATED, a read-only token reads but cannot create or kill, an
+//! admin token does everything, an agent registers only with a node token, and health stays
+//! open.
+
+mod common;
+
+use common::agent_common::{assert_code, grpcurl, grpcurl_with, until_state_with, workspace_bin};
+use common::*;
+
+const ADMIN: &str = "admin-0123456789abcdef0123456789";
+const VIEWER: &str = "viewer-0123456789abcdef012345678";
+const NODE: &str = "node-0123456789abcdef0123456789ab";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_roles() {
+    let file = std::path::PathBuf::from(format!("/var/tmp/{}.tokens", unique("auth")));
+    std::fs::write(
+        &file,
+        format!(
+            "# token,name,role\n{ADMIN},ops,admin\n{VIEWER},viewer,read-only\n{NODE},agents,node\n"
+        ),
+    )
+    .expect("tokens file");
+    let ctl = TestController::start("auth", &["--tokens-file", &file.to_string_lossy()]);
+    let node = TestNode::start("auth-node", &ctl, None, &["--controller-token", NODE]).await;
+    let intruder = TestNode::start(
+        "auth-intruder",
+        &ctl,
+        None,
+        &["--controller-token", "not-a-token-of-this-cluster"],
+    )
+    .await;
+    let a = ctl.addr.as_str();
+    let admin = format!("authorization: Bearer {ADMIN}");
+    let viewer = format!("authorization: Bearer {VIEWER}");
+
+    // The agent with the node token registers; the other one does not.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let nodes = loop {
+        let out = grpcurl_with(a, &[&admin], None, &["hutch.v1.Controller/ListNodes"]);
+        if out.stdout.contains(&node.name) || std::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(nodes.stdout.contains(&node.name), "{}", nodes.stdout);
+    assert!(!nodes.stdout.contains(&intruder.name), "{}", nodes.stdout);
+
+    // No token, a malformed header, an unknown token.
+    let none = grpcurl(a, None, &["hutch.v1.Controller/ListNodes"]);
+    assert_code(
+        &none,
+        tonic::Code::Unauthenticated,
+        "requires a bearer token",
+    );
+    let basic = grpcurl_with(
+        a,
+        &["authorization: Basic b3BzOm9wcw=="],
+        None,
+        &["hutch.v1.Controller/ListNodes"],
+    );
+    assert_code(&basic, tonic::Code::Unauthenticated, "Bearer TOKEN");
+    let unknown = grpcurl_with(
+        a,
+        &["authorization: Bearer 0000000000000000000000"],
+        None,
+        &["hutch.v1.Controller/ListNodes"],
+    );
+    assert_code(&unknown, tonic::Code::Unauthenticated, "unknown token");
+
+    // Health stays open (probes carry no token).
+    let health = grpcurl(a, None, &["grpc.health.v1.Health/Check"]);
+    assert!(health.stdout.contains("SERVING"), "{}", health.stdout);
+
+    // Read-only: lists, but cannot create, kill or drain.
+    let list = grpcurl_with(a, &[&viewer], None, &["hutch.v1.Controller/ListContainers"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let create = r#"{"name":"authed","spec":{"rootfs":"debian","command":["/bin/true"]}}"#;
+    let refused = grpcurl_with(
+        a,
+        &[&viewer],
+        Some(create),
+        &["hutch.v1.Controller/CreateContainer"],
+    );
+    assert_code(
+        &refused,
+        tonic::Code::PermissionDenied,
+        "needs an admin token",
+    );
+    assert!(refused.stderr.contains("viewer"), "{}", refused.stderr);
+
+    // Admin creates; read-only may not kill it.
+    let created = grpcurl_with(
+        a,
+        &[&admin],
+        Some(create),
+        &["hutch.v1.Controller/CreateContainer"],
+    );
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let done = until_state_with(
+        a,
+        &[&admin],
+        "hutch.v1.Controller/GetContainer",
+        "authed",
+        "CONTAINER_STATE_EXITED",
+    );
+    assert!(done.contains("authed"), "{done}");
+    let kill = grpcurl_with(
+        a,
+        &[&viewer],
+        Some(r#"{"id":"authed"}"#),
+        &["hutch.v1.Controller/KillContainer"],
+    );
+    assert_code(
+        &kill,
+        tonic::Code::PermissionDenied,
+        "may not call KillContainer",
+    );
+    // A node token cannot act as a client.
+    let as_node = grpcurl_with(
+        a,
+        &[&format!("authorization: Bearer {NODE}")],
+        None,
+        &["hutch.v1.Controller/ListContainers"],
+    );
+    assert_code(&as_node, tonic::Code::PermissionDenied, "(node)");
+
+    // The CLI: --token, HUTCH_TOKEN, and a clear line when refused.
+    let hutch = workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch"));
+    let ps = std::process::Command::new(&hutch)
+        .args(["--controller", &ctl.url(), "ps", "-a"])
+        .env("HUTCH_TOKEN", VIEWER)
+        .output()
+        .expect("hutch ps");
+    assert!(
+        ps.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ps.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ps.stdout).contains("authed"));
+    let rm = std::process::Command::new(&hutch)
+        .args([
+            "--controller",
+            &ctl.url(),
+            "--token",
+            VIEWER,
+            "rm",
+            "authed",
+        ])
+        .output()
+        .expect("hutch rm");
+    assert_eq!(rm.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&rm.stderr);
+    println!("{err}");
+    assert!(err.contains("may not call RemoveContainer"), "{err}");
+    let rm = std::process::Command::new(&hutch)
+        .args(["--controller", &ctl.url(), "--token", ADMIN, "rm", "authed"])
+        .output()
+        .expect("hutch rm");
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+
+    let _ = std::fs::remove_file(&file);
+}
