@@ -16,6 +16,9 @@ use thiserror::Error;
 /// small enough that a fork bomb stays inside.
 pub const DEFAULT_PIDS_LIMIT: u32 = 1024;
 
+/// The kernel's ceiling for `pids.max` (`PID_MAX_LIMIT` on 64-bit).
+pub const MAX_PIDS_LIMIT: u32 = 4_194_304;
+
 /// Docker's default capability set less `MKNOD`: what ordinary root programs (package
 /// managers, servers binding port 80, `chown`, `su`) need, and nothing that reaches the host
 /// (no SYS_ADMIN, SYS_MODULE, SYS_PTRACE, SYS_TIME, SYS_RAWIO, NET_ADMIN, DAC_READ_SEARCH,
@@ -166,6 +169,11 @@ pub enum SecurityError {
         "unknown capability '{0}': use a name from capabilities(7), e.g. NET_ADMIN or CAP_NET_ADMIN, or ALL"
     )]
     UnknownCapability(String),
+    /// A pids limit above what the kernel accepts.
+    #[error(
+        "pids_limit {0} is above the kernel's maximum of {MAX_PIDS_LIMIT}; use 0 for no limit"
+    )]
+    PidsLimitTooLarge(u32),
     /// Not a seccomp mode.
     #[error("unknown seccomp setting '{0}': use \"default\" (or empty) or \"unconfined\"")]
     UnknownSeccomp(String),
@@ -190,6 +198,9 @@ fn parse_capability(name: &str) -> Result<Option<Capability>, SecurityError> {
 impl Security {
     /// Checks the names, so a bad one is refused before anything starts.
     pub fn validate(&self) -> Result<(), SecurityError> {
+        if let Some(n) = self.pids_limit.filter(|n| *n > MAX_PIDS_LIMIT) {
+            return Err(SecurityError::PidsLimitTooLarge(n));
+        }
         self.capabilities().map(drop)
     }
 
@@ -376,6 +387,11 @@ mod tests {
         let err = s.validate().expect_err("must refuse");
         assert!(err.to_string().contains("SYS_WIZARD"), "{err}");
         assert!("strict".parse::<Seccomp>().is_err());
+        let huge = Security {
+            pids_limit: Some(u32::MAX),
+            ..Default::default()
+        };
+        assert!(huge.validate().is_err());
         assert_eq!("".parse::<Seccomp>(), Ok(Seccomp::Default));
     }
 

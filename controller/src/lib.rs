@@ -19,6 +19,7 @@
 pub mod agents;
 pub mod cluster;
 pub mod config;
+pub mod rng;
 pub mod scheduler;
 pub mod service;
 pub mod store;

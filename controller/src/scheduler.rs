@@ -477,19 +477,7 @@ mod tests {
         assert_eq!(s.free_bytes("a"), 0);
     }
 
-    /// xorshift64*: a small deterministic generator for the property tests.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::rng::Rng;
 
     /// Random clusters, random requests, random cordons and releases: no node is ever
     /// reserved beyond its allocatable memory, every placement satisfies its selector and

@@ -37,6 +37,13 @@ pub fn controller_bin() -> PathBuf {
 /// printed (its end) when it fails.
 pub struct DaemonLog(PathBuf);
 
+/// Everything the daemons of `logs` wrote to stderr so far.
+fn logs_text(logs: &[DaemonLog]) -> String {
+    logs.iter()
+        .map(|l| std::fs::read_to_string(&l.0).unwrap_or_default())
+        .collect()
+}
+
 impl Drop for DaemonLog {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -96,6 +103,11 @@ pub struct TestController {
 }
 
 impl TestController {
+    /// What the controller wrote to stderr so far (every start).
+    pub fn log_text(&self) -> String {
+        logs_text(&self.logs)
+    }
+
     /// Starts a controller on a free port with fast liveness timing and `extra` flags.
     pub fn start(test: &str, extra: &[&str]) -> TestController {
         let data_dir = PathBuf::from(format!("/var/tmp/hutch-test-ctl-{}", unique(test)));
@@ -234,6 +246,16 @@ impl TestNode {
     /// SIGKILLs the agent; its containers keep running under their supervisors.
     pub fn kill(&mut self) {
         kill9(&mut self.child);
+    }
+
+    /// The host the agent runs on (its state directory and cgroups).
+    pub fn host(&self) -> &TestHost {
+        &self.host
+    }
+
+    /// What the agent wrote to stderr so far (every start).
+    pub fn log_text(&self) -> String {
+        logs_text(&self.logs)
     }
 
     /// A client straight to the agent.

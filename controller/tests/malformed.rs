@@ -1,0 +1,343 @@
+//! Thousands of random and adversarial requests against a live controller and agent: huge
+//! argv and env, NUL bytes, `..` everywhere, zero, negative and overflowing sizes, unknown
+//! enum values, 4 MiB strings, nonsense ids and signals. Every answer must be a precise
+//! status (never UNKNOWN, INTERNAL or a dropped connection: that is what a panic looks
+//! like), nothing may be left on the host afterwards, and both daemons must still run a
+//! correct container.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::agent_common::hutch_processes;
+use common::*;
+use hutch_controller::rng::Rng;
+use hutch_proto::v1;
+
+fn nasty(r: &mut Rng) -> String {
+    match r.below(14) {
+        0 => String::new(),
+        1 => "..".into(),
+        2 => "../../../etc/passwd".into(),
+        3 => "/".into(),
+        4 => "a\0b".into(),
+        5 => "名前-ü".into(),
+        6 => "x".repeat(300),
+        7 => " -rf /".into(),
+        8 => "a/b".into(),
+        9 => "\n\t".into(),
+        10 => "ok-name".into(),
+        11 => format!("n{}", r.next()),
+        12 => "$(reboot)".into(),
+        _ => "%s%n".into(),
+    }
+}
+
+fn size(r: &mut Rng) -> Option<u64> {
+    r.pick(&[
+        None,
+        Some(0),
+        Some(1),
+        Some(4096),
+        Some(262_144),
+        Some(u64::MAX),
+        Some(i64::MAX as u64 + 1),
+        Some(64 << 20),
+    ])
+}
+
+/// A spec: one in five starts valid and has at most one field made nasty (so the accepted
+/// paths run too, with real containers); the rest are nasty throughout.
+fn spec(r: &mut Rng) -> v1::ContainerSpec {
+    if r.chance(20) {
+        let mut s = v1::ContainerSpec {
+            rootfs: "debian".into(),
+            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            memory_limit_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let bad = nasty_spec(r);
+        match r.below(8) {
+            0 => s.command = bad.command,
+            1 => s.env = bad.env,
+            2 => s.workdir = bad.workdir,
+            3 => s.hostname = bad.hostname,
+            4 => s.namespaces = bad.namespaces,
+            5 => s.memory_limit_bytes = bad.memory_limit_bytes,
+            6 => s.security = bad.security,
+            _ => {}
+        }
+        return s;
+    }
+    nasty_spec(r)
+}
+
+fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
+    let command = match r.below(6) {
+        0 => Vec::new(),
+        1 => vec!["/bin/true".into()],
+        2 => (0..20_000).map(|i| format!("arg{i}")).collect(),
+        3 => vec!["sh".into(), "-c".into(), "exit 3".into()],
+        4 if r.chance(10) => vec!["y".repeat(4_500_000)],
+        _ => (0..r.below(4)).map(|_| nasty(r)).collect(),
+    };
+    let mut env = BTreeMap::new();
+    for _ in 0..r.below(4) {
+        env.insert(nasty(r), nasty(r));
+    }
+    if r.chance(5) {
+        for i in 0..5_000 {
+            env.insert(format!("K{i}"), "v".repeat(40));
+        }
+    }
+    v1::ContainerSpec {
+        // Rarely a rootfs that exists, so some specs are valid and really run.
+        rootfs: if r.chance(5) {
+            "debian".into()
+        } else {
+            nasty(r)
+        },
+        command,
+        env: env.into_iter().collect(),
+        workdir: nasty(r),
+        hostname: nasty(r),
+        namespaces: (0..r.below(5))
+            .map(|_| r.pick(&[-1, 0, 1, 2, 3, 5, 7, 8, 999, i32::MAX]))
+            .collect(),
+        memory_limit_bytes: size(r),
+        memory_swap_limit_bytes: size(r),
+        read_only_rootfs: r.chance(50),
+        labels: (0..r.below(3)).map(|_| (nasty(r), nasty(r))).collect(),
+        uid_map: (0..r.below(3))
+            .map(|_| v1::IdMap {
+                inside: r.pick(&[0, 1, u32::MAX]),
+                outside: r.pick(&[0, 100_000, u32::MAX]),
+                count: r.pick(&[0, 1, 65_536, u32::MAX]),
+            })
+            .collect(),
+        gid_map: Vec::new(),
+        stop_grace_seconds: r.pick(&[None, Some(0), Some(u32::MAX)]),
+        tty: r.chance(20),
+        stdin: r.chance(20),
+        security: r.chance(50).then(|| v1::Security {
+            cap_add: (0..r.below(3))
+                .map(|_| {
+                    r.pick(&["ALL", "SYS_ADMIN", "cap_wizard", "", "NET_ADMIN"])
+                        .into()
+                })
+                .collect(),
+            cap_drop: (0..r.below(2)).map(|_| nasty(r)).collect(),
+            seccomp: r
+                .pick(&["", "unconfined", "strict", "../profile.json"])
+                .into(),
+            pids_limit: r.pick(&[None, Some(0), Some(1), Some(u32::MAX)]),
+            privileged: r.chance(10),
+        }),
+    }
+}
+
+/// The codes a well-behaved server gives to bad input.
+fn acceptable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Ok | InvalidArgument
+            | NotFound
+            | AlreadyExists
+            | FailedPrecondition
+            | OutOfRange
+            | ResourceExhausted
+            | PermissionDenied
+    )
+}
+
+fn check<T>(
+    what: &str,
+    seed: u64,
+    got: Result<T, tonic::Status>,
+    codes: &mut BTreeMap<String, u32>,
+) {
+    let code = got.as_ref().err().map_or(tonic::Code::Ok, |s| s.code());
+    *codes.entry(format!("{what} {code:?}")).or_default() += 1;
+    if let Err(s) = &got {
+        assert!(
+            acceptable(s.code()),
+            "{what} (seed {seed}) answered {:?}: {}",
+            s.code(),
+            s.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_clear_errors_and_leave_nothing() {
+    let ctl = TestController::start("malformed", &[]);
+    let node = TestNode::start("malformed-node", &ctl, None, &[]).await;
+    let mut client = ctl.client_when_ready(&[&node]).await;
+    let mut agent = node.agent().await;
+    let mut codes = BTreeMap::new();
+    let rounds: u64 = 1500;
+    for seed in 1..=rounds {
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let name = if r.chance(70) {
+            format!("m-{seed}")
+        } else {
+            nasty(&mut r)
+        };
+        let request = v1::CreateContainerRequest {
+            name: name.clone(),
+            spec: r.chance(95).then(|| spec(&mut r)),
+            placement: r.chance(30).then(|| v1::Placement {
+                node: nasty(&mut r),
+                node_selector: [(nasty(&mut r), nasty(&mut r))].into(),
+            }),
+            restart_policy: r.chance(30).then(|| v1::RestartPolicy {
+                kind: r.pick(&[0, 1, 2, 3, -7, 99]),
+                max_retries: r.pick(&[0, 1, u32::MAX]),
+            }),
+        };
+        check(
+            "create",
+            seed,
+            client.create_container(request).await,
+            &mut codes,
+        );
+        let run = v1::RunContainerRequest {
+            name: format!("a-{seed}"),
+            spec: Some(spec(&mut r)),
+        };
+        check("run", seed, agent.run_container(run).await, &mut codes);
+        let (other, earlier) = (nasty(&mut r), format!("m-{}", r.below(seed + 1)));
+        let id = r.pick(&[name.clone(), other, earlier]);
+        check(
+            "kill",
+            seed,
+            client
+                .kill_container(v1::KillContainerRequest {
+                    id: id.clone(),
+                    signal: r.pick(&[-5, 0, 9, 65, i32::MAX]),
+                })
+                .await,
+            &mut codes,
+        );
+        check(
+            "get",
+            seed,
+            client
+                .get_container(v1::GetContainerRequest { id: id.clone() })
+                .await,
+            &mut codes,
+        );
+        if r.chance(10) {
+            let exec = v1::ExecRequest {
+                id: id.clone(),
+                command: (0..r.below(3)).map(|_| nasty(&mut r)).collect(),
+            };
+            check("exec", seed, agent.exec(exec).await, &mut codes);
+        }
+        if r.chance(10) {
+            let logs = client
+                .container_logs(v1::ContainerLogsRequest {
+                    id,
+                    follow: false,
+                    since: None,
+                    tail: r.pick(&[None, Some(0), Some(u32::MAX)]),
+                })
+                .await;
+            check("logs", seed, logs.map(drop), &mut codes);
+        }
+    }
+    println!("answers by code: {codes:#?}");
+
+    // Remove everything that was accepted, through both APIs.
+    let listed = client
+        .list_containers(v1::ListClusterContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    println!("{} records accepted by the controller", listed.len());
+    for c in listed {
+        client
+            .remove_container(v1::RemoveContainerRequest {
+                id: c.name.clone(),
+                force: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("remove {}: {e}", c.name));
+    }
+    let on_agent = agent
+        .list_containers(v1::ListContainersRequest::default())
+        .await
+        .expect("agent list")
+        .into_inner()
+        .containers;
+    println!("{} containers on the agent", on_agent.len());
+    for c in on_agent {
+        let _ = agent
+            .remove_container(v1::RemoveContainerRequest {
+                id: c.id.clone(),
+                force: true,
+            })
+            .await;
+    }
+
+    // Both still serve a correct request.
+    client
+        .create_container(create("after-the-storm", common::spec(&["/bin/true"])))
+        .await
+        .expect("a correct create");
+    let done = wait_container(
+        &mut client,
+        "after-the-storm",
+        Duration::from_secs(30),
+        |c| state_of(c) == v1::ContainerState::Exited,
+    )
+    .await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            id: "after-the-storm".into(),
+            force: true,
+        })
+        .await
+        .expect("remove");
+
+    // Nothing left: containers, mounts, cgroups, supervisors.
+    let host = node.host();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(host.state_dir.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let mounts = hutch_agent::mounts::mounts_below(&host.state_dir);
+        let cgroups: Vec<String> = std::fs::read_dir(host.runtime.cgroups().instance().dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ctr-"))
+            .collect();
+        let state_dir = host.state_dir.to_string_lossy().into_owned();
+        let supervisors: Vec<_> = hutch_processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(&state_dir))
+            .collect();
+        if left.is_empty() && mounts.is_empty() && cgroups.is_empty() && supervisors.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: containers {left:?}, mounts {mounts:?}, cgroups {cgroups:?}, supervisors {supervisors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for log in [ctl.log_text(), node.log_text()] {
+        assert!(!log.contains("panicked"), "a daemon panicked:\n{log}");
+    }
+}
