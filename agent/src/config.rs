@@ -50,6 +50,8 @@ pub struct FileConfig {
     pub insecure: Option<bool>,
     /// Bearer token for the controller (a `node` token).
     pub controller_token: Option<String>,
+    /// Requests worked on at once before new ones are shed.
+    pub max_concurrent_requests: Option<usize>,
 }
 
 /// The validated configuration.
@@ -79,6 +81,8 @@ pub struct AgentConfig {
     pub insecure: bool,
     /// Bearer token for the controller.
     pub controller_token: Option<String>,
+    /// Requests worked on at once before new ones are shed.
+    pub max_concurrent_requests: usize,
 }
 
 /// Why the configuration is invalid.
@@ -119,6 +123,15 @@ pub fn check_plaintext(listen: SocketAddr, insecure: bool) -> Result<(), String>
     Err(format!(
         "refusing to serve plaintext gRPC on {listen}: anyone who can reach that address could run containers as root on this host. Listen on 127.0.0.1, or pass --insecure (insecure = true) to accept it on a network only trusted hosts reach"
     ))
+}
+
+/// The daemons' budget of requests in flight: the default, or a positive number.
+pub fn request_budget(given: Option<usize>) -> Result<usize, String> {
+    match given {
+        None => Ok(crate::service::server::DEFAULT_MAX_CONCURRENT_REQUESTS),
+        Some(0) => Err("must be at least 1".into()),
+        Some(n) => Ok(n),
+    }
 }
 
 /// Reads a TOML config file.
@@ -169,6 +182,11 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
     })?;
     let insecure = over.insecure.or(file.insecure).unwrap_or(false);
     check_plaintext(listen, insecure).map_err(|m| invalid("listen", m))?;
+    let max_concurrent_requests = request_budget(
+        over.max_concurrent_requests
+            .or(file.max_concurrent_requests),
+    )
+    .map_err(|m| invalid("max_concurrent_requests", m))?;
     let name = over.name.or(file.name).unwrap_or_else(default_name);
     validate_name("name", &name).map_err(|e| invalid("name", e.to_string()))?;
     let state_dir = over
@@ -243,6 +261,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         labels,
         insecure,
         controller_token: over.controller_token.or(file.controller_token),
+        max_concurrent_requests,
         listen,
         state_dir,
         rootfs_dir,

@@ -136,6 +136,10 @@ struct ServeArgs {
     /// yet, and whoever reaches the agent can run containers as root). Logs a warning.
     #[arg(long, env = "HUTCH_INSECURE")]
     insecure: bool,
+    /// Requests worked on at once; more are answered RESOURCE_EXHAUSTED at once instead of
+    /// queueing [default: 512].
+    #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
+    max_concurrent_requests: Option<usize>,
     /// Events kept in the log before compaction [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
     event_log_keep: Option<usize>,
@@ -345,6 +349,7 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
         },
         insecure: serve.and_then(|s| s.insecure.then_some(true)),
         controller_token: serve.and_then(|s| s.controller_token.clone()),
+        max_concurrent_requests: serve.and_then(|s| s.max_concurrent_requests),
     };
     let agent = config::resolve(over, file).map_err(|e| e.to_string())?;
     let cgroup_root = agent
@@ -371,6 +376,7 @@ async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
         node: config.name.clone(),
         event_keep: config.event_log_keep,
         memory_reserve_bytes: config.memory_reserve_bytes,
+        max_concurrent_requests: config.max_concurrent_requests,
         registration: config.controller.clone().map(|controller| Registration {
             controller,
             advertise: if config.listen.port() == 0 {

@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub insecure: Option<bool>,
     /// Bearer tokens with roles (`TOKEN,NAME,ROLE` lines); without it calls need none.
     pub tokens_file: Option<PathBuf>,
+    /// Requests worked on at once before new ones are shed.
+    pub max_concurrent_requests: Option<usize>,
 }
 
 /// The validated configuration.
@@ -63,6 +65,8 @@ pub struct ControllerConfig {
     pub insecure: bool,
     /// The bearer tokens file, when calls need tokens.
     pub tokens_file: Option<PathBuf>,
+    /// Requests worked on at once before new ones are shed.
+    pub max_concurrent_requests: usize,
 }
 
 /// Reads a TOML config file.
@@ -187,6 +191,11 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
         listen,
         insecure,
         tokens_file: over.tokens_file.or(file.tokens_file),
+        max_concurrent_requests: hutch_agent::config::request_budget(
+            over.max_concurrent_requests
+                .or(file.max_concurrent_requests),
+        )
+        .map_err(|m| invalid("max_concurrent_requests", m))?,
         data_dir,
         cluster: ClusterConfig {
             strategy,

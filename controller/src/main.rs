@@ -32,7 +32,7 @@ Settings come from flags, then HUTCH_* environment variables, then the TOML file
 --config, then defaults."
 )]
 struct Cli {
-    /// TOML config file (keys: listen, insecure, tokens_file, data_dir, strategy, heartbeat_interval,
+    /// TOML config file (keys: listen, insecure, tokens_file, max_concurrent_requests, data_dir, strategy, heartbeat_interval,
     /// not_ready_misses, down_after, default_memory_reservation, event_keep,
     /// watch_buffer, restart_backoff, restart_backoff_max).
     #[arg(long, env = "HUTCH_CONFIG")]
@@ -48,6 +48,10 @@ struct Cli {
     /// node). Without it every call is let through (fine on loopback).
     #[arg(long, env = "HUTCH_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
+    /// Requests worked on at once; more are answered RESOURCE_EXHAUSTED at once instead of
+    /// queueing [default: 512].
+    #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
+    max_concurrent_requests: Option<usize>,
     /// Where the state store (state.redb) lives [default: /var/lib/hutch-controller].
     #[arg(long, env = "HUTCH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         restart_backoff_max: cli.restart_backoff_max,
         insecure: cli.insecure.then_some(true),
         tokens_file: cli.tokens_file,
+        max_concurrent_requests: cli.max_concurrent_requests,
     };
     let config = match config::resolve(over, file) {
         Ok(c) => c,
@@ -182,7 +187,11 @@ fn main() -> ExitCode {
         );
         let _ = std::io::stdout().flush();
         let shutdown = hutch_agent::service::server::shutdown_signal();
-        match hutch_controller::service::server::serve(cluster, listener, tokens, shutdown).await {
+        let limits = hutch_controller::service::server::Limits {
+            tokens,
+            max_concurrent_requests: config.max_concurrent_requests,
+        };
+        match hutch_controller::service::server::serve(cluster, listener, limits, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hutch-controller: {e}");

@@ -44,7 +44,7 @@ async fn start(name: &str, config: ClusterConfig) -> InProcess {
     tokio::spawn(hutch_controller::service::server::serve(
         cluster,
         listener,
-        None,
+        hutch_controller::service::server::Limits::default(),
         async {
             let _ = rx.await;
         },

@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub memory_reserve_bytes: u64,
     /// The controller to register with, when part of a cluster.
     pub registration: Option<super::registration::Registration>,
+    /// Requests worked on at once before new ones are shed (see [`Limited`]).
+    pub max_concurrent_requests: usize,
 }
 
 /// Opens the event log, reconciles what happened while the agent was away, and serves on
@@ -81,9 +83,13 @@ pub async fn serve(
         tokio::spawn(super::registration::run(core.clone(), reg));
     }
 
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        options.max_concurrent_requests.max(1),
+    ));
     let agent = AgentServer::new(AgentService::new(core.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let agent = Limited::new(agent, budget);
     let draining = {
         let core = core.clone();
         async move {
@@ -133,6 +139,68 @@ pub async fn serve_router(
         )
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))
+}
+
+/// Most requests a daemon works on at once unless configured otherwise. Streams count only
+/// until their first answer, so open watches and followed logs do not use up the budget.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
+
+/// A gRPC service that sheds load: beyond its share of a daemon-wide budget of requests in
+/// flight, a call is answered at once with RESOURCE_EXHAUSTED instead of queueing without
+/// bound behind the others.
+#[derive(Clone)]
+pub struct Limited<S> {
+    inner: S,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S> Limited<S> {
+    /// Wraps `inner`; every service of a daemon shares `budget`.
+    pub fn new(inner: S, budget: Arc<tokio::sync::Semaphore>) -> Self {
+        Limited { inner, budget }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Limited<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tonic::codegen::Service<HttpRequest> for Limited<S>
+where
+    S: tonic::codegen::Service<HttpRequest, Response = HttpResponse> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<HttpResponse, S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let Ok(permit) = self.budget.clone().try_acquire_owned() else {
+            let path = request.uri().path().to_string();
+            tracing::warn!(%path, "overloaded: request shed");
+            let status = tonic::Status::resource_exhausted(
+                "this daemon is at its limit of requests in flight (max_concurrent_requests); retry with backoff",
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            drop(permit);
+            response
+        })
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -170,6 +170,7 @@ impl TestHost {
             event_keep,
             memory_reserve_bytes: 256 << 20,
             registration: None,
+            max_concurrent_requests: hutch_agent::service::server::DEFAULT_MAX_CONCURRENT_REQUESTS,
         };
         let task = tokio::spawn(hutch_agent::service::server::serve(
             options,

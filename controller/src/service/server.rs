@@ -6,7 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use hutch_agent::service::server::{
-    base_router, serve_router, ServeError, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+    base_router, serve_router, Limited, ServeError, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
 use hutch_proto::v1::controller_server::ControllerServer;
 use hutch_proto::v1::nodes_server::NodesServer;
@@ -17,13 +18,35 @@ use super::nodes::NodesService;
 use super::ControllerService;
 use crate::cluster::Cluster;
 
+/// Who may call, and how much at once.
+pub struct Limits {
+    /// Bearer tokens; `None` lets every call through.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Requests worked on at once before new ones are shed.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tokens: None,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+        }
+    }
+}
+
 /// Serves `cluster` on `listener` until `shutdown` resolves.
 pub async fn serve(
     cluster: Arc<Cluster>,
     listener: TcpListener,
-    tokens: Option<Arc<Tokens>>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let Limits {
+        tokens,
+        max_concurrent_requests,
+    } = limits;
+    let budget = Arc::new(tokio::sync::Semaphore::new(max_concurrent_requests.max(1)));
     let (router, health) = base_router()?;
     health
         .set_serving::<ControllerServer<ControllerService>>()
@@ -46,8 +69,11 @@ pub async fn serve(
     };
     serve_router(
         router
-            .add_service(Authed::new(controller, tokens.clone()))
-            .add_service(Authed::new(nodes, tokens)),
+            .add_service(Authed::new(
+                Limited::new(controller, budget.clone()),
+                tokens.clone(),
+            ))
+            .add_service(Authed::new(Limited::new(nodes, budget), tokens)),
         listener,
         draining,
     )
