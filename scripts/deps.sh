@@ -63,3 +63,16 @@ hutch_install_bench_peers() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
+
+# The fuzzing tools: a nightly toolchain (cargo-fuzz needs it; rustup installs it when the
+# machine has none) and cargo-fuzz itself (from the crate registry).
+hutch_install_fuzz_tools() {
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "hutch: installing a nightly Rust toolchain (for cargo-fuzz)"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "hutch: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+  fi
+}

@@ -22,6 +22,8 @@ cargo test --workspace --all-targets
 echo "== benchmark harness, smoke run (checks it works; its figures mean nothing here)"
 hutch_install_bench_peers
 target/debug/hutch-bench --smoke
+echo "== fuzz targets, smoke run (20 s each; scripts/fuzz.sh TARGET SECONDS for longer)"
+bash scripts/fuzz.sh "" 20
 echo "== leak check (last: nothing hutch made may be left)"
 cargo test -p hutch-agent --test leak_check -- --ignored
 echo "== suite passed in $(( $(date +%s) - started ))s"

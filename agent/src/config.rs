@@ -154,6 +154,11 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
 
 /// Pure part of [`read_file`].
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    parse_toml(text)
+}
+
+/// Pure part of [`read_toml`]: the agent's or the controller's file form from text.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     toml::from_str(text).map_err(|e| e.to_string())
 }
 
