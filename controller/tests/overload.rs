@@ -48,10 +48,19 @@ async fn a_full_budget_sheds_at_once_and_recovers() {
     let (status, took) = shed.expect("a call beyond the budget is shed");
     println!("shed in {took:?}: {status:?}");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-    assert!(status.message().contains("max_concurrent_requests"), "{status:?}");
-    assert!(took < Duration::from_millis(500), "answered at once, not queued: {took:?}");
+    assert!(
+        status.message().contains("max_concurrent_requests"),
+        "{status:?}"
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "answered at once, not queued: {took:?}"
+    );
 
-    let done = exec.await.expect("join").expect("the slow exec itself completes");
+    let done = exec
+        .await
+        .expect("join")
+        .expect("the slow exec itself completes");
     assert_eq!(done.into_inner().exit_code, Some(0));
     let listed = client
         .list_containers(v1::ListClusterContainersRequest::default())
