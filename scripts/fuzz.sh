@@ -17,6 +17,9 @@ cargo +nightly fuzz build --sanitizer none -O
 for t in $targets; do
   echo "== fuzz $t for ${seconds}s"
   mkdir -p "corpus/$t"
+  # libFuzzer prints a line per new input; keep the end (the stats, or a crash and the
+  # file it was written to). pipefail keeps cargo fuzz's failure.
   cargo +nightly fuzz run --sanitizer none -O "$t" "corpus/$t" -- \
-    -max_total_time="$seconds" -max_len=65536 -print_final_stats=1
+    -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 2>&1 | tail -n 40 |
+    { grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)' || true; }
 done
