@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub controller_token: Option<String>,
     /// Requests worked on at once before new ones are shed.
     pub max_concurrent_requests: Option<usize>,
+    /// Bearer tokens allowed to call this agent (`TOKEN,NAME,ROLE` lines).
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -83,6 +85,8 @@ pub struct AgentConfig {
     pub controller_token: Option<String>,
     /// Requests worked on at once before new ones are shed.
     pub max_concurrent_requests: usize,
+    /// The tokens file, when calls need tokens.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// Why the configuration is invalid.
@@ -267,6 +271,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         insecure,
         controller_token: over.controller_token.or(file.controller_token),
         max_concurrent_requests,
+        tokens_file: over.tokens_file.or(file.tokens_file),
         listen,
         state_dir,
         rootfs_dir,

@@ -17,6 +17,7 @@ use hutch_agent::config::{self, AgentConfig, FileConfig};
 use hutch_agent::rootfs::{BuildProgress, RootfsSource};
 use hutch_agent::runtime::state::Status;
 use hutch_agent::runtime::{ContainerInfo, Runtime, RuntimeConfig, RuntimeError};
+use hutch_agent::service::auth::Tokens;
 use hutch_agent::service::registration::Registration;
 use hutch_agent::service::server::ServeOptions;
 use hutch_agent::spec::{parse_namespaces, parse_size, ContainerSpec, IdMap};
@@ -140,6 +141,11 @@ struct ServeArgs {
     /// queueing [default: 512].
     #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
     max_concurrent_requests: Option<usize>,
+    /// Require bearer tokens: a file of `TOKEN,NAME,ROLE` lines naming who may drive this
+    /// agent (the controller's --agent-token as admin, local administrators). Without it
+    /// every caller is let through (fine on loopback).
+    #[arg(long, env = "HUTCH_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
     /// Events kept in the log before compaction [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
     event_log_keep: Option<usize>,
@@ -304,7 +310,7 @@ fn main() -> ExitCode {
             }
         };
         let code = match cli.command {
-            Command::Serve(_) => serve(runtime.clone(), &config.agent).await,
+            Command::Serve(_) => serve(runtime.clone(), &config.agent, config.tokens.clone()).await,
             command => match dispatch(&runtime, command).await {
                 Ok(code) => code,
                 Err(e) => {
@@ -321,6 +327,8 @@ fn main() -> ExitCode {
 /// The resolved configuration and the cgroup root it names.
 struct Loaded {
     agent: AgentConfig,
+    /// The tokens of `tokens_file`, read with the rest of the configuration.
+    tokens: Option<Arc<Tokens>>,
     cgroup_root: Option<CgroupPath>,
 }
 
@@ -350,6 +358,7 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
         insecure: serve.and_then(|s| s.insecure.then_some(true)),
         controller_token: serve.and_then(|s| s.controller_token.clone()),
         max_concurrent_requests: serve.and_then(|s| s.max_concurrent_requests),
+        tokens_file: serve.and_then(|s| s.tokens_file.clone()),
     };
     let agent = config::resolve(over, file).map_err(|e| e.to_string())?;
     let cgroup_root = agent
@@ -357,10 +366,24 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
         .as_deref()
         .map(cgroup_path_of)
         .transpose()?;
-    Ok(Loaded { agent, cgroup_root })
+    let tokens = agent
+        .tokens_file
+        .as_deref()
+        .map(Tokens::load)
+        .transpose()?
+        .map(Arc::new);
+    Ok(Loaded {
+        agent,
+        tokens,
+        cgroup_root,
+    })
 }
 
-async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
+async fn serve(
+    runtime: Arc<Runtime>,
+    config: &AgentConfig,
+    tokens: Option<Arc<Tokens>>,
+) -> ExitCode {
     let (listener, addr) = match hutch_agent::service::server::bind(config.listen).await {
         Ok(bound) => bound,
         Err(e) => {
@@ -377,6 +400,7 @@ async fn serve(runtime: Arc<Runtime>, config: &AgentConfig) -> ExitCode {
         event_keep: config.event_log_keep,
         memory_reserve_bytes: config.memory_reserve_bytes,
         max_concurrent_requests: config.max_concurrent_requests,
+        tokens,
         registration: config.controller.clone().map(|controller| Registration {
             controller,
             advertise: if config.listen.port() == 0 {

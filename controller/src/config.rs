@@ -10,7 +10,7 @@ use hutch_agent::config::ConfigError;
 use hutch_agent::spec::parse_size;
 use serde::Deserialize;
 
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, Secret};
 use crate::scheduler::Strategy;
 
 /// Default listen address: loopback only.
@@ -50,6 +50,8 @@ pub struct FileConfig {
     pub tokens_file: Option<PathBuf>,
     /// Requests worked on at once before new ones are shed.
     pub max_concurrent_requests: Option<usize>,
+    /// Bearer token sent to agents that require one (their tokens file names it).
+    pub agent_token: Option<String>,
 }
 
 /// The validated configuration.
@@ -198,6 +200,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
         .map_err(|m| invalid("max_concurrent_requests", m))?,
         data_dir,
         cluster: ClusterConfig {
+            agent_token: over.agent_token.or(file.agent_token).map(Secret),
             strategy,
             heartbeat_interval,
             not_ready_misses,

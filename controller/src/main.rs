@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use hutch_agent::service::auth::Tokens;
 use hutch_controller::cluster::Cluster;
 use hutch_controller::config::{self, FileConfig};
-use hutch_controller::service::auth::Tokens;
 use hutch_controller::store::RedbStore;
 
 /// Exit code for errors of hutch itself.
@@ -32,7 +32,8 @@ Settings come from flags, then HUTCH_* environment variables, then the TOML file
 --config, then defaults."
 )]
 struct Cli {
-    /// TOML config file (keys: listen, insecure, tokens_file, max_concurrent_requests, data_dir, strategy, heartbeat_interval,
+    /// TOML config file (keys: listen, insecure, tokens_file, agent_token,
+    /// max_concurrent_requests, data_dir, strategy, heartbeat_interval,
     /// not_ready_misses, down_after, default_memory_reservation, event_keep,
     /// watch_buffer, restart_backoff, restart_backoff_max).
     #[arg(long, env = "HUTCH_CONFIG")]
@@ -48,6 +49,9 @@ struct Cli {
     /// node). Without it every call is let through (fine on loopback).
     #[arg(long, env = "HUTCH_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
+    /// Bearer token sent to agents started with a tokens file (an admin token there).
+    #[arg(long, env = "HUTCH_AGENT_TOKEN", hide_env_values = true)]
+    agent_token: Option<String>,
     /// Requests worked on at once; more are answered RESOURCE_EXHAUSTED at once instead of
     /// queueing [default: 512].
     #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         insecure: cli.insecure.then_some(true),
         tokens_file: cli.tokens_file,
         max_concurrent_requests: cli.max_concurrent_requests,
+        agent_token: cli.agent_token,
     };
     let config = match config::resolve(over, file) {
         Ok(c) => c,
@@ -129,18 +134,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let tokens = match &config.tokens_file {
-        Some(path) => match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Tokens::parse(&t))
-        {
-            Ok(t) => Some(Arc::new(t)),
-            Err(e) => {
-                eprintln!("hutch-controller: tokens file {}: {e}", path.display());
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
-        None => None,
+    let tokens = match config.tokens_file.as_deref().map(Tokens::load).transpose() {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            eprintln!("hutch-controller: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
     if tokens.is_none() && !config.listen.ip().is_loopback() {
         eprintln!(

@@ -166,3 +166,77 @@ async fn tokens_and_roles() {
 
     let _ = std::fs::remove_file(&file);
 }
+
+const CONTROLLER_TO_AGENT: &str = "ctl-to-agent-0123456789abcdef01234";
+const AUDITOR: &str = "auditor-0123456789abcdef012345678";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_tokens_file_obeys_only_its_tokens() {
+    let file = std::path::PathBuf::from(format!("/var/tmp/{}.tokens", unique("agent-auth")));
+    std::fs::write(
+        &file,
+        format!("{CONTROLLER_TO_AGENT},controller,admin\n{AUDITOR},auditor,read-only\n"),
+    )
+    .expect("tokens file");
+    let ctl = TestController::start("agent-auth", &["--agent-token", CONTROLLER_TO_AGENT]);
+    let node = TestNode::start(
+        "agent-auth-node",
+        &ctl,
+        None,
+        &["--tokens-file", &file.to_string_lossy()],
+    )
+    .await;
+    let mut client = ctl.client_when_ready(&[&node]).await;
+
+    // The controller's token drives the agent: a container runs through it.
+    client
+        .create_container(create("via-controller", spec(&["/bin/true"])))
+        .await
+        .expect("create");
+    let done = wait_container(
+        &mut client,
+        "via-controller",
+        std::time::Duration::from_secs(30),
+        |c| state_of(c) == hutch_proto::v1::ContainerState::Exited,
+    )
+    .await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+
+    // Straight at the agent: nothing without a token, reads with the auditor's, runs only
+    // with an admin token.
+    let a = node.addr.as_str();
+    let anonymous = grpcurl(a, None, &["hutch.v1.Agent/ListContainers"]);
+    assert_code(
+        &anonymous,
+        tonic::Code::Unauthenticated,
+        "requires a bearer token",
+    );
+    let run = r#"{"name":"sneaky","spec":{"rootfs":"debian","command":["/bin/true"]}}"#;
+    let anonymous_run = grpcurl(a, Some(run), &["hutch.v1.Agent/RunContainer"]);
+    assert_code(&anonymous_run, tonic::Code::Unauthenticated, "bearer token");
+    let auditor = format!("authorization: Bearer {AUDITOR}");
+    let listed = grpcurl_with(a, &[&auditor], None, &["hutch.v1.Agent/ListContainers"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains("via-controller.0"),
+        "{}",
+        listed.stdout
+    );
+    let refused = grpcurl_with(a, &[&auditor], Some(run), &["hutch.v1.Agent/RunContainer"]);
+    assert_code(
+        &refused,
+        tonic::Code::PermissionDenied,
+        "may not call RunContainer",
+    );
+    let health = grpcurl(a, None, &["grpc.health.v1.Health/Check"]);
+    assert!(health.stdout.contains("SERVING"), "{}", health.stdout);
+
+    client
+        .remove_container(hutch_proto::v1::RemoveContainerRequest {
+            id: "via-controller".into(),
+            force: true,
+        })
+        .await
+        .expect("remove");
+    let _ = std::fs::remove_file(&file);
+}

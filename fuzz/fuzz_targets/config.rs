@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(file) = hutch_agent::config::parse_toml::<hutch_controller::config::FileConfig>(text) {
         let _ = hutch_controller::config::resolve(Default::default(), file);
     }
-    let _ = hutch_controller::service::auth::Tokens::parse(text);
+    let _ = hutch_agent::service::auth::Tokens::parse(text);
 });

@@ -2,6 +2,7 @@
 //! served by tonic. Handlers validate their input, call the runtime, record events and map
 //! errors to status codes in [`status`]; conversions live in [`convert`].
 
+pub mod auth;
 pub mod convert;
 pub mod logs;
 pub mod registration;

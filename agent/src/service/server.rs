@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub registration: Option<super::registration::Registration>,
     /// Requests worked on at once before new ones are shed (see [`Limited`]).
     pub max_concurrent_requests: usize,
+    /// Bearer tokens allowed to call; `None` lets every call through.
+    pub tokens: Option<Arc<super::auth::Tokens>>,
 }
 
 /// Opens the event log, reconciles what happened while the agent was away, and serves on
@@ -89,7 +91,7 @@ pub async fn serve(
     let agent = AgentServer::new(AgentService::new(core.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let agent = Limited::new(agent, budget);
+    let agent = super::auth::Authed::new(Limited::new(agent, budget), options.tokens);
     let draining = {
         let core = core.clone();
         async move {

@@ -171,6 +171,7 @@ impl TestHost {
             memory_reserve_bytes: 256 << 20,
             registration: None,
             max_concurrent_requests: hutch_agent::service::server::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            tokens: None,
         };
         let task = tokio::spawn(hutch_agent::service::server::serve(
             options,

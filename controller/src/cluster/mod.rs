@@ -54,6 +54,18 @@ pub struct ClusterConfig {
     pub restart_backoff: Duration,
     /// Longest delay before a restart.
     pub restart_backoff_max: Duration,
+    /// Bearer token sent to agents (those started with a tokens file need one).
+    pub agent_token: Option<Secret>,
+}
+
+/// A value kept out of logs and debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl Default for ClusterConfig {
@@ -68,6 +80,7 @@ impl Default for ClusterConfig {
             watch_buffer: 4096,
             restart_backoff: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(60),
+            agent_token: None,
         }
     }
 }
@@ -212,6 +225,8 @@ impl Cluster {
             .map(|c| (c.name.clone(), c))
             .collect();
         let watchers = broadcast::channel(config.watch_buffer.max(1)).0;
+        let agents = AgentPool::new(config.agent_token.as_ref().map(|s| s.0.as_str()))
+            .map_err(ClusterError::InvalidArgument)?;
         let cluster = Arc::new(Cluster {
             config,
             store,
@@ -219,7 +234,7 @@ impl Cluster {
             session: new_session(),
             watchers,
             kick: Arc::new(Notify::new()),
-            agents: AgentPool::default(),
+            agents,
         });
         tokio::spawn(containers::placement_loop(Arc::downgrade(&cluster)));
         tokio::spawn(nodes::liveness_loop(Arc::downgrade(&cluster)));

@@ -5,12 +5,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hutch_agent::names::validate_name;
 use hutch_agent::service::convert::timestamp;
-use hutch_proto::v1::agent_client::AgentClient;
 use hutch_proto::v1::{self, ContainerState as S, NodeState, WatchEventType};
-use tonic::transport::Channel;
 
 use super::records::{holds_reservation, state};
 use super::{Change, Cluster, ClusterError, NodeEntry, State};
+use crate::agents::AgentRpc;
 use crate::scheduler::NodeCapacity;
 
 /// What the scheduler needs of a node record.
@@ -349,7 +348,7 @@ impl Cluster {
     }
 
     /// A client for the agent of `node`.
-    pub(crate) fn client_for(&self, node: &str) -> Result<AgentClient<Channel>, ClusterError> {
+    pub(crate) fn client_for(&self, node: &str) -> Result<AgentRpc, ClusterError> {
         let (address, st) = {
             let st = self.lock();
             let e = st.nodes.get(node).ok_or_else(|| node_not_found(node))?;

@@ -1,7 +1,6 @@
 //! `hutch.v1.Controller` over gRPC: thin handlers over [`Cluster`]; errors become status
 //! codes in [`status`]. Logs and exec are proxied to the node that runs the container.
 
-pub mod auth;
 pub mod nodes;
 pub mod server;
 pub mod status;
@@ -408,7 +407,7 @@ fn session_target(
     inbound: tonic::Streaming<v1::ExecSessionInput>,
 ) -> Result<
     (
-        hutch_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+        crate::agents::AgentRpc,
         String,
         impl Stream<Item = v1::ExecSessionInput> + Send + 'static,
     ),

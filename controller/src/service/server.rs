@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use hutch_agent::service::auth::{Authed, Tokens};
 use hutch_agent::service::server::{
     base_router, serve_router, Limited, ServeError, DEFAULT_MAX_CONCURRENT_REQUESTS,
     MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
@@ -13,7 +14,6 @@ use hutch_proto::v1::controller_server::ControllerServer;
 use hutch_proto::v1::nodes_server::NodesServer;
 use tokio::net::TcpListener;
 
-use super::auth::{Authed, Tokens};
 use super::nodes::NodesService;
 use super::ControllerService;
 use crate::cluster::Cluster;

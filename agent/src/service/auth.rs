@@ -1,11 +1,13 @@
 //! Bearer-token authentication with roles, as a tower service wrapped around each gRPC
-//! service of the controller.
+//! service of both daemons.
 //!
 //! Tokens come from a static file (`tokens_file`), one `TOKEN,NAME,ROLE` per line, as
 //! Kubernetes' static token file: `admin` may do everything, `read-only` may get, list,
-//! watch and read logs, `node` may only register and heartbeat (what agents send). Without a
-//! tokens file every call is let through (the loopback quick start). Health checks and
-//! reflection stay open: they reveal only the API's shape.
+//! watch and read logs and events, `node` may only register and heartbeat at a controller
+//! (what agents send). An agent's tokens file names who may drive it: the controller (its
+//! `agent_token`) and local administrators. Without a tokens file every call is let through
+//! (the loopback quick start). Health checks and reflection stay open: they reveal only the
+//! API's shape.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -98,6 +100,14 @@ impl Tokens {
         Ok(Tokens { by_token })
     }
 
+    /// Reads and parses a tokens file; errors name the file.
+    pub fn load(path: &std::path::Path) -> Result<Tokens, String> {
+        std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Tokens::parse(&t))
+            .map_err(|e| format!("tokens file {}: {e}", path.display()))
+    }
+
     /// How many tokens there are.
     pub fn len(&self) -> usize {
         self.by_token.len()
@@ -116,11 +126,11 @@ fn needed_role(path: &str) -> Option<Role> {
     let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match service {
         "hutch.v1.Nodes" => Some(Role::Node),
-        "hutch.v1.Controller" => {
+        "hutch.v1.Controller" | "hutch.v1.Agent" => {
             let reads = ["Get", "List", "Watch"]
                 .iter()
                 .any(|p| method.starts_with(p))
-                || method == "ContainerLogs";
+                || ["ContainerLogs", "Events", "NodeInfo"].contains(&method);
             Some(if reads { Role::ReadOnly } else { Role::Admin })
         }
         // Health and reflection.
@@ -135,7 +145,7 @@ pub fn authorize(tokens: &Tokens, authorization: Option<&str>, path: &str) -> Re
     };
     let Some(header) = authorization else {
         return Err(Status::unauthenticated(
-            "this controller requires a bearer token: send 'authorization: Bearer TOKEN' (hutch --token, HUTCH_TOKEN; grpcurl -H)",
+            "this server requires a bearer token: send 'authorization: Bearer TOKEN' (hutch --token, HUTCH_TOKEN; grpcurl -H)",
         ));
     };
     let Some(token) = header.strip_prefix("Bearer ") else {
@@ -252,6 +262,15 @@ mod tests {
             Err(tonic::Code::Unauthenticated)
         );
         assert!(authorize(&t, None, "/grpc.health.v1.Health/Check").is_ok());
+        assert_eq!(
+            call(&"b".repeat(24), "/hutch.v1.Agent/RunContainer"),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(call(&"b".repeat(24), "/hutch.v1.Agent/Events"), Ok(()));
+        assert_eq!(
+            call(&"a".repeat(24), "/hutch.v1.Agent/RunContainer"),
+            Ok(())
+        );
     }
 
     #[test]
