@@ -106,7 +106,7 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
     for w in wanted {
         eprintln!("bench: {w} ...");
         let found = match (*w, env.as_ref()) {
-            ("scheduler", _) => scenarios::scheduler(requests),
+            ("scheduler", _) => scenarios::scheduler(requests, if smoke { 1 } else { 5 }),
             ("start-latency", Some(env)) => scenarios::start_latency(env, runs).await?,
             ("agent-latency", Some(env)) => scenarios::agent_latency(env, runs).await?,
             ("throughput", Some(env)) => scenarios::throughput(env, count).await?,
