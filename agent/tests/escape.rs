@@ -275,6 +275,33 @@ async fn privileged_and_overrides_give_back_what_they_name() {
     assert!(host.stdout(&id).contains("Seccomp:\t0"));
     host.runtime.remove(&id, true).await.expect("remove");
 
+    // A capability the agent does not hold itself cannot be granted: FAILED_PRECONDITION
+    // with the reason (this machine's root lacks CAP_SYS_RESOURCE; where it has every
+    // capability there is nothing to refuse, and the test says so).
+    let held = caps::read(None, caps::CapSet::Permitted).expect("caps");
+    match caps::runtime::thread_all_supported()
+        .into_iter()
+        .find(|c| !held.contains(c))
+    {
+        Some(missing) => {
+            let mut spec = host.spec(&["true"]);
+            spec.security.cap_add = vec![missing.to_string()];
+            let err = host
+                .runtime
+                .run(&unique("unheld"), spec)
+                .await
+                .expect_err("must refuse");
+            println!("{err}");
+            assert_eq!(
+                err.class(),
+                hutch_agent::runtime::ErrorClass::FailedPrecondition,
+                "{err}"
+            );
+            assert!(err.to_string().contains("not held by the agent"), "{err}");
+        }
+        None => println!("note: this agent holds every capability; nothing to refuse"),
+    }
+
     // An unknown capability is refused before anything starts.
     let mut spec = host.spec(&["true"]);
     spec.security.cap_add = vec!["SYS_WIZARD".into()];

@@ -156,11 +156,14 @@ impl RuntimeError {
                 }
                 RootfsError::BuildFailed { .. } | RootfsError::Store { .. } => ErrorClass::Internal,
             },
-            RuntimeError::Cgroup(CgroupError::SwapUnsupported(_)) => ErrorClass::FailedPrecondition,
+            RuntimeError::Cgroup(
+                CgroupError::SwapUnsupported(_) | CgroupError::NoPidsController(_),
+            ) => ErrorClass::FailedPrecondition,
             RuntimeError::StartFailed { failure, .. }
             | RuntimeError::ExecFailed { failure, .. } => match failure.step.as_str() {
                 "exec" | "workdir" => ErrorClass::InvalidArgument,
-                "state" => ErrorClass::FailedPrecondition,
+                // The node cannot grant what was asked (a capability its agent lacks).
+                "state" | "security" => ErrorClass::FailedPrecondition,
                 _ => ErrorClass::Internal,
             },
             RuntimeError::NotRunning { .. }
