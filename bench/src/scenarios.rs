@@ -152,13 +152,7 @@ pub async fn start_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, Stri
             0,
         ))?;
         let c = time_command(&mut ctr(env, &format!("hb-ctr-{i}")))?;
-        client
-            .remove_container(v1::RemoveContainerRequest {
-                id: name,
-                force: true,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+        remove_one(&mut client, name).await?;
         if i >= 2 {
             // The first two of each are warm-up.
             to_running.push(running);
@@ -358,16 +352,23 @@ pub async fn start_and_wait(
     creator.await.map_err(|e| e.to_string())?
 }
 
-/// Force-removes `prefix0` .. `prefix{count-1}`.
+/// Force-removes container `name`.
+async fn remove_one(client: &mut Client, name: String) -> Result<(), String> {
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            id: name,
+            force: true,
+        })
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Force-removes `prefix0` .. `prefix{count-1}`, as far as it can (a scenario's cleanup).
 pub async fn remove_many(client: &Client, prefix: &str, count: usize) {
     let mut client = client.clone();
     for i in 0..count {
-        let _ = client
-            .remove_container(v1::RemoveContainerRequest {
-                id: format!("{prefix}{i}"),
-                force: true,
-            })
-            .await;
+        let _ = remove_one(&mut client, format!("{prefix}{i}")).await;
     }
 }
 
@@ -515,13 +516,7 @@ pub async fn rootfs_size(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String
         for (rootfs, out) in [("busybox", &mut small), ("debian", &mut big)] {
             let name = format!("size-{rootfs}-{i}");
             let (_, exited) = hutch_sample(&mut client, &mut watch, &name, rootfs).await?;
-            client
-                .remove_container(v1::RemoveContainerRequest {
-                    id: name,
-                    force: true,
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            remove_one(&mut client, name).await?;
             if i >= 2 {
                 out.push(exited);
             }
