@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub max_concurrent_requests: Option<usize>,
     /// Bearer tokens allowed to call this agent (`TOKEN,NAME,ROLE` lines).
     pub tokens_file: Option<PathBuf>,
+    /// A join token (from `hutch token create`): get a node certificate on first start.
+    pub join_token: Option<String>,
 }
 
 /// The validated configuration.
@@ -87,6 +89,8 @@ pub struct AgentConfig {
     pub max_concurrent_requests: usize,
     /// The tokens file, when calls need tokens.
     pub tokens_file: Option<PathBuf>,
+    /// The join token, when the agent is to join a cluster with TLS.
+    pub join_token: Option<String>,
 }
 
 /// Why the configuration is invalid.
@@ -118,8 +122,9 @@ pub enum ConfigError {
     },
 }
 
-/// The safe default of both daemons: no TLS yet, so plaintext only on loopback, unless the
-/// operator says `insecure` (a private lab network, say) and takes the warning at each start.
+/// The safe default of both daemons: plaintext only on loopback, unless the operator says
+/// `insecure` (a private lab network, say) and takes the warning at each start; beyond
+/// loopback they serve TLS (an agent once it has joined).
 pub fn check_plaintext(listen: SocketAddr, insecure: bool) -> Result<(), String> {
     if listen.ip().is_loopback() || insecure {
         return Ok(());
@@ -190,7 +195,6 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         )
     })?;
     let insecure = over.insecure.or(file.insecure).unwrap_or(false);
-    check_plaintext(listen, insecure).map_err(|m| invalid("listen", m))?;
     let max_concurrent_requests = request_budget(
         over.max_concurrent_requests
             .or(file.max_concurrent_requests),
@@ -255,6 +259,16 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
             format!("listening on {listen}, the controller cannot know how to reach this agent: give --advertise HOST:PORT"),
         ));
     }
+    let join_token = over
+        .join_token
+        .or(file.join_token)
+        .filter(|t| !t.is_empty());
+    if join_token.is_some() && controller.is_none() {
+        return Err(invalid(
+            "join",
+            "a join token needs the controller to join: give --controller HOST:PORT".into(),
+        ));
+    }
     let labels = over.labels.or(file.labels).unwrap_or_default();
     for (k, v) in &labels {
         if k.is_empty() || k.contains('=') || k.contains(',') || v.contains(',') {
@@ -272,6 +286,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         controller_token: over.controller_token.or(file.controller_token),
         max_concurrent_requests,
         tokens_file: over.tokens_file.or(file.tokens_file),
+        join_token,
         listen,
         state_dir,
         rootfs_dir,
@@ -282,28 +297,70 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
     })
 }
 
+impl AgentConfig {
+    /// Whether the agent may serve as configured: with TLS (it has joined, or joins now)
+    /// anywhere; in plaintext on loopback, or beyond with `insecure`.
+    pub fn check_transport(&self, joined: bool) -> Result<(), ConfigError> {
+        if joined || self.join_token.is_some() {
+            return Ok(());
+        }
+        check_plaintext(self.listen, self.insecure).map_err(|m| ConfigError::Invalid {
+            field: "listen",
+            message: format!(
+                "{m}; or join a cluster with TLS: --join TOKEN (from `hutch token create`)"
+            ),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn plaintext_off_loopback_needs_insecure() {
-        let open = |listen: &str, insecure: Option<bool>| {
+    fn plaintext_off_loopback_needs_insecure_or_tls() {
+        let config = |listen: &str, insecure: Option<bool>, join: Option<&str>| {
             resolve(
                 FileConfig {
                     listen: Some(listen.into()),
                     insecure,
+                    join_token: join.map(String::from),
+                    controller: join.map(|_| "192.0.2.1:7000".into()),
+                    advertise: Some("192.0.2.10:7070".into()),
                     ..Default::default()
                 },
                 FileConfig::default(),
             )
+            .expect("config")
+        };
+        let open = |listen: &str, insecure: Option<bool>| {
+            config(listen, insecure, None).check_transport(false)
         };
         let err = open("192.0.2.10:7070", None).expect_err("refused");
         assert!(err.to_string().contains("--insecure"), "{err}");
+        assert!(err.to_string().contains("--join"), "{err}");
         assert!(open("0.0.0.0:7070", Some(false)).is_err());
-        assert!(open("192.0.2.10:7070", Some(true)).is_ok_and(|c| c.insecure));
+        assert!(open("192.0.2.10:7070", Some(true)).is_ok());
         assert!(open("127.0.0.1:7070", None).is_ok());
         assert!(open("[::1]:7070", None).is_ok());
+        assert!(config("192.0.2.10:7070", None, None)
+            .check_transport(true)
+            .is_ok());
+        assert!(config("192.0.2.10:7070", None, Some("HJ1.x"))
+            .check_transport(false)
+            .is_ok());
+        let no_controller = resolve(
+            FileConfig {
+                join_token: Some("HJ1.x".into()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .expect_err("join needs a controller");
+        assert!(
+            no_controller.to_string().starts_with("join"),
+            "{no_controller}"
+        );
     }
 
     #[test]

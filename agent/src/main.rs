@@ -18,9 +18,11 @@ use hutch_agent::rootfs::{BuildProgress, RootfsSource};
 use hutch_agent::runtime::state::Status;
 use hutch_agent::runtime::{ContainerInfo, Runtime, RuntimeConfig, RuntimeError};
 use hutch_agent::service::auth::Tokens;
+use hutch_agent::service::join;
 use hutch_agent::service::registration::Registration;
 use hutch_agent::service::server::ServeOptions;
 use hutch_agent::spec::{parse_namespaces, parse_size, ContainerSpec, IdMap};
+use hutch_pki::material::TlsMaterial;
 
 /// Exit code for errors of hutch itself (as `docker run` uses 125).
 const EXIT_HUTCH_ERROR: u8 = 125;
@@ -67,8 +69,9 @@ enum Command {
     ///
     /// Example: hutch-agent serve --listen 127.0.0.1:7070, then
     /// grpcurl -plaintext 127.0.0.1:7070 hutch.v1.Agent/NodeInfo.
-    /// In a cluster: hutch-agent serve --listen 10.0.0.5:7070 --controller http://10.0.0.1:7000
-    /// --label zone=a (registers, heartbeats, and registers again whenever needed).
+    /// In a cluster: hutch-agent serve --listen 10.0.0.5:7070 --controller 10.0.0.1:7000
+    /// --join TOKEN --label zone=a (joins once with a token from `hutch token create`, then
+    /// registers, heartbeats, and registers again whenever needed, over mutual TLS).
     Serve(ServeArgs),
     /// Build, list, inspect and remove root filesystems.
     #[command(subcommand)]
@@ -133,10 +136,20 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070]; port 0 picks a free port (printed).
     #[arg(long, env = "HUTCH_LISTEN")]
     listen: Option<String>,
-    /// Serve plaintext gRPC on a non-loopback address (refused otherwise: there is no TLS
-    /// yet, and whoever reaches the agent can run containers as root). Logs a warning.
+    /// Serve plaintext gRPC on a non-loopback address without having joined a cluster
+    /// with TLS (whoever reaches the agent can then run containers as root). Logs a warning.
     #[arg(long, env = "HUTCH_INSECURE")]
     insecure: bool,
+    /// Join the cluster with this token (from `hutch token create` on the controller): the
+    /// agent gets a node certificate, keeps it in STATE_DIR/tls, and from then on serves
+    /// and registers over mutual TLS. Ignored once the agent has joined.
+    #[arg(
+        long = "join",
+        env = "HUTCH_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    join_token: Option<String>,
     /// Requests worked on at once; more are answered RESOURCE_EXHAUSTED at once instead of
     /// queueing [default: 512].
     #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
@@ -310,7 +323,25 @@ fn main() -> ExitCode {
             }
         };
         let code = match cli.command {
-            Command::Serve(_) => serve(runtime.clone(), &config.agent, config.tokens.clone()).await,
+            Command::Serve(_) => {
+                let tls = match (config.tls.clone(), &config.agent.join_token) {
+                    (Some(tls), token) => {
+                        if token.is_some() {
+                            eprintln!(
+                                "hutch-agent: already joined ({}); --join ignored",
+                                tls.describe()
+                            );
+                        }
+                        Some(tls)
+                    }
+                    (None, Some(token)) => match join_node(&config.agent, token).await {
+                        Ok(tls) => Some(tls),
+                        Err(code) => return code,
+                    },
+                    (None, None) => None,
+                };
+                serve(runtime.clone(), &config.agent, config.tokens.clone(), tls).await
+            }
             command => match dispatch(&runtime, command).await {
                 Ok(code) => code,
                 Err(e) => {
@@ -329,6 +360,8 @@ struct Loaded {
     agent: AgentConfig,
     /// The tokens of `tokens_file`, read with the rest of the configuration.
     tokens: Option<Arc<Tokens>>,
+    /// The node certificate from an earlier join (serving only).
+    tls: Option<TlsMaterial>,
     cgroup_root: Option<CgroupPath>,
 }
 
@@ -359,6 +392,7 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
         controller_token: serve.and_then(|s| s.controller_token.clone()),
         max_concurrent_requests: serve.and_then(|s| s.max_concurrent_requests),
         tokens_file: serve.and_then(|s| s.tokens_file.clone()),
+        join_token: serve.and_then(|s| s.join_token.clone()),
     };
     let agent = config::resolve(over, file).map_err(|e| e.to_string())?;
     let cgroup_root = agent
@@ -372,26 +406,71 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
         .map(Tokens::load)
         .transpose()?
         .map(Arc::new);
+    let tls = match serve {
+        Some(_) => {
+            let tls = join::load(&agent.state_dir)
+                .map_err(|e| format!("{e} (the node certificate of an earlier join)"))?;
+            agent
+                .check_transport(tls.is_some())
+                .map_err(|e| e.to_string())?;
+            tls
+        }
+        None => None,
+    };
     Ok(Loaded {
         agent,
         tokens,
+        tls,
         cgroup_root,
     })
+}
+
+/// Joins the cluster of `config.controller` with `token`; on failure, says why and gives the
+/// exit code.
+async fn join_node(config: &AgentConfig, token: &str) -> Result<TlsMaterial, ExitCode> {
+    let controller = config.controller.as_deref().unwrap_or_default();
+    match join::join(controller, &config.name, token, &config.state_dir).await {
+        Ok(tls) => {
+            eprintln!(
+                "hutch-agent: joined the cluster of {controller}: node certificate {}, kept in {}",
+                tls.describe(),
+                join::tls_dir(&config.state_dir).display()
+            );
+            Ok(tls)
+        }
+        Err(e) => {
+            eprintln!("hutch-agent: cannot join: {e}");
+            Err(ExitCode::from(match e {
+                join::JoinError::BadToken(_) | join::JoinError::Refused(_) => EXIT_USAGE,
+                join::JoinError::Unreachable(_) => EXIT_HUTCH_ERROR,
+            }))
+        }
+    }
 }
 
 async fn serve(
     runtime: Arc<Runtime>,
     config: &AgentConfig,
     tokens: Option<Arc<Tokens>>,
+    tls: Option<TlsMaterial>,
 ) -> ExitCode {
-    let (listener, addr) = match hutch_agent::service::server::bind(config.listen).await {
-        Ok(bound) => bound,
-        Err(e) => {
-            eprintln!("hutch-agent: {e}");
-            return ExitCode::from(EXIT_HUTCH_ERROR);
+    let (listener, addr) =
+        match hutch_agent::service::server::bind(config.listen, tls.is_some()).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                eprintln!("hutch-agent: {e}");
+                return ExitCode::from(EXIT_HUTCH_ERROR);
+            }
+        };
+    println!(
+        "hutch-agent {} listening on {addr} ({})",
+        config.name,
+        if tls.is_some() {
+            "mutual TLS"
+        } else {
+            "plaintext"
         }
-    };
-    println!("hutch-agent {} listening on {addr}", config.name);
+    );
     let _ = std::io::stdout().flush();
     let shutdown = hutch_agent::service::server::shutdown_signal();
     let options = ServeOptions {
@@ -401,6 +480,7 @@ async fn serve(
         memory_reserve_bytes: config.memory_reserve_bytes,
         max_concurrent_requests: config.max_concurrent_requests,
         tokens,
+        tls,
         registration: config.controller.clone().map(|controller| Registration {
             controller,
             advertise: if config.listen.port() == 0 {

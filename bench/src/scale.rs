@@ -239,6 +239,7 @@ pub async fn controller_scale(
         "127.0.0.1:0"
             .parse()
             .map_err(|e: std::net::AddrParseError| e.to_string())?,
+        false,
     )
     .await?;
     let server = tokio::spawn(

@@ -11,6 +11,7 @@ use hutch_agent::spec::parse_size;
 use serde::Deserialize;
 
 use crate::cluster::{ClusterConfig, Secret};
+use crate::join::TlsSettings;
 use crate::scheduler::Strategy;
 
 /// Default listen address: loopback only.
@@ -52,6 +53,18 @@ pub struct FileConfig {
     pub max_concurrent_requests: Option<usize>,
     /// Bearer token sent to agents that require one (their tokens file names it).
     pub agent_token: Option<String>,
+    /// Serve TLS (and mutual TLS with agents) [default: on for a non-loopback address
+    /// without `insecure`].
+    pub tls: Option<bool>,
+    /// Where the cluster CA, the join tokens and the controller's files live
+    /// [default: DATA_DIR/tls].
+    pub tls_dir: Option<PathBuf>,
+    /// An operator's CA certificate (PEM) instead of the one made on first start.
+    pub tls_ca_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    pub tls_ca_key: Option<PathBuf>,
+    /// More names or addresses for the controller's certificate (e.g. a DNS name).
+    pub tls_san: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -69,6 +82,8 @@ pub struct ControllerConfig {
     pub tokens_file: Option<PathBuf>,
     /// Requests worked on at once before new ones are shed.
     pub max_concurrent_requests: usize,
+    /// TLS, when served.
+    pub tls: Option<TlsSettings>,
 }
 
 /// Reads a TOML config file.
@@ -102,7 +117,11 @@ fn duration(
 }
 
 /// Merges flags/env (`over`) over the file over defaults, and validates.
-pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, ConfigError> {
+pub fn resolve(
+    mut over: FileConfig,
+    mut file: FileConfig,
+) -> Result<ControllerConfig, ConfigError> {
+    let (tls_over, tls_file) = (tls_keys(&mut over), tls_keys(&mut file));
     let defaults = ClusterConfig::default();
     let listen_text = over
         .listen
@@ -115,7 +134,6 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
         )
     })?;
     let insecure = over.insecure.or(file.insecure).unwrap_or(false);
-    hutch_agent::config::check_plaintext(listen, insecure).map_err(|m| invalid("listen", m))?;
     let data_dir = over
         .data_dir
         .or(file.data_dir)
@@ -124,6 +142,16 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
         return Err(invalid(
             "data_dir",
             format!("'{}' must be an absolute path", data_dir.display()),
+        ));
+    }
+    let tls = tls_settings(&tls_over, &tls_file, listen, insecure, &data_dir)?;
+    let tokens_file = over.tokens_file.or(file.tokens_file);
+    if tls.is_none() {
+        hutch_agent::config::check_plaintext(listen, insecure).map_err(|m| invalid("listen", m))?;
+    } else if !listen.ip().is_loopback() && tokens_file.is_none() {
+        return Err(invalid(
+            "tokens_file",
+            format!("serving {listen} beyond loopback, clients must authenticate: give --tokens-file with TOKEN,NAME,ROLE lines (e.g. `$(openssl rand -hex 32),ops,admin`)"),
         ));
     }
     let strategy = match over.strategy.or(file.strategy) {
@@ -192,7 +220,8 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
     Ok(ControllerConfig {
         listen,
         insecure,
-        tokens_file: over.tokens_file.or(file.tokens_file),
+        tls,
+        tokens_file,
         max_concurrent_requests: hutch_agent::config::request_budget(
             over.max_concurrent_requests
                 .or(file.max_concurrent_requests),
@@ -201,6 +230,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
         data_dir,
         cluster: ClusterConfig {
             agent_token: over.agent_token.or(file.agent_token).map(Secret),
+            agent_tls: None,
             strategy,
             heartbeat_interval,
             not_ready_misses,
@@ -212,6 +242,71 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<ControllerConfig, C
             restart_backoff_max,
         },
     })
+}
+
+/// The TLS keys of `f`, taken out of it.
+fn tls_keys(f: &mut FileConfig) -> FileConfig {
+    FileConfig {
+        tls: f.tls,
+        tls_dir: f.tls_dir.take(),
+        tls_ca_cert: f.tls_ca_cert.take(),
+        tls_ca_key: f.tls_ca_key.take(),
+        tls_san: f.tls_san.take(),
+        ..Default::default()
+    }
+}
+
+/// TLS on or off, and where its files are: on when asked, or by default beyond loopback
+/// unless the operator chose `insecure`.
+fn tls_settings(
+    over: &FileConfig,
+    file: &FileConfig,
+    listen: SocketAddr,
+    insecure: bool,
+    data_dir: &Path,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let on = over
+        .tls
+        .or(file.tls)
+        .unwrap_or(!listen.ip().is_loopback() && !insecure);
+    if !on {
+        return Ok(None);
+    }
+    let pick = |a: &Option<PathBuf>, b: &Option<PathBuf>| a.clone().or_else(|| b.clone());
+    let ca_files = match (
+        pick(&over.tls_ca_cert, &file.tls_ca_cert),
+        pick(&over.tls_ca_key, &file.tls_ca_key),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(invalid(
+            "tls_ca_cert",
+            "give both tls_ca_cert and tls_ca_key, or neither (a CA is then made on first start)",
+        )),
+    };
+    let extra_names = over
+        .tls_san
+        .clone()
+        .or_else(|| file.tls_san.clone())
+        .unwrap_or_default();
+    for name in &extra_names {
+        let dns_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if name.parse::<std::net::IpAddr>().is_err() && !dns_ok {
+            return Err(invalid(
+                "tls_san",
+                format!("'{name}' is neither an IP address nor a DNS name"),
+            ));
+        }
+    }
+    Ok(Some(TlsSettings {
+        dir: pick(&over.tls_dir, &file.tls_dir).unwrap_or_else(|| data_dir.join("tls")),
+        ca_files,
+        extra_names,
+    }))
 }
 
 #[cfg(test)]
@@ -261,5 +356,57 @@ mod tests {
         })
         .starts_with("heartbeat_interval"));
         assert!(toml::from_str::<FileConfig>("stratgy = \"spread\"").is_err());
+    }
+
+    #[test]
+    fn tls_is_on_beyond_loopback_and_needs_tokens_there() {
+        let at = |listen: &str, f: FileConfig| {
+            resolve(
+                FileConfig {
+                    listen: Some(listen.into()),
+                    ..f
+                },
+                FileConfig::default(),
+            )
+        };
+        let tokens = || FileConfig {
+            tokens_file: Some("/etc/hutch/tokens".into()),
+            ..Default::default()
+        };
+        assert!(at("127.0.0.1:7000", FileConfig::default()).is_ok_and(|c| c.tls.is_none()));
+        let c = at("192.0.2.1:7000", tokens()).expect("tls");
+        let tls = c.tls.expect("on");
+        assert_eq!(tls.dir, PathBuf::from(DEFAULT_DATA_DIR).join("tls"));
+        let err = at("192.0.2.1:7000", FileConfig::default()).expect_err("no tokens");
+        assert!(err.to_string().starts_with("tokens_file"), "{err}");
+        let plain = at(
+            "192.0.2.1:7000",
+            FileConfig {
+                insecure: Some(true),
+                ..Default::default()
+            },
+        )
+        .expect("insecure");
+        assert!(plain.tls.is_none());
+        let forced = at(
+            "127.0.0.1:7000",
+            FileConfig {
+                tls: Some(true),
+                tls_san: Some(vec!["ctl.lab".into(), "bad name".into()]),
+                ..Default::default()
+            },
+        )
+        .expect_err("bad san");
+        assert!(forced.to_string().starts_with("tls_san"), "{forced}");
+        let half = at(
+            "127.0.0.1:7000",
+            FileConfig {
+                tls: Some(true),
+                tls_ca_cert: Some("/ca.crt".into()),
+                ..Default::default()
+            },
+        )
+        .expect_err("half a CA");
+        assert!(half.to_string().starts_with("tls_ca_cert"), "{half}");
     }
 }

@@ -13,12 +13,14 @@
 //! - [`agents`]: gRPC channels to agents.
 //! - [`service`]: the gRPC services and server.
 //! - [`config`]: configuration from flags, environment and file.
+//! - [`join`]: the cluster CA, the controller's certificate and join tokens.
 
 #![deny(missing_docs)]
 
 pub mod agents;
 pub mod cluster;
 pub mod config;
+pub mod join;
 pub mod rng;
 pub mod scheduler;
 pub mod service;

@@ -10,6 +10,7 @@ use clap::Parser;
 use hutch_agent::service::auth::Tokens;
 use hutch_controller::cluster::Cluster;
 use hutch_controller::config::{self, FileConfig};
+use hutch_controller::join::ClusterPki;
 use hutch_controller::store::RedbStore;
 
 /// Exit code for errors of hutch itself.
@@ -28,12 +29,18 @@ register through hutch.v1.Nodes and heartbeat. Every record lives in an embedded
 --data-dir and survives restarts.\n\n\
 Example: hutch-controller --listen 127.0.0.1:7000 --data-dir /var/lib/hutch-controller, then\n\
   grpcurl -plaintext 127.0.0.1:7000 hutch.v1.Controller/ListNodes\n\n\
+TLS: on a non-loopback address (or with --tls) the controller serves TLS. On its first start \
+it makes a cluster CA in DATA_DIR/tls; agents join with a token from `hutch token create` \
+(`hutch-agent serve --join TOKEN`) and get a node certificate; controller and agents then \
+speak mutual TLS. Clients trust DATA_DIR/tls/ca.crt and send bearer tokens (--tokens-file), \
+e.g. grpcurl -cacert ca.crt -H 'authorization: Bearer TOKEN' HOST:7000 list.\n\n\
 Settings come from flags, then HUTCH_* environment variables, then the TOML file given with \
 --config, then defaults."
 )]
 struct Cli {
-    /// TOML config file (keys: listen, insecure, tokens_file, agent_token,
-    /// max_concurrent_requests, data_dir, strategy, heartbeat_interval,
+    /// TOML config file (keys: listen, insecure, tls, tls_dir, tls_ca_cert, tls_ca_key,
+    /// tls_san, tokens_file, agent_token, max_concurrent_requests, data_dir, strategy,
+    /// heartbeat_interval,
     /// not_ready_misses, down_after, default_memory_reservation, event_keep,
     /// watch_buffer, restart_backoff, restart_backoff_max).
     #[arg(long, env = "HUTCH_CONFIG")]
@@ -41,10 +48,27 @@ struct Cli {
     /// Address to listen on [default: 127.0.0.1:7000]; port 0 picks a free port (printed).
     #[arg(long, env = "HUTCH_LISTEN")]
     listen: Option<String>,
-    /// Serve plaintext gRPC on a non-loopback address (refused otherwise: there is no TLS
-    /// yet, and anyone who reaches it can run containers on every node). Logs a warning.
+    /// Serve plaintext gRPC on a non-loopback address instead of TLS (anyone who reaches it
+    /// can then run containers on every node). Logs a warning at every start.
     #[arg(long, env = "HUTCH_INSECURE")]
     insecure: bool,
+    /// Serve TLS also on loopback (it is on by default beyond loopback).
+    #[arg(long, env = "HUTCH_TLS")]
+    tls: bool,
+    /// Where the cluster CA (made on first start), join tokens and the controller's
+    /// certificate live [default: DATA_DIR/tls].
+    #[arg(long, env = "HUTCH_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Use this CA certificate (PEM) instead of making one; needs --tls-ca-key.
+    #[arg(long, env = "HUTCH_TLS_CA_CERT", requires = "tls_ca_key")]
+    tls_ca_cert: Option<PathBuf>,
+    /// The key (PEM) of --tls-ca-cert.
+    #[arg(long, env = "HUTCH_TLS_CA_KEY", requires = "tls_ca_cert")]
+    tls_ca_key: Option<PathBuf>,
+    /// Another name or address for the controller's certificate (this host's names and
+    /// addresses are always in it); repeat for several.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_san: Vec<String>,
     /// Require bearer tokens: a file of `TOKEN,NAME,ROLE` lines (roles: admin, read-only,
     /// node). Without it every call is let through (fine on loopback).
     #[arg(long, env = "HUTCH_TOKENS_FILE")]
@@ -126,8 +150,13 @@ fn main() -> ExitCode {
         tokens_file: cli.tokens_file,
         max_concurrent_requests: cli.max_concurrent_requests,
         agent_token: cli.agent_token,
+        tls: cli.tls.then_some(true),
+        tls_dir: cli.tls_dir,
+        tls_ca_cert: cli.tls_ca_cert,
+        tls_ca_key: cli.tls_ca_key,
+        tls_san: (!cli.tls_san.is_empty()).then_some(cli.tls_san),
     };
-    let config = match config::resolve(over, file) {
+    let mut config = match config::resolve(over, file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hutch-controller: invalid configuration: {e}");
@@ -147,6 +176,28 @@ fn main() -> ExitCode {
             config.listen
         );
     }
+    let pki = match config.tls.as_ref().map(ClusterPki::open).transpose() {
+        Ok(Some((pki, created))) => {
+            let dir = config.tls.as_ref().map(|t| t.dir.display().to_string());
+            let made = if created {
+                "made a new cluster CA"
+            } else {
+                "cluster CA"
+            };
+            eprintln!(
+                "hutch-controller: TLS on; {made} in {}, fingerprint {}",
+                dir.unwrap_or_default(),
+                pki.fingerprint()
+            );
+            config.cluster.agent_tls = Some(pki.material().clone());
+            Some(Arc::new(pki))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("hutch-controller: TLS: {e}");
+            return ExitCode::from(EXIT_HUTCH_ERROR);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -172,15 +223,17 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
-        let (listener, addr) = match hutch_agent::service::server::bind(config.listen).await {
-            Ok(bound) => bound,
-            Err(e) => {
-                eprintln!("hutch-controller: {e}");
-                return ExitCode::from(EXIT_HUTCH_ERROR);
-            }
-        };
+        let (listener, addr) =
+            match hutch_agent::service::server::bind(config.listen, pki.is_some()).await {
+                Ok(bound) => bound,
+                Err(e) => {
+                    eprintln!("hutch-controller: {e}");
+                    return ExitCode::from(EXIT_HUTCH_ERROR);
+                }
+            };
         println!(
-            "hutch-controller listening on {addr} (revision {}, strategy {})",
+            "hutch-controller listening on {addr} ({}, revision {}, strategy {})",
+            if pki.is_some() { "TLS" } else { "plaintext" },
             cluster.revision(),
             config.cluster.strategy
         );
@@ -189,6 +242,7 @@ fn main() -> ExitCode {
         let limits = hutch_controller::service::server::Limits {
             tokens,
             max_concurrent_requests: config.max_concurrent_requests,
+            pki,
         };
         match hutch_controller::service::server::serve(cluster, listener, limits, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

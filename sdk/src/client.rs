@@ -18,14 +18,18 @@ use crate::spec::ContainerSpec;
 /// A stream of items from the cluster.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
 
-/// Where the controller's CA and this client's certificate come from (mutual TLS). hutch's
-/// servers do not speak TLS yet; setting this is refused until they do.
+/// TLS to a controller that serves it: the cluster CA to trust (the controller's
+/// `DATA_DIR/tls/ca.crt`), and optionally a certificate of this client's own.
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
-    /// PEM of the CA that signed the controller's certificate.
+    /// PEM of the cluster CA.
     pub ca_pem: Vec<u8>,
-    /// PEM of this client's certificate and key, for mutual TLS.
+    /// PEM of this client's certificate and key, for mutual TLS (clients usually send a
+    /// bearer token instead).
     pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the controller's certificate must carry [default: `controller.hutch`,
+    /// which every hutch controller's has, whatever address is dialed].
+    pub server_name: Option<String>,
 }
 
 /// How to connect.
@@ -75,25 +79,36 @@ impl Client {
         Client::connect_with(url, ClientOptions::default()).await
     }
 
-    /// Connects with explicit options.
+    /// Connects with explicit options. With `tls`, the URL's scheme becomes `https`; an
+    /// `https` URL without `tls` is refused (there is no CA to trust).
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
-        let url = if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("http://{url}")
-        };
-        if options.tls.is_some() {
-            return Err(Error::InvalidInput(
-                "TLS is not offered by hutch's servers yet; connect over plaintext on a trusted network".into(),
-            ));
+        let bare = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or(url);
+        if url.starts_with("https://") && options.tls.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "{url} serves TLS: give the cluster CA (hutch --ca-cert FILE, HUTCH_CA_CERT; the controller's DATA_DIR/tls/ca.crt)"
+            )));
         }
-        let endpoint = Endpoint::from_shared(url.clone())
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{bare}");
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::InvalidInput(format!("controller URL '{url}': {e}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &options.tls {
+            endpoint = endpoint
+                .tls_config(tls_config(tls))
+                .map_err(|e| Error::InvalidInput(format!("TLS settings: {e}")))?;
+        }
         let channel = endpoint.connect().await.map_err(|e| Error::Connect {
             url: url.clone(),
-            message: source_chain(&e),
+            message: hutch_proto::error_chain(&e),
         })?;
         let token = BearerToken::new(options.token.as_deref())
             .map_err(|e| Error::InvalidInput(format!("token: {e}")))?;
@@ -102,6 +117,23 @@ impl Client {
                 .max_decoding_message_size(64 << 20),
             request_timeout: options.request_timeout,
         })
+    }
+
+    /// A join token for agents (`hutch-agent serve --join TOKEN`), valid for `ttl`
+    /// (`None`: the controller's default, 1 hour). Needs an admin and a controller serving TLS.
+    pub async fn create_join_token(
+        &self,
+        ttl: Option<Duration>,
+        description: &str,
+    ) -> Result<v1::CreateJoinTokenResponse> {
+        Ok(self
+            .rpc()
+            .create_join_token(self.request(v1::CreateJoinTokenRequest {
+                ttl_seconds: ttl.map_or(0, |d| d.as_secs().max(1)),
+                description: description.into(),
+            }))
+            .await?
+            .into_inner())
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -246,14 +278,18 @@ impl Client {
     }
 }
 
-/// An error and its causes on one line.
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
+/// tonic's TLS settings for `tls`.
+fn tls_config(tls: &TlsOptions) -> tonic::transport::ClientTlsConfig {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .domain_name(
+            tls.server_name
+                .as_deref()
+                .unwrap_or(hutch_proto::auth::CONTROLLER_TLS_NAME),
+        );
+    if let Some((cert, key)) = &tls.identity_pem {
+        config = config.identity(Identity::from_pem(cert, key));
     }
-    out
+    config
 }

@@ -1,14 +1,18 @@
-//! Bearer-token authentication with roles, as a tower service wrapped around each gRPC
-//! service of both daemons.
+//! Who may call: bearer tokens with roles, and the certificates of the cluster CA, checked
+//! by a tower service wrapped around each gRPC service of both daemons.
 //!
 //! Tokens come from a static file (`tokens_file`), one `TOKEN,NAME,ROLE` per line, as
 //! Kubernetes' static token file: `admin` may do everything, `read-only` may get, list,
-//! watch and read logs and events, `node` may only register and heartbeat at a controller
-//! (what agents send). An agent's tokens file names who may drive it: the controller (its
-//! `agent_token`) and local administrators. Without a tokens file every call is let through
-//! (the loopback quick start). Health checks and reflection stay open: they reveal only the
-//! API's shape.
+//! watch and read logs and events, `node` may only register and heartbeat at a controller.
+//! Over TLS, a caller may instead present a certificate of the cluster CA: the controller's
+//! is an admin at agents, a node's may register and heartbeat at the controller (under its
+//! own name only, see [`Peer`] in the request's extensions), and nothing else. A controller
+//! serving TLS registers agents by certificate only. Without a tokens file, a plaintext
+//! daemon lets every call through (the loopback quick start); an agent serving TLS never
+//! does. Health checks, reflection and `Nodes/Join` stay open: the first two reveal only
+//! the API's shape, and a join carries its own credential, the join token.
 
+pub use hutch_pki::peer::Peer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -120,11 +124,12 @@ impl Tokens {
 }
 
 /// The least role a method needs (`path` is `/package.Service/Method`); `None` when it
-/// needs no token at all.
+/// needs no credential at all.
 fn needed_role(path: &str) -> Option<Role> {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match service {
+        "hutch.v1.Nodes" if method == "Join" => None,
         "hutch.v1.Nodes" => Some(Role::Node),
         "hutch.v1.Controller" | "hutch.v1.Agent" => {
             let reads = ["Get", "List", "Watch"]
@@ -138,26 +143,75 @@ fn needed_role(path: &str) -> Option<Role> {
     }
 }
 
-/// Whether a call to `path` with `authorization` may go on. Pure: the whole policy.
-pub fn authorize(tokens: &Tokens, authorization: Option<&str>, path: &str) -> Result<(), Status> {
+/// Who may call a daemon.
+#[derive(Debug, Default, Clone)]
+pub struct Policy {
+    /// Bearer tokens, when the daemon has a tokens file.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Let a caller with neither a token nor a certificate in (a plaintext daemon without a
+    /// tokens file: the loopback quick start).
+    pub open: bool,
+    /// `Nodes` calls need a node certificate (a controller serving TLS).
+    pub nodes_need_certificate: bool,
+}
+
+impl Policy {
+    /// An agent's: over TLS, only the controller's certificate and tokens of the file.
+    pub fn agent(tokens: Option<Arc<Tokens>>, tls: bool) -> Policy {
+        Policy {
+            open: tokens.is_none() && !tls,
+            tokens,
+            nodes_need_certificate: false,
+        }
+    }
+
+    /// A controller's: clients by token (all of them without a tokens file), agents by node
+    /// certificate when it serves TLS.
+    pub fn controller(tokens: Option<Arc<Tokens>>, tls: bool) -> Policy {
+        Policy {
+            open: tokens.is_none(),
+            tokens,
+            nodes_need_certificate: tls,
+        }
+    }
+}
+
+/// Whether a call to `path` by `peer` (a certificate, over TLS) with `authorization` may go
+/// on. Pure: the whole policy.
+pub fn authorize(
+    policy: &Policy,
+    peer: Option<&Peer>,
+    authorization: Option<&str>,
+    path: &str,
+) -> Result<(), Status> {
     let Some(needed) = needed_role(path) else {
         return Ok(());
     };
-    let Some(header) = authorization else {
+    if needed == Role::Node && policy.nodes_need_certificate && !matches!(peer, Some(Peer::Node(_)))
+    {
         return Err(Status::unauthenticated(
-            "this server requires a bearer token: send 'authorization: Bearer TOKEN' (hutch --token, HUTCH_TOKEN; grpcurl -H)",
+            "this controller registers agents by the node certificate they get when they join: start the agent with `hutch-agent serve --join TOKEN` (a token from `hutch token create`)",
         ));
+    }
+    let (who, role) = match peer {
+        Some(p @ Peer::Controller) => (p.describe(), Role::Admin),
+        Some(p @ Peer::Node(_)) => (p.describe(), Role::Node),
+        None => match (&policy.tokens, authorization) {
+            (Some(tokens), Some(header)) => token_role(tokens, header)?,
+            _ if policy.open => return Ok(()),
+            (Some(_), None) => {
+                return Err(Status::unauthenticated(
+                    "this server requires a bearer token: send 'authorization: Bearer TOKEN' (hutch --token, HUTCH_TOKEN; grpcurl -H)",
+                ))
+            }
+            (None, _) => {
+                return Err(Status::unauthenticated(
+                    "this agent takes calls from its controller's certificate only (it has no tokens file for local administrators: start it with --tokens-file to add some)",
+                ))
+            }
+        },
     };
-    let Some(token) = header.strip_prefix("Bearer ") else {
-        return Err(Status::unauthenticated(
-            "the authorization header must be 'Bearer TOKEN'",
-        ));
-    };
-    let Some((name, role)) = tokens.by_token.get(token.trim()) else {
-        return Err(Status::unauthenticated("unknown token"));
-    };
-    let allowed = *role == Role::Admin || *role == needed;
-    if allowed {
+    if role == Role::Admin || role == needed {
         return Ok(());
     }
     let method = path.rsplit('/').next().unwrap_or(path);
@@ -167,22 +221,46 @@ pub fn authorize(tokens: &Tokens, authorization: Option<&str>, path: &str) -> Re
         Role::Node => "a node or admin",
     };
     Err(Status::permission_denied(format!(
-        "token '{name}' ({}) may not call {method}: it needs {what} token",
+        "{who} ({}) may not call {method}: it needs {what} credential",
         role.name()
     )))
 }
 
-/// A gRPC service behind [`authorize`].
+/// The caller's name and role for an `authorization` header.
+fn token_role(tokens: &Tokens, header: &str) -> Result<(String, Role), Status> {
+    let Some(token) = header.strip_prefix("Bearer ") else {
+        return Err(Status::unauthenticated(
+            "the authorization header must be 'Bearer TOKEN'",
+        ));
+    };
+    let Some((name, role)) = tokens.by_token.get(token.trim()) else {
+        return Err(Status::unauthenticated("unknown token"));
+    };
+    Ok((format!("token '{name}'"), *role))
+}
+
+/// The cluster certificate a TLS caller presented, if any.
+fn peer_of(request: &http::Request<Body>) -> Option<Peer> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?;
+    Peer::of_certificate(certs.first()?)
+}
+
+/// A gRPC service behind [`authorize`]. The caller's [`Peer`], when it presented a
+/// certificate, goes into the request's extensions.
 #[derive(Clone)]
 pub struct Authed<S> {
     inner: S,
-    tokens: Option<Arc<Tokens>>,
+    policy: Arc<Policy>,
 }
 
 impl<S> Authed<S> {
-    /// Wraps `inner`; with `tokens` `None` every call goes through.
-    pub fn new(inner: S, tokens: Option<Arc<Tokens>>) -> Self {
-        Authed { inner, tokens }
+    /// Wraps `inner`.
+    pub fn new(inner: S, policy: Arc<Policy>) -> Self {
+        Authed { inner, policy }
     }
 }
 
@@ -205,16 +283,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if let Some(tokens) = &self.tokens {
-            let header = request
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            if let Err(status) = authorize(tokens, header, request.uri().path()) {
-                tracing::info!(path = %request.uri().path(), code = ?status.code(), "refused: {}", status.message());
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let peer = peer_of(&request);
+        let header = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if let Err(status) = authorize(&self.policy, peer.as_ref(), header, request.uri().path()) {
+            tracing::info!(path = %request.uri().path(), code = ?status.code(), "refused: {}", status.message());
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
         }
         Box::pin(self.inner.call(request))
     }
@@ -231,9 +311,9 @@ mod tests {
 
     #[test]
     fn roles_decide_by_method() {
-        let t = Tokens::parse(FILE).expect("parse");
+        let t = Policy::controller(Some(Arc::new(Tokens::parse(FILE).expect("parse"))), false);
         let call = |token: &str, path: &str| {
-            authorize(&t, Some(&format!("Bearer {token}")), path).map_err(|s| s.code())
+            authorize(&t, None, Some(&format!("Bearer {token}")), path).map_err(|s| s.code())
         };
         let create = "/hutch.v1.Controller/CreateContainer";
         let list = "/hutch.v1.Controller/ListContainers";
@@ -258,10 +338,10 @@ mod tests {
             Err(tonic::Code::Unauthenticated)
         );
         assert_eq!(
-            authorize(&t, None, list).map_err(|s| s.code()),
+            authorize(&t, None, None, list).map_err(|s| s.code()),
             Err(tonic::Code::Unauthenticated)
         );
-        assert!(authorize(&t, None, "/grpc.health.v1.Health/Check").is_ok());
+        assert!(authorize(&t, None, None, "/grpc.health.v1.Health/Check").is_ok());
         assert_eq!(
             call(&"b".repeat(24), "/hutch.v1.Agent/RunContainer"),
             Err(tonic::Code::PermissionDenied)
@@ -270,6 +350,69 @@ mod tests {
         assert_eq!(
             call(&"a".repeat(24), "/hutch.v1.Agent/RunContainer"),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn certificates_decide_over_tls() {
+        let tokens = Some(Arc::new(Tokens::parse(FILE).expect("parse")));
+        let controller = Peer::Controller;
+        let node = Peer::Node("n1".into());
+        let code = |policy: &Policy, peer: Option<&Peer>, token: Option<&str>, path: &str| {
+            let header = token.map(|t| format!("Bearer {t}"));
+            authorize(policy, peer, header.as_deref(), path).map_err(|s| s.code())
+        };
+        let run = "/hutch.v1.Agent/RunContainer";
+        // An agent over TLS without a tokens file obeys its controller only.
+        let agent = Policy::agent(None, true);
+        assert_eq!(code(&agent, Some(&controller), None, run), Ok(()));
+        assert_eq!(
+            code(&agent, None, None, run),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(&agent, Some(&node), None, run),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(
+            code(&agent, None, Some(&"a".repeat(24)), run),
+            Err(tonic::Code::Unauthenticated)
+        );
+        // With a tokens file, local administrators come in by token.
+        let agent = Policy::agent(tokens.clone(), true);
+        assert_eq!(code(&agent, None, Some(&"a".repeat(24)), run), Ok(()));
+        // A plaintext agent without tokens stays open (loopback only).
+        assert_eq!(code(&Policy::agent(None, false), None, None, run), Ok(()));
+        // A TLS controller registers agents by node certificate, never by token alone.
+        let ctl = Policy::controller(tokens, true);
+        let register = "/hutch.v1.Nodes/Register";
+        assert_eq!(code(&ctl, Some(&node), None, register), Ok(()));
+        assert_eq!(
+            code(&ctl, None, Some(&"c".repeat(24)), register),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(
+                &ctl,
+                Some(&node),
+                None,
+                "/hutch.v1.Controller/ListContainers"
+            ),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(code(&ctl, None, None, "/hutch.v1.Nodes/Join"), Ok(()));
+        assert_eq!(
+            code(&ctl, None, None, "/hutch.v1.Controller/CreateJoinToken"),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(
+                &ctl,
+                None,
+                Some(&"b".repeat(24)),
+                "/hutch.v1.Controller/CreateJoinToken"
+            ),
+            Err(tonic::Code::PermissionDenied)
         );
     }
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod join;
 pub mod logs;
 pub mod registration;
 pub mod reporter;

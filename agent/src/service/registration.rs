@@ -1,12 +1,15 @@
 //! The agent's side of the cluster: register with the controller, then heartbeat at the
 //! interval it asks for. When the controller is away or asks for it (it restarted, or had
 //! declared this node down), register again, with exponential backoff between attempts.
+//! An agent that joined calls the controller over mutual TLS, presenting its node
+//! certificate and accepting only the controller's.
 
 use hutch_proto::auth::BearerToken;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hutch_pki::material::TlsMaterial;
 use hutch_proto::v1;
 use hutch_proto::v1::nodes_client::NodesClient;
 use tonic::transport::{Channel, Endpoint};
@@ -34,15 +37,6 @@ pub struct Registration {
 }
 
 type Client = NodesClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
-
-/// The controller URL with a scheme.
-pub fn controller_url(controller: &str) -> String {
-    if controller.contains("://") {
-        controller.to_string()
-    } else {
-        format!("http://{controller}")
-    }
-}
 
 fn rootfs_names(core: &AgentCore) -> Vec<String> {
     let mut names: Vec<String> = core
@@ -82,16 +76,23 @@ fn heartbeat_request(core: &AgentCore, session: &str) -> v1::HeartbeatRequest {
     }
 }
 
-/// Registers and heartbeats until the agent shuts down.
-pub async fn run(core: Arc<AgentCore>, reg: Registration) {
-    let url = controller_url(&reg.controller);
-    let endpoint = match Endpoint::from_shared(url.clone()) {
-        Ok(e) => e
+/// Registers and heartbeats until the agent shuts down; over mutual TLS with `tls`.
+pub async fn run(core: Arc<AgentCore>, reg: Registration, tls: Option<TlsMaterial>) {
+    let url = hutch_pki::material::url_for(&reg.controller, tls.is_some());
+    let endpoint = Endpoint::from_shared(url.clone()).and_then(|e| {
+        let e = e
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT)
-            .tcp_nodelay(true),
+            .tcp_nodelay(true);
+        match &tls {
+            Some(m) => e.tls_config(m.client_config(hutch_pki::CONTROLLER_NAME)),
+            None => Ok(e),
+        }
+    });
+    let endpoint = match endpoint {
+        Ok(e) => e,
         Err(e) => {
-            tracing::error!(controller = %url, "invalid controller URL: {e}");
+            tracing::error!(controller = %url, "invalid controller URL or TLS settings: {e}");
             return;
         }
     };
@@ -121,7 +122,7 @@ pub async fn run(core: Arc<AgentCore>, reg: Registration) {
                 tracing::warn!(controller = %url, "registering again: {why}");
             }
             Err(s) => {
-                tracing::warn!(controller = %url, "cannot register (retrying in {pause:?}): {}", s.message());
+                tracing::warn!(controller = %url, "cannot register (retrying in {pause:?}): {}", hutch_proto::status_text(&s));
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = closing.changed() => return,

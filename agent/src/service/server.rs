@@ -51,8 +51,11 @@ pub struct ServeOptions {
     pub registration: Option<super::registration::Registration>,
     /// Requests worked on at once before new ones are shed (see [`Limited`]).
     pub max_concurrent_requests: usize,
-    /// Bearer tokens allowed to call; `None` lets every call through.
+    /// Bearer tokens of local administrators, from the tokens file.
     pub tokens: Option<Arc<super::auth::Tokens>>,
+    /// The node certificate this agent got by joining: serve mutual TLS with it, and
+    /// register with the controller over it.
+    pub tls: Option<hutch_pki::material::TlsMaterial>,
 }
 
 /// Opens the event log, reconciles what happened while the agent was away, and serves on
@@ -79,11 +82,16 @@ pub async fn serve(
         closing: tokio::sync::watch::channel(false).0,
     });
 
-    let (router, health) = base_router()?;
+    let (router, health) = base_router(options.tls.as_ref())?;
     health.set_serving::<AgentServer<AgentService>>().await;
     if let Some(reg) = options.registration {
-        tokio::spawn(super::registration::run(core.clone(), reg));
+        tokio::spawn(super::registration::run(
+            core.clone(),
+            reg,
+            options.tls.clone(),
+        ));
     }
+    let policy = super::auth::Policy::agent(options.tokens, options.tls.is_some());
 
     let budget = Arc::new(tokio::sync::Semaphore::new(
         options.max_concurrent_requests.max(1),
@@ -91,7 +99,7 @@ pub async fn serve(
     let agent = AgentServer::new(AgentService::new(core.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let agent = super::auth::Authed::new(Limited::new(agent, budget), options.tokens);
+    let agent = super::auth::Authed::new(Limited::new(agent, budget), Arc::new(policy));
     let draining = {
         let core = core.clone();
         async move {
@@ -106,8 +114,11 @@ pub async fn serve(
 }
 
 /// A server with the services every hutch daemon offers: `grpc.health.v1.Health` and
-/// reflection in both versions, plus the health reporter to mark its own services.
-pub fn base_router() -> Result<(Router, HealthReporter), ServeError> {
+/// reflection in both versions, plus the health reporter to mark its own services. With
+/// `tls`, it serves TLS only, asking callers for a certificate of the cluster CA.
+pub fn base_router(
+    tls: Option<&hutch_pki::material::TlsMaterial>,
+) -> Result<(Router, HealthReporter), ServeError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(hutch_proto::FILE_DESCRIPTOR_SET)
@@ -120,7 +131,13 @@ pub fn base_router() -> Result<(Router, HealthReporter), ServeError> {
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls.server_config())
+            .map_err(|e| ServeError::Transport(format!("TLS: {}", hutch_proto::error_chain(&e))))?;
+    }
+    let router = server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -221,9 +238,12 @@ pub async fn shutdown_signal() {
 }
 
 /// Binds `listen` for a daemon; returns the listener and the address it got (port 0 picks
-/// one). A non-loopback address gets here only with `insecure` (see
+/// one). A non-loopback address without `tls` gets here only with `insecure` (see
 /// [`crate::config::check_plaintext`]); it is warned about at every start.
-pub async fn bind(listen: std::net::SocketAddr) -> Result<(TcpListener, String), String> {
+pub async fn bind(
+    listen: std::net::SocketAddr,
+    tls: bool,
+) -> Result<(TcpListener, String), String> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -231,7 +251,7 @@ pub async fn bind(listen: std::net::SocketAddr) -> Result<(TcpListener, String),
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    if !listen.ip().is_loopback() {
+    if !listen.ip().is_loopback() && !tls {
         tracing::warn!(%addr, "--insecure: serving plaintext gRPC on a non-loopback address; anyone who can reach it can run containers as root");
     }
     Ok((listener, addr))

@@ -172,6 +172,7 @@ impl TestHost {
             registration: None,
             max_concurrent_requests: hutch_agent::service::server::DEFAULT_MAX_CONCURRENT_REQUESTS,
             tokens: None,
+            tls: None,
         };
         let task = tokio::spawn(hutch_agent::service::server::serve(
             options,

@@ -56,6 +56,8 @@ pub struct ClusterConfig {
     pub restart_backoff_max: Duration,
     /// Bearer token sent to agents (those started with a tokens file need one).
     pub agent_token: Option<Secret>,
+    /// The controller's TLS material: agents are called over mutual TLS with it.
+    pub agent_tls: Option<hutch_pki::material::TlsMaterial>,
 }
 
 /// A value kept out of logs and debug output.
@@ -81,6 +83,7 @@ impl Default for ClusterConfig {
             restart_backoff: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(60),
             agent_token: None,
+            agent_tls: None,
         }
     }
 }
@@ -225,8 +228,11 @@ impl Cluster {
             .map(|c| (c.name.clone(), c))
             .collect();
         let watchers = broadcast::channel(config.watch_buffer.max(1)).0;
-        let agents = AgentPool::new(config.agent_token.as_ref().map(|s| s.0.as_str()))
-            .map_err(ClusterError::InvalidArgument)?;
+        let agents = AgentPool::new(
+            config.agent_token.as_ref().map(|s| s.0.as_str()),
+            config.agent_tls.clone(),
+        )
+        .map_err(ClusterError::InvalidArgument)?;
         let cluster = Arc::new(Cluster {
             config,
             store,

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::records::current_agent_id;
 use crate::cluster::{Cluster, ClusterError};
+use crate::join::ClusterPki;
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -29,12 +30,22 @@ pub struct ControllerService {
     cluster: Arc<Cluster>,
     /// Turns true when the controller shuts down: long-lived streams end then.
     closing: watch::Receiver<bool>,
+    /// The cluster CA and join tokens, when the controller serves TLS.
+    pki: Option<Arc<ClusterPki>>,
 }
 
 impl ControllerService {
     /// A service over `cluster`; its streams end when `closing` turns true.
-    pub fn new(cluster: Arc<Cluster>, closing: watch::Receiver<bool>) -> Self {
-        ControllerService { cluster, closing }
+    pub fn new(
+        cluster: Arc<Cluster>,
+        closing: watch::Receiver<bool>,
+        pki: Option<Arc<ClusterPki>>,
+    ) -> Self {
+        ControllerService {
+            cluster,
+            closing,
+            pki,
+        }
     }
 
     /// The node running `id` and the id of its copy there, for proxied calls.
@@ -336,6 +347,27 @@ impl Controller for ControllerService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         self.cluster.build_rootfs(request.into_inner(), tx).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<v1::CreateJoinTokenRequest>,
+    ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
+        let req = request.into_inner();
+        let pki = self.pki.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this controller serves without TLS, so agents cannot join with a token: start it with --tls (or on a non-loopback address)",
+            )
+        })?;
+        let ttl = std::time::Duration::from_secs(req.ttl_seconds);
+        let (token, expires) = pki.create_token(ttl, &req.description)?;
+        tracing::info!(token_id = %token.id, description = %req.description, "join token created");
+        Ok(Response::new(v1::CreateJoinTokenResponse {
+            token: token.to_string(),
+            id: token.id,
+            expires_at: Some(prost_types::Timestamp::from(expires)),
+            ca_fingerprint: token.ca_fingerprint,
+        }))
     }
 
     async fn remove_rootfs(

@@ -1,4 +1,5 @@
-//! `hutch.v1.Nodes`: what agents call to register and heartbeat.
+//! `hutch.v1.Nodes`: what agents call to join, register and heartbeat. Over TLS an agent
+//! registers and heartbeats only under the node name its certificate was issued for.
 
 use std::sync::Arc;
 
@@ -7,17 +8,30 @@ use hutch_proto::v1::nodes_server::Nodes;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::Cluster;
+use crate::join::ClusterPki;
+use hutch_agent::service::auth::Peer;
 
 /// The agents' side of the controller.
 #[derive(Clone)]
 pub struct NodesService {
     cluster: Arc<Cluster>,
+    pki: Option<Arc<ClusterPki>>,
 }
 
 impl NodesService {
-    /// A service over `cluster`.
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        NodesService { cluster }
+    /// A service over `cluster`; agents can join when there is a `pki`.
+    pub fn new(cluster: Arc<Cluster>, pki: Option<Arc<ClusterPki>>) -> Self {
+        NodesService { cluster, pki }
+    }
+}
+
+/// Refuses a node certificate used for another node's name.
+fn check_name<T>(request: &Request<T>, name: &str) -> Result<(), Status> {
+    match request.extensions().get::<Peer>() {
+        Some(Peer::Node(certified)) if certified != name => Err(Status::permission_denied(format!(
+            "node certificate '{certified}' cannot act as node '{name}': an agent registers under the name it joined with"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -27,6 +41,7 @@ impl Nodes for NodesService {
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        check_name(&request, &request.get_ref().name)?;
         let req = request.into_inner();
         let response = self
             .cluster
@@ -39,10 +54,36 @@ impl Nodes for NodesService {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        check_name(&request, &request.get_ref().name)?;
         let req = request.into_inner();
         self.cluster
             .commit_blocking(move |c| c.heartbeat(req))
             .await?;
         Ok(Response::new(v1::HeartbeatResponse {}))
+    }
+
+    async fn join(
+        &self,
+        request: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinResponse>, Status> {
+        let req = request.into_inner();
+        let pki = self.pki.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this controller serves without TLS: agents register without joining (drop --join)",
+            )
+        })?;
+        let (certificate_pem, expires) = match pki.join(&req.token, &req.name, &req.csr_pem) {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::warn!(node = %req.name, "join refused: {e}");
+                return Err(e.into());
+            }
+        };
+        tracing::info!(node = %req.name, "node joined: certificate issued");
+        Ok(Response::new(v1::JoinResponse {
+            certificate_pem,
+            ca_pem: pki.ca_pem().to_string(),
+            expires_at: Some(prost_types::Timestamp::from(expires)),
+        }))
     }
 }

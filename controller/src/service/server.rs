@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use hutch_agent::service::auth::{Authed, Tokens};
+use hutch_agent::service::auth::{Authed, Policy, Tokens};
 use hutch_agent::service::server::{
     base_router, serve_router, Limited, ServeError, DEFAULT_MAX_CONCURRENT_REQUESTS,
     MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use super::nodes::NodesService;
 use super::ControllerService;
 use crate::cluster::Cluster;
+use crate::join::ClusterPki;
 
 /// Who may call, and how much at once.
 pub struct Limits {
@@ -24,6 +25,8 @@ pub struct Limits {
     pub tokens: Option<Arc<Tokens>>,
     /// Requests worked on at once before new ones are shed.
     pub max_concurrent_requests: usize,
+    /// The cluster PKI: serve TLS with the controller's certificate, let agents join.
+    pub pki: Option<Arc<ClusterPki>>,
 }
 
 impl Default for Limits {
@@ -31,6 +34,7 @@ impl Default for Limits {
         Limits {
             tokens: None,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            pki: None,
         }
     }
 }
@@ -45,19 +49,25 @@ pub async fn serve(
     let Limits {
         tokens,
         max_concurrent_requests,
+        pki,
     } = limits;
     let budget = Arc::new(tokio::sync::Semaphore::new(max_concurrent_requests.max(1)));
-    let (router, health) = base_router()?;
+    let (router, health) = base_router(pki.as_ref().map(|p| p.material()))?;
+    let policy = Arc::new(Policy::controller(tokens, pki.is_some()));
     health
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
     health.set_serving::<NodesServer<NodesService>>().await;
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
-    let controller = ControllerServer::new(ControllerService::new(cluster.clone(), closing))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let nodes =
-        NodesServer::new(NodesService::new(cluster)).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let controller = ControllerServer::new(ControllerService::new(
+        cluster.clone(),
+        closing,
+        pki.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let nodes = NodesServer::new(NodesService::new(cluster, pki))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let draining = async move {
         shutdown.await;
         // End watches and followed logs, so the server can stop; clients resume elsewhere.
@@ -71,9 +81,9 @@ pub async fn serve(
         router
             .add_service(Authed::new(
                 Limited::new(controller, budget.clone()),
-                tokens.clone(),
+                policy.clone(),
             ))
-            .add_service(Authed::new(Limited::new(nodes, budget), tokens)),
+            .add_service(Authed::new(Limited::new(nodes, budget), policy)),
         listener,
         draining,
     )

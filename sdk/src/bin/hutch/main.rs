@@ -45,6 +45,10 @@ struct Cli {
     /// Bearer token, when the controller requires one (its --tokens-file).
     #[arg(long, global = true, env = "HUTCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The cluster CA (PEM), for a controller that serves TLS: its DATA_DIR/tls/ca.crt.
+    /// Connects over https.
+    #[arg(long, global = true, env = "HUTCH_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Output format: `table` for people, `json` for programs (stable field names).
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Output,
@@ -160,6 +164,9 @@ enum Command {
     },
     /// List the nodes: state, address, running containers, memory, rootfs, labels.
     Nodes,
+    /// Join tokens: what agents join the cluster with (`hutch-agent serve --join TOKEN`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Manage one node.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -244,6 +251,23 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a join token; prints it alone on stdout (so `TOKEN=$(hutch token create)`).
+    /// The controller must serve TLS, and the caller be an admin.
+    ///
+    /// Example: hutch-agent serve --listen 10.0.0.5:7070 --controller 10.0.0.1:7000
+    /// --join "$(hutch token create --ttl 15m)"
+    Create {
+        /// How long agents may join with it (e.g. 15m, 2h; at most 7d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// What it is for, kept with the token.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -362,10 +386,19 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         clap_complete::generate(shell, &mut Cli::command(), "hutch", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
     }
+    let tls = match &cli.ca_cert {
+        Some(path) => Some(hutch::TlsOptions {
+            ca_pem: std::fs::read(path)
+                .map_err(|e| Error::InvalidInput(format!("--ca-cert {}: {e}", path.display())))?,
+            ..Default::default()
+        }),
+        None => None,
+    };
     let client = Client::connect_with(
         &cli.controller,
         hutch::ClientOptions {
             token: cli.token.clone(),
+            tls,
             ..Default::default()
         },
     )
@@ -514,6 +547,29 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 print_json(&nodes.iter().map(output::node_json).collect::<Vec<_>>())?;
             } else {
                 output::nodes_table(&nodes);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Create { ttl, description }) => {
+            let t = client.create_join_token(Some(ttl), &description).await?;
+            let expires = t
+                .expires_at
+                .and_then(|e| std::time::SystemTime::try_from(e).ok())
+                .map(|e| humantime::format_rfc3339_seconds(e).to_string())
+                .unwrap_or_default();
+            if json {
+                print_json(&serde_json::json!({
+                    "token": t.token,
+                    "id": t.id,
+                    "expires_at": expires,
+                    "ca_fingerprint": t.ca_fingerprint,
+                }))?;
+            } else {
+                println!("{}", t.token);
+                eprintln!(
+                    "join token {} expires {expires}; on each agent host: hutch-agent serve --listen ADDR:7070 --controller {} --join TOKEN",
+                    t.id, cli.controller
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
