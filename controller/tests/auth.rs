@@ -86,7 +86,7 @@ async fn tokens_and_roles() {
     assert_code(
         &refused,
         tonic::Code::PermissionDenied,
-        "needs an admin token",
+        "needs an admin credential",
     );
     assert!(refused.stderr.contains("viewer"), "{}", refused.stderr);
 

@@ -365,8 +365,20 @@ pub fn grpcurl(addr: &str, data: Option<&str>, method: &[&str]) -> Out {
 
 /// [`grpcurl`] with extra headers (`-H 'authorization: Bearer ...'`).
 pub fn grpcurl_with(addr: &str, headers: &[&str], data: Option<&str>, method: &[&str]) -> Out {
+    grpcurl_over(&["-plaintext"], addr, headers, data, method)
+}
+
+/// The real `grpcurl TRANSPORT... [-H HEADER]... [-d DATA] ADDR METHOD...`, where
+/// `transport` is `-plaintext` or TLS flags (`-cacert`, `-cert`, `-key`).
+pub fn grpcurl_over(
+    transport: &[&str],
+    addr: &str,
+    headers: &[&str],
+    data: Option<&str>,
+    method: &[&str],
+) -> Out {
     let mut cmd = std::process::Command::new("grpcurl");
-    cmd.arg("-plaintext");
+    cmd.args(transport);
     for h in headers {
         cmd.args(["-H", h]);
     }
