@@ -364,6 +364,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_wants_a_join() {
+        let file = parse_file(include_str!("../../deploy/config/agent.toml"))
+            .expect("deploy/config/agent.toml parses");
+        let c = resolve(FileConfig::default(), file).expect("valid");
+        assert!(
+            c.check_transport(false).is_err(),
+            "beyond loopback it must join first"
+        );
+        assert!(c.check_transport(true).is_ok());
+    }
+
+    #[test]
     fn defaults() {
         let c = resolve(FileConfig::default(), FileConfig::default()).expect("defaults");
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);

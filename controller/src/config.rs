@@ -359,6 +359,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_serves_tls() {
+        let file: FileConfig =
+            hutch_agent::config::parse_toml(include_str!("../../deploy/config/controller.toml"))
+                .expect("deploy/config/controller.toml parses");
+        let c = resolve(FileConfig::default(), file).expect("valid");
+        assert!(c.tls.is_some() && c.tokens_file.is_some());
+    }
+
+    #[test]
     fn tls_is_on_beyond_loopback_and_needs_tokens_there() {
         let at = |listen: &str, f: FileConfig| {
             resolve(

@@ -263,14 +263,19 @@ async fn partition_and_heal() {
     });
     assert_eq!(moves["node"], lab.node("n2").as_str());
     // The healed host no longer runs it: only one run of `moves` anywhere.
+    // Straight to the agent, as a local administrator over TLS (the lab's admin token).
     let on_n1 = lab.exec(
         "client",
         &[
-            "grpcurl",
-            "-plaintext",
-            "198.18.0.11:7070",
-            "hutch.v1.Agent/ListContainers",
+            "sh",
+            "-c",
+            r#"grpcurl -cacert "$HUTCH_CA_CERT" -H "authorization: Bearer $HUTCH_TOKEN" 198.18.0.11:7070 hutch.v1.Agent/ListContainers"#,
         ],
+    );
+    assert!(
+        on_n1.status.success(),
+        "{}",
+        String::from_utf8_lossy(&on_n1.stderr)
     );
     assert!(
         !String::from_utf8_lossy(&on_n1.stdout).contains("moves.0\""),
@@ -361,16 +366,29 @@ async fn remote_client_drives_the_tutorial() {
         ],
     );
     assert_eq!(oom.status.code(), Some(137));
+    // The lab runs mutual TLS: grpcurl trusts the cluster CA and sends the admin token.
+    let grpcurl =
+        r#"grpcurl -cacert "$HUTCH_CA_CERT" -H "authorization: Bearer $HUTCH_TOKEN" "$@""#;
     let list = lab.exec(
+        "client",
+        &["sh", "-c", grpcurl, "grpcurl", "198.18.0.1:7000", "list"],
+    );
+    assert!(String::from_utf8_lossy(&list.stdout).contains("hutch.v1.Controller"));
+    let plaintext = lab.exec(
         "client",
         &["grpcurl", "-plaintext", "198.18.0.1:7000", "list"],
     );
-    assert!(String::from_utf8_lossy(&list.stdout).contains("hutch.v1.Controller"));
+    assert!(
+        !plaintext.status.success(),
+        "plaintext must not reach a TLS lab"
+    );
     let created = lab.exec(
         "client",
         &[
+            "sh",
+            "-c",
+            grpcurl,
             "grpcurl",
-            "-plaintext",
             "-d",
             r#"{"name":"g","spec":{"rootfs":"debian","command":["hostname"]}}"#,
             "198.18.0.1:7000",
