@@ -11,6 +11,10 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::names::validate_name;
+use crate::service::limits::{
+    ServerLimits, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUESTS_PER_CLIENT,
+    DEFAULT_REQUEST_TIMEOUT,
+};
 use crate::spec::parse_size;
 
 /// Default listen address: loopback only.
@@ -52,6 +56,10 @@ pub struct FileConfig {
     pub controller_token: Option<String>,
     /// Requests worked on at once before new ones are shed.
     pub max_concurrent_requests: Option<usize>,
+    /// Requests one client address may have in flight.
+    pub max_requests_per_client: Option<usize>,
+    /// Longest a request may take to be answered, e.g. "10m"; "0" for no limit.
+    pub request_timeout: Option<String>,
     /// Bearer tokens allowed to call this agent (`TOKEN,NAME,ROLE` lines).
     pub tokens_file: Option<PathBuf>,
     /// A join token (from `hutch token create`): get a node certificate on first start.
@@ -85,8 +93,8 @@ pub struct AgentConfig {
     pub insecure: bool,
     /// Bearer token for the controller.
     pub controller_token: Option<String>,
-    /// Requests worked on at once before new ones are shed.
-    pub max_concurrent_requests: usize,
+    /// Budgets of requests in flight and the request time limit.
+    pub limits: ServerLimits,
     /// The tokens file, when calls need tokens.
     pub tokens_file: Option<PathBuf>,
     /// The join token, when the agent is to join a cluster with TLS.
@@ -134,13 +142,44 @@ pub fn check_plaintext(listen: SocketAddr, insecure: bool) -> Result<(), String>
     ))
 }
 
-/// The daemons' budget of requests in flight: the default, or a positive number.
-pub fn request_budget(given: Option<usize>) -> Result<usize, String> {
-    match given {
-        None => Ok(crate::service::server::DEFAULT_MAX_CONCURRENT_REQUESTS),
-        Some(0) => Err("must be at least 1".into()),
+/// The daemons' limits from their settings (defaults where unset): budgets must be at
+/// least 1; a request timeout of 0 means none.
+pub fn server_limits(
+    max_concurrent_requests: Option<usize>,
+    max_requests_per_client: Option<usize>,
+    request_timeout: Option<&str>,
+) -> Result<ServerLimits, ConfigError> {
+    let positive = |field, given: Option<usize>, default| match given {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::Invalid {
+            field,
+            message: "must be at least 1".into(),
+        }),
         Some(n) => Ok(n),
-    }
+    };
+    let request_timeout = match request_timeout.map(str::trim) {
+        None => Some(DEFAULT_REQUEST_TIMEOUT),
+        Some("0") => None,
+        Some(text) => Some(
+            humantime::parse_duration(text).map_err(|e| ConfigError::Invalid {
+                field: "request_timeout",
+                message: format!("'{text}' is not a duration like 30s or 10m (0 for none): {e}"),
+            })?,
+        ),
+    };
+    Ok(ServerLimits {
+        max_concurrent_requests: positive(
+            "max_concurrent_requests",
+            max_concurrent_requests,
+            DEFAULT_MAX_CONCURRENT_REQUESTS,
+        )?,
+        max_requests_per_client: positive(
+            "max_requests_per_client",
+            max_requests_per_client,
+            DEFAULT_MAX_REQUESTS_PER_CLIENT,
+        )?,
+        request_timeout,
+    })
 }
 
 /// Reads a TOML config file.
@@ -195,11 +234,15 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         )
     })?;
     let insecure = over.insecure.or(file.insecure).unwrap_or(false);
-    let max_concurrent_requests = request_budget(
+    let limits = server_limits(
         over.max_concurrent_requests
             .or(file.max_concurrent_requests),
-    )
-    .map_err(|m| invalid("max_concurrent_requests", m))?;
+        over.max_requests_per_client
+            .or(file.max_requests_per_client),
+        over.request_timeout
+            .as_deref()
+            .or(file.request_timeout.as_deref()),
+    )?;
     let name = over.name.or(file.name).unwrap_or_else(default_name);
     validate_name("name", &name).map_err(|e| invalid("name", e.to_string()))?;
     let state_dir = over
@@ -284,7 +327,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         labels,
         insecure,
         controller_token: over.controller_token.or(file.controller_token),
-        max_concurrent_requests,
+        limits,
         tokens_file: over.tokens_file.or(file.tokens_file),
         join_token,
         listen,
@@ -373,6 +416,31 @@ mod tests {
             "beyond loopback it must join first"
         );
         assert!(c.check_transport(true).is_ok());
+    }
+
+    #[test]
+    fn limits_default_and_refuse_nonsense() {
+        let l = server_limits(None, None, None).expect("defaults");
+        assert_eq!(l, ServerLimits::default());
+        let l = server_limits(Some(10), Some(2), Some("0")).expect("set");
+        assert_eq!(
+            (
+                l.max_concurrent_requests,
+                l.max_requests_per_client,
+                l.request_timeout
+            ),
+            (10, 2, None)
+        );
+        assert_eq!(
+            server_limits(None, None, Some("90s"))
+                .expect("90s")
+                .request_timeout,
+            Some(std::time::Duration::from_secs(90))
+        );
+        let err = |r: Result<ServerLimits, ConfigError>| r.expect_err("refused").to_string();
+        assert!(err(server_limits(Some(0), None, None)).starts_with("max_concurrent_requests"));
+        assert!(err(server_limits(None, Some(0), None)).starts_with("max_requests_per_client"));
+        assert!(err(server_limits(None, None, Some("soon"))).starts_with("request_timeout"));
     }
 
     #[test]

@@ -154,6 +154,14 @@ struct ServeArgs {
     /// queueing [default: 512].
     #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
     max_concurrent_requests: Option<usize>,
+    /// Requests one client address may have in flight; more from it are answered
+    /// RESOURCE_EXHAUSTED at once [default: 256].
+    #[arg(long, env = "HUTCH_MAX_REQUESTS_PER_CLIENT")]
+    max_requests_per_client: Option<usize>,
+    /// Longest a request may take to be answered (streams: until their first answer), e.g.
+    /// 30s; 0 for no limit; beyond it DEADLINE_EXCEEDED [default: 10m].
+    #[arg(long, env = "HUTCH_REQUEST_TIMEOUT")]
+    request_timeout: Option<String>,
     /// Require bearer tokens: a file of `TOKEN,NAME,ROLE` lines naming who may drive this
     /// agent (the controller's --agent-token as admin, local administrators). Without it
     /// every caller is let through (fine on loopback).
@@ -391,6 +399,8 @@ fn load_config(cli: &Cli) -> Result<Loaded, String> {
         insecure: serve.and_then(|s| s.insecure.then_some(true)),
         controller_token: serve.and_then(|s| s.controller_token.clone()),
         max_concurrent_requests: serve.and_then(|s| s.max_concurrent_requests),
+        max_requests_per_client: serve.and_then(|s| s.max_requests_per_client),
+        request_timeout: serve.and_then(|s| s.request_timeout.clone()),
         tokens_file: serve.and_then(|s| s.tokens_file.clone()),
         join_token: serve.and_then(|s| s.join_token.clone()),
     };
@@ -478,7 +488,7 @@ async fn serve(
         node: config.name.clone(),
         event_keep: config.event_log_keep,
         memory_reserve_bytes: config.memory_reserve_bytes,
-        max_concurrent_requests: config.max_concurrent_requests,
+        limits: config.limits,
         tokens,
         tls,
         registration: config.controller.clone().map(|controller| Registration {

@@ -51,6 +51,10 @@ pub struct FileConfig {
     pub tokens_file: Option<PathBuf>,
     /// Requests worked on at once before new ones are shed.
     pub max_concurrent_requests: Option<usize>,
+    /// Requests one client address may have in flight.
+    pub max_requests_per_client: Option<usize>,
+    /// Longest a request may take to be answered, e.g. "10m"; "0" for no limit.
+    pub request_timeout: Option<String>,
     /// Bearer token sent to agents that require one (their tokens file names it).
     pub agent_token: Option<String>,
     /// Serve TLS (and mutual TLS with agents) [default: on for a non-loopback address
@@ -80,8 +84,8 @@ pub struct ControllerConfig {
     pub insecure: bool,
     /// The bearer tokens file, when calls need tokens.
     pub tokens_file: Option<PathBuf>,
-    /// Requests worked on at once before new ones are shed.
-    pub max_concurrent_requests: usize,
+    /// Budgets of requests in flight and the request time limit.
+    pub limits: hutch_agent::service::limits::ServerLimits,
     /// TLS, when served.
     pub tls: Option<TlsSettings>,
 }
@@ -222,11 +226,15 @@ pub fn resolve(
         insecure,
         tls,
         tokens_file,
-        max_concurrent_requests: hutch_agent::config::request_budget(
+        limits: hutch_agent::config::server_limits(
             over.max_concurrent_requests
                 .or(file.max_concurrent_requests),
-        )
-        .map_err(|m| invalid("max_concurrent_requests", m))?,
+            over.max_requests_per_client
+                .or(file.max_requests_per_client),
+            over.request_timeout
+                .as_deref()
+                .or(file.request_timeout.as_deref()),
+        )?,
         data_dir,
         cluster: ClusterConfig {
             agent_token: over.agent_token.or(file.agent_token).map(Secret),

@@ -39,7 +39,8 @@ Settings come from flags, then HUTCH_* environment variables, then the TOML file
 )]
 struct Cli {
     /// TOML config file (keys: listen, insecure, tls, tls_dir, tls_ca_cert, tls_ca_key,
-    /// tls_san, tokens_file, agent_token, max_concurrent_requests, data_dir, strategy,
+    /// tls_san, tokens_file, agent_token, max_concurrent_requests, max_requests_per_client,
+    /// request_timeout, data_dir, strategy,
     /// heartbeat_interval,
     /// not_ready_misses, down_after, default_memory_reservation, event_keep,
     /// watch_buffer, restart_backoff, restart_backoff_max).
@@ -80,6 +81,14 @@ struct Cli {
     /// queueing [default: 512].
     #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
     max_concurrent_requests: Option<usize>,
+    /// Requests one client address may have in flight; more from it are answered
+    /// RESOURCE_EXHAUSTED at once [default: 256].
+    #[arg(long, env = "HUTCH_MAX_REQUESTS_PER_CLIENT")]
+    max_requests_per_client: Option<usize>,
+    /// Longest a request may take to be answered (streams: until their first answer), e.g.
+    /// 30s; 0 for no limit; beyond it DEADLINE_EXCEEDED [default: 10m].
+    #[arg(long, env = "HUTCH_REQUEST_TIMEOUT")]
+    request_timeout: Option<String>,
     /// Where the state store (state.redb) lives [default: /var/lib/hutch-controller].
     #[arg(long, env = "HUTCH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -149,6 +158,8 @@ fn main() -> ExitCode {
         insecure: cli.insecure.then_some(true),
         tokens_file: cli.tokens_file,
         max_concurrent_requests: cli.max_concurrent_requests,
+        max_requests_per_client: cli.max_requests_per_client,
+        request_timeout: cli.request_timeout,
         agent_token: cli.agent_token,
         tls: cli.tls.then_some(true),
         tls_dir: cli.tls_dir,
@@ -241,7 +252,7 @@ fn main() -> ExitCode {
         let shutdown = hutch_agent::service::server::shutdown_signal();
         let limits = hutch_controller::service::server::Limits {
             tokens,
-            max_concurrent_requests: config.max_concurrent_requests,
+            limits: config.limits,
             pki,
         };
         match hutch_controller::service::server::serve(cluster, listener, limits, shutdown).await {

@@ -75,3 +75,94 @@ async fn a_full_budget_sheds_at_once_and_recovers() {
         .await
         .expect("remove");
 }
+
+/// A client of the controller whose connections come from `source` (a loopback address
+/// other than 127.0.0.1 is another client to the controller).
+async fn client_from(
+    source: std::net::IpAddr,
+    ctl: &TestController,
+) -> hutch_proto::v1::controller_client::ControllerClient<tonic::transport::Channel> {
+    let target: std::net::SocketAddr = ctl.addr.parse().expect("controller address");
+    let channel = tonic::transport::Endpoint::from_shared(ctl.url())
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(
+            move |_: tonic::transport::Uri| async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(std::net::SocketAddr::new(source, 0))?;
+                let stream = socket.connect(target).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            },
+        ))
+        .await
+        .expect("connect from another address");
+    hutch_proto::v1::controller_client::ControllerClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_it_all_and_slow_requests_are_cut() {
+    let ctl = TestController::start(
+        "per-client",
+        &["--max-requests-per-client", "1", "--request-timeout", "1s"],
+    );
+    let node = TestNode::start("per-client-node", &ctl, None, &[]).await;
+    let mut client = ctl.client_when_ready(&[&node]).await;
+    client
+        .create_container(create("napper", spec(&["sleep", "30"])))
+        .await
+        .expect("create");
+    wait_container(&mut client, "napper", Duration::from_secs(20), |c| {
+        state_of(c) == v1::ContainerState::Running
+    })
+    .await;
+
+    // A slow unary exec takes 127.0.0.1's one slot, and is cut at the request timeout.
+    let mut slow = client.clone();
+    let exec = tokio::spawn(async move {
+        let started = Instant::now();
+        let answer = slow
+            .exec(v1::ExecRequest {
+                id: "napper".into(),
+                command: vec!["sleep".into(), "5".into()],
+            })
+            .await;
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let same_client = client
+        .list_containers(v1::ListClusterContainersRequest::default())
+        .await
+        .expect_err("127.0.0.1 is at its share");
+    assert_eq!(same_client.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        same_client.message().contains("max_requests_per_client"),
+        "{same_client:?}"
+    );
+    // Another client is still served.
+    let mut other = client_from([127, 0, 0, 2].into(), &ctl).await;
+    let listed = other
+        .list_containers(v1::ListClusterContainersRequest::default())
+        .await
+        .expect("another client is served");
+    assert_eq!(listed.into_inner().containers.len(), 1);
+
+    let (answer, took) = exec.await.expect("join");
+    let cut = answer.expect_err("cut at the request timeout");
+    println!("cut after {took:?}: {cut:?}");
+    assert_eq!(cut.code(), tonic::Code::DeadlineExceeded);
+    assert!(cut.message().contains("request_timeout (1s)"), "{cut:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "cut, not waited out: {took:?}"
+    );
+    client
+        .list_containers(v1::ListClusterContainersRequest::default())
+        .await
+        .expect("the slot came back");
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            id: "napper".into(),
+            force: true,
+        })
+        .await
+        .expect("remove");
+}

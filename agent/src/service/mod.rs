@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod convert;
 pub mod join;
+pub mod limits;
 pub mod logs;
 pub mod registration;
 pub mod reporter;

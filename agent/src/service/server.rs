@@ -13,6 +13,10 @@ use tokio::net::TcpListener;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
+pub use super::limits::{
+    Budget, Limited, ServerLimits, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_REQUESTS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT,
+};
 use super::reporter::Reporter;
 use super::{AgentCore, AgentService};
 use crate::events::{EventLog, EventLogError};
@@ -22,6 +26,8 @@ use crate::runtime::Runtime;
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Largest response sent.
 pub const MAX_RESPONSE_BYTES: usize = 40 << 20;
+/// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Why the server could not run.
 #[derive(Debug, Error)]
@@ -49,8 +55,8 @@ pub struct ServeOptions {
     pub memory_reserve_bytes: u64,
     /// The controller to register with, when part of a cluster.
     pub registration: Option<super::registration::Registration>,
-    /// Requests worked on at once before new ones are shed (see [`Limited`]).
-    pub max_concurrent_requests: usize,
+    /// Budgets of requests in flight and the request time limit (see [`Limited`]).
+    pub limits: ServerLimits,
     /// Bearer tokens of local administrators, from the tokens file.
     pub tokens: Option<Arc<super::auth::Tokens>>,
     /// The node certificate this agent got by joining: serve mutual TLS with it, and
@@ -93,9 +99,7 @@ pub async fn serve(
     }
     let policy = super::auth::Policy::agent(options.tokens, options.tls.is_some());
 
-    let budget = Arc::new(tokio::sync::Semaphore::new(
-        options.max_concurrent_requests.max(1),
-    ));
+    let budget = Budget::new(options.limits);
     let agent = AgentServer::new(AgentService::new(core.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -131,7 +135,10 @@ pub fn base_router(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
     if let Some(tls) = tls {
         server = server
             .tls_config(tls.server_config())
@@ -158,68 +165,6 @@ pub async fn serve_router(
         )
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))
-}
-
-/// Most requests a daemon works on at once unless configured otherwise. Streams count only
-/// until their first answer, so open watches and followed logs do not use up the budget.
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
-
-/// A gRPC service that sheds load: beyond its share of a daemon-wide budget of requests in
-/// flight, a call is answered at once with RESOURCE_EXHAUSTED instead of queueing without
-/// bound behind the others.
-#[derive(Clone)]
-pub struct Limited<S> {
-    inner: S,
-    budget: Arc<tokio::sync::Semaphore>,
-}
-
-impl<S> Limited<S> {
-    /// Wraps `inner`; every service of a daemon shares `budget`.
-    pub fn new(inner: S, budget: Arc<tokio::sync::Semaphore>) -> Self {
-        Limited { inner, budget }
-    }
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for Limited<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type BoxFuture<T, E> = std::pin::Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
-type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
-
-impl<S> tonic::codegen::Service<HttpRequest> for Limited<S>
-where
-    S: tonic::codegen::Service<HttpRequest, Response = HttpResponse> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = HttpResponse;
-    type Error = S::Error;
-    type Future = BoxFuture<HttpResponse, S::Error>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let Ok(permit) = self.budget.clone().try_acquire_owned() else {
-            let path = request.uri().path().to_string();
-            tracing::warn!(%path, "overloaded: request shed");
-            let status = tonic::Status::resource_exhausted(
-                "this daemon is at its limit of requests in flight (max_concurrent_requests); retry with backoff",
-            );
-            return Box::pin(async move { Ok(status.into_http()) });
-        };
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let response = answer.await;
-            drop(permit);
-            response
-        })
-    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -170,7 +170,7 @@ impl TestHost {
             event_keep,
             memory_reserve_bytes: 256 << 20,
             registration: None,
-            max_concurrent_requests: hutch_agent::service::server::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            limits: hutch_agent::service::server::ServerLimits::default(),
             tokens: None,
             tls: None,
         };

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use hutch_agent::service::auth::{Authed, Policy, Tokens};
 use hutch_agent::service::server::{
-    base_router, serve_router, Limited, ServeError, DEFAULT_MAX_CONCURRENT_REQUESTS,
-    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+    base_router, serve_router, Budget, Limited, ServeError, ServerLimits, MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES,
 };
 use hutch_proto::v1::controller_server::ControllerServer;
 use hutch_proto::v1::nodes_server::NodesServer;
@@ -20,23 +20,14 @@ use crate::cluster::Cluster;
 use crate::join::ClusterPki;
 
 /// Who may call, and how much at once.
+#[derive(Default)]
 pub struct Limits {
     /// Bearer tokens; `None` lets every call through.
     pub tokens: Option<Arc<Tokens>>,
-    /// Requests worked on at once before new ones are shed.
-    pub max_concurrent_requests: usize,
+    /// Budgets of requests in flight and the request time limit.
+    pub limits: ServerLimits,
     /// The cluster PKI: serve TLS with the controller's certificate, let agents join.
     pub pki: Option<Arc<ClusterPki>>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            tokens: None,
-            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
-            pki: None,
-        }
-    }
 }
 
 /// Serves `cluster` on `listener` until `shutdown` resolves.
@@ -48,10 +39,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let Limits {
         tokens,
-        max_concurrent_requests,
+        limits,
         pki,
     } = limits;
-    let budget = Arc::new(tokio::sync::Semaphore::new(max_concurrent_requests.max(1)));
+    let budget = Budget::new(limits);
     let (router, health) = base_router(pki.as_ref().map(|p| p.material()))?;
     let policy = Arc::new(Policy::controller(tokens, pki.is_some()));
     health
