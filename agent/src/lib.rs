@@ -24,6 +24,7 @@ pub mod names;
 pub mod node;
 pub mod rootfs;
 pub mod runtime;
+pub mod seccomp_profile;
 pub mod security;
 pub mod service;
 pub mod spec;

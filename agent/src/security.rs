@@ -153,6 +153,9 @@ pub struct Security {
     pub cap_drop: Vec<String>,
     /// The seccomp filter.
     pub seccomp: Seccomp,
+    /// A seccomp profile (Docker's JSON format, see [`crate::seccomp_profile`]) used
+    /// instead of the default filter.
+    pub seccomp_profile: Option<String>,
     /// Most processes (and threads) in the container; `None` means
     /// [`DEFAULT_PIDS_LIMIT`], `Some(0)` no limit.
     pub pids_limit: Option<u32>,
@@ -177,6 +180,9 @@ pub enum SecurityError {
     /// Not a seccomp mode.
     #[error("unknown seccomp setting '{0}': use \"default\" (or empty) or \"unconfined\"")]
     UnknownSeccomp(String),
+    /// A seccomp profile that cannot be honoured.
+    #[error("seccomp profile: {0}")]
+    SeccompProfile(String),
 }
 
 /// `NET_ADMIN`, `net_admin` or `CAP_NET_ADMIN` -> the capability; `None` for `ALL`.
@@ -200,6 +206,15 @@ impl Security {
     pub fn validate(&self) -> Result<(), SecurityError> {
         if let Some(n) = self.pids_limit.filter(|n| *n > MAX_PIDS_LIMIT) {
             return Err(SecurityError::PidsLimitTooLarge(n));
+        }
+        if let Some(profile) = &self.seccomp_profile {
+            if self.privileged || self.seccomp == Seccomp::Unconfined {
+                return Err(SecurityError::SeccompProfile(
+                    "a privileged or seccomp-unconfined container has no filter: drop one of the two".into(),
+                ));
+            }
+            crate::seccomp_profile::Profile::check(profile)
+                .map_err(SecurityError::SeccompProfile)?;
         }
         self.capabilities().map(drop)
     }
@@ -321,9 +336,15 @@ pub fn harden_before_exec(security: &Security) -> Result<(), HardenError> {
     }
     nix::sys::prctl::set_no_new_privs()
         .map_err(|e| HardenError(format!("no_new_privs: {}", e.desc())))?;
-    if security.effective_seccomp() == Seccomp::Default {
-        let program = seccomp_program()?;
-        seccompiler::apply_filter(&program)
+    let programs = match &security.seccomp_profile {
+        Some(profile) => crate::seccomp_profile::Profile::parse(profile)
+            .and_then(|p| p.programs())
+            .map_err(|e| HardenError(format!("seccomp profile: {e}")))?,
+        None if security.effective_seccomp() == Seccomp::Default => vec![seccomp_program()?],
+        None => Vec::new(),
+    };
+    for program in &programs {
+        seccompiler::apply_filter(program)
             .map_err(|e| HardenError(format!("seccomp filter: {e}")))?;
     }
     Ok(())
@@ -393,6 +414,29 @@ mod tests {
         };
         assert!(huge.validate().is_err());
         assert_eq!("".parse::<Seccomp>(), Ok(Seccomp::Default));
+        let profile = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#;
+        let with_profile = |privileged: bool| Security {
+            seccomp_profile: Some(profile.into()),
+            privileged,
+            ..Default::default()
+        };
+        assert!(with_profile(false).validate().is_ok());
+        let conflict = with_profile(true)
+            .validate()
+            .expect_err("privileged has no filter");
+        assert!(
+            conflict.to_string().contains("drop one of the two"),
+            "{conflict}"
+        );
+        let broken = Security {
+            seccomp_profile: Some("{}".into()),
+            ..Default::default()
+        };
+        assert!(broken
+            .validate()
+            .expect_err("no defaultAction")
+            .to_string()
+            .starts_with("seccomp profile"));
     }
 
     #[test]

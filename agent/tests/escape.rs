@@ -312,3 +312,51 @@ async fn privileged_and_overrides_give_back_what_they_name() {
         .expect_err("must refuse");
     assert!(err.to_string().contains("SYS_WIZARD"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seccomp_profile_replaces_the_default_filter() {
+    let host = TestHost::new("seccomp-profile").await;
+    // Docker's format: everything allowed but making directories, which fails with EACCES.
+    let profile = r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64"],
+        "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#;
+    let id = unique("profile");
+    let mut spec = host.spec(&[
+        "sh",
+        "-c",
+        "grep 'Seccomp:' /proc/self/status; mkdir /tmp/made 2>&1; echo mkdir=$?; touch /tmp/file && echo touched",
+    ]);
+    spec.security.seccomp_profile = Some(profile.into());
+    let info = host.run_to_end(&id, spec).await;
+    let out = host.stdout(&id);
+    println!("{out}");
+    assert_eq!(info.state.exit_code, Some(0), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "a filter is installed: {out}");
+    assert!(
+        out.contains("Permission denied") && out.contains("mkdir=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("touched"),
+        "what the profile allows still works: {out}"
+    );
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+
+    // A profile hutch cannot honour is refused before anything starts, naming the problem.
+    let mut spec = host.spec(&["true"]);
+    spec.security.seccomp_profile = Some(
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["open"],"action":"SCMP_ACT_ERRNO","args":[{"index":1,"value":2,"op":"SCMP_CMP_EQ"}]}]}"#.into(),
+    );
+    let err = host
+        .runtime
+        .run(&unique("badprofile"), spec)
+        .await
+        .expect_err("must refuse");
+    println!("{err}");
+    assert_eq!(
+        err.class(),
+        hutch_agent::runtime::ErrorClass::InvalidArgument,
+        "{err}"
+    );
+    assert!(err.to_string().contains("args"), "{err}");
+}

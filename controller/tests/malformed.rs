@@ -131,6 +131,19 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
             seccomp: r
                 .pick(&["", "unconfined", "strict", "../profile.json"])
                 .into(),
+            seccomp_profile: if r.chance(80) {
+                String::new()
+            } else {
+                r.pick(&[
+                    "{}",
+                    r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#,
+                    r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["no_such_call"],"action":"SCMP_ACT_ERRNO"}]}"#,
+                    r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO","args":[]}]}"#,
+                    r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+                ])
+                .to_string()
+                    + &nasty(r)
+            },
             pids_limit: r.pick(&[None, Some(0), Some(1), Some(u32::MAX)]),
             privileged: r.chance(10),
         }),

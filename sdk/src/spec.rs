@@ -232,6 +232,13 @@ impl ContainerSpec {
         self
     }
 
+    /// Uses a seccomp profile (Docker's JSON format: `defaultAction`, `syscalls` of
+    /// `names`/`action`/`errnoRet`) instead of the default filter.
+    pub fn seccomp_profile(mut self, profile_json: impl Into<String>) -> Self {
+        self.security().seccomp_profile = profile_json.into();
+        self
+    }
+
     /// At most `limit` processes and threads (default 1024; 0 for no limit).
     pub fn pids_limit(mut self, limit: u32) -> Self {
         self.security().pids_limit = Some(limit);

@@ -125,6 +125,7 @@ fn security_from(p: v1::Security) -> Result<Security, Status> {
             .map_err(|e: SecurityError| Status::invalid_argument(e.to_string()))?,
         cap_add: p.cap_add,
         cap_drop: p.cap_drop,
+        seccomp_profile: Some(p.seccomp_profile).filter(|t| !t.is_empty()),
         pids_limit: p.pids_limit,
         privileged: p.privileged,
     })
@@ -138,6 +139,7 @@ fn security_to(s: &Security) -> v1::Security {
             Seccomp::Default => String::new(),
             Seccomp::Unconfined => "unconfined".into(),
         },
+        seccomp_profile: s.seccomp_profile.clone().unwrap_or_default(),
         pids_limit: s.pids_limit,
         privileged: s.privileged,
     }

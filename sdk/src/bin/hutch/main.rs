@@ -236,7 +236,8 @@ struct RunArgs {
     /// Remove a capability from the default set (ALL for every one), repeatable.
     #[arg(long = "cap-drop", value_name = "CAP")]
     cap_drop: Vec<String>,
-    /// seccomp=unconfined: run without the default seccomp filter.
+    /// seccomp=unconfined: run without the default seccomp filter; seccomp=FILE: use the
+    /// seccomp profile in FILE (Docker's JSON format, without argument conditions) instead.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
     /// Most processes and threads inside [default: 1024; 0: no limit].
@@ -698,11 +699,17 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
         spec = spec.cap_drop(cap.clone());
     }
     for opt in &args.security_opt {
-        match opt.as_str() {
-            "seccomp=unconfined" => spec = spec.seccomp_unconfined(),
-            other => {
+        match opt.split_once('=') {
+            Some(("seccomp", "unconfined")) => spec = spec.seccomp_unconfined(),
+            Some(("seccomp", file)) => {
+                let profile = std::fs::read_to_string(file).map_err(|e| {
+                    Error::InvalidInput(format!("--security-opt seccomp={file}: {e}"))
+                })?;
+                spec = spec.seccomp_profile(profile);
+            }
+            _ => {
                 return Err(Error::InvalidInput(format!(
-                    "unknown --security-opt '{other}': the one supported is seccomp=unconfined"
+                    "unknown --security-opt '{opt}': use seccomp=unconfined or seccomp=PROFILE.json"
                 )))
             }
         }

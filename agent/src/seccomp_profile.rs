@@ -1,0 +1,204 @@
+//! Seccomp profiles in Docker's JSON format, the part of it that needs no argument
+//! matching: `defaultAction`, `defaultErrnoRet`, and `syscalls` entries of `names`,
+//! `action` and `errnoRet` (`comment` is ignored, as are the top-level `architectures` and
+//! `archMap`: the filter is for the host's architecture). Anything else (`args`,
+//! `includes`, `excludes`, ...) is refused by name, so a profile never means less than it
+//! says.
+//!
+//! seccompiler makes one filter per action, so a profile becomes several: one answering the
+//! default action to every syscall the profile does not name, and one per other action
+//! answering it to that action's syscalls. The kernel runs them all and keeps the strictest
+//! answer; as a syscall may be named under one action only, that is the profile's answer.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The largest profile accepted.
+pub const MAX_PROFILE_BYTES: usize = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProfileFile {
+    default_action: String,
+    #[serde(default)]
+    default_errno_ret: Option<u32>,
+    #[serde(default)]
+    syscalls: Vec<RuleFile>,
+    #[serde(default, rename = "architectures")]
+    _architectures: Option<serde_json::Value>,
+    #[serde(default, rename = "archMap")]
+    _arch_map: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RuleFile {
+    names: Vec<String>,
+    action: String,
+    #[serde(default)]
+    errno_ret: Option<u32>,
+    #[serde(default, rename = "comment")]
+    _comment: Option<String>,
+}
+
+/// What a filter answers to a syscall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Let it run.
+    Allow,
+    /// Fail it with this errno.
+    Errno(u32),
+    /// Kill the thread.
+    KillThread,
+    /// Kill the process.
+    KillProcess,
+    /// Send SIGSYS.
+    Trap,
+    /// Let it run and log it.
+    Log,
+}
+
+impl Action {
+    fn parse(name: &str, errno: Option<u32>, default_errno: u32) -> Result<Action, String> {
+        Ok(match name {
+            "SCMP_ACT_ALLOW" => Action::Allow,
+            "SCMP_ACT_ERRNO" => Action::Errno(errno.unwrap_or(default_errno)),
+            "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => Action::KillThread,
+            "SCMP_ACT_KILL_PROCESS" => Action::KillProcess,
+            "SCMP_ACT_TRAP" => Action::Trap,
+            "SCMP_ACT_LOG" => Action::Log,
+            other => {
+                return Err(format!(
+                    "action '{other}' is not supported: use SCMP_ACT_ALLOW, SCMP_ACT_ERRNO, SCMP_ACT_KILL, SCMP_ACT_KILL_PROCESS, SCMP_ACT_TRAP or SCMP_ACT_LOG"
+                ))
+            }
+        })
+    }
+
+    /// seccompiler's JSON name for it.
+    fn json(self) -> serde_json::Value {
+        match self {
+            Action::Allow => "allow".into(),
+            Action::Errno(n) => serde_json::json!({ "errno": n }),
+            Action::KillThread => "kill_thread".into(),
+            Action::KillProcess => "kill_process".into(),
+            Action::Trap => "trap".into(),
+            Action::Log => "log".into(),
+        }
+    }
+}
+
+/// A parsed profile: the default action and the syscalls of every other action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// What unnamed syscalls get.
+    pub default: Action,
+    /// Syscall names by action.
+    pub named: BTreeMap<Action, Vec<String>>,
+}
+
+impl Profile {
+    /// Parses and checks a profile; errors say what to change.
+    pub fn parse(json: &str) -> Result<Profile, String> {
+        if json.len() > MAX_PROFILE_BYTES {
+            return Err(format!(
+                "the profile is {} bytes; at most {MAX_PROFILE_BYTES} are accepted",
+                json.len()
+            ));
+        }
+        let file: ProfileFile = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let default_errno = file.default_errno_ret.unwrap_or(libc::EPERM as u32);
+        let default = Action::parse(&file.default_action, file.default_errno_ret, default_errno)?;
+        let mut named: BTreeMap<Action, Vec<String>> = BTreeMap::new();
+        let mut seen: BTreeMap<String, Action> = BTreeMap::new();
+        for (i, rule) in file.syscalls.iter().enumerate() {
+            let action = Action::parse(&rule.action, rule.errno_ret, default_errno)
+                .map_err(|e| format!("syscalls[{i}]: {e}"))?;
+            for name in &rule.names {
+                if let Some(before) = seen.insert(name.clone(), action) {
+                    if before != action {
+                        return Err(format!(
+                            "syscalls[{i}]: '{name}' is named under two actions ({before:?} and {action:?})"
+                        ));
+                    }
+                    continue;
+                }
+                named.entry(action).or_default().push(name.clone());
+            }
+        }
+        Ok(Profile { default, named })
+    }
+
+    /// The filters, compiled for this host's architecture; an unknown syscall name is an
+    /// error naming it.
+    pub fn programs(&self) -> Result<Vec<seccompiler::BpfProgram>, String> {
+        let arch =
+            seccompiler::TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+        let filter = |mismatch: Action, matched: Action, names: Vec<&String>| {
+            serde_json::json!({
+                "mismatch_action": mismatch.json(),
+                "match_action": matched.json(),
+                "filter": names.iter().map(|n| serde_json::json!({ "syscall": n })).collect::<Vec<_>>(),
+            })
+        };
+        let mut filters = serde_json::Map::new();
+        if self.default != Action::Allow {
+            let all: Vec<&String> = self.named.values().flatten().collect();
+            filters.insert("default".into(), filter(self.default, Action::Allow, all));
+        }
+        for (i, (action, names)) in self.named.iter().enumerate() {
+            if *action != Action::Allow {
+                filters.insert(
+                    format!("action{i}"),
+                    filter(Action::Allow, *action, names.iter().collect()),
+                );
+            }
+        }
+        let text = serde_json::Value::Object(filters).to_string();
+        let mut compiled = seccompiler::compile_from_json(text.as_bytes(), arch)
+            .map_err(|e| format!("{e}").replace("Invalid syscall name", "unknown system call"))?;
+        // Install order does not change the answer; keep it stable anyway.
+        let mut names: Vec<String> = compiled.keys().cloned().collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .filter_map(|n| compiled.remove(&n))
+            .collect())
+    }
+
+    /// Parses and compiles: what a profile must pass before a container is created.
+    pub fn check(json: &str) -> Result<(), String> {
+        Profile::parse(json)?.programs().map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockers_format_is_read_and_grouped_by_action() {
+        let p = Profile::parse(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
+                "syscalls":[{"names":["read","write","exit_group"],"action":"SCMP_ACT_ALLOW"},
+                            {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":13,"comment":"no dirs"},
+                            {"names":["reboot"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
+        )
+        .expect("parse");
+        assert_eq!(p.default, Action::Errno(1));
+        assert_eq!(p.named[&Action::Errno(13)], vec!["mkdir".to_string()]);
+        assert_eq!(p.programs().expect("compile").len(), 3);
+    }
+
+    #[test]
+    fn what_it_cannot_honour_is_refused_by_name() {
+        let err = |json: &str| Profile::check(json).expect_err(json);
+        assert!(err(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO","args":[{"index":0}]}]}"#).contains("args"));
+        assert!(err(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#).contains("not supported"));
+        assert!(err(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["no_such_call"],"action":"SCMP_ACT_ERRNO"}]}"#).contains("no_such_call"));
+        assert!(err(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"},{"names":["mkdir"],"action":"SCMP_ACT_KILL"}]}"#).contains("two actions"));
+        assert!(err("not json").contains("expected"));
+        assert!(Profile::check(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).is_ok());
+    }
+}
