@@ -162,6 +162,23 @@ pub struct Security {
     /// Docker's `--privileged`: every capability, no seccomp filter, nothing masked,
     /// `no_new_privs` off. For containers that manage the host.
     pub privileged: bool,
+    /// Run as this uid (and [`Security::run_as_group`]) instead of root.
+    pub run_as_user: Option<u32>,
+    /// The gid for `run_as_user`; `None` means the same number.
+    pub run_as_group: Option<u32>,
+}
+
+impl Security {
+    /// The uid and gid the command runs as, when not root.
+    pub fn identity(&self) -> Option<(u32, u32)> {
+        match (self.run_as_user, self.run_as_group) {
+            (None | Some(0), None | Some(0)) => None,
+            (uid, gid) => {
+                let uid = uid.unwrap_or(0);
+                Some((uid, gid.unwrap_or(uid)))
+            }
+        }
+    }
 }
 
 /// Why a security setting is refused.
@@ -180,6 +197,9 @@ pub enum SecurityError {
     /// Not a seccomp mode.
     #[error("unknown seccomp setting '{0}': use \"default\" (or empty) or \"unconfined\"")]
     UnknownSeccomp(String),
+    /// A uid or gid that cannot be run as.
+    #[error("{0}")]
+    BadIdentity(String),
     /// A seccomp profile that cannot be honoured.
     #[error("seccomp profile: {0}")]
     SeccompProfile(String),
@@ -206,6 +226,16 @@ impl Security {
     pub fn validate(&self) -> Result<(), SecurityError> {
         if let Some(n) = self.pids_limit.filter(|n| *n > MAX_PIDS_LIMIT) {
             return Err(SecurityError::PidsLimitTooLarge(n));
+        }
+        for (what, id) in [
+            ("run_as_user", self.run_as_user),
+            ("run_as_group", self.run_as_group),
+        ] {
+            if id == Some(u32::MAX) {
+                return Err(SecurityError::BadIdentity(format!(
+                    "{what} 4294967295 is the kernel's \"leave unchanged\" value, not an id"
+                )));
+            }
         }
         if let Some(profile) = &self.seccomp_profile {
             if self.privileged || self.seccomp == Seccomp::Unconfined {
@@ -298,9 +328,26 @@ fn seccomp_program() -> Result<seccompiler::BpfProgram, HardenError> {
         .map_err(|e: seccompiler::BackendError| HardenError(format!("seccomp: {e}")))
 }
 
+/// Becomes `uid`/`gid` with no other groups.
+fn switch_user(uid: u32, gid: u32) -> Result<(), HardenError> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let fail = |what: &str, e: nix::Error| {
+        HardenError(format!(
+            "run as {uid}:{gid}: {what}: {} (in a user namespace, map the ids first)",
+            e.desc()
+        ))
+    };
+    let g = Gid::from_raw(gid);
+    setgroups(&[g]).map_err(|e| fail("setgroups", e))?;
+    setresgid(g, g, g).map_err(|e| fail("setresgid", e))?;
+    let u = Uid::from_raw(uid);
+    setresuid(u, u, u).map_err(|e| fail("setresuid", e))
+}
+
 /// Reduces the calling process to what `security` allows: the bounding, effective,
-/// permitted and inheritable sets to its capabilities, the ambient set emptied,
-/// `no_new_privs` set and the seccomp filter installed (unless privileged). Called last
+/// permitted and inheritable sets to its capabilities (or, running as another user, the
+/// permitted and effective sets empty), the ambient set emptied, `no_new_privs` set and the
+/// seccomp filter installed (unless privileged). Called last
 /// before `execve`; needs the capabilities it drops (CAP_SETPCAP for the bounding set).
 pub fn harden_before_exec(security: &Security) -> Result<(), HardenError> {
     let step = |what: &str, e: caps::errors::CapsError| HardenError(format!("{what}: {e}"));
@@ -328,9 +375,15 @@ pub fn harden_before_exec(security: &Security) -> Result<(), HardenError> {
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| step("ambient set", e))?;
-    caps::set(None, CapSet::Effective, &keep).map_err(|e| step("effective set", e))?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(|e| step("permitted set", e))?;
     caps::set(None, CapSet::Inheritable, &keep).map_err(|e| step("inheritable set", e))?;
+    if let Some((uid, gid)) = security.identity() {
+        // Leaving uid 0 empties the permitted and effective sets (no SECBIT_KEEP_CAPS):
+        // a non-root process keeps no capability, as everywhere else.
+        switch_user(uid, gid)?;
+    } else {
+        caps::set(None, CapSet::Effective, &keep).map_err(|e| step("effective set", e))?;
+        caps::set(None, CapSet::Permitted, &keep).map_err(|e| step("permitted set", e))?;
+    }
     if security.privileged {
         return Ok(());
     }
@@ -421,6 +474,21 @@ mod tests {
             ..Default::default()
         };
         assert!(with_profile(false).validate().is_ok());
+        let minus_one = Security {
+            run_as_user: Some(u32::MAX),
+            ..Default::default()
+        };
+        assert!(minus_one
+            .validate()
+            .expect_err("-1")
+            .to_string()
+            .contains("unchanged"));
+        let user = Security {
+            run_as_user: Some(1000),
+            ..Default::default()
+        };
+        assert_eq!(user.identity(), Some((1000, 1000)));
+        assert_eq!(Security::default().identity(), None);
         let conflict = with_profile(true)
             .validate()
             .expect_err("privileged has no filter");

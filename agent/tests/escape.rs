@@ -360,3 +360,44 @@ async fn a_seccomp_profile_replaces_the_default_filter() {
     );
     assert!(err.to_string().contains("args"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_can_run_as_a_non_root_user() {
+    let host = TestHost::new("run-as").await;
+    let id = unique("runas");
+    let mut spec = host.spec(&["sleep", "60"]);
+    spec.security.run_as_user = Some(1000);
+    spec.security.run_as_group = Some(1001);
+    let info = host.runtime.run(&id, spec).await.expect("run");
+    let pid = info.state.pid.expect("pid");
+    // The host sees the init as that user (no user namespace: the same numbers).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(status.contains("Uid:\t1000\t1000\t1000\t1000"), "{status}");
+    assert!(status.contains("Gid:\t1001\t1001\t1001\t1001"), "{status}");
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    assert!(status.contains("CapPrm:\t0000000000000000"), "{status}");
+    // Every exec runs as the same user, with no capabilities: root's files stay root's.
+    let out = host
+        .runtime
+        .exec(
+            &id,
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "id -u; id -g; id -G; touch /etc/owned 2>&1; echo rc=$?; touch /tmp/mine && echo tmp-ok".into(),
+            ],
+        )
+        .await
+        .expect("exec");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(&lines[..3], ["1000", "1001", "1001"], "{text}");
+    assert!(
+        text.contains("Permission denied") && text.contains("rc=1"),
+        "{text}"
+    );
+    assert!(text.contains("tmp-ok"), "{text}");
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+}

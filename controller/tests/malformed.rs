@@ -146,6 +146,8 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
             },
             pids_limit: r.pick(&[None, Some(0), Some(1), Some(u32::MAX)]),
             privileged: r.chance(10),
+            run_as_user: r.pick(&[None, None, Some(0), Some(1000), Some(u32::MAX)]),
+            run_as_group: r.pick(&[None, Some(0), Some(u32::MAX)]),
         }),
     }
 }

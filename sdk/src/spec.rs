@@ -239,6 +239,14 @@ impl ContainerSpec {
         self
     }
 
+    /// Runs the command (and execs) as `uid` and `gid` (default: the same number) instead
+    /// of root; no capabilities stay in effect.
+    pub fn user(mut self, uid: u32, gid: Option<u32>) -> Self {
+        self.security().run_as_user = Some(uid);
+        self.security().run_as_group = gid;
+        self
+    }
+
     /// At most `limit` processes and threads (default 1024; 0 for no limit).
     pub fn pids_limit(mut self, limit: u32) -> Self {
         self.security().pids_limit = Some(limit);

@@ -128,6 +128,8 @@ fn security_from(p: v1::Security) -> Result<Security, Status> {
         seccomp_profile: Some(p.seccomp_profile).filter(|t| !t.is_empty()),
         pids_limit: p.pids_limit,
         privileged: p.privileged,
+        run_as_user: p.run_as_user,
+        run_as_group: p.run_as_group,
     })
 }
 
@@ -142,6 +144,8 @@ fn security_to(s: &Security) -> v1::Security {
         seccomp_profile: s.seccomp_profile.clone().unwrap_or_default(),
         pids_limit: s.pids_limit,
         privileged: s.privileged,
+        run_as_user: s.run_as_user,
+        run_as_group: s.run_as_group,
     }
 }
 

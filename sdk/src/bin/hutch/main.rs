@@ -243,6 +243,9 @@ struct RunArgs {
     /// Most processes and threads inside [default: 1024; 0: no limit].
     #[arg(long)]
     pids_limit: Option<u32>,
+    /// Run as UID[:GID] (numbers; GID defaults to UID) instead of root.
+    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    user: Option<String>,
     /// Every capability, no seccomp filter, /proc and /sys unmasked: for containers that
     /// manage the host. Use with care.
     #[arg(long)]
@@ -717,6 +720,10 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     if let Some(limit) = args.pids_limit {
         spec = spec.pids_limit(limit);
     }
+    if let Some(user) = &args.user {
+        let (uid, gid) = parse_user(user)?;
+        spec = spec.user(uid, gid);
+    }
     if args.privileged {
         spec = spec.privileged();
     }
@@ -906,6 +913,22 @@ fn exit_code_of(code: Option<i32>, signal: Option<i32>) -> u8 {
         (None, Some(s)) => u8::try_from(128 + (s & 0x7f)).unwrap_or(EXIT_HUTCH),
         _ => EXIT_HUTCH,
     }
+}
+
+/// `UID` or `UID:GID`, numbers.
+fn parse_user(text: &str) -> Result<(u32, Option<u32>), Error> {
+    let bad = || {
+        Error::InvalidInput(format!(
+            "--user {text}: expected UID or UID:GID, numbers (e.g. 1000:1000)"
+        ))
+    };
+    let (uid, gid) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text, None),
+    };
+    let uid = uid.parse().map_err(|_| bad())?;
+    let gid = gid.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+    Ok((uid, gid))
 }
 
 fn parse_signal(s: &str) -> Result<i32, Error> {
