@@ -472,8 +472,9 @@ async fn serve(
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
+    // The address stays last on the line: scripts and tests read it from there.
     println!(
-        "hutch-agent {} listening on {addr} ({})",
+        "hutch-agent {} ({}) listening on {addr}",
         config.name,
         if tls.is_some() {
             "mutual TLS"
