@@ -6,12 +6,13 @@ mod report;
 mod scale;
 mod scenarios;
 mod setup;
+mod tls;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "start-latency",
     "agent-latency",
     "throughput",
@@ -20,6 +21,7 @@ const ALL: [&str; 8] = [
     "scheduler",
     "watch-fanout",
     "controller-scale",
+    "tls",
 ];
 
 #[derive(Parser)]
@@ -27,7 +29,7 @@ const ALL: [&str; 8] = [
     name = "hutch-bench",
     about = "hutch side by side with runc and containerd, in one run on this machine",
     long_about = "Runs the scenarios (all when none is named): start-latency, agent-latency, \
-throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
 )]
@@ -115,6 +117,7 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
             ("density", Some(env)) => {
                 density::density(env, dense, std::time::Duration::from_secs(idle)).await?
             }
+            ("tls", Some(env)) => tls::tls_overhead(env, runs).await?,
             ("controller-scale", Some(env)) => {
                 scale::controller_scale(env, sim_nodes, records).await?
             }

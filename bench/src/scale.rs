@@ -9,11 +9,12 @@
 //! records, 1,000 event streams and connections, and a 10,000-record answer.
 
 use std::pin::Pin;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::setup::KilledOnDrop;
 use hutch_proto::v1;
 use hutch_proto::v1::agent_server::{Agent, AgentServer};
 use hutch_proto::v1::controller_client::ControllerClient;
@@ -148,16 +149,6 @@ impl Agent for SimulatedAgent {
     }
 }
 
-/// The controller under test; killed when dropped.
-struct OwnController(Child);
-
-impl Drop for OwnController {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Resident memory of `pid` in bytes (`VmRSS`).
 fn rss_bytes(pid: u32) -> Result<u64, String> {
     proc_kb_field(&format!("/proc/{pid}/status"), "VmRSS")
@@ -251,7 +242,7 @@ pub async fn controller_scale(
     ctl.args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(env.dir.join("scale-controller"));
     let (child, addr) = spawn_listening(ctl, &env.dir.join("scale-controller.log"))?;
-    let controller = OwnController(child);
+    let controller = KilledOnDrop(child);
     let url = format!("http://{addr}");
     let channel = tonic::transport::Endpoint::from_shared(url)
         .map_err(|e| e.to_string())?

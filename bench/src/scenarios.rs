@@ -103,7 +103,7 @@ pub async fn connect_and_watch(env: &BenchEnv) -> Result<(Client, Watch), String
 
 /// One create of `/bin/true` on `rootfs` through the controller: the times until `watch`
 /// shows it RUNNING and EXITED. The container is removed afterwards.
-async fn hutch_sample(
+pub async fn hutch_sample(
     client: &mut Client,
     watch: &mut Watch,
     name: &str,
@@ -353,7 +353,7 @@ pub async fn start_and_wait(
 }
 
 /// Force-removes container `name`.
-async fn remove_one(client: &mut Client, name: String) -> Result<(), String> {
+pub async fn remove_one(client: &mut Client, name: String) -> Result<(), String> {
     client
         .remove_container(v1::RemoveContainerRequest {
             id: name,

@@ -37,6 +37,19 @@ pub struct BenchEnv {
     remove_run_containerd: bool,
 }
 
+/// Where the harness keeps its rootfs store between runs.
+pub const STORE_DIR: &str = "/var/tmp/hutch-bench-cache/rootfs";
+
+/// A daemon a scenario started for itself; killed when dropped.
+pub struct KilledOnDrop(pub Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn die(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
@@ -95,7 +108,7 @@ impl BenchEnv {
         }
         let dir = PathBuf::from(format!("/var/tmp/hutch-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| die("scratch dir", e))?;
-        let store_dir = PathBuf::from("/var/tmp/hutch-bench-cache/rootfs");
+        let store_dir = PathBuf::from(STORE_DIR);
         let store =
             hutch_agent::rootfs::RootfsStore::open(&store_dir).map_err(|e| die("rootfs", e))?;
         let started = Instant::now();
