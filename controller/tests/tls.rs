@@ -3,8 +3,9 @@
 //! joins with one and from then on speaks mutual TLS; a container runs through the whole
 //! chain. Every refusal is checked for its code and its message: a client without the
 //! controller's certificate at the agent, a node certificate acting for another node or
-//! driving an agent, registration by token alone, unknown, foreign and expired join tokens,
-//! plaintext against a TLS port, and a read-only token.
+//! driving an agent, a certificate of another cluster's CA, registration by token alone,
+//! unknown, foreign and expired join tokens, plaintext against a TLS port, and a read-only
+//! token.
 
 mod common;
 
@@ -54,6 +55,31 @@ async fn failed_join(test: &str, ctl: &TestController, token: &str) -> (Option<i
         "a refused join must not leave a certificate"
     );
     (out.status.code(), text(&out.stderr))
+}
+
+/// A heartbeat for `node` to `addr` over TLS with `material`, expecting `server_name`: Ok,
+/// or the code and message (transport causes included).
+async fn heartbeat_with(
+    material: &hutch_pki::material::TlsMaterial,
+    addr: &str,
+    server_name: &str,
+    node: &str,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(material.client_config(server_name))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("Unavailable: {}", hutch_proto::error_chain(&e)))?;
+    hutch_proto::v1::nodes_client::NodesClient::new(channel)
+        .heartbeat(hutch_proto::v1::HeartbeatRequest {
+            name: node.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|s| format!("{:?}: {}", s.code(), hutch_proto::status_text(&s)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +285,81 @@ async fn agents_join_with_tokens_and_speak_mutual_tls() {
         tonic::Code::PermissionDenied,
         "may not call ListContainers",
     );
+
+    // A node certificate of another cluster's CA counts for nothing. grpcurl (Go) does not
+    // even send it (the server names the CAs it accepts), so it arrives as an anonymous
+    // caller; a client that sends it anyway (rustls) fails the handshake.
+    let foreign_dir = std::env::temp_dir().join(unique("foreign-ca"));
+    let (foreign_ca, _) = hutch_pki::ca::ClusterCa::load_or_create(&foreign_dir).expect("ca");
+    let request =
+        hutch_pki::node::NodeRequest::new(&node.name, &["127.0.0.1".into()]).expect("csr");
+    let (foreign_cert, _) = foreign_ca
+        .sign_node(&node.name, &request.csr_pem)
+        .expect("sign");
+    let (fcert, fkey) = (foreign_dir.join("node.crt"), foreign_dir.join("node.key"));
+    std::fs::write(&fcert, &foreign_cert).expect("cert");
+    std::fs::write(&fkey, &request.key_pem).expect("key");
+    let (fcert_arg, fkey_arg) = (
+        fcert.to_string_lossy().into_owned(),
+        fkey.to_string_lossy().into_owned(),
+    );
+    let as_foreign = [
+        "-cacert",
+        ca_arg.as_str(),
+        "-cert",
+        fcert_arg.as_str(),
+        "-key",
+        fkey_arg.as_str(),
+    ];
+    let heartbeat = format!(r#"{{"name":"{}"}}"#, node.name);
+    let at_controller = grpcurl_over(
+        &as_foreign,
+        &ctl.addr,
+        &[],
+        Some(&heartbeat),
+        &["hutch.v1.Nodes/Heartbeat"],
+    );
+    assert_code(&at_controller, tonic::Code::Unauthenticated, "--join TOKEN");
+    let at_agent = grpcurl_over(&as_foreign, &node.addr, &[], None, &list);
+    assert_code(
+        &at_agent,
+        tonic::Code::Unauthenticated,
+        "controller's certificate",
+    );
+    let foreign = hutch_pki::material::TlsMaterial {
+        ca_pem: std::fs::read_to_string(&ca).expect("ca"),
+        cert_pem: foreign_cert,
+        key_pem: request.key_pem,
+    };
+    let genuine = hutch_pki::material::TlsMaterial {
+        ca_pem: foreign.ca_pem.clone(),
+        cert_pem: std::fs::read_to_string(tls_dir.join("node.crt")).expect("node.crt"),
+        key_pem: std::fs::read_to_string(tls_dir.join("node.key")).expect("node.key"),
+    };
+    for (addr, name) in [
+        (&ctl.addr, hutch_pki::CONTROLLER_NAME),
+        (&node.addr, hutch_pki::AGENT_NAME),
+    ] {
+        let refused = heartbeat_with(&foreign, addr, name, &node.name)
+            .await
+            .expect_err("a foreign certificate must not get through");
+        println!("foreign certificate sent to {name}: {refused}");
+        assert!(
+            refused.starts_with("Cancelled") || refused.starts_with("Unavailable"),
+            "refused in the handshake, before any call: {refused}"
+        );
+        // The control: the same call with the node's own certificate is answered by hutch
+        // (a gRPC status, whatever it says), so the refusal above is the certificate's.
+        let answered = heartbeat_with(&genuine, addr, name, &node.name).await;
+        println!("the node's own certificate at {name}: {answered:?}");
+        assert!(
+            !answered
+                .as_ref()
+                .is_err_and(|e| e.starts_with("Cancelled") || e.starts_with("Unavailable")),
+            "{answered:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&foreign_dir);
 
     // Joins refused: unknown secret, another cluster's CA, expired, malformed.
     let parts: Vec<&str> = token.split('.').collect();
