@@ -344,8 +344,10 @@ async fn agents_join_with_tokens_and_speak_mutual_tls() {
             .await
             .expect_err("a foreign certificate must not get through");
         println!("foreign certificate sent to {name}: {refused}");
+        // The handshake fails on the server's side; the client sees the connection closed,
+        // or the UnknownCA alert, depending on timing: a transport error either way.
         assert!(
-            refused.starts_with("Cancelled") || refused.starts_with("Unavailable"),
+            refused.contains("transport error"),
             "refused in the handshake, before any call: {refused}"
         );
         // The control: the same call with the node's own certificate is answered by hutch
@@ -355,7 +357,7 @@ async fn agents_join_with_tokens_and_speak_mutual_tls() {
         assert!(
             !answered
                 .as_ref()
-                .is_err_and(|e| e.starts_with("Cancelled") || e.starts_with("Unavailable")),
+                .is_err_and(|e| e.contains("transport error")),
             "{answered:?}"
         );
     }
