@@ -102,7 +102,7 @@ async fn client_from(
 async fn one_client_cannot_take_it_all_and_slow_requests_are_cut() {
     let ctl = TestController::start(
         "per-client",
-        &["--max-requests-per-client", "1", "--request-timeout", "1s"],
+        &["--max-requests-per-client", "1", "--request-timeout", "3s"],
     );
     let node = TestNode::start("per-client-node", &ctl, None, &[]).await;
     let mut client = ctl.client_when_ready(&[&node]).await;
@@ -115,7 +115,8 @@ async fn one_client_cannot_take_it_all_and_slow_requests_are_cut() {
     })
     .await;
 
-    // A slow unary exec takes 127.0.0.1's one slot, and is cut at the request timeout.
+    // A slow unary exec (sleep 5) takes 127.0.0.1's one slot, and is cut at the request
+    // timeout (3 s).
     let mut slow = client.clone();
     let exec = tokio::spawn(async move {
         let started = Instant::now();
@@ -127,32 +128,41 @@ async fn one_client_cannot_take_it_all_and_slow_requests_are_cut() {
             .await;
         (answer, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let same_client = client
-        .list_containers(v1::ListClusterContainersRequest::default())
-        .await
-        .expect_err("127.0.0.1 is at its share");
+    // Once the exec is in flight, a second call from the same address is refused at once.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let same_client = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match client
+            .list_containers(v1::ListClusterContainersRequest::default())
+            .await
+        {
+            Err(status) => break status,
+            Ok(_) if Instant::now() < deadline => continue,
+            Ok(_) => panic!("127.0.0.1 was never held to its share of 1"),
+        }
+    };
     assert_eq!(same_client.code(), tonic::Code::ResourceExhausted);
     assert!(
         same_client.message().contains("max_requests_per_client"),
         "{same_client:?}"
     );
-    // Another client is still served.
+    // Another client is served meanwhile.
     let mut other = client_from([127, 0, 0, 2].into(), &ctl).await;
     let listed = other
         .list_containers(v1::ListClusterContainersRequest::default())
         .await
         .expect("another client is served");
     assert_eq!(listed.into_inner().containers.len(), 1);
+    assert!(!exec.is_finished(), "the exec still held the slot");
 
     let (answer, took) = exec.await.expect("join");
     let cut = answer.expect_err("cut at the request timeout");
     println!("cut after {took:?}: {cut:?}");
     assert_eq!(cut.code(), tonic::Code::DeadlineExceeded);
-    assert!(cut.message().contains("request_timeout (1s)"), "{cut:?}");
+    assert!(cut.message().contains("request_timeout (3s)"), "{cut:?}");
     assert!(
-        took < Duration::from_secs(4),
-        "cut, not waited out: {took:?}"
+        took < Duration::from_millis(4500),
+        "cut, not waited out (sleep 5): {took:?}"
     );
     client
         .list_containers(v1::ListClusterContainersRequest::default())
