@@ -323,6 +323,22 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Joining comes first: a refused join must leave nothing on the host (the runtime
+        // makes the node's cgroups).
+        let tls = match (&cli.command, config.tls.clone(), &config.agent.join_token) {
+            (Command::Serve(_), Some(tls), Some(_)) => {
+                eprintln!(
+                    "hutch-agent: already joined ({}); --join ignored",
+                    tls.describe()
+                );
+                Some(tls)
+            }
+            (Command::Serve(_), None, Some(token)) => match join_node(&config.agent, token).await {
+                Ok(tls) => Some(tls),
+                Err(code) => return code,
+            },
+            (_, tls, _) => tls,
+        };
         let runtime = match Runtime::new(runtime_config) {
             Ok(r) => Arc::new(r),
             Err(e) => {
@@ -332,22 +348,6 @@ fn main() -> ExitCode {
         };
         let code = match cli.command {
             Command::Serve(_) => {
-                let tls = match (config.tls.clone(), &config.agent.join_token) {
-                    (Some(tls), token) => {
-                        if token.is_some() {
-                            eprintln!(
-                                "hutch-agent: already joined ({}); --join ignored",
-                                tls.describe()
-                            );
-                        }
-                        Some(tls)
-                    }
-                    (None, Some(token)) => match join_node(&config.agent, token).await {
-                        Ok(tls) => Some(tls),
-                        Err(code) => return code,
-                    },
-                    (None, None) => None,
-                };
                 serve(runtime.clone(), &config.agent, config.tokens.clone(), tls).await
             }
             command => match dispatch(&runtime, command).await {

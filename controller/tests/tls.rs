@@ -33,27 +33,45 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `hutch-agent serve --join TOKEN` on a fresh host, expected to fail: its exit code and
-/// stderr.
+/// `hutch-agent serve --join TOKEN` with a state directory and node name of its own,
+/// expected to fail: its exit code and stderr. A refused join must leave nothing: no
+/// certificate, no cgroup of the node.
 async fn failed_join(test: &str, ctl: &TestController, token: &str) -> (Option<i32>, String) {
-    let host = TestHost::new(test).await;
-    let mut cmd = host.agent_command();
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--controller",
-        &ctl.addr,
-    ])
-    .args(["--join", token]);
+    let name = unique(test);
+    let state_dir = PathBuf::from(format!("/var/tmp/hutch-test-{name}"));
+    let mut cmd = Command::new(common::agent_common::agent_bin());
+    cmd.arg("--state-dir")
+        .arg(&state_dir)
+        .arg("--rootfs-dir")
+        .arg(common::agent_common::shared_rootfs_dir())
+        .args(["--name", &name])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--controller",
+            &ctl.addr,
+        ])
+        .args(["--join", token]);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .expect("join task")
         .expect("agent");
     assert!(
-        !host.state_dir.join("tls/node.crt").exists(),
+        !state_dir.join("tls/node.crt").exists(),
         "a refused join must not leave a certificate"
     );
+    let cgroups = Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "8", "-type", "d", "-name"])
+        .arg(format!("hutch-{name}"))
+        .output()
+        .expect("find");
+    assert_eq!(
+        text(&cgroups.stdout),
+        "",
+        "a refused join must not leave the node's cgroups"
+    );
+    let _ = std::fs::remove_dir_all(&state_dir);
     (out.status.code(), text(&out.stderr))
 }
 
