@@ -9,19 +9,34 @@ use std::time::{Duration, Instant};
 use common::*;
 use hutch_proto::v1;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_budget_sheds_at_once_and_recovers() {
-    let ctl = TestController::start("overload", &["--max-concurrent-requests", "1"]);
-    let node = TestNode::start("overload-node", &ctl, None, &[]).await;
+/// A controller started with `flags`, one node, and container `name` running `sleep 30`.
+async fn cluster_with_sleeper(
+    test: &str,
+    flags: &[&str],
+    name: &str,
+) -> (
+    TestController,
+    TestNode,
+    hutch_proto::v1::controller_client::ControllerClient<tonic::transport::Channel>,
+) {
+    let ctl = TestController::start(test, flags);
+    let node = TestNode::start(&format!("{test}-node"), &ctl, None, &[]).await;
     let mut client = ctl.client_when_ready(&[&node]).await;
     client
-        .create_container(create("sleeper", spec(&["sleep", "30"])))
+        .create_container(create(name, spec(&["sleep", "30"])))
         .await
         .expect("create");
-    wait_container(&mut client, "sleeper", Duration::from_secs(20), |c| {
+    wait_container(&mut client, name, Duration::from_secs(20), |c| {
         state_of(c) == v1::ContainerState::Running
     })
     .await;
+    (ctl, node, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_budget_sheds_at_once_and_recovers() {
+    let (_ctl, _node, mut client) =
+        cluster_with_sleeper("overload", &["--max-concurrent-requests", "1"], "sleeper").await;
 
     let mut slow = client.clone();
     let exec = tokio::spawn(async move {
@@ -100,19 +115,11 @@ async fn client_from(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_take_it_all_and_slow_requests_are_cut() {
-    let ctl = TestController::start(
+    let (ctl, _node, mut client) = cluster_with_sleeper(
         "per-client",
         &["--max-requests-per-client", "1", "--request-timeout", "3s"],
-    );
-    let node = TestNode::start("per-client-node", &ctl, None, &[]).await;
-    let mut client = ctl.client_when_ready(&[&node]).await;
-    client
-        .create_container(create("napper", spec(&["sleep", "30"])))
-        .await
-        .expect("create");
-    wait_container(&mut client, "napper", Duration::from_secs(20), |c| {
-        state_of(c) == v1::ContainerState::Running
-    })
+        "napper",
+    )
     .await;
 
     // A slow unary exec (sleep 5) takes 127.0.0.1's one slot, and is cut at the request
