@@ -10,7 +10,7 @@ case "$role" in agent|controller|both) ;; *) echo "usage: deploy/install.sh [age
 source scripts/deps.sh
 hutch_install_packages
 
-cargo build --release -p hutch-agent -p hutch-controller -p hutch
+cargo build --release -p hutch-agent -p hutch-supervisor -p hutch-controller -p hutch-cli
 install -m 0755 target/release/hutch target/release/hutch-agent target/release/hutch-supervisor \
   target/release/hutch-controller /usr/local/bin/
 mkdir -p /etc/hutch

@@ -15,7 +15,7 @@ PREFIX="${PREFIX:-/usr/local}"
 CONTROLLER="${HUTCH_CONTROLLER_LISTEN:-127.0.0.1:7000}"
 LISTEN="${HUTCH_LISTEN:-127.0.0.1:7070}"
 
-cargo build --release -p hutch-agent -p hutch-controller -p hutch
+cargo build --release -p hutch-agent -p hutch-supervisor -p hutch-controller -p hutch-cli
 install -m 0755 target/release/hutch-agent target/release/hutch-supervisor \
   target/release/hutch-controller target/release/hutch "$PREFIX/bin/"
 echo "hutch: installed hutch (the CLI), hutch-controller, hutch-agent and hutch-supervisor in $PREFIX/bin"

@@ -22,6 +22,7 @@ use hutch_agent::service::join;
 use hutch_agent::service::registration::Registration;
 use hutch_agent::service::server::ServeOptions;
 use hutch_agent::spec::{parse_namespaces, parse_size, ContainerSpec, IdMap};
+use hutch_core::process::{parse_signal, shell_status};
 use hutch_pki::material::TlsMaterial;
 
 /// Exit code for errors of hutch itself (as `docker run` uses 125).
@@ -289,13 +290,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hutch_server::logging::init("warn");
     let cli = Cli::parse();
     // Everything is parsed and validated before the host is touched or a port bound.
     let config = match load_config(&cli) {
@@ -540,27 +535,27 @@ fn cgroup_path_of(dir: &std::path::Path) -> Result<CgroupPath, String> {
     })
 }
 
-fn parse_signal(s: &str) -> Result<i32, RuntimeError> {
-    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
-    Ok(match name.as_str() {
-        "TERM" => libc::SIGTERM,
-        "KILL" => libc::SIGKILL,
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "QUIT" => libc::SIGQUIT,
-        _ => s.parse().map_err(|_| RuntimeError::InvalidSignal(-1))?,
-    })
+/// Why a local command failed: the command line, or the runtime.
+#[derive(Debug, thiserror::Error)]
+enum LocalError {
+    /// An argument the runtime was never asked about.
+    #[error("{0}")]
+    Usage(String),
+    /// The runtime refused or failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The rootfs store refused or failed.
+    #[error(transparent)]
+    Rootfs(#[from] hutch_agent::rootfs::RootfsError),
 }
 
-fn usage(message: String) -> RuntimeError {
-    RuntimeError::InvalidSpec(hutch_agent::spec::SpecError::NamespaceCombination(message))
+fn usage(message: impl std::fmt::Display) -> LocalError {
+    LocalError::Usage(message.to_string())
 }
 
-fn spec_of(args: &RunArgs) -> Result<ContainerSpec, RuntimeError> {
+fn spec_of(args: &RunArgs) -> Result<ContainerSpec, LocalError> {
     let mut spec = ContainerSpec::new(args.rootfs.clone(), args.command.clone());
-    spec.namespaces = parse_namespaces(&args.ns)?;
+    spec.namespaces = parse_namespaces(&args.ns).map_err(usage)?;
     spec.memory_limit_bytes = args
         .memory
         .as_deref()
@@ -603,11 +598,9 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, RuntimeError> {
 }
 
 fn exit_code_of(info: &ContainerInfo) -> ExitCode {
-    match (info.state.exit_code, info.state.signal) {
-        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
-        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
-        _ => ExitCode::from(EXIT_HUTCH_ERROR),
-    }
+    ExitCode::from(
+        shell_status(info.state.exit_code, info.state.signal).unwrap_or(EXIT_HUTCH_ERROR),
+    )
 }
 
 fn print_new_logs(runtime: &Runtime, id: &str, printed: &mut usize) {
@@ -642,16 +635,21 @@ fn print_info(info: &ContainerInfo) {
     }
 }
 
-async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, RuntimeError> {
+async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, LocalError> {
     match command {
         Command::Serve(_) => Ok(ExitCode::SUCCESS),
         Command::Rootfs(cmd) => rootfs(runtime, cmd).await,
         Command::Run(args) => {
             let spec = spec_of(&args)?;
-            let id = args
-                .id
-                .clone()
-                .unwrap_or_else(hutch_agent::names::random_container_name);
+            let id = match args.id.clone() {
+                Some(id) => id,
+                None => {
+                    hutch_agent::names::random_container_name().map_err(|e| RuntimeError::Io {
+                        path: "/dev/urandom".into(),
+                        message: e.to_string(),
+                    })?
+                }
+            };
             let info = runtime.run(&id, spec).await?;
             if args.detach {
                 println!("{id}");
@@ -709,11 +707,9 @@ async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, Runti
             let out = runtime.exec(&id, command).await?;
             std::io::stdout().write_all(&out.stdout).ok();
             std::io::stderr().write_all(&out.stderr).ok();
-            Ok(match (out.exit_code, out.signal) {
-                (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
-                (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
-                _ => ExitCode::from(EXIT_HUTCH_ERROR),
-            })
+            Ok(ExitCode::from(
+                shell_status(out.exit_code, out.signal).unwrap_or(EXIT_HUTCH_ERROR),
+            ))
         }
         Command::Stop { id, time } => {
             let info = runtime.stop(&id, time.map(Duration::from_secs)).await?;
@@ -721,7 +717,7 @@ async fn dispatch(runtime: &Runtime, command: Command) -> Result<ExitCode, Runti
             Ok(ExitCode::SUCCESS)
         }
         Command::Kill { id, signal } => {
-            runtime.kill(&id, parse_signal(&signal)?)?;
+            runtime.kill(&id, parse_signal(&signal).map_err(usage)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Wait { id } => Ok(exit_code_of(&runtime.wait(&id).await?)),
@@ -746,7 +742,7 @@ fn describe_progress(p: &BuildProgress) -> String {
     s
 }
 
-async fn rootfs(runtime: &Runtime, cmd: RootfsCommand) -> Result<ExitCode, RuntimeError> {
+async fn rootfs(runtime: &Runtime, cmd: RootfsCommand) -> Result<ExitCode, LocalError> {
     match cmd {
         RootfsCommand::Build(args) => {
             let source = if let Some(path) = args.tarball {

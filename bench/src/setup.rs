@@ -179,7 +179,7 @@ impl BenchEnv {
             )
             .await
             .map_err(|e| die("busybox rootfs", e))?;
-        Ok(hutch_proto::units::human_bytes(built.info.size_bytes))
+        Ok(hutch_core::units::human_bytes(built.info.size_bytes))
     }
 
     fn start_hutch(&mut self, store_dir: &Path) -> Result<(), String> {

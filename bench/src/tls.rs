@@ -22,7 +22,7 @@ fn err(e: impl std::fmt::Display) -> String {
 async fn tls_client(addr: &str, ca_pem: &[u8]) -> Result<(Client, Watch), String> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(hutch_proto::auth::CONTROLLER_TLS_NAME);
+        .domain_name(hutch_core::bearer::CONTROLLER_TLS_NAME);
     let channel = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(err)?
         .tls_config(tls)
@@ -30,7 +30,7 @@ async fn tls_client(addr: &str, ca_pem: &[u8]) -> Result<(Client, Watch), String
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| hutch_proto::error_chain(&e))?;
+        .map_err(|e| hutch_core::error_chain(&e))?;
     let mut client = ControllerClient::new(channel);
     let watch = client
         .watch_containers(v1::WatchContainersRequest { since_revision: 0 })

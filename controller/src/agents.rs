@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use hutch_core::bearer::BearerToken;
 use hutch_pki::material::TlsMaterial;
-use hutch_proto::auth::BearerToken;
 use hutch_proto::v1::agent_client::AgentClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -42,7 +42,7 @@ impl AgentPool {
     pub fn client(&self, address: &str) -> Result<AgentRpc, String> {
         let rpc = |ch: Channel| {
             AgentClient::with_interceptor(ch, self.token.clone())
-                .max_decoding_message_size(hutch_agent::service::server::MAX_RESPONSE_BYTES)
+                .max_decoding_message_size(hutch_server::listen::MAX_RESPONSE_BYTES)
         };
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = channels.get(address) {

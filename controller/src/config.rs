@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hutch_agent::config::ConfigError;
-use hutch_agent::spec::parse_size;
+use hutch_core::spec::parse_size;
+use hutch_server::config::ConfigError;
 use serde::Deserialize;
 
 use crate::cluster::{ClusterConfig, Secret};
@@ -85,14 +85,14 @@ pub struct ControllerConfig {
     /// The bearer tokens file, when calls need tokens.
     pub tokens_file: Option<PathBuf>,
     /// Budgets of requests in flight and the request time limit.
-    pub limits: hutch_agent::service::limits::ServerLimits,
+    pub limits: hutch_server::limits::ServerLimits,
     /// TLS, when served.
     pub tls: Option<TlsSettings>,
 }
 
 /// Reads a TOML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    hutch_agent::config::read_toml(path)
+    hutch_server::config::read_toml(path)
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -151,7 +151,8 @@ pub fn resolve(
     let tls = tls_settings(&tls_over, &tls_file, listen, insecure, &data_dir)?;
     let tokens_file = over.tokens_file.or(file.tokens_file);
     if tls.is_none() {
-        hutch_agent::config::check_plaintext(listen, insecure).map_err(|m| invalid("listen", m))?;
+        hutch_server::config::check_plaintext(listen, insecure)
+            .map_err(|m| invalid("listen", m))?;
     } else if !listen.ip().is_loopback() && tokens_file.is_none() {
         return Err(invalid(
             "tokens_file",
@@ -226,7 +227,7 @@ pub fn resolve(
         insecure,
         tls,
         tokens_file,
-        limits: hutch_agent::config::server_limits(
+        limits: hutch_server::config::server_limits(
             over.max_concurrent_requests
                 .or(file.max_concurrent_requests),
             over.max_requests_per_client
@@ -369,7 +370,7 @@ mod tests {
     #[test]
     fn the_example_config_is_valid_and_serves_tls() {
         let file: FileConfig =
-            hutch_agent::config::parse_toml(include_str!("../../deploy/config/controller.toml"))
+            hutch_server::config::parse_toml(include_str!("../../deploy/config/controller.toml"))
                 .expect("deploy/config/controller.toml parses");
         let c = resolve(FileConfig::default(), file).expect("valid");
         assert!(c.tls.is_some() && c.tokens_file.is_some());

@@ -214,7 +214,7 @@ impl ClusterPki {
         let token: JoinToken = token
             .parse()
             .map_err(|e: PkiError| JoinError::Refused(e.to_string()))?;
-        hutch_agent::names::validate_name("name", node)
+        hutch_core::names::validate_name("name", node)
             .map_err(|e| JoinError::Invalid(e.to_string()))?;
         {
             let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());

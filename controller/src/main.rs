@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hutch_agent::service::auth::Tokens;
 use hutch_controller::cluster::Cluster;
 use hutch_controller::config::{self, FileConfig};
 use hutch_controller::join::ClusterPki;
 use hutch_controller::store::RedbStore;
+use hutch_server::auth::Tokens;
 
 /// Exit code for errors of hutch itself.
 const EXIT_HUTCH_ERROR: u8 = 125;
@@ -125,13 +125,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hutch_server::logging::init("info");
     let cli = Cli::parse();
     let file = match &cli.config {
         Some(path) => match config::read_file(path) {
@@ -234,14 +228,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
-        let (listener, addr) =
-            match hutch_agent::service::server::bind(config.listen, pki.is_some()).await {
-                Ok(bound) => bound,
-                Err(e) => {
-                    eprintln!("hutch-controller: {e}");
-                    return ExitCode::from(EXIT_HUTCH_ERROR);
-                }
-            };
+        let (listener, addr) = match hutch_server::listen::bind(config.listen, pki.is_some()).await
+        {
+            Ok(bound) => bound,
+            Err(e) => {
+                eprintln!("hutch-controller: {e}");
+                return ExitCode::from(EXIT_HUTCH_ERROR);
+            }
+        };
         println!(
             "hutch-controller listening on {addr} ({}, revision {}, strategy {})",
             if pki.is_some() { "TLS" } else { "plaintext" },
@@ -249,7 +243,7 @@ fn main() -> ExitCode {
             config.cluster.strategy
         );
         let _ = std::io::stdout().flush();
-        let shutdown = hutch_agent::service::server::shutdown_signal();
+        let shutdown = hutch_server::listen::shutdown_signal();
         let limits = hutch_controller::service::server::Limits {
             tokens,
             limits: config.limits,

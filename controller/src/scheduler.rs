@@ -327,7 +327,7 @@ impl Scheduler {
     }
 }
 
-pub use hutch_proto::units::human_bytes;
+pub use hutch_core::units::human_bytes;
 
 #[cfg(test)]
 mod tests {

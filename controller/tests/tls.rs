@@ -89,7 +89,7 @@ async fn heartbeat_with(
         .map_err(|e| e.to_string())?
         .connect()
         .await
-        .map_err(|e| format!("Unavailable: {}", hutch_proto::error_chain(&e)))?;
+        .map_err(|e| format!("Unavailable: {}", hutch_core::error_chain(&e)))?;
     hutch_proto::v1::nodes_client::NodesClient::new(channel)
         .heartbeat(hutch_proto::v1::HeartbeatRequest {
             name: node.to_string(),
@@ -97,7 +97,7 @@ async fn heartbeat_with(
         })
         .await
         .map(drop)
-        .map_err(|s| format!("{:?}: {}", s.code(), hutch_proto::status_text(&s)))
+        .map_err(|s| format!("{:?}: {}", s.code(), hutch_core::status_text(&s)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

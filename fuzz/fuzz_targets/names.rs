@@ -2,7 +2,7 @@
 //! validation must never panic, and what it accepts must be a single safe path component.
 #![no_main]
 
-use hutch_agent::names::validate_name;
+use hutch_core::names::validate_name;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

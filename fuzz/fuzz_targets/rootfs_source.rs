@@ -3,7 +3,7 @@
 //! directory or cpio paths) must never panic.
 #![no_main]
 
-use hutch_agent::service::convert::rootfs_from;
+use hutch_core::convert::rootfs_from;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

@@ -2,8 +2,8 @@
 //! JSON (a `config.json` on disk). Decoding and validation must never panic.
 #![no_main]
 
-use hutch_agent::service::convert::spec_from;
-use hutch_agent::spec::ContainerSpec;
+use hutch_core::convert::spec_from;
+use hutch_core::spec::ContainerSpec;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(spec) = serde_json::from_slice::<ContainerSpec>(data) {
         let _ = spec.validate();
-        let _ = spec.security.capabilities();
+        let _ = spec.security.capability_names();
     }
 });

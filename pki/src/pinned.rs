@@ -145,7 +145,7 @@ pub async fn connect(address: &str, ca_fingerprint: &str) -> Result<Channel, Pin
         .map_err(|e| {
             let why = format!(
                 "cannot reach the controller at {address} over TLS: {}",
-                hutch_proto::error_chain(&e)
+                hutch_core::error_chain(&e)
             );
             if mismatch.load(Ordering::SeqCst) {
                 PinnedError::WrongCa(why)

@@ -1,7 +1,7 @@
 //! [`Client`]: a connection to the controller, with typed calls for containers, nodes and
 //! rootfs.
 
-use hutch_proto::auth::BearerToken;
+use hutch_core::bearer::BearerToken;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -108,7 +108,7 @@ impl Client {
         }
         let channel = endpoint.connect().await.map_err(|e| Error::Connect {
             url: url.clone(),
-            message: hutch_proto::error_chain(&e),
+            message: hutch_core::error_chain(&e),
         })?;
         let token = BearerToken::new(options.token.as_deref())
             .map_err(|e| Error::InvalidInput(format!("token: {e}")))?;
@@ -286,7 +286,7 @@ fn tls_config(tls: &TlsOptions) -> tonic::transport::ClientTlsConfig {
         .domain_name(
             tls.server_name
                 .as_deref()
-                .unwrap_or(hutch_proto::auth::CONTROLLER_TLS_NAME),
+                .unwrap_or(hutch_core::bearer::CONTROLLER_TLS_NAME),
         );
     if let Some((cert, key)) = &tls.identity_pem {
         config = config.identity(Identity::from_pem(cert, key));

@@ -30,6 +30,6 @@ pub mod spec;
 pub use client::{BoxStream, Client, ClientOptions, TlsOptions};
 pub use container::{is_final, Container, ExecOutput, ExecSession, SessionOutput};
 pub use error::{Error, Result};
-pub use hutch_proto::units::{human_bytes, parse_size};
+pub use hutch_core::units::{human_bytes, parse_size};
 pub use hutch_proto::v1 as proto;
-pub use spec::{ContainerSpec, Namespace, RestartPolicy};
+pub use spec::{parse_namespaces, ContainerSpec, Namespace, RestartPolicy};

@@ -14,64 +14,12 @@
 
 use std::collections::HashMap;
 
-use hutch_proto::units::parse_size;
+use hutch_core::units::parse_size;
 use hutch_proto::v1;
 
 use crate::error::{Error, Result};
 
-/// A Linux namespace a container can have of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Namespace {
-    /// Process ids: the command is PID 1.
-    Pid,
-    /// System V IPC and POSIX message queues.
-    Ipc,
-    /// Network stack: only `lo` inside.
-    Net,
-    /// Hostname.
-    Uts,
-    /// Mount table.
-    Mount,
-    /// User and group ids: root inside is unprivileged outside.
-    User,
-    /// Cgroup root.
-    Cgroup,
-}
-
-impl Namespace {
-    /// The wire's value.
-    pub fn to_proto(self) -> v1::Namespace {
-        match self {
-            Namespace::Pid => v1::Namespace::Pid,
-            Namespace::Ipc => v1::Namespace::Ipc,
-            Namespace::Net => v1::Namespace::Net,
-            Namespace::Uts => v1::Namespace::Uts,
-            Namespace::Mount => v1::Namespace::Mount,
-            Namespace::User => v1::Namespace::User,
-            Namespace::Cgroup => v1::Namespace::Cgroup,
-        }
-    }
-}
-
-impl std::str::FromStr for Namespace {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "pid" => Namespace::Pid,
-            "ipc" => Namespace::Ipc,
-            "net" | "network" => Namespace::Net,
-            "uts" => Namespace::Uts,
-            "mount" | "mnt" => Namespace::Mount,
-            "user" => Namespace::User,
-            "cgroup" => Namespace::Cgroup,
-            other => {
-                return Err(Error::InvalidInput(format!(
-                "unknown namespace '{other}': choose from pid, ipc, net, uts, mount, user, cgroup"
-            )))
-            }
-        })
-    }
-}
+pub use hutch_core::spec::{parse_namespaces, Namespace};
 
 /// What the controller does when the container ends or its node is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -185,7 +133,7 @@ impl ContainerSpec {
     pub fn namespaces(mut self, namespaces: impl IntoIterator<Item = Namespace>) -> Self {
         self.spec.namespaces = namespaces
             .into_iter()
-            .map(|n| n.to_proto() as i32)
+            .map(|n| hutch_core::convert::namespace_to(n) as i32)
             .collect();
         self
     }

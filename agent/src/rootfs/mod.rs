@@ -16,7 +16,6 @@
 mod apt_sources;
 mod build;
 pub mod cpio;
-pub mod overlay;
 pub mod progress;
 pub mod source;
 
@@ -31,8 +30,9 @@ use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub use apt_sources::host_debian_mirror;
+pub use hutch_supervisor::overlay;
 pub use progress::{BuildProgress, BuildStage};
-pub use source::{ResolvedSource, RootfsSource};
+pub use source::{Resolve, ResolvedSource, RootfsSource};
 
 use crate::fsutil::{disk_usage, read_json, unix_millis_now, write_json_atomic};
 use crate::mounts::unmount_below;
@@ -82,6 +82,12 @@ pub enum RootfsError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<source::InvalidSource> for RootfsError {
+    fn from(e: source::InvalidSource) -> Self {
+        RootfsError::InvalidSource(e.0)
+    }
 }
 
 fn store_err(path: &Path, e: impl std::fmt::Display) -> RootfsError {
@@ -227,7 +233,7 @@ impl RootfsStore {
         validate_name("rootfs name", name)?;
         let resolved = {
             let source = source.clone();
-            tokio::task::spawn_blocking(move || source.resolve())
+            tokio::task::spawn_blocking(move || Resolve::resolve(&source))
                 .await
                 .map_err(|e| store_err(Path::new("resolve"), e))??
         };

@@ -5,53 +5,16 @@
 //! time. The key is the SHA-256 of the resolved source's canonical JSON, so the same request
 //! finds the same entry and any change in what would be built gives a new one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
+
+pub use hutch_core::rootfs_source::{InvalidSource, RootfsSource};
 use sha2::{Digest, Sha256};
 
 use super::apt_sources;
 use super::RootfsError;
-
-/// Where a rootfs comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RootfsSource {
-    /// `debootstrap [--variant V] [--include P,..] [--arch A] SUITE DIR MIRROR`.
-    Debootstrap {
-        /// Suite or codename, e.g. `bookworm`, `stable`, or an Ubuntu codename with its mirror.
-        suite: String,
-        /// debootstrap variant, e.g. `minbase`; empty for debootstrap's default.
-        #[serde(default)]
-        variant: String,
-        /// Extra packages, e.g. `procps`, `iproute2`.
-        #[serde(default)]
-        include: Vec<String>,
-        /// Architecture; empty means the host's (`dpkg --print-architecture`).
-        #[serde(default)]
-        arch: String,
-        /// Mirror URL; empty means the first Debian archive URI in the host's apt sources.
-        #[serde(default)]
-        mirror: String,
-    },
-    /// A local tar archive: `.tar`, `.tar.gz`/`.tgz` or `.tar.zst` (detected by content).
-    Tarball {
-        /// Absolute path on the agent's host.
-        path: PathBuf,
-    },
-    /// A local directory, copied into the store.
-    Directory {
-        /// Absolute path on the agent's host.
-        path: PathBuf,
-    },
-    /// A cpio/initramfs image, e.g. `/boot/initrd.img-$(uname -r)` (gzip, zstd, xz, bzip2 or
-    /// uncompressed, with or without an early microcode archive in front).
-    Initramfs {
-        /// Absolute path on the agent's host.
-        path: PathBuf,
-    },
-}
 
 /// A source with everything that decides its content filled in; this is what is keyed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,109 +34,14 @@ impl ResolvedSource {
     }
 }
 
-fn is_token(s: &str, extra: &[char]) -> bool {
-    !s.is_empty()
-        && !s.starts_with('-')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+/// Resolving a source on this host.
+pub trait Resolve {
+    /// Fills in the mirror and architecture from the host, fingerprints local paths.
+    fn resolve(&self) -> Result<ResolvedSource, RootfsError>;
 }
 
-impl RootfsSource {
-    /// The default rootfs of hutch: Debian bookworm, minbase, with `procps` and `iproute2` so
-    /// the tutorial's `ps -ef` and `ip addr` work inside.
-    pub fn default_debian() -> Self {
-        RootfsSource::Debootstrap {
-            suite: "bookworm".into(),
-            variant: "minbase".into(),
-            include: vec!["procps".into(), "iproute2".into()],
-            arch: String::new(),
-            mirror: String::new(),
-        }
-    }
-
-    /// Checks the source's fields without touching the host; every value that reaches a
-    /// command line is a plain token, never an option.
-    pub fn validate(&self) -> Result<(), RootfsError> {
-        let bad = |field: &str, value: &str, rule: &str| {
-            Err(RootfsError::InvalidSource(format!(
-                "{field} '{value}' is invalid: {rule}"
-            )))
-        };
-        match self {
-            RootfsSource::Debootstrap {
-                suite,
-                variant,
-                include,
-                arch,
-                mirror,
-            } => {
-                if !is_token(suite, &['-', '.', '_']) {
-                    return bad("suite", suite, "use a codename such as bookworm or stable");
-                }
-                if !variant.is_empty()
-                    && !["minbase", "buildd", "fakechroot"].contains(&variant.as_str())
-                {
-                    return bad(
-                        "variant",
-                        variant,
-                        "choose minbase, buildd or fakechroot (or leave it empty)",
-                    );
-                }
-                for p in include {
-                    if !is_token(p, &['-', '.', '+']) {
-                        return bad(
-                            "package",
-                            p,
-                            "Debian package names use a-z, 0-9, '+', '-' and '.'",
-                        );
-                    }
-                }
-                if !arch.is_empty() && !is_token(arch, &[]) {
-                    return bad(
-                        "arch",
-                        arch,
-                        "use a Debian architecture such as amd64 or arm64",
-                    );
-                }
-                if !mirror.is_empty()
-                    && (!(mirror.starts_with("http://")
-                        || mirror.starts_with("https://")
-                        || mirror.starts_with("file:/"))
-                        || mirror.chars().any(|c| c.is_whitespace() || c.is_control()))
-                {
-                    return bad("mirror", mirror, "give an http://, https:// or file:/ URL");
-                }
-                Ok(())
-            }
-            RootfsSource::Tarball { path }
-            | RootfsSource::Directory { path }
-            | RootfsSource::Initramfs { path } => {
-                if !path.is_absolute() {
-                    return Err(RootfsError::InvalidSource(format!(
-                        "path '{}' must be absolute (it is read on the agent's host)",
-                        path.display()
-                    )));
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// A short description for listings: `debootstrap bookworm (minbase)`, `tarball /x.tar`.
-    pub fn describe(&self) -> String {
-        match self {
-            RootfsSource::Debootstrap { suite, variant, .. } if !variant.is_empty() => {
-                format!("debootstrap {suite} ({variant})")
-            }
-            RootfsSource::Debootstrap { suite, .. } => format!("debootstrap {suite}"),
-            RootfsSource::Tarball { path } => format!("tarball {}", path.display()),
-            RootfsSource::Directory { path } => format!("directory {}", path.display()),
-            RootfsSource::Initramfs { path } => format!("initramfs {}", path.display()),
-        }
-    }
-
-    /// Fills in the mirror and architecture from the host, fingerprints local paths.
-    pub fn resolve(&self) -> Result<ResolvedSource, RootfsError> {
+impl Resolve for RootfsSource {
+    fn resolve(&self) -> Result<ResolvedSource, RootfsError> {
         self.validate()?;
         match self {
             RootfsSource::Debootstrap {
@@ -301,35 +169,6 @@ mod tests {
     }
 
     #[test]
-    fn refuses_option_injection_and_bad_fields() {
-        let mut s = deb(&["--foo"], "");
-        assert!(s.validate().is_err());
-        s = deb(&[], "ftp://x");
-        assert!(s.validate().is_err());
-        s = RootfsSource::Debootstrap {
-            suite: "-v".into(),
-            variant: String::new(),
-            include: vec![],
-            arch: String::new(),
-            mirror: String::new(),
-        };
-        assert!(s.validate().is_err());
-        s = RootfsSource::Debootstrap {
-            suite: "bookworm".into(),
-            variant: "huge".into(),
-            include: vec![],
-            arch: String::new(),
-            mirror: String::new(),
-        };
-        assert!(s.validate().is_err());
-        assert!(RootfsSource::Tarball {
-            path: "rel/x.tar".into()
-        }
-        .validate()
-        .is_err());
-    }
-
-    #[test]
     fn local_sources_are_fingerprinted() {
         let dir = std::env::temp_dir().join(format!("hutch-src-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -353,14 +192,5 @@ mod tests {
             .expect("resolve");
         assert_ne!(r.key(), r2.key());
         std::fs::remove_dir_all(&dir).expect("cleanup");
-    }
-
-    #[test]
-    fn json_form() {
-        let s: RootfsSource = serde_json::from_str(
-            r#"{"type":"debootstrap","suite":"bookworm","variant":"minbase","include":["procps"]}"#,
-        )
-        .expect("parse");
-        assert_eq!(s.describe(), "debootstrap bookworm (minbase)");
     }
 }

@@ -1,7 +1,8 @@
 //! The container runtime: the agent-side API over containers on this host.
 //!
 //! [`Runtime::run`] validates a spec, creates the container's state directory and its cgroup
-//! (limits set before any process exists), and starts a [`supervisor`] by `exec`. The
+//! (limits set before any process exists), and starts a [`supervisor`] by `exec` (the
+//! `hutch-supervisor` program of the `hutch-supervisor` crate). The
 //! supervisor does all namespace and mount work in its own single-threaded process, then
 //! reports back one line. Everything after that is read from the state directory the
 //! supervisor writes (see [`state`]), so a restarted agent knows as much as the one that
@@ -11,14 +12,10 @@
 //! container is cleaned up); signals go to the container's init through a pidfd, after
 //! checking that the pid still belongs to the container's cgroup.
 
-pub mod attach;
-pub mod exec;
-pub mod init;
-pub mod logs;
 pub mod session;
-pub mod state;
-pub mod supervisor;
 pub mod sys;
+
+pub use hutch_supervisor::{attach, exec, init, logs, state, supervisor};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

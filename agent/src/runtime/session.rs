@@ -1,7 +1,7 @@
 //! An interactive exec: the helper process with its stdio either on a pseudo-terminal the
 //! agent allocated (the agent keeps the master side) or on pipes.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,24 +45,7 @@ impl ExecProcess {
     }
 }
 
-/// A new pseudo-terminal of `rows` x `cols`: (master, slave).
-pub fn open_terminal(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let size = nix::pty::Winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&size), None).map_err(std::io::Error::from)?;
-    for fd in [&pty.master, &pty.slave] {
-        fcntl(
-            fd.as_raw_fd(),
-            FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .map_err(std::io::Error::from)?;
-    }
-    Ok((pty.master, pty.slave))
-}
+pub use hutch_supervisor::sys::open_terminal;
 
 /// The master side of a session's terminal, readable and writable from async code (and
 /// from two tasks at once: one reads, one writes).
@@ -73,9 +56,9 @@ pub struct Terminal {
 
 impl Terminal {
     fn new(master: OwnedFd) -> std::io::Result<Self> {
-        let flags = fcntl(master.as_raw_fd(), FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+        let flags = fcntl(&master, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
         fcntl(
-            master.as_raw_fd(),
+            &master,
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         )
         .map_err(std::io::Error::from)?;
@@ -92,9 +75,9 @@ impl Terminal {
     pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref().as_raw_fd(), buf).map_err(std::io::Error::from)
-            }) {
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(std::io::Error::from))
+            {
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
                 Ok(result) => return result,
                 Err(_would_block) => continue,

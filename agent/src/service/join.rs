@@ -105,7 +105,7 @@ async fn exchange(
     match answer {
         Ok(r) => Ok(r.into_inner()),
         Err(s) if s.code() == tonic::Code::Unavailable => {
-            Err(JoinError::Unreachable(hutch_proto::status_text(&s)))
+            Err(JoinError::Unreachable(hutch_core::status_text(&s)))
         }
         Err(s) => Err(JoinError::Refused(format!(
             "the controller refused to let this node join ({:?}): {}",

@@ -2,16 +2,16 @@
 //! served by tonic. Handlers validate their input, call the runtime, record events and map
 //! errors to status codes in [`status`]; conversions live in [`convert`].
 
-pub mod auth;
 pub mod convert;
 pub mod join;
-pub mod limits;
 pub mod logs;
 pub mod registration;
 pub mod reporter;
 pub mod server;
 pub mod session;
 pub mod status;
+
+pub use hutch_server::{auth, limits};
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 
 use crate::events::{EventLog, NewEvent};
 use crate::node;
+use crate::rootfs::RootfsError;
 use crate::runtime::state::Status as RunStatus;
 use crate::runtime::{Runtime, RuntimeError};
 use convert::{
@@ -99,7 +100,7 @@ impl Agent for AgentService {
         let (name, source) = rootfs_from(request.into_inner().rootfs)?;
         crate::names::validate_name("rootfs.name", &name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        source.validate()?;
+        source.validate().map_err(RootfsError::from)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let runtime = self.core.runtime.clone();
         let span = tracing::info_span!("build_rootfs", node = %self.core.node, rootfs = %name);
@@ -176,7 +177,7 @@ impl Agent for AgentService {
         }
         let req = request.into_inner();
         let name = if req.name.is_empty() {
-            crate::names::random_container_name()
+            crate::names::random_container_name().map_err(|e| Status::internal(e.to_string()))?
         } else {
             req.name
         };

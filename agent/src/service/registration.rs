@@ -4,7 +4,7 @@
 //! An agent that joined calls the controller over mutual TLS, presenting its node
 //! certificate and accepting only the controller's.
 
-use hutch_proto::auth::BearerToken;
+use hutch_core::bearer::BearerToken;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,7 +122,7 @@ pub async fn run(core: Arc<AgentCore>, reg: Registration, tls: Option<TlsMateria
                 tracing::warn!(controller = %url, "registering again: {why}");
             }
             Err(s) => {
-                tracing::warn!(controller = %url, "cannot register (retrying in {pause:?}): {}", hutch_proto::status_text(&s));
+                tracing::warn!(controller = %url, "cannot register (retrying in {pause:?}): {}", hutch_core::status_text(&s));
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = closing.changed() => return,

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use hutch_agent::names::{random_container_name, validate_name};
-use hutch_agent::service::convert::{spec_from, timestamp};
+use hutch_core::convert::{spec_from, timestamp};
+use hutch_core::names::{random_container_name, validate_name};
 use hutch_proto::v1::{self, ContainerState as S, WatchEventType};
 
 use super::records::{self, holds_reservation, is_final, state, wants_restart};
@@ -23,7 +23,7 @@ impl Cluster {
         req: v1::CreateContainerRequest,
     ) -> Result<v1::Container, ClusterError> {
         let name = if req.name.is_empty() {
-            random_container_name()
+            random_container_name().map_err(ClusterError::Random)?
         } else {
             req.name.clone()
         };
@@ -40,8 +40,8 @@ impl Cluster {
             .spec
             .clone()
             .ok_or_else(|| ClusterError::InvalidArgument("spec: missing".into()))?;
-        let parsed = spec_from(spec.clone())
-            .map_err(|s| ClusterError::InvalidArgument(s.message().to_string()))?;
+        let parsed =
+            spec_from(spec.clone()).map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
         parsed
             .validate()
             .map_err(|e| ClusterError::InvalidArgument(format!("spec: {e}")))?;
@@ -198,7 +198,7 @@ impl Cluster {
         let mut client = self.client_for(&record.node)?;
         let grace_total = grace
             .or(record.spec.as_ref().and_then(|s| s.stop_grace_seconds))
-            .unwrap_or(hutch_agent::spec::DEFAULT_STOP_GRACE_SECONDS);
+            .unwrap_or(hutch_core::spec::DEFAULT_STOP_GRACE_SECONDS);
         let mut request = tonic::Request::new(v1::StopContainerRequest {
             id: records::current_agent_id(&record),
             grace_seconds: grace,

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use hutch_agent::service::convert::timestamp;
+use hutch_core::convert::timestamp;
 use hutch_proto::v1::{self, ContainerState as S, WatchEventType};
 use thiserror::Error;
 use tokio::sync::{broadcast, Notify};
@@ -120,6 +120,9 @@ pub enum ClusterError {
     /// The state store failed; nothing was changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No randomness could be read for a fresh name.
+    #[error(transparent)]
+    Random(std::io::Error),
 }
 
 /// What the controller keeps per node besides its record.
@@ -237,7 +240,7 @@ impl Cluster {
             config,
             store,
             state: Mutex::new(st),
-            session: new_session(),
+            session: new_session()?,
             watchers,
             kick: Arc::new(Notify::new()),
             agents,
@@ -470,6 +473,6 @@ pub(crate) fn not_found(name: &str) -> ClusterError {
 }
 
 /// A random session id.
-fn new_session() -> String {
-    hutch_agent::names::random_container_name().replacen("c-", "s-", 1)
+fn new_session() -> Result<String, ClusterError> {
+    hutch_core::names::random_name("s-").map_err(ClusterError::Random)
 }

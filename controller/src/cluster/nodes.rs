@@ -3,8 +3,8 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use hutch_agent::names::validate_name;
-use hutch_agent::service::convert::timestamp;
+use hutch_core::convert::timestamp;
+use hutch_core::names::validate_name;
 use hutch_proto::v1::{self, ContainerState as S, NodeState, WatchEventType};
 
 use super::records::{holds_reservation, state};
@@ -311,7 +311,7 @@ impl Cluster {
                     .spec
                     .as_ref()
                     .and_then(|s| s.stop_grace_seconds)
-                    .unwrap_or(hutch_agent::spec::DEFAULT_STOP_GRACE_SECONDS);
+                    .unwrap_or(hutch_core::spec::DEFAULT_STOP_GRACE_SECONDS);
                 let mut request = tonic::Request::new(v1::StopContainerRequest {
                     id: super::records::current_agent_id(&c),
                     grace_seconds: None,

@@ -26,9 +26,9 @@ impl Cluster {
             .rootfs
             .ok_or_else(|| ClusterError::InvalidArgument("rootfs: missing".into()))?;
         // The nodes' own checks, before any node is asked.
-        let (name, source) = hutch_agent::service::convert::rootfs_from(Some(spec.clone()))
-            .map_err(|s| ClusterError::InvalidArgument(s.message().to_string()))?;
-        hutch_agent::names::validate_name("rootfs name", &name)
+        let (name, source) = hutch_core::convert::rootfs_from(Some(spec.clone()))
+            .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
+        hutch_core::names::validate_name("rootfs name", &name)
             .map_err(|e| ClusterError::InvalidArgument(format!("rootfs.name: {e}")))?;
         source
             .validate()
@@ -143,7 +143,7 @@ impl Cluster {
         name: &str,
         node: &str,
     ) -> Result<v1::ClusterRemoveRootfsResponse, ClusterError> {
-        hutch_agent::names::validate_name("rootfs name", name)
+        hutch_core::names::validate_name("rootfs name", name)
             .map_err(|e| ClusterError::InvalidArgument(format!("name: {e}")))?;
         let nodes = self.target_nodes(node, &Default::default())?;
         let mut response = v1::ClusterRemoveRootfsResponse::default();

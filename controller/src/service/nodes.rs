@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::Cluster;
 use crate::join::ClusterPki;
-use hutch_agent::service::auth::Peer;
+use hutch_server::auth::Peer;
 
 /// The agents' side of the controller.
 #[derive(Clone)]

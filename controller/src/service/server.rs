@@ -5,13 +5,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use hutch_agent::service::auth::{Authed, Policy, Tokens};
-use hutch_agent::service::server::{
-    base_router, serve_router, Budget, Limited, ServeError, ServerLimits, MAX_REQUEST_BYTES,
-    MAX_RESPONSE_BYTES,
-};
 use hutch_proto::v1::controller_server::ControllerServer;
 use hutch_proto::v1::nodes_server::NodesServer;
+use hutch_server::auth::{Authed, Policy, Tokens};
+use hutch_server::limits::{Budget, Limited, ServerLimits};
+use hutch_server::listen::{
+    base_router, serve_router, ServeError, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+};
 use tokio::net::TcpListener;
 
 use super::nodes::NodesService;

@@ -17,6 +17,7 @@ impl From<ClusterError> for Status {
             ClusterError::Node { node, status } => {
                 Status::new(status.code(), format!("node {node}: {}", status.message()))
             }
+            ClusterError::Random(e) => Status::internal(e.to_string()),
             ClusterError::Store(e) => {
                 Status::unavailable(format!("{e}; nothing was changed, try again"))
             }

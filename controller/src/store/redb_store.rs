@@ -1,11 +1,16 @@
 //! The embedded [`Store`]: one redb file (`DATA_DIR/state.redb`), one table per kind of
 //! record, values are prost-encoded protobuf messages. Every commit is durable
 //! (`Durability::Immediate`: fsync before `commit` returns).
+//!
+//! Files written by hutch before redb 3 are in redb's file format 2, which redb 3 and later
+//! no longer read. Such a file is upgraded in place the first time it is opened, with redb
+//! 2.6's own `Database::upgrade` (kept as the `redb2` dependency for this one purpose); the
+//! records are not touched.
 
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Batch, Snapshot, Store, StoreError, Write};
 
@@ -31,7 +36,14 @@ impl RedbStore {
             message: e.to_string(),
         };
         std::fs::create_dir_all(data_dir).map_err(|e| backend(&e))?;
-        let db = Database::create(&path).map_err(|e| backend(&e))?;
+        let db = match Database::create(&path) {
+            Err(redb::DatabaseError::UpgradeRequired(2)) => {
+                upgrade_format_2(&path).map_err(|e| backend(&e))?;
+                Database::create(&path)
+            }
+            opened => opened,
+        }
+        .map_err(|e| backend(&e))?;
         let store = RedbStore { db, path };
         // Create every table, so readers never meet a missing one.
         store.commit(&Batch::default())?;
@@ -44,6 +56,15 @@ impl RedbStore {
             message: e.to_string(),
         }
     }
+}
+
+/// Upgrades a redb file of format 2 (hutch before redb 3) to format 3, in place.
+fn upgrade_format_2(path: &Path) -> Result<(), String> {
+    tracing::info!(path = %path.display(), "upgrading the state store from redb file format 2");
+    let mut db = redb2::Database::open(path).map_err(|e| format!("opening for upgrade: {e}"))?;
+    let upgraded = db.upgrade().map_err(|e| format!("upgrading: {e}"))?;
+    tracing::info!(path = %path.display(), upgraded, "state store upgraded");
+    Ok(())
 }
 
 fn decode<M: Message + Default>(
@@ -202,6 +223,43 @@ mod tests {
         assert_eq!(snap.nodes[0].last_event_seq, 42);
         let revs: Vec<u64> = snap.events.iter().map(|e| e.revision).collect();
         assert_eq!(revs, vec![3, 4]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_written_in_file_format_2_is_upgraded_and_keeps_its_records() {
+        let dir = temp_dir("format2");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        {
+            // What hutch wrote before redb 3: a redb 2 file, format 2.
+            let old = redb2::Database::create(dir.join("state.redb")).expect("redb 2 file");
+            let meta: redb2::TableDefinition<&str, u64> = redb2::TableDefinition::new("meta");
+            let nodes: redb2::TableDefinition<&str, &[u8]> = redb2::TableDefinition::new("nodes");
+            let node = v1::Node {
+                name: "n1".into(),
+                last_event_seq: 7,
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let txn = old.begin_write().expect("write");
+            txn.open_table(meta)
+                .expect("table")
+                .insert(REVISION, 41)
+                .expect("insert");
+            txn.open_table(nodes)
+                .expect("table")
+                .insert("n1", node.as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let store = RedbStore::open(&dir).expect("open upgrades the file");
+        let snap = store.load().expect("load");
+        assert_eq!(snap.revision, 41);
+        assert_eq!(snap.nodes.len(), 1);
+        assert_eq!(snap.nodes[0].last_event_seq, 7);
+        drop(store);
+        let again = RedbStore::open(&dir).expect("an upgraded file opens as it is");
+        assert_eq!(again.load().expect("load").revision, 41);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

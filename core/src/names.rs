@@ -67,16 +67,34 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Where fresh names take their randomness from.
+const RANDOM_SOURCE: &str = "/dev/urandom";
+
 /// A fresh container name, `c-` and 12 random hex digits, for requests that give none.
-pub fn random_container_name() -> String {
+/// Fails (rather than giving every container the same name) when no randomness can be read.
+pub fn random_container_name() -> std::io::Result<String> {
+    random_name("c-")
+}
+
+/// A fresh name: `prefix` and 12 random hex digits.
+pub fn random_name(prefix: &str) -> std::io::Result<String> {
+    random_name_from(std::path::Path::new(RANDOM_SOURCE), prefix)
+}
+
+fn random_name_from(source: &std::path::Path, prefix: &str) -> std::io::Result<String> {
     let mut bytes = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    format!(
-        "c-{}",
+    std::fs::File::open(source)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("no random name: reading {}: {e}", source.display()),
+            )
+        })?;
+    Ok(format!(
+        "{prefix}{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -117,5 +135,18 @@ mod tests {
             validate_name("container id", &"a".repeat(MAX_NAME_LEN)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn random_names_differ_and_a_failing_source_is_an_error() {
+        let a = random_container_name().expect("random");
+        let b = random_container_name().expect("random");
+        assert!(a.starts_with("c-") && a.len() == 14, "{a}");
+        assert_ne!(a, b);
+        for broken in ["/dev/null", "/nonexistent/hutch-random"] {
+            let err = random_name_from(std::path::Path::new(broken), "c-")
+                .expect_err("an unreadable source must not give a name");
+            assert!(err.to_string().contains(broken), "{err}");
+        }
     }
 }

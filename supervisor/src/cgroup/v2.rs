@@ -5,8 +5,6 @@
 //! `memory.peak` (kernel 5.19+), swap in `memory.swap.max` (swap only, so the limit is
 //! total minus memory). `cgroup.kill` (5.14+) empties a cgroup in one write.
 
-use cgroups_rs::memory::MemController;
-
 use super::v1::read_keyed;
 use super::{io_err, CgroupError, CgroupPath, Driver};
 
@@ -76,7 +74,6 @@ impl Driver for V2 {
 
     fn set_swap_limit(
         &self,
-        _mem: &MemController,
         cgroup: &CgroupPath,
         memory: u64,
         total: u64,

@@ -30,10 +30,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{self, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-use super::state::{Failure, SupervisorConfig};
-use super::sys;
-use crate::security::{MASKED_PATHS, READ_ONLY_PATHS};
-use crate::spec::Namespace;
+use crate::security::{Filters, MASKED_PATHS, READ_ONLY_PATHS};
+use crate::state::{Failure, SupervisorConfig};
+use crate::sys;
+use hutch_core::spec::Namespace;
 
 /// `PATH` inside a container unless its spec sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -99,26 +99,30 @@ fn borrow_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 
 /// The child's entry point after `clone`: never returns on success (the command replaces
 /// this process); on failure reports the step and returns the exit status 127.
-pub fn run(cfg: &SupervisorConfig, io: InitIo) -> isize {
-    if let Err(failure) = setup_and_exec(cfg, io) {
+pub fn run(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> isize {
+    if let Err(failure) = setup_and_exec(cfg, io, filters) {
         report(io.report, &InitMessage::Failed(failure));
     }
     127
 }
 
-fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
+fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Result<(), Failure> {
     let spec = &cfg.spec;
     // stdio first, so that even a failing command's output would be captured.
     let devnull = nix::fcntl::open(
         "/dev/null",
-        nix::fcntl::OFlag::O_RDONLY,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| errno("stdio", "opening /dev/null", e))?;
-    let stdin = io.terminal.unwrap_or(devnull);
-    for (from, to) in [(stdin, 0), (io.stdout, 1), (io.stderr, 2)] {
-        unistd::dup2(from, to).map_err(|e| errno("stdio", "redirecting output", e))?;
-    }
+    let stdin = io
+        .terminal
+        .map(borrow_fd)
+        .unwrap_or(std::os::fd::AsFd::as_fd(&devnull));
+    let redirect = |e| errno("stdio", "redirecting output", e);
+    unistd::dup2_stdin(stdin).map_err(redirect)?;
+    unistd::dup2_stdout(borrow_fd(io.stdout)).map_err(redirect)?;
+    unistd::dup2_stderr(borrow_fd(io.stderr)).map_err(redirect)?;
     if io.terminal.is_some() {
         // A session of its own with the terminal as its controlling terminal: job control,
         // Ctrl-C and window sizes reach the command.
@@ -128,7 +132,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
     }
 
     let mut byte = [0u8; 1];
-    match unistd::read(io.release, &mut byte) {
+    match unistd::read(borrow_fd(io.release), &mut byte) {
         Ok(1) => {}
         _ => {
             return Err(fail(
@@ -205,13 +209,13 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo) -> Result<(), Failure> {
     unistd::chdir(workdir)
         .map_err(|e| errno("workdir", format!("working directory '{workdir}'"), e))?;
 
-    Err(harden_and_exec(cfg))
+    Err(harden_and_exec(cfg, filters))
 }
 
 /// Drops what the container may not do (capabilities, `no_new_privs`, seccomp; see
 /// [`crate::security`]), then execs its command. Returns only on failure, with the reason.
-pub fn harden_and_exec(cfg: &SupervisorConfig) -> Failure {
-    if let Err(e) = crate::security::harden_before_exec(&cfg.spec.security) {
+pub fn harden_and_exec(cfg: &SupervisorConfig, filters: &Filters) -> Failure {
+    if let Err(e) = crate::security::harden_before_exec(&cfg.spec.security, filters) {
         return fail("security", e.to_string());
     }
     exec_command(cfg)

@@ -96,15 +96,32 @@ impl fmt::Display for Namespace {
 impl FromStr for Namespace {
     type Err = SpecError;
 
+    /// A namespace by name (`pid`, `net`, `mount`, ...; any case) or by its `unshare` flag
+    /// letter, which is case-sensitive as `unshare`'s are: `p i n u m U C` (`u` is uts,
+    /// `U` is user).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let by_flag = match s {
+            "p" => Some(Namespace::Pid),
+            "i" => Some(Namespace::Ipc),
+            "n" => Some(Namespace::Net),
+            "u" => Some(Namespace::Uts),
+            "m" => Some(Namespace::Mount),
+            "U" => Some(Namespace::User),
+            "C" => Some(Namespace::Cgroup),
+            _ => None,
+        };
+        if let Some(ns) = by_flag {
+            return Ok(ns);
+        }
         Ok(match s.to_ascii_lowercase().as_str() {
-            "pid" | "p" => Namespace::Pid,
-            "ipc" | "i" => Namespace::Ipc,
-            "net" | "network" | "n" => Namespace::Net,
-            "uts" | "u" => Namespace::Uts,
-            "mount" | "mnt" | "m" => Namespace::Mount,
-            "user" | "U" => Namespace::User,
-            "cgroup" | "C" => Namespace::Cgroup,
+            "pid" => Namespace::Pid,
+            "ipc" => Namespace::Ipc,
+            "net" | "network" => Namespace::Net,
+            "uts" => Namespace::Uts,
+            "mount" | "mnt" => Namespace::Mount,
+            "user" => Namespace::User,
+            "cgroup" => Namespace::Cgroup,
             _ => return Err(SpecError::UnknownNamespace(s.to_string())),
         })
     }
@@ -203,7 +220,9 @@ pub enum SpecError {
     #[error("{0} contains a NUL byte")]
     NulByte(String),
     /// A namespace name is not one of pid, ipc, net, uts, mount, user, cgroup.
-    #[error("unknown namespace '{0}': choose from pid, ipc, net, uts, mount, user, cgroup")]
+    #[error(
+        "unknown namespace '{0}': choose from pid, ipc, net, uts, mount, user, cgroup (or unshare's letters p, i, n, u, m, U, C)"
+    )]
     UnknownNamespace(String),
     /// A namespace is listed twice.
     #[error("namespace '{0}' is listed twice")]
@@ -422,7 +441,7 @@ pub fn parse_namespaces(list: &str) -> Result<Vec<Namespace>, SpecError> {
         .collect()
 }
 
-pub use hutch_proto::units::parse_size;
+pub use crate::units::parse_size;
 
 #[cfg(test)]
 mod tests {
@@ -503,6 +522,26 @@ mod tests {
         assert_eq!(s.validate(), Ok(()));
         s.hostname = "bad host".into();
         assert!(matches!(s.validate(), Err(SpecError::BadHostname(_))));
+    }
+
+    #[test]
+    fn unshare_letters_are_case_sensitive() {
+        assert_eq!(
+            parse_namespaces("U,p,m,C,u,i,n"),
+            Ok(vec![
+                Namespace::User,
+                Namespace::Pid,
+                Namespace::Mount,
+                Namespace::Cgroup,
+                Namespace::Uts,
+                Namespace::Ipc,
+                Namespace::Net,
+            ])
+        );
+        assert_eq!("USER".parse::<Namespace>(), Ok(Namespace::User));
+        assert_eq!("Uts".parse::<Namespace>(), Ok(Namespace::Uts));
+        assert!("P".parse::<Namespace>().is_err());
+        assert!("c".parse::<Namespace>().is_err());
     }
 
     #[test]

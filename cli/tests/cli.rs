@@ -91,6 +91,24 @@ async fn the_cli_runs_containers_like_docker_does() {
     let o = cli.run(&["run", "--rm", ROOTFS, "--", "/no/such/program"]);
     assert_eq!(code(&o), 127, "{}", text(&o.stderr));
 
+    // unshare's letters: U is the user namespace (u is uts), so root inside is 100000 outside.
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--ns",
+        "U,p,m",
+        ROOTFS,
+        "--",
+        "cat",
+        "/proc/self/uid_map",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout).split_whitespace().collect::<Vec<_>>(),
+        vec!["0", "100000", "65536"],
+        "--ns U must give a user namespace"
+    );
+
     // Detached: back once it runs; exec, ps, inspect, stop, wait, rm.
     let o = cli.run(&[
         "run", "-d", "--name", "cli-web", "--memory", "64M", ROOTFS, "--", "sleep", "600",
@@ -158,6 +176,23 @@ async fn the_cli_runs_containers_like_docker_does() {
     assert_eq!(web["state"], "running");
     assert_eq!(web["memory_limit_bytes"], 64 << 20);
     assert_eq!(web["namespaces"][0]["kind"], "pid");
+
+    // A reader that goes away (`hutch -o json ps | head -c 10`) ends hutch quietly, as it
+    // ends `ls`: status 141 (128 + SIGPIPE), no panic.
+    let mut child = Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
+        .args(["--controller", &cli.url, "-o", "json", "ps"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn hutch");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("hutch ends");
+    assert_eq!(code(&o), 141, "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        "",
+        "a closed pipe is not an error to report"
+    );
     let o = cli.run(&["-o", "json", "nodes"]);
     let nodes: serde_json::Value =
         serde_json::from_slice(&o.stdout).expect("nodes -o json is JSON");
@@ -188,8 +223,15 @@ async fn the_cli_runs_containers_like_docker_does() {
         "{}",
         text(&o.stderr)
     );
+    for (flag, value) in [("--ns", "bogus"), ("--restart", "unless-stopped")] {
+        let o = cli.run(&["run", flag, value, ROOTFS, "--", "true"]);
+        assert_eq!(code(&o), 125, "a value hutch refuses: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(value), "{}", text(&o.stderr));
+    }
     let o = cli.run(&["run", ROOTFS]);
     assert_eq!(code(&o), 2, "no command is a usage error");
+    let o = cli.run(&["run", "--no-such-flag", ROOTFS, "--", "true"]);
+    assert_eq!(code(&o), 2, "an unknown flag is a usage error");
     let o = Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
         .args(["--controller", "http://127.0.0.1:1", "ps"])
         .output()

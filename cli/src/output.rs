@@ -8,6 +8,8 @@ use hutch::human_bytes;
 use hutch::proto as v1;
 use serde::Serialize;
 
+use crate::stdout::outln;
+
 /// A container, as `hutch ps -o json` and `hutch inspect -o json` print it.
 #[derive(Serialize)]
 pub struct ContainerJson {
@@ -90,12 +92,8 @@ fn node_state_name(state: i32) -> String {
 }
 
 fn namespace_name(kind: i32) -> String {
-    v1::Namespace::try_from(kind)
-        .map(|n| {
-            n.as_str_name()
-                .trim_start_matches("NAMESPACE_")
-                .to_ascii_lowercase()
-        })
+    hutch_core::convert::namespace_from(kind, 0)
+        .map(|n| n.to_string())
         .unwrap_or_else(|_| format!("unknown({kind})"))
 }
 
@@ -220,7 +218,7 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
                 out.push_str(&format!("{c:<w$}   ", w = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -266,7 +264,7 @@ pub fn containers_table(list: &[v1::Container]) {
 /// `hutch inspect`: the record, then the namespace table (the tutorial's `ls -l /proc/PID/ns`).
 pub fn container_details(c: &v1::Container) {
     let j = container_json(c);
-    let field = |k: &str, v: String| println!("{k:<16}{v}");
+    let field = |k: &str, v: String| outln!("{k:<16}{v}");
     field("id", j.id.clone());
     field("node", j.node.clone());
     field("state", j.state.clone());
@@ -307,7 +305,7 @@ pub fn container_details(c: &v1::Container) {
     field("started", j.started_at.clone().unwrap_or_default());
     field("finished", j.finished_at.clone().unwrap_or_default());
     if !j.namespaces.is_empty() {
-        println!();
+        outln!();
         table(
             &["NAMESPACE", "CONTAINER INODE", "HOST INODE", "ISOLATED"],
             j.namespaces

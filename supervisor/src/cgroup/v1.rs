@@ -4,8 +4,6 @@
 //! `memory.memsw.limit_in_bytes` (present only with swap accounting). There is no
 //! `cgroup.kill`: processes are signalled one by one until the cgroup is empty.
 
-use cgroups_rs::memory::MemController;
-
 use super::{io_err, CgroupError, CgroupPath, Driver};
 
 /// The v1 driver.
@@ -22,7 +20,6 @@ impl Driver for V1 {
 
     fn set_swap_limit(
         &self,
-        mem: &MemController,
         cgroup: &CgroupPath,
         _memory: u64,
         total: u64,
@@ -31,8 +28,7 @@ impl Driver for V1 {
         if !file.exists() {
             return Err(CgroupError::SwapUnsupported(file));
         }
-        let total = i64::try_from(total).map_err(|_| io_err(&file, "limit too large"))?;
-        mem.set_memswap_limit(total)
+        std::fs::write(&file, total.to_string())
             .map_err(|e| io_err(&file, format!("setting {total}: {e}")))
     }
 

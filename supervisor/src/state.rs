@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupPath, MemoryStats, PidsStats};
-use crate::rootfs::overlay::Layer;
-use crate::spec::{ContainerSpec, Namespace};
+use crate::overlay::Layer;
+use hutch_core::spec::{ContainerSpec, Namespace};
 
 /// The lifecycle of a container on its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! `hutch-supervisor`: the per-container supervisor and exec helper. Started only by the
-//! agent; see `hutch_agent::runtime::supervisor` and `hutch_agent::runtime::exec`.
+//! agent; see `hutch_supervisor::supervisor` and `hutch_supervisor::exec`.
 //!
 //! ```text
 //! hutch-supervisor run DIR                      supervise the container in state dir DIR
@@ -13,10 +13,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let code = match args.get(1).map(String::as_str) {
         Some("run") if args.len() == 3 => {
-            hutch_agent::runtime::supervisor::main_run(Path::new(&args[2]))
+            hutch_supervisor::supervisor::main_run(Path::new(&args[2]))
         }
         Some(mode @ ("exec" | "exec-tty")) if args.len() >= 6 && args[4] == "--" => {
-            hutch_agent::runtime::exec::main_exec(
+            hutch_supervisor::exec::main_exec(
                 Path::new(&args[2]),
                 Path::new(&args[3]),
                 args[5..].to_vec(),

@@ -19,14 +19,15 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd;
 use serde::{Deserialize, Serialize};
 
-use super::init::{
-    become_root_in_user_namespace, clone_flag, harden_and_exec, report, InitMessage,
-};
-use super::state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
-use super::sys;
 use crate::cgroup::ContainerCgroup;
 use crate::fsutil::read_json;
-use crate::spec::Namespace;
+use crate::init::{
+    become_root_in_user_namespace, clone_flag, harden_and_exec, report, InitMessage,
+};
+use crate::security::Filters;
+use crate::state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
+use crate::sys;
+use hutch_core::spec::Namespace;
 
 /// How an exec ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,13 +143,8 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
             Mode::empty(),
         )
         .map_err(|e| fail("enter", format!("opening {path}: {e}")))?;
-        // SAFETY: `open` just returned this fd; nothing else owns it.
-        ns_fds.push((*ns, unsafe {
-            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
-        }));
+        ns_fds.push((*ns, fd));
     }
-    // SAFETY: as above.
-    let root: OwnedFd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(root) };
 
     cgroup
         .add_process(std::process::id())
@@ -158,8 +154,7 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
             .map_err(|e| fail("enter", format!("setns {ns}: {}", e.desc())))?;
     }
     if !cfg.spec.has(Namespace::Mount) {
-        unistd::fchdir(root.as_raw_fd())
-            .map_err(|e| fail("enter", format!("entering its root: {e}")))?;
+        unistd::fchdir(&root).map_err(|e| fail("enter", format!("entering its root: {e}")))?;
         unistd::chroot(".").map_err(|e| fail("enter", format!("chroot: {e}")))?;
     }
     drop(root);
@@ -183,7 +178,11 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
     }
     let (report_r, report_w) =
         unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("exec", format!("pipe: {e}")))?;
-    let child = match sys::fork_single_threaded().map_err(|e| fail("exec", format!("fork: {e}")))? {
+    let filters =
+        Filters::compile(&cfg.spec.security).map_err(|e| fail("security", e.to_string()))?;
+    // SAFETY: the exec helper (`hutch-supervisor exec`) is single-threaded: it starts no thread.
+    let forked = unsafe { sys::fork_single_threaded() };
+    let child = match forked.map_err(|e| fail("exec", format!("fork: {e}")))? {
         sys::Forked::Child => {
             if tty {
                 let taken = unistd::setsid()
@@ -197,7 +196,7 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
                     std::process::exit(127);
                 }
             }
-            let failure = harden_and_exec(&cfg);
+            let failure = harden_and_exec(&cfg, &filters);
             report(report_w.as_raw_fd(), &InitMessage::Failed(failure));
             std::process::exit(127);
         }

@@ -4,7 +4,7 @@
 //! It detaches from the agent (double fork + `setsid`, so it survives the agent and is not
 //! the agent's child), joins the supervisors' cgroup leaf (so it is never charged to the
 //! container), mounts the container's rootfs layer, clones the container's init into its
-//! namespaces (see [`super::init`]), places it in the container's cgroup, writes its uid/gid
+//! namespaces (see [`crate::init`]), places it in the container's cgroup, writes its uid/gid
 //! maps and releases it. It then:
 //!
 //! - tells the agent the outcome with one JSON line on its stdout (the container's state);
@@ -28,18 +28,19 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{self, Pid};
 
-use super::attach::{self, AttachPoint};
-use super::init::{self, InitIo, InitMessage};
-use super::logs::{format_line, LineSplitter, Stream};
-use super::state::{
-    ContainerState, Failure, NamespaceReport, StatePaths, Status, SupervisorConfig,
-};
-use super::sys;
+use crate::attach::{self, AttachPoint};
 use crate::cgroup::ContainerCgroup;
 use crate::fsutil::{read_json, replace_json, unix_millis_now};
+use crate::init::{self, InitIo, InitMessage};
+use crate::logs::{format_line, LineSplitter, Stream};
 use crate::mounts::unmount_below;
-use crate::rootfs::overlay;
-use crate::spec::{IdMap, Namespace};
+use crate::overlay;
+use crate::security::Filters;
+use crate::state::{
+    ContainerState, Failure, NamespaceReport, StatePaths, Status, SupervisorConfig,
+};
+use crate::sys;
+use hutch_core::spec::{IdMap, Namespace};
 
 /// End of file on a terminal (Ctrl-D).
 const EOT: u8 = 4;
@@ -56,9 +57,9 @@ enum Output {
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
-    let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
     nix::fcntl::fcntl(
-        fd.as_raw_fd(),
+        fd,
         nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
     )
     .map(drop)
@@ -79,7 +80,8 @@ macro_rules! diag {
 pub fn main_run(dir: &Path) -> i32 {
     // Stage 1: fork and exit at once, so the agent reaps us immediately and the real
     // supervisor is re-parented away from the agent.
-    match sys::fork_single_threaded() {
+    // SAFETY: `hutch-supervisor` is single-threaded: nothing before this point starts a thread.
+    match unsafe { sys::fork_single_threaded() } {
         Ok(sys::Forked::Parent(_)) => return 0,
         Ok(sys::Forked::Child) => {}
         Err(e) => {
@@ -153,7 +155,7 @@ impl Supervisor {
             let _ = out.flush();
         }
         // From now on stdout goes to the diagnostics log like stderr.
-        let _ = unistd::dup2(2, 1);
+        let _ = unistd::dup2_stdout(std::io::stderr());
     }
 
     fn run(&mut self) {
@@ -208,7 +210,7 @@ impl Supervisor {
         // On a terminal: the init gets the slave side; the master and the attach point stay
         // here. Both exist before the container runs, so no output and no client is missed.
         let terminal = if cfg.spec.tty {
-            let (master, slave) = super::session::open_terminal(24, 80)
+            let (master, slave) = crate::sys::open_terminal(24, 80)
                 .map_err(|e| failure("terminal", format!("opening a pseudo-terminal: {e}")))?;
             let attach = AttachPoint::bind(&StatePaths::attach(&cfg.dir))
                 .map_err(|e| failure("terminal", format!("attach socket: {e}")))?;
@@ -225,13 +227,21 @@ impl Supervisor {
             terminal: slave_fd,
         };
         let host_namespaces = init::own_namespaces();
-        let child = sys::clone_process(Box::new(|| init::run(&cfg, io)), clone_flags(&cfg))
-            .map_err(|e| {
-                failure(
-                    "clone",
-                    format!("creating the namespaces: {} ({e:?})", e.desc()),
-                )
-            })?;
+        let filters =
+            Filters::compile(&cfg.spec.security).map_err(|e| failure("security", e.to_string()))?;
+        // SAFETY: the supervisor is single-threaded: it starts no thread, it polls its fds.
+        let child = unsafe {
+            sys::clone_process(
+                Box::new(|| init::run(&cfg, io, &filters)),
+                clone_flags(&cfg),
+            )
+        }
+        .map_err(|e| {
+            failure(
+                "clone",
+                format!("creating the namespaces: {} ({e:?})", e.desc()),
+            )
+        })?;
         let Pipes {
             stdout,
             stderr,
@@ -454,7 +464,7 @@ impl Supervisor {
                     continue;
                 }
                 let (fd, stream, splitter) = &mut streams[i];
-                let n = match fd.as_ref().map(|f| unistd::read(f.as_raw_fd(), &mut buf)) {
+                let n = match fd.as_ref().map(|f| unistd::read(f, &mut buf)) {
                     Some(Ok(n)) => n,
                     Some(Err(nix::errno::Errno::EINTR)) | Some(Err(nix::errno::Errno::EAGAIN)) => {
                         continue

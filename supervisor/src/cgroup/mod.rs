@@ -25,7 +25,6 @@ pub mod v2;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cgroups_rs::memory::MemController;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -199,7 +198,6 @@ pub(crate) trait Driver {
     /// Sets the memory + swap limit; `memory` is already in force.
     fn set_swap_limit(
         &self,
-        mem: &MemController,
         cgroup: &CgroupPath,
         memory: u64,
         total: u64,
@@ -427,13 +425,6 @@ impl ContainerCgroup {
         &self.path
     }
 
-    /// The memory controller of this cgroup, addressed by its directory: no lookup of the
-    /// hierarchy's mount point (that parses `/proc/self/mountinfo`, which lists every
-    /// container's overlay, so a lookup per call made reading N containers cost N^2).
-    fn memory_controller(&self) -> MemController {
-        MemController::new(self.path.dir(), self.path.version == CgroupVersion::V2)
-    }
-
     fn apply(&self, limits: MemoryLimits) -> Result<(), CgroupError> {
         if let Some(max) = limits.pids {
             match self.path.pids_files_dir() {
@@ -448,16 +439,15 @@ impl ContainerCgroup {
         let Some(memory) = limits.memory_bytes else {
             return Ok(());
         };
-        let dir = self.path.dir();
-        let as_i64 =
-            |v: u64| i64::try_from(v).map_err(|_| io_err(&dir, format!("limit {v} is too large")));
-        let memory_i64 = as_i64(memory)?;
-        self.memory_controller()
-            .set_limit(memory_i64)
-            .map_err(|e| io_err(&dir, format!("setting memory limit {memory}: {e}")))?;
+        let d = driver(self.path.version);
+        // The files are written directly (the cgroup is addressed by its directory: no
+        // lookup of the hierarchy's mount point, which parses `/proc/self/mountinfo` and its
+        // line per container overlay).
+        let file = self.path.dir().join(d.limit_file());
+        std::fs::write(&file, memory.to_string())
+            .map_err(|e| io_err(&file, format!("setting memory limit {memory}: {e}")))?;
         if let Some(total) = limits.memory_and_swap_bytes {
-            let d = driver(self.path.version);
-            d.set_swap_limit(&self.memory_controller(), &self.path, memory, total)?;
+            d.set_swap_limit(&self.path, memory, total)?;
         }
         Ok(())
     }

@@ -55,6 +55,8 @@ pub enum Ended {
     Exit(Option<i32>, Option<i32>),
     /// The user detached (Ctrl-P Ctrl-Q); the container keeps running.
     Detached,
+    /// Stdout's reader went away (`| head`); the container keeps running.
+    OutputClosed,
 }
 
 /// Ctrl-P, then Ctrl-Q: detach (as `docker attach` does).
@@ -82,14 +84,14 @@ pub async fn run(
     let mut buf = vec![0u8; 4096];
     let mut stdin_open = forward_stdin;
     let mut held: Vec<u8> = Vec::new();
-    let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     loop {
         tokio::select! {
             item = output.next() => match item {
                 Some(Ok(SessionOutput::Stdout(b))) => {
-                    let _ = stdout.write_all(&b);
-                    let _ = stdout.flush();
+                    if crate::stdout::try_write(&b).is_err() {
+                        return Ok(Ended::OutputClosed);
+                    }
                 }
                 Some(Ok(SessionOutput::Stderr(b))) => {
                     let _ = stderr.write_all(&b);

@@ -1,13 +1,18 @@
 //! `hutch`: the command-line tool for a hutch cluster, built on the SDK.
 //!
-//! Exit codes: 0 success; 2 a usage error (bad flag or argument); 125 hutch itself failed
-//! (the controller refused or could not be reached; one line on stderr says why).
+//! Exit codes: 0 success; 2 a usage error (an unknown flag, a missing argument: what the
+//! command line's parser catches); 125 hutch itself failed (a value hutch refuses, such as
+//! `-m 12Q` or `--ns bogus`, the controller refused or could not be reached; one line on
+//! stderr says why); 141 stdout's reader went away (`hutch ps | head -1`), as for `ls`.
 //! `hutch run` (without `-d`) and `hutch wait` exit with the container's own code: its exit
 //! code, 128 + N when signal N killed it (137 for an OOM kill), 126 when its command could
 //! not be run, 127 when it was not found.
 
 mod interactive;
 mod output;
+mod stdout;
+
+use stdout::outln;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -15,7 +20,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use hutch::proto as v1;
 use hutch::spec::parse_pairs;
-use hutch::{Client, ContainerSpec, Error, Namespace, RestartPolicy};
+use hutch::{Client, ContainerSpec, Error, RestartPolicy};
 use tokio_stream::StreamExt;
 
 /// Exit code when hutch itself failed (as `docker run` uses 125).
@@ -29,8 +34,9 @@ const EXIT_HUTCH: u8 = 125;
     long_about = "Run and manage containers on a hutch cluster, through its controller.\n\n\
 Examples:\n  hutch run --rm debian -- ps -ef\n  hutch run -d --name web --memory 64M debian -- sleep infinity\n  \
 hutch exec web -- ip addr\n  hutch ps\n  hutch nodes\n\n\
-Exit codes: 0 success; 2 usage error; 125 hutch failed (one line on stderr says why); \
-`run` and `wait` exit with the container's code (128+N for signal N, 137 for an OOM kill, \
+Exit codes: 0 success; 2 usage error (unknown flag, missing argument); 125 hutch failed \
+(a refused value such as -m 12Q, or the controller's refusal; one line on stderr says why); \
+141 stdout closed (| head); `run` and `wait` exit with the container's code (128+N for signal N, 137 for an OOM kill, \
 126 command not runnable, 127 command not found)."
 )]
 struct Cli {
@@ -203,7 +209,8 @@ struct RunArgs {
     /// Memory limit: 1000000, 64M, 512MiB, 1G.
     #[arg(long, short = 'm')]
     memory: Option<String>,
-    /// Namespaces of its own, comma separated [default: pid,ipc,net,uts,mount].
+    /// Namespaces of its own, comma separated: names or unshare's letters (p,i,n,u,m,U,C;
+    /// u is uts, U is user) [default: pid,ipc,net,uts,mount].
     #[arg(long)]
     ns: Option<String>,
     /// Run on exactly this node.
@@ -378,16 +385,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exit code when stdout's reader went away.
+fn broken_pipe() -> ExitCode {
+    ExitCode::from(stdout::EXIT_BROKEN_PIPE)
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::InvalidInput(format!("cannot write JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "hutch", &mut std::io::stdout());
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "hutch", &mut script);
+        stdout::write(&script);
         return Ok(ExitCode::SUCCESS);
     }
     let tls = match &cli.ca_cert {
@@ -461,6 +475,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     Ok(ExitCode::from(exit_code_of(code, signal)))
                 }
                 interactive::Ended::Detached => Ok(ExitCode::SUCCESS),
+                interactive::Ended::OutputClosed => Ok(broken_pipe()),
             }
         }
         Command::Exec { id, command, .. } => {
@@ -473,7 +488,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     "signal": out.signal,
                 }))?;
             } else {
-                let _ = std::io::stdout().write_all(&out.stdout);
+                stdout::write(&out.stdout);
                 let _ = std::io::stderr().write_all(&out.stderr);
             }
             Ok(ExitCode::from(exit_code_of(out.exit_code, out.signal)))
@@ -484,20 +499,20 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 if json {
                     print_json(&output::container_json(&c))?;
                 } else {
-                    println!("{id}");
+                    outln!("{id}");
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Kill { id, signal } => {
             client.container(&id).kill(parse_signal(&signal)?).await?;
-            println!("{id}");
+            outln!("{id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Rm { ids, force } => {
             for id in ids {
                 client.container(&id).remove(force).await?;
-                println!("{id}");
+                outln!("{id}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -511,7 +526,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             if json {
                 print_json(&output::container_json(&end))?;
             } else {
-                println!("{}", end.exit_code.map_or("-".into(), |c| c.to_string()));
+                outln!("{}", end.exit_code.map_or("-".into(), |c| c.to_string()));
             }
             Ok(ExitCode::from(final_code(&end)))
         }
@@ -528,12 +543,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                                 .to_ascii_lowercase()
                         })
                         .unwrap_or_default();
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({"revision": e.revision, "type": kind, "container": output::container_json(&c)})
                     );
                 } else {
-                    println!(
+                    outln!(
                         "{:>6}  {:<20} {:<10} {:<12} {}",
                         e.revision,
                         c.name,
@@ -569,7 +584,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     "ca_fingerprint": t.ca_fingerprint,
                 }))?;
             } else {
-                println!("{}", t.token);
+                outln!("{}", t.token);
                 eprintln!(
                     "join token {} expires {expires}; on each agent host: hutch-agent serve --listen ADDR:7070 --controller {} --join TOKEN",
                     t.id, cli.controller
@@ -586,7 +601,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     let r = client.drain(&name).await?;
                     if !json {
                         for c in &r.containers {
-                            println!("stopped {c}");
+                            outln!("stopped {c}");
                         }
                     }
                     r.node.unwrap_or_default()
@@ -641,7 +656,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 .remove_rootfs(&name, node.as_deref().unwrap_or(""))
                 .await?;
             for n in &r.removed {
-                println!("{n}: removed {name}");
+                outln!("{n}: removed {name}");
             }
             for (n, why) in &r.failed {
                 eprintln!("hutch: node {n}: {why}");
@@ -667,11 +682,7 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
         spec = spec.memory(m);
     }
     if let Some(ns) = &args.ns {
-        let list = ns
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(str::parse::<Namespace>)
-            .collect::<Result<Vec<_>, _>>()?;
+        let list = hutch::parse_namespaces(ns).map_err(|e| Error::InvalidInput(e.to_string()))?;
         spec = spec.namespaces(list);
     }
     if let Some(n) = &args.node {
@@ -780,7 +791,7 @@ async fn run_container(client: &Client, args: RunArgs, json: bool) -> Result<Exi
         if json {
             print_json(&output::container_json(&container.info().await?))?;
         } else {
-            println!("{}", container.id());
+            outln!("{}", container.id());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -842,6 +853,7 @@ async fn attach_terminal(
             );
             Ok(ExitCode::SUCCESS)
         }
+        interactive::Ended::OutputClosed => Ok(broken_pipe()),
         interactive::Ended::Exit(..) => {
             // The record has the whole story (OOM, signal): use it for the exit code.
             let end = container.wait().await?;
@@ -862,7 +874,6 @@ async fn print_logs(
     json: bool,
 ) -> Result<(), Error> {
     let mut stream = container.logs(follow, tail).await?;
-    let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     while let Some(entry) = stream.next().await {
         let entry = entry?;
@@ -873,15 +884,19 @@ async fn print_logs(
                 "line": entry.line,
                 "partial": entry.partial,
             });
-            let _ = writeln!(out, "{line}");
+            outln!("{line}");
             continue;
         }
-        let sink: &mut dyn Write = if is_err { &mut err } else { &mut out };
-        let _ = sink.write_all(entry.line.as_bytes());
+        let mut line = entry.line.into_bytes();
         if !entry.partial {
-            let _ = sink.write_all(b"\n");
+            line.push(b'\n');
         }
-        let _ = sink.flush();
+        if is_err {
+            let _ = err.write_all(&line);
+            let _ = err.flush();
+        } else {
+            stdout::write(&line);
+        }
     }
     Ok(())
 }
@@ -908,11 +923,7 @@ fn final_code(c: &v1::Container) -> u8 {
 }
 
 fn exit_code_of(code: Option<i32>, signal: Option<i32>) -> u8 {
-    match (code, signal) {
-        (Some(c), _) => u8::try_from(c & 0xff).unwrap_or(EXIT_HUTCH),
-        (None, Some(s)) => u8::try_from(128 + (s & 0x7f)).unwrap_or(EXIT_HUTCH),
-        _ => EXIT_HUTCH,
-    }
+    hutch_core::process::shell_status(code, signal).unwrap_or(EXIT_HUTCH)
 }
 
 /// `UID` or `UID:GID`, numbers.
@@ -932,21 +943,7 @@ fn parse_user(text: &str) -> Result<(u32, Option<u32>), Error> {
 }
 
 fn parse_signal(s: &str) -> Result<i32, Error> {
-    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
-    Ok(match name.as_str() {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        _ => s
-            .parse()
-            .ok()
-            .filter(|n| (1..=64).contains(n))
-            .ok_or_else(|| Error::InvalidInput(format!("unknown signal '{s}': use a name (TERM, KILL, HUP, INT, QUIT, USR1, USR2) or 1-64")))?,
-    })
+    hutch_core::process::parse_signal(s).map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 /// `hutch rootfs build`: one progress line per node and stage, then each node's result.
@@ -992,7 +989,7 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
         match msg.event {
             Some(Event::Progress(p)) => {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({"node": msg.node, "stage": p.stage, "message": p.message, "packages_done": p.packages_done, "packages_total": p.packages_total})
                     );
@@ -1010,7 +1007,7 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
                 // Not a terminal: one line per change of stage or count.
                 let key = format!("{}{count}", p.stage);
                 if last.get(&msg.node) != Some(&key) {
-                    println!("{}", line.trim_end());
+                    outln!("{}", line.trim_end());
                     last.insert(msg.node.clone(), key);
                 }
             }
@@ -1024,7 +1021,7 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
                     })
                     .unwrap_or_default();
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({"node": msg.node, "name": info.name, "outcome": outcome, "size_bytes": info.size_bytes, "build_millis": info.build_millis})
                     );
@@ -1039,7 +1036,7 @@ async fn build_rootfs(client: &Client, args: BuildArgs, json: bool) -> Result<Ex
                     );
                     match board.as_mut() {
                         Some(b) => b.show(&msg.node, &line),
-                        None => println!("{line}"),
+                        None => outln!("{line}"),
                     }
                 }
             }
@@ -1071,18 +1068,16 @@ struct ProgressBoard {
 
 impl ProgressBoard {
     fn show(&mut self, node: &str, line: &str) {
-        let mut out = std::io::stdout();
         let index = match self.nodes.iter().position(|n| n == node) {
             Some(i) => i,
             None => {
                 self.nodes.push(node.to_string());
-                let _ = writeln!(out);
+                outln!();
                 self.nodes.len() - 1
             }
         };
         let up = self.nodes.len() - index;
         // Up to the node's line, clear it, write, back down.
-        let _ = write!(out, "\x1b[{up}A\r\x1b[2K{line}\x1b[{up}B\r");
-        let _ = out.flush();
+        stdout::out!("\x1b[{up}A\r\x1b[2K{line}\x1b[{up}B\r");
     }
 }

@@ -1,0 +1,259 @@
+//! Conversions between the wire types of `hutch.v1` and hutch's own domain types, shared by
+//! both daemons and the SDK. Input is checked here as far as the wire goes: every unknown
+//! enum value or missing field is a [`FieldError`] naming the field (an `InvalidArgument` at
+//! a service's edge); the domain rules are [`ContainerSpec::validate`]'s.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hutch_proto::v1;
+use thiserror::Error;
+
+use crate::rootfs_source::RootfsSource;
+use crate::security::{Seccomp, Security, SecurityError};
+use crate::spec::{ContainerSpec, IdMap, Namespace, DEFAULT_STOP_GRACE_SECONDS};
+
+/// A field of a request that cannot be read: which one, and what to change.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field's path in the request, e.g. `spec.namespaces[1]`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<FieldError> for tonic::Status {
+    fn from(e: FieldError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// A protobuf timestamp from milliseconds since the epoch.
+pub fn timestamp_ms(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// A protobuf timestamp from a system time.
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A system time from a protobuf timestamp (negative times clamp to the epoch).
+pub fn system_time(t: &prost_types::Timestamp) -> SystemTime {
+    let secs = u64::try_from(t.seconds).unwrap_or(0);
+    let nanos = u32::try_from(t.nanos).unwrap_or(0).min(999_999_999);
+    UNIX_EPOCH + Duration::new(secs, nanos)
+}
+
+pub fn namespace_from(value: i32, index: usize) -> Result<Namespace, FieldError> {
+    Ok(match v1::Namespace::try_from(value) {
+        Ok(v1::Namespace::Pid) => Namespace::Pid,
+        Ok(v1::Namespace::Ipc) => Namespace::Ipc,
+        Ok(v1::Namespace::Net) => Namespace::Net,
+        Ok(v1::Namespace::Uts) => Namespace::Uts,
+        Ok(v1::Namespace::Mount) => Namespace::Mount,
+        Ok(v1::Namespace::User) => Namespace::User,
+        Ok(v1::Namespace::Cgroup) => Namespace::Cgroup,
+        _ => {
+            return Err(FieldError::new(
+                format!("spec.namespaces[{index}]"),
+                format!("unknown namespace {value}: use NAMESPACE_PID, _IPC, _NET, _UTS, _MOUNT, _USER or _CGROUP"),
+            ))
+        }
+    })
+}
+
+pub fn namespace_to(ns: Namespace) -> v1::Namespace {
+    match ns {
+        Namespace::Pid => v1::Namespace::Pid,
+        Namespace::Ipc => v1::Namespace::Ipc,
+        Namespace::Net => v1::Namespace::Net,
+        Namespace::Uts => v1::Namespace::Uts,
+        Namespace::Mount => v1::Namespace::Mount,
+        Namespace::User => v1::Namespace::User,
+        Namespace::Cgroup => v1::Namespace::Cgroup,
+    }
+}
+
+fn id_map_from(m: &v1::IdMap) -> IdMap {
+    IdMap {
+        inside: m.inside,
+        outside: m.outside,
+        count: m.count,
+    }
+}
+
+fn id_map_to(m: &IdMap) -> v1::IdMap {
+    v1::IdMap {
+        inside: m.inside,
+        outside: m.outside,
+        count: m.count,
+    }
+}
+
+/// The runtime's spec from the wire's (not yet validated beyond the enum values).
+pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
+    let namespaces = if p.namespaces.is_empty() {
+        Namespace::DEFAULT.to_vec()
+    } else {
+        p.namespaces
+            .iter()
+            .enumerate()
+            .map(|(i, v)| namespace_from(*v, i))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(ContainerSpec {
+        rootfs: p.rootfs,
+        command: p.command,
+        env: p.env.into_iter().collect(),
+        workdir: p.workdir,
+        hostname: p.hostname,
+        namespaces,
+        uid_map: p.uid_map.iter().map(id_map_from).collect(),
+        gid_map: p.gid_map.iter().map(id_map_from).collect(),
+        memory_limit_bytes: p.memory_limit_bytes,
+        memory_swap_limit_bytes: p.memory_swap_limit_bytes,
+        read_only_rootfs: p.read_only_rootfs,
+        stop_grace_seconds: p.stop_grace_seconds.unwrap_or(DEFAULT_STOP_GRACE_SECONDS),
+        labels: p.labels.into_iter().collect(),
+        tty: p.tty,
+        stdin: p.stdin,
+        security: security_from(p.security.unwrap_or_default())?,
+    })
+}
+
+fn security_from(p: v1::Security) -> Result<Security, FieldError> {
+    Ok(Security {
+        seccomp: p
+            .seccomp
+            .parse()
+            .map_err(|e: SecurityError| FieldError::new("spec.security.seccomp", e))?,
+        cap_add: p.cap_add,
+        cap_drop: p.cap_drop,
+        seccomp_profile: Some(p.seccomp_profile).filter(|t| !t.is_empty()),
+        pids_limit: p.pids_limit,
+        privileged: p.privileged,
+        run_as_user: p.run_as_user,
+        run_as_group: p.run_as_group,
+    })
+}
+
+fn security_to(s: &Security) -> v1::Security {
+    v1::Security {
+        cap_add: s.cap_add.clone(),
+        cap_drop: s.cap_drop.clone(),
+        seccomp: match s.seccomp {
+            Seccomp::Default => String::new(),
+            Seccomp::Unconfined => "unconfined".into(),
+        },
+        seccomp_profile: s.seccomp_profile.clone().unwrap_or_default(),
+        pids_limit: s.pids_limit,
+        privileged: s.privileged,
+        run_as_user: s.run_as_user,
+        run_as_group: s.run_as_group,
+    }
+}
+
+/// The wire's spec from the runtime's.
+pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
+    v1::ContainerSpec {
+        rootfs: s.rootfs.clone(),
+        command: s.command.clone(),
+        env: s.env.clone().into_iter().collect(),
+        workdir: s.workdir.clone(),
+        hostname: s.hostname.clone(),
+        namespaces: s
+            .namespaces
+            .iter()
+            .map(|n| namespace_to(*n) as i32)
+            .collect(),
+        memory_limit_bytes: s.memory_limit_bytes,
+        memory_swap_limit_bytes: s.memory_swap_limit_bytes,
+        read_only_rootfs: s.read_only_rootfs,
+        labels: s.labels.clone().into_iter().collect(),
+        uid_map: s.uid_map.iter().map(id_map_to).collect(),
+        gid_map: s.gid_map.iter().map(id_map_to).collect(),
+        stop_grace_seconds: Some(s.stop_grace_seconds),
+        tty: s.tty,
+        stdin: s.stdin,
+        security: (s.security != Security::default()).then(|| security_to(&s.security)),
+    }
+}
+
+/// The rootfs name and source of a build request.
+pub fn rootfs_from(p: Option<v1::RootfsSpec>) -> Result<(String, RootfsSource), FieldError> {
+    use v1::rootfs_spec::Source;
+    let p = p.ok_or_else(|| FieldError::new("rootfs", "missing: give a name and one source"))?;
+    let source = match p.source {
+        Some(Source::Debootstrap(d)) => RootfsSource::Debootstrap {
+            suite: d.suite,
+            variant: d.variant,
+            include: d.include,
+            arch: d.arch,
+            mirror: d.mirror,
+        },
+        Some(Source::Tarball(path)) => RootfsSource::Tarball { path: path.into() },
+        Some(Source::Directory(path)) => RootfsSource::Directory { path: path.into() },
+        Some(Source::Initramfs(path)) => RootfsSource::Initramfs { path: path.into() },
+        None => {
+            return Err(FieldError::new(
+                "rootfs.source",
+                "missing: set one of debootstrap, tarball, directory, initramfs",
+            ))
+        }
+    };
+    Ok((p.name, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_namespaces_mean_the_default_set() {
+        let s = spec_from(v1::ContainerSpec {
+            rootfs: "debian".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        })
+        .expect("spec");
+        assert_eq!(s.namespaces, Namespace::DEFAULT.to_vec());
+        assert_eq!(s.stop_grace_seconds, DEFAULT_STOP_GRACE_SECONDS);
+        assert_eq!(spec_from(spec_to(&s)).expect("round trip"), s);
+    }
+
+    #[test]
+    fn unknown_namespace_names_the_field() {
+        let e = spec_from(v1::ContainerSpec {
+            namespaces: vec![1, 0],
+            ..Default::default()
+        })
+        .expect_err("unspecified namespace");
+        assert_eq!(e.field, "spec.namespaces[1]");
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = timestamp_ms(1_500);
+        assert_eq!((t.seconds, t.nanos), (1, 500_000_000));
+        assert_eq!(system_time(&t), UNIX_EPOCH + Duration::from_millis(1_500));
+    }
+}

@@ -1,0 +1,34 @@
+//! hutch-core: the domain types every part of hutch shares, with no I/O beyond reading
+//! randomness: the names that become paths, human units, the container spec and its
+//! validation, the security settings a spec may ask for, rootfs sources, and the conversions
+//! between them and the wire types of `hutch.v1`.
+//!
+//! Both daemons validate with this crate, so the controller refuses a bad request with the
+//! same message an agent would, before anything is scheduled; the SDK and the CLI parse with
+//! it, so `--ns U` means the same everywhere.
+//!
+//! Modules, one concern each:
+//! - [`names`]: names that end up in paths (container ids, rootfs names), and fresh ones.
+//! - [`units`]: `64M`, `1GiB` and back.
+//! - [`process`]: signal names and the exit status a shell shows.
+//! - [`spec`]: [`spec::ContainerSpec`], [`spec::Namespace`] (one parser) and validation.
+//! - [`security`]: capabilities, seccomp, pids limit, privileged, run-as; their checks.
+//! - [`seccomp_profile`]: seccomp profiles in Docker's JSON format.
+//! - [`rootfs_source`]: where a rootfs comes from, and its checks.
+//! - [`convert`]: wire <-> domain, with errors that name the field.
+//! - [`bearer`]: the client side of bearer tokens, and the controller's TLS name.
+//! - [`error_text`]: errors and statuses as one readable line.
+#![forbid(unsafe_code)]
+
+pub mod bearer;
+pub mod convert;
+pub mod error_text;
+pub mod names;
+pub mod process;
+pub mod rootfs_source;
+pub mod seccomp_profile;
+pub mod security;
+pub mod spec;
+pub mod units;
+
+pub use error_text::{error_chain, status_text};

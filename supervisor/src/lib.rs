@@ -1,0 +1,35 @@
+//! hutch-supervisor: the single-threaded programs of a container's life, and the host-level
+//! pieces they and the agent share.
+//!
+//! The `hutch-supervisor` binary is started by the agent with `exec`, once per container
+//! (`run`) and once per exec into one (`exec`, `exec-tty`). It is single-threaded and has no
+//! async runtime, so forking and cloning in it are sound; every `fork`/`clone` of hutch is
+//! here ([`sys::fork_single_threaded`], [`sys::clone_process`], both `unsafe fn`s with
+//! that contract). Everything the cloned child needs (the seccomp filters among it) is
+//! prepared before the clone.
+//!
+//! Modules:
+//! - [`supervisor`]: watching one container: its init, output, terminal, exit and cleanup.
+//! - [`init`]: the container's first process, from `clone` to `execve`.
+//! - [`exec`]: a command run inside a running container (`setns`, then `fork`).
+//! - [`attach`]: the supervisor's attach socket and its framing.
+//! - [`state`]: the state directory, the on-disk contract between agent and supervisor.
+//! - [`logs`]: the log file's line format.
+//! - [`security`]: applying capabilities, `no_new_privs` and seccomp to a process.
+//! - [`cgroup`]: cgroup v1 and v2 memory and pids limits, OOM records, kill and removal.
+//! - [`overlay`], [`mounts`]: the container's root layer and unmounting.
+//! - [`fsutil`]: durable JSON files, atomically replaced.
+//! - [`sys`]: the raw system calls, each in one small commented place.
+
+pub mod attach;
+pub mod cgroup;
+pub mod exec;
+pub mod fsutil;
+pub mod init;
+pub mod logs;
+pub mod mounts;
+pub mod overlay;
+pub mod security;
+pub mod state;
+pub mod supervisor;
+pub mod sys;

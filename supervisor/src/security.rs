@@ -1,0 +1,323 @@
+//! Applying a container's [`Security`] to a process: the capability sets, `no_new_privs`,
+//! hutch's default seccomp deny-list or a profile compiled to BPF, and the `/proc` and `/sys`
+//! paths masked or made read-only. The defaults follow runc's and Docker's; see
+//! `SECURITY.md` for the reasoning. What a spec may ask for, and its validation, is
+//! `hutch_core::security` (re-exported here).
+//!
+//! The choices are pure ([`capabilities`], [`denied_syscalls`], [`MASKED_PATHS`],
+//! [`READ_ONLY_PATHS`]); [`harden_before_exec`] applies them to the calling process, the
+//! last thing before `execve`, in the container's init and in every exec into it.
+
+use std::str::FromStr;
+
+use caps::{CapSet, Capability, CapsHashSet};
+use hutch_core::seccomp_profile::{Action, Profile};
+use thiserror::Error;
+
+pub use hutch_core::security::*;
+
+/// Files of `/proc` and `/sys` hidden behind `/dev/null` (files) or an empty read-only tmpfs
+/// (directories): they expose the host's memory, keys, timers or firmware.
+pub const MASKED_PATHS: [&str; 11] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// `/proc` paths readable but not writable: writing them changes the host's kernel.
+pub const READ_ONLY_PATHS: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// System calls the default seccomp filter refuses with `EPERM`: kernel modules, kexec,
+/// reboot, mounting and namespace games, handle-based file access (the "shocker" escape),
+/// BPF, perf, the kernel keyring, clocks, swap, accounting, raw I/O ports.
+pub fn denied_syscalls() -> Vec<(&'static str, i64)> {
+    let mut list = vec![
+        ("acct", libc::SYS_acct),
+        ("add_key", libc::SYS_add_key),
+        ("bpf", libc::SYS_bpf),
+        ("clock_adjtime", libc::SYS_clock_adjtime),
+        ("clock_settime", libc::SYS_clock_settime),
+        ("delete_module", libc::SYS_delete_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("fsconfig", libc::SYS_fsconfig),
+        ("fsmount", libc::SYS_fsmount),
+        ("fsopen", libc::SYS_fsopen),
+        ("fspick", libc::SYS_fspick),
+        ("init_module", libc::SYS_init_module),
+        ("kexec_file_load", libc::SYS_kexec_file_load),
+        ("kexec_load", libc::SYS_kexec_load),
+        ("keyctl", libc::SYS_keyctl),
+        ("lookup_dcookie", libc::SYS_lookup_dcookie),
+        ("mount", libc::SYS_mount),
+        ("mount_setattr", libc::SYS_mount_setattr),
+        ("move_mount", libc::SYS_move_mount),
+        ("name_to_handle_at", libc::SYS_name_to_handle_at),
+        ("open_by_handle_at", libc::SYS_open_by_handle_at),
+        ("open_tree", libc::SYS_open_tree),
+        ("perf_event_open", libc::SYS_perf_event_open),
+        ("pivot_root", libc::SYS_pivot_root),
+        ("process_vm_readv", libc::SYS_process_vm_readv),
+        ("process_vm_writev", libc::SYS_process_vm_writev),
+        ("quotactl", libc::SYS_quotactl),
+        ("reboot", libc::SYS_reboot),
+        ("request_key", libc::SYS_request_key),
+        ("setns", libc::SYS_setns),
+        ("settimeofday", libc::SYS_settimeofday),
+        ("swapoff", libc::SYS_swapoff),
+        ("swapon", libc::SYS_swapon),
+        ("syslog", libc::SYS_syslog),
+        ("umount2", libc::SYS_umount2),
+        ("unshare", libc::SYS_unshare),
+        ("userfaultfd", libc::SYS_userfaultfd),
+        ("adjtimex", libc::SYS_adjtimex),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    list.extend([
+        ("ioperm", libc::SYS_ioperm),
+        ("iopl", libc::SYS_iopl),
+        ("nfsservctl", libc::SYS_nfsservctl),
+        ("uselib", libc::SYS_uselib),
+        ("_sysctl", libc::SYS__sysctl),
+    ]);
+    list
+}
+
+/// Why hardening the calling process failed.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct HardenError(String);
+
+fn seccomp_program() -> Result<seccompiler::BpfProgram, HardenError> {
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| HardenError(format!("seccomp: {e}")))?;
+    let rules = denied_syscalls()
+        .into_iter()
+        .map(|(_, nr)| (nr, Vec::new()))
+        .collect();
+    let filter = seccompiler::SeccompFilter::new(
+        rules,
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|e| HardenError(format!("seccomp: {e}")))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| HardenError(format!("seccomp: {e}")))
+}
+
+/// A container's seccomp filters, compiled to BPF: done before the container's process is
+/// cloned or forked, so the child only installs them (no parsing or compiling after clone).
+#[derive(Debug, Default)]
+pub struct Filters(Vec<seccompiler::BpfProgram>);
+
+impl Filters {
+    /// The filters `security` asks for: its profile's, hutch's default deny-list, or none
+    /// (privileged or unconfined).
+    pub fn compile(security: &Security) -> Result<Filters, HardenError> {
+        if security.privileged {
+            return Ok(Filters::default());
+        }
+        Ok(Filters(match &security.seccomp_profile {
+            Some(profile) => Profile::parse(profile)
+                .and_then(|p| profile_programs(&p))
+                .map_err(|e| HardenError(format!("seccomp profile: {e}")))?,
+            None if security.effective_seccomp() == Seccomp::Default => vec![seccomp_program()?],
+            None => Vec::new(),
+        }))
+    }
+}
+
+/// Becomes `uid`/`gid` with no other groups.
+fn switch_user(uid: u32, gid: u32) -> Result<(), HardenError> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let fail = |what: &str, e: nix::Error| {
+        HardenError(format!(
+            "run as {uid}:{gid}: {what}: {} (in a user namespace, map the ids first)",
+            e.desc()
+        ))
+    };
+    let g = Gid::from_raw(gid);
+    setgroups(&[g]).map_err(|e| fail("setgroups", e))?;
+    setresgid(g, g, g).map_err(|e| fail("setresgid", e))?;
+    let u = Uid::from_raw(uid);
+    setresuid(u, u, u).map_err(|e| fail("setresuid", e))
+}
+
+/// Reduces the calling process to what `security` allows: the bounding, effective,
+/// permitted and inheritable sets to its capabilities (or, running as another user, the
+/// permitted and effective sets empty), the ambient set emptied, `no_new_privs` set and the
+/// seccomp filter installed (unless privileged). Called last
+/// before `execve`; needs the capabilities it drops (CAP_SETPCAP for the bounding set).
+pub fn harden_before_exec(security: &Security, filters: &Filters) -> Result<(), HardenError> {
+    let step = |what: &str, e: caps::errors::CapsError| HardenError(format!("{what}: {e}"));
+    let mut keep = capabilities(security).map_err(|e| HardenError(e.to_string()))?;
+    // Nobody can grant what it does not hold. "Everything" means everything this process
+    // has; a capability named on its own must be there.
+    let held = caps::read(None, CapSet::Permitted).map_err(|e| step("permitted set", e))?;
+    let wants_all = security.privileged
+        || security
+            .cap_add
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("all"));
+    if wants_all {
+        keep.retain(|c| held.contains(c));
+    } else if let Some(missing) = keep.iter().find(|c| !held.contains(c)) {
+        return Err(HardenError(format!(
+            "{missing} is not held by the agent on this node, so the container cannot have it"
+        )));
+    }
+    for cap in caps::runtime::thread_all_supported() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| step("bounding set", e))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| step("ambient set", e))?;
+    caps::set(None, CapSet::Inheritable, &keep).map_err(|e| step("inheritable set", e))?;
+    if let Some((uid, gid)) = security.identity() {
+        // Leaving uid 0 empties the permitted and effective sets (no SECBIT_KEEP_CAPS):
+        // a non-root process keeps no capability, as everywhere else.
+        switch_user(uid, gid)?;
+    } else {
+        caps::set(None, CapSet::Effective, &keep).map_err(|e| step("effective set", e))?;
+        caps::set(None, CapSet::Permitted, &keep).map_err(|e| step("permitted set", e))?;
+    }
+    if security.privileged {
+        return Ok(());
+    }
+    nix::sys::prctl::set_no_new_privs()
+        .map_err(|e| HardenError(format!("no_new_privs: {}", e.desc())))?;
+    for program in &filters.0 {
+        seccompiler::apply_filter(program)
+            .map_err(|e| HardenError(format!("seccomp filter: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The capabilities the container's processes keep, as the `caps` crate names them.
+pub fn capabilities(security: &Security) -> Result<CapsHashSet, SecurityError> {
+    security
+        .capability_names()?
+        .into_iter()
+        .map(|name| {
+            Capability::from_str(name).map_err(|_| SecurityError::UnknownCapability(name.into()))
+        })
+        .collect()
+}
+
+/// seccompiler's JSON name for a profile's action.
+fn action_json(action: Action) -> serde_json::Value {
+    match action {
+        Action::Allow => "allow".into(),
+        Action::Errno(n) => serde_json::json!({ "errno": n }),
+        Action::KillThread => "kill_thread".into(),
+        Action::KillProcess => "kill_process".into(),
+        Action::Trap => "trap".into(),
+        Action::Log => "log".into(),
+    }
+}
+
+/// A profile's filters, compiled for this host's architecture; an unknown syscall name is an
+/// error naming it.
+///
+/// seccompiler makes one filter per action, so a profile becomes several: one answering the
+/// default action to every syscall the profile does not name, and one per other action
+/// answering it to that action's syscalls. The kernel runs them all and keeps the strictest
+/// answer; as a syscall may be named under one action only, that is the profile's answer.
+pub fn profile_programs(profile: &Profile) -> Result<Vec<seccompiler::BpfProgram>, String> {
+    let arch =
+        seccompiler::TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let filter = |mismatch: Action, matched: Action, names: Vec<&String>| {
+        serde_json::json!({
+            "mismatch_action": action_json(mismatch),
+            "match_action": action_json(matched),
+            "filter": names.iter().map(|n| serde_json::json!({ "syscall": n })).collect::<Vec<_>>(),
+        })
+    };
+    let mut filters = serde_json::Map::new();
+    if profile.default != Action::Allow {
+        let all: Vec<&String> = profile.named.values().flatten().collect();
+        filters.insert(
+            "default".into(),
+            filter(profile.default, Action::Allow, all),
+        );
+    }
+    for (i, (action, names)) in profile.named.iter().enumerate() {
+        if *action != Action::Allow {
+            filters.insert(
+                format!("action{i}"),
+                filter(Action::Allow, *action, names.iter().collect()),
+            );
+        }
+    }
+    let text = serde_json::Value::Object(filters).to_string();
+    let mut compiled = seccompiler::compile_from_json(text.as_bytes(), arch)
+        .map_err(|e| format!("{e}").replace("Invalid syscall name", "unknown system call"))?;
+    // Install order does not change the answer; keep it stable anyway.
+    let mut names: Vec<String> = compiled.keys().cloned().collect();
+    names.sort();
+    Ok(names
+        .into_iter()
+        .filter_map(|n| compiled.remove(&n))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caps_crate_knows_every_name_core_uses() {
+        let all = capabilities(&Security {
+            privileged: true,
+            ..Default::default()
+        })
+        .expect("caps");
+        assert_eq!(all.len(), ALL_CAPABILITIES.len());
+        let defaults = capabilities(&Security::default()).expect("caps");
+        assert!(defaults.contains(&Capability::CAP_CHOWN));
+        assert!(!defaults.contains(&Capability::CAP_SYS_ADMIN));
+        assert!(ALL_CAPABILITIES.len() >= caps::runtime::thread_all_supported().len());
+    }
+
+    #[test]
+    fn the_filter_compiles_for_this_machine() {
+        let names: Vec<&str> = denied_syscalls().iter().map(|(n, _)| *n).collect();
+        for must in [
+            "kexec_load",
+            "init_module",
+            "open_by_handle_at",
+            "bpf",
+            "keyctl",
+        ] {
+            assert!(names.contains(&must), "{must} not denied");
+        }
+        assert!(!seccomp_program().expect("program").is_empty());
+    }
+
+    #[test]
+    fn a_profile_compiles_to_one_filter_per_action() {
+        let p = Profile::parse(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
+                "syscalls":[{"names":["read","write","exit_group"],"action":"SCMP_ACT_ALLOW"},
+                            {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":13,"comment":"no dirs"},
+                            {"names":["reboot"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
+        )
+        .expect("parse");
+        assert_eq!(profile_programs(&p).expect("compile").len(), 3);
+    }
+}

@@ -1,0 +1,248 @@
+//! Every raw system call of the single-threaded programs that `nix` does not wrap safely,
+//! each in one small, commented place; the rest of the crate calls these wrappers. The two
+//! that start processes, [`clone_process`] and [`fork_single_threaded`], are `unsafe fn`s:
+//! they are sound only in a single-threaded process, which their callers promise.
+
+use std::ffi::c_void;
+use std::num::NonZeroUsize;
+use std::os::fd::{OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sched::CloneFlags;
+use nix::sys::mman::{mmap_anonymous, mprotect, munmap, MapFlags, ProtFlags};
+use nix::unistd::{sysconf, Pid, SysconfVar};
+
+/// Bytes of stack a cloned child gets (the container's init before it execs).
+const CHILD_STACK_BYTES: usize = 1024 * 1024;
+
+/// A child's stack: an anonymous mapping whose lowest page is `PROT_NONE`, so a stack
+/// overflow in the child faults at once instead of writing over the memory below it.
+struct GuardedStack {
+    base: NonNull<c_void>,
+    len: usize,
+    guard: usize,
+}
+
+impl GuardedStack {
+    fn new(usable: usize) -> Result<Self, Errno> {
+        let guard = sysconf(SysconfVar::PAGE_SIZE)?
+            .and_then(|p| usize::try_from(p).ok())
+            .unwrap_or(4096);
+        let len = usable + guard;
+        let length = NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
+        // SAFETY: a new private anonymous mapping at an address the kernel picks; it overlaps
+        // nothing that exists, and only this value refers to it.
+        let base = unsafe {
+            mmap_anonymous(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK,
+            )
+        }?;
+        let stack = GuardedStack { base, len, guard };
+        // SAFETY: the first page of the mapping just made; nothing points into it yet.
+        unsafe { mprotect(base, guard, ProtFlags::PROT_NONE) }?;
+        Ok(stack)
+    }
+
+    /// The usable bytes, above the guard page.
+    fn usable(&mut self) -> &mut [u8] {
+        // SAFETY: `guard..len` lies inside the mapping, which is readable and writable there
+        // and lives as long as `self`; the `&mut self` borrow makes this the only reference.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.as_ptr().cast::<u8>().add(self.guard),
+                self.len - self.guard,
+            )
+        }
+    }
+}
+
+impl Drop for GuardedStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; no slice of it outlives `self`.
+        let _ = unsafe { munmap(self.base, self.len) };
+    }
+}
+
+/// Starts `child` in a new process with `flags` (namespaces) on a fresh stack with a guard
+/// page, as `clone(2)`; the child runs `child` and exits with its result. SIGCHLD makes it
+/// waitable like a forked child.
+///
+/// # Safety
+///
+/// The calling process must be single-threaded (no Tokio runtime, no thread started): the
+/// child gets a copy of the caller's memory, and a lock another thread held at that moment
+/// (the allocator's, stdio's) would stay locked in the child for ever. `child` must not
+/// expect to return to the caller's stack frames: it runs in the child on its own stack.
+pub unsafe fn clone_process(
+    child: Box<dyn FnMut() -> isize + '_>,
+    flags: CloneFlags,
+) -> Result<Pid, Errno> {
+    let mut stack = GuardedStack::new(CHILD_STACK_BYTES)?;
+    // SAFETY: no CLONE_VM, so the child runs in its own copy of memory on its copy of
+    // `stack`; the caller guarantees the single-threadedness that makes that copy sound.
+    // The parent's mapping lives until clone has returned.
+    unsafe { nix::sched::clone(child, stack.usable(), flags, Some(libc::SIGCHLD)) }
+}
+
+/// Start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`);
+/// with the pid it identifies one process for good, even after pid reuse.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+/// Pure part of [`process_start_ticks`]; the command name in field 2 may contain spaces and
+/// parentheses, so fields are counted from the last `)`.
+pub fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Makes this process a child subreaper: orphans of its descendants are re-parented to it
+/// instead of to the host's init, so the supervisor reaps everything its container leaves.
+pub fn set_child_subreaper() -> Result<(), Errno> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    Errno::result(rc).map(drop)
+}
+
+/// Makes the kernel send SIGKILL to this process when its parent dies.
+pub fn set_parent_death_signal_kill() -> Result<(), Errno> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number; no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    Errno::result(rc).map(drop)
+}
+
+/// Restores default signal handling before `exec`: an empty signal mask and default
+/// dispositions for the signals Rust's runtime or the supervisor changed (SIGPIPE is ignored
+/// by Rust programs, and an ignored signal stays ignored across `exec`).
+pub fn reset_signals_for_exec() -> Result<(), Errno> {
+    use nix::sys::signal::{
+        sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+    };
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in [
+        Signal::SIGPIPE,
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        unsafe { sigaction(sig, &default) }?;
+    }
+    Ok(())
+}
+
+/// Which side of a [`fork_single_threaded`] this is.
+pub enum Forked {
+    /// The parent, with the child's pid.
+    Parent(Pid),
+    /// The child.
+    Child,
+}
+
+/// `fork(2)` for the supervisor and the exec helper.
+///
+/// # Safety
+///
+/// The calling process must be single-threaded (no Tokio runtime, no thread started): the
+/// child gets a copy of the caller's memory, and a lock another thread held at that moment
+/// (the allocator's, stdio's) would stay locked in the child for ever.
+pub unsafe fn fork_single_threaded() -> Result<Forked, Errno> {
+    // SAFETY: the caller guarantees that this process is single-threaded.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Sets the `lo` interface of this process's network namespace up, as Docker and containerd
+/// do for a new network namespace (the kernel creates it down), so 127.0.0.1 works inside.
+pub fn bring_loopback_up() -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the flags of the interface named in `req` into `req`; the
+    // pointer is valid for the duration of the call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the union member written by SIOCGIFFLAGS is ifru_flags.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads `req`, valid for the duration of the call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// Sets the window size of terminal `fd` (`TIOCSWINSZ`); its foreground process group gets
+/// SIGWINCH.
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a live
+    // local for the duration of the call; `fd` is a valid open descriptor.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    Errno::result(r).map(drop)
+}
+
+/// Makes terminal `fd` the controlling terminal of this process, which must be a session
+/// leader without one (`TIOCSCTTY`).
+pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal it from another session)
+    // and no pointer; an invalid `fd` is reported as an error.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// A new pseudo-terminal of `rows` x `cols`: (master, slave), both close-on-exec.
+pub fn open_terminal(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let size = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).map_err(std::io::Error::from)?;
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(std::io::Error::from)?;
+    }
+    Ok((pty.master, pty.slave))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_of_tricky_comm() {
+        let stat =
+            "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 200";
+        assert_eq!(parse_start_ticks(stat), Some(123456));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_start_ticks_are_stable() {
+        let me = std::process::id();
+        assert!(process_start_ticks(me).is_some());
+        assert_eq!(process_start_ticks(me), process_start_ticks(me));
+    }
+}
