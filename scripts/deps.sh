@@ -32,7 +32,7 @@ hutch_install_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
   fi
   if ! command -v cargo >/dev/null; then
-    echo "hutch: cargo (Rust 1.85 or newer) is required; install it with rustup" >&2
+    echo "hutch: cargo (Rust 1.90 or newer) is required; install it with rustup" >&2
     exit 1
   fi
 }

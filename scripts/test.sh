@@ -13,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== rust-version: what the lockfile needs, and a build with that toolchain"
+bash scripts/check-msrv.sh
 echo "== leftovers of earlier, killed test runs"
 bash scripts/clean-test-leftovers.sh
 echo "== cargo build (binaries and the example programs the tests run)"

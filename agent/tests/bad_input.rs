@@ -1,7 +1,7 @@
 //! Bad input gets a typed error naming what is wrong, and leaves nothing behind: no mount,
 //! cgroup, process or directory.
 
-mod common;
+use hutch_testkit as common;
 
 use common::TestHost;
 use hutch_agent::rootfs::RootfsError;

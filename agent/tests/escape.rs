@@ -7,7 +7,7 @@
 //! with harmless arguments: were a call let through, it would fail with EFAULT or EINVAL,
 //! never with EPERM, so "EPERM" proves the refusal.
 
-mod common;
+use hutch_testkit as common;
 
 use common::{unique, TestHost};
 use hutch_agent::runtime::state::Status;

@@ -2,7 +2,7 @@
 //! the last seq seen, with an agent restart between the two subscriptions: every event
 //! arrives exactly once across the two streams, in order, and nothing is lost.
 
-mod common;
+use hutch_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

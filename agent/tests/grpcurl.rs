@@ -3,7 +3,7 @@
 //! tutorial as a walk-through, and one bad request per error code with grpcurl's exit code
 //! (64 + the gRPC code) and message checked.
 
-mod common;
+use hutch_testkit as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};

@@ -2,7 +2,7 @@
 //! does not show the host's segments, the hostname is the container's own; plus exec into a
 //! running container (`ps -ef`, `ip addr`, `hostname` from inside, as nsenter would).
 
-mod common;
+use hutch_testkit as common;
 
 use common::TestHost;
 use hutch_agent::runtime::state::Status;

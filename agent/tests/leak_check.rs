@@ -5,7 +5,7 @@
 //! the same host (`scripts/setup.sh` starts one) is not mistaken for a leak. It is ignored in
 //! a plain `cargo test` run because tests running beside it would be seen as leaks.
 
-mod common;
+use hutch_testkit as common;
 
 use hutch_agent::cgroup::detect_own_cgroup;
 

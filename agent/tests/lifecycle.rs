@@ -2,7 +2,7 @@
 //! supervisor outlives the process that started the container and is not charged to its
 //! cgroup; logs keep stdout and stderr apart.
 
-mod common;
+use hutch_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Tutorial: a memory cgroup with `memory.limit_in_bytes = 1000000` (about 1 MB): a process
 //! that allocates more is killed by the OOM killer; when it ends the cgroup is gone.
 
-mod common;
+use hutch_testkit as common;
 
 use common::TestHost;
 use hutch_agent::runtime::state::Status;

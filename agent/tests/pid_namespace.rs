@@ -2,7 +2,7 @@
 //! the shell as PID 1 and nothing of the host; `ls -l /proc/PID/ns` proves only pid is
 //! isolated.
 
-mod common;
+use hutch_testkit as common;
 
 use common::TestHost;
 use hutch_agent::runtime::init::own_namespaces;

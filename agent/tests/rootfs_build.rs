@@ -2,7 +2,7 @@
 //! for concurrent requests, a cache hit afterwards, nothing left by a failed build, and
 //! refused removal while a container uses it.
 
-mod common;
+use hutch_testkit as common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

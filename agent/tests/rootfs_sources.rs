@@ -2,7 +2,7 @@
 //! initramfs (`gzip -dc initrd.img | cpio -id`), including the early-microcode layout of
 //! Debian's own initrd images. Each is built and then used to run a container.
 
-mod common;
+use hutch_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `hutch.v1.Agent` end to end in-process: a real agent on 127.0.0.1:0 over a real runtime,
 //! every RPC, and every error code the service promises.
 
-mod common;
+use hutch_testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Tutorial: `unshare -U`: root inside the container is an unprivileged uid outside.
 
-mod common;
+use hutch_testkit as common;
 
 use common::TestHost;
 use hutch_agent::runtime::state::Status;

@@ -2,7 +2,7 @@
 //! directory; the shared rootfs and sibling containers never see them. `read_only_rootfs`
 //! refuses writes.
 
-mod common;
+use hutch_testkit as common;
 
 use common::{TestHost, ROOTFS};
 use hutch_agent::runtime::state::Status;

@@ -2,13 +2,12 @@
 //! container's, 125 for hutch's own errors, 2 for usage), JSON with stable field names, and
 //! the end-to-end time of `hutch run --rm ROOTFS -- /bin/true` (printed, not asserted).
 
-#[path = "../../controller/tests/common/mod.rs"]
-mod common;
+use hutch_testkit as common;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{agent_common::workspace_bin, TestController, TestNode, ROOTFS};
+use common::{workspace_bin, TestController, TestNode, ROOTFS};
 
 struct Cli {
     url: String,

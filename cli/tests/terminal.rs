@@ -2,13 +2,12 @@
 //! gives an interactive shell that joined the container's pid namespace, follows window
 //! resizes, takes Ctrl-C, exits with the shell's code, and leaves the terminal as it was.
 
-#[path = "../../controller/tests/common/mod.rs"]
-mod common;
+use hutch_testkit as common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{agent_common::workspace_bin, unique, TestController, TestNode, ROOTFS};
+use common::{unique, workspace_bin, TestController, TestNode, ROOTFS};
 
 /// A tmux session of its own, killed when dropped.
 struct Tmux {

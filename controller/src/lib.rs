@@ -21,7 +21,6 @@ pub mod agents;
 pub mod cluster;
 pub mod config;
 pub mod join;
-pub mod rng;
 pub mod scheduler;
 pub mod service;
 pub mod store;

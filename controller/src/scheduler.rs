@@ -477,7 +477,7 @@ mod tests {
         assert_eq!(s.free_bytes("a"), 0);
     }
 
-    use crate::rng::Rng;
+    use hutch_testkit::Rng;
 
     /// Random clusters, random requests, random cordons and releases: no node is ever
     /// reserved beyond its allocatable memory, every placement satisfies its selector and

@@ -3,10 +3,10 @@
 //! admin token does everything, an agent registers only with a node token, and health stays
 //! open.
 
-mod common;
+use hutch_testkit as common;
 
-use common::agent_common::{assert_code, grpcurl, grpcurl_with, until_state_with, workspace_bin};
 use common::*;
+use common::{assert_code, grpcurl, grpcurl_with, until_state_with, workspace_bin};
 
 const ADMIN: &str = "admin-0123456789abcdef0123456789";
 const VIEWER: &str = "viewer-0123456789abcdef012345678";

@@ -3,7 +3,7 @@
 //! again safely, the agent registers again, and a watcher resumes from its last revision
 //! with no gap and no duplicate.
 
-mod common;
+use hutch_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -2,10 +2,10 @@
 //! health, create/get/list/watch, and one bad request per error code with grpcurl's exit
 //! code (64 + the gRPC code) and message checked.
 
-mod common;
+use hutch_testkit as common;
 
-use common::agent_common::{assert_code, grpcurl, until_state};
 use common::*;
+use common::{assert_code, grpcurl, until_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_against_the_controller() {

@@ -5,15 +5,15 @@
 //! like), nothing may be left on the host afterwards, and both daemons must still run a
 //! correct container.
 
-mod common;
+use hutch_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::agent_common::hutch_processes;
+use common::hutch_processes;
 use common::*;
-use hutch_controller::rng::Rng;
 use hutch_proto::v1;
+use hutch_testkit::Rng;
 
 fn nasty(r: &mut Rng) -> String {
     match r.below(14) {

@@ -2,7 +2,7 @@
 //! `on-failure` container starts again on the other node. Restart the agent: it registers
 //! again, and reconciliation stops the stale copy that kept running there and says so.
 
-mod common;
+use hutch_testkit as common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! 1, taken by a slow exec), another call is answered RESOURCE_EXHAUSTED at once, and
 //! served again once the budget frees up.
 
-mod common;
+use hutch_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! node can hold stays PENDING with the reason and starts when a node with room registers;
 //! the tutorial's OOM case through the controller; logs and exec proxied to the node.
 
-mod common;
+use hutch_testkit as common;
 
 use std::time::{Duration, Instant};
 

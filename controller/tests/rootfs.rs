@@ -2,7 +2,7 @@
 //! back as one stream with each node's progress and result tagged with its name; a build on
 //! one node reaches only that node; a bad source is refused before any node is asked.
 
-mod common;
+use hutch_testkit as common;
 
 use std::collections::BTreeMap;
 

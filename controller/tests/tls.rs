@@ -7,14 +7,14 @@
 //! unknown, foreign and expired join tokens, plaintext against a TLS port, and a read-only
 //! token.
 
-mod common;
+use hutch_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::agent_common::{assert_code, grpcurl_over, workspace_bin, Out};
 use common::*;
+use common::{assert_code, grpcurl_over, workspace_bin, Out};
 
 const ADMIN: &str = "tls-admin-0123456789abcdef0123456";
 const VIEWER: &str = "tls-viewer-0123456789abcdef012345";
@@ -39,11 +39,11 @@ fn text(bytes: &[u8]) -> String {
 async fn failed_join(test: &str, ctl: &TestController, token: &str) -> (Option<i32>, String) {
     let name = unique(test);
     let state_dir = PathBuf::from(format!("/var/tmp/hutch-test-{name}"));
-    let mut cmd = Command::new(common::agent_common::agent_bin());
+    let mut cmd = Command::new(common::agent_bin());
     cmd.arg("--state-dir")
         .arg(&state_dir)
         .arg("--rootfs-dir")
-        .arg(common::agent_common::shared_rootfs_dir())
+        .arg(common::shared_rootfs_dir())
         .args(["--name", &name])
         .args([
             "serve",
@@ -120,7 +120,7 @@ async fn agents_join_with_tokens_and_speak_mutual_tls() {
     let admin = format!("authorization: Bearer {ADMIN}");
 
     // Plaintext against the TLS port fails to connect at all.
-    let plain = common::agent_common::grpcurl_with(
+    let plain = common::grpcurl_with(
         &ctl.addr,
         &[&admin],
         None,
@@ -262,7 +262,7 @@ async fn agents_join_with_tokens_and_speak_mutual_tls() {
         tonic::Code::PermissionDenied,
         "node certificate",
     );
-    let plain = common::agent_common::grpcurl_with(&node.addr, &[], None, &list);
+    let plain = common::grpcurl_with(&node.addr, &[], None, &list);
     assert_ne!(
         plain.code, 0,
         "plaintext must not reach the agent: {}",
@@ -442,7 +442,7 @@ async fn agents_join_with_tokens_and_speak_mutual_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plaintext_controller_offers_no_join_and_the_sdk_needs_a_ca_for_https() {
     let ctl = TestController::start("no-tls", &[]);
-    let out = common::agent_common::grpcurl_with(
+    let out = common::grpcurl_with(
         &ctl.addr,
         &[],
         None,

@@ -3,9 +3,7 @@
 
 use tonic::metadata::{Ascii, MetadataValue};
 
-/// The name every controller certificate carries: clients check for it whatever address
-/// they dialed.
-pub const CONTROLLER_TLS_NAME: &str = "controller.hutch";
+pub use crate::names::CONTROLLER_TLS_NAME;
 
 /// A tonic interceptor adding `authorization: Bearer TOKEN` to every call (nothing when
 /// built without a token).

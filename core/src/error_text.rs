@@ -17,6 +17,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+#[cfg(feature = "wire")]
 /// A status's message, and for a transport failure its causes (where a TLS or connection
 /// error says what went wrong).
 pub fn status_text(status: &tonic::Status) -> String {

@@ -11,16 +11,19 @@
 //! - [`names`]: names that end up in paths (container ids, rootfs names), and fresh ones.
 //! - [`units`]: `64M`, `1GiB` and back.
 //! - [`process`]: signal names and the exit status a shell shows.
+//! - [`step`]: the steps of a start, as failure records name them.
 //! - [`spec`]: [`spec::ContainerSpec`], [`spec::Namespace`] (one parser) and validation.
 //! - [`security`]: capabilities, seccomp, pids limit, privileged, run-as; their checks.
 //! - [`seccomp_profile`]: seccomp profiles in Docker's JSON format.
 //! - [`rootfs_source`]: where a rootfs comes from, and its checks.
-//! - [`convert`]: wire <-> domain, with errors that name the field.
-//! - [`bearer`]: the client side of bearer tokens, and the controller's TLS name.
+//! - `convert` (feature `wire`): wire <-> domain, with errors that name the field.
+//! - `bearer` (feature `wire`): the client side of bearer tokens.
 //! - [`error_text`]: errors and statuses as one readable line.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "wire")]
 pub mod bearer;
+#[cfg(feature = "wire")]
 pub mod convert;
 pub mod error_text;
 pub mod names;
@@ -29,6 +32,9 @@ pub mod rootfs_source;
 pub mod seccomp_profile;
 pub mod security;
 pub mod spec;
+pub mod step;
 pub mod units;
 
-pub use error_text::{error_chain, status_text};
+pub use error_text::error_chain;
+#[cfg(feature = "wire")]
+pub use error_text::status_text;

@@ -4,6 +4,10 @@
 
 use thiserror::Error;
 
+/// The name every controller certificate carries: clients check for it whatever address
+/// they dialed.
+pub const CONTROLLER_TLS_NAME: &str = "controller.hutch";
+
 /// Longest accepted name; keeps paths, cgroup names and hostnames short.
 pub const MAX_NAME_LEN: usize = 63;
 

@@ -6,7 +6,8 @@
 //! says.
 //!
 //! This module reads and checks a profile (syscall names against the host architecture's
-//! table), so the controller refuses a bad one at create time; the agent compiles it to BPF.
+//! table), so the controller refuses a bad one at create time; `hutch_supervisor::security`
+//! compiles it to BPF.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -15,6 +16,13 @@ use serde::Deserialize;
 
 /// `EPERM`, the errno of `SCMP_ACT_ERRNO` when the profile gives none.
 const EPERM: u32 = 1;
+
+/// A small profile using three actions: allow-listed basics, `mkdir` refused with `EACCES`,
+/// `reboot` killing the process; everything else `EPERM`.
+pub const EXAMPLE: &str = r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
+    "syscalls":[{"names":["read","write","exit_group"],"action":"SCMP_ACT_ALLOW"},
+                {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":13,"comment":"no dirs"},
+                {"names":["reboot"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#;
 
 /// The largest profile accepted.
 pub const MAX_PROFILE_BYTES: usize = 1 << 20;
@@ -146,13 +154,7 @@ mod tests {
 
     #[test]
     fn dockers_format_is_read_and_grouped_by_action() {
-        let p = Profile::parse(
-            r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
-                "syscalls":[{"names":["read","write","exit_group"],"action":"SCMP_ACT_ALLOW"},
-                            {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":13,"comment":"no dirs"},
-                            {"names":["reboot"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
-        )
-        .expect("parse");
+        let p = Profile::parse(EXAMPLE).expect("parse");
         assert_eq!(p.default, Action::Errno(1));
         assert_eq!(p.named[&Action::Errno(13)], vec!["mkdir".to_string()]);
         assert_eq!(p.named.len(), 3);

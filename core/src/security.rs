@@ -5,7 +5,7 @@
 //!
 //! This module only states and checks the choice, so the controller and the SDK can refuse
 //! a bad setting before anything is scheduled. Applying it to a process (capability sets,
-//! `no_new_privs`, the BPF filter) is the agent's work.
+//! `no_new_privs`, the BPF filter) is `hutch_supervisor::security`'s work.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -92,8 +92,8 @@ pub const DEFAULT_CAPABILITIES: [&str; 13] = [
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Seccomp {
-    /// hutch's deny-list (the agent's `denied_syscalls`) answers `EPERM`; everything else
-    /// is allowed.
+    /// hutch's deny-list (`hutch_supervisor::security::denied_syscalls`) answers `EPERM`;
+    /// everything else is allowed.
     #[default]
     Default,
     /// No filter.

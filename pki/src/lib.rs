@@ -18,7 +18,7 @@ pub mod pinned;
 use thiserror::Error;
 
 /// The name every controller certificate carries, and that clients check for.
-pub const CONTROLLER_NAME: &str = hutch_core::bearer::CONTROLLER_TLS_NAME;
+pub const CONTROLLER_NAME: &str = hutch_core::names::CONTROLLER_TLS_NAME;
 /// The name every node certificate carries, and that the controller checks for.
 pub const AGENT_NAME: &str = "agent.hutch";
 /// Names under this suffix are hutch's own: a node cannot ask for them.

@@ -1,8 +1,7 @@
 //! The SDK against a real controller and agent: builder, wait, logs, exec, events, OOM, and
 //! errors that keep their gRPC code.
 
-#[path = "../../controller/tests/common/mod.rs"]
-mod common;
+use hutch_testkit as common;
 
 use std::time::Duration;
 

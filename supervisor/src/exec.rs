@@ -28,6 +28,7 @@ use crate::security::Filters;
 use crate::state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
 use crate::sys;
 use hutch_core::spec::Namespace;
+use hutch_core::step::Step;
 
 /// How an exec ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,13 +39,6 @@ pub struct ExecResult {
     pub signal: Option<i32>,
     /// The step that failed before the command ran.
     pub failure: Option<Failure>,
-}
-
-fn fail(step: &str, message: impl Into<String>) -> Failure {
-    Failure {
-        step: step.into(),
-        message: message.into(),
-    }
 }
 
 /// Entry point of `hutch-supervisor exec DIR RESULT -- ARGV...` and, with `tty`, of
@@ -96,32 +90,35 @@ const SETNS_ORDER: [Namespace; 7] = [
 
 fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failure> {
     if argv.is_empty() || argv[0].is_empty() {
-        return Err(fail("exec", "command is empty"));
+        return Err(Failure::new(Step::Exec, "command is empty"));
     }
     let mut cfg: SupervisorConfig = read_json(&StatePaths::config(dir)).map_err(|e| {
-        fail(
-            "state",
+        Failure::new(
+            Step::State,
             format!("reading {}: {e}", StatePaths::config(dir).display()),
         )
     })?;
     let state: ContainerState = read_json(&StatePaths::state(dir)).map_err(|e| {
-        fail(
-            "state",
+        Failure::new(
+            Step::State,
             format!("reading {}: {e}", StatePaths::state(dir).display()),
         )
     })?;
     let pid = match (state.status, state.pid) {
         (Status::Running, Some(pid)) => pid,
         (status, _) => {
-            return Err(fail(
-                "state",
+            return Err(Failure::new(
+                Step::State,
                 format!("container {} is {status:?}, not running", cfg.id),
             ))
         }
     };
     let cgroup = ContainerCgroup::open(cfg.cgroup.clone());
     if !cgroup.path().procs().contains(&pid) {
-        return Err(fail("state", format!("container {} has exited", cfg.id)));
+        return Err(Failure::new(
+            Step::State,
+            format!("container {} has exited", cfg.id),
+        ));
     }
 
     // Open everything of the container before entering anything.
@@ -133,7 +130,7 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
         )
     };
     let root = open_dir(&format!("/proc/{pid}/root"))
-        .map_err(|e| fail("enter", format!("opening its root: {e}")))?;
+        .map_err(|e| Failure::new(Step::Enter, format!("opening its root: {e}")))?;
     let mut ns_fds: Vec<(Namespace, OwnedFd)> = Vec::new();
     for ns in SETNS_ORDER.iter().filter(|ns| cfg.spec.has(**ns)) {
         let path = format!("/proc/{pid}/ns/{}", ns.proc_name());
@@ -142,20 +139,21 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| fail("enter", format!("opening {path}: {e}")))?;
+        .map_err(|e| Failure::new(Step::Enter, format!("opening {path}: {e}")))?;
         ns_fds.push((*ns, fd));
     }
 
     cgroup
         .add_process(std::process::id())
-        .map_err(|e| fail("cgroup", e.to_string()))?;
+        .map_err(|e| Failure::new(Step::Cgroup, e.to_string()))?;
     for (ns, fd) in &ns_fds {
         setns(fd, clone_flag(*ns))
-            .map_err(|e| fail("enter", format!("setns {ns}: {}", e.desc())))?;
+            .map_err(|e| Failure::new(Step::Enter, format!("setns {ns}: {}", e.desc())))?;
     }
     if !cfg.spec.has(Namespace::Mount) {
-        unistd::fchdir(&root).map_err(|e| fail("enter", format!("entering its root: {e}")))?;
-        unistd::chroot(".").map_err(|e| fail("enter", format!("chroot: {e}")))?;
+        unistd::fchdir(&root)
+            .map_err(|e| Failure::new(Step::Enter, format!("entering its root: {e}")))?;
+        unistd::chroot(".").map_err(|e| Failure::new(Step::Enter, format!("chroot: {e}")))?;
     }
     drop(root);
     if cfg.spec.has(Namespace::User) {
@@ -167,7 +165,7 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
         cfg.spec.workdir.clone()
     };
     unistd::chdir(workdir.as_str())
-        .map_err(|e| fail("workdir", format!("working directory '{workdir}': {e}")))?;
+        .map_err(|e| Failure::new(Step::Workdir, format!("working directory '{workdir}': {e}")))?;
 
     cfg.spec.command = argv;
     if tty {
@@ -176,20 +174,21 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
             .entry("TERM".into())
             .or_insert_with(|| "xterm".into());
     }
-    let (report_r, report_w) =
-        unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("exec", format!("pipe: {e}")))?;
-    let filters =
-        Filters::compile(&cfg.spec.security).map_err(|e| fail("security", e.to_string()))?;
+    let (report_r, report_w) = unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| Failure::new(Step::Exec, format!("pipe: {e}")))?;
+    let filters = Filters::compile(&cfg.spec.security)
+        .map_err(|e| Failure::new(Step::Security, e.to_string()))?;
     // SAFETY: the exec helper (`hutch-supervisor exec`) is single-threaded: it starts no thread.
     let forked = unsafe { sys::fork_single_threaded() };
-    let child = match forked.map_err(|e| fail("exec", format!("fork: {e}")))? {
+    let child = match forked.map_err(|e| Failure::new(Step::Exec, format!("fork: {e}")))? {
         sys::Forked::Child => {
             if tty {
                 let taken = unistd::setsid()
-                    .map_err(|e| fail("terminal", format!("setsid: {e}")))
+                    .map_err(|e| Failure::new(Step::Terminal, format!("setsid: {e}")))
                     .and_then(|_| {
-                        sys::set_controlling_terminal(0)
-                            .map_err(|e| fail("terminal", format!("taking the terminal: {e}")))
+                        sys::set_controlling_terminal(0).map_err(|e| {
+                            Failure::new(Step::Terminal, format!("taking the terminal: {e}"))
+                        })
                     });
                 if let Err(failure) = taken {
                     report(report_w.as_raw_fd(), &InitMessage::Failed(failure));
@@ -205,7 +204,8 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
     drop(report_w);
     let mut text = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(report_r), &mut text);
-    let status = waitpid(child, None).map_err(|e| fail("exec", format!("waiting: {e}")))?;
+    let status =
+        waitpid(child, None).map_err(|e| Failure::new(Step::Exec, format!("waiting: {e}")))?;
     if let Some(Ok(InitMessage::Failed(f))) =
         text.lines().next().map(serde_json::from_str::<InitMessage>)
     {
@@ -222,6 +222,11 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
             signal: Some(sig as i32),
             failure: None,
         },
-        other => return Err(fail("exec", format!("unexpected wait status {other:?}"))),
+        other => {
+            return Err(Failure::new(
+                Step::Exec,
+                format!("unexpected wait status {other:?}"),
+            ))
+        }
     })
 }

@@ -34,6 +34,7 @@ use crate::security::{Filters, MASKED_PATHS, READ_ONLY_PATHS};
 use crate::state::{Failure, SupervisorConfig};
 use crate::sys;
 use hutch_core::spec::Namespace;
+use hutch_core::step::Step;
 
 /// `PATH` inside a container unless its spec sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -63,15 +64,8 @@ pub struct InitIo {
     pub terminal: Option<RawFd>,
 }
 
-fn fail(step: &str, message: impl Into<String>) -> Failure {
-    Failure {
-        step: step.to_string(),
-        message: message.into(),
-    }
-}
-
-fn errno(step: &str, what: impl std::fmt::Display, e: Errno) -> Failure {
-    fail(step, format!("{what}: {} ({e:?})", e.desc()))
+fn errno(step: Step, what: impl std::fmt::Display, e: Errno) -> Failure {
+    Failure::new(step, format!("{what}: {} ({e:?})", e.desc()))
 }
 
 /// Sends one message to the supervisor. A failed write leaves nothing to do: the
@@ -114,29 +108,29 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| errno("stdio", "opening /dev/null", e))?;
+    .map_err(|e| errno(Step::Stdio, "opening /dev/null", e))?;
     let stdin = io
         .terminal
         .map(borrow_fd)
         .unwrap_or(std::os::fd::AsFd::as_fd(&devnull));
-    let redirect = |e| errno("stdio", "redirecting output", e);
+    let redirect = |e| errno(Step::Stdio, "redirecting output", e);
     unistd::dup2_stdin(stdin).map_err(redirect)?;
     unistd::dup2_stdout(borrow_fd(io.stdout)).map_err(redirect)?;
     unistd::dup2_stderr(borrow_fd(io.stderr)).map_err(redirect)?;
     if io.terminal.is_some() {
         // A session of its own with the terminal as its controlling terminal: job control,
         // Ctrl-C and window sizes reach the command.
-        unistd::setsid().map_err(|e| errno("terminal", "setsid", e))?;
+        unistd::setsid().map_err(|e| errno(Step::Terminal, "setsid", e))?;
         sys::set_controlling_terminal(0)
-            .map_err(|e| errno("terminal", "taking the terminal", e))?;
+            .map_err(|e| errno(Step::Terminal, "taking the terminal", e))?;
     }
 
     let mut byte = [0u8; 1];
     match unistd::read(borrow_fd(io.release), &mut byte) {
         Ok(1) => {}
         _ => {
-            return Err(fail(
-                "start",
+            return Err(Failure::new(
+                Step::Start,
                 "the supervisor did not release the container",
             ))
         }
@@ -147,7 +141,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
     }
     if spec.has(Namespace::Cgroup) {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| errno("cgroup namespace", "unshare", e))?;
+            .map_err(|e| errno(Step::CgroupNamespace, "unshare", e))?;
     }
 
     let root = cfg.layer().merged;
@@ -160,7 +154,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             None::<&str>,
         )
-        .map_err(|e| errno("mount namespace", "making mounts private", e))?;
+        .map_err(|e| errno(Step::MountNamespace, "making mounts private", e))?;
         mount(
             Some(&root),
             &root,
@@ -168,7 +162,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .map_err(|e| errno("rootfs", format!("binding {}", root.display()), e))?;
+        .map_err(|e| errno(Step::Rootfs, format!("binding {}", root.display()), e))?;
     }
     mount_proc_dev_sys(&root, spec.has(Namespace::Net), spec.has(Namespace::User))?;
     if spec.security.masks_paths() {
@@ -176,11 +170,11 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
     }
 
     if spec.has(Namespace::Net) {
-        sys::bring_loopback_up().map_err(|e| errno("network", "bringing lo up", e))?;
+        sys::bring_loopback_up().map_err(|e| errno(Step::Network, "bringing lo up", e))?;
     }
     if spec.has(Namespace::Uts) {
         unistd::sethostname(&cfg.hostname)
-            .map_err(|e| errno("hostname", format!("setting '{}'", cfg.hostname), e))?;
+            .map_err(|e| errno(Step::Hostname, format!("setting '{}'", cfg.hostname), e))?;
     }
 
     if private_mounts {
@@ -193,10 +187,10 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,
             )
-            .map_err(|e| errno("rootfs", "remounting / read-only", e))?;
+            .map_err(|e| errno(Step::Rootfs, "remounting / read-only", e))?;
         }
     } else {
-        unistd::chroot(&root).map_err(|e| errno("chroot", root.display(), e))?;
+        unistd::chroot(&root).map_err(|e| errno(Step::Chroot, root.display(), e))?;
     }
 
     report(io.report, &InitMessage::Namespaces(own_namespaces()));
@@ -207,7 +201,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
         spec.workdir.as_str()
     };
     unistd::chdir(workdir)
-        .map_err(|e| errno("workdir", format!("working directory '{workdir}'"), e))?;
+        .map_err(|e| errno(Step::Workdir, format!("working directory '{workdir}'"), e))?;
 
     Err(harden_and_exec(cfg, filters))
 }
@@ -216,7 +210,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
 /// [`crate::security`]), then execs its command. Returns only on failure, with the reason.
 pub fn harden_and_exec(cfg: &SupervisorConfig, filters: &Filters) -> Failure {
     if let Err(e) = crate::security::harden_before_exec(&cfg.spec.security, filters) {
-        return fail("security", e.to_string());
+        return Failure::new(Step::Security, e.to_string());
     }
     exec_command(cfg)
 }
@@ -224,10 +218,10 @@ pub fn harden_and_exec(cfg: &SupervisorConfig, filters: &Filters) -> Failure {
 /// Becomes uid and gid 0 of the user namespace this process is in, with no extra groups.
 pub fn become_root_in_user_namespace() -> Result<(), Failure> {
     unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-        .map_err(|e| errno("user namespace", "becoming gid 0", e))?;
-    unistd::setgroups(&[]).map_err(|e| errno("user namespace", "dropping groups", e))?;
+        .map_err(|e| errno(Step::UserNamespace, "becoming gid 0", e))?;
+    unistd::setgroups(&[]).map_err(|e| errno(Step::UserNamespace, "dropping groups", e))?;
     unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-        .map_err(|e| errno("user namespace", "becoming uid 0", e))
+        .map_err(|e| errno(Step::UserNamespace, "becoming uid 0", e))
 }
 
 /// Execs `cfg.spec.command` with the container's environment, looked up in its `PATH`,
@@ -246,7 +240,7 @@ pub fn exec_command(cfg: &SupervisorConfig) -> Failure {
     let prepared = to_cstrings(&cfg.spec.command).and_then(|argv| {
         let envp = to_cstrings(&env_lines)?;
         let program_c = CString::new(program.as_os_str().as_encoded_bytes())
-            .map_err(|_| fail("exec", "command contains a NUL byte"))?;
+            .map_err(|_| Failure::new(Step::Exec, "command contains a NUL byte"))?;
         Ok((argv, envp, program_c))
     });
     let (argv, envp, program_c) = match prepared {
@@ -254,31 +248,31 @@ pub fn exec_command(cfg: &SupervisorConfig) -> Failure {
         Err(f) => return f,
     };
     if let Err(e) = sys::reset_signals_for_exec() {
-        return errno("exec", "resetting signals", e);
+        return errno(Step::Exec, "resetting signals", e);
     }
     let e = unistd::execve(&program_c, &argv, &envp)
         .err()
         .unwrap_or(Errno::UnknownErrno);
     match e {
-        Errno::ENOENT => fail(
-            "exec",
+        Errno::ENOENT => Failure::new(
+            Step::Exec,
             format!("'{}' does not exist in the container", program.display()),
         ),
-        Errno::EACCES => fail(
-            "exec",
+        Errno::EACCES => Failure::new(
+            Step::Exec,
             format!(
                 "'{}' is not executable (permission denied)",
                 program.display()
             ),
         ),
-        Errno::ENOEXEC => fail(
-            "exec",
+        Errno::ENOEXEC => Failure::new(
+            Step::Exec,
             format!(
                 "'{}' is not a program this kernel can run",
                 program.display()
             ),
         ),
-        other => errno("exec", program.display(), other),
+        other => errno(Step::Exec, program.display(), other),
     }
 }
 
@@ -301,7 +295,7 @@ fn to_cstrings(items: &[String]) -> Result<Vec<CString>, Failure> {
         .iter()
         .map(|s| {
             CString::new(s.as_bytes())
-                .map_err(|_| fail("exec", format!("{s:?} contains a NUL byte")))
+                .map_err(|_| Failure::new(Step::Exec, format!("{s:?} contains a NUL byte")))
         })
         .collect()
 }
@@ -334,8 +328,8 @@ pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, Failure
         .map(|d| Path::new(d).join(command))
         .find(|p| p.is_file() && unistd::access(p, unistd::AccessFlags::X_OK).is_ok())
         .ok_or_else(|| {
-            fail(
-                "exec",
+            Failure::new(
+                Step::Exec,
                 format!("'{command}' not found in the container's PATH ({path_var})"),
             )
         })
@@ -344,11 +338,12 @@ pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, Failure
 fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(), Failure> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let target = |p: &str| root.join(p);
-    let mkdir = |p: &Path, step: &str| {
-        std::fs::create_dir_all(p).map_err(|e| fail(step, format!("creating {}: {e}", p.display())))
+    let mkdir = |p: &Path, step: Step| {
+        std::fs::create_dir_all(p)
+            .map_err(|e| Failure::new(step, format!("creating {}: {e}", p.display())))
     };
 
-    mkdir(&target("proc"), "mount /proc")?;
+    mkdir(&target("proc"), Step::MountProc)?;
     mount(
         Some("proc"),
         &target("proc"),
@@ -356,10 +351,10 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
         nosuid_nodev_noexec,
         None::<&str>,
     )
-    .map_err(|e| errno("mount /proc", "mount -t proc proc /proc", e))?;
+    .map_err(|e| errno(Step::MountProc, "mount -t proc proc /proc", e))?;
 
     let dev = target("dev");
-    mkdir(&dev, "mount /dev")?;
+    mkdir(&dev, Step::MountDev)?;
     mount(
         Some("tmpfs"),
         &dev,
@@ -367,13 +362,14 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )
-    .map_err(|e| errno("mount /dev", "tmpfs on /dev", e))?;
+    .map_err(|e| errno(Step::MountDev, "tmpfs on /dev", e))?;
     // Device nodes are bound from the host: mknod is not allowed in a user namespace, and a
     // bind works the same everywhere.
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let path = dev.join(node);
-        std::fs::File::create(&path)
-            .map_err(|e| fail("mount /dev", format!("creating {}: {e}", path.display())))?;
+        std::fs::File::create(&path).map_err(|e| {
+            Failure::new(Step::MountDev, format!("creating {}: {e}", path.display()))
+        })?;
         mount(
             Some(&Path::new("/dev").join(node)),
             &path,
@@ -381,10 +377,10 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| errno("mount /dev", format!("binding /dev/{node}"), e))?;
+        .map_err(|e| errno(Step::MountDev, format!("binding /dev/{node}"), e))?;
     }
     let pts = dev.join("pts");
-    mkdir(&pts, "mount /dev/pts")?;
+    mkdir(&pts, Step::MountDevPts)?;
     let pts_options = if user_ns {
         "newinstance,ptmxmode=0666,mode=620"
     } else {
@@ -397,9 +393,9 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some(pts_options),
     )
-    .map_err(|e| errno("mount /dev/pts", "devpts", e))?;
+    .map_err(|e| errno(Step::MountDevPts, "devpts", e))?;
     let shm = dev.join("shm");
-    mkdir(&shm, "mount /dev/shm")?;
+    mkdir(&shm, Step::MountDevShm)?;
     mount(
         Some("shm"),
         &shm,
@@ -407,7 +403,7 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
         nosuid_nodev_noexec,
         Some("mode=1777,size=65536k"),
     )
-    .map_err(|e| errno("mount /dev/shm", "tmpfs", e))?;
+    .map_err(|e| errno(Step::MountDevShm, "tmpfs", e))?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -416,12 +412,12 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
         ("stderr", "/proc/self/fd/2"),
     ] {
         std::os::unix::fs::symlink(to, dev.join(link))
-            .map_err(|e| fail("mount /dev", format!("linking /dev/{link}: {e}")))?;
+            .map_err(|e| Failure::new(Step::MountDev, format!("linking /dev/{link}: {e}")))?;
     }
 
     if private_net {
         let sys = target("sys");
-        mkdir(&sys, "mount /sys")?;
+        mkdir(&sys, Step::MountSys)?;
         mount(
             Some("sysfs"),
             &sys,
@@ -429,7 +425,7 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
             nosuid_nodev_noexec | MsFlags::MS_RDONLY,
             None::<&str>,
         )
-        .map_err(|e| errno("mount /sys", "sysfs read-only", e))?;
+        .map_err(|e| errno(Step::MountSys, "sysfs read-only", e))?;
     }
     Ok(())
 }
@@ -461,7 +457,7 @@ fn mask_paths(root: &Path) -> Result<(), Failure> {
                 None::<&str>,
             )
         };
-        done.map_err(|e| errno("mask paths", format!("masking /{p}"), e))?;
+        done.map_err(|e| errno(Step::MaskPaths, format!("masking /{p}"), e))?;
     }
     for p in READ_ONLY_PATHS {
         let path = root.join(p);
@@ -485,7 +481,7 @@ fn mask_paths(root: &Path) -> Result<(), Failure> {
                 None::<&str>,
             )
         })
-        .map_err(|e| errno("mask paths", format!("making /{p} read-only"), e))?;
+        .map_err(|e| errno(Step::MaskPaths, format!("making /{p} read-only"), e))?;
     }
     Ok(())
 }
@@ -494,11 +490,12 @@ fn mask_paths(root: &Path) -> Result<(), Failure> {
 /// `pivot_root(".", ".")` stacks the old root under the new one, and a lazy unmount of "."
 /// detaches it, so nothing of the host's tree stays reachable.
 fn pivot_into(root: &Path) -> Result<(), Failure> {
-    unistd::chdir(root).map_err(|e| errno("pivot_root", root.display(), e))?;
-    unistd::pivot_root(".", ".").map_err(|e| errno("pivot_root", "pivot_root(\".\", \".\")", e))?;
+    unistd::chdir(root).map_err(|e| errno(Step::PivotRoot, root.display(), e))?;
+    unistd::pivot_root(".", ".")
+        .map_err(|e| errno(Step::PivotRoot, "pivot_root(\".\", \".\")", e))?;
     umount2(".", MntFlags::MNT_DETACH)
-        .map_err(|e| errno("pivot_root", "detaching the old root", e))?;
-    unistd::chdir("/").map_err(|e| errno("pivot_root", "chdir /", e))
+        .map_err(|e| errno(Step::PivotRoot, "detaching the old root", e))?;
+    unistd::chdir("/").map_err(|e| errno(Step::PivotRoot, "chdir /", e))
 }
 
 /// Inodes of this process's namespaces.

@@ -311,13 +311,7 @@ mod tests {
 
     #[test]
     fn a_profile_compiles_to_one_filter_per_action() {
-        let p = Profile::parse(
-            r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
-                "syscalls":[{"names":["read","write","exit_group"],"action":"SCMP_ACT_ALLOW"},
-                            {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":13,"comment":"no dirs"},
-                            {"names":["reboot"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
-        )
-        .expect("parse");
+        let p = Profile::parse(hutch_core::seccomp_profile::EXAMPLE).expect("parse");
         assert_eq!(profile_programs(&p).expect("compile").len(), 3);
     }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{CgroupPath, MemoryStats, PidsStats};
 use crate::overlay::Layer;
 use hutch_core::spec::{ContainerSpec, Namespace};
+use hutch_core::step::Step;
 
 /// The lifecycle of a container on its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +47,20 @@ impl Status {
 /// Where and why a container failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    /// The step that failed: rootfs, cgroup, user namespace, mount /proc, pivot_root, exec...
-    pub step: String,
+    /// The step that failed (a string in the state file and on the wire).
+    pub step: Step,
     /// What went wrong, for a person.
     pub message: String,
+}
+
+impl Failure {
+    /// A failure at `step`.
+    pub fn new(step: Step, message: impl Into<String>) -> Self {
+        Failure {
+            step,
+            message: message.into(),
+        }
+    }
 }
 
 /// One namespace of a container next to the host's: the tutorial's `ls -l /proc/PID/ns`

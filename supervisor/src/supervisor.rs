@@ -41,6 +41,7 @@ use crate::state::{
 };
 use crate::sys;
 use hutch_core::spec::{IdMap, Namespace};
+use hutch_core::step::Step;
 
 /// End of file on a terminal (Ctrl-D).
 const EOT: u8 = 4;
@@ -116,17 +117,8 @@ struct Pipes {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
-    unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Failure {
-        step: "start".into(),
-        message: format!("creating a pipe: {e}"),
-    })
-}
-
-fn failure(step: &str, message: impl Into<String>) -> Failure {
-    Failure {
-        step: step.into(),
-        message: message.into(),
-    }
+    unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| Failure::new(Step::Start, format!("creating a pipe: {e}")))
 }
 
 impl Supervisor {
@@ -195,11 +187,16 @@ impl Supervisor {
         let _ = std::fs::create_dir_all(cfg.supervisors_cgroup.dir());
         cfg.supervisors_cgroup
             .add_process(std::process::id())
-            .map_err(|e| failure("cgroup", format!("joining the supervisors' cgroup: {e}")))?;
+            .map_err(|e| {
+                Failure::new(
+                    Step::Cgroup,
+                    format!("joining the supervisors' cgroup: {e}"),
+                )
+            })?;
         sys::set_child_subreaper()
-            .map_err(|e| failure("start", format!("becoming subreaper: {e}")))?;
+            .map_err(|e| Failure::new(Step::Start, format!("becoming subreaper: {e}")))?;
         overlay::mount_layer(&cfg.layer(), cfg.spec.read_only_rootfs)
-            .map_err(|e| failure("rootfs", e.to_string()))?;
+            .map_err(|e| Failure::new(Step::Rootfs, e.to_string()))?;
 
         let pipes = Pipes {
             stdout: pipe()?,
@@ -210,10 +207,11 @@ impl Supervisor {
         // On a terminal: the init gets the slave side; the master and the attach point stay
         // here. Both exist before the container runs, so no output and no client is missed.
         let terminal = if cfg.spec.tty {
-            let (master, slave) = crate::sys::open_terminal(24, 80)
-                .map_err(|e| failure("terminal", format!("opening a pseudo-terminal: {e}")))?;
+            let (master, slave) = crate::sys::open_terminal(24, 80).map_err(|e| {
+                Failure::new(Step::Terminal, format!("opening a pseudo-terminal: {e}"))
+            })?;
             let attach = AttachPoint::bind(&StatePaths::attach(&cfg.dir))
-                .map_err(|e| failure("terminal", format!("attach socket: {e}")))?;
+                .map_err(|e| Failure::new(Step::Terminal, format!("attach socket: {e}")))?;
             Some((master, slave, attach))
         } else {
             None
@@ -227,8 +225,8 @@ impl Supervisor {
             terminal: slave_fd,
         };
         let host_namespaces = init::own_namespaces();
-        let filters =
-            Filters::compile(&cfg.spec.security).map_err(|e| failure("security", e.to_string()))?;
+        let filters = Filters::compile(&cfg.spec.security)
+            .map_err(|e| Failure::new(Step::Security, e.to_string()))?;
         // SAFETY: the supervisor is single-threaded: it starts no thread, it polls its fds.
         let child = unsafe {
             sys::clone_process(
@@ -237,8 +235,8 @@ impl Supervisor {
             )
         }
         .map_err(|e| {
-            failure(
-                "clone",
+            Failure::new(
+                Step::Clone,
                 format!("creating the namespaces: {} ({e:?})", e.desc()),
             )
         })?;
@@ -263,7 +261,7 @@ impl Supervisor {
         let placed = self
             .cgroup
             .add_process(child.as_raw() as u32)
-            .map_err(|e| failure("cgroup", e.to_string()))
+            .map_err(|e| Failure::new(Step::Cgroup, e.to_string()))
             .and_then(|()| {
                 if cfg.spec.has(Namespace::User) {
                     write_id_maps(
@@ -281,7 +279,7 @@ impl Supervisor {
             return Err(f);
         }
         unistd::write(&release.1, &[1])
-            .map_err(|e| failure("start", format!("releasing the init: {e}")))?;
+            .map_err(|e| Failure::new(Step::Start, format!("releasing the init: {e}")))?;
         drop(release.1);
 
         let mut reader = std::io::BufReader::new(File::from(report.0));
@@ -303,8 +301,8 @@ impl Supervisor {
         }
         let Some(namespaces) = namespaces else {
             let status = waitpid(child, None);
-            return Err(failure(
-                "start",
+            return Err(Failure::new(
+                Step::Start,
                 format!("the container's init died during setup ({status:?})"),
             ));
         };
@@ -590,7 +588,7 @@ fn write_id_maps(child: Pid, uid_map: &[IdMap], gid_map: &[IdMap]) -> Result<(),
     for (file, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
         let path = format!("/proc/{child}/{file}");
         std::fs::write(&path, format_id_map(map))
-            .map_err(|e| failure("user namespace", format!("writing {path}: {e}")))?;
+            .map_err(|e| Failure::new(Step::UserNamespace, format!("writing {path}: {e}")))?;
     }
     Ok(())
 }

@@ -12,8 +12,12 @@
 //! container is cleaned up); signals go to the container's init through a pidfd, after
 //! checking that the pid still belongs to the container's cgroup.
 
+mod error;
 pub mod session;
 pub mod sys;
+
+use error::io_err;
+pub use error::{ErrorClass, RuntimeError};
 
 pub use hutch_supervisor::{attach, exec, init, logs, state, supervisor};
 
@@ -23,18 +27,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::cgroup::{
-    CgroupError, CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats, PidsStats,
+    CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats, PidsStats,
 };
 use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
-use crate::names::{validate_name, NameError};
-use crate::rootfs::{RootfsError, RootfsInfo, RootfsStore};
+use crate::names::validate_name;
+use crate::rootfs::{RootfsInfo, RootfsStore};
 use crate::spec::{ContainerSpec, Namespace, SpecError};
 use exec::ExecResult;
+use hutch_core::step::Step;
 use logs::LogLine;
 use state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
 
@@ -42,143 +46,6 @@ use state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Output an exec may return per stream; the rest is dropped and flagged.
 const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
-
-/// The broad class of an error, for mapping to API status codes at the service edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The request is malformed.
-    InvalidArgument,
-    /// The thing asked for does not exist.
-    NotFound,
-    /// It exists already.
-    AlreadyExists,
-    /// The request is fine but the state does not allow it now.
-    FailedPrecondition,
-    /// The host ran out of something.
-    ResourceExhausted,
-    /// Something on the host went wrong.
-    Internal,
-}
-
-/// Why a runtime operation failed.
-#[derive(Debug, Error)]
-pub enum RuntimeError {
-    /// The container id is not a safe name.
-    #[error(transparent)]
-    BadId(NameError),
-    /// The spec is invalid.
-    #[error("invalid container spec: {0}")]
-    InvalidSpec(#[from] SpecError),
-    /// A container with this id exists on this host.
-    #[error("container '{0}' already exists on this host; pick another id or remove it first")]
-    AlreadyExists(String),
-    /// No such container.
-    #[error("container '{0}' not found on this host")]
-    NotFound(String),
-    /// A rootfs problem (unknown rootfs, build failure, in use).
-    #[error(transparent)]
-    Rootfs(#[from] RootfsError),
-    /// A cgroup problem.
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    /// The container could not be started; `failure.step` names the failing step.
-    #[error("container '{id}' failed to start at step '{}': {}", failure.step, failure.message)]
-    StartFailed {
-        /// The container.
-        id: String,
-        /// What failed.
-        failure: Failure,
-    },
-    /// Attach to a container that does not run on a terminal.
-    #[error(
-        "container '{0}' was not started with tty: there is no terminal to attach to (use exec)"
-    )]
-    NotAttachable(String),
-    /// An exec could not run its command.
-    #[error("exec in container '{id}' failed at step '{}': {}", failure.step, failure.message)]
-    ExecFailed {
-        /// The container.
-        id: String,
-        /// What failed.
-        failure: Failure,
-    },
-    /// The container is not running.
-    #[error("container '{id}' is not running (status: {status:?})")]
-    NotRunning {
-        /// The container.
-        id: String,
-        /// Its status.
-        status: Status,
-    },
-    /// The container is still running.
-    #[error("container '{0}' is still running; stop it first or remove it with force")]
-    StillRunning(String),
-    /// A signal number outside 1..=64.
-    #[error("signal {0} is not a valid signal number (1-64)")]
-    InvalidSignal(i32),
-    /// The supervisor could not be started or did not report.
-    #[error("supervisor of container '{id}': {message}")]
-    Supervisor {
-        /// The container.
-        id: String,
-        /// What happened.
-        message: String,
-    },
-    /// The state directory could not be read or written.
-    #[error("{path}: {message}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// What happened.
-        message: String,
-    },
-}
-
-impl RuntimeError {
-    /// The class of this error.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            RuntimeError::BadId(_)
-            | RuntimeError::InvalidSpec(_)
-            | RuntimeError::InvalidSignal(_) => ErrorClass::InvalidArgument,
-            RuntimeError::AlreadyExists(_) => ErrorClass::AlreadyExists,
-            RuntimeError::NotFound(_) => ErrorClass::NotFound,
-            RuntimeError::Rootfs(e) => match e {
-                RootfsError::BadName(_) | RootfsError::InvalidSource(_) => {
-                    ErrorClass::InvalidArgument
-                }
-                RootfsError::NotFound { .. } => ErrorClass::NotFound,
-                RootfsError::SourceMissing(_) | RootfsError::InUse { .. } => {
-                    ErrorClass::FailedPrecondition
-                }
-                RootfsError::BuildFailed { .. } | RootfsError::Store { .. } => ErrorClass::Internal,
-            },
-            RuntimeError::Cgroup(
-                CgroupError::SwapUnsupported(_) | CgroupError::NoPidsController(_),
-            ) => ErrorClass::FailedPrecondition,
-            RuntimeError::StartFailed { failure, .. }
-            | RuntimeError::ExecFailed { failure, .. } => match failure.step.as_str() {
-                "exec" | "workdir" => ErrorClass::InvalidArgument,
-                // The node cannot grant what was asked (a capability its agent lacks).
-                "state" | "security" => ErrorClass::FailedPrecondition,
-                _ => ErrorClass::Internal,
-            },
-            RuntimeError::NotRunning { .. }
-            | RuntimeError::StillRunning(_)
-            | RuntimeError::NotAttachable(_) => ErrorClass::FailedPrecondition,
-            RuntimeError::Cgroup(_) | RuntimeError::Supervisor { .. } | RuntimeError::Io { .. } => {
-                ErrorClass::Internal
-            }
-        }
-    }
-}
-
-fn io_err(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
-}
 
 /// Where the runtime keeps its state and finds its helper.
 #[derive(Debug, Clone)]
@@ -382,10 +249,10 @@ impl Runtime {
         .map_err(|e| io_err(dir, e))?;
         let state = self.spawn_supervisor(id, dir).await?;
         if state.status == Status::Failed {
-            let failure = state.failure.clone().unwrap_or(Failure {
-                step: "start".into(),
-                message: "failed without a reason".into(),
-            });
+            let failure = state
+                .failure
+                .clone()
+                .unwrap_or(Failure::new(Step::Start, "failed without a reason"));
             return Err(RuntimeError::StartFailed {
                 id: id.to_string(),
                 failure,
@@ -581,10 +448,10 @@ impl Runtime {
         if !state.status.is_final() {
             // The supervisor is gone without an exit record: it was killed.
             state.status = Status::Failed;
-            state.failure = Some(Failure {
-                step: "supervisor".into(),
-                message: "the supervisor exited without recording how the container ended".into(),
-            });
+            state.failure = Some(Failure::new(
+                Step::Supervisor,
+                "the supervisor exited without recording how the container ended",
+            ));
             state.finished_ms = Some(unix_millis_now());
             replace_json(&StatePaths::state(&dir), &state).map_err(|e| io_err(&dir, e))?;
         }
@@ -742,7 +609,7 @@ impl Runtime {
             ),
         })?;
         match result.failure {
-            Some(failure) if failure.step == "state" => Err(RuntimeError::NotRunning {
+            Some(failure) if failure.step == Step::State => Err(RuntimeError::NotRunning {
                 id: id.to_string(),
                 status: self
                     .read_state(dir)

@@ -36,7 +36,7 @@ pub fn container_to(info: &ContainerInfo, node: &str) -> v1::Container {
         signal: st.signal,
         oom_killed: st.oom_killed,
         failure: st.failure.as_ref().map(|f| v1::Failure {
-            step: f.step.clone(),
+            step: f.step.to_string(),
             message: f.message.clone(),
         }),
         pid: st.pid.unwrap_or(0),

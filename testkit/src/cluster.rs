@@ -3,11 +3,6 @@
 //! shared by the test run. Processes are killed and everything they made is removed when the
 //! test ends, also when it fails.
 
-#![allow(dead_code)]
-
-#[path = "../../../agent/tests/common/mod.rs"]
-pub mod agent_common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -18,7 +13,7 @@ use hutch_proto::v1::agent_client::AgentClient;
 use hutch_proto::v1::controller_client::ControllerClient;
 use tonic::transport::Channel;
 
-pub use agent_common::{unique, TestHost, ROOTFS};
+use crate::{unique, TestHost, ROOTFS};
 
 /// Heartbeat interval the test controllers ask for.
 pub const HEARTBEAT: &str = "200ms";
@@ -27,10 +22,7 @@ pub const DOWN_AFTER: &str = "2s";
 
 /// The controller binary.
 pub fn controller_bin() -> PathBuf {
-    agent_common::workspace_bin(
-        "hutch-controller",
-        option_env!("CARGO_BIN_EXE_hutch-controller"),
-    )
+    crate::workspace_bin("hutch-controller", None)
 }
 
 /// A daemon's stderr log: removed when the test passes (kept with `HUTCH_TEST_KEEP_LOGS=1`),

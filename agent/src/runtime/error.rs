@@ -1,0 +1,153 @@
+//! Why a runtime operation failed, and the broad class of each reason, which the service
+//! edge maps to a gRPC code (`crate::service::status`).
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::state::{Failure, Status};
+use crate::cgroup::CgroupError;
+use crate::names::NameError;
+use crate::rootfs::RootfsError;
+use crate::spec::SpecError;
+
+/// The broad class of an error, for mapping to API status codes at the service edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed.
+    InvalidArgument,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// It exists already.
+    AlreadyExists,
+    /// The request is fine but the state does not allow it now.
+    FailedPrecondition,
+    /// The host ran out of something.
+    ResourceExhausted,
+    /// Something on the host went wrong.
+    Internal,
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The container id is not a safe name.
+    #[error(transparent)]
+    BadId(NameError),
+    /// The spec is invalid.
+    #[error("invalid container spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+    /// A container with this id exists on this host.
+    #[error("container '{0}' already exists on this host; pick another id or remove it first")]
+    AlreadyExists(String),
+    /// No such container.
+    #[error("container '{0}' not found on this host")]
+    NotFound(String),
+    /// A rootfs problem (unknown rootfs, build failure, in use).
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// A cgroup problem.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The container could not be started; `failure.step` names the failing step.
+    #[error("container '{id}' failed to start at step '{}': {}", failure.step, failure.message)]
+    StartFailed {
+        /// The container.
+        id: String,
+        /// What failed.
+        failure: Failure,
+    },
+    /// Attach to a container that does not run on a terminal.
+    #[error(
+        "container '{0}' was not started with tty: there is no terminal to attach to (use exec)"
+    )]
+    NotAttachable(String),
+    /// An exec could not run its command.
+    #[error("exec in container '{id}' failed at step '{}': {}", failure.step, failure.message)]
+    ExecFailed {
+        /// The container.
+        id: String,
+        /// What failed.
+        failure: Failure,
+    },
+    /// The container is not running.
+    #[error("container '{id}' is not running (status: {status:?})")]
+    NotRunning {
+        /// The container.
+        id: String,
+        /// Its status.
+        status: Status,
+    },
+    /// The container is still running.
+    #[error("container '{0}' is still running; stop it first or remove it with force")]
+    StillRunning(String),
+    /// A signal number outside 1..=64.
+    #[error("signal {0} is not a valid signal number (1-64)")]
+    InvalidSignal(i32),
+    /// The supervisor could not be started or did not report.
+    #[error("supervisor of container '{id}': {message}")]
+    Supervisor {
+        /// The container.
+        id: String,
+        /// What happened.
+        message: String,
+    },
+    /// The state directory could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl RuntimeError {
+    /// The class of this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            RuntimeError::BadId(_)
+            | RuntimeError::InvalidSpec(_)
+            | RuntimeError::InvalidSignal(_) => ErrorClass::InvalidArgument,
+            RuntimeError::AlreadyExists(_) => ErrorClass::AlreadyExists,
+            RuntimeError::NotFound(_) => ErrorClass::NotFound,
+            RuntimeError::Rootfs(e) => match e {
+                RootfsError::BadName(_) | RootfsError::InvalidSource(_) => {
+                    ErrorClass::InvalidArgument
+                }
+                RootfsError::NotFound { .. } => ErrorClass::NotFound,
+                RootfsError::SourceMissing(_) | RootfsError::InUse { .. } => {
+                    ErrorClass::FailedPrecondition
+                }
+                RootfsError::BuildFailed { .. } | RootfsError::Store { .. } => ErrorClass::Internal,
+            },
+            RuntimeError::Cgroup(
+                CgroupError::SwapUnsupported(_) | CgroupError::NoPidsController(_),
+            ) => ErrorClass::FailedPrecondition,
+            RuntimeError::StartFailed { failure, .. }
+            | RuntimeError::ExecFailed { failure, .. } => {
+                if failure.step.is_the_requests_fault() {
+                    ErrorClass::InvalidArgument
+                } else if failure.step.is_a_precondition() {
+                    // The node cannot grant what was asked (a capability its agent lacks).
+                    ErrorClass::FailedPrecondition
+                } else {
+                    ErrorClass::Internal
+                }
+            }
+            RuntimeError::NotRunning { .. }
+            | RuntimeError::StillRunning(_)
+            | RuntimeError::NotAttachable(_) => ErrorClass::FailedPrecondition,
+            RuntimeError::Cgroup(_) | RuntimeError::Supervisor { .. } | RuntimeError::Io { .. } => {
+                ErrorClass::Internal
+            }
+        }
+    }
+}
+
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,337 @@
+//! The command line of `hutch`: global flags, the commands and their arguments.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "hutch",
+    version,
+    about = "Run and manage containers on a hutch cluster",
+    long_about = "Run and manage containers on a hutch cluster, through its controller.\n\n\
+Examples:\n  hutch run --rm debian -- ps -ef\n  hutch run -d --name web --memory 64M debian -- sleep infinity\n  \
+hutch exec web -- ip addr\n  hutch ps\n  hutch nodes\n\n\
+Exit codes: 0 success; 2 usage error (unknown flag, missing argument); 125 hutch failed \
+(a refused value such as -m 12Q, or the controller's refusal; one line on stderr says why); \
+141 stdout closed (| head); `run` and `wait` exit with the container's code (128+N for signal N, 137 for an OOM kill, \
+126 command not runnable, 127 command not found)."
+)]
+pub(crate) struct Cli {
+    /// The controller's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "HUTCH_CONTROLLER",
+        default_value = "http://127.0.0.1:7000"
+    )]
+    pub(crate) controller: String,
+    /// Bearer token, when the controller requires one (its --tokens-file).
+    #[arg(long, global = true, env = "HUTCH_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// The cluster CA (PEM), for a controller that serves TLS: its DATA_DIR/tls/ca.crt.
+    /// Connects over https.
+    #[arg(long, global = true, env = "HUTCH_CA_CERT", value_name = "FILE")]
+    pub(crate) ca_cert: Option<std::path::PathBuf>,
+    /// Output format: `table` for people, `json` for programs (stable field names).
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    pub(crate) output: Output,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Create a container and run it; prints its output and exits with its exit code.
+    ///
+    /// Example: hutch run --rm --memory 1M --ns pid,ipc,net,uts,mount debian -- ps -ef
+    Run(Box<RunArgs>),
+    /// List containers (running and pending; -a for all).
+    ///
+    /// Example: hutch ps -a --node lab-1
+    Ps {
+        /// All containers, also ended ones.
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// Only containers on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only containers with this label (KEY=VALUE, repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Show a container's record and its namespace table (container inode, host inode,
+    /// isolated).
+    Inspect {
+        /// Container id.
+        id: String,
+    },
+    /// Print a container's output.
+    ///
+    /// Example: hutch logs -f --tail 20 web
+    Logs {
+        /// Container id.
+        id: String,
+        /// Keep printing new lines until the container ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u32>,
+    },
+    /// Run a command inside a running container (its namespaces, cgroup and root).
+    ///
+    /// Example: hutch exec web -- ps -ef; a shell in it: hutch exec -it web -- /bin/bash
+    Exec {
+        /// Keep stdin open and send it to the command.
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// Run the command on a terminal (raw mode here; Ctrl-C goes to the command).
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Container id.
+        id: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop containers: SIGTERM, then SIGKILL after the grace period. They are not restarted.
+    Stop {
+        /// Container ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Grace period in seconds (default: the container's own, 10 unless set).
+        #[arg(long, short = 't')]
+        time: Option<u32>,
+    },
+    /// Send a signal to a container.
+    Kill {
+        /// Container id.
+        id: String,
+        /// Signal name or number (TERM, KILL, HUP, INT, USR1, USR2, QUIT, or 1-64).
+        #[arg(long, short = 's', default_value = "KILL")]
+        signal: String,
+    },
+    /// Remove containers (from the controller and their node).
+    Rm {
+        /// Container ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Also when running (it is killed).
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Attach this terminal to a container started with -t (Ctrl-P Ctrl-Q detaches; the
+    /// container keeps running). Exits with its exit code when it ends.
+    ///
+    /// Example: hutch run -d -it --name shell debian -- /bin/bash; hutch attach shell
+    Attach {
+        /// Container id.
+        id: String,
+    },
+    /// Wait until a container ends; exits with its exit code.
+    Wait {
+        /// Container id.
+        id: String,
+    },
+    /// Print every change of every container (replay from --since, then live).
+    Events {
+        /// Start after this revision (0: everything still kept).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// List the nodes: state, address, running containers, memory, rootfs, labels.
+    Nodes,
+    /// Join tokens: what agents join the cluster with (`hutch-agent serve --join TOKEN`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage one node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Build and list root filesystems on the nodes.
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example: hutch completions bash > /etc/bash_completion.d/hutch
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// Name (unique in the cluster); generated when not given.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Return once it runs and print its id instead of its output.
+    #[arg(long, short = 'd')]
+    pub(crate) detach: bool,
+    /// Remove the container when it ends.
+    #[arg(long)]
+    pub(crate) rm: bool,
+    /// Keep stdin open and send it to the container (needs -t).
+    #[arg(long, short = 'i')]
+    pub(crate) interactive: bool,
+    /// Run the command on a terminal and attach this one to it (raw mode; Ctrl-C goes to
+    /// the container; Ctrl-P Ctrl-Q detaches).
+    #[arg(long, short = 't')]
+    pub(crate) tty: bool,
+    /// Memory limit: 1000000, 64M, 512MiB, 1G.
+    #[arg(long, short = 'm')]
+    pub(crate) memory: Option<String>,
+    /// Namespaces of its own, comma separated: names or unshare's letters (p,i,n,u,m,U,C;
+    /// u is uts, U is user) [default: pid,ipc,net,uts,mount].
+    #[arg(long)]
+    pub(crate) ns: Option<String>,
+    /// Run on exactly this node.
+    #[arg(long)]
+    pub(crate) node: Option<String>,
+    /// Run only on nodes with this label (KEY=VALUE, repeatable).
+    #[arg(long = "selector", value_name = "KEY=VALUE")]
+    pub(crate) selectors: Vec<String>,
+    /// Restart policy: never, on-failure, on-failure:N, always.
+    #[arg(long, default_value = "never")]
+    pub(crate) restart: String,
+    /// Environment variable (KEY=VALUE, repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub(crate) env: Vec<String>,
+    /// Label (KEY=VALUE, repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub(crate) labels: Vec<String>,
+    /// Hostname [default: the container's name].
+    #[arg(long)]
+    pub(crate) hostname: Option<String>,
+    /// Working directory inside.
+    #[arg(long, short = 'w')]
+    pub(crate) workdir: Option<String>,
+    /// Mount the rootfs read-only.
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// Add a capability to the default set (NET_ADMIN, SYS_TIME, ...; ALL), repeatable.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub(crate) cap_add: Vec<String>,
+    /// Remove a capability from the default set (ALL for every one), repeatable.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub(crate) cap_drop: Vec<String>,
+    /// seccomp=unconfined: run without the default seccomp filter; seccomp=FILE: use the
+    /// seccomp profile in FILE (Docker's JSON format, without argument conditions) instead.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub(crate) security_opt: Vec<String>,
+    /// Most processes and threads inside [default: 1024; 0: no limit].
+    #[arg(long)]
+    pub(crate) pids_limit: Option<u32>,
+    /// Run as UID[:GID] (numbers; GID defaults to UID) instead of root.
+    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    pub(crate) user: Option<String>,
+    /// Every capability, no seccomp filter, /proc and /sys unmasked: for containers that
+    /// manage the host. Use with care.
+    #[arg(long)]
+    pub(crate) privileged: bool,
+    /// The rootfs (see `hutch rootfs ls`).
+    pub(crate) rootfs: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a join token; prints it alone on stdout (so `TOKEN=$(hutch token create)`).
+    /// The controller must serve TLS, and the caller be an admin.
+    ///
+    /// Example: hutch-agent serve --listen 10.0.0.5:7070 --controller 10.0.0.1:7000
+    /// --join "$(hutch token create --ttl 15m)"
+    Create {
+        /// How long agents may join with it (e.g. 15m, 2h; at most 7d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// What it is for, kept with the token.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Stop placing containers on the node.
+    Cordon {
+        /// Node name.
+        name: String,
+    },
+    /// Place containers on the node again.
+    Uncordon {
+        /// Node name.
+        name: String,
+    },
+    /// Cordon the node and stop its containers; restartable ones move to other nodes.
+    Drain {
+        /// Node name.
+        name: String,
+    },
+    /// Show one node.
+    Inspect {
+        /// Node name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RootfsCommand {
+    /// Build (or find cached) a rootfs on the nodes, with progress per node.
+    ///
+    /// Example: hutch rootfs build --suite bookworm --include procps,iproute2 debian
+    Build(Box<BuildArgs>),
+    /// List the rootfs of every node (or one).
+    Ls {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Remove a rootfs from every node (or one); refused where containers use it.
+    Rm {
+        /// Name of the rootfs.
+        name: String,
+        /// Only from this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct BuildArgs {
+    /// Name of the rootfs.
+    pub(crate) name: String,
+    /// Only on this node [default: every ready node].
+    #[arg(long)]
+    pub(crate) node: Option<String>,
+    /// Only on nodes with this label (KEY=VALUE, repeatable).
+    #[arg(long = "selector", value_name = "KEY=VALUE")]
+    pub(crate) selectors: Vec<String>,
+    /// debootstrap suite.
+    #[arg(long, default_value = "bookworm")]
+    pub(crate) suite: String,
+    /// debootstrap variant.
+    #[arg(long, default_value = "minbase")]
+    pub(crate) variant: String,
+    /// Extra packages, comma separated.
+    #[arg(long, default_value = "procps,iproute2")]
+    pub(crate) include: String,
+    /// Debian mirror [default: the node's apt sources].
+    #[arg(long)]
+    pub(crate) mirror: Option<String>,
+    /// Build from a tarball on the nodes instead.
+    #[arg(long, conflicts_with = "directory", conflicts_with = "initramfs")]
+    pub(crate) tarball: Option<String>,
+    /// Build from a directory on the nodes instead.
+    #[arg(long, conflicts_with = "initramfs")]
+    pub(crate) directory: Option<String>,
+    /// Build from a cpio/initramfs image on the nodes instead.
+    #[arg(long)]
+    pub(crate) initramfs: Option<String>,
+}

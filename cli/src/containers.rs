@@ -1,0 +1,458 @@
+//! The container commands: run, ps, inspect, logs, exec, stop, kill, rm, attach, wait,
+//! events.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use hutch::proto as v1;
+use hutch::spec::parse_pairs;
+use hutch::{Client, ContainerSpec, Error, RestartPolicy};
+use hutch_core::step::Step;
+use tokio_stream::StreamExt;
+
+use crate::args::RunArgs;
+use crate::stdout::{self, outln};
+use crate::{broken_pipe, interactive, output, print_json, EXIT_HUTCH};
+
+/// `hutch ps`.
+pub(crate) async fn ps(
+    client: &Client,
+    all: bool,
+    node: Option<String>,
+    labels: Vec<String>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let mut list = client
+        .list(v1::ListClusterContainersRequest {
+            node: node.unwrap_or_default(),
+            state: 0,
+            labels: parse_pairs("label", &labels)?,
+        })
+        .await?;
+    if !all {
+        list.retain(|c| !hutch::is_final(c.state));
+    }
+    if json {
+        print_json(&list.iter().map(output::container_json).collect::<Vec<_>>())?;
+    } else {
+        output::containers_table(&list);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hutch inspect`.
+pub(crate) async fn inspect(client: &Client, id: &str, json: bool) -> Result<ExitCode, Error> {
+    let c = client.get(id).await?;
+    if json {
+        print_json(&output::container_json(&c))?;
+    } else {
+        output::container_details(&c);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hutch exec -i`/`-t`: an interactive session.
+pub(crate) async fn exec_session(
+    client: &Client,
+    id: &str,
+    command: Vec<String>,
+    interactive: bool,
+    tty: bool,
+) -> Result<ExitCode, Error> {
+    let size = tty.then(interactive::terminal_size);
+    let session = client.container(id).exec_session(command, size).await?;
+    let raw = if tty {
+        interactive::RawMode::enable()?
+    } else {
+        None
+    };
+    let ended = interactive::run(session, tty, interactive, false).await;
+    drop(raw);
+    match ended? {
+        interactive::Ended::Exit(code, signal) => Ok(ExitCode::from(exit_code_of(code, signal))),
+        interactive::Ended::Detached => Ok(ExitCode::SUCCESS),
+        interactive::Ended::OutputClosed => Ok(broken_pipe()),
+    }
+}
+
+/// `hutch exec`: run a command, print its output.
+pub(crate) async fn exec(
+    client: &Client,
+    id: &str,
+    command: Vec<String>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let out = client.container(id).exec(command).await?;
+    if json {
+        print_json(&serde_json::json!({
+            "stdout": String::from_utf8_lossy(&out.stdout),
+            "stderr": String::from_utf8_lossy(&out.stderr),
+            "exit_code": out.exit_code,
+            "signal": out.signal,
+        }))?;
+    } else {
+        stdout::write(&out.stdout);
+        let _ = std::io::stderr().write_all(&out.stderr);
+    }
+    Ok(ExitCode::from(exit_code_of(out.exit_code, out.signal)))
+}
+
+/// `hutch stop`.
+pub(crate) async fn stop(
+    client: &Client,
+    ids: Vec<String>,
+    time: Option<u32>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    for id in ids {
+        let c = client.container(&id).stop(time).await?;
+        if json {
+            print_json(&output::container_json(&c))?;
+        } else {
+            outln!("{id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hutch kill`.
+pub(crate) async fn kill(client: &Client, id: &str, signal: &str) -> Result<ExitCode, Error> {
+    client.container(id).kill(parse_signal(signal)?).await?;
+    outln!("{id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hutch rm`.
+pub(crate) async fn rm(client: &Client, ids: Vec<String>, force: bool) -> Result<ExitCode, Error> {
+    for id in ids {
+        client.container(&id).remove(force).await?;
+        outln!("{id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hutch attach`.
+pub(crate) async fn attach(client: &Client, id: &str) -> Result<ExitCode, Error> {
+    let container = client.container(id);
+    let stdin = container.info().await?.spec.is_some_and(|s| s.stdin);
+    attach_terminal(&container, stdin, false).await
+}
+
+/// `hutch wait`.
+pub(crate) async fn wait(client: &Client, id: &str, json: bool) -> Result<ExitCode, Error> {
+    let end = client.container(id).wait().await?;
+    if json {
+        print_json(&output::container_json(&end))?;
+    } else {
+        outln!("{}", end.exit_code.map_or("-".into(), |c| c.to_string()));
+    }
+    Ok(ExitCode::from(final_code(&end)))
+}
+
+/// `hutch events`.
+pub(crate) async fn events(client: &Client, since: u64, json: bool) -> Result<ExitCode, Error> {
+    let mut stream = client.watch(since).await?;
+    while let Some(e) = stream.next().await {
+        let e = e?;
+        let Some(c) = e.container else { continue };
+        if json {
+            let kind = v1::WatchEventType::try_from(e.r#type)
+                .map(|t| {
+                    t.as_str_name()
+                        .trim_start_matches("WATCH_EVENT_TYPE_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            outln!(
+                "{}",
+                serde_json::json!({"revision": e.revision, "type": kind, "container": output::container_json(&c)})
+            );
+        } else {
+            outln!(
+                "{:>6}  {:<20} {:<10} {:<12} {}",
+                e.revision,
+                c.name,
+                output::state_name(c.state),
+                if c.node.is_empty() { "-" } else { &c.node },
+                c.status_message
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
+    let mut spec = ContainerSpec::new(args.rootfs.clone())
+        .command(args.command.clone())
+        .restart(args.restart.parse::<RestartPolicy>()?);
+    if let Some(n) = &args.name {
+        spec = spec.name(n.clone());
+    }
+    if let Some(m) = &args.memory {
+        spec = spec.memory(m);
+    }
+    if let Some(ns) = &args.ns {
+        let list = hutch::parse_namespaces(ns).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        spec = spec.namespaces(list);
+    }
+    if let Some(n) = &args.node {
+        spec = spec.node(n.clone());
+    }
+    for (k, v) in parse_pairs("selector", &args.selectors)? {
+        spec = spec.selector(k, v);
+    }
+    for (k, v) in parse_pairs("env", &args.env)? {
+        spec = spec.env(k, v);
+    }
+    for (k, v) in parse_pairs("label", &args.labels)? {
+        spec = spec.label(k, v);
+    }
+    if let Some(h) = &args.hostname {
+        spec = spec.hostname(h.clone());
+    }
+    if let Some(w) = &args.workdir {
+        spec = spec.workdir(w.clone());
+    }
+    if args.read_only {
+        spec = spec.read_only();
+    }
+    for cap in &args.cap_add {
+        spec = spec.cap_add(cap.clone());
+    }
+    for cap in &args.cap_drop {
+        spec = spec.cap_drop(cap.clone());
+    }
+    for opt in &args.security_opt {
+        match opt.split_once('=') {
+            Some(("seccomp", "unconfined")) => spec = spec.seccomp_unconfined(),
+            Some(("seccomp", file)) => {
+                let profile = std::fs::read_to_string(file).map_err(|e| {
+                    Error::InvalidInput(format!("--security-opt seccomp={file}: {e}"))
+                })?;
+                spec = spec.seccomp_profile(profile);
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown --security-opt '{opt}': use seccomp=unconfined or seccomp=PROFILE.json"
+                )))
+            }
+        }
+    }
+    if let Some(limit) = args.pids_limit {
+        spec = spec.pids_limit(limit);
+    }
+    if let Some(user) = &args.user {
+        let (uid, gid) = parse_user(user)?;
+        spec = spec.user(uid, gid);
+    }
+    if args.privileged {
+        spec = spec.privileged();
+    }
+    if args.tty {
+        spec = spec.tty();
+    }
+    if args.interactive {
+        if !args.tty {
+            return Err(Error::InvalidInput(
+                "-i needs -t: attaching is offered on a terminal only (use -it)".into(),
+            ));
+        }
+        spec = spec.stdin();
+    }
+    Ok(spec)
+}
+
+/// `hutch run`: create, wait until it runs (saying why while it is PENDING), stream its
+/// output until it ends, exit with its code.
+pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<ExitCode, Error> {
+    let spec = spec_of(&args)?;
+    let (container, _) = client.create(&spec).await?;
+    // Until it runs on a node: report why it waits.
+    let mut events = container.events().await?;
+    let mut said = String::new();
+    let mut started = None;
+    while let Some(c) = events.next().await {
+        let c = c?;
+        let state = v1::ContainerState::try_from(c.state).unwrap_or_default();
+        match state {
+            v1::ContainerState::Pending if c.status_message != said => {
+                eprintln!("hutch: waiting: {}", c.status_message);
+                said = c.status_message.clone();
+            }
+            v1::ContainerState::Running => {
+                started = Some(c);
+                break;
+            }
+            _ if hutch::is_final(c.state) => {
+                started = Some(c);
+                break;
+            }
+            _ => {}
+        }
+    }
+    drop(events);
+    let Some(started) = started else {
+        return Err(Error::Status(tonic::Status::unavailable(
+            "the controller stopped answering before the container started",
+        )));
+    };
+    if args.detach && !hutch::is_final(started.state) {
+        // Like `docker run -d`: back once it runs.
+        if json {
+            print_json(&output::container_json(&container.info().await?))?;
+        } else {
+            outln!("{}", container.id());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.tty && !hutch::is_final(started.state) {
+        return attach_terminal(&container, args.interactive, args.rm).await;
+    }
+    let failed_to_start = started.state == v1::ContainerState::Failed as i32 && started.pid == 0;
+    if !failed_to_start {
+        print_logs(&container, true, None, json).await?;
+    }
+    let end = if hutch::is_final(started.state) {
+        started
+    } else {
+        container.wait().await?
+    };
+    if let Some(f) = &end.failure {
+        eprintln!(
+            "hutch: container {} failed at {}: {}",
+            end.name, f.step, f.message
+        );
+    } else if end.oom_killed {
+        eprintln!(
+            "hutch: container {} was OOM-killed (memory limit {})",
+            end.name,
+            end.spec
+                .as_ref()
+                .and_then(|s| s.memory_limit_bytes)
+                .map_or("none".into(), hutch::human_bytes)
+        );
+    } else if end.state == v1::ContainerState::Lost as i32 {
+        eprintln!(
+            "hutch: container {} was lost: {}",
+            end.name, end.status_message
+        );
+    }
+    let code = final_code(&end);
+    if args.rm {
+        container.remove(true).await?;
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Attaches the local terminal to the container's (raw mode while attached) until it ends
+/// (its exit code is returned) or the user detaches.
+async fn attach_terminal(
+    container: &hutch::Container,
+    forward_stdin: bool,
+    remove: bool,
+) -> Result<ExitCode, Error> {
+    let session = container.attach(Some(interactive::terminal_size())).await?;
+    let raw = interactive::RawMode::enable()?;
+    let ended = interactive::run(session, true, forward_stdin, true).await;
+    drop(raw);
+    match ended? {
+        interactive::Ended::Detached => {
+            eprintln!(
+                "hutch: detached from {}; it keeps running (hutch attach {0})",
+                container.id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        interactive::Ended::OutputClosed => Ok(broken_pipe()),
+        interactive::Ended::Exit(..) => {
+            // The record has the whole story (OOM, signal): use it for the exit code.
+            let end = container.wait().await?;
+            if remove {
+                container.remove(true).await?;
+            }
+            Ok(ExitCode::from(final_code(&end)))
+        }
+    }
+}
+
+/// Prints log lines: stdout lines to stdout, stderr lines to stderr (JSON: one object per
+/// line).
+pub(crate) async fn print_logs(
+    container: &hutch::Container,
+    follow: bool,
+    tail: Option<u32>,
+    json: bool,
+) -> Result<(), Error> {
+    let mut stream = container.logs(follow, tail).await?;
+    let mut err = std::io::stderr();
+    while let Some(entry) = stream.next().await {
+        let entry = entry?;
+        let is_err = entry.stream == v1::LogStream::Stderr as i32;
+        if json {
+            let line = serde_json::json!({
+                "stream": if is_err { "stderr" } else { "stdout" },
+                "line": entry.line,
+                "partial": entry.partial,
+            });
+            outln!("{line}");
+            continue;
+        }
+        let mut line = entry.line.into_bytes();
+        if !entry.partial {
+            line.push(b'\n');
+        }
+        if is_err {
+            let _ = err.write_all(&line);
+            let _ = err.flush();
+        } else {
+            stdout::write(&line);
+        }
+    }
+    Ok(())
+}
+
+/// The shell's view of an ended container.
+fn final_code(c: &v1::Container) -> u8 {
+    if let Some(f) = &c.failure {
+        // The wire says only "exec" for both; the message tells a missing command apart.
+        return match Step::from(f.step.as_str()) {
+            Step::Exec
+                if ["No such file", "not found", "does not exist"]
+                    .iter()
+                    .any(|m| f.message.contains(m)) =>
+            {
+                127
+            }
+            Step::Exec => 126,
+            _ => EXIT_HUTCH,
+        };
+    }
+    if c.state == v1::ContainerState::Lost as i32 {
+        return EXIT_HUTCH;
+    }
+    exit_code_of(c.exit_code, c.signal)
+}
+
+fn exit_code_of(code: Option<i32>, signal: Option<i32>) -> u8 {
+    hutch_core::process::shell_status(code, signal).unwrap_or(EXIT_HUTCH)
+}
+
+/// `UID` or `UID:GID`, numbers.
+fn parse_user(text: &str) -> Result<(u32, Option<u32>), Error> {
+    let bad = || {
+        Error::InvalidInput(format!(
+            "--user {text}: expected UID or UID:GID, numbers (e.g. 1000:1000)"
+        ))
+    };
+    let (uid, gid) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text, None),
+    };
+    let uid = uid.parse().map_err(|_| bad())?;
+    let gid = gid.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+    Ok((uid, gid))
+}
+
+fn parse_signal(s: &str) -> Result<i32, Error> {
+    hutch_core::process::parse_signal(s).map_err(|e| Error::InvalidInput(e.to_string()))
+}
