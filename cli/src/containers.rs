@@ -309,8 +309,14 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
         return attach_terminal(&container, args.interactive, args.rm).await;
     }
     let failed_to_start = started.state == v1::ContainerState::Failed as i32 && started.pid == 0;
-    if !failed_to_start {
-        print_logs(&container, true, None, json).await?;
+    if !failed_to_start && print_logs(&container, true, None, json).await? == Printed::OutputClosed
+    {
+        // Nobody reads what it prints any more: stop here, as `ls | head` does. With --rm the
+        // container goes too (removed by force), so an ended `hutch run` leaves nothing.
+        if args.rm {
+            container.remove(true).await?;
+        }
+        return Ok(broken_pipe());
     }
     let end = if hutch::is_final(started.state) {
         started
@@ -363,7 +369,12 @@ async fn attach_terminal(
             );
             Ok(ExitCode::SUCCESS)
         }
-        interactive::Ended::OutputClosed => Ok(broken_pipe()),
+        interactive::Ended::OutputClosed => {
+            if remove {
+                container.remove(true).await?;
+            }
+            Ok(broken_pipe())
+        }
         interactive::Ended::Exit(..) => {
             // The record has the whole story (OOM, signal): use it for the exit code.
             let end = container.wait().await?;
@@ -375,14 +386,23 @@ async fn attach_terminal(
     }
 }
 
+/// Whether every log line reached stdout, or its reader went away first (`| head`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Printed {
+    /// Every line was written.
+    All,
+    /// Stdout's reader is gone; nothing more can be shown.
+    OutputClosed,
+}
+
 /// Prints log lines: stdout lines to stdout, stderr lines to stderr (JSON: one object per
-/// line).
+/// line). Stops early, without an error, when stdout's reader goes away.
 pub(crate) async fn print_logs(
     container: &hutch::Container,
     follow: bool,
     tail: Option<u32>,
     json: bool,
-) -> Result<(), Error> {
+) -> Result<Printed, Error> {
     let mut stream = container.logs(follow, tail).await?;
     let mut err = std::io::stderr();
     while let Some(entry) = stream.next().await {
@@ -394,7 +414,9 @@ pub(crate) async fn print_logs(
                 "line": entry.line,
                 "partial": entry.partial,
             });
-            outln!("{line}");
+            if stdout::try_write(format!("{line}\n").as_bytes()).is_err() {
+                return Ok(Printed::OutputClosed);
+            }
             continue;
         }
         let mut line = entry.line.into_bytes();
@@ -404,11 +426,11 @@ pub(crate) async fn print_logs(
         if is_err {
             let _ = err.write_all(&line);
             let _ = err.flush();
-        } else {
-            stdout::write(&line);
+        } else if stdout::try_write(&line).is_err() {
+            return Ok(Printed::OutputClosed);
         }
     }
-    Ok(())
+    Ok(Printed::All)
 }
 
 /// The shell's view of an ended container.

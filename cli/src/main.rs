@@ -11,6 +11,7 @@
 //! This file is the wiring: [`args`] is the command line; [`containers`], [`cluster`] and
 //! [`rootfs`] are the command groups; [`output`] formats, [`stdout`] writes, [`interactive`]
 //! connects a terminal.
+#![forbid(unsafe_code)]
 
 mod args;
 mod cluster;
@@ -98,8 +99,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Ps { all, node, labels } => containers::ps(&client, all, node, labels, json).await,
         Command::Inspect { id } => containers::inspect(&client, &id, json).await,
         Command::Logs { id, follow, tail } => {
-            containers::print_logs(&client.container(&id), follow, tail, json).await?;
-            Ok(ExitCode::SUCCESS)
+            match containers::print_logs(&client.container(&id), follow, tail, json).await? {
+                containers::Printed::All => Ok(ExitCode::SUCCESS),
+                containers::Printed::OutputClosed => Ok(broken_pipe()),
+            }
         }
         Command::Exec {
             interactive,

@@ -192,6 +192,30 @@ async fn the_cli_runs_containers_like_docker_does() {
         "",
         "a closed pipe is not an error to report"
     );
+
+    // `hutch run --rm ... | head -1`: once nobody reads, hutch ends (141) and --rm still
+    // removes the container, which is stopped by force.
+    let mut child = Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
+        .args([
+            "--controller",
+            &cli.url,
+            "run",
+            "--rm",
+            "--name",
+            "cli-pipe",
+            ROOTFS,
+            "--",
+            "yes",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn hutch run");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("hutch run ends");
+    assert_eq!(code(&o), 141, "{}", text(&o.stderr));
+    let o = cli.run(&["inspect", "cli-pipe"]);
+    assert_eq!(code(&o), 125, "--rm removed it: {}", text(&o.stdout));
     let o = cli.run(&["-o", "json", "nodes"]);
     let nodes: serde_json::Value =
         serde_json::from_slice(&o.stdout).expect("nodes -o json is JSON");

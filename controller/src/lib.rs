@@ -14,7 +14,7 @@
 //! - [`service`]: the gRPC services and server.
 //! - [`config`]: configuration from flags, environment and file.
 //! - [`join`]: the cluster CA, the controller's certificate and join tokens.
-
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod agents;

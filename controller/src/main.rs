@@ -1,5 +1,6 @@
 //! `hutch-controller`: serves the cluster API (hutch.v1.Controller) and the agents' API
 //! (hutch.v1.Nodes) until SIGTERM or SIGINT.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,18 +78,9 @@ struct Cli {
     /// Bearer token sent to agents started with a tokens file (an admin token there).
     #[arg(long, env = "HUTCH_AGENT_TOKEN", hide_env_values = true)]
     agent_token: Option<String>,
-    /// Requests worked on at once; more are answered RESOURCE_EXHAUSTED at once instead of
-    /// queueing [default: 512].
-    #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
-    max_concurrent_requests: Option<usize>,
-    /// Requests one client address may have in flight; more from it are answered
-    /// RESOURCE_EXHAUSTED at once [default: 256].
-    #[arg(long, env = "HUTCH_MAX_REQUESTS_PER_CLIENT")]
-    max_requests_per_client: Option<usize>,
-    /// Longest a request may take to be answered (streams: until their first answer), e.g.
-    /// 30s; 0 for no limit; beyond it DEADLINE_EXCEEDED [default: 10m].
-    #[arg(long, env = "HUTCH_REQUEST_TIMEOUT")]
-    request_timeout: Option<String>,
+    /// Request limits (the same flags as the agent's).
+    #[command(flatten)]
+    limits: hutch_server::config::LimitFlags,
     /// Where the state store (state.redb) lives [default: /var/lib/hutch-controller].
     #[arg(long, env = "HUTCH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -151,9 +143,9 @@ fn main() -> ExitCode {
         restart_backoff_max: cli.restart_backoff_max,
         insecure: cli.insecure.then_some(true),
         tokens_file: cli.tokens_file,
-        max_concurrent_requests: cli.max_concurrent_requests,
-        max_requests_per_client: cli.max_requests_per_client,
-        request_timeout: cli.request_timeout,
+        max_concurrent_requests: cli.limits.max_concurrent_requests,
+        max_requests_per_client: cli.limits.max_requests_per_client,
+        request_timeout: cli.limits.request_timeout,
         agent_token: cli.agent_token,
         tls: cli.tls.then_some(true),
         tls_dir: cli.tls_dir,

@@ -1,7 +1,7 @@
 //! hutch-core: the domain types every part of hutch shares, with no I/O beyond reading
-//! randomness: the names that become paths, human units, the container spec and its
-//! validation, the security settings a spec may ask for, rootfs sources, and the conversions
-//! between them and the wire types of `hutch.v1`.
+//! randomness and replacing a file atomically: the names that become paths, human units,
+//! the container spec and its validation, the security settings a spec may ask for, rootfs
+//! sources, and the conversions between them and the wire types of `hutch.v1`.
 //!
 //! Both daemons validate with this crate, so the controller refuses a bad request with the
 //! same message an agent would, before anything is scheduled; the SDK and the CLI parse with
@@ -19,8 +19,10 @@
 //! - `convert` (feature `wire`): wire <-> domain, with errors that name the field.
 //! - `bearer` (feature `wire`): the client side of bearer tokens.
 //! - [`error_text`]: errors and statuses as one readable line.
+//! - [`atomic_file`]: replacing a file atomically, the one way hutch writes its files.
 #![forbid(unsafe_code)]
 
+pub mod atomic_file;
 #[cfg(feature = "wire")]
 pub mod bearer;
 #[cfg(feature = "wire")]

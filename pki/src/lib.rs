@@ -7,6 +7,7 @@
 //! certificate over a connection pinned to the CA's fingerprint ([`pinned`]). From then on
 //! both sides speak mutual TLS ([`material::TlsMaterial`]) and tell who is calling by the
 //! names in the peer's certificate ([`peer::Peer`]).
+#![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod join_token;
@@ -100,23 +101,10 @@ pub fn write_public(path: &std::path::Path, data: &[u8]) -> Result<(), PkiError>
 }
 
 fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| PkiError::io(dir, e))?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| PkiError::io(&tmp, e))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| PkiError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| PkiError::io(path, e))
+    hutch_core::atomic_file::replace(path, data, mode, true).map_err(|e| PkiError::io(path, e))
 }
 
 /// Reads a text file, naming it in the error.

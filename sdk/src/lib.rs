@@ -19,7 +19,7 @@
 //!
 //! Every error is one [`Error`] that keeps the gRPC code ([`Error::code`]). The wire types
 //! are re-exported as [`proto`].
-
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod client;

@@ -13,6 +13,25 @@ use crate::limits::{
     DEFAULT_REQUEST_TIMEOUT,
 };
 
+/// The request limits' flags, the same on both daemons (`#[command(flatten)]` in each
+/// daemon's command line); merged with the file's keys of the same names, then checked by
+/// [`server_limits`].
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LimitFlags {
+    /// Requests worked on at once; more are answered RESOURCE_EXHAUSTED at once instead of
+    /// queueing [default: 512].
+    #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests one client address may have in flight; more from it are answered
+    /// RESOURCE_EXHAUSTED at once [default: 256].
+    #[arg(long, env = "HUTCH_MAX_REQUESTS_PER_CLIENT")]
+    pub max_requests_per_client: Option<usize>,
+    /// Longest a request may take to be answered (streams: until their first answer), e.g.
+    /// 30s; 0 for no limit; beyond it DEADLINE_EXCEEDED [default: 10m].
+    #[arg(long, env = "HUTCH_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+}
+
 /// Why the configuration is invalid.
 #[derive(Debug, Error)]
 pub enum ConfigError {

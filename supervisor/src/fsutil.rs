@@ -1,7 +1,7 @@
 //! Small filesystem helpers shared by the store, the runtime and the supervisor.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
 
 /// Writes `data` to `path` atomically and durably: a temporary file in the same directory is
@@ -22,32 +22,7 @@ pub fn replace_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    // Unique per process and call, so concurrent writers never share a temporary file.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        if durable {
-            f.sync_all()?;
-        }
-    }
-    fs::rename(&tmp, path)?;
-    if durable {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    hutch_core::atomic_file::replace(path, data, 0o666, durable)
 }
 
 /// Writes `value` as pretty JSON to `path` atomically and durably (see [`write_atomic`]).

@@ -9,6 +9,7 @@
 //!   registered with it ([`TestNode`]); request builders and waits.
 //! - [`grpcurl`]: the real `grpcurl` as an outside client.
 //! - [`rng`]: a seeded generator, so a randomized test's failure replays from its seed.
+#![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod grpcurl;

@@ -125,18 +125,9 @@ pub(crate) struct ServeArgs {
         value_name = "TOKEN"
     )]
     pub(crate) join_token: Option<String>,
-    /// Requests worked on at once; more are answered RESOURCE_EXHAUSTED at once instead of
-    /// queueing [default: 512].
-    #[arg(long, env = "HUTCH_MAX_CONCURRENT_REQUESTS")]
-    pub(crate) max_concurrent_requests: Option<usize>,
-    /// Requests one client address may have in flight; more from it are answered
-    /// RESOURCE_EXHAUSTED at once [default: 256].
-    #[arg(long, env = "HUTCH_MAX_REQUESTS_PER_CLIENT")]
-    pub(crate) max_requests_per_client: Option<usize>,
-    /// Longest a request may take to be answered (streams: until their first answer), e.g.
-    /// 30s; 0 for no limit; beyond it DEADLINE_EXCEEDED [default: 10m].
-    #[arg(long, env = "HUTCH_REQUEST_TIMEOUT")]
-    pub(crate) request_timeout: Option<String>,
+    /// Request limits (the same flags as the controller's).
+    #[command(flatten)]
+    pub(crate) limits: hutch_server::config::LimitFlags,
     /// Require bearer tokens: a file of `TOKEN,NAME,ROLE` lines naming who may drive this
     /// agent (the controller's --agent-token as admin, local administrators). Without it
     /// every caller is let through (fine on loopback).

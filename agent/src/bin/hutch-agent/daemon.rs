@@ -54,9 +54,9 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Loaded, String> {
         },
         insecure: serve.and_then(|s| s.insecure.then_some(true)),
         controller_token: serve.and_then(|s| s.controller_token.clone()),
-        max_concurrent_requests: serve.and_then(|s| s.max_concurrent_requests),
-        max_requests_per_client: serve.and_then(|s| s.max_requests_per_client),
-        request_timeout: serve.and_then(|s| s.request_timeout.clone()),
+        max_concurrent_requests: serve.and_then(|s| s.limits.max_concurrent_requests),
+        max_requests_per_client: serve.and_then(|s| s.limits.max_requests_per_client),
+        request_timeout: serve.and_then(|s| s.limits.request_timeout.clone()),
         tokens_file: serve.and_then(|s| s.tokens_file.clone()),
         join_token: serve.and_then(|s| s.join_token.clone()),
     };
