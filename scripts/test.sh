@@ -9,6 +9,9 @@ hutch_install_packages
 hutch_install_grpcurl
 
 started=$(date +%s)
+# A whole-suite run gains nothing from incremental compilation, whose caches would double the
+# target directory's size (set CARGO_INCREMENTAL=1 to keep them while iterating).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
@@ -28,4 +31,5 @@ echo "== fuzz targets, smoke run (20 s each; scripts/fuzz.sh TARGET SECONDS for 
 bash scripts/fuzz.sh "" 20
 echo "== leak check (last: nothing hutch made may be left)"
 cargo test -p hutch-agent --test leak_check -- --ignored
+echo "== disk: target directory $(du -sh target | cut -f1), fuzz/target $(du -sh fuzz/target | cut -f1)"
 echo "== suite passed in $(( $(date +%s) - started ))s"

@@ -161,3 +161,79 @@ async fn cli_reports_bad_input_in_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     host.assert_nothing_left("cli-bad");
 }
+
+/// The audit's wrong codes and hangs, through the agent's gRPC API, each call bounded: a
+/// NUL byte in an exec's argv, rootfs sources that are a regular non-archive file, a
+/// character device, a FIFO nobody writes (twice: the first must not hold the second up),
+/// the host's `/` and system directories. Every answer is INVALID_ARGUMENT, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sources_and_exec_argv_are_invalid_arguments_at_once() {
+    use hutch_proto::v1;
+    let host = TestHost::new("bad-rpc").await;
+    let mut agent = host.serve(None, 1000).await;
+    let bounded = std::time::Duration::from_secs(10);
+
+    let id = common::unique("bad-rpc-sleeper");
+    host.runtime
+        .run(&id, host.spec(&["sleep", "infinity"]))
+        .await
+        .expect("run");
+    for command in [
+        vec!["sh", "-c", "echo a\0b"],
+        vec!["a\0b"],
+        vec![""],
+        vec![],
+    ] {
+        let call = agent.client.exec(v1::ExecRequest {
+            id: id.clone(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+        });
+        let status = tokio::time::timeout(bounded, call)
+            .await
+            .unwrap_or_else(|_| panic!("exec {command:?} hung"))
+            .expect_err("must refuse");
+        println!("exec {command:?}: {status}");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    }
+    host.runtime.remove(&id, true).await.expect("remove");
+
+    let fifo = std::path::PathBuf::from(format!("/var/tmp/{}.fifo", common::unique("bad-rpc")));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let fifo_path = fifo.to_string_lossy().into_owned();
+    use v1::rootfs_spec::Source;
+    let sources = [
+        Source::Tarball("/etc/passwd".into()),
+        Source::Tarball("/dev/zero".into()),
+        Source::Tarball(fifo_path.clone()),
+        Source::Tarball(fifo_path),
+        Source::Initramfs("/dev/zero".into()),
+        Source::Directory("/".into()),
+        Source::Directory("/etc".into()),
+        Source::Directory("/proc/1/root".into()),
+        Source::Directory(host.state_dir.to_string_lossy().into_owned()),
+    ];
+    for (i, source) in sources.into_iter().enumerate() {
+        let request = v1::BuildRootfsRequest {
+            rootfs: Some(v1::RootfsSpec {
+                name: format!("bad-source-{i}"),
+                source: Some(source.clone()),
+            }),
+        };
+        let answer = tokio::time::timeout(bounded, async {
+            let mut stream = agent.client.build_rootfs(request).await?.into_inner();
+            while stream.message().await?.is_some() {}
+            Ok::<_, tonic::Status>(())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("building from {source:?} hung"));
+        let status = answer.expect_err("must refuse");
+        println!("{source:?}: {status}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{source:?}: {status}"
+        );
+    }
+    let _ = std::fs::remove_file(&fifo);
+    agent.stop().await;
+}

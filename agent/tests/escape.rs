@@ -401,3 +401,158 @@ async fn a_container_can_run_as_a_non_root_user() {
     host.runtime.remove(&id, true).await.expect("remove");
     host.assert_nothing_left(&id);
 }
+
+/// The audit's way around a denied `unshare`: `clone` with namespace flags (a new user
+/// namespace holds every capability inside it, enough to make veth devices). Refused with
+/// EPERM by default, `clone3` answers ENOSYS (libc falls back to `clone`), a plain fork
+/// still works; a container that keeps `CAP_SYS_ADMIN` may make namespaces, as under Docker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_with_namespace_flags_is_refused_unless_sys_admin_is_kept() {
+    let host = TestHost::new("clone-ns").await;
+    // clone(flags | SIGCHLD, no stack): the child (0) reports and exits; the parent prints
+    // what it got and waits.
+    let clone = |label: &str, flags: u64| {
+        format!(
+            "perl -e '$! = 0; my $r = syscall({nr}, {flags} | 17, 0, 0, 0, 0); if ($r == 0) {{ exit 0 }} waitpid($r, 0) if $r > 0; print \"{label} \", ($r > 0 ? \"ok\" : $!+0), \"\\n\"';",
+            nr = libc::SYS_clone,
+        )
+    };
+    let flags = [
+        ("newuser", libc::CLONE_NEWUSER as u64),
+        ("newnet", libc::CLONE_NEWNET as u64),
+        ("newns", libc::CLONE_NEWNS as u64),
+        ("newpid", libc::CLONE_NEWPID as u64),
+        ("newuts", libc::CLONE_NEWUTS as u64),
+        ("newipc", libc::CLONE_NEWIPC as u64),
+        ("newcgroup", libc::CLONE_NEWCGROUP as u64),
+        ("newtime", 0x80),
+        (
+            "all",
+            (libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWNS) as u64,
+        ),
+    ];
+    let mut script: String = flags.iter().map(|(l, f)| clone(l, *f)).collect();
+    script.push_str(&clone("fork", 0));
+    script.push_str(&format!(
+        "perl -e '$! = 0; syscall({}, 0, 0); print \"clone3 \", $!+0, \"\\n\"'; unshare -Ur true 2>/dev/null && echo UNSHARED; echo done",
+        libc::SYS_clone3
+    ));
+    let out = attempt(&host, "clone-ns", &script).await;
+    assert!(out.contains("done"), "{out}");
+    for (label, _) in flags {
+        assert!(
+            out.lines().any(|l| l == format!("{label} {}", libc::EPERM)),
+            "clone with {label} must be refused with EPERM: {out}"
+        );
+    }
+    assert!(out.contains("fork ok"), "a plain fork must work: {out}");
+    assert!(
+        out.contains(&format!("clone3 {}", libc::ENOSYS)),
+        "clone3 must answer ENOSYS: {out}"
+    );
+    assert!(!out.contains("UNSHARED"), "{out}");
+
+    // Kept CAP_SYS_ADMIN: namespaces may be made (the container's own business).
+    let id = unique("clone-ns-admin");
+    let mut spec = host.spec(&["sh", "-c", &clone("newuser", libc::CLONE_NEWUSER as u64)]);
+    spec.security.cap_add = vec!["SYS_ADMIN".into()];
+    host.run_to_end(&id, spec).await;
+    let out = host.stdout(&id);
+    assert!(out.contains("newuser ok"), "{out}");
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+}
+
+/// A descriptor the agent holds without close-on-exec (a shell's `9>>file` when it started
+/// the agent, say) reaches neither a container's command nor an exec into it: only 0-2 are
+/// open when the command starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_of_the_agent_reach_no_container() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+    let host = TestHost::new("fds").await;
+    let path = std::path::PathBuf::from(format!("/var/tmp/{}.host-file", unique("fds")));
+    std::fs::write(&path, "host-secret\n").expect("host file");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&path)
+        .expect("open host file");
+    // Inheritable, as a descriptor a shell hands to the programs it starts.
+    fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty())).expect("clear close-on-exec");
+    let fd = file.as_raw_fd();
+    // Through /proc/self/fd: dash's redirections take one-digit descriptors only.
+    let probe =
+        format!("echo leaked >> /proc/self/fd/{fd}; cat /proc/self/fd/{fd}; echo fds: $(ls /proc/self/fd | tr '\\n' ' ')");
+    let check = |how: &str, out: &str| {
+        println!("--- {how}:\n{out}");
+        assert!(
+            !out.contains("host-secret"),
+            "{how} read the host file: {out}"
+        );
+        assert!(out.contains("fds: 0 1 2 3\n"), "{how}: {out}");
+    };
+
+    let id = unique("fds-init");
+    host.run_to_end(&id, host.spec(&["sh", "-c", &probe])).await;
+    check("the container's command", &host.stdout(&id));
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+
+    let id = unique("fds-exec");
+    host.runtime
+        .run(&id, host.spec(&["sleep", "infinity"]))
+        .await
+        .expect("run");
+    let exec = host
+        .runtime
+        .exec(&id, vec!["sh".into(), "-c".into(), probe.clone()])
+        .await
+        .expect("exec");
+    check("an exec", &String::from_utf8_lossy(&exec.stdout));
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+
+    drop(file);
+    let after = std::fs::read_to_string(&path).expect("host file");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(after, "host-secret\n", "a container wrote to the host file");
+}
+
+/// The audit's chroot escape from a container that shares the host's mount namespace
+/// (`--ns pid`): chroot into a subdirectory, climb out with `..`, chroot to what was reached,
+/// write a file on the host. The container keeps no CAP_SYS_CHROOT then, so the first chroot
+/// fails and the host file is never made; with its own mount namespace nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_sharing_the_mount_namespace_cannot_chroot_out() {
+    let host = TestHost::new("chroot-out").await;
+    let marker = std::path::PathBuf::from(format!("/var/tmp/{}.escaped", unique("chroot-out")));
+    let script = format!(
+        "perl -e 'mkdir \"/esc\"; chroot \"/esc\" or die \"chroot: $!\\n\"; chdir \"..\" for 1..64; chroot \".\" or die \"second chroot: $!\\n\"; open(my $f, \">\", \"{}\") or die \"open: $!\\n\"; print \"ESCAPED\\n\"' 2>&1; grep CapEff /proc/self/status",
+        marker.display()
+    );
+    let id = unique("chroot-out");
+    let mut spec = host.spec(&["sh", "-c", &script]);
+    spec.namespaces = vec![hutch_agent::spec::Namespace::Pid];
+    assert!(
+        spec.host_exposure()
+            .iter()
+            .any(|w| w.starts_with("no mount namespace")),
+        "{:?}",
+        spec.host_exposure()
+    );
+    host.run_to_end(&id, spec).await;
+    let out = host.stdout(&id);
+    println!("{out}");
+    let escaped = marker.exists();
+    let _ = std::fs::remove_file(&marker);
+    assert!(
+        !escaped,
+        "the container wrote {} on the host: {out}",
+        marker.display()
+    );
+    assert!(!out.contains("ESCAPED"), "{out}");
+    assert!(out.contains("chroot: Operation not permitted"), "{out}");
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+}

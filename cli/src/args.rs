@@ -24,9 +24,18 @@ pub(crate) struct Cli {
         default_value = "http://127.0.0.1:7000"
     )]
     pub(crate) controller: String,
-    /// Bearer token, when the controller requires one (its --tokens-file).
+    /// Bearer token, when the controller requires one (its --tokens-file). A flag shows in
+    /// `ps` to every user of this host: prefer HUTCH_TOKEN or --token-file.
     #[arg(long, global = true, env = "HUTCH_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// File holding the bearer token (one line).
+    #[arg(
+        long,
+        global = true,
+        env = "HUTCH_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub(crate) token_file: Option<std::path::PathBuf>,
     /// The cluster CA (PEM), for a controller that serves TLS: its DATA_DIR/tls/ca.crt.
     /// Connects over https.
     #[arg(long, global = true, env = "HUTCH_CA_CERT", value_name = "FILE")]

@@ -266,7 +266,10 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
 /// output until it ends, exit with its code.
 pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<ExitCode, Error> {
     let spec = spec_of(&args)?;
-    let (container, _) = client.create(&spec).await?;
+    let (container, record) = client.create(&spec).await?;
+    for warning in &record.warnings {
+        eprintln!("hutch: warning: {warning}");
+    }
     // Until it runs on a node: report why it waits.
     let mut events = container.events().await?;
     let mut said = String::new();

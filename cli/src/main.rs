@@ -87,7 +87,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let client = Client::connect_with(
         &cli.controller,
         hutch::ClientOptions {
-            token: cli.token.clone(),
+            token: hutch_core::token_file::token_from(cli.token.clone(), cli.token_file.as_deref())
+                .map_err(Error::InvalidInput)?,
             tls,
             ..Default::default()
         },

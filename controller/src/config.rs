@@ -159,6 +159,13 @@ pub fn resolve(
             format!("serving {listen} beyond loopback, clients must authenticate: give --tokens-file with TOKEN,NAME,ROLE lines (e.g. `$(openssl rand -hex 32),ops,admin`)"),
         ));
     }
+    let agent_token = over.agent_token.or(file.agent_token);
+    if agent_token.is_some() && tls.is_none() && tokens_file.is_none() {
+        return Err(invalid(
+            "agent_token",
+            "without a tokens file anyone who reaches the controller could register a node at an address of their choosing and be sent this token: give --tokens-file with one `TOKEN,NODE_NAME,node` line per agent (each agent registers with its own token)",
+        ));
+    }
     let strategy = match over.strategy.or(file.strategy) {
         Some(s) => s.parse::<Strategy>().map_err(|e| invalid("strategy", e))?,
         None => defaults.strategy,
@@ -238,7 +245,7 @@ pub fn resolve(
         )?,
         data_dir,
         cluster: ClusterConfig {
-            agent_token: over.agent_token.or(file.agent_token).map(Secret),
+            agent_token: agent_token.map(Secret),
             agent_tls: None,
             strategy,
             heartbeat_interval,
@@ -426,5 +433,30 @@ mod tests {
         )
         .expect_err("half a CA");
         assert!(half.to_string().starts_with("tls_ca_cert"), "{half}");
+    }
+
+    #[test]
+    fn the_agent_token_goes_only_to_nodes_that_proved_who_they_are() {
+        let with = |f: FileConfig| {
+            resolve(
+                FileConfig {
+                    agent_token: Some("t".repeat(32)),
+                    ..f
+                },
+                FileConfig::default(),
+            )
+        };
+        let open = with(FileConfig::default()).expect_err("open controller");
+        assert!(open.to_string().starts_with("agent_token"), "{open}");
+        assert!(with(FileConfig {
+            tokens_file: Some("/etc/hutch/tokens".into()),
+            ..Default::default()
+        })
+        .is_ok());
+        assert!(with(FileConfig {
+            tls: Some(true),
+            ..Default::default()
+        })
+        .is_ok());
     }
 }

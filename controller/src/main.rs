@@ -75,9 +75,14 @@ struct Cli {
     /// node). Without it every call is let through (fine on loopback).
     #[arg(long, env = "HUTCH_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
-    /// Bearer token sent to agents started with a tokens file (an admin token there).
+    /// Bearer token sent to agents started with a tokens file (an admin token there). Needs
+    /// --tokens-file or TLS. A flag shows in `ps` to every user of this host: prefer
+    /// HUTCH_AGENT_TOKEN or --agent-token-file.
     #[arg(long, env = "HUTCH_AGENT_TOKEN", hide_env_values = true)]
     agent_token: Option<String>,
+    /// File holding the agent token (one line).
+    #[arg(long, env = "HUTCH_AGENT_TOKEN_FILE", conflicts_with = "agent_token")]
+    agent_token_file: Option<PathBuf>,
     /// Request limits (the same flags as the agent's).
     #[command(flatten)]
     limits: hutch_server::config::LimitFlags,
@@ -146,7 +151,16 @@ fn main() -> ExitCode {
         max_concurrent_requests: cli.limits.max_concurrent_requests,
         max_requests_per_client: cli.limits.max_requests_per_client,
         request_timeout: cli.limits.request_timeout,
-        agent_token: cli.agent_token,
+        agent_token: match hutch_core::token_file::token_from(
+            cli.agent_token,
+            cli.agent_token_file.as_deref(),
+        ) {
+            Ok(token) => token,
+            Err(e) => {
+                eprintln!("hutch-controller: --agent-token-file: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
         tls: cli.tls.then_some(true),
         tls_dir: cli.tls_dir,
         tls_ca_cert: cli.tls_ca_cert,

@@ -20,6 +20,7 @@
 //! - `bearer` (feature `wire`): the client side of bearer tokens.
 //! - [`error_text`]: errors and statuses as one readable line.
 //! - [`atomic_file`]: replacing a file atomically, the one way hutch writes its files.
+//! - [`token_file`]: tokens read from files rather than flags (`ps` shows flags).
 #![forbid(unsafe_code)]
 
 pub mod atomic_file;
@@ -35,6 +36,7 @@ pub mod seccomp_profile;
 pub mod security;
 pub mod spec;
 pub mod step;
+pub mod token_file;
 pub mod units;
 
 pub use error_text::error_chain;

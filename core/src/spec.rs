@@ -207,6 +207,31 @@ fn default_grace() -> u32 {
     DEFAULT_STOP_GRACE_SECONDS
 }
 
+/// What a container reaches on the host through namespace `ns` when it shares it.
+pub fn shared_namespace_reach(ns: Namespace) -> &'static str {
+    match ns {
+        Namespace::Pid => "the container sees every process of the host, and its root can signal (kill) the host's root processes",
+        Namespace::Ipc => "the container shares the host's System V IPC and POSIX message queues and can read and write their shared memory",
+        Namespace::Net => "the container uses the host's network: it reaches services on the host's loopback and abstract unix sockets, and can listen on the host's ports",
+        Namespace::Uts => "the container sees the host's hostname",
+        Namespace::Mount => "the rootfs is only a chroot (hutch drops CAP_SYS_CHROOT so it cannot be left), and the container's /proc, /sys and /dev mounts are in the host's mount table",
+        Namespace::User => "root in the container is root on the host (the default; a user namespace maps it to an unprivileged uid)",
+        Namespace::Cgroup => "the container sees the host's cgroup paths (the default)",
+    }
+}
+
+/// Checks a command line, a container's or an exec's: a program is named, and no argument
+/// holds a NUL byte (`execve` could not carry it).
+pub fn validate_command(command: &[String]) -> Result<(), SpecError> {
+    if command.first().is_none_or(|program| program.is_empty()) {
+        return Err(SpecError::EmptyCommand);
+    }
+    match command.iter().find(|a| a.contains('\0')) {
+        Some(arg) => Err(SpecError::NulByte(format!("command argument {arg:?}"))),
+        None => Ok(()),
+    }
+}
+
 /// Why a spec was refused. Each message says what to change.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SpecError {
@@ -292,6 +317,36 @@ impl ContainerSpec {
         self.namespaces.contains(&ns)
     }
 
+    /// The security settings in force: the spec's, less `CAP_SYS_CHROOT` when the container
+    /// shares the host's mount namespace. Its rootfs is then only a chroot, and with that
+    /// capability a process leaves it (chroot into a subdirectory, climb out with `..`,
+    /// chroot to what it reached). Kept when the spec names it (or `ALL`) in `cap_add`,
+    /// and for a privileged container, which has the host anyway.
+    pub fn effective_security(&self) -> Security {
+        let mut security = self.security.clone();
+        let asked = security.cap_add.iter().any(|c| {
+            matches!(
+                crate::security::parse_capability(c),
+                Ok(None | Some("CAP_SYS_CHROOT"))
+            )
+        });
+        if !self.has(Namespace::Mount) && !security.privileged && !asked {
+            security.cap_drop.push("SYS_CHROOT".into());
+        }
+        security
+    }
+
+    /// What the container reaches on its host through each default namespace it shares with
+    /// the host, one sentence per namespace left out: the API's `warnings` and the CLI's
+    /// lines on stderr (SECURITY.md has the same table).
+    pub fn host_exposure(&self) -> Vec<String> {
+        Namespace::DEFAULT
+            .into_iter()
+            .filter(|ns| !self.has(*ns))
+            .map(|ns| format!("no {ns} namespace: {}", shared_namespace_reach(ns)))
+            .collect()
+    }
+
     /// The uid map to write, defaults applied.
     pub fn effective_uid_map(&self) -> Vec<IdMap> {
         if self.uid_map.is_empty() {
@@ -313,16 +368,11 @@ impl ContainerSpec {
     /// Checks every rule that does not need the host. Errors name the field and the fix.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name("rootfs name", &self.rootfs)?;
-        if self.command.is_empty() || self.command[0].is_empty() {
-            return Err(SpecError::EmptyCommand);
-        }
+        validate_command(&self.command)?;
         if self.stdin && !self.tty {
             return Err(SpecError::StdinWithoutTty);
         }
         self.security.validate()?;
-        if let Some(arg) = self.command.iter().find(|a| a.contains('\0')) {
-            return Err(SpecError::NulByte(format!("command argument {arg:?}")));
-        }
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') {
                 return Err(SpecError::BadEnvName(k.clone()));
@@ -608,5 +658,44 @@ mod tests {
         assert_eq!(s.validate(), Ok(()));
         s.env.insert("A=B".into(), "x".into());
         assert!(matches!(s.validate(), Err(SpecError::BadEnvName(_))));
+    }
+
+    #[test]
+    fn sharing_the_mount_namespace_drops_sys_chroot_unless_asked() {
+        let mut s = ContainerSpec::new("debian", ["true"]);
+        let kept = |s: &ContainerSpec| {
+            s.effective_security()
+                .capability_names()
+                .expect("caps")
+                .contains("CAP_SYS_CHROOT")
+        };
+        assert!(kept(&s));
+        assert!(s.host_exposure().is_empty());
+        s.namespaces = vec![Namespace::Pid];
+        assert!(!kept(&s));
+        let warned: Vec<String> = s.host_exposure();
+        assert_eq!(warned.len(), 4, "{warned:?}");
+        assert!(warned.iter().any(|w| w.starts_with("no net namespace")));
+        assert!(warned.iter().all(|w| !w.starts_with("no pid")));
+        s.security.cap_add = vec!["sys_chroot".into()];
+        assert!(kept(&s));
+        s.security.cap_add = vec![];
+        s.security.privileged = true;
+        assert!(kept(&s));
+    }
+
+    #[test]
+    fn a_command_needs_a_program_and_no_nul() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(validate_command(&argv(&[])), Err(SpecError::EmptyCommand));
+        assert_eq!(
+            validate_command(&argv(&["", "x"])),
+            Err(SpecError::EmptyCommand)
+        );
+        assert!(matches!(
+            validate_command(&argv(&["sh", "a\0b"])),
+            Err(SpecError::NulByte(_))
+        ));
+        assert_eq!(validate_command(&argv(&["sh", "-c", "true"])), Ok(()));
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Tokens come from a static file (`tokens_file`), one `TOKEN,NAME,ROLE` per line, as
 //! Kubernetes' static token file: `admin` may do everything, `read-only` may get, list,
-//! watch and read logs and events, `node` may only register and heartbeat at a controller.
+//! watch and read logs and events, `node` may only register and heartbeat at a controller,
+//! and only as the node called NAME: a node token proves one node's identity, as a node
+//! certificate does (both reach the handlers as a [`Peer::Node`]).
 //! Over TLS, a caller may instead present a certificate of the cluster CA: the controller's
 //! is an admin at agents, a node's may register and heartbeat at the controller (under its
 //! own name only, see [`Peer`] in the request's extensions), and nothing else. A controller
@@ -177,15 +179,16 @@ impl Policy {
 }
 
 /// Whether a call to `path` by `peer` (a certificate, over TLS) with `authorization` may go
-/// on. Pure: the whole policy.
+/// on, and the cluster identity the caller proved (its certificate's, or the node a node
+/// token names), which the handlers check names against. Pure: the whole policy.
 pub fn authorize(
     policy: &Policy,
     peer: Option<&Peer>,
     authorization: Option<&str>,
     path: &str,
-) -> Result<(), Status> {
+) -> Result<Option<Peer>, Status> {
     let Some(needed) = needed_role(path) else {
-        return Ok(());
+        return Ok(peer.cloned());
     };
     if needed == Role::Node && policy.nodes_need_certificate && !matches!(peer, Some(Peer::Node(_)))
     {
@@ -193,12 +196,16 @@ pub fn authorize(
             "this controller registers agents by the node certificate they get when they join: start the agent with `hutch-agent serve --join TOKEN` (a token from `hutch token create`)",
         ));
     }
-    let (who, role) = match peer {
-        Some(p @ Peer::Controller) => (p.describe(), Role::Admin),
-        Some(p @ Peer::Node(_)) => (p.describe(), Role::Node),
+    let (who, role, proven) = match peer {
+        Some(p @ Peer::Controller) => (p.describe(), Role::Admin, Some(p.clone())),
+        Some(p @ Peer::Node(_)) => (p.describe(), Role::Node, Some(p.clone())),
         None => match (&policy.tokens, authorization) {
-            (Some(tokens), Some(header)) => token_role(tokens, header)?,
-            _ if policy.open => return Ok(()),
+            (Some(tokens), Some(header)) => {
+                let (name, role) = token_role(tokens, header)?;
+                let proven = (role == Role::Node).then(|| Peer::Node(name.clone()));
+                (format!("token '{name}'"), role, proven)
+            }
+            _ if policy.open => return Ok(None),
             (Some(_), None) => {
                 return Err(Status::unauthenticated(
                     "this server requires a bearer token: send 'authorization: Bearer TOKEN' (hutch --token, HUTCH_TOKEN; grpcurl -H)",
@@ -212,7 +219,7 @@ pub fn authorize(
         },
     };
     if role == Role::Admin || role == needed {
-        return Ok(());
+        return Ok(proven);
     }
     let method = path.rsplit('/').next().unwrap_or(path);
     let what = match needed {
@@ -226,17 +233,26 @@ pub fn authorize(
     )))
 }
 
+/// The token of an `authorization: Bearer TOKEN` header; the scheme is case-insensitive
+/// (RFC 7235), so `bearer TOKEN` is the same header.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// The caller's name and role for an `authorization` header.
 fn token_role(tokens: &Tokens, header: &str) -> Result<(String, Role), Status> {
-    let Some(token) = header.strip_prefix("Bearer ") else {
+    let Some(token) = bearer_token(header) else {
         return Err(Status::unauthenticated(
             "the authorization header must be 'Bearer TOKEN'",
         ));
     };
-    let Some((name, role)) = tokens.by_token.get(token.trim()) else {
+    let Some((name, role)) = tokens.by_token.get(token) else {
         return Err(Status::unauthenticated("unknown token"));
     };
-    Ok((format!("token '{name}'"), *role))
+    Ok((name.clone(), *role))
 }
 
 /// The cluster certificate a TLS caller presented, if any.
@@ -289,12 +305,15 @@ where
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        if let Err(status) = authorize(&self.policy, peer.as_ref(), header, request.uri().path()) {
-            tracing::info!(path = %request.uri().path(), code = ?status.code(), "refused: {}", status.message());
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
-        if let Some(peer) = peer {
-            request.extensions_mut().insert(peer);
+        match authorize(&self.policy, peer.as_ref(), header, request.uri().path()) {
+            Err(status) => {
+                tracing::info!(path = %request.uri().path(), code = ?status.code(), "refused: {}", status.message());
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+            Ok(Some(proven)) => {
+                request.extensions_mut().insert(proven);
+            }
+            Ok(None) => {}
         }
         Box::pin(self.inner.call(request))
     }
@@ -313,7 +332,9 @@ mod tests {
     fn roles_decide_by_method() {
         let t = Policy::controller(Some(Arc::new(Tokens::parse(FILE).expect("parse"))), false);
         let call = |token: &str, path: &str| {
-            authorize(&t, None, Some(&format!("Bearer {token}")), path).map_err(|s| s.code())
+            authorize(&t, None, Some(&format!("Bearer {token}")), path)
+                .map(drop)
+                .map_err(|s| s.code())
         };
         let create = "/hutch.v1.Controller/CreateContainer";
         let list = "/hutch.v1.Controller/ListContainers";
@@ -338,7 +359,9 @@ mod tests {
             Err(tonic::Code::Unauthenticated)
         );
         assert_eq!(
-            authorize(&t, None, None, list).map_err(|s| s.code()),
+            authorize(&t, None, None, list)
+                .map(drop)
+                .map_err(|s| s.code()),
             Err(tonic::Code::Unauthenticated)
         );
         assert!(authorize(&t, None, None, "/grpc.health.v1.Health/Check").is_ok());
@@ -354,13 +377,35 @@ mod tests {
     }
 
     #[test]
+    fn a_node_token_proves_the_node_it_names() {
+        let t = Policy::controller(Some(Arc::new(Tokens::parse(FILE).expect("parse"))), false);
+        let register = "/hutch.v1.Nodes/Register";
+        let as_node = |header: &str| authorize(&t, None, Some(header), register);
+        let c = "c".repeat(24);
+        assert_eq!(
+            as_node(&format!("Bearer {c}")).expect("node token"),
+            Some(Peer::Node("agents".into()))
+        );
+        // The scheme is case-insensitive (RFC 7235); the token is not.
+        assert!(as_node(&format!("bearer {c}")).is_ok());
+        assert!(as_node(&format!("BEARER  {c}")).is_ok());
+        assert!(as_node(&format!("Bearer {}", "C".repeat(24))).is_err());
+        assert!(as_node(&format!("Bearer{c}")).is_err());
+        // An admin token proves no node: the handlers let it act for any.
+        let a = "a".repeat(24);
+        assert_eq!(as_node(&format!("Bearer {a}")).expect("admin"), None);
+    }
+
+    #[test]
     fn certificates_decide_over_tls() {
         let tokens = Some(Arc::new(Tokens::parse(FILE).expect("parse")));
         let controller = Peer::Controller;
         let node = Peer::Node("n1".into());
         let code = |policy: &Policy, peer: Option<&Peer>, token: Option<&str>, path: &str| {
             let header = token.map(|t| format!("Bearer {t}"));
-            authorize(policy, peer, header.as_deref(), path).map_err(|s| s.code())
+            authorize(policy, peer, header.as_deref(), path)
+                .map(drop)
+                .map_err(|s| s.code())
         };
         let run = "/hutch.v1.Agent/RunContainer";
         // An agent over TLS without a tokens file obeys its controller only.

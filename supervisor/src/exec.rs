@@ -176,7 +176,7 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
     }
     let (report_r, report_w) = unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| Failure::new(Step::Exec, format!("pipe: {e}")))?;
-    let filters = Filters::compile(&cfg.spec.security)
+    let filters = Filters::compile(&cfg.spec.effective_security())
         .map_err(|e| Failure::new(Step::Security, e.to_string()))?;
     // SAFETY: the exec helper (`hutch-supervisor exec`) is single-threaded: it starts no thread.
     let forked = unsafe { sys::fork_single_threaded() };

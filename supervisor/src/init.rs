@@ -206,10 +206,15 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
     Err(harden_and_exec(cfg, filters))
 }
 
-/// Drops what the container may not do (capabilities, `no_new_privs`, seccomp; see
-/// [`crate::security`]), then execs its command. Returns only on failure, with the reason.
+/// Drops what the container may not do (every descriptor but 0-2, capabilities,
+/// `no_new_privs`, seccomp; see [`crate::security`]), then execs its command. Returns only on failure, with the reason.
 pub fn harden_and_exec(cfg: &SupervisorConfig, filters: &Filters) -> Failure {
-    if let Err(e) = crate::security::harden_before_exec(&cfg.spec.security, filters) {
+    // Only stdin, stdout and stderr reach the command: whatever else this process holds
+    // (inherited from the agent or whoever started it) closes at exec.
+    if let Err(e) = sys::close_on_exec_from(3) {
+        return errno(Step::Exec, "marking descriptors close-on-exec", e);
+    }
+    if let Err(e) = crate::security::harden_before_exec(&cfg.spec.effective_security(), filters) {
         return Failure::new(Step::Security, e.to_string());
     }
     exec_command(cfg)

@@ -43,7 +43,8 @@ pub const READ_ONLY_PATHS: [&str; 5] = [
 ];
 
 /// System calls the default seccomp filter refuses with `EPERM`: kernel modules, kexec,
-/// reboot, mounting and namespace games, handle-based file access (the "shocker" escape),
+/// reboot, mounting and namespace games (with `clone`'s namespace flags and `clone3`, see
+/// [`Filters::compile`]), handle-based file access (the "shocker" escape),
 /// BPF, perf, the kernel keyring, clocks, swap, accounting, raw I/O ports.
 pub fn denied_syscalls() -> Vec<(&'static str, i64)> {
     let mut list = vec![
@@ -97,28 +98,78 @@ pub fn denied_syscalls() -> Vec<(&'static str, i64)> {
     list
 }
 
+/// The deny-list's calls that only make or join namespaces: lifted, with the `clone`
+/// namespace flags and `clone3`, for a container that keeps `CAP_SYS_ADMIN`, as Docker's
+/// default profile does.
+pub const NAMESPACE_SYSCALLS: [&str; 2] = ["setns", "unshare"];
+
+/// The `clone` flags that make a namespace (`CLONE_NEWTIME` is `0x80`).
+const NAMESPACE_CLONE_FLAGS: [u64; 8] = [
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    0x80,
+];
+
 /// Why hardening the calling process failed.
 #[derive(Debug, Error)]
 #[error("{0}")]
 pub struct HardenError(String);
 
-fn seccomp_program() -> Result<seccompiler::BpfProgram, HardenError> {
-    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|e| HardenError(format!("seccomp: {e}")))?;
-    let rules = denied_syscalls()
+/// hutch's default filters. The first answers `EPERM` to the deny-list and to `clone` with
+/// any namespace flag (the audit's way around a denied `unshare`: a new user namespace holds
+/// every capability); the second answers `ENOSYS` to `clone3`, whose flags sit in memory a
+/// filter cannot read, so libc falls back to `clone`, as under Docker's profile. With
+/// `may_make_namespaces` (the container keeps `CAP_SYS_ADMIN`) the namespace calls are
+/// allowed.
+fn default_programs(
+    may_make_namespaces: bool,
+) -> Result<Vec<seccompiler::BpfProgram>, HardenError> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
+    };
+    let fail = |e: &dyn std::fmt::Display| HardenError(format!("seccomp: {e}"));
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).map_err(|e| fail(&e))?;
+    let compile = |rules, matched| {
+        seccompiler::SeccompFilter::new(rules, SeccompAction::Allow, matched, arch)
+            .and_then(seccompiler::BpfProgram::try_from)
+            .map_err(|e| fail(&e))
+    };
+    let mut denied: std::collections::BTreeMap<i64, Vec<SeccompRule>> = denied_syscalls()
         .into_iter()
+        .filter(|(name, _)| !(may_make_namespaces && NAMESPACE_SYSCALLS.contains(name)))
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
-    let filter = seccompiler::SeccompFilter::new(
-        rules,
-        seccompiler::SeccompAction::Allow,
-        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(|e| HardenError(format!("seccomp: {e}")))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| HardenError(format!("seccomp: {e}")))
+    if may_make_namespaces {
+        return Ok(vec![compile(
+            denied,
+            SeccompAction::Errno(libc::EPERM as u32),
+        )?]);
+    }
+    // One rule per flag: a rule matches when its bit is set, and any matching rule denies.
+    let clone_flags = NAMESPACE_CLONE_FLAGS
+        .iter()
+        .map(|&flag| {
+            SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(|e| fail(&e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    denied.insert(libc::SYS_clone, clone_flags);
+    let clone3 = [(libc::SYS_clone3, Vec::new())].into_iter().collect();
+    Ok(vec![
+        compile(denied, SeccompAction::Errno(libc::EPERM as u32))?,
+        compile(clone3, SeccompAction::Errno(libc::ENOSYS as u32))?,
+    ])
 }
 
 /// A container's seccomp filters, compiled to BPF: done before the container's process is
@@ -137,7 +188,10 @@ impl Filters {
             Some(profile) => Profile::parse(profile)
                 .and_then(|p| profile_programs(&p))
                 .map_err(|e| HardenError(format!("seccomp profile: {e}")))?,
-            None if security.effective_seccomp() == Seccomp::Default => vec![seccomp_program()?],
+            None if security.effective_seccomp() == Seccomp::Default => {
+                let kept = capabilities(security).map_err(|e| HardenError(e.to_string()))?;
+                default_programs(kept.contains(&Capability::CAP_SYS_ADMIN))?
+            }
             None => Vec::new(),
         }))
     }
@@ -306,7 +360,8 @@ mod tests {
         ] {
             assert!(names.contains(&must), "{must} not denied");
         }
-        assert!(!seccomp_program().expect("program").is_empty());
+        assert_eq!(default_programs(false).expect("programs").len(), 2);
+        assert_eq!(default_programs(true).expect("programs").len(), 1);
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Supervisor {
             terminal: slave_fd,
         };
         let host_namespaces = init::own_namespaces();
-        let filters = Filters::compile(&cfg.spec.security)
+        let filters = Filters::compile(&cfg.spec.effective_security())
             .map_err(|e| Failure::new(Step::Security, e.to_string()))?;
         // SAFETY: the supervisor is single-threaded: it starts no thread, it polls its fds.
         let child = unsafe {

@@ -140,6 +140,48 @@ pub fn reset_signals_for_exec() -> Result<(), Errno> {
     Ok(())
 }
 
+/// Marks every file descriptor from `first` up close-on-exec, so that none the process
+/// inherited or opened (the agent's, a launcher's pipe, a host file a shell left open) reaches
+/// the program it execs, while the descriptors still needed until `exec` (the failure report
+/// pipe) stay usable. `close_range(CLOSE_RANGE_CLOEXEC)` (Linux 5.11); on older kernels,
+/// each descriptor listed in `/proc/self/fd`.
+pub fn close_on_exec_from(first: std::os::fd::RawFd) -> Result<(), Errno> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    let first = first as libc::c_uint;
+    // SAFETY: close_range takes two descriptor numbers and flags; with CLOSE_RANGE_CLOEXEC it
+    // only sets a flag on open descriptors and touches no memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    match Errno::result(rc) {
+        Ok(_) => Ok(()),
+        Err(Errno::ENOSYS | Errno::EINVAL) => {
+            use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+            let listed: Vec<libc::c_int> = std::fs::read_dir("/proc/self/fd")
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&fd: &libc::c_int| fd as libc::c_uint >= first)
+                .collect();
+            for fd in listed {
+                // SAFETY: only sets the close-on-exec flag of a descriptor number; a number
+                // closed since the listing (the listing's own) answers EBADF, ignored.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                match fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)) {
+                    Ok(_) | Err(Errno::EBADF) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Which side of a [`fork_single_threaded`] this is.
 pub enum Forked {
     /// The parent, with the child's pid.

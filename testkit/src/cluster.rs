@@ -199,7 +199,17 @@ impl TestNode {
         capacity_bytes: Option<u64>,
         flags: &[&str],
     ) -> TestNode {
-        let host = TestHost::new(test).await;
+        TestNode::start_on(TestHost::new(test).await, controller, capacity_bytes, flags)
+    }
+
+    /// [`TestNode::start`] on a host made beforehand: its name (`host.instance`) is known
+    /// before the controller starts, for a tokens file naming the node, say.
+    pub fn start_on(
+        host: TestHost,
+        controller: &TestController,
+        capacity_bytes: Option<u64>,
+        flags: &[&str],
+    ) -> TestNode {
         let mut args = Vec::new();
         if let Some(cap) = capacity_bytes {
             let reserve = hutch_agent::node::memory_total_bytes().saturating_sub(cap);

@@ -166,6 +166,9 @@ struct Flight {
 #[derive(Clone)]
 pub struct RootfsStore {
     root: PathBuf,
+    /// Directories no directory source may be, hold or lie in (the agent's state
+    /// directory), but for the rootfs trees of this store's entries.
+    protected: Vec<PathBuf>,
     inflight: Arc<Mutex<HashMap<String, Arc<Flight>>>>,
 }
 
@@ -179,11 +182,19 @@ impl RootfsStore {
             fs::create_dir_all(&p).map_err(|e| store_err(&p, e))?;
         }
         let store = RootfsStore {
+            protected: Vec::new(),
             root,
             inflight: Arc::new(Mutex::new(HashMap::new())),
         };
         store.clear_abandoned_builds();
         Ok(store)
+    }
+
+    /// Also refuses `dir` (the agent's state directory), its ancestors and what lies in it
+    /// as a directory source.
+    pub fn protecting(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.protected.push(dir.into());
+        self
     }
 
     /// Deletes `tmp/KEY.PID` directories whose building process no longer exists.
@@ -231,6 +242,9 @@ impl RootfsStore {
         progress: Option<mpsc::Sender<BuildProgress>>,
     ) -> Result<BuildResult, RootfsError> {
         validate_name("rootfs name", name)?;
+        if let RootfsSource::Directory { path } = source {
+            source::check_directory_source(path, &self.root, &self.protected)?;
+        }
         let resolved = {
             let source = source.clone();
             tokio::task::spawn_blocking(move || Resolve::resolve(&source))

@@ -79,12 +79,18 @@ impl Resolve for RootfsSource {
                     fingerprint: None,
                 })
             }
-            RootfsSource::Tarball { path } | RootfsSource::Initramfs { path } => {
+            RootfsSource::Tarball { path } => {
+                let fingerprint = fingerprint(path, false)?;
+                check_archive(path)?;
                 Ok(ResolvedSource {
                     source: self.clone(),
-                    fingerprint: Some(fingerprint(path, false)?),
+                    fingerprint: Some(fingerprint),
                 })
             }
+            RootfsSource::Initramfs { path } => Ok(ResolvedSource {
+                source: self.clone(),
+                fingerprint: Some(fingerprint(path, false)?),
+            }),
             RootfsSource::Directory { path } => Ok(ResolvedSource {
                 source: self.clone(),
                 fingerprint: Some(fingerprint(path, true)?),
@@ -93,10 +99,20 @@ impl Resolve for RootfsSource {
     }
 }
 
+/// Size and modification time of a source that must be a directory (`want_dir`) or a regular
+/// file. Only the metadata is read: a FIFO or a device is refused without being opened, so
+/// it can neither hang a build nor be read from.
 fn fingerprint(path: &Path, want_dir: bool) -> Result<(u64, u64), RootfsError> {
     let meta = std::fs::metadata(path).map_err(|e| {
         RootfsError::SourceMissing(format!("cannot read '{}': {e}", path.display()))
     })?;
+    if !want_dir && !meta.is_file() && !meta.is_dir() {
+        return Err(RootfsError::InvalidSource(format!(
+            "'{}' is {}, not a regular file: give an archive file",
+            path.display(),
+            file_kind(&meta)
+        )));
+    }
     if want_dir != meta.is_dir() {
         return Err(RootfsError::SourceMissing(format!(
             "'{}' is {}, expected {}",
@@ -116,6 +132,96 @@ fn fingerprint(path: &Path, want_dir: bool) -> Result<(u64, u64), RootfsError> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     Ok((meta.len(), mtime))
+}
+
+/// What kind of non-regular file `meta` describes, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// Refuses a tarball source that is not an archive `tar` can read: compressed (gzip, zstd,
+/// xz, bzip2; the content is checked by `tar` when it is extracted) or a tar whose first
+/// header carries the POSIX `ustar` magic.
+pub fn check_archive(path: &Path) -> Result<(), RootfsError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .map_err(|e| {
+            RootfsError::SourceMissing(format!("cannot read '{}': {e}", path.display()))
+        })?;
+    let ustar = head.get(257..262) == Some(b"ustar".as_slice());
+    if ustar || super::cpio::Compression::from_magic(&head).is_some() {
+        return Ok(());
+    }
+    Err(RootfsError::InvalidSource(format!(
+        "'{}' is not a tar archive (plain, or gzip, zstd, xz or bzip2 compressed)",
+        path.display()
+    )))
+}
+
+/// Refuses a directory source that would copy the host: `/`, a system directory, anything
+/// under `/proc`, `/sys` or `/dev`, the rootfs store or one of its ancestors, and each
+/// `private` directory (the agent's state directory, which holds its keys and the
+/// containers' layers), its ancestors and what lies in it, except the rootfs trees of the
+/// store's entries (copying one under a new name is fine). `path` is taken as it resolves,
+/// so a symlink (or `/proc/1/root`) to one of these is refused too.
+pub fn check_directory_source(
+    path: &Path,
+    store_root: &Path,
+    private: &[std::path::PathBuf],
+) -> Result<(), RootfsError> {
+    const SYSTEM: [&str; 14] = [
+        "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin",
+        "/sys", "/usr", "/var",
+    ];
+    const NEVER_UNDER: [&str; 3] = ["/proc", "/sys", "/dev"];
+    let refuse = |real: &Path| {
+        RootfsError::InvalidSource(format!(
+            "directory '{}'{} is the host's own (a system directory, or one holding hutch's state): a rootfs directory must be a tree made for containers",
+            path.display(),
+            if real != path {
+                format!(" (resolves to '{}')", real.display())
+            } else {
+                String::new()
+            }
+        ))
+    };
+    // Before anything is read: a path under /proc may not even be readable.
+    if NEVER_UNDER.iter().any(|d| path.starts_with(d)) {
+        return Err(refuse(path));
+    }
+    let real = std::fs::canonicalize(path).map_err(|e| {
+        RootfsError::SourceMissing(format!("cannot read '{}': {e}", path.display()))
+    })?;
+    let refused = SYSTEM.iter().any(|d| real == Path::new(d))
+        || NEVER_UNDER.iter().any(|d| real.starts_with(d))
+        || {
+            let resolve = |dir: &Path| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.into());
+            let entries = resolve(&store_root.join("entries"));
+            resolve(store_root).starts_with(&real)
+                || private.iter().any(|dir| {
+                    let dir = resolve(dir);
+                    dir.starts_with(&real)
+                        || (real.starts_with(&dir) && !real.starts_with(&entries))
+                })
+        };
+    if refused {
+        return Err(refuse(&real));
+    }
+    Ok(())
 }
 
 /// The host's Debian architecture name.
@@ -173,11 +279,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hutch-src-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let file = dir.join("a.tar");
-        std::fs::write(&file, b"1234").expect("write");
+        std::fs::write(&file, tar_header(512)).expect("write");
         let r = RootfsSource::Tarball { path: file.clone() }
             .resolve()
             .expect("resolve");
-        assert_eq!(r.fingerprint.map(|f| f.0), Some(4));
+        assert_eq!(r.fingerprint.map(|f| f.0), Some(512));
         assert!(RootfsSource::Directory { path: file.clone() }
             .resolve()
             .is_err());
@@ -186,11 +292,78 @@ mod tests {
         }
         .resolve()
         .is_err());
-        std::fs::write(&file, b"12345").expect("write");
+        std::fs::write(&file, tar_header(1024)).expect("write");
         let r2 = RootfsSource::Tarball { path: file }
             .resolve()
             .expect("resolve");
         assert_ne!(r.key(), r2.key());
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// `len` bytes whose first block carries the `ustar` magic.
+    fn tar_header(len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; len];
+        bytes[257..262].copy_from_slice(b"ustar");
+        bytes
+    }
+
+    #[test]
+    fn what_is_no_archive_is_refused_without_being_read() {
+        let refused = |path: &str| {
+            let err = RootfsSource::Tarball { path: path.into() }
+                .resolve()
+                .expect_err(path);
+            assert!(
+                matches!(err, RootfsError::InvalidSource(_)),
+                "{path}: {err}"
+            );
+            err.to_string()
+        };
+        assert!(refused("/etc/passwd").contains("not a tar archive"));
+        assert!(refused("/dev/zero").contains("character device"));
+        // A FIFO nobody writes to: opening it would block for ever.
+        let fifo = std::env::temp_dir().join(format!("hutch-fifo-{}", std::process::id()));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let message = refused(&fifo.to_string_lossy());
+        let _ = std::fs::remove_file(&fifo);
+        assert!(message.contains("FIFO"), "{message}");
+    }
+
+    #[test]
+    fn the_hosts_own_directories_are_no_rootfs() {
+        let store = std::env::temp_dir().join(format!("hutch-store-{}", std::process::id()));
+        let inside = store.join("entries");
+        std::fs::create_dir_all(&inside).expect("mkdir");
+        let state = store.join("state");
+        std::fs::create_dir_all(state.join("containers")).expect("mkdir");
+        let check =
+            |path: &Path| check_directory_source(path, &store, std::slice::from_ref(&state));
+        for path in [
+            "/",
+            "/etc",
+            "/usr",
+            "/proc/self/root",
+            "/sys/kernel",
+            "/dev/shm",
+        ] {
+            let err = check(Path::new(path)).expect_err(path);
+            assert!(
+                matches!(err, RootfsError::InvalidSource(_)),
+                "{path}: {err}"
+            );
+        }
+        let parent = store.parent().expect("parent");
+        assert!(check(parent).is_err());
+        assert!(check(&store).is_err());
+        assert!(check(&state).is_err());
+        assert!(check(&state.join("containers")).is_err());
+        // A store entry's tree is container material: it may be copied under a new name.
+        assert!(check(&inside).is_ok());
+        let elsewhere = std::env::temp_dir().join(format!("hutch-tree-{}", std::process::id()));
+        std::fs::create_dir_all(&elsewhere).expect("mkdir");
+        assert!(check(&elsewhere).is_ok());
+        let _ = std::fs::remove_dir_all(&elsewhere);
+        let _ = std::fs::remove_dir_all(&store);
     }
 }

@@ -36,7 +36,7 @@ use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
 use crate::names::validate_name;
 use crate::rootfs::{RootfsInfo, RootfsStore};
-use crate::spec::{ContainerSpec, Namespace, SpecError};
+use crate::spec::{ContainerSpec, Namespace};
 use exec::ExecResult;
 use hutch_core::step::Step;
 use logs::LogLine;
@@ -128,7 +128,8 @@ impl Runtime {
                 .rootfs_dir
                 .clone()
                 .unwrap_or_else(|| config.state_dir.join("rootfs")),
-        )?;
+        )?
+        .protecting(config.state_dir.clone());
         let cgroups = CgroupManager::init(config.cgroup_root.clone(), &config.instance)?;
         let supervisor_bin = match config.supervisor_bin {
             Some(p) => p,
@@ -542,9 +543,7 @@ impl Runtime {
     /// Checks that `id` runs and names a fresh result file for an exec helper.
     fn prepare_exec(&self, id: &str, argv: &[String]) -> Result<(PathBuf, PathBuf), RuntimeError> {
         let dir = self.existing_dir(id)?;
-        if argv.is_empty() || argv[0].is_empty() {
-            return Err(RuntimeError::InvalidSpec(SpecError::EmptyCommand));
-        }
+        crate::spec::validate_command(argv).map_err(RuntimeError::InvalidSpec)?;
         let state = self.read_state(&dir)?;
         if state.status != Status::Running {
             return Err(RuntimeError::NotRunning {

@@ -31,6 +31,7 @@ pub fn container_to(info: &ContainerInfo, node: &str) -> v1::Container {
         name: st.id.clone(),
         node: node.to_string(),
         spec: Some(spec_to(&info.spec)),
+        warnings: info.spec.host_exposure(),
         state: state_to(st.status) as i32,
         exit_code: st.exit_code,
         signal: st.signal,

@@ -74,6 +74,7 @@ impl Cluster {
         let record = v1::Container {
             id: name.clone(),
             name: name.clone(),
+            warnings: parsed.host_exposure(),
             reserved_memory_bytes: spec
                 .memory_limit_bytes
                 .unwrap_or(self.config.default_reservation_bytes),

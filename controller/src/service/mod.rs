@@ -251,6 +251,8 @@ impl Controller for ControllerService {
         request: Request<v1::ExecRequest>,
     ) -> Result<Response<v1::ExecResponse>, Status> {
         let mut req = request.into_inner();
+        hutch_core::spec::validate_command(&req.command)
+            .map_err(|e| Status::invalid_argument(format!("command: {e}")))?;
         let (node, copy) = self.copy_of(&req.id)?;
         req.id = copy;
         let mut client = self.cluster.client_for(&node)?;

@@ -1,5 +1,7 @@
-//! `hutch.v1.Nodes`: what agents call to join, register and heartbeat. Over TLS an agent
-//! registers and heartbeats only under the node name its certificate was issued for.
+//! `hutch.v1.Nodes`: what agents call to join, register and heartbeat. An agent that proved
+//! a node's identity (its node certificate over TLS, or a node token) registers and
+//! heartbeats only under that node's name, so no node can take another's name or re-point
+//! another node's address.
 
 use std::sync::Arc;
 
@@ -25,11 +27,11 @@ impl NodesService {
     }
 }
 
-/// Refuses a node certificate used for another node's name.
+/// Refuses a node's credential (certificate or node token) used for another node's name.
 fn check_name<T>(request: &Request<T>, name: &str) -> Result<(), Status> {
     match request.extensions().get::<Peer>() {
-        Some(Peer::Node(certified)) if certified != name => Err(Status::permission_denied(format!(
-            "node certificate '{certified}' cannot act as node '{name}': an agent registers under the name it joined with"
+        Some(Peer::Node(proven)) if proven != name => Err(Status::permission_denied(format!(
+            "the credential of node '{proven}' cannot act as node '{name}': an agent registers only under its own name (the name its certificate was issued for, or the NAME of its node token's line in the controller's tokens file)"
         ))),
         _ => Ok(()),
     }

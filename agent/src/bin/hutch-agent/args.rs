@@ -117,7 +117,8 @@ pub(crate) struct ServeArgs {
     pub(crate) insecure: bool,
     /// Join the cluster with this token (from `hutch token create` on the controller): the
     /// agent gets a node certificate, keeps it in STATE_DIR/tls, and from then on serves
-    /// and registers over mutual TLS. Ignored once the agent has joined.
+    /// and registers over mutual TLS. Ignored once the agent has joined. A flag shows in
+    /// `ps` to every user of this host: prefer HUTCH_JOIN_TOKEN or --join-file.
     #[arg(
         long = "join",
         env = "HUTCH_JOIN_TOKEN",
@@ -125,6 +126,9 @@ pub(crate) struct ServeArgs {
         value_name = "TOKEN"
     )]
     pub(crate) join_token: Option<String>,
+    /// File holding the join token (one line).
+    #[arg(long, env = "HUTCH_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    pub(crate) join_file: Option<PathBuf>,
     /// Request limits (the same flags as the controller's).
     #[command(flatten)]
     pub(crate) limits: hutch_server::config::LimitFlags,
@@ -143,10 +147,18 @@ pub(crate) struct ServeArgs {
     /// Without it the agent stands alone.
     #[arg(long, env = "HUTCH_CONTROLLER")]
     pub(crate) controller: Option<String>,
-    /// Bearer token for the controller, when it requires tokens (a `node` token from its
-    /// tokens file).
+    /// Bearer token for the controller, when it requires tokens: the `node` token its
+    /// tokens file lists under this node's name. A flag shows in `ps` to every user of this
+    /// host: prefer HUTCH_CONTROLLER_TOKEN or --controller-token-file.
     #[arg(long, env = "HUTCH_CONTROLLER_TOKEN", hide_env_values = true)]
     pub(crate) controller_token: Option<String>,
+    /// File holding the controller token (one line).
+    #[arg(
+        long,
+        env = "HUTCH_CONTROLLER_TOKEN_FILE",
+        conflicts_with = "controller_token"
+    )]
+    pub(crate) controller_token_file: Option<PathBuf>,
     /// HOST:PORT the controller dials to reach this agent [default: the listen address].
     #[arg(long, env = "HUTCH_ADVERTISE")]
     pub(crate) advertise: Option<String>,

@@ -12,6 +12,7 @@ use hutch_agent::service::auth::Tokens;
 use hutch_agent::service::join;
 use hutch_agent::service::registration::Registration;
 use hutch_agent::service::server::ServeOptions;
+use hutch_core::token_file::token_from;
 use hutch_pki::material::TlsMaterial;
 
 use crate::args::{Cli, Command};
@@ -53,12 +54,23 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Loaded, String> {
             _ => None,
         },
         insecure: serve.and_then(|s| s.insecure.then_some(true)),
-        controller_token: serve.and_then(|s| s.controller_token.clone()),
+        controller_token: match serve {
+            Some(s) => token_from(
+                s.controller_token.clone(),
+                s.controller_token_file.as_deref(),
+            )
+            .map_err(|e| format!("--controller-token-file: {e}"))?,
+            None => None,
+        },
         max_concurrent_requests: serve.and_then(|s| s.limits.max_concurrent_requests),
         max_requests_per_client: serve.and_then(|s| s.limits.max_requests_per_client),
         request_timeout: serve.and_then(|s| s.limits.request_timeout.clone()),
         tokens_file: serve.and_then(|s| s.tokens_file.clone()),
-        join_token: serve.and_then(|s| s.join_token.clone()),
+        join_token: match serve {
+            Some(s) => token_from(s.join_token.clone(), s.join_file.as_deref())
+                .map_err(|e| format!("--join-file: {e}"))?,
+            None => None,
+        },
     };
     let agent = config::resolve(over, file).map_err(|e| e.to_string())?;
     let cgroup_root = agent

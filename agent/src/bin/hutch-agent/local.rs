@@ -121,6 +121,9 @@ pub(crate) async fn dispatch(runtime: &Runtime, command: Command) -> Result<Exit
         Command::Rootfs(cmd) => rootfs(runtime, cmd).await,
         Command::Run(args) => {
             let spec = spec_of(&args)?;
+            for warning in spec.host_exposure() {
+                eprintln!("hutch-agent: warning: {warning}");
+            }
             let id = match args.id.clone() {
                 Some(id) => id,
                 None => {
