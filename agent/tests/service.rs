@@ -227,6 +227,36 @@ async fn every_rpc_works() {
             .collect::<Vec<_>>(),
         vec!["ps"]
     );
+    // Pages: one container a page, walked by token in id order; a forged token refused.
+    let mut ids = Vec::new();
+    let mut request = v1::ListContainersRequest {
+        page_size: 1,
+        ..Default::default()
+    };
+    loop {
+        let page = c
+            .list_containers(request.clone())
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.containers.len() <= 1);
+        ids.extend(page.containers.into_iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert!(ids.len() >= 2 && ids == sorted, "{ids:?}");
+    let forged = c
+        .list_containers(v1::ListContainersRequest {
+            page_token: "p1.zz".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("forged token");
+    assert_eq!(forged.code(), tonic::Code::InvalidArgument, "{forged}");
 
     let exec = c
         .exec(v1::ExecRequest {

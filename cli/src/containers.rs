@@ -27,6 +27,7 @@ pub(crate) async fn ps(
             node: node.unwrap_or_default(),
             state: 0,
             labels: parse_pairs("label", &labels)?,
+            ..Default::default()
         })
         .await?;
     if !all {

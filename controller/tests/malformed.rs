@@ -356,3 +356,127 @@ async fn malformed_requests_get_clear_errors_and_leave_nothing() {
         assert!(!log.contains("panicked"), "a daemon panicked:\n{log}");
     }
 }
+
+/// The audit's listing breaker: records with megabytes of labels made every list answer too
+/// large for any client. Labels and environment are bounded now (INVALID_ARGUMENT past the
+/// bounds), and list answers come in pages that each fit a client's default message limit,
+/// however many and however large the records: grpcurl reads every page, `hutch ps` pages
+/// on its own. The records stay PENDING (no node matches), so no container runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_records_are_refused_and_long_lists_come_in_pages() {
+    let ctl = TestController::start("pages", &[]);
+    let mut client = ctl.client().await;
+    let pending = |name: String, labels: BTreeMap<String, String>| v1::CreateContainerRequest {
+        name,
+        spec: Some(v1::ContainerSpec {
+            labels: labels.into_iter().collect(),
+            ..common::spec(&["/bin/true"])
+        }),
+        placement: Some(v1::Placement {
+            node_selector: [("nowhere".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        }),
+        restart_policy: None,
+    };
+
+    // Beyond the bounds: one 3.9 MB label, too many labels, a huge environment.
+    let huge: BTreeMap<String, String> = [("big".to_string(), "x".repeat(3_900_000))].into();
+    let many: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    let mut env_spec = common::spec(&["/bin/true"]);
+    env_spec.env = [("BIG".to_string(), "x".repeat(200_000))].into();
+    for (what, request) in [
+        ("a 3.9 MB label", pending("huge".into(), huge)),
+        ("65 labels", pending("many".into(), many)),
+        ("a 200 kB environment", create("env", env_spec)),
+    ] {
+        let status = client.create_container(request).await.expect_err(what);
+        println!("{what}: {status}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status}"
+        );
+    }
+
+    // 160 records at the bounds (64 labels of 1 KiB each: about 70 kB a record, 11 MB in
+    // all) and 1,000 small ones.
+    let full: BTreeMap<String, String> = (0..64)
+        .map(|i| (format!("label-{i:02}"), "v".repeat(1024)))
+        .collect();
+    for i in 0..160 {
+        client
+            .create_container(pending(format!("big-{i:03}"), full.clone()))
+            .await
+            .expect("a record at the bounds");
+    }
+    for i in 0..1000 {
+        client
+            .create_container(pending(format!("small-{i:04}"), BTreeMap::new()))
+            .await
+            .expect("a small record");
+    }
+
+    // grpcurl, with its default 4 MB message limit, walks every page.
+    let mut token = String::new();
+    let (mut names, mut pages) = (Vec::new(), 0);
+    loop {
+        let out = grpcurl(
+            &ctl.addr,
+            Some(&format!(r#"{{"page_token":"{token}"}}"#)),
+            &["hutch.v1.Controller/ListContainers"],
+        );
+        assert_eq!(out.code, 0, "page {pages}: {}", out.stderr);
+        pages += 1;
+        let page: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        let listed = page["containers"].as_array().cloned().unwrap_or_default();
+        assert!(listed.len() <= 500, "{} on one page", listed.len());
+        names.extend(
+            listed
+                .iter()
+                .filter_map(|c| c["name"].as_str().map(String::from)),
+        );
+        match page["nextPageToken"].as_str() {
+            Some(next) if !next.is_empty() => token = next.to_string(),
+            _ => break,
+        }
+    }
+    println!("{} records in {pages} pages", names.len());
+    assert!(pages >= 4, "{pages} pages");
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        (names.len(), sorted),
+        (1160, names.clone()),
+        "every record once, in order"
+    );
+
+    // A small page size, and a token nobody gave.
+    let out = grpcurl(
+        &ctl.addr,
+        Some(r#"{"page_size":7}"#),
+        &["hutch.v1.Controller/ListContainers"],
+    );
+    let page: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(page["containers"].as_array().map(Vec::len), Some(7));
+    let forged = grpcurl(
+        &ctl.addr,
+        Some(r#"{"page_token":"../../etc"}"#),
+        &["hutch.v1.Controller/ListContainers"],
+    );
+    assert_code(&forged, tonic::Code::InvalidArgument, "page_token");
+
+    // The CLI lists them all.
+    let hutch = workspace_bin("hutch", None);
+    let ps = std::process::Command::new(&hutch)
+        .args(["--controller", &ctl.url(), "ps", "-a", "--output", "json"])
+        .output()
+        .expect("hutch ps");
+    assert!(
+        ps.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ps.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1160));
+}

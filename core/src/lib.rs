@@ -21,6 +21,7 @@
 //! - [`error_text`]: errors and statuses as one readable line.
 //! - [`atomic_file`]: replacing a file atomically, the one way hutch writes its files.
 //! - [`token_file`]: tokens read from files rather than flags (`ps` shows flags).
+//! - [`paging`]: list answers in pages (`page_size`, `page_token`, `next_page_token`).
 #![forbid(unsafe_code)]
 
 pub mod atomic_file;
@@ -30,6 +31,7 @@ pub mod bearer;
 pub mod convert;
 pub mod error_text;
 pub mod names;
+pub mod paging;
 pub mod process;
 pub mod rootfs_source;
 pub mod seccomp_profile;

@@ -23,6 +23,20 @@ pub const DEFAULT_STOP_GRACE_SECONDS: u32 = 10;
 /// Longest accepted hostname (the kernel's `HOST_NAME_MAX`).
 pub const MAX_HOSTNAME_LEN: usize = 64;
 
+/// Most labels a container may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key, in bytes (a DNS name's length, as Kubernetes allows with a prefix).
+pub const MAX_LABEL_KEY_BYTES: usize = 253;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+/// Most environment variables.
+pub const MAX_ENV_VARS: usize = 1024;
+/// Most bytes of the command line, all arguments together (the kernel's limit for one
+/// argument, `MAX_ARG_STRLEN`), and as much again for the environment.
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
+/// Most bytes of the environment, names and values together.
+pub const MAX_ENV_BYTES: usize = 128 * 1024;
+
 /// A Linux namespace a container can have of its own, as selected by `unshare`'s flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -226,10 +240,17 @@ pub fn validate_command(command: &[String]) -> Result<(), SpecError> {
     if command.first().is_none_or(|program| program.is_empty()) {
         return Err(SpecError::EmptyCommand);
     }
-    match command.iter().find(|a| a.contains('\0')) {
-        Some(arg) => Err(SpecError::NulByte(format!("command argument {arg:?}"))),
-        None => Ok(()),
+    if let Some(arg) = command.iter().find(|a| a.contains('\0')) {
+        let shown: String = arg.chars().take(64).collect();
+        return Err(SpecError::NulByte(format!("command argument {shown:?}")));
     }
+    let bytes: usize = command.iter().map(|a| a.len() + 1).sum();
+    if bytes > MAX_COMMAND_BYTES {
+        return Err(SpecError::TooLarge(format!(
+            "the command line is {bytes} bytes: at most {MAX_COMMAND_BYTES} are accepted"
+        )));
+    }
+    Ok(())
 }
 
 /// Why a spec was refused. Each message says what to change.
@@ -284,6 +305,9 @@ pub enum SpecError {
     /// An environment variable name is malformed.
     #[error("environment variable name '{0}' is invalid: it must be non-empty and contain no '='")]
     BadEnvName(String),
+    /// Labels, environment or command beyond their documented bounds.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl ContainerSpec {
@@ -365,6 +389,45 @@ impl ContainerSpec {
         }
     }
 
+    /// Checks labels and environment against their bounds ([`MAX_LABELS`] and the other
+    /// `MAX_*` constants), so that no record can grow without limit.
+    fn validate_sizes(&self) -> Result<(), SpecError> {
+        let too_large = |m: String| Err(SpecError::TooLarge(m));
+        if self.labels.len() > MAX_LABELS {
+            return too_large(format!(
+                "{} labels: at most {MAX_LABELS} are accepted",
+                self.labels.len()
+            ));
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES {
+                return too_large(format!(
+                    "label key of {} bytes: keys are 1 to {MAX_LABEL_KEY_BYTES} bytes",
+                    k.len()
+                ));
+            }
+            if v.len() > MAX_LABEL_VALUE_BYTES {
+                return too_large(format!(
+                    "label '{k}': its value is {} bytes, at most {MAX_LABEL_VALUE_BYTES} are accepted",
+                    v.len()
+                ));
+            }
+        }
+        if self.env.len() > MAX_ENV_VARS {
+            return too_large(format!(
+                "{} environment variables: at most {MAX_ENV_VARS} are accepted",
+                self.env.len()
+            ));
+        }
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if env_bytes > MAX_ENV_BYTES {
+            return too_large(format!(
+                "the environment is {env_bytes} bytes: at most {MAX_ENV_BYTES} are accepted (pass large data in a file or a volume)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every rule that does not need the host. Errors name the field and the fix.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name("rootfs name", &self.rootfs)?;
@@ -381,6 +444,7 @@ impl ContainerSpec {
                 return Err(SpecError::NulByte(format!("environment variable {k}")));
             }
         }
+        self.validate_sizes()?;
         let mut seen = Vec::new();
         for ns in &self.namespaces {
             if seen.contains(ns) {
@@ -682,6 +746,34 @@ mod tests {
         s.security.cap_add = vec![];
         s.security.privileged = true;
         assert!(kept(&s));
+    }
+
+    #[test]
+    fn labels_env_and_command_are_bounded() {
+        let too_large = |s: &ContainerSpec| matches!(s.validate(), Err(SpecError::TooLarge(_)));
+        let mut s = ContainerSpec::new("debian", ["true"]);
+        s.labels
+            .insert("k".into(), "v".repeat(MAX_LABEL_VALUE_BYTES));
+        assert_eq!(s.validate(), Ok(()));
+        s.labels
+            .insert("k".into(), "v".repeat(MAX_LABEL_VALUE_BYTES + 1));
+        assert!(too_large(&s));
+        s.labels = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        assert!(too_large(&s));
+        s.labels = [("k".repeat(MAX_LABEL_KEY_BYTES + 1), String::new())].into();
+        assert!(too_large(&s));
+        s.labels.clear();
+        s.env = [("BIG".to_string(), "x".repeat(MAX_ENV_BYTES))].into();
+        assert!(too_large(&s));
+        s.env = (0..=MAX_ENV_VARS)
+            .map(|i| (format!("V{i}"), String::new()))
+            .collect();
+        assert!(too_large(&s));
+        s.env.clear();
+        s.command = vec!["echo".into(), "x".repeat(MAX_COMMAND_BYTES)];
+        assert!(too_large(&s));
     }
 
     #[test]

@@ -173,17 +173,26 @@ impl Client {
             .into_inner())
     }
 
-    /// Containers matching the filter (all when it is empty).
+    /// Containers matching the filter (all when it is empty), every page of them: the
+    /// controller answers in pages (`filter.page_size` per answer, see
+    /// `ListClusterContainersRequest`), which this follows to the last.
     pub async fn list(
         &self,
-        filter: v1::ListClusterContainersRequest,
+        mut filter: v1::ListClusterContainersRequest,
     ) -> Result<Vec<v1::Container>> {
-        Ok(self
-            .rpc()
-            .list_containers(self.request(filter))
-            .await?
-            .into_inner()
-            .containers)
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .rpc()
+                .list_containers(self.request(filter.clone()))
+                .await?
+                .into_inner();
+            all.extend(page.containers);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            filter.page_token = page.next_page_token;
+        }
     }
 
     /// Every change after `since_revision` (0: all kept), then live ones.

@@ -242,11 +242,16 @@ impl Agent for AgentService {
                     || state_to(c.state.status) == want_state
             })
             .filter(|c| labels_match(&c.spec.labels, &req.labels))
-            .map(|c| container_to(c, &self.core.node))
+            .map(|c| (c.state.id.clone(), container_to(c, &self.core.node)))
             .collect();
+        let page = hutch_core::paging::page(containers, req.page_size, &req.page_token, |c| {
+            prost::Message::encoded_len(c)
+        })
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(v1::ListContainersResponse {
-            containers,
+            containers: page.items,
             revision: 0,
+            next_page_token: page.next_page_token,
         }))
     }
 

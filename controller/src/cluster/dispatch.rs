@@ -18,6 +18,7 @@ use tokio_stream::StreamExt;
 use super::containers::node_error;
 use super::records::{self, is_final, moves_forward, state, ATTEMPT_LABEL};
 use super::{Change, Cluster, ClusterError};
+use crate::agents::AgentRpc;
 
 /// Longest a `RunContainer` may take on the node (rootfs already there).
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -435,10 +436,8 @@ impl Cluster {
     async fn reconcile_node(self: Arc<Self>, node: String) {
         let revision_before = self.revision();
         let listed = match self.client_for(&node) {
-            Ok(mut client) => client
-                .list_containers(v1::ListContainersRequest::default())
+            Ok(mut client) => every_container(&mut client)
                 .await
-                .map(|r| r.into_inner().containers)
                 .map_err(|s| s.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -538,6 +537,20 @@ impl Cluster {
                 Err(e) => tracing::error!("recording a lost container: {e}"),
             }
         }
+    }
+}
+
+/// Every container an agent has, page after page.
+async fn every_container(client: &mut AgentRpc) -> Result<Vec<v1::Container>, tonic::Status> {
+    let mut all = Vec::new();
+    let mut request = v1::ListContainersRequest::default();
+    loop {
+        let page = client.list_containers(request.clone()).await?.into_inner();
+        all.extend(page.containers);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        request.page_token = page.next_page_token;
     }
 }
 

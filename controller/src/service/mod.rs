@@ -5,6 +5,8 @@ pub mod nodes;
 pub mod server;
 pub mod status;
 
+use hutch_core::paging;
+use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -104,9 +106,16 @@ impl Controller for ControllerService {
         let (containers, revision) =
             self.cluster
                 .list(&req.node, wanted_state(req.state)?, &req.labels);
+        let named = containers
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        let page = paging::page(named, req.page_size, &req.page_token, |c| c.encoded_len())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(v1::ListContainersResponse {
-            containers,
+            containers: page.items,
             revision,
+            next_page_token: page.next_page_token,
         }))
     }
 

@@ -36,7 +36,7 @@ impl RedbStore {
             message: e.to_string(),
         };
         std::fs::create_dir_all(data_dir).map_err(|e| backend(&e))?;
-        let db = match Database::create(&path) {
+        let mut db = match Database::create(&path) {
             Err(redb::DatabaseError::UpgradeRequired(2)) => {
                 upgrade_format_2(&path).map_err(|e| backend(&e))?;
                 Database::create(&path)
@@ -44,6 +44,7 @@ impl RedbStore {
             opened => opened,
         }
         .map_err(|e| backend(&e))?;
+        compact(&mut db, &path).map_err(|e| backend(&e))?;
         let store = RedbStore { db, path };
         // Create every table, so readers never meet a missing one.
         store.commit(&Batch::default())?;
@@ -56,6 +57,18 @@ impl RedbStore {
             message: e.to_string(),
         }
     }
+}
+
+/// Gives the space of removed records back to the filesystem. While the controller runs,
+/// redb reuses freed pages for new records, so the file never grows past the most it held
+/// at once; at each start it is compacted to what it holds now.
+fn compact(db: &mut Database, path: &Path) -> Result<(), redb::CompactionError> {
+    let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    if db.compact()? {
+        tracing::info!(path = %path.display(), before, after = size(), "state store compacted");
+    }
+    Ok(())
 }
 
 /// Upgrades a redb file of format 2 (hutch before redb 3) to format 3, in place.
@@ -179,6 +192,49 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn removed_records_give_their_space_back_at_the_next_start() {
+        let dir = temp_dir("compact");
+        let size = || {
+            std::fs::metadata(dir.join("state.redb"))
+                .expect("file")
+                .len()
+        };
+        let full = {
+            let store = RedbStore::open(&dir).expect("open");
+            let names: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
+            let big = |name: &String| {
+                Write::PutContainer(v1::Container {
+                    name: name.clone(),
+                    status_message: "x".repeat(100_000),
+                    ..Default::default()
+                })
+            };
+            store
+                .commit(&Batch {
+                    writes: names.iter().map(big).collect(),
+                    revision: 1,
+                    ..Default::default()
+                })
+                .expect("commit");
+            let full = size();
+            store
+                .commit(&Batch {
+                    writes: names.into_iter().map(Write::DeleteContainer).collect(),
+                    revision: 2,
+                    ..Default::default()
+                })
+                .expect("commit");
+            full
+        };
+        assert!(full > 20_000_000, "{full}");
+        let store = RedbStore::open(&dir).expect("reopen");
+        assert!(store.load().expect("load").containers.is_empty());
+        let after = size();
+        assert!(after < full / 10, "{full} bytes before, {after} after");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

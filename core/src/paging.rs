@@ -1,0 +1,155 @@
+//! Pages of a list answer, as Google's API guide spells them (`page_size`, `page_token`,
+//! `next_page_token`): items in name order, at most a page size of them and never more bytes
+//! than a client's message limit, and an opaque token to resume after the last one.
+
+use thiserror::Error;
+
+/// Items per page when the request gives no page size.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
+/// The largest page size honoured; a larger request gets this many.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// A page stops before its items reach this many encoded bytes (below the 4 MiB that gRPC
+/// clients such as grpcurl accept by default), whatever its page size.
+pub const MAX_PAGE_BYTES: usize = 3 << 20;
+
+/// Prefix of hutch's page tokens (format 1: the hex of the last name on the page).
+const TOKEN_PREFIX: &str = "p1.";
+
+/// A page token that no answer gave.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("page_token: '{0}' is not a next_page_token of an earlier answer (leave it empty for the first page)")]
+pub struct BadPageToken(pub String);
+
+/// One page of a list.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items, in name order.
+    pub items: Vec<T>,
+    /// The token of the next page; empty on the last page.
+    pub next_page_token: String,
+}
+
+/// The page of `items` (name and item; any order) that `page_size` and `page_token` ask
+/// for; `encoded_len` tells an item's size on the wire.
+pub fn page<T>(
+    mut items: Vec<(String, T)>,
+    page_size: u32,
+    page_token: &str,
+    encoded_len: impl Fn(&T) -> usize,
+) -> Result<Page<T>, BadPageToken> {
+    let after = resume_after(page_token)?;
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let limit = match page_size as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let mut page = Vec::new();
+    let (mut bytes, mut last, mut more) = (0usize, None, false);
+    let rest = items
+        .into_iter()
+        .filter(|(name, _)| after.as_ref().is_none_or(|a| name > a));
+    for (name, item) in rest {
+        // A length-delimited field: the item, its length and its tag.
+        let size = encoded_len(&item) + 8;
+        if page.len() == limit || (!page.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+            more = true;
+            break;
+        }
+        bytes += size;
+        last = Some(name);
+        page.push(item);
+    }
+    Ok(Page {
+        items: page,
+        next_page_token: match (more, last) {
+            (true, Some(name)) => token_after(&name),
+            _ => String::new(),
+        },
+    })
+}
+
+fn token_after(name: &str) -> String {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{TOKEN_PREFIX}{hex}")
+}
+
+fn resume_after(token: &str) -> Result<Option<String>, BadPageToken> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || BadPageToken(token.chars().take(64).collect());
+    let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(n: usize) -> Vec<(String, usize)> {
+        (0..n).rev().map(|i| (format!("c{i:05}"), i)).collect()
+    }
+
+    #[test]
+    fn pages_walk_every_item_once_in_order() {
+        let mut token = String::new();
+        let mut seen = Vec::new();
+        loop {
+            let p = page(named(1234), 500, &token, |_| 10).expect("page");
+            assert!(p.items.len() <= 500);
+            seen.extend(p.items);
+            if p.next_page_token.is_empty() {
+                break;
+            }
+            token = p.next_page_token;
+        }
+        assert_eq!(seen, (0..1234).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sizes_are_defaulted_capped_and_bytes_bounded() {
+        assert_eq!(
+            page(named(600), 0, "", |_| 1).expect("p").items.len(),
+            DEFAULT_PAGE_SIZE
+        );
+        assert_eq!(
+            page(named(2000), u32::MAX, "", |_| 1)
+                .expect("p")
+                .items
+                .len(),
+            MAX_PAGE_SIZE
+        );
+        // 1 MiB items: two fit under the 3 MiB bound, whatever the page size.
+        let big = page(named(10), 1000, "", |_| 1 << 20).expect("p");
+        assert_eq!(big.items.len(), 2);
+        assert!(!big.next_page_token.is_empty());
+        // One item larger than the bound still comes, alone.
+        let huge = page(named(2), 1000, "", |_| 8 << 20).expect("p");
+        assert_eq!(huge.items.len(), 1);
+        assert!(page(named(3), 10, "", |_| 1)
+            .expect("p")
+            .next_page_token
+            .is_empty());
+    }
+
+    #[test]
+    fn tokens_not_made_here_are_refused() {
+        for bad in ["x", "p1.", "p1.zz", "p1.abc", "p1.ff", "p2.6161"] {
+            assert!(page(named(3), 1, bad, |_| 1).is_err(), "{bad}");
+        }
+        let first = page(named(3), 1, "", |_| 1).expect("p");
+        let second = page(named(3), 1, &first.next_page_token, |_| 1).expect("p");
+        assert_eq!((first.items, second.items), (vec![0], vec![1]));
+    }
+}
