@@ -556,3 +556,43 @@ async fn a_container_sharing_the_mount_namespace_cannot_chroot_out() {
     host.runtime.remove(&id, true).await.expect("remove");
     host.assert_nothing_left(&id);
 }
+
+/// Device nodes in the rootfs or the writable layer open nothing (the audit opened a loop
+/// device read-write from a rootfs that held its node): the layer is mounted `nodev`, and
+/// where the v1 devices controller is, the container's device cgroup allows only hutch's
+/// own `/dev` entries, so not even a node can be made for anything else. With MKNOD given
+/// back, a container makes a node of /dev/null's numbers (which the cgroup allows) and of
+/// the first loop device (which it does not); neither opens. hutch's /dev works as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_nodes_in_the_container_open_nothing() {
+    let host = TestHost::new("nodev").await;
+    let id = unique("nodev");
+    let mut spec = host.spec(&[
+        "sh",
+        "-c",
+        "mknod /null-copy c 1 3 && echo made-null; \
+         (echo x > /null-copy) 2>/dev/null && echo WROTE-NULL-COPY; \
+         (mknod /loop-copy b 7 0 && echo made-loop) 2>&1; \
+         (head -c 1 /loop-copy >/dev/null) 2>/dev/null && echo READ-LOOP; \
+         echo x > /dev/null && head -c 4 /dev/zero | wc -c && echo dev-works",
+    ]);
+    spec.security.cap_add = vec!["MKNOD".into()];
+    host.run_to_end(&id, spec).await;
+    let out = host.stdout(&id);
+    println!("{out}");
+    assert!(out.contains("made-null"), "{out}");
+    assert!(!out.contains("WROTE-NULL-COPY"), "{out}");
+    assert!(!out.contains("READ-LOOP"), "{out}");
+    assert!(out.contains("dev-works"), "{out}");
+    let devices_cgroup = host.runtime.cgroups().instance().devices_dir.is_some();
+    if devices_cgroup {
+        assert!(
+            !out.contains("made-loop") && out.contains("Operation not permitted"),
+            "the device cgroup must refuse the loop device's node: {out}"
+        );
+    } else {
+        println!("note: no v1 devices controller here; nodev alone is checked");
+    }
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+}

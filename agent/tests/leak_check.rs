@@ -36,10 +36,9 @@ fn nothing_is_left_behind() {
 
     let root = detect_own_cgroup().expect("cgroup");
     let mut cgroups = Vec::new();
-    hutch_cgroups(&root.dir(), &mut cgroups);
-    // cgroup v1 keeps the pids controller (containers' process limits) in its own tree.
-    if let Some(pids) = &root.pids_dir {
-        hutch_cgroups(pids, &mut cgroups);
+    // cgroup v1 keeps the pids and devices controllers in trees of their own.
+    for dir in root.dirs() {
+        hutch_cgroups(&dir, &mut cgroups);
     }
     assert!(cgroups.is_empty(), "hutch cgroups left: {cgroups:#?}");
 

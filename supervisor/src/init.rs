@@ -180,11 +180,17 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
     if private_mounts {
         pivot_into(&root)?;
         if spec.read_only_rootfs {
+            // A bind remount sets the mount's flags anew: keep nodev (see mount_layer).
+            let nodev = if spec.security.privileged {
+                MsFlags::empty()
+            } else {
+                MsFlags::MS_NODEV
+            };
             mount(
                 None::<&str>,
                 "/",
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nodev,
                 None::<&str>,
             )
             .map_err(|e| errno(Step::Rootfs, "remounting / read-only", e))?;

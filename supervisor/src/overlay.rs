@@ -90,8 +90,15 @@ fn mkdir(path: &Path) -> Result<(), OverlayError> {
     })
 }
 
-/// Mounts the layer at `layer.merged`: an overlay, or a read-only bind of the rootfs.
-pub fn mount_layer(layer: &Layer, read_only: bool) -> Result<(), OverlayError> {
+/// Mounts the layer at `layer.merged`: an overlay, or a read-only bind of the rootfs. With
+/// `nodev`, device nodes in the rootfs or made in the writable layer cannot be opened: a
+/// container uses only the `/dev` entries hutch binds in.
+pub fn mount_layer(layer: &Layer, read_only: bool, nodev: bool) -> Result<(), OverlayError> {
+    let nodev = if nodev {
+        MsFlags::MS_NODEV
+    } else {
+        MsFlags::empty()
+    };
     mkdir(&layer.merged)?;
     if read_only {
         let err = |source| OverlayError::Mount {
@@ -111,7 +118,7 @@ pub fn mount_layer(layer: &Layer, read_only: bool) -> Result<(), OverlayError> {
             None::<&str>,
             &layer.merged,
             None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nodev,
             None::<&str>,
         )
         .map_err(err);
@@ -125,7 +132,7 @@ pub fn mount_layer(layer: &Layer, read_only: bool) -> Result<(), OverlayError> {
         Some("hutch-overlay"),
         &layer.merged,
         Some("overlay"),
-        MsFlags::empty(),
+        nodev,
         Some(layer.options().as_str()),
     )
     .map_err(|source| OverlayError::Mount {

@@ -195,8 +195,12 @@ impl Supervisor {
             })?;
         sys::set_child_subreaper()
             .map_err(|e| Failure::new(Step::Start, format!("becoming subreaper: {e}")))?;
-        overlay::mount_layer(&cfg.layer(), cfg.spec.read_only_rootfs)
-            .map_err(|e| Failure::new(Step::Rootfs, e.to_string()))?;
+        overlay::mount_layer(
+            &cfg.layer(),
+            cfg.spec.read_only_rootfs,
+            !cfg.spec.security.privileged,
+        )
+        .map_err(|e| Failure::new(Step::Rootfs, e.to_string()))?;
 
         let pipes = Pipes {
             stdout: pipe()?,

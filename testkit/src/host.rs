@@ -236,9 +236,8 @@ impl TestHost {
             dir.display()
         );
         let cg = self.runtime.cgroups().container_path(id);
-        assert!(!cg.dir().exists(), "cgroup {} left", cg.dir().display());
-        if let Some(pids) = &cg.pids_dir {
-            assert!(!pids.exists(), "pids cgroup {} left", pids.display());
+        for dir in cg.dirs() {
+            assert!(!dir.exists(), "cgroup {} left", dir.display());
         }
         assert!(!dir.exists(), "state directory {} left", dir.display());
         assert!(

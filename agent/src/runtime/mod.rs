@@ -225,6 +225,7 @@ impl Runtime {
                 memory_bytes: spec.memory_limit_bytes,
                 memory_and_swap_bytes: spec.memory_swap_limit_bytes,
                 pids,
+                all_devices: spec.security.privileged,
             },
         )?;
         let hostname = if spec.hostname.is_empty() {

@@ -100,6 +100,11 @@ pub struct CgroupPath {
     /// controller in the same directory). `None` when v1 has no pids hierarchy.
     #[serde(default)]
     pub pids_dir: Option<PathBuf>,
+    /// cgroup v1 only: the matching cgroup in the devices hierarchy, where a container's
+    /// device access is limited to hutch's own `/dev` entries. `None` without one (and on
+    /// v2, whose device control is a BPF program, not built: `nodev` mounts stand alone).
+    #[serde(default)]
+    pub devices_dir: Option<PathBuf>,
 }
 
 impl CgroupPath {
@@ -113,6 +118,7 @@ impl CgroupPath {
         CgroupPath {
             relative: self.relative.join(name),
             pids_dir: self.pids_dir.as_ref().map(|d| d.join(name)),
+            devices_dir: self.devices_dir.as_ref().map(|d| d.join(name)),
             ..self.clone()
         }
     }
@@ -127,20 +133,26 @@ impl CgroupPath {
         .filter(|d| d.join("pids.max").exists())
     }
 
-    /// Moves process `pid` (all its threads) into this cgroup (and into its v1 pids
-    /// cgroup).
+    /// The cgroup's directory and its companions in the other v1 hierarchies (pids,
+    /// devices), where they exist.
+    pub fn dirs(&self) -> impl Iterator<Item = PathBuf> {
+        std::iter::once(self.dir())
+            .chain(self.pids_dir.clone())
+            .chain(self.devices_dir.clone())
+    }
+
+    /// Moves process `pid` (all its threads) into this cgroup (and into its v1 companions).
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        let dirs = std::iter::once(self.dir()).chain(self.pids_dir.clone());
-        for dir in dirs {
+        for dir in self.dirs() {
             let file = dir.join("cgroup.procs");
             std::fs::write(&file, pid.to_string()).map_err(|e| io_err(&file, e))?;
         }
         Ok(())
     }
 
-    /// Creates the cgroup's directory (and its v1 pids directory).
+    /// Creates the cgroup's directory (and its v1 companions).
     fn create(&self) -> Result<(), CgroupError> {
-        for dir in std::iter::once(self.dir()).chain(self.pids_dir.clone()) {
+        for dir in self.dirs() {
             std::fs::create_dir(&dir).map_err(|e| io_err(&dir, e))?;
         }
         Ok(())
@@ -187,6 +199,9 @@ pub struct MemoryLimits {
     pub memory_and_swap_bytes: Option<u64>,
     /// Most processes and threads (`pids.max`).
     pub pids: Option<u32>,
+    /// Every device the agent may use (a privileged container); otherwise, where the v1
+    /// devices controller is, only [`ALLOWED_DEVICES`].
+    pub all_devices: bool,
 }
 
 /// The version-specific part of the interface.
@@ -237,6 +252,7 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
     let mut v2_mount = None;
     let mut v1_memory_mount = None;
     let mut v1_pids_mount = None;
+    let mut v1_devices_mount = None;
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
@@ -253,6 +269,9 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
         }
         if fstype == "cgroup" && super_opts.split(',').any(|o| o == "pids") {
             v1_pids_mount = Some(PathBuf::from(mount_point));
+        }
+        if fstype == "cgroup" && super_opts.split(',').any(|o| o == "devices") {
+            v1_devices_mount = Some(PathBuf::from(mount_point));
         }
     }
     let relative_of = |pred: &dyn Fn(&str, &str) -> bool| {
@@ -271,14 +290,17 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
                             .into(),
                     )
                 })?;
-            let pids_dir = v1_pids_mount.and_then(|m| {
-                relative_of(&|c, _| c.split(',').any(|c| c == "pids")).map(|r| m.join(r))
-            });
+            let companion = |mount: Option<PathBuf>, controller: &str| {
+                mount.and_then(|m| {
+                    relative_of(&|c, _| c.split(',').any(|c| c == controller)).map(|r| m.join(r))
+                })
+            };
             Ok(CgroupPath {
                 version: CgroupVersion::V1,
                 mount,
                 relative,
-                pids_dir,
+                pids_dir: companion(v1_pids_mount, "pids"),
+                devices_dir: companion(v1_devices_mount, "devices"),
             })
         }
         (None, Some(mount)) => {
@@ -292,6 +314,7 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
                 mount,
                 relative,
                 pids_dir: None,
+                devices_dir: None,
             })
         }
         (None, None) => Err(CgroupError::NoMemoryController(
@@ -331,9 +354,8 @@ impl CgroupManager {
         d.prepare_root(&root)?;
         let instance = root.child(&format!("hutch-{instance}"));
         for cgroup in [&instance, &instance.child("supervisors")] {
-            mkdir(&cgroup.dir())?;
-            if let Some(pids) = &cgroup.pids_dir {
-                mkdir(pids)?;
+            for dir in cgroup.dirs() {
+                mkdir(&dir)?;
             }
             if cgroup == &instance {
                 d.delegate_memory(&instance)?;
@@ -398,9 +420,8 @@ impl CgroupManager {
     /// Removes the supervisors leaf and the instance directory when nothing is left in them.
     pub fn remove_if_idle(&self) {
         for cgroup in [self.supervisors(), self.instance.clone()] {
-            let _ = std::fs::remove_dir(cgroup.dir());
-            if let Some(pids) = &cgroup.pids_dir {
-                let _ = std::fs::remove_dir(pids);
+            for dir in cgroup.dirs() {
+                let _ = std::fs::remove_dir(dir);
             }
         }
     }
@@ -426,6 +447,9 @@ impl ContainerCgroup {
     }
 
     fn apply(&self, limits: MemoryLimits) -> Result<(), CgroupError> {
+        if let (Some(dir), false) = (&self.path.devices_dir, limits.all_devices) {
+            allow_only_hutch_devices(dir)?;
+        }
         if let Some(max) = limits.pids {
             match self.path.pids_files_dir() {
                 Some(dir) => {
@@ -502,11 +526,38 @@ impl ContainerCgroup {
 
     /// Removes the (empty) cgroup; already gone counts as removed.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        for dir in std::iter::once(self.path.dir()).chain(self.path.pids_dir.clone()) {
+        for dir in self.path.dirs() {
             remove_cgroup_dir(&dir)?;
         }
         Ok(())
     }
+}
+
+/// The devices a container may use, as v1 `devices.allow` lines: the nodes hutch binds into
+/// its `/dev` (null, zero, full, random, urandom, tty) and pseudo-terminals (`/dev/ptmx`,
+/// `/dev/pts/*`), as runc allows. Nothing else can be opened or made, whatever nodes its
+/// rootfs holds.
+pub const ALLOWED_DEVICES: [&str; 8] = [
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
+
+/// Denies every device in the v1 devices cgroup `dir`, then allows [`ALLOWED_DEVICES`].
+fn allow_only_hutch_devices(dir: &Path) -> Result<(), CgroupError> {
+    let write = |file: &str, rule: &str| {
+        let path = dir.join(file);
+        std::fs::write(&path, rule).map_err(|e| io_err(&path, format!("writing '{rule}': {e}")))
+    };
+    write("devices.deny", "a")?;
+    ALLOWED_DEVICES
+        .iter()
+        .try_for_each(|rule| write("devices.allow", rule))
 }
 
 /// Removes an empty cgroup directory, waiting a little while the kernel still counts a
