@@ -77,3 +77,66 @@ async fn read_only_rootfs_refuses_writes() {
         "no writable layer was made"
     );
 }
+
+/// The audit's disk filler: `dd` of 1.5 GB into a container landed on the host's disk. With
+/// a disk limit, the write stops at the limit with ENOSPC inside the container, the host
+/// holds no more than the limit for it, and the loop-mounted filesystem goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_limit_stops_writes_at_its_size() {
+    let host = TestHost::new("disk-limit").await;
+    let id = common::unique("disk-limit");
+    let limit: u64 = 32 << 20;
+    let mut spec = host.spec(&[
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=1536 2>&1 | grep -o 'No space left on device' | head -1; \
+         df -k / | tail -1; rm /big && echo small > /etc/after && cat /etc/after",
+    ]);
+    spec.disk_limit_bytes = Some(limit);
+    let info = host.run_to_end(&id, spec).await;
+    let out = host.stdout(&id);
+    println!("{out}");
+    assert_eq!(info.state.exit_code, Some(0), "{:?} {out}", info.state);
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(
+        out.contains("small"),
+        "writes work again once space is freed: {out}"
+    );
+    // The image holds what was written: at most the limit (sparse, so the 1.5 GB never
+    // reached the host).
+    let image = host.container_dir(&id).join("disk.img");
+    let allocated =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&image).expect("image")) * 512;
+    assert!(
+        allocated <= limit,
+        "{allocated} bytes on the host for a {limit}-byte limit"
+    );
+
+    // Too small, and with a read-only rootfs: refused before anything starts.
+    let mut tiny = host.spec(&["true"]);
+    tiny.disk_limit_bytes = Some(1 << 20);
+    let err = host
+        .runtime
+        .run(&common::unique("tiny"), tiny)
+        .await
+        .expect_err("tiny");
+    assert!(err.to_string().contains("below the minimum"), "{err}");
+    let mut ro = host.spec(&["true"]);
+    ro.disk_limit_bytes = Some(limit);
+    ro.read_only_rootfs = true;
+    let err = host
+        .runtime
+        .run(&common::unique("ro"), ro)
+        .await
+        .expect_err("ro");
+    assert!(err.to_string().contains("read-only"), "{err}");
+
+    host.runtime.remove(&id, true).await.expect("remove");
+    host.assert_nothing_left(&id);
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .expect("losetup");
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(!loops.contains(&id), "loop device left: {loops}");
+}

@@ -222,6 +222,10 @@ pub(crate) struct RunArgs {
     /// Mount the rootfs read-only.
     #[arg(long)]
     pub(crate) read_only: bool,
+    /// Storage option, as Docker spells it: size=SIZE limits what the container may write
+    /// to its writable layer (e.g. size=1G; at least 8M); beyond, writes fail with ENOSPC.
+    #[arg(long = "storage-opt", value_name = "size=SIZE")]
+    pub(crate) storage_opts: Vec<String>,
     /// Add a capability to the default set (NET_ADMIN, SYS_TIME, ...; ALL), repeatable.
     #[arg(long = "cap-add", value_name = "CAP")]
     pub(crate) cap_add: Vec<String>,

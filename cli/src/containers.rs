@@ -217,6 +217,16 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     if args.read_only {
         spec = spec.read_only();
     }
+    for opt in &args.storage_opts {
+        match opt.split_once('=') {
+            Some(("size", size)) => spec = spec.disk_limit(size),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "--storage-opt {opt}: the one storage option is size=SIZE (e.g. size=1G)"
+                )))
+            }
+        }
+    }
     for cap in &args.cap_add {
         spec = spec.cap_add(cap.clone());
     }

@@ -70,6 +70,42 @@ async fn the_cli_runs_containers_like_docker_does() {
         text(&o.stdout).split_whitespace().collect::<Vec<_>>(),
         vec!["PID", "COMMAND", "1", "ps"]
     );
+    // --ns pid alone: the CLI says what the shared namespaces expose.
+    let o = cli.run(&["run", "--rm", "--ns", "pid", ROOTFS, "--", "true"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    for ns in ["ipc", "net", "uts", "mount"] {
+        let line = format!("hutch: warning: no {ns} namespace: ");
+        assert!(text(&o.stderr).contains(&line), "{}", text(&o.stderr));
+    }
+    // Docker's --storage-opt size: a write past it fails inside with ENOSPC.
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--storage-opt",
+        "size=16M",
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/fill bs=1M count=64",
+    ]);
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("No space left on device"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--storage-opt",
+        "quota=1G",
+        ROOTFS,
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("size=SIZE"), "{}", text(&o.stderr));
     let o = cli.run(&[
         "run",
         "--rm",

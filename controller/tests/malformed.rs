@@ -108,6 +108,7 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
         memory_limit_bytes: size(r),
         memory_swap_limit_bytes: size(r),
         read_only_rootfs: r.chance(50),
+        disk_limit_bytes: size(r),
         labels: (0..r.below(3)).map(|_| (nasty(r), nasty(r))).collect(),
         uid_map: (0..r.below(3))
             .map(|_| v1::IdMap {

@@ -23,6 +23,11 @@ pub const DEFAULT_STOP_GRACE_SECONDS: u32 = 10;
 /// Longest accepted hostname (the kernel's `HOST_NAME_MAX`).
 pub const MAX_HOSTNAME_LEN: usize = 64;
 
+/// The smallest writable-layer limit: its filesystem needs some room of its own.
+pub const MIN_DISK_LIMIT_BYTES: u64 = 8 << 20;
+/// The largest writable-layer limit: the largest file (the layer's image) ext4 holds.
+pub const MAX_DISK_LIMIT_BYTES: u64 = 16 << 40;
+
 /// Most labels a container may carry.
 pub const MAX_LABELS: usize = 64;
 /// Longest label key, in bytes (a DNS name's length, as Kubernetes allows with a prefix).
@@ -196,6 +201,10 @@ pub struct ContainerSpec {
     /// Mount the rootfs read-only instead of giving the container a writable overlay layer.
     #[serde(default)]
     pub read_only_rootfs: bool,
+    /// Most bytes the container may write to its writable layer (Docker's
+    /// `--storage-opt size`); beyond, writes fail with `ENOSPC`. `None` means no limit.
+    #[serde(default)]
+    pub disk_limit_bytes: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL on stop.
     #[serde(default = "default_grace")]
     pub stop_grace_seconds: u32,
@@ -305,6 +314,14 @@ pub enum SpecError {
     /// An environment variable name is malformed.
     #[error("environment variable name '{0}' is invalid: it must be non-empty and contain no '='")]
     BadEnvName(String),
+    /// The writable-layer limit is below [`MIN_DISK_LIMIT_BYTES`].
+    #[error(
+        "disk limit of {given} bytes is below the minimum of {MIN_DISK_LIMIT_BYTES} bytes (8 MiB)"
+    )]
+    DiskLimitTooSmall {
+        /// The requested limit.
+        given: u64,
+    },
     /// Labels, environment or command beyond their documented bounds.
     #[error("{0}")]
     TooLarge(String),
@@ -328,6 +345,7 @@ impl ContainerSpec {
             memory_limit_bytes: None,
             memory_swap_limit_bytes: None,
             read_only_rootfs: false,
+            disk_limit_bytes: None,
             stop_grace_seconds: DEFAULT_STOP_GRACE_SECONDS,
             labels: BTreeMap::new(),
             tty: false,
@@ -483,6 +501,21 @@ impl ContainerSpec {
         if let Some(limit) = self.memory_limit_bytes {
             if limit < MIN_MEMORY_LIMIT_BYTES {
                 return Err(SpecError::MemoryLimitTooSmall { given: limit });
+            }
+        }
+        if let Some(disk) = self.disk_limit_bytes {
+            if disk < MIN_DISK_LIMIT_BYTES {
+                return Err(SpecError::DiskLimitTooSmall { given: disk });
+            }
+            if disk > MAX_DISK_LIMIT_BYTES {
+                return Err(SpecError::TooLarge(format!(
+                    "disk_limit_bytes: {disk} bytes is more than {MAX_DISK_LIMIT_BYTES} (16 TiB), the largest image ext4 holds"
+                )));
+            }
+            if self.read_only_rootfs {
+                return Err(SpecError::NamespaceCombination(
+                    "disk_limit_bytes limits the writable layer, which a read-only rootfs does not have: drop one of the two".into(),
+                ));
             }
         }
         if let Some(swap) = self.memory_swap_limit_bytes {

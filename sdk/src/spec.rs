@@ -156,6 +156,16 @@ impl ContainerSpec {
         self
     }
 
+    /// A limit on what the container may write to its writable layer, in human units
+    /// (`100M`, `2G`; at least 8 MiB): Docker's `--storage-opt size`.
+    pub fn disk_limit(mut self, size: &str) -> Self {
+        match parse_size(size) {
+            Ok(b) => self.spec.disk_limit_bytes = Some(b),
+            Err(e) => self.problems.push(format!("disk limit: {e}")),
+        }
+        self
+    }
+
     /// Mount the rootfs read-only (no writable layer).
     pub fn read_only(mut self) -> Self {
         self.spec.read_only_rootfs = true;

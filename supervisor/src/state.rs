@@ -101,7 +101,7 @@ pub struct SupervisorConfig {
 impl SupervisorConfig {
     /// The writable layer's directories.
     pub fn layer(&self) -> Layer {
-        Layer::in_dir(&self.dir, &self.lower)
+        Layer::in_dir(&self.dir, &self.lower, self.spec.disk_limit_bytes.is_some())
     }
 }
 

@@ -195,6 +195,10 @@ impl Supervisor {
             })?;
         sys::set_child_subreaper()
             .map_err(|e| Failure::new(Step::Start, format!("becoming subreaper: {e}")))?;
+        if let Some(bytes) = cfg.spec.disk_limit_bytes {
+            overlay::mount_size_limit(&cfg.dir, bytes)
+                .map_err(|e| Failure::new(Step::Rootfs, e.to_string()))?;
+        }
         overlay::mount_layer(
             &cfg.layer(),
             cfg.spec.read_only_rootfs,
