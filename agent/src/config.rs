@@ -60,6 +60,10 @@ pub struct FileConfig {
     pub tokens_file: Option<PathBuf>,
     /// A join token (from `hutch token create`): get a node certificate on first start.
     pub join_token: Option<String>,
+    /// Largest log file of a container whose spec says nothing, e.g. "10MiB".
+    pub log_max_size: Option<String>,
+    /// Log files kept per container whose spec says nothing.
+    pub log_max_files: Option<u32>,
 }
 
 /// The validated configuration.
@@ -95,6 +99,8 @@ pub struct AgentConfig {
     pub tokens_file: Option<PathBuf>,
     /// The join token, when the agent is to join a cluster with TLS.
     pub join_token: Option<String>,
+    /// Log rotation of containers whose spec says nothing.
+    pub log_defaults: crate::runtime::logs::LogLimits,
 }
 
 pub use hutch_server::config::{
@@ -213,6 +219,10 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
             "a join token needs the controller to join: give --controller HOST:PORT".into(),
         ));
     }
+    let log_defaults = log_defaults(
+        over.log_max_size.or(file.log_max_size),
+        over.log_max_files.or(file.log_max_files),
+    )?;
     let labels = over.labels.or(file.labels).unwrap_or_default();
     for (k, v) in &labels {
         if k.is_empty() || k.contains('=') || k.contains(',') || v.contains(',') {
@@ -238,6 +248,40 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         cgroup_root: over.cgroup_root.or(file.cgroup_root),
         event_log_keep,
         memory_reserve_bytes,
+        log_defaults,
+    })
+}
+
+/// The agent's log rotation defaults, checked as a spec's are.
+fn log_defaults(
+    size: Option<String>,
+    files: Option<u32>,
+) -> Result<crate::runtime::logs::LogLimits, ConfigError> {
+    let invalid = |field, message: String| ConfigError::Invalid { field, message };
+    let defaults = crate::runtime::logs::LogLimits::default();
+    let max_bytes = match size {
+        Some(s) => parse_size(&s).map_err(|e| invalid("log_max_size", e))?,
+        None => defaults.max_bytes,
+    };
+    if max_bytes < crate::spec::MIN_LOG_FILE_BYTES {
+        return Err(invalid(
+            "log_max_size",
+            format!("{max_bytes} bytes is below the minimum of 64KiB"),
+        ));
+    }
+    let max_files = files.unwrap_or(defaults.max_files);
+    if !(1..=crate::spec::MAX_LOG_FILES).contains(&max_files) {
+        return Err(invalid(
+            "log_max_files",
+            format!(
+                "{max_files} is not between 1 and {}",
+                crate::spec::MAX_LOG_FILES
+            ),
+        ));
+    }
+    Ok(crate::runtime::logs::LogLimits {
+        max_bytes,
+        max_files,
     })
 }
 

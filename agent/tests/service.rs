@@ -553,3 +553,100 @@ async fn reflection_answers_in_v1_and_v1alpha() {
     );
     agent.stop().await;
 }
+
+/// The audit's 125 MB log from one chatty container: logs now rotate (Docker's max-size and
+/// max-file). A follower from the start sees every line once, in order, across rotations;
+/// afterwards the kept files hold the newest lines without a gap, and no more than
+/// max-file files of max-size each are on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_rotate_and_followers_read_across_files() {
+    use tokio_stream::StreamExt;
+    let host = TestHost::new("log-rotation").await;
+    let agent = host.serve(None, 1000).await;
+    let mut c = agent.client.clone();
+    let lines = 4000;
+    let mut chatty = spec(&[
+        "sh",
+        "-c",
+        &format!("i=0; while [ $i -lt {lines} ]; do echo \"line $i $(printf '%040d' $i)\"; i=$((i+1)); [ $((i % 500)) -eq 0 ] && sleep 0.1; done"),
+    ]);
+    chatty.log = Some(v1::LogOptions {
+        max_size_bytes: Some(64 << 10),
+        max_files: Some(3),
+    });
+    c.run_container(run_req("chatty-log", chatty))
+        .await
+        .expect("run");
+    let mut follow = c
+        .container_logs(v1::ContainerLogsRequest {
+            id: "chatty-log".into(),
+            follow: true,
+            since: None,
+            tail: None,
+        })
+        .await
+        .expect("follow")
+        .into_inner();
+    let mut followed = Vec::new();
+    while let Some(entry) = tokio::time::timeout(Duration::from_secs(60), follow.next())
+        .await
+        .expect("the follow ended in time")
+    {
+        let entry = entry.expect("entry");
+        followed.push(entry.line.split(' ').nth(1).unwrap_or("").to_string());
+    }
+    let expected: Vec<String> = (0..lines).map(|i| i.to_string()).collect();
+    assert_eq!(
+        followed.len(),
+        expected.len(),
+        "followed {} lines",
+        followed.len()
+    );
+    assert_eq!(followed, expected);
+
+    // Afterwards: at most 3 files of 64 KiB, holding the newest lines without a gap.
+    let dir = host.container_dir("chatty-log");
+    let files: Vec<u64> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("container.log"))
+        .map(|e| e.metadata().expect("meta").len())
+        .collect();
+    assert!(
+        files.len() <= 3 && files.iter().all(|&l| l <= 64 << 10),
+        "{files:?}"
+    );
+    let kept: Vec<String> = host
+        .runtime
+        .logs("chatty-log")
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.text.split(' ').nth(1).unwrap_or("").to_string())
+        .collect();
+    assert!(
+        kept.len() > 1000 && kept.len() < lines,
+        "{} lines kept",
+        kept.len()
+    );
+    assert_eq!(kept, expected[lines - kept.len()..]);
+
+    // Bad options are refused before anything runs.
+    let mut bad = spec(&["true"]);
+    bad.log = Some(v1::LogOptions {
+        max_size_bytes: Some(10),
+        max_files: Some(0),
+    });
+    let refused = c
+        .run_container(run_req("bad-log", bad))
+        .await
+        .expect_err("bad log options");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    c.remove_container(v1::RemoveContainerRequest {
+        id: "chatty-log".into(),
+        force: true,
+    })
+    .await
+    .expect("remove");
+    host.assert_nothing_left("chatty-log");
+    agent.stop().await;
+}

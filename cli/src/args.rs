@@ -226,6 +226,11 @@ pub(crate) struct RunArgs {
     /// to its writable layer (e.g. size=1G; at least 8M); beyond, writes fail with ENOSPC.
     #[arg(long = "storage-opt", value_name = "size=SIZE")]
     pub(crate) storage_opts: Vec<String>,
+    /// Log option, as Docker spells them: max-size=SIZE (largest log file before it is
+    /// rotated, e.g. 10m) and max-file=N (files kept); repeatable. Default: the agent's
+    /// (10 MiB, 5 files).
+    #[arg(long = "log-opt", value_name = "max-size=SIZE|max-file=N")]
+    pub(crate) log_opts: Vec<String>,
     /// Add a capability to the default set (NET_ADMIN, SYS_TIME, ...; ALL), repeatable.
     #[arg(long = "cap-add", value_name = "CAP")]
     pub(crate) cap_add: Vec<String>,

@@ -217,6 +217,21 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     if args.read_only {
         spec = spec.read_only();
     }
+    for opt in &args.log_opts {
+        spec = match opt.split_once('=') {
+            Some(("max-size", size)) => spec.log_max_size(size),
+            Some(("max-file", n)) => spec.log_max_files(n.parse().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "--log-opt {opt}: max-file takes a number, e.g. max-file=3"
+                ))
+            })?),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "--log-opt {opt}: the log options are max-size=SIZE and max-file=N"
+                )))
+            }
+        };
+    }
     for opt in &args.storage_opts {
         match opt.split_once('=') {
             Some(("size", size)) => spec = spec.disk_limit(size),

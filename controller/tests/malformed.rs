@@ -109,6 +109,10 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
         memory_swap_limit_bytes: size(r),
         read_only_rootfs: r.chance(50),
         disk_limit_bytes: size(r),
+        log: r.chance(30).then(|| v1::LogOptions {
+            max_size_bytes: size(r),
+            max_files: r.pick(&[None, Some(0), Some(1), Some(3), Some(u32::MAX)]),
+        }),
         labels: (0..r.below(3)).map(|_| (nasty(r), nasty(r))).collect(),
         uid_map: (0..r.below(3))
             .map(|_| v1::IdMap {

@@ -132,6 +132,13 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
         memory_swap_limit_bytes: p.memory_swap_limit_bytes,
         read_only_rootfs: p.read_only_rootfs,
         disk_limit_bytes: p.disk_limit_bytes,
+        log: p
+            .log
+            .map(|l| crate::spec::LogOptions {
+                max_size_bytes: l.max_size_bytes,
+                max_files: l.max_files,
+            })
+            .unwrap_or_default(),
         stop_grace_seconds: p.stop_grace_seconds.unwrap_or(DEFAULT_STOP_GRACE_SECONDS),
         labels: p.labels.into_iter().collect(),
         tty: p.tty,
@@ -189,6 +196,10 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         memory_swap_limit_bytes: s.memory_swap_limit_bytes,
         read_only_rootfs: s.read_only_rootfs,
         disk_limit_bytes: s.disk_limit_bytes,
+        log: (s.log != crate::spec::LogOptions::default()).then_some(v1::LogOptions {
+            max_size_bytes: s.log.max_size_bytes,
+            max_files: s.log.max_files,
+        }),
         labels: s.labels.clone().into_iter().collect(),
         uid_map: s.uid_map.iter().map(id_map_to).collect(),
         gid_map: s.gid_map.iter().map(id_map_to).collect(),

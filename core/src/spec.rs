@@ -28,6 +28,23 @@ pub const MIN_DISK_LIMIT_BYTES: u64 = 8 << 20;
 /// The largest writable-layer limit: the largest file (the layer's image) ext4 holds.
 pub const MAX_DISK_LIMIT_BYTES: u64 = 16 << 40;
 
+/// Log rotation of one container, Docker's `--log-opt max-size` and `max-file`: when its
+/// log file would pass `max_size_bytes`, it is rotated, and `max_files` files are kept (the
+/// current one included). Unset fields take the agent's defaults (10 MiB, 5 files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogOptions {
+    /// Largest size of one log file.
+    pub max_size_bytes: Option<u64>,
+    /// Log files kept, the current one included.
+    pub max_files: Option<u32>,
+}
+
+/// The smallest log file size accepted (a few long lines).
+pub const MIN_LOG_FILE_BYTES: u64 = 64 << 10;
+/// The most log files kept per container.
+pub const MAX_LOG_FILES: u32 = 100;
+
 /// Most labels a container may carry.
 pub const MAX_LABELS: usize = 64;
 /// Longest label key, in bytes (a DNS name's length, as Kubernetes allows with a prefix).
@@ -205,6 +222,9 @@ pub struct ContainerSpec {
     /// `--storage-opt size`); beyond, writes fail with `ENOSPC`. `None` means no limit.
     #[serde(default)]
     pub disk_limit_bytes: Option<u64>,
+    /// How much log it keeps; unset fields take the agent's defaults.
+    #[serde(default)]
+    pub log: LogOptions,
     /// Seconds between SIGTERM and SIGKILL on stop.
     #[serde(default = "default_grace")]
     pub stop_grace_seconds: u32,
@@ -314,6 +334,9 @@ pub enum SpecError {
     /// An environment variable name is malformed.
     #[error("environment variable name '{0}' is invalid: it must be non-empty and contain no '='")]
     BadEnvName(String),
+    /// Log rotation settings out of range.
+    #[error("log: {0}")]
+    BadLogOptions(String),
     /// The writable-layer limit is below [`MIN_DISK_LIMIT_BYTES`].
     #[error(
         "disk limit of {given} bytes is below the minimum of {MIN_DISK_LIMIT_BYTES} bytes (8 MiB)"
@@ -346,6 +369,7 @@ impl ContainerSpec {
             memory_swap_limit_bytes: None,
             read_only_rootfs: false,
             disk_limit_bytes: None,
+            log: LogOptions::default(),
             stop_grace_seconds: DEFAULT_STOP_GRACE_SECONDS,
             labels: BTreeMap::new(),
             tty: false,
@@ -501,6 +525,20 @@ impl ContainerSpec {
         if let Some(limit) = self.memory_limit_bytes {
             if limit < MIN_MEMORY_LIMIT_BYTES {
                 return Err(SpecError::MemoryLimitTooSmall { given: limit });
+            }
+        }
+        if let Some(size) = self.log.max_size_bytes {
+            if size < MIN_LOG_FILE_BYTES {
+                return Err(SpecError::BadLogOptions(format!(
+                    "max_size_bytes: {size} is below the minimum of {MIN_LOG_FILE_BYTES} bytes (64 KiB)"
+                )));
+            }
+        }
+        if let Some(files) = self.log.max_files {
+            if !(1..=MAX_LOG_FILES).contains(&files) {
+                return Err(SpecError::BadLogOptions(format!(
+                    "max_files: {files} is not between 1 and {MAX_LOG_FILES}"
+                )));
             }
         }
         if let Some(disk) = self.disk_limit_bytes {

@@ -166,6 +166,28 @@ impl ContainerSpec {
         self
     }
 
+    /// Log rotation, Docker's `--log-opt max-size`: the largest log file, in human units
+    /// (`10M`; at least 64 KiB). Unset: the agent's default.
+    pub fn log_max_size(mut self, size: &str) -> Self {
+        match parse_size(size) {
+            Ok(b) => {
+                self.spec
+                    .log
+                    .get_or_insert_with(Default::default)
+                    .max_size_bytes = Some(b)
+            }
+            Err(e) => self.problems.push(format!("log max size: {e}")),
+        }
+        self
+    }
+
+    /// Log rotation, Docker's `--log-opt max-file`: log files kept, the current one
+    /// included (1 to 100). Unset: the agent's default.
+    pub fn log_max_files(mut self, files: u32) -> Self {
+        self.spec.log.get_or_insert_with(Default::default).max_files = Some(files);
+        self
+    }
+
     /// Mount the rootfs read-only (no writable layer).
     pub fn read_only(mut self) -> Self {
         self.spec.read_only_rootfs = true;

@@ -96,6 +96,9 @@ pub struct SupervisorConfig {
     pub cgroup: CgroupPath,
     /// The cgroup leaf supervisors live in.
     pub supervisors_cgroup: CgroupPath,
+    /// Log rotation: the spec's, or the agent's defaults.
+    #[serde(default)]
+    pub log_limits: crate::logs::LogLimits,
 }
 
 impl SupervisorConfig {

@@ -14,7 +14,7 @@
 //! - then kills what is left in the cgroup, unmounts everything below the container's
 //!   directory, removes the cgroup, and records `cleaned_up`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
@@ -32,7 +32,7 @@ use crate::attach::{self, AttachPoint};
 use crate::cgroup::ContainerCgroup;
 use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::init::{self, InitIo, InitMessage};
-use crate::logs::{format_line, LineSplitter, Stream};
+use crate::logs::{format_line, LineSplitter, RotatingLog, Stream};
 use crate::mounts::unmount_below;
 use crate::overlay;
 use crate::security::Filters;
@@ -344,11 +344,7 @@ impl Supervisor {
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
         let mut sigfd =
             SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(StatePaths::log(&self.cfg.dir))
-            .ok();
+        let mut log = RotatingLog::open(&StatePaths::log(&self.cfg.dir), self.cfg.log_limits).ok();
         let (first, second, mut attach) = match output {
             Output::Pipes { stdout, stderr } => (stdout, Some(stderr), None),
             Output::Terminal { master, attach } => {
@@ -490,7 +486,7 @@ impl Supervisor {
                 if let Some(log) = log.as_mut() {
                     for (full, text) in records {
                         let _ =
-                            log.write_all(&format_line(SystemTime::now(), *stream, full, &text));
+                            log.write_line(&format_line(SystemTime::now(), *stream, full, &text));
                     }
                 }
             }
@@ -499,7 +495,7 @@ impl Supervisor {
         drop(attach);
         for (_, stream, splitter) in streams.iter_mut() {
             if let (Some(log), Some((full, text))) = (log.as_mut(), splitter.finish()) {
-                let _ = log.write_all(&format_line(SystemTime::now(), *stream, full, &text));
+                let _ = log.write_line(&format_line(SystemTime::now(), *stream, full, &text));
             }
         }
         // Not fsynced, as Docker and containerd do not: the log is complete for readers once

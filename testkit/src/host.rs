@@ -110,6 +110,7 @@ impl TestHost {
                 supervisor_bin: Some(supervisor_bin()),
                 cgroup_root: None,
                 instance: instance.clone(),
+                log_defaults: Default::default(),
             })
             .expect("runtime"),
         );
@@ -143,6 +144,7 @@ impl TestHost {
                 supervisor_bin: Some(supervisor_bin()),
                 cgroup_root: None,
                 instance: self.instance.clone(),
+                log_defaults: Default::default(),
             })
             .expect("runtime"),
         )

@@ -39,7 +39,7 @@ use crate::rootfs::{RootfsInfo, RootfsStore};
 use crate::spec::{ContainerSpec, Namespace};
 use exec::ExecResult;
 use hutch_core::step::Step;
-use logs::LogLine;
+use logs::{LogLimits, LogLine};
 use state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
 
 /// How long the supervisor may take to report that the container runs.
@@ -60,6 +60,8 @@ pub struct RuntimeConfig {
     pub cgroup_root: Option<CgroupPath>,
     /// Instance name: hutch's cgroups go below `ROOT/hutch-INSTANCE`.
     pub instance: String,
+    /// Log rotation of containers whose spec says nothing (10 MiB, 5 files by default).
+    pub log_defaults: LogLimits,
 }
 
 impl RuntimeConfig {
@@ -71,6 +73,7 @@ impl RuntimeConfig {
             supervisor_bin: None,
             cgroup_root: None,
             instance: "default".into(),
+            log_defaults: LogLimits::default(),
         }
     }
 }
@@ -114,6 +117,7 @@ pub struct Runtime {
     supervisor_bin: PathBuf,
     store: RootfsStore,
     cgroups: CgroupManager,
+    log_defaults: LogLimits,
     exec_counter: AtomicU64,
 }
 
@@ -149,6 +153,7 @@ impl Runtime {
             supervisor_bin,
             store,
             cgroups,
+            log_defaults: config.log_defaults,
             exec_counter: AtomicU64::new(0),
         })
     }
@@ -233,6 +238,13 @@ impl Runtime {
         } else {
             spec.hostname.clone()
         };
+        let log_limits = LogLimits {
+            max_bytes: spec
+                .log
+                .max_size_bytes
+                .unwrap_or(self.log_defaults.max_bytes),
+            max_files: spec.log.max_files.unwrap_or(self.log_defaults.max_files),
+        };
         let config = SupervisorConfig {
             id: id.to_string(),
             spec,
@@ -242,6 +254,7 @@ impl Runtime {
             rootfs_key: rootfs.key.clone(),
             cgroup: cgroup.path().clone(),
             supervisors_cgroup: self.cgroups.supervisors(),
+            log_limits,
         };
         replace_json(&StatePaths::config(dir), &config).map_err(|e| io_err(dir, e))?;
         replace_json(
@@ -724,12 +737,10 @@ impl Runtime {
     /// The container's log, oldest first.
     pub fn logs(&self, id: &str) -> Result<Vec<LogLine>, RuntimeError> {
         let dir = self.existing_dir(id)?;
-        let text = match std::fs::read_to_string(StatePaths::log(&dir)) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_err(&StatePaths::log(&dir), e)),
-        };
-        Ok(text.lines().filter_map(logs::parse_line).collect())
+        let path = StatePaths::log(&dir);
+        logs::LogFiles::open(&path)
+            .read_all()
+            .map_err(|e| io_err(&path, e))
     }
 
     /// Ids of the containers (in any state) that use rootfs entry `key`.

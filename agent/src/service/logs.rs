@@ -1,11 +1,10 @@
 //! `ContainerLogs`: the container's log file as a stream of entries, optionally only the last
 //! `tail` lines and only lines since a time, and with `follow` new lines as they are written
-//! until the container has ended. The file is read incrementally from an offset, so memory
-//! stays bounded by the channel and the `tail` window, whatever the container writes.
+//! until the container has ended. The files (the current one and those rotated away, see
+//! `LogFiles`) are read incrementally, so memory stays bounded by the channel and the `tail`
+//! window, whatever the container writes.
 
 use std::collections::VecDeque;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::convert::log_to;
-use crate::runtime::logs::{parse_line, LogLine};
+use crate::runtime::logs::{LogFiles, LogLine};
 use crate::runtime::state::StatePaths;
 use crate::runtime::Runtime;
 
@@ -37,37 +36,6 @@ pub struct LogQuery {
     pub tail: Option<usize>,
 }
 
-/// Reads new complete lines from a growing file.
-struct LogReader {
-    path: PathBuf,
-    offset: u64,
-    pending: Vec<u8>,
-}
-
-impl LogReader {
-    /// Complete lines appended since the last call (a torn last line waits for its end).
-    fn read_new(&mut self) -> std::io::Result<Vec<LogLine>> {
-        let mut file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        file.seek(SeekFrom::Start(self.offset))?;
-        let mut buf = vec![0u8; READ_CHUNK];
-        let n = file.read(&mut buf)?;
-        self.offset += n as u64;
-        self.pending.extend_from_slice(&buf[..n]);
-        let mut lines = Vec::new();
-        while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
-            let raw: Vec<u8> = self.pending.drain(..=pos).collect();
-            if let Some(l) = parse_line(String::from_utf8_lossy(&raw[..raw.len() - 1]).as_ref()) {
-                lines.push(l);
-            }
-        }
-        Ok(lines)
-    }
-}
-
 /// Streams the log of `query.id` into `tx` until done or the receiver goes away.
 pub async fn stream_logs(
     runtime: Arc<Runtime>,
@@ -84,17 +52,14 @@ pub async fn stream_logs(
             .await;
         return;
     };
-    let mut reader = LogReader {
-        path: StatePaths::log(&dir),
-        offset: 0,
-        pending: Vec::new(),
-    };
+    // Across rotated files, following rotations (see LogFiles).
+    let mut reader = LogFiles::open(&StatePaths::log(&dir));
     let keep = |l: &LogLine| query.since.as_deref().is_none_or(|s| l.time.as_str() >= s);
     // Catch up: everything written so far, through the tail window.
     let mut window: VecDeque<LogLine> = VecDeque::new();
     let tail = query.tail.map(|t| t.min(MAX_TAIL));
     loop {
-        let lines = match reader.read_new() {
+        let lines = match reader.read_new(READ_CHUNK) {
             Ok(l) => l,
             Err(e) => {
                 let _ = tx
@@ -143,7 +108,7 @@ pub async fn stream_logs(
             .get(&query.id)
             .map(|i| i.state.status.is_final() && i.state.cleaned_up)
             .unwrap_or(true);
-        let lines = reader.read_new().unwrap_or_default();
+        let lines = reader.read_new(READ_CHUNK).unwrap_or_default();
         let quiet = lines.is_empty();
         for l in lines.into_iter().filter(|l| keep(l)) {
             if tx.send(Ok(log_to(&l))).await.is_err() {

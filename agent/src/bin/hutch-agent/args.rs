@@ -137,6 +137,14 @@ pub(crate) struct ServeArgs {
     /// every caller is let through (fine on loopback).
     #[arg(long, env = "HUTCH_TOKENS_FILE")]
     pub(crate) tokens_file: Option<PathBuf>,
+    /// Largest log file of a container whose spec sets none, e.g. 10M; when a container's
+    /// log would pass it, it is rotated (Docker's max-size) [default: 10MiB].
+    #[arg(long, env = "HUTCH_LOG_MAX_SIZE")]
+    pub(crate) log_max_size: Option<String>,
+    /// Log files kept per container whose spec sets none, the current one included
+    /// (Docker's max-file) [default: 5].
+    #[arg(long, env = "HUTCH_LOG_MAX_FILES")]
+    pub(crate) log_max_files: Option<u32>,
     /// Events kept in the log before compaction [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
     pub(crate) event_log_keep: Option<usize>,

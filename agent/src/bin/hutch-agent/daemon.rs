@@ -66,6 +66,8 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Loaded, String> {
         max_requests_per_client: serve.and_then(|s| s.limits.max_requests_per_client),
         request_timeout: serve.and_then(|s| s.limits.request_timeout.clone()),
         tokens_file: serve.and_then(|s| s.tokens_file.clone()),
+        log_max_size: serve.and_then(|s| s.log_max_size.clone()),
+        log_max_files: serve.and_then(|s| s.log_max_files),
         join_token: match serve {
             Some(s) => token_from(s.join_token.clone(), s.join_file.as_deref())
                 .map_err(|e| format!("--join-file: {e}"))?,

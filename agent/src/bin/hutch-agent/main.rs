@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         supervisor_bin: None,
         cgroup_root: config.cgroup_root.clone(),
         instance: config.agent.name.clone(),
+        log_defaults: config.agent.log_defaults,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
