@@ -485,3 +485,91 @@ async fn oversized_records_are_refused_and_long_lists_come_in_pages() {
     let listed: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("json");
     assert_eq!(listed.as_array().map(Vec::len), Some(1160));
 }
+
+/// The audit's named cases through the controller, each call bounded by a timeout: a NUL
+/// byte in an exec's argv, and rootfs sources that are a regular non-archive file, a
+/// character device, a FIFO nobody writes (twice), `/` and a system directory. Each is
+/// INVALID_ARGUMENT (from the node, for the sources: the path is the node's), never
+/// INTERNAL, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audits_requests_are_invalid_arguments_within_a_timeout() {
+    use tokio_stream::StreamExt;
+    let ctl = TestController::start("audit-cases", &[]);
+    let node = TestNode::start("audit-cases-node", &ctl, None, &[]).await;
+    let mut client = ctl.client_when_ready(&[&node]).await;
+    let bounded = Duration::from_secs(15);
+
+    client
+        .create_container(create("sleeper", common::spec(&["sleep", "infinity"])))
+        .await
+        .expect("create");
+    wait_container(&mut client, "sleeper", Duration::from_secs(30), |c| {
+        state_of(c) == v1::ContainerState::Running
+    })
+    .await;
+    for command in [vec!["sh", "-c", "echo a\0b"], vec!["a\0b"], vec![]] {
+        let call = client.exec(v1::ExecRequest {
+            id: "sleeper".into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+        });
+        let status = tokio::time::timeout(bounded, call)
+            .await
+            .unwrap_or_else(|_| panic!("exec {command:?} hung"))
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    }
+
+    let fifo = std::path::PathBuf::from(format!("/var/tmp/{}.fifo", unique("audit-fifo")));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let fifo_path = fifo.to_string_lossy().into_owned();
+    use v1::rootfs_spec::Source;
+    for (i, source) in [
+        Source::Tarball("/etc/passwd".into()),
+        Source::Tarball("/dev/zero".into()),
+        Source::Tarball(fifo_path.clone()),
+        Source::Tarball(fifo_path),
+        Source::Directory("/".into()),
+        Source::Directory("/usr".into()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request = v1::ClusterBuildRootfsRequest {
+            rootfs: Some(v1::RootfsSpec {
+                name: format!("audit-{i}"),
+                source: Some(source.clone()),
+            }),
+            ..Default::default()
+        };
+        let errors = tokio::time::timeout(bounded, async {
+            let mut stream = client.build_rootfs(request).await?.into_inner();
+            let mut errors = Vec::new();
+            while let Some(message) = stream.next().await {
+                if let Some(v1::cluster_build_rootfs_response::Event::Error(e)) = message?.event {
+                    errors.push(e);
+                }
+            }
+            Ok::<_, tonic::Status>(errors)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("building from {source:?} hung"));
+        let codes: Vec<i32> = match errors {
+            Ok(errors) => errors.iter().map(|e| e.code).collect(),
+            Err(status) => vec![status.code() as i32],
+        };
+        println!("{source:?}: {codes:?}");
+        assert_eq!(
+            codes,
+            vec![tonic::Code::InvalidArgument as i32],
+            "{source:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&fifo);
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            id: "sleeper".into(),
+            force: true,
+        })
+        .await
+        .expect("remove");
+}
