@@ -233,14 +233,8 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
         };
     }
     for opt in &args.storage_opts {
-        match opt.split_once('=') {
-            Some(("size", size)) => spec = spec.disk_limit(size),
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "--storage-opt {opt}: the one storage option is size=SIZE (e.g. size=1G)"
-                )))
-            }
-        }
+        let bytes = hutch_core::spec::parse_storage_opt(opt).map_err(Error::InvalidInput)?;
+        spec = spec.disk_limit_bytes(bytes);
     }
     for cap in &args.cap_add {
         spec = spec.cap_add(cap.clone());

@@ -33,6 +33,8 @@ pub struct ContainerJson {
     pub restart_policy: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub namespaces: Vec<NamespaceJson>,
+    /// What the container reaches on its host through the namespaces it shares.
+    pub warnings: Vec<String>,
     pub created_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -162,6 +164,7 @@ pub fn container_json(c: &v1::Container) -> ContainerJson {
         restart_count: c.restart_count,
         restart_policy: policy_name(&c.restart_policy),
         labels: spec.labels.into_iter().collect(),
+        warnings: c.warnings.clone(),
         namespaces: c
             .namespaces
             .iter()
@@ -279,6 +282,9 @@ pub fn container_details(c: &v1::Container) {
         field("signal", sig.to_string());
     }
     field("oom killed", j.oom_killed.to_string());
+    for warning in &j.warnings {
+        field("warning", warning.clone());
+    }
     if let Some(f) = &j.failure {
         field("failure", f.clone());
     }

@@ -87,17 +87,26 @@ async fn heartbeat_with(
         .map_err(|e| e.to_string())?
         .tls_config(material.client_config(server_name))
         .map_err(|e| e.to_string())?
-        .connect()
+        .connect_timeout(Duration::from_secs(5));
+    // Bounded: a client whose certificate the server refuses after the handshake has (by
+    // TLS 1.3's order) finished on its side can otherwise wait for an answer for ever.
+    let call = async {
+        let channel = channel
+            .connect()
+            .await
+            .map_err(|e| format!("Unavailable: {}", hutch_core::error_chain(&e)))?;
+        hutch_proto::v1::nodes_client::NodesClient::new(channel)
+            .heartbeat(hutch_proto::v1::HeartbeatRequest {
+                name: node.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|s| format!("{:?}: {}", s.code(), hutch_core::status_text(&s)))
+    };
+    tokio::time::timeout(Duration::from_secs(10), call)
         .await
-        .map_err(|e| format!("Unavailable: {}", hutch_core::error_chain(&e)))?;
-    hutch_proto::v1::nodes_client::NodesClient::new(channel)
-        .heartbeat(hutch_proto::v1::HeartbeatRequest {
-            name: node.to_string(),
-            ..Default::default()
-        })
-        .await
-        .map(drop)
-        .map_err(|s| format!("{:?}: {}", s.code(), hutch_core::status_text(&s)))
+        .unwrap_or_else(|_| Err("no answer within 10 s (transport error: timed out)".into()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,6 +417,18 @@ async fn agents_join_with_tokens_and_speak_mutual_tls() {
         &["hutch.v1.Nodes/Join"],
     );
     assert_code(&expired, tonic::Code::Unauthenticated, "expired");
+    // A good token cannot get a certificate for a live node's name (and then re-point it).
+    let taken = grpcurl_over(
+        &tls,
+        &ctl.addr,
+        &[],
+        Some(&format!(
+            r#"{{"token":"{token}","name":"{}","csr_pem":"x"}}"#,
+            node.name
+        )),
+        &["hutch.v1.Nodes/Join"],
+    );
+    assert_code(&taken, tonic::Code::AlreadyExists, "live node");
 
     // Restarted, the agent keeps its certificate (the token is not needed again).
     let mut node = node;

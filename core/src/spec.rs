@@ -42,6 +42,8 @@ pub struct LogOptions {
 
 /// The smallest log file size accepted (a few long lines).
 pub const MIN_LOG_FILE_BYTES: u64 = 64 << 10;
+/// The largest log file size accepted: with [`MAX_LOG_FILES`], at most 100 GiB of log.
+pub const MAX_LOG_FILE_BYTES: u64 = 1 << 30;
 /// The most log files kept per container.
 pub const MAX_LOG_FILES: u32 = 100;
 
@@ -51,6 +53,10 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_BYTES: usize = 253;
 /// Longest label value, in bytes.
 pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+/// Longest working directory, in bytes (`PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Most names in `cap_add` or `cap_drop`.
+pub const MAX_CAPABILITY_NAMES: usize = 64;
 /// Most environment variables.
 pub const MAX_ENV_VARS: usize = 1024;
 /// Most bytes of the command line, all arguments together (the kernel's limit for one
@@ -253,14 +259,44 @@ fn default_grace() -> u32 {
 /// What a container reaches on the host through namespace `ns` when it shares it.
 pub fn shared_namespace_reach(ns: Namespace) -> &'static str {
     match ns {
-        Namespace::Pid => "the container sees every process of the host, and its root can signal (kill) the host's root processes",
+        Namespace::Pid => "the container sees every process of the host: its root can signal (kill) the host's root processes, and its processes can read /proc/PID/environ and /proc/PID/root (that process's whole filesystem) of host processes of the same user that hold no more capabilities",
         Namespace::Ipc => "the container shares the host's System V IPC and POSIX message queues and can read and write their shared memory",
         Namespace::Net => "the container uses the host's network: it reaches services on the host's loopback and abstract unix sockets, and can listen on the host's ports",
         Namespace::Uts => "the container sees the host's hostname",
-        Namespace::Mount => "the rootfs is only a chroot (hutch drops CAP_SYS_CHROOT so it cannot be left), and the container's /proc, /sys and /dev mounts are in the host's mount table",
+        Namespace::Mount => "the rootfs is only a chroot (hutch drops CAP_SYS_CHROOT against the classic escape; with the pid namespace shared too, /proc/PID/root of host processes still leads out), and the container's /proc, /sys and /dev mounts are in the host's mount table",
         Namespace::User => "root in the container is root on the host (the default; a user namespace maps it to an unprivileged uid)",
         Namespace::Cgroup => "the container sees the host's cgroup paths (the default)",
     }
+}
+
+/// Checks a label map (a container's labels, a placement's node selector, a node's labels)
+/// against [`MAX_LABELS`] and the key and value bounds; the error names `field`.
+pub fn validate_labels<'a>(
+    field: &str,
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "{field}: {} labels, at most {MAX_LABELS} are accepted",
+            labels.len()
+        ));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES {
+            return Err(format!(
+                "{field}: a key of {} bytes; keys are 1 to {MAX_LABEL_KEY_BYTES} bytes",
+                k.len()
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            let shown: String = k.chars().take(64).collect();
+            return Err(format!(
+                "{field}: the value of '{shown}' is {} bytes, at most {MAX_LABEL_VALUE_BYTES} are accepted",
+                v.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a command line, a container's or an exec's: a program is named, and no argument
@@ -435,23 +471,21 @@ impl ContainerSpec {
     /// `MAX_*` constants), so that no record can grow without limit.
     fn validate_sizes(&self) -> Result<(), SpecError> {
         let too_large = |m: String| Err(SpecError::TooLarge(m));
-        if self.labels.len() > MAX_LABELS {
+        validate_labels("labels", self.labels.iter()).map_err(SpecError::TooLarge)?;
+        if self.workdir.len() > MAX_PATH_BYTES {
             return too_large(format!(
-                "{} labels: at most {MAX_LABELS} are accepted",
-                self.labels.len()
+                "workdir of {} bytes: at most {MAX_PATH_BYTES} are accepted",
+                self.workdir.len()
             ));
         }
-        for (k, v) in &self.labels {
-            if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES {
+        for (field, caps) in [
+            ("cap_add", &self.security.cap_add),
+            ("cap_drop", &self.security.cap_drop),
+        ] {
+            if caps.len() > MAX_CAPABILITY_NAMES {
                 return too_large(format!(
-                    "label key of {} bytes: keys are 1 to {MAX_LABEL_KEY_BYTES} bytes",
-                    k.len()
-                ));
-            }
-            if v.len() > MAX_LABEL_VALUE_BYTES {
-                return too_large(format!(
-                    "label '{k}': its value is {} bytes, at most {MAX_LABEL_VALUE_BYTES} are accepted",
-                    v.len()
+                    "{field} names {} capabilities: at most {MAX_CAPABILITY_NAMES} are accepted",
+                    caps.len()
                 ));
             }
         }
@@ -528,9 +562,9 @@ impl ContainerSpec {
             }
         }
         if let Some(size) = self.log.max_size_bytes {
-            if size < MIN_LOG_FILE_BYTES {
+            if !(MIN_LOG_FILE_BYTES..=MAX_LOG_FILE_BYTES).contains(&size) {
                 return Err(SpecError::BadLogOptions(format!(
-                    "max_size_bytes: {size} is below the minimum of {MIN_LOG_FILE_BYTES} bytes (64 KiB)"
+                    "max_size_bytes: {size} is not between {MIN_LOG_FILE_BYTES} (64 KiB) and {MAX_LOG_FILE_BYTES} (1 GiB)"
                 )));
             }
         }
@@ -627,6 +661,17 @@ pub fn parse_namespaces(list: &str) -> Result<Vec<Namespace>, SpecError> {
 }
 
 pub use crate::units::parse_size;
+
+/// The disk limit a `--storage-opt` value asks for, in Docker's spelling: `size=SIZE`, the
+/// one storage option hutch knows (`size=1G`).
+pub fn parse_storage_opt(opt: &str) -> Result<u64, String> {
+    match opt.split_once('=') {
+        Some(("size", size)) => parse_size(size).map_err(|e| format!("--storage-opt {opt}: {e}")),
+        _ => Err(format!(
+            "--storage-opt {opt}: the one storage option is size=SIZE (e.g. size=1G)"
+        )),
+    }
+}
 
 #[cfg(test)]
 mod tests {

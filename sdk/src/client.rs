@@ -191,6 +191,11 @@ impl Client {
             if page.next_page_token.is_empty() {
                 return Ok(all);
             }
+            if page.next_page_token == filter.page_token {
+                return Err(Error::Status(tonic::Status::out_of_range(
+                    "the controller answered the same page twice (its page token did not move on)",
+                )));
+            }
             filter.page_token = page.next_page_token;
         }
     }

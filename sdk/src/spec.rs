@@ -188,6 +188,12 @@ impl ContainerSpec {
         self
     }
 
+    /// A limit on what the container may write to its writable layer, in bytes.
+    pub fn disk_limit_bytes(mut self, bytes: u64) -> Self {
+        self.spec.disk_limit_bytes = Some(bytes);
+        self
+    }
+
     /// Mount the rootfs read-only (no writable layer).
     pub fn read_only(mut self) -> Self {
         self.spec.read_only_rootfs = true;

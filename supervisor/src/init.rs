@@ -370,7 +370,9 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        // nodev: a node made here opens nothing; the nodes below are bind mounts of the
+        // host's, each with its own mount flags.
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )
     .map_err(|e| errno(Step::MountDev, "tmpfs on /dev", e))?;

@@ -10,7 +10,7 @@
 //! ended without a newline is flushed as `F` at exit).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -190,6 +190,13 @@ impl LogFiles {
                 return Ok(lines);
             }
             let ino = *ino;
+            // Emptied in place (max_files 1): start it again from its beginning.
+            let (len, at) = (file.metadata()?.len(), file.stream_position()?);
+            if len < at {
+                file.seek(std::io::SeekFrom::Start(0))?;
+                self.pending.clear();
+                continue;
+            }
             if let Some(next) = self.queue.pop_front() {
                 self.current = Some(next);
                 self.pending.clear();
@@ -407,9 +414,14 @@ mod tests {
             },
         )
         .expect("open");
+        // A follower reading after each line sees every line, across the emptyings.
+        let mut follower = LogFiles::open(&single);
+        let mut followed = Vec::new();
         for i in 0..5 {
             log.write_line(&line(i)).expect("write");
+            followed.extend(texts(follower.read_all().expect("follow")));
         }
+        assert_eq!(followed, expected[..5]);
         assert_eq!(
             texts(LogFiles::open(&single).read_all().expect("read")),
             ["line 4"]

@@ -104,9 +104,14 @@ pub fn mount_size_limit(container_dir: &Path, bytes: u64) -> Result<(), OverlayE
     let fail = |step: &str, e: &dyn std::fmt::Display| {
         OverlayError::SizeLimit(format!("{step} ({bytes} bytes, {}): {e}", image.display()))
     };
-    std::fs::File::create(&image)
-        .and_then(|f| f.set_len(bytes))
-        .map_err(|e| fail("creating the image", &e))?;
+    // 0600: the image holds the container's files, whatever their own modes.
+    std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(&image)
+    .and_then(|f| f.set_len(bytes))
+    .map_err(|e| fail("creating the image", &e))?;
     mkdir(&target)?;
     let run = |step: &str, cmd: &mut std::process::Command| {
         let out = cmd.output().map_err(|e| fail(step, &e))?;

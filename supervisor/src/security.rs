@@ -179,12 +179,12 @@ pub struct Filters(Vec<seccompiler::BpfProgram>);
 
 impl Filters {
     /// The filters `security` asks for: its profile's, hutch's default deny-list, or none
-    /// (privileged or unconfined).
+    /// (privileged or unconfined). Any filter comes with [`x32_guard`].
     pub fn compile(security: &Security) -> Result<Filters, HardenError> {
         if security.privileged {
             return Ok(Filters::default());
         }
-        Ok(Filters(match &security.seccomp_profile {
+        let mut programs = match &security.seccomp_profile {
             Some(profile) => Profile::parse(profile)
                 .and_then(|p| profile_programs(&p))
                 .map_err(|e| HardenError(format!("seccomp profile: {e}")))?,
@@ -193,8 +193,37 @@ impl Filters {
                 default_programs(kept.contains(&Capability::CAP_SYS_ADMIN))?
             }
             None => Vec::new(),
-        }))
+        };
+        if !programs.is_empty() {
+            programs.extend(x32_guard());
+        }
+        Ok(Filters(programs))
     }
+}
+
+/// On x86_64, a filter answering `ENOSYS` to every x32 system call (the x86_64 audit
+/// architecture with bit 30 set in the number). seccompiler compares exact numbers, so an
+/// x32 `unshare` or `mount` would miss every rule where the kernel has x32 enabled
+/// (`syscall.x32=y`); libseccomp and Docker guard the same way. Other architectures need
+/// none.
+fn x32_guard() -> Option<seccompiler::BpfProgram> {
+    if std::env::consts::ARCH != "x86_64" {
+        return None;
+    }
+    use seccompiler::sock_filter;
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    // BPF opcodes: LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K; seccomp_data: nr at 0, arch at 4.
+    let (load, jeq, jge, ret) = (0x20, 0x15, 0x35, 0x06);
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    Some(vec![
+        op(load, 0, 0, 4),
+        op(jeq, 0, 3, AUDIT_ARCH_X86_64),
+        op(load, 0, 0, 0),
+        op(jge, 0, 1, X32_SYSCALL_BIT),
+        op(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ])
 }
 
 /// Becomes `uid`/`gid` with no other groups.
@@ -362,6 +391,15 @@ mod tests {
         }
         assert_eq!(default_programs(false).expect("programs").len(), 2);
         assert_eq!(default_programs(true).expect("programs").len(), 1);
+        // Every filtered container also gets the x32 guard on x86_64.
+        let filters = Filters::compile(&Security::default()).expect("compile");
+        let guard = usize::from(std::env::consts::ARCH == "x86_64");
+        assert_eq!(filters.0.len(), 2 + guard);
+        let unconfined = Security {
+            seccomp: Seccomp::Unconfined,
+            ..Default::default()
+        };
+        assert!(Filters::compile(&unconfined).expect("compile").0.is_empty());
     }
 
     #[test]

@@ -242,9 +242,17 @@ impl RootfsStore {
         progress: Option<mpsc::Sender<BuildProgress>>,
     ) -> Result<BuildResult, RootfsError> {
         validate_name("rootfs name", name)?;
-        if let RootfsSource::Directory { path } = source {
-            source::check_directory_source(path, &self.root, &self.protected)?;
-        }
+        // A directory is checked, then built from what it resolves to.
+        let checked;
+        let source = match source {
+            RootfsSource::Directory { path } => {
+                checked = RootfsSource::Directory {
+                    path: source::check_directory_source(path, &self.root, &self.protected)?,
+                };
+                &checked
+            }
+            other => other,
+        };
         let resolved = {
             let source = source.clone();
             tokio::task::spawn_blocking(move || Resolve::resolve(&source))

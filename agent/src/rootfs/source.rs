@@ -114,7 +114,7 @@ fn fingerprint(path: &Path, want_dir: bool) -> Result<(u64, u64), RootfsError> {
         )));
     }
     if want_dir != meta.is_dir() {
-        return Err(RootfsError::SourceMissing(format!(
+        return Err(RootfsError::InvalidSource(format!(
             "'{}' is {}, expected {}",
             path.display(),
             if meta.is_dir() {
@@ -173,21 +173,23 @@ pub fn check_archive(path: &Path) -> Result<(), RootfsError> {
 }
 
 /// Refuses a directory source that would copy the host: `/`, a system directory, anything
-/// under `/proc`, `/sys` or `/dev`, the rootfs store or one of its ancestors, and each
-/// `private` directory (the agent's state directory, which holds its keys and the
-/// containers' layers), its ancestors and what lies in it, except the rootfs trees of the
-/// store's entries (copying one under a new name is fine). `path` is taken as it resolves,
-/// so a symlink (or `/proc/1/root`) to one of these is refused too.
+/// under `/proc`, `/sys`, `/dev`, `/etc`, `/root`, `/boot` or `/run` (keys, credentials,
+/// other runtimes' roots), the rootfs store or one of its ancestors, and each `private`
+/// directory (the agent's state directory, which holds its keys and the containers'
+/// layers), its ancestors and what lies in it, except the rootfs trees of the store's
+/// entries (copying one under a new name is fine). `path` is taken as it resolves, so a
+/// symlink (or `/proc/1/root`) to one of these is refused too. Returns the resolved path,
+/// which is what the build copies (so a symlink swapped in afterwards changes nothing).
 pub fn check_directory_source(
     path: &Path,
     store_root: &Path,
     private: &[std::path::PathBuf],
-) -> Result<(), RootfsError> {
+) -> Result<std::path::PathBuf, RootfsError> {
     const SYSTEM: [&str; 14] = [
         "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin",
         "/sys", "/usr", "/var",
     ];
-    const NEVER_UNDER: [&str; 3] = ["/proc", "/sys", "/dev"];
+    const NEVER_UNDER: [&str; 7] = ["/proc", "/sys", "/dev", "/etc", "/root", "/boot", "/run"];
     let refuse = |real: &Path| {
         RootfsError::InvalidSource(format!(
             "directory '{}'{} is the host's own (a system directory, or one holding hutch's state): a rootfs directory must be a tree made for containers",
@@ -199,9 +201,11 @@ pub fn check_directory_source(
             }
         ))
     };
-    // Before anything is read: a path under /proc may not even be readable.
-    if NEVER_UNDER.iter().any(|d| path.starts_with(d)) {
-        return Err(refuse(path));
+    // Before anything is read (a path under /proc may not even be readable), on the path
+    // with its `..` taken lexically, so `/../proc/1/root` is caught too.
+    let lexical = lexically_normal(path);
+    if NEVER_UNDER.iter().any(|d| lexical.starts_with(d)) {
+        return Err(refuse(&lexical));
     }
     let real = std::fs::canonicalize(path).map_err(|e| {
         RootfsError::SourceMissing(format!("cannot read '{}': {e}", path.display()))
@@ -221,7 +225,23 @@ pub fn check_directory_source(
     if refused {
         return Err(refuse(&real));
     }
-    Ok(())
+    Ok(real)
+}
+
+/// `path` with `.` and `..` components resolved by their names alone (no symlink read).
+fn lexically_normal(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 /// The host's Debian architecture name.
@@ -342,10 +362,14 @@ mod tests {
         for path in [
             "/",
             "/etc",
+            "/etc/ssh",
             "/usr",
+            "/root/.ssh",
             "/proc/self/root",
+            "/../proc/self/root",
             "/sys/kernel",
             "/dev/shm",
+            "/run/containerd",
         ] {
             let err = check(Path::new(path)).expect_err(path);
             assert!(

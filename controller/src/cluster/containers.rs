@@ -46,6 +46,11 @@ impl Cluster {
             .validate()
             .map_err(|e| ClusterError::InvalidArgument(format!("spec: {e}")))?;
         let placement = req.placement.clone().unwrap_or_default();
+        hutch_core::spec::validate_labels(
+            "placement.node_selector",
+            placement.node_selector.iter(),
+        )
+        .map_err(ClusterError::InvalidArgument)?;
         if !placement.node.is_empty() {
             validate_name("placement.node", &placement.node)
                 .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;

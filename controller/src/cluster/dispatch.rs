@@ -540,18 +540,26 @@ impl Cluster {
     }
 }
 
-/// Every container an agent has, page after page.
+/// Every container an agent has, page after page. A node that answers pages without end
+/// (a token that does not move on, or more pages than any node holds) is cut off.
 async fn every_container(client: &mut AgentRpc) -> Result<Vec<v1::Container>, tonic::Status> {
+    const MAX_PAGES: usize = 1000;
     let mut all = Vec::new();
     let mut request = v1::ListContainersRequest::default();
-    loop {
+    for _ in 0..MAX_PAGES {
         let page = client.list_containers(request.clone()).await?.into_inner();
         all.extend(page.containers);
         if page.next_page_token.is_empty() {
             return Ok(all);
         }
+        if page.next_page_token == request.page_token {
+            break;
+        }
         request.page_token = page.next_page_token;
     }
+    Err(tonic::Status::out_of_range(
+        "the node's list of containers does not end (its page tokens do not move on)",
+    ))
 }
 
 #[cfg(test)]

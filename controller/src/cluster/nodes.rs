@@ -30,6 +30,9 @@ fn schedulable(n: &v1::Node) -> bool {
     node_state(n) == NodeState::Ready && !n.cordoned
 }
 
+/// Most rootfs names a node may report.
+const MAX_NODE_ROOTFS: usize = 1024;
+
 fn node_not_found(name: &str) -> ClusterError {
     ClusterError::NotFound(format!("node '{name}' is not registered"))
 }
@@ -54,6 +57,23 @@ impl Cluster {
                 "address: '{}' is not host:port (the address the controller dials to reach the agent)",
                 req.address
             )));
+        }
+        hutch_core::spec::validate_labels("labels", req.labels.iter())
+            .map_err(ClusterError::InvalidArgument)?;
+        let texts = [
+            &req.hostname,
+            &req.kernel,
+            &req.cgroup_version,
+            &req.agent_version,
+        ];
+        if req.rootfs.len() > MAX_NODE_ROOTFS || texts.iter().any(|t| t.len() > 253) {
+            return Err(ClusterError::InvalidArgument(format!(
+                "a node reports at most {MAX_NODE_ROOTFS} rootfs, and a hostname, kernel and versions of at most 253 bytes each"
+            )));
+        }
+        for rootfs in &req.rootfs {
+            validate_name("rootfs", rootfs)
+                .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
         }
         let name = req.name.clone();
         let mut st = self.lock();

@@ -74,6 +74,17 @@ impl Nodes for NodesService {
                 "this controller serves without TLS: agents register without joining (drop --join)",
             )
         })?;
+        // A join token names no node: whoever holds one could otherwise get a certificate for
+        // a live node's name and re-point it. A node that is up keeps its name.
+        if let Ok(node) = self.cluster.node(&req.name) {
+            if node.state == v1::NodeState::Ready as i32 {
+                tracing::warn!(node = %req.name, "join refused: the node is registered and ready");
+                return Err(Status::already_exists(format!(
+                    "node '{}' is registered and ready: a join cannot take a live node's name (join under another name, or wait until it is DOWN)",
+                    req.name
+                )));
+            }
+        }
         let (certificate_pem, expires) = match pki.join(&req.token, &req.name, &req.csr_pem) {
             Ok(signed) => signed,
             Err(e) => {

@@ -44,7 +44,11 @@ impl RedbStore {
             opened => opened,
         }
         .map_err(|e| backend(&e))?;
-        compact(&mut db, &path).map_err(|e| backend(&e))?;
+        if let Err(e) = compact(&mut db, &path) {
+            // The store works uncompacted; a full disk is the likely cause, and refusing to
+            // start would not help.
+            tracing::warn!(path = %path.display(), "state store not compacted: {e}");
+        }
         let store = RedbStore { db, path };
         // Create every table, so readers never meet a missing one.
         store.commit(&Batch::default())?;

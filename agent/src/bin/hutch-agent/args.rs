@@ -255,6 +255,10 @@ pub(crate) struct RunArgs {
     /// Mount the rootfs read-only.
     #[arg(long)]
     pub(crate) read_only: bool,
+    /// size=SIZE: limit what the container may write to its writable layer (Docker's
+    /// --storage-opt; at least 8M); beyond, writes fail with ENOSPC.
+    #[arg(long = "storage-opt", value_name = "size=SIZE")]
+    pub(crate) storage_opts: Vec<String>,
     /// uid map INSIDE:OUTSIDE:COUNT for the user namespace (default 0:100000:65536).
     #[arg(long)]
     pub(crate) uid_map: Option<String>,

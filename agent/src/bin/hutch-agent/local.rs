@@ -9,7 +9,7 @@ use std::time::Duration;
 use hutch_agent::rootfs::{BuildProgress, RootfsSource};
 use hutch_agent::runtime::state::Status;
 use hutch_agent::runtime::{ContainerInfo, Runtime, RuntimeError};
-use hutch_agent::spec::{parse_namespaces, parse_size, ContainerSpec, IdMap};
+use hutch_agent::spec::{parse_namespaces, parse_size, parse_storage_opt, ContainerSpec, IdMap};
 use hutch_core::process::{parse_signal, shell_status};
 
 use crate::args::{Command, RootfsCommand, RunArgs};
@@ -51,6 +51,9 @@ pub(crate) fn spec_of(args: &RunArgs) -> Result<ContainerSpec, LocalError> {
     spec.hostname = args.hostname.clone().unwrap_or_default();
     spec.workdir = args.workdir.clone();
     spec.read_only_rootfs = args.read_only;
+    for opt in &args.storage_opts {
+        spec.disk_limit_bytes = Some(parse_storage_opt(opt).map_err(usage)?);
+    }
     spec.stop_grace_seconds = args.stop_grace;
     let mut env = BTreeMap::new();
     for kv in &args.env {
