@@ -10,6 +10,8 @@ HUTCH_PACKAGES=(
   xz-utils bzip2 gzip tar
   util-linux    # ipcmk/ipcs used by the isolation tests, nsenter for users
   procps iproute2
+  containernetworking-plugins   # CNI plugins of the container network (bridge, host-local, portmap)
+  iptables      # masquerading and published ports
   tmux          # the terminal tests drive the CLI in a real terminal
   ca-certificates
 )

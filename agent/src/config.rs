@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::names::validate_name;
+use crate::network::NetworkSettings;
 use crate::spec::parse_size;
+use hutch_core::network::Cidr;
 use hutch_server::limits::ServerLimits;
 
 /// Default listen address: loopback only.
@@ -64,6 +66,14 @@ pub struct FileConfig {
     pub log_max_size: Option<String>,
     /// Log files kept per container whose spec says nothing.
     pub log_max_files: Option<u32>,
+    /// Where CNI plugins are, `:`-separated (default `/usr/lib/cni:/opt/cni/bin`).
+    pub cni_bin_dir: Option<String>,
+    /// Where CNI network configuration files are (default `/etc/cni/net.d`).
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The CNI network of bridged containers (default `hutch`).
+    pub cni_network: Option<String>,
+    /// The node's container subnet when no controller gives one, e.g. "198.19.0.0/24".
+    pub network_subnet: Option<String>,
 }
 
 /// The validated configuration.
@@ -101,6 +111,8 @@ pub struct AgentConfig {
     pub join_token: Option<String>,
     /// Log rotation of containers whose spec says nothing.
     pub log_defaults: crate::runtime::logs::LogLimits,
+    /// The container network's settings.
+    pub network: NetworkSettings,
 }
 
 pub use hutch_server::config::{
@@ -223,6 +235,15 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         over.log_max_size.or(file.log_max_size),
         over.log_max_files.or(file.log_max_files),
     )?;
+    let network = network_settings(
+        NetworkFields {
+            bin_dir: over.cni_bin_dir.or(file.cni_bin_dir),
+            conf_dir: over.cni_conf_dir.or(file.cni_conf_dir),
+            name: over.cni_network.or(file.cni_network),
+            subnet: over.network_subnet.or(file.network_subnet),
+        },
+        controller.is_some(),
+    )?;
     let labels = over.labels.or(file.labels).unwrap_or_default();
     for (k, v) in &labels {
         if k.is_empty() || k.contains('=') || k.contains(',') || v.contains(',') {
@@ -249,7 +270,67 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         event_log_keep,
         memory_reserve_bytes,
         log_defaults,
+        network,
     })
+}
+
+/// The network settings as given, before checks.
+struct NetworkFields {
+    bin_dir: Option<String>,
+    conf_dir: Option<PathBuf>,
+    name: Option<String>,
+    subnet: Option<String>,
+}
+
+fn network_settings(
+    f: NetworkFields,
+    has_controller: bool,
+) -> Result<NetworkSettings, ConfigError> {
+    let invalid = |field, message: String| ConfigError::Invalid { field, message };
+    let mut settings = NetworkSettings::default();
+    if let Some(dirs) = f.bin_dir {
+        settings.bin_dirs = std::env::split_paths(&dirs).collect();
+        if settings.bin_dirs.is_empty() || settings.bin_dirs.iter().any(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "cni_bin_dir",
+                format!("'{dirs}' is not a list of absolute directories separated by ':'"),
+            ));
+        }
+    }
+    if let Some(dir) = f.conf_dir {
+        if !dir.is_absolute() {
+            return Err(invalid(
+                "cni_conf_dir",
+                format!("'{}' is not an absolute directory", dir.display()),
+            ));
+        }
+        settings.conf_dir = dir;
+    }
+    if let Some(name) = f.name {
+        validate_name("cni_network", &name).map_err(|e| invalid("cni_network", e.to_string()))?;
+        settings.default_network = name;
+    }
+    if let Some(text) = f.subnet.filter(|s| !s.is_empty()) {
+        if has_controller {
+            return Err(invalid(
+                "network_subnet",
+                "the controller gives each node its subnet (its --cluster-cidr); --network-subnet is for an agent without one".into(),
+            ));
+        }
+        let subnet: Cidr = text
+            .parse()
+            .map_err(|e: hutch_core::network::NetworkError| {
+                invalid("network_subnet", e.to_string())
+            })?;
+        if !(16..=29).contains(&subnet.prefix) {
+            return Err(invalid(
+                "network_subnet",
+                format!("{subnet}: give a block of /16 to /29"),
+            ));
+        }
+        settings.subnet = Some(subnet);
+    }
+    Ok(settings)
 }
 
 /// The agent's log rotation defaults, checked as a spec's are.

@@ -12,6 +12,8 @@
 //!   supervisors it drives.
 //! - [`rootfs`]: the content-addressed rootfs store and per-container overlay layers.
 //! - [`service`]: the `hutch.v1.Agent` gRPC service, registration with a controller, joining.
+//! - [`network`]: the node's container network: CNI networks for bridged containers, the
+//!   node's subnet, masquerading and routes to the other nodes.
 //! - [`events`]: the durable, sequence-numbered event log.
 //! - [`config`]: flags, environment and the TOML file, merged and validated.
 //! - [`node`]: what this host is (name, addresses, memory).
@@ -20,6 +22,7 @@
 
 pub mod config;
 pub mod events;
+pub mod network;
 pub mod node;
 pub mod rootfs;
 pub mod runtime;

@@ -239,6 +239,7 @@ pub async fn controller_scale(
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let mut ctl = Command::new(env.bin_dir.join("hutch-controller"));
+    ctl.env("HUTCH_CLUSTER_CIDR", "none");
     ctl.args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(env.dir.join("scale-controller"));
     let (child, addr) = spawn_listening(ctl, &env.dir.join("scale-controller.log"))?;

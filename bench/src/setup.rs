@@ -184,6 +184,7 @@ impl BenchEnv {
 
     fn start_hutch(&mut self, store_dir: &Path) -> Result<(), String> {
         let mut ctl = Command::new(self.bin_dir.join("hutch-controller"));
+        ctl.env("HUTCH_CLUSTER_CIDR", "none");
         ctl.args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.dir.join("controller"));
         let (child, addr) = spawn_listening(ctl, &self.dir.join("controller.log"))?;

@@ -62,6 +62,7 @@ async fn wait_ready(client: &mut Client) -> Result<(), String> {
 pub async fn tls_overhead(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
     let dir = env.dir.join("tls");
     let mut ctl = Command::new(env.bin_dir.join("hutch-controller"));
+    ctl.env("HUTCH_CLUSTER_CIDR", "none");
     ctl.args(["--listen", "127.0.0.1:0", "--tls", "--data-dir"])
         .arg(dir.join("controller"));
     let (child, ctl_addr) = spawn_listening(ctl, &env.dir.join("tls-controller.log"))?;

@@ -204,6 +204,19 @@ pub(crate) struct RunArgs {
     /// Run only on nodes with this label (KEY=VALUE, repeatable).
     #[arg(long = "selector", value_name = "KEY=VALUE")]
     pub(crate) selectors: Vec<String>,
+    /// Network: bridge (an address of the node's subnet, reachable from every node of the
+    /// cluster), none (only lo: unshare -n), host (the host's network, no net namespace)
+    /// [default: bridge where the node has a network, else none].
+    #[arg(long, value_name = "bridge|none|host")]
+    pub(crate) network: Option<String>,
+    /// Publish a port of the node to the container: [IP:]HOSTPORT:CTRPORT[/tcp|udp],
+    /// repeatable (bridge mode).
+    #[arg(
+        long = "publish",
+        short = 'p',
+        value_name = "[IP:]HOSTPORT:CTRPORT[/PROTO]"
+    )]
+    pub(crate) publish: Vec<String>,
     /// Restart policy: never, on-failure, on-failure:N, always.
     #[arg(long, default_value = "never")]
     pub(crate) restart: String,

@@ -202,6 +202,17 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     for (k, v) in parse_pairs("selector", &args.selectors)? {
         spec = spec.selector(k, v);
     }
+    if let Some(mode) = &args.network {
+        let mode = mode
+            .parse::<hutch_core::network::NetworkMode>()
+            .map_err(|e| Error::InvalidInput(format!("--network: {e}")))?;
+        spec = spec.network(mode);
+    }
+    for p in &args.publish {
+        hutch_core::network::parse_publish(p)
+            .map_err(|e| Error::InvalidInput(format!("--publish: {e}")))?;
+        spec = spec.publish(p);
+    }
     for (k, v) in parse_pairs("env", &args.env)? {
         spec = spec.env(k, v);
     }

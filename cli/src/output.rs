@@ -35,10 +35,55 @@ pub struct ContainerJson {
     pub namespaces: Vec<NamespaceJson>,
     /// What the container reaches on its host through the namespaces it shares.
     pub warnings: Vec<String>,
+    /// Its network once started.
+    pub network: Option<NetworkJson>,
     pub created_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub revision: u64,
+}
+
+/// A container's network, as the node set it up.
+#[derive(Serialize)]
+pub struct NetworkJson {
+    /// bridge, none or host.
+    pub mode: String,
+    /// The CNI network (bridge).
+    pub network: String,
+    /// Its address (bridge).
+    pub ip: String,
+    pub gateway: String,
+    pub subnet: String,
+    /// Published ports, `[IP:]HOSTPORT:CTRPORT/PROTO`.
+    pub ports: Vec<String>,
+}
+
+fn network_json(n: &v1::NetworkStatus) -> NetworkJson {
+    NetworkJson {
+        mode: v1::network_spec::Mode::try_from(n.mode)
+            .map(|m| {
+                m.as_str_name()
+                    .trim_start_matches("MODE_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default(),
+        network: n.network.clone(),
+        ip: n.ip.clone(),
+        gateway: n.gateway.clone(),
+        subnet: n.subnet.clone(),
+        ports: n
+            .ports
+            .iter()
+            .map(|p| {
+                let ip = if p.host_ip.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}:", p.host_ip)
+                };
+                format!("{ip}{}:{}/{}", p.host_port, p.container_port, p.protocol)
+            })
+            .collect(),
+    }
 }
 
 /// One namespace next to the host's.
@@ -67,6 +112,8 @@ pub struct NodeJson {
     pub cgroup_version: String,
     pub kernel: String,
     pub message: String,
+    /// Its block of the cluster network.
+    pub subnet: String,
     pub registered_at: Option<String>,
     pub last_heartbeat: Option<String>,
 }
@@ -165,6 +212,7 @@ pub fn container_json(c: &v1::Container) -> ContainerJson {
         restart_policy: policy_name(&c.restart_policy),
         labels: spec.labels.into_iter().collect(),
         warnings: c.warnings.clone(),
+        network: c.network.as_ref().map(network_json),
         namespaces: c
             .namespaces
             .iter()
@@ -199,6 +247,7 @@ pub fn node_json(n: &v1::Node) -> NodeJson {
         cgroup_version: n.cgroup_version.clone(),
         kernel: n.kernel.clone(),
         message: n.message.clone(),
+        subnet: n.subnet.clone(),
         registered_at: rfc3339(&n.registered_at),
         last_heartbeat: rfc3339(&n.last_heartbeat),
     }
@@ -252,6 +301,11 @@ pub fn containers_table(list: &[v1::Container]) {
                     c.node.clone()
                 },
                 state_name(c.state),
+                c.network
+                    .as_ref()
+                    .map(|n| n.ip.clone())
+                    .filter(|ip| !ip.is_empty())
+                    .unwrap_or_else(|| "-".into()),
                 ago(&c.created_at),
                 shorten(&spec.command.join(" "), 30),
                 shorten(&c.status_message, 60),
@@ -259,7 +313,7 @@ pub fn containers_table(list: &[v1::Container]) {
         })
         .collect();
     table(
-        &["ID", "NODE", "STATE", "CREATED", "COMMAND", "STATUS"],
+        &["ID", "NODE", "STATE", "IP", "CREATED", "COMMAND", "STATUS"],
         rows,
     );
 }
@@ -275,6 +329,18 @@ pub fn container_details(c: &v1::Container) {
     field("rootfs", j.rootfs.clone());
     field("command", j.command.join(" "));
     field("pid", j.pid.to_string());
+    if let Some(n) = &j.network {
+        field("network", n.mode.clone());
+        if !n.ip.is_empty() {
+            field(
+                "ip",
+                format!("{} (gateway {}, subnet {})", n.ip, n.gateway, n.subnet),
+            );
+        }
+        for p in &n.ports {
+            field("published", p.clone());
+        }
+    }
     if let Some(code) = j.exit_code {
         field("exit code", code.to_string());
     }

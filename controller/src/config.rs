@@ -10,9 +10,10 @@ use hutch_core::spec::parse_size;
 use hutch_server::config::ConfigError;
 use serde::Deserialize;
 
-use crate::cluster::{ClusterConfig, Secret};
+use crate::cluster::{ClusterCidr, ClusterConfig, Secret};
 use crate::join::TlsSettings;
 use crate::scheduler::Strategy;
+use hutch_core::network::Cidr;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -29,6 +30,10 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// `spread` or `binpack`.
     pub strategy: Option<String>,
+    /// The cluster's container network, e.g. "198.19.0.0/16"; "none" for none.
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's block.
+    pub node_subnet_prefix: Option<u8>,
     /// How often agents heartbeat, e.g. "1s".
     pub heartbeat_interval: Option<String>,
     /// Missed heartbeats before a node is NOT_READY.
@@ -102,6 +107,41 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The cluster's block by default: RFC 2544's benchmark range, never a private or public one.
+pub const DEFAULT_CLUSTER_CIDR: &str = "198.19.0.0/16";
+/// Each node's prefix length by default.
+pub const DEFAULT_NODE_SUBNET_PREFIX: u8 = 24;
+
+fn cluster_cidr(
+    text: Option<String>,
+    prefix: Option<u8>,
+) -> Result<Option<ClusterCidr>, ConfigError> {
+    let invalid = |field, message: String| ConfigError::Invalid { field, message };
+    let text = text.unwrap_or_else(|| DEFAULT_CLUSTER_CIDR.into());
+    if text == "none" || text.is_empty() {
+        return Ok(None);
+    }
+    let cidr: Cidr = text
+        .parse()
+        .map_err(|e: hutch_core::network::NetworkError| invalid("cluster_cidr", e.to_string()))?;
+    let node_prefix = prefix.unwrap_or(DEFAULT_NODE_SUBNET_PREFIX);
+    if !(16..=29).contains(&node_prefix) || node_prefix < cidr.prefix {
+        return Err(invalid(
+            "node_subnet_prefix",
+            format!(
+                "/{node_prefix} does not fit: each node's block is /16 to /29 and inside the cluster's {cidr}"
+            ),
+        ));
+    }
+    if cidr.subnet_count(node_prefix).is_none() {
+        return Err(invalid(
+            "node_subnet_prefix",
+            format!("/{node_prefix} cuts {cidr} into more than 2^24 blocks"),
+        ));
+    }
+    Ok(Some(ClusterCidr { cidr, node_prefix }))
+}
+
 fn duration(
     field: &'static str,
     text: Option<String>,
@@ -170,6 +210,10 @@ pub fn resolve(
         Some(s) => s.parse::<Strategy>().map_err(|e| invalid("strategy", e))?,
         None => defaults.strategy,
     };
+    let cluster_cidr = cluster_cidr(
+        over.cluster_cidr.or(file.cluster_cidr),
+        over.node_subnet_prefix.or(file.node_subnet_prefix),
+    )?;
     let heartbeat_interval = duration(
         "heartbeat_interval",
         over.heartbeat_interval.or(file.heartbeat_interval),
@@ -247,6 +291,7 @@ pub fn resolve(
         cluster: ClusterConfig {
             agent_token: agent_token.map(Secret),
             agent_tls: None,
+            cluster_cidr,
             strategy,
             heartbeat_interval,
             not_ready_misses,

@@ -93,6 +93,15 @@ struct Cli {
     /// [default: spread].
     #[arg(long, env = "HUTCH_STRATEGY")]
     strategy: Option<String>,
+    /// The cluster's container network: each node gets a block of it for its containers'
+    /// addresses, and every node routes to every other node's block; "none" for no
+    /// network (containers get only lo) [default: 198.19.0.0/16].
+    #[arg(long, env = "HUTCH_CLUSTER_CIDR", value_name = "CIDR")]
+    cluster_cidr: Option<String>,
+    /// Prefix length of each node's block of the cluster network [default: 24, 254
+    /// containers per node].
+    #[arg(long, env = "HUTCH_NODE_SUBNET_PREFIX", value_name = "BITS")]
+    node_subnet_prefix: Option<u8>,
     /// How often agents heartbeat, e.g. 500ms [default: 1s].
     #[arg(long, env = "HUTCH_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Option<String>,
@@ -138,6 +147,8 @@ fn main() -> ExitCode {
         listen: cli.listen,
         data_dir: cli.data_dir,
         strategy: cli.strategy,
+        cluster_cidr: cli.cluster_cidr,
+        node_subnet_prefix: cli.node_subnet_prefix,
         heartbeat_interval: cli.heartbeat_interval,
         not_ready_misses: cli.not_ready_misses,
         down_after: cli.down_after,

@@ -122,6 +122,19 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
             })
             .collect(),
         gid_map: Vec::new(),
+        // Modes and ports out of range: refused before anything is set up. (The test's
+        // nodes have no cluster network, so no valid port ever gets published here.)
+        network: r.chance(30).then(|| v1::NetworkSpec {
+            mode: r.pick(&[-1, 0, 1, 2, 3, 4, i32::MAX]),
+            ports: (0..r.below(3))
+                .map(|_| v1::PortMapping {
+                    host_port: r.pick(&[0, 80, 65_535, 65_536, u32::MAX]),
+                    container_port: r.pick(&[0, 80, 70_000]),
+                    protocol: r.pick(&["", "tcp", "UDP", "sctp"]).into(),
+                    host_ip: r.pick(&["", "0.0.0.0", "::1", "256.1.1.1", "198.18.0.1"]).into(),
+                })
+                .collect(),
+        }),
         stop_grace_seconds: r.pick(&[None, Some(0), Some(u32::MAX)]),
         tty: r.chance(20),
         stdin: r.chance(20),

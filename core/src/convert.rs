@@ -8,6 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hutch_proto::v1;
 use thiserror::Error;
 
+use crate::network::{
+    host_ip, port_number, NetworkError, NetworkMode, NetworkSpec, NetworkStatus, PortMapping,
+    MAX_PUBLISHED_PORTS,
+};
 use crate::rootfs_source::RootfsSource;
 use crate::security::{Seccomp, Security, SecurityError};
 use crate::spec::{ContainerSpec, IdMap, Namespace, DEFAULT_STOP_GRACE_SECONDS};
@@ -110,8 +114,14 @@ fn id_map_to(m: &IdMap) -> v1::IdMap {
 
 /// The runtime's spec from the wire's (not yet validated beyond the enum values).
 pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
+    let network = network_from(p.network.unwrap_or_default())?;
     let namespaces = if p.namespaces.is_empty() {
-        Namespace::DEFAULT.to_vec()
+        // The default set; `host` mode means "without a network namespace" (Docker's
+        // --network host), so it leaves net out rather than contradict it.
+        Namespace::DEFAULT
+            .into_iter()
+            .filter(|ns| !(network.mode == NetworkMode::Host && *ns == Namespace::Net))
+            .collect()
     } else {
         p.namespaces
             .iter()
@@ -144,7 +154,98 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
         tty: p.tty,
         stdin: p.stdin,
         security: security_from(p.security.unwrap_or_default())?,
+        network,
     })
+}
+
+fn mode_from(value: i32, field: &str) -> Result<NetworkMode, FieldError> {
+    use v1::network_spec::Mode;
+    Ok(match Mode::try_from(value) {
+        Ok(Mode::Unspecified) => NetworkMode::Auto,
+        Ok(Mode::Bridge) => NetworkMode::Bridge,
+        Ok(Mode::None) => NetworkMode::None,
+        Ok(Mode::Host) => NetworkMode::Host,
+        Err(_) => {
+            return Err(FieldError::new(
+                field,
+                format!("unknown network mode {value}: use MODE_BRIDGE, MODE_NONE or MODE_HOST"),
+            ))
+        }
+    })
+}
+
+fn mode_to(mode: NetworkMode) -> v1::network_spec::Mode {
+    use v1::network_spec::Mode;
+    match mode {
+        NetworkMode::Auto => Mode::Unspecified,
+        NetworkMode::Bridge => Mode::Bridge,
+        NetworkMode::None => Mode::None,
+        NetworkMode::Host => Mode::Host,
+    }
+}
+
+/// A port mapping from the wire; `field` names it in errors.
+pub fn port_from(p: &v1::PortMapping, field: &str) -> Result<PortMapping, FieldError> {
+    let bad = |sub: &str, e: NetworkError| FieldError::new(format!("{field}.{sub}"), e);
+    Ok(PortMapping {
+        host_port: port_number("host port", u64::from(p.host_port))
+            .map_err(|e| bad("host_port", e))?,
+        container_port: port_number("container port", u64::from(p.container_port))
+            .map_err(|e| bad("container_port", e))?,
+        protocol: p.protocol.parse().map_err(|e| bad("protocol", e))?,
+        host_ip: host_ip(&p.host_ip).map_err(|e| bad("host_ip", e))?,
+    })
+}
+
+/// A port mapping for the wire.
+pub fn port_to(p: &PortMapping) -> v1::PortMapping {
+    v1::PortMapping {
+        host_port: u32::from(p.host_port),
+        container_port: u32::from(p.container_port),
+        protocol: p.protocol.as_str().into(),
+        host_ip: p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+    }
+}
+
+fn network_from(p: v1::NetworkSpec) -> Result<NetworkSpec, FieldError> {
+    if p.ports.len() > MAX_PUBLISHED_PORTS {
+        return Err(FieldError::new(
+            "spec.network.ports",
+            format!(
+                "{} ports: at most {MAX_PUBLISHED_PORTS} are accepted",
+                p.ports.len()
+            ),
+        ));
+    }
+    Ok(NetworkSpec {
+        mode: mode_from(p.mode, "spec.network.mode")?,
+        ports: p
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| port_from(port, &format!("spec.network.ports[{i}]")))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn network_to(n: &NetworkSpec) -> Option<v1::NetworkSpec> {
+    (!n.is_default()).then(|| v1::NetworkSpec {
+        mode: mode_to(n.mode) as i32,
+        ports: n.ports.iter().map(port_to).collect(),
+    })
+}
+
+/// A container's network status for the wire.
+pub fn network_status_to(n: &NetworkStatus) -> v1::NetworkStatus {
+    let text = |ip: Option<std::net::Ipv4Addr>| ip.map(|i| i.to_string()).unwrap_or_default();
+    v1::NetworkStatus {
+        mode: mode_to(n.mode) as i32,
+        network: n.network.clone(),
+        ip: text(n.ip),
+        gateway: text(n.gateway),
+        subnet: n.subnet.map(|s| s.to_string()).unwrap_or_default(),
+        ports: n.ports.iter().map(port_to).collect(),
+    }
 }
 
 fn security_from(p: v1::Security) -> Result<Security, FieldError> {
@@ -207,6 +308,7 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         tty: s.tty,
         stdin: s.stdin,
         security: (s.security != Security::default()).then(|| security_to(&s.security)),
+        network: network_to(&s.network),
     }
 }
 
@@ -261,6 +363,35 @@ mod tests {
         .expect_err("unspecified namespace");
         assert_eq!(e.field, "spec.namespaces[1]");
         assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn host_mode_leaves_net_out_of_the_default_set() {
+        let wire = v1::ContainerSpec {
+            rootfs: "debian".into(),
+            command: vec!["true".into()],
+            network: Some(v1::NetworkSpec {
+                mode: v1::network_spec::Mode::Host as i32,
+                ports: vec![],
+            }),
+            ..Default::default()
+        };
+        let s = spec_from(wire).expect("spec");
+        assert!(!s.has(Namespace::Net));
+        assert!(s.validate().is_ok());
+        let e = spec_from(v1::ContainerSpec {
+            network: Some(v1::NetworkSpec {
+                mode: 0,
+                ports: vec![v1::PortMapping {
+                    host_port: 70000,
+                    container_port: 80,
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        })
+        .expect_err("port");
+        assert_eq!(e.field, "spec.network.ports[0].host_port");
     }
 
     #[test]

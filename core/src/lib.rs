@@ -9,6 +9,7 @@
 //!
 //! Modules, one concern each:
 //! - [`names`]: names that end up in paths (container ids, rootfs names), and fresh ones.
+//! - [`network`]: network modes, published ports, IPv4 blocks, a container's network status.
 //! - [`units`]: `64M`, `1GiB` and back.
 //! - [`process`]: signal names and the exit status a shell shows.
 //! - [`step`]: the steps of a start, as failure records name them.
@@ -31,6 +32,7 @@ pub mod bearer;
 pub mod convert;
 pub mod error_text;
 pub mod names;
+pub mod network;
 pub mod paging;
 pub mod process;
 pub mod rootfs_source;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::names::{validate_name, NameError};
+use crate::network::{NetworkError, NetworkSpec};
 use crate::security::{Security, SecurityError};
 
 /// Smallest memory limit hutch accepts. The kernel takes any value and rounds it to a page,
@@ -246,6 +247,9 @@ pub struct ContainerSpec {
     /// What its processes may do; the default is hardened.
     #[serde(default)]
     pub security: Security,
+    /// How it is connected (mode, published ports).
+    #[serde(default)]
+    pub network: NetworkSpec,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -384,6 +388,9 @@ pub enum SpecError {
     /// Labels, environment or command beyond their documented bounds.
     #[error("{0}")]
     TooLarge(String),
+    /// A network mode or port mapping that cannot work.
+    #[error("network: {0}")]
+    Network(#[from] NetworkError),
 }
 
 impl ContainerSpec {
@@ -411,6 +418,7 @@ impl ContainerSpec {
             tty: false,
             stdin: false,
             security: Security::default(),
+            network: NetworkSpec::default(),
         }
     }
 
@@ -521,6 +529,7 @@ impl ContainerSpec {
             }
         }
         self.validate_sizes()?;
+        self.network.validate(self.has(Namespace::Net))?;
         let mut seen = Vec::new();
         for ns in &self.namespaces {
             if seen.contains(ns) {

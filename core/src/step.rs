@@ -26,7 +26,7 @@ pub enum Step {
     UserNamespace,
     /// Making the mount namespace private.
     MountNamespace,
-    /// Bringing `lo` up in the network namespace.
+    /// Setting up the network: `lo` up, CNI plugins, `/etc/hosts`.
     Network,
     /// Setting the hostname.
     Hostname,
@@ -134,7 +134,7 @@ impl Step {
 
     /// A step that failed because of what the node can do or the container's state now.
     pub fn is_a_precondition(&self) -> bool {
-        matches!(self, Step::State | Step::Security)
+        matches!(self, Step::State | Step::Security | Step::Network)
     }
 }
 

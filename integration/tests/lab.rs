@@ -99,6 +99,8 @@ async fn isolation_across_hosts() {
             &name,
             "--node",
             &node,
+            "--network",
+            "none",
             "debian",
             "--",
             "sh",
@@ -340,6 +342,8 @@ async fn remote_client_drives_the_tutorial() {
         "--rm",
         "--ns",
         "pid,ipc,net,uts,mount",
+        "--network",
+        "none",
         "debian",
         "--",
         "sh",
@@ -555,4 +559,206 @@ async fn controller_restart_in_flight() {
     for id in ids {
         lab.hutch(&["rm", "-f", id]);
     }
+}
+
+/// A TCP server answering each connection with the address it came from (perl is in the
+/// test rootfs; the minbase image has no netcat).
+const ECHO_PEER_SERVER: &str = r#"use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalPort => 80, Listen => 16, ReuseAddr => 1) or die "listen: $!"; $| = 1; print "listening\n"; while (my $c = $s->accept) { print $c "peer=" . $c->peerhost . "\n"; close $c }"#;
+
+/// A client printing its own address and the server's answer.
+fn echo_client(addr: &str) -> String {
+    format!(
+        r#"use IO::Socket::INET; my $c = IO::Socket::INET->new(PeerAddr => "{addr}", Timeout => 5) or die "connect {addr}: $!"; print "self=" . $c->sockhost . "\n" . <$c>"#
+    )
+}
+
+/// The nat table and the links of a lab host, and its IP leases (for leak checks).
+fn network_leftovers(lab: &Lab, host: &str) -> (String, String) {
+    let nat = lab.exec(host, &["iptables-save", "-t", "nat"]);
+    let links = lab.exec(host, &["ip", "-o", "link"]);
+    (
+        String::from_utf8_lossy(&nat.stdout).into_owned(),
+        String::from_utf8_lossy(&links.stdout).into_owned(),
+    )
+}
+
+/// 6. Container networking across hosts (CNI bridge + host-local + portmap, host-gw routes):
+///    a server in a container on n1 answers a container on n2 by address, with the client's
+///    own address as source (no NAT between nodes); a published port answers from the
+///    client host; a second publication of the port on n1 is refused; `none` shows only lo
+///    and `host` the host's eth0; after removal no veth, DNAT chain or lease is left; an
+///    agent killed and restarted leaves the server reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networking_across_hosts() {
+    let lab = Lab::up("net", 2, "").await;
+    let (n1, n2) = (lab.node("n1"), lab.node("n2"));
+    let nodes = lab.hutch_json(&["nodes"]);
+    let subnets: Vec<String> = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["subnet"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        subnets.iter().all(|s| s.starts_with("198.19.")) && subnets[0] != subnets[1],
+        "each node its own block of the cluster network: {subnets:?}"
+    );
+
+    lab.hutch(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--node",
+        &n1,
+        "-p",
+        "8080:80",
+        "debian",
+        "--",
+        "perl",
+        "-e",
+        ECHO_PEER_SERVER,
+    ]);
+    let srv = lab.wait_container("srv", Duration::from_secs(10), |c| {
+        c["state"] == "running" && c["network"]["ip"].as_str().is_some_and(|ip| !ip.is_empty())
+    });
+    let ip = srv["network"]["ip"].as_str().expect("ip").to_string();
+    assert_eq!(srv["network"]["mode"], "bridge", "{srv}");
+    assert_eq!(srv["network"]["ports"][0], "8080:80/tcp", "{srv}");
+    let ps = lab.hutch(&["ps"]);
+    assert!(ps.contains(&ip), "ps shows the address: {ps}");
+
+    // From a container on the other node, by address: the server sees the client's own
+    // address (routed, not masqueraded).
+    let mut answer = String::new();
+    for _ in 0..50 {
+        let out = lab.exec(
+            "client",
+            &[
+                "hutch",
+                "run",
+                "--rm",
+                "--node",
+                &n2,
+                "debian",
+                "--",
+                "perl",
+                "-e",
+                &echo_client(&format!("{ip}:80")),
+            ],
+        );
+        answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let own = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("self="))
+        .unwrap_or("?");
+    let seen = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("peer="))
+        .unwrap_or("??");
+    assert!(
+        own.starts_with("198.19."),
+        "client container address: {answer}"
+    );
+    assert_eq!(
+        own, seen,
+        "the server sees the client container's address: {answer}"
+    );
+
+    // From the lab's client host through the published port of n1.
+    let out = lab.exec("client", &["perl", "-e", &echo_client("198.18.0.11:8080")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("peer="),
+        "published port: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The same host port on n1 again: refused, with the reason; a bad port: usage error.
+    let out = lab.exec(
+        "client",
+        &[
+            "hutch", "run", "--rm", "--node", &n1, "-p", "8080:81", "debian", "--", "true",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("8080/tcp is already published"),
+        "{err}"
+    );
+    for bad in ["70000:80", "80", "1.2.3:80:80", "8080:80/sctp"] {
+        let out = lab.exec(
+            "client",
+            &["hutch", "run", "--rm", "-p", bad, "debian", "--", "true"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        // A value hutch refuses: 125, with the reason (README's exit codes).
+        assert_eq!(out.status.code(), Some(125), "-p {bad}: {err}");
+        assert!(err.contains("--publish"), "-p {bad}: {err}");
+    }
+
+    // none: only lo (the tutorial's unshare -n); host: the host's own eth0.
+    let none = lab.hutch(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "debian",
+        "--",
+        "sh",
+        "-c",
+        "ip -brief link | cut -d' ' -f1",
+    ]);
+    assert_eq!(
+        none.split_whitespace().collect::<Vec<_>>(),
+        vec!["lo"],
+        "{none}"
+    );
+    let host = lab.hutch(&[
+        "run",
+        "--rm",
+        "--node",
+        &n1,
+        "--network",
+        "host",
+        "debian",
+        "--",
+        "sh",
+        "-c",
+        "ip -brief addr show eth0",
+    ]);
+    assert!(host.contains("198.18.0.11"), "host network: {host}");
+
+    // The agent of n1 killed and started again: the server still answers.
+    lab.lab(&["kill", "n1", "agent"]);
+    lab.lab(&["start", "n1", "agent"]);
+    let out = lab.exec("client", &["perl", "-e", &echo_client("198.18.0.11:8080")]);
+    assert!(
+        out.status.success(),
+        "after an agent restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Removed: nothing of it is left on n1.
+    lab.hutch(&["rm", "-f", "srv"]);
+    let (nat, links) = network_leftovers(&lab, "n1");
+    assert!(!nat.contains("CNI-DN-"), "port mapping left: {nat}");
+    assert!(!links.contains("veth"), "veth left: {links}");
+    let leases = std::fs::read_dir(format!(
+        "/var/tmp/hutch-lab-{}/n1/agent/cni/ipam/hutch",
+        lab.name
+    ))
+    .map(|rd| {
+        rd.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("198."))
+            .collect::<Vec<_>>()
+    })
+    .unwrap_or_default();
+    assert!(leases.is_empty(), "leases left: {leases:?}");
 }

@@ -188,6 +188,34 @@ impl ContainerSpec {
         self
     }
 
+    /// How it is connected: `bridge` (an address on the node's bridge, reachable from every
+    /// node), `none` (only `lo`), `host` (the host's network; no network namespace).
+    pub fn network(mut self, mode: hutch_core::network::NetworkMode) -> Self {
+        use hutch_proto::v1::network_spec::Mode;
+        let mode = match mode {
+            hutch_core::network::NetworkMode::Auto => Mode::Unspecified,
+            hutch_core::network::NetworkMode::Bridge => Mode::Bridge,
+            hutch_core::network::NetworkMode::None => Mode::None,
+            hutch_core::network::NetworkMode::Host => Mode::Host,
+        };
+        self.spec.network.get_or_insert_with(Default::default).mode = mode as i32;
+        self
+    }
+
+    /// Publishes a port, Docker's `-p [IP:]HOSTPORT:CTRPORT[/tcp|udp]` (bridge mode).
+    pub fn publish(mut self, mapping: &str) -> Self {
+        match hutch_core::network::parse_publish(mapping) {
+            Ok(p) => self
+                .spec
+                .network
+                .get_or_insert_with(Default::default)
+                .ports
+                .push(hutch_core::convert::port_to(&p)),
+            Err(e) => self.problems.push(format!("publish: {e}")),
+        }
+        self
+    }
+
     /// A limit on what the container may write to its writable layer, in bytes.
     pub fn disk_limit_bytes(mut self, bytes: u64) -> Self {
         self.spec.disk_limit_bytes = Some(bytes);

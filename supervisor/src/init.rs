@@ -168,6 +168,10 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
     if spec.security.masks_paths() {
         mask_paths(&root)?;
     }
+    if private_mounts && cfg.network.is_some() {
+        crate::network::bind_name_files(&cfg.dir, &root)
+            .map_err(|e| Failure::new(Step::Network, e))?;
+    }
 
     if spec.has(Namespace::Net) {
         sys::bring_loopback_up().map_err(|e| errno(Step::Network, "bringing lo up", e))?;

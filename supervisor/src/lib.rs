@@ -16,6 +16,8 @@
 //! - [`state`]: the state directory, the on-disk contract between agent and supervisor.
 //! - [`logs`]: the log file's line format.
 //! - [`security`]: applying capabilities, `no_new_privs` and seccomp to a process.
+//! - [`cni`]: CNI plugins run per the specification (ADD, DEL, CHECK), the network record.
+//! - [`network`]: a bridged container's namespace pinned, connected, named, disconnected.
 //! - [`cgroup`]: cgroup v1 and v2 memory and pids limits, OOM records, kill and removal.
 //! - [`overlay`], [`mounts`]: the container's root layer and unmounting.
 //! - [`fsutil`]: durable JSON files, atomically replaced.
@@ -23,11 +25,13 @@
 
 pub mod attach;
 pub mod cgroup;
+pub mod cni;
 pub mod exec;
 pub mod fsutil;
 pub mod init;
 pub mod logs;
 pub mod mounts;
+pub mod network;
 pub mod overlay;
 pub mod security;
 pub mod state;

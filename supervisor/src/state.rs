@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupPath, MemoryStats, PidsStats};
 use crate::overlay::Layer;
+use hutch_core::network::NetworkStatus;
 use hutch_core::spec::{ContainerSpec, Namespace};
 use hutch_core::step::Step;
 
@@ -99,6 +100,9 @@ pub struct SupervisorConfig {
     /// Log rotation: the spec's, or the agent's defaults.
     #[serde(default)]
     pub log_limits: crate::logs::LogLimits,
+    /// The CNI network to connect it to (bridge mode); `None`: no network to set up.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkPlan>,
 }
 
 impl SupervisorConfig {
@@ -144,6 +148,9 @@ pub struct ContainerState {
     pub finished_ms: Option<u64>,
     /// Whether the supervisor finished removing mounts and cgroup.
     pub cleaned_up: bool,
+    /// Its network once connected (bridge mode).
+    #[serde(default)]
+    pub network: Option<NetworkStatus>,
 }
 
 impl ContainerState {
@@ -166,6 +173,7 @@ impl ContainerState {
             started_ms: None,
             finished_ms: None,
             cleaned_up: false,
+            network: None,
         }
     }
 }

@@ -281,7 +281,8 @@ impl Supervisor {
                     Ok(())
                 }
             });
-        if let Err(f) = placed {
+        let connected = placed.and_then(|()| self.connect(child));
+        if let Err(f) = connected {
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
             let _ = waitpid(child, None);
             return Err(f);
@@ -531,6 +532,24 @@ impl Supervisor {
         );
     }
 
+    /// Bridge mode: connects the container (its init waiting to be released) through CNI.
+    fn connect(&mut self, child: Pid) -> Result<(), Failure> {
+        let Some(plan) = &self.cfg.network else {
+            return Ok(());
+        };
+        let names = [self.cfg.hostname.as_str(), self.cfg.id.as_str()];
+        let status = crate::network::connect(
+            &self.cfg.dir,
+            &self.cfg.id,
+            child.as_raw() as u32,
+            plan,
+            &names,
+        )
+        .map_err(|e| Failure::new(Step::Network, e))?;
+        self.state.network = Some(status);
+        Ok(())
+    }
+
     /// Removes everything the container had on the host except its state directory.
     fn cleanup(&mut self) {
         let started = Instant::now();
@@ -538,6 +557,14 @@ impl Supervisor {
             diag!("{e}");
         }
         let killed = started.elapsed();
+        // Before the unmount: DEL enters the pinned network namespace.
+        let network_left = match crate::network::disconnect(&self.cfg.dir) {
+            Ok(_) => false,
+            Err(e) => {
+                diag!("disconnecting the network: {e}");
+                true
+            }
+        };
         let left = unmount_below(&self.cfg.dir);
         let unmounted = started.elapsed();
         if !left.is_empty() {
@@ -546,7 +573,7 @@ impl Supervisor {
         if let Err(e) = self.cgroup.remove() {
             diag!("{e}");
         }
-        self.state.cleaned_up = left.is_empty();
+        self.state.cleaned_up = left.is_empty() && !network_left;
         self.save();
         diag!(
             "cleaned up in {:?} (processes gone after {killed:?}, unmounted after {unmounted:?})",

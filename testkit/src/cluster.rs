@@ -118,7 +118,11 @@ impl TestController {
     pub fn restart(&mut self) {
         kill9(&mut self.child);
         let mut cmd = Command::new(controller_bin());
-        cmd.env("RUST_LOG", "info,hutch_controller=debug")
+        // Test nodes share this machine's network namespace: no cluster network there
+        // (the network tests run on labs, whose hosts have namespaces of their own); a
+        // test's own --cluster-cidr overrides this.
+        cmd.env("HUTCH_CLUSTER_CIDR", "none")
+            .env("RUST_LOG", "info,hutch_controller=debug")
             .arg("--listen")
             .arg(&self.addr)
             .arg("--data-dir")

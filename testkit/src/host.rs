@@ -111,6 +111,7 @@ impl TestHost {
                 cgroup_root: None,
                 instance: instance.clone(),
                 log_defaults: Default::default(),
+                network: Default::default(),
             })
             .expect("runtime"),
         );
@@ -145,6 +146,7 @@ impl TestHost {
                 cgroup_root: None,
                 instance: self.instance.clone(),
                 log_defaults: Default::default(),
+                network: Default::default(),
             })
             .expect("runtime"),
         )

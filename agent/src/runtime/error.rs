@@ -92,6 +92,9 @@ pub enum RuntimeError {
         /// What happened.
         message: String,
     },
+    /// The container's network cannot be set up (or taken down) on this node.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     /// The state directory could not be read or written.
     #[error("{path}: {message}")]
     Io {
@@ -137,7 +140,8 @@ impl RuntimeError {
             }
             RuntimeError::NotRunning { .. }
             | RuntimeError::StillRunning(_)
-            | RuntimeError::NotAttachable(_) => ErrorClass::FailedPrecondition,
+            | RuntimeError::NotAttachable(_)
+            | RuntimeError::Network(_) => ErrorClass::FailedPrecondition,
             RuntimeError::Cgroup(_) | RuntimeError::Supervisor { .. } | RuntimeError::Io { .. } => {
                 ErrorClass::Internal
             }

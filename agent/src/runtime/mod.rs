@@ -35,12 +35,16 @@ use crate::cgroup::{
 use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
 use crate::names::validate_name;
+use crate::network::{NetworkSettings, NodeNetwork};
 use crate::rootfs::{RootfsInfo, RootfsStore};
 use crate::spec::{ContainerSpec, Namespace};
 use exec::ExecResult;
+use hutch_core::network::PortMapping;
 use hutch_core::step::Step;
+use hutch_supervisor::network::{disconnect, NetworkPlan};
 use logs::{LogLimits, LogLine};
 use state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
+use std::sync::Arc;
 
 /// How long the supervisor may take to report that the container runs.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,6 +66,8 @@ pub struct RuntimeConfig {
     pub instance: String,
     /// Log rotation of containers whose spec says nothing (10 MiB, 5 files by default).
     pub log_defaults: LogLimits,
+    /// The container network (CNI plugins and configurations, the node's subnet).
+    pub network: NetworkSettings,
 }
 
 impl RuntimeConfig {
@@ -74,6 +80,7 @@ impl RuntimeConfig {
             cgroup_root: None,
             instance: "default".into(),
             log_defaults: LogLimits::default(),
+            network: NetworkSettings::default(),
         }
     }
 }
@@ -118,6 +125,7 @@ pub struct Runtime {
     store: RootfsStore,
     cgroups: CgroupManager,
     log_defaults: LogLimits,
+    network: Arc<NodeNetwork>,
     exec_counter: AtomicU64,
 }
 
@@ -154,6 +162,7 @@ impl Runtime {
             store,
             cgroups,
             log_defaults: config.log_defaults,
+            network: Arc::new(NodeNetwork::new(config.network, &config.state_dir)),
             exec_counter: AtomicU64::new(0),
         })
     }
@@ -171,6 +180,27 @@ impl Runtime {
     /// hutch's cgroups.
     pub fn cgroups(&self) -> &CgroupManager {
         &self.cgroups
+    }
+
+    /// The node's container network.
+    pub fn network(&self) -> &Arc<NodeNetwork> {
+        &self.network
+    }
+
+    /// The ports the node's live containers publish, with their ids.
+    fn published_ports(&self) -> Vec<(String, PortMapping)> {
+        self.list()
+            .into_iter()
+            .filter(|c| !c.state.status.is_final())
+            .flat_map(|c| {
+                let id = c.state.id.clone();
+                c.spec
+                    .network
+                    .ports
+                    .into_iter()
+                    .map(move |p| (id.clone(), p))
+            })
+            .collect()
     }
 
     fn dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
@@ -195,6 +225,12 @@ impl Runtime {
         let dir = self.dir(id)?;
         spec.validate()?;
         let rootfs = self.store.get(&spec.rootfs)?;
+        let taken = if spec.network.ports.is_empty() {
+            Vec::new()
+        } else {
+            self.published_ports()
+        };
+        let network = self.network.plan(&spec, &taken)?;
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -202,7 +238,7 @@ impl Runtime {
             }
             Err(e) => return Err(io_err(&dir, e)),
         }
-        let started = self.start(id, &dir, spec, &rootfs).await;
+        let started = self.start(id, &dir, spec, network, &rootfs).await;
         if started.is_err() {
             self.discard(id, &dir);
         }
@@ -214,6 +250,7 @@ impl Runtime {
         id: &str,
         dir: &Path,
         spec: ContainerSpec,
+        network: Option<NetworkPlan>,
         rootfs: &RootfsInfo,
     ) -> Result<ContainerInfo, RuntimeError> {
         // An explicit pids limit must be enforced; the default one is, where the host can.
@@ -255,6 +292,7 @@ impl Runtime {
             cgroup: cgroup.path().clone(),
             supervisors_cgroup: self.cgroups.supervisors(),
             log_limits,
+            network,
         };
         replace_json(&StatePaths::config(dir), &config).map_err(|e| io_err(dir, e))?;
         replace_json(
@@ -350,8 +388,12 @@ impl Runtime {
         }
     }
 
-    /// Removes what a failed start left: mounts, cgroup, state directory.
+    /// Removes what a failed start left: network, mounts, cgroup, state directory.
     fn discard(&self, id: &str, dir: &Path) {
+        if let Err(e) = disconnect(dir) {
+            tracing::error!(container = id, error = %e, "network left after a failed start; state kept");
+            return;
+        }
         let left = unmount_below(dir);
         if !left.is_empty() {
             tracing::error!(
@@ -537,6 +579,12 @@ impl Runtime {
             let _ = self.kill(id, libc::SIGKILL);
         }
         let info = self.wait(id).await?;
+        // The supervisor disconnects on its way out; this covers one that died first.
+        let net_dir = dir.clone();
+        tokio::task::spawn_blocking(move || disconnect(&net_dir))
+            .await
+            .map_err(|e| io_err(&dir, e))?
+            .map_err(|e| RuntimeError::Network(e.into()))?;
         let left = unmount_below(&dir);
         if !left.is_empty() {
             return Err(io_err(&dir, format!("still mounted: {left:?}")));

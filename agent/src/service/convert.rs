@@ -22,6 +22,8 @@ pub fn state_to(s: RunStatus) -> v1::ContainerState {
         RunStatus::Failed => v1::ContainerState::Failed,
     }
 }
+use hutch_core::network::{NetworkMode, NetworkStatus};
+use hutch_core::spec::Namespace;
 
 /// A container record for the wire.
 pub fn container_to(info: &ContainerInfo, node: &str) -> v1::Container {
@@ -66,8 +68,26 @@ pub fn container_to(info: &ContainerInfo, node: &str) -> v1::Container {
         started_at: st.started_ms.map(timestamp_ms),
         finished_at: st.finished_ms.map(timestamp_ms),
         rootfs_key: info.rootfs_key.clone(),
+        network: network_of(info).map(|n| hutch_core::convert::network_status_to(&n)),
         ..Default::default()
     }
+}
+
+/// The network a started container has: what its supervisor connected (bridge), or the
+/// mode its namespaces give it.
+fn network_of(info: &ContainerInfo) -> Option<NetworkStatus> {
+    if let Some(n) = &info.state.network {
+        return Some(n.clone());
+    }
+    info.state.started_ms?;
+    Some(NetworkStatus {
+        mode: if info.spec.has(Namespace::Net) {
+            NetworkMode::None
+        } else {
+            NetworkMode::Host
+        },
+        ..Default::default()
+    })
 }
 
 /// A rootfs for the wire.

@@ -15,7 +15,9 @@ use hutch_proto::v1::nodes_client::NodesClient;
 use tonic::transport::{Channel, Endpoint};
 
 use super::AgentCore;
+use crate::network::{Assignment, PeerRoute};
 use crate::node;
+use hutch_core::network::Cidr;
 
 /// First and longest pause between registration attempts.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -114,6 +116,7 @@ pub async fn run(core: Arc<AgentCore>, reg: Registration, tls: Option<TlsMateria
             Ok(r) => {
                 let r = r.into_inner();
                 tracing::info!(controller = %url, node = %core.node, "registered");
+                apply_network(&core, r.network.as_ref()).await;
                 pause = BACKOFF_FIRST;
                 let why = heartbeat(&core, &mut client, &r, &mut closing).await;
                 if *closing.borrow() {
@@ -148,11 +151,44 @@ async fn heartbeat(
             _ = tick.tick() => {}
             _ = closing.changed() => return "shutting down".into(),
         }
-        if let Err(s) = client
+        match client
             .heartbeat(heartbeat_request(core, &registered.session))
             .await
         {
-            return s.message().to_string();
+            Ok(r) => apply_network(core, r.into_inner().network.as_ref()).await,
+            Err(s) => return s.message().to_string(),
         }
+    }
+}
+
+/// Takes the cluster's network as the controller sent it: the node's subnet, the cluster's
+/// block and the routes to the other nodes. A malformed entry is logged and left out.
+async fn apply_network(core: &AgentCore, network: Option<&v1::ClusterNetwork>) {
+    let (assignment, routes) = match network {
+        None => (None, Default::default()),
+        Some(n) => {
+            let assignment = match (n.subnet.parse::<Cidr>(), n.cluster_cidr.parse::<Cidr>()) {
+                (Ok(subnet), Ok(cluster)) => Some(Assignment { subnet, cluster }),
+                _ => {
+                    tracing::warn!(subnet = %n.subnet, cluster = %n.cluster_cidr, "unreadable network from the controller");
+                    None
+                }
+            };
+            let routes = n
+                .routes
+                .iter()
+                .filter_map(|r| match (r.subnet.parse::<Cidr>(), r.via.parse()) {
+                    (Ok(subnet), Ok(via)) => Some(PeerRoute { subnet, via }),
+                    _ => {
+                        tracing::warn!(node = %r.node, "unreadable route from the controller");
+                        None
+                    }
+                })
+                .collect();
+            (assignment, routes)
+        }
+    };
+    if let Err(e) = core.runtime.network().sync_host(assignment, routes).await {
+        tracing::error!(node = %core.node, "container network: {e}");
     }
 }

@@ -79,6 +79,15 @@ pub async fn serve(
         closing: tokio::sync::watch::channel(false).0,
     });
 
+    // An agent without a controller sets its node-wide network up now (--network-subnet);
+    // one with a controller does when it registers.
+    if options.registration.is_none() && core.runtime.network().assignment().is_some() {
+        let network = core.runtime.network().clone();
+        let assignment = network.assignment();
+        if let Err(e) = network.sync_host(assignment, Default::default()).await {
+            tracing::error!("container network: {e}");
+        }
+    }
     let (router, health) = base_router(options.tls.as_ref())?;
     health.set_serving::<AgentServer<AgentService>>().await;
     if let Some(reg) = options.registration {

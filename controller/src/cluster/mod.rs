@@ -14,7 +14,9 @@
 //! reconciliation after a node comes back), [`rootfs`] (builds and listings across nodes).
 
 pub mod containers;
+pub use network::ClusterCidr;
 pub mod dispatch;
+pub mod network;
 pub mod nodes;
 pub mod records;
 pub mod rootfs;
@@ -58,6 +60,8 @@ pub struct ClusterConfig {
     pub agent_token: Option<Secret>,
     /// The controller's TLS material: agents are called over mutual TLS with it.
     pub agent_tls: Option<hutch_pki::material::TlsMaterial>,
+    /// The cluster's container network; `None`: nodes get no subnet.
+    pub cluster_cidr: Option<ClusterCidr>,
 }
 
 /// A value kept out of logs and debug output.
@@ -84,6 +88,7 @@ impl Default for ClusterConfig {
             restart_backoff_max: Duration::from_secs(60),
             agent_token: None,
             agent_tls: None,
+            cluster_cidr: None,
         }
     }
 }

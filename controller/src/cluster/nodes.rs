@@ -7,6 +7,7 @@ use hutch_core::convert::timestamp;
 use hutch_core::names::validate_name;
 use hutch_proto::v1::{self, ContainerState as S, NodeState, WatchEventType};
 
+use super::network::{allocate_subnet, view_for};
 use super::records::{holds_reservation, state};
 use super::{Change, Cluster, ClusterError, NodeEntry, State};
 use crate::agents::AgentRpc;
@@ -94,6 +95,7 @@ impl Cluster {
             old.last_event_seq
         };
         let now = Some(timestamp(SystemTime::now()));
+        let subnet = self.node_subnet(&st, &name, &old.subnet);
         let record = v1::Node {
             name: name.clone(),
             address: req.address,
@@ -113,11 +115,12 @@ impl Cluster {
             registered_at: now,
             last_heartbeat: now,
             last_event_seq,
-            message: if old.name.is_empty() {
-                "registered".into()
-            } else {
-                "registered again".into()
+            message: match (&subnet, old.name.is_empty()) {
+                (Err(why), _) => why.clone(),
+                (Ok(_), true) => "registered".into(),
+                (Ok(_), false) => "registered again".into(),
             },
+            subnet: subnet.unwrap_or_default(),
         };
         let entry = st.nodes.entry(name.clone()).or_insert_with(|| NodeEntry {
             record: record.clone(),
@@ -137,18 +140,49 @@ impl Cluster {
         if let Some(e) = st.nodes.get_mut(&name) {
             e.link = Some(link);
         }
+        let network = self.network_view(&st, &name);
         drop(st);
-        tracing::info!(node = %name, address = %record.address, "node registered");
+        tracing::info!(node = %name, address = %record.address, subnet = %record.subnet, "node registered");
         tokio::spawn(self.clone().reconcile(name));
         self.kick.notify_one();
         Ok(v1::RegisterResponse {
             session: self.session.clone(),
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            network,
         })
     }
 
+    /// The block node `name` gets (its old one when it still may have it); an empty
+    /// string without a cluster network; the reason when every block is taken.
+    fn node_subnet(&self, st: &State, name: &str, old: &str) -> Result<String, String> {
+        let Some(cluster) = &self.config.cluster_cidr else {
+            return Ok(String::new());
+        };
+        let used: Vec<_> = st
+            .nodes
+            .values()
+            .filter(|e| e.record.name != name)
+            .filter_map(|e| e.record.subnet.parse().ok())
+            .collect();
+        match allocate_subnet(cluster, old.parse().ok(), &used) {
+            Some(s) => Ok(s.to_string()),
+            None => Err(format!(
+                "no free /{} block left in the cluster network {}: its containers get no network",
+                cluster.node_prefix, cluster.cidr
+            )),
+        }
+    }
+
+    /// What a node is told about the cluster's network.
+    fn network_view(&self, st: &State, name: &str) -> Option<v1::ClusterNetwork> {
+        view_for(st, self.config.cluster_cidr.as_ref()?, name)
+    }
+
     /// Records a heartbeat. `FailedPrecondition` asks the agent to register again.
-    pub fn heartbeat(self: &Arc<Self>, req: v1::HeartbeatRequest) -> Result<(), ClusterError> {
+    pub fn heartbeat(
+        self: &Arc<Self>,
+        req: v1::HeartbeatRequest,
+    ) -> Result<v1::HeartbeatResponse, ClusterError> {
         let mut st = self.lock();
         let again = |why: &str| {
             ClusterError::FailedPrecondition(format!("node '{}': {why}; register again", req.name))
@@ -186,7 +220,9 @@ impl Cluster {
         if rootfs_changed || was_not_ready {
             self.kick.notify_one();
         }
-        Ok(())
+        Ok(v1::HeartbeatResponse {
+            network: self.network_view(&st, &req.name),
+        })
     }
 
     /// Moves silent nodes to NOT_READY, then DOWN; the containers of a DOWN node become

@@ -107,6 +107,9 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
     if agent.pids.is_some() {
         record.pids = agent.pids;
     }
+    if agent.network.is_some() {
+        record.network = agent.network.clone();
+    }
     record.started_at = agent.started_at.or(record.started_at);
     record.finished_at = agent.finished_at.or(record.finished_at);
     if !agent.rootfs_key.is_empty() {
@@ -142,6 +145,7 @@ pub fn reset_for_new_run(record: &mut v1::Container) {
     record.namespaces.clear();
     record.memory = None;
     record.pids = None;
+    record.network = None;
     record.started_at = None;
     record.finished_at = None;
     record.node.clear();

@@ -58,10 +58,11 @@ impl Nodes for NodesService {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         check_name(&request, &request.get_ref().name)?;
         let req = request.into_inner();
-        self.cluster
+        let response = self
+            .cluster
             .commit_blocking(move |c| c.heartbeat(req))
             .await?;
-        Ok(Response::new(v1::HeartbeatResponse {}))
+        Ok(Response::new(response))
     }
 
     async fn join(

@@ -145,6 +145,22 @@ pub(crate) struct ServeArgs {
     /// (Docker's max-file) [default: 5].
     #[arg(long, env = "HUTCH_LOG_MAX_FILES")]
     pub(crate) log_max_files: Option<u32>,
+    /// Where CNI plugins are, ':'-separated [default: /usr/lib/cni:/opt/cni/bin].
+    #[arg(long, env = "HUTCH_CNI_BIN_DIR", value_name = "DIRS")]
+    pub(crate) cni_bin_dir: Option<String>,
+    /// Where CNI network configuration files are (.conflist, .conf, .json); a file naming
+    /// the --cni-network replaces hutch's own bridge configuration [default: /etc/cni/net.d].
+    #[arg(long, env = "HUTCH_CNI_CONF_DIR", value_name = "DIR")]
+    pub(crate) cni_conf_dir: Option<PathBuf>,
+    /// The CNI network bridged containers join [default: hutch, a bridge "hutch0" on the
+    /// node's subnet with host-local addresses and portmap, written by hutch itself].
+    #[arg(long, env = "HUTCH_CNI_NETWORK", value_name = "NAME")]
+    pub(crate) cni_network: Option<String>,
+    /// The node's container subnet for an agent without a controller, e.g. 198.19.0.0/24
+    /// (with a controller, it gives each node its subnet). Without either, containers with
+    /// a network namespace get only lo.
+    #[arg(long, env = "HUTCH_NETWORK_SUBNET", value_name = "CIDR")]
+    pub(crate) network_subnet: Option<String>,
     /// Events kept in the log before compaction [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
     pub(crate) event_log_keep: Option<usize>,

@@ -68,6 +68,10 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Loaded, String> {
         tokens_file: serve.and_then(|s| s.tokens_file.clone()),
         log_max_size: serve.and_then(|s| s.log_max_size.clone()),
         log_max_files: serve.and_then(|s| s.log_max_files),
+        cni_bin_dir: serve.and_then(|s| s.cni_bin_dir.clone()),
+        cni_conf_dir: serve.and_then(|s| s.cni_conf_dir.clone()),
+        cni_network: serve.and_then(|s| s.cni_network.clone()),
+        network_subnet: serve.and_then(|s| s.network_subnet.clone()),
         join_token: match serve {
             Some(s) => token_from(s.join_token.clone(), s.join_file.as_deref())
                 .map_err(|e| format!("--join-file: {e}"))?,

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         cgroup_root: config.cgroup_root.clone(),
         instance: config.agent.name.clone(),
         log_defaults: config.agent.log_defaults,
+        network: config.agent.network.clone(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,321 @@
+//! The node's container network: which CNI network a container joins, with what
+//! configuration and plugins; the node's subnet (given by the controller at registration,
+//! or `--network-subnet` for an agent without one); and, in [`host`], the node-wide pieces
+//! (masquerading of traffic leaving the cluster, routes to the other nodes' subnets).
+//!
+//! A container in `bridge` mode gets a [`NetworkPlan`]: the network's configuration list
+//! (from `--cni-conf-dir` when a file there carries the network's name, else, for the
+//! default network, the bridge configuration hutch writes for the node's subnet), the
+//! plugin directories and the ports. The supervisor runs the plugins.
+
+pub mod host;
+
+pub use host::PeerRoute;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use serde_json::Value;
+
+use hutch_core::network::{Cidr, NetworkMode, PortMapping};
+use hutch_core::spec::{ContainerSpec, Namespace};
+use hutch_supervisor::cni::{conf, find_plugin, CniError, NetworkList};
+use hutch_supervisor::network::{container_resolv_conf, NetworkPlan};
+
+/// The default network's name.
+pub const DEFAULT_NETWORK: &str = "hutch";
+/// The bridge of the default network.
+pub const DEFAULT_BRIDGE: &str = "hutch0";
+/// Where Debian's containernetworking-plugins and the usual install put plugins.
+pub const DEFAULT_BIN_DIRS: [&str; 2] = ["/usr/lib/cni", "/opt/cni/bin"];
+/// Where CNI configuration files usually are.
+pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
+
+/// Why a container's network cannot be set up on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// Bridge mode (or a published port) on a node without a network.
+    #[error("this node has no container network for {0}: register the agent with a controller that has a cluster network (--cluster-cidr), or start it with --network-subnet; --network none gives a container only lo")]
+    NoNetwork(String),
+    /// A CNI configuration or plugin problem.
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    /// No configuration carries the network's name.
+    #[error("no CNI network '{name}' in {dir}{broken}")]
+    UnknownNetwork {
+        /// The network asked for.
+        name: String,
+        /// The configuration directory.
+        dir: String,
+        /// Files that could not be read, with why.
+        broken: String,
+    },
+    /// A host address to publish on that the node does not have.
+    #[error("host address {0} is not an address of this node: publish on one of its addresses, or on all (no address)")]
+    NotAnAddress(Ipv4Addr),
+    /// A host port is taken.
+    #[error("host port {port} is already {by} on this node: publish another port")]
+    PortTaken {
+        /// The mapping.
+        port: String,
+        /// By whom.
+        by: String,
+    },
+}
+
+/// The agent's network settings (flags and configuration file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// Where plugins are looked up (`--cni-bin-dir`, `:`-separated).
+    pub bin_dirs: Vec<PathBuf>,
+    /// Where configuration files are (`--cni-conf-dir`).
+    pub conf_dir: PathBuf,
+    /// The network of `bridge` containers (`--cni-network`).
+    pub default_network: String,
+    /// The node's subnet without a controller (`--network-subnet`).
+    pub subnet: Option<Cidr>,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            bin_dirs: DEFAULT_BIN_DIRS.iter().map(PathBuf::from).collect(),
+            conf_dir: PathBuf::from(DEFAULT_CONF_DIR),
+            default_network: DEFAULT_NETWORK.into(),
+            subnet: None,
+        }
+    }
+}
+
+/// The node's subnet and the cluster's block, once known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    /// The node's block.
+    pub subnet: Cidr,
+    /// The cluster's block (traffic to it is not masqueraded).
+    pub cluster: Cidr,
+}
+
+/// The node's container network.
+pub struct NodeNetwork {
+    settings: NetworkSettings,
+    ipam_dir: PathBuf,
+    assignment: RwLock<Option<Assignment>>,
+    /// What [`host`] last set up successfully: the assignment and the peer routes.
+    applied: Mutex<Option<(Option<Assignment>, BTreeSet<PeerRoute>)>>,
+}
+
+impl NodeNetwork {
+    /// The network of a node whose state is in `state_dir` (IP leases in `STATE/cni/ipam`).
+    pub fn new(settings: NetworkSettings, state_dir: &Path) -> Self {
+        let assignment = settings.subnet.map(|subnet| Assignment {
+            subnet,
+            cluster: subnet,
+        });
+        NodeNetwork {
+            settings,
+            ipam_dir: state_dir.join("cni").join("ipam"),
+            assignment: RwLock::new(assignment),
+            applied: Mutex::new(None),
+        }
+    }
+
+    /// Brings the node-wide pieces in step with the cluster (the controller's view, or
+    /// `--network-subnet` alone): masquerading for the node's subnet, routes to the other
+    /// nodes'. Runs `iptables`/`ip` only when something changed since the last success.
+    pub async fn sync_host(
+        self: &std::sync::Arc<Self>,
+        assignment: Option<Assignment>,
+        routes: BTreeSet<PeerRoute>,
+    ) -> Result<(), String> {
+        self.assign(assignment);
+        let wanted = (self.assignment(), routes);
+        {
+            let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+            if applied.as_ref() == Some(&wanted) {
+                return Ok(());
+            }
+            if applied.is_none() && wanted.0.is_none() && wanted.1.is_empty() {
+                // No network and none set up before: the host is left alone.
+                *applied = Some(wanted);
+                return Ok(());
+            }
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(a) = &wanted.0 {
+                host::masquerade(a)?;
+            }
+            host::sync_routes(&wanted.1)?;
+            *this.applied.lock().unwrap_or_else(|e| e.into_inner()) = Some(wanted);
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("network setup task: {e}"))?
+    }
+
+    /// Where the default network's IP leases are kept.
+    pub fn ipam_dir(&self) -> &Path {
+        &self.ipam_dir
+    }
+
+    /// The node's subnet and the cluster's block, if it has a network.
+    pub fn assignment(&self) -> Option<Assignment> {
+        *self.assignment.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the subnet the controller gave; whether it changed.
+    pub fn assign(&self, next: Option<Assignment>) -> bool {
+        let mut current = self.assignment.write().unwrap_or_else(|e| e.into_inner());
+        let next = next.or(self.settings.subnet.map(|subnet| Assignment {
+            subnet,
+            cluster: subnet,
+        }));
+        let changed = *current != next;
+        *current = next;
+        changed
+    }
+
+    /// The mode a spec gets here (`Auto` resolved).
+    pub fn mode_for(&self, spec: &ContainerSpec) -> NetworkMode {
+        match spec.network.mode {
+            NetworkMode::Auto if !spec.has(Namespace::Net) => NetworkMode::Host,
+            NetworkMode::Auto if self.assignment().is_some() || !spec.network.ports.is_empty() => {
+                NetworkMode::Bridge
+            }
+            NetworkMode::Auto => NetworkMode::None,
+            mode => mode,
+        }
+    }
+
+    /// What the supervisor needs to connect a container of `spec`, or `None` when its
+    /// mode has nothing to set up. `taken` lists the ports the node's running containers
+    /// publish, with their ids.
+    pub fn plan(
+        &self,
+        spec: &ContainerSpec,
+        taken: &[(String, PortMapping)],
+    ) -> Result<Option<NetworkPlan>, NetworkError> {
+        if self.mode_for(spec) != NetworkMode::Bridge {
+            return Ok(None);
+        }
+        let name = self.settings.default_network.clone();
+        let config = self.configuration(&name)?;
+        let list = NetworkList::parse(&config.to_string(), &name)?;
+        for plugin in list.types() {
+            find_plugin(&self.settings.bin_dirs, plugin)?;
+        }
+        for port in &spec.network.ports {
+            check_port_free(port, taken)?;
+        }
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        Ok(Some(NetworkPlan {
+            name,
+            config,
+            bin_dirs: self.settings.bin_dirs.clone(),
+            ports: spec.network.ports.clone(),
+            resolv_conf: container_resolv_conf(&host_resolv),
+            extra_hosts: Vec::new(),
+        }))
+    }
+
+    /// The configuration list of network `name`: a file of the configuration directory
+    /// naming it, else (the default network) the bridge on the node's subnet.
+    fn configuration(&self, name: &str) -> Result<Value, NetworkError> {
+        let dir = &self.settings.conf_dir;
+        let mut broken = Vec::new();
+        for path in config_files(dir) {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            match NetworkList::parse(&text, &path.display().to_string()) {
+                Ok(list) if list.name == name => {
+                    let mut value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    if value.get("plugins").is_none() {
+                        // A single plugin's file: the list form, so DEL reads it the same way.
+                        value = serde_json::json!({
+                            "cniVersion": list.cni_version,
+                            "name": list.name,
+                            "plugins": list.plugins,
+                        });
+                    }
+                    return Ok(value);
+                }
+                Ok(_) => {}
+                Err(e) => broken.push(e.to_string()),
+            }
+        }
+        if name == self.settings.default_network && broken.is_empty() {
+            let Some(assignment) = self.assignment() else {
+                return Err(NetworkError::NoNetwork("bridge mode".into()));
+            };
+            return Ok(conf::default_network(
+                name,
+                DEFAULT_BRIDGE,
+                assignment.subnet,
+                &self.ipam_dir.display().to_string(),
+            ));
+        }
+        Err(NetworkError::UnknownNetwork {
+            name: name.into(),
+            dir: dir.display().to_string(),
+            broken: if broken.is_empty() {
+                String::new()
+            } else {
+                format!(" (unreadable: {})", broken.join("; "))
+            },
+        })
+    }
+}
+
+/// `*.conflist`, `*.conf` and `*.json` of `dir`, sorted by name (as libcni reads them).
+fn config_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("conflist" | "conf" | "json")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Whether `port` may be published: no running container of the node publishes it, and no
+/// process of the host holds it.
+fn check_port_free(
+    port: &PortMapping,
+    taken: &[(String, PortMapping)],
+) -> Result<(), NetworkError> {
+    if let Some((id, _)) = taken.iter().find(|(_, p)| p.conflicts_with(port)) {
+        return Err(NetworkError::PortTaken {
+            port: format!("{}/{}", port.host_port, port.protocol),
+            by: format!("published by container '{id}'"),
+        });
+    }
+    let ip = port.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let held = match port.protocol {
+        hutch_core::network::Protocol::Tcp => {
+            std::net::TcpListener::bind((ip, port.host_port)).err()
+        }
+        hutch_core::network::Protocol::Udp => std::net::UdpSocket::bind((ip, port.host_port)).err(),
+    };
+    match held {
+        Some(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(NetworkError::PortTaken {
+            port: format!("{}/{}", port.host_port, port.protocol),
+            by: "in use by a process of the host".into(),
+        }),
+        Some(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            Err(NetworkError::NotAnAddress(ip))
+        }
+        _ => Ok(()),
+    }
+}

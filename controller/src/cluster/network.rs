@@ -1,0 +1,119 @@
+//! The cluster's container network: each node's block of the cluster's block (given at its
+//! first registration, kept in its record across restarts), and what a node is told with
+//! each registration and heartbeat: its block, the cluster's, and a route to every other
+//! node's block through that node's address.
+
+use hutch_core::network::Cidr;
+use hutch_proto::v1;
+
+use super::State;
+
+/// The cluster's block and the size of each node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterCidr {
+    /// The whole block, e.g. 198.19.0.0/16.
+    pub cidr: Cidr,
+    /// Each node's prefix length, e.g. 24.
+    pub node_prefix: u8,
+}
+
+/// The node's block: the one it had (if it still lies in the cluster's block and no other
+/// node holds it), else the first free one; `None` when every block is taken.
+pub fn allocate_subnet(
+    cluster: &ClusterCidr,
+    previous: Option<Cidr>,
+    used: &[Cidr],
+) -> Option<Cidr> {
+    if let Some(p) = previous {
+        if p.prefix == cluster.node_prefix
+            && cluster.cidr.contains(p.network)
+            && !used.iter().any(|u| u.overlaps(&p))
+        {
+            return Some(p);
+        }
+    }
+    let count = cluster.cidr.subnet_count(cluster.node_prefix)?;
+    (0..count)
+        .filter_map(|i| cluster.cidr.subnet(cluster.node_prefix, i))
+        .find(|s| !used.iter().any(|u| u.overlaps(s)))
+}
+
+/// The IPv4 address of a node's `host:port` address, when it is a literal one.
+fn node_ip(address: &str) -> Option<std::net::Ipv4Addr> {
+    let (host, _) = address.rsplit_once(':')?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// What node `name` is told about the cluster's network.
+pub(crate) fn view_for(
+    st: &State,
+    cluster: &ClusterCidr,
+    name: &str,
+) -> Option<v1::ClusterNetwork> {
+    let own = st.nodes.get(name)?;
+    if own.record.subnet.is_empty() {
+        return None;
+    }
+    let routes = st
+        .nodes
+        .values()
+        .filter(|e| e.record.name != name && !e.record.subnet.is_empty())
+        .filter_map(|e| {
+            Some(v1::NodeRoute {
+                node: e.record.name.clone(),
+                subnet: e.record.subnet.clone(),
+                via: node_ip(&e.record.address)?.to_string(),
+            })
+        })
+        .collect();
+    Some(v1::ClusterNetwork {
+        cluster_cidr: cluster.cidr.to_string(),
+        subnet: own.record.subnet.clone(),
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_kept_reused_and_never_shared() {
+        let c = ClusterCidr {
+            cidr: "198.19.0.0/22".parse().expect("a value"),
+            node_prefix: 24,
+        };
+        let b = |s: &str| s.parse::<Cidr>().expect("a value");
+        assert_eq!(allocate_subnet(&c, None, &[]), Some(b("198.19.0.0/24")));
+        assert_eq!(
+            allocate_subnet(&c, None, &[b("198.19.0.0/24"), b("198.19.2.0/24")]),
+            Some(b("198.19.1.0/24"))
+        );
+        // Its own block again, after a restart.
+        assert_eq!(
+            allocate_subnet(&c, Some(b("198.19.3.0/24")), &[b("198.19.0.0/24")]),
+            Some(b("198.19.3.0/24"))
+        );
+        // Not one outside the block or held by another node.
+        assert_eq!(
+            allocate_subnet(&c, Some(b("198.19.9.0/24")), &[]),
+            Some(b("198.19.0.0/24"))
+        );
+        assert_eq!(
+            allocate_subnet(&c, Some(b("198.19.0.0/24")), &[b("198.19.0.0/24")]),
+            Some(b("198.19.1.0/24"))
+        );
+        let all: Vec<Cidr> = (0..4)
+            .map(|i| c.cidr.subnet(24, i).expect("a value"))
+            .collect();
+        assert_eq!(allocate_subnet(&c, None, &all), None);
+        assert_eq!(
+            node_ip("198.18.0.11:7070").expect("a value").to_string(),
+            "198.18.0.11"
+        );
+        assert_eq!(node_ip("agent.example:7070"), None);
+    }
+}
