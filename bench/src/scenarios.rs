@@ -458,9 +458,10 @@ fn placement_seconds(nodes: usize, requests: usize) -> f64 {
             selector: &selectors[i % selectors.len()],
             rootfs: "debian",
             rootfs_buildable: false,
+            ports: &[],
         };
         if let Ok(n) = s.place(&req) {
-            s.reserve(&n, req.memory_bytes);
+            s.reserve(&n, req.memory_bytes, &[]);
             *placed.entry(n).or_default() += 1;
         }
     }

@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+use hutch_core::network::PortMapping;
+
 /// How candidates are ranked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
@@ -72,6 +74,8 @@ pub struct Request<'a> {
     pub rootfs: &'a str,
     /// The cluster knows how to build this rootfs on any node.
     pub rootfs_buildable: bool,
+    /// Host ports it publishes: no two containers of a node publish one.
+    pub ports: &'a [PortMapping],
 }
 
 /// Why no node fits; the text is meant for the container's status message.
@@ -88,6 +92,8 @@ impl fmt::Display for Unschedulable {
 struct Slot {
     capacity: NodeCapacity,
     reserved_bytes: u64,
+    /// Host ports published by the containers placed here (one entry per container's port).
+    ports: Vec<PortMapping>,
 }
 
 impl Slot {
@@ -95,6 +101,13 @@ impl Slot {
         self.capacity
             .allocatable_bytes
             .saturating_sub(self.reserved_bytes)
+    }
+
+    /// The first of `wanted` a container placed here already publishes.
+    fn taken_port<'p>(&self, wanted: &'p [PortMapping]) -> Option<&'p PortMapping> {
+        wanted
+            .iter()
+            .find(|w| self.ports.iter().any(|p| p.conflicts_with(w)))
     }
 }
 
@@ -144,6 +157,7 @@ impl Scheduler {
             .or_insert(Slot {
                 capacity,
                 reserved_bytes: 0,
+                ports: Vec::new(),
             });
         self.index(name);
     }
@@ -170,20 +184,26 @@ impl Scheduler {
         self.slots.remove(name);
     }
 
-    /// Sets `bytes` aside on `node` for a container placed there.
-    pub fn reserve(&mut self, node: &str, bytes: u64) {
+    /// Sets `bytes` and the host `ports` aside on `node` for a container placed there.
+    pub fn reserve(&mut self, node: &str, bytes: u64, ports: &[PortMapping]) {
         self.unindex(node);
         if let Some(slot) = self.slots.get_mut(node) {
             slot.reserved_bytes = slot.reserved_bytes.saturating_add(bytes);
+            slot.ports.extend_from_slice(ports);
         }
         self.index(node);
     }
 
     /// Gives back what [`Scheduler::reserve`] set aside.
-    pub fn release(&mut self, node: &str, bytes: u64) {
+    pub fn release(&mut self, node: &str, bytes: u64, ports: &[PortMapping]) {
         self.unindex(node);
         if let Some(slot) = self.slots.get_mut(node) {
             slot.reserved_bytes = slot.reserved_bytes.saturating_sub(bytes);
+            for p in ports {
+                if let Some(i) = slot.ports.iter().position(|q| q == p) {
+                    slot.ports.swap_remove(i);
+                }
+            }
         }
         self.index(node);
     }
@@ -205,6 +225,7 @@ impl Scheduler {
                 .iter()
                 .all(|(k, v)| slot.capacity.labels.get(k) == Some(v))
             && (req.rootfs_buildable || slot.capacity.rootfs.contains(req.rootfs))
+            && slot.taken_port(req.ports).is_none()
     }
 
     /// The node for `req`, or why there is none. Does not reserve anything.
@@ -254,6 +275,12 @@ impl Scheduler {
             return Err(Unschedulable(format!(
                 "node '{name}' has no rootfs '{}'; build it there with BuildRootfs",
                 req.rootfs
+            )));
+        }
+        if let Some(p) = slot.taken_port(req.ports) {
+            return Err(Unschedulable(format!(
+                "node '{name}' already publishes host port {}/{}",
+                p.host_port, p.protocol
             )));
         }
         if slot.free() < req.memory_bytes {
@@ -312,7 +339,22 @@ impl Scheduler {
                 req.rootfs
             ));
         }
-        let largest = with_rootfs
+        let with_ports: Vec<_> = with_rootfs
+            .iter()
+            .filter(|(_, s)| s.taken_port(req.ports).is_none())
+            .collect();
+        if with_ports.is_empty() {
+            let wanted: Vec<String> = req
+                .ports
+                .iter()
+                .map(|p| format!("{}/{}", p.host_port, p.protocol))
+                .collect();
+            return Unschedulable(format!(
+                "every node that could run it already publishes host port {}",
+                wanted.join(", ")
+            ));
+        }
+        let largest = with_ports
             .iter()
             .map(|(name, s)| (s.free(), std::cmp::Reverse(*name)))
             .max();
@@ -355,12 +397,13 @@ mod tests {
             selector,
             rootfs: "debian",
             rootfs_buildable: false,
+            ports: &[],
         }
     }
 
     fn place_and_reserve(s: &mut Scheduler, r: &Request<'_>) -> Result<String, Unschedulable> {
         let n = s.place(r)?;
-        s.reserve(&n, r.memory_bytes);
+        s.reserve(&n, r.memory_bytes, r.ports);
         Ok(n)
     }
 
@@ -464,15 +507,52 @@ mod tests {
     }
 
     #[test]
+    fn one_host_port_per_node() {
+        let mut s = Scheduler::new(Strategy::Spread);
+        s.set_node("a", node(GIB, &[]));
+        s.set_node("b", node(GIB, &[]));
+        let none = BTreeMap::new();
+        let port = [hutch_core::network::parse_publish("8080:80").expect("port")];
+        let with_port = |memory| Request {
+            ports: &port,
+            ..req(memory, &none)
+        };
+        let first = place_and_reserve(&mut s, &with_port(MIB)).expect("first");
+        let second = place_and_reserve(&mut s, &with_port(MIB)).expect("second");
+        assert_ne!(first, second, "one host port per node");
+        let third = s.place(&with_port(MIB)).expect_err("no node left");
+        assert!(third.0.contains("8080/tcp"), "{third}");
+        let pinned = Request {
+            node: Some("a"),
+            ..with_port(MIB)
+        };
+        assert!(s
+            .place(&pinned)
+            .expect_err("taken")
+            .0
+            .contains("already publishes"));
+        // Another protocol or another address of the node is another port.
+        let udp = [hutch_core::network::parse_publish("8080:80/udp").expect("port")];
+        assert!(s
+            .place(&Request {
+                ports: &udp,
+                ..req(MIB, &none)
+            })
+            .is_ok());
+        s.release(&first, MIB, &port);
+        assert_eq!(s.place(&with_port(MIB)).expect("free again"), first);
+    }
+
+    #[test]
     fn release_gives_memory_back_and_unknown_nodes_are_ignored() {
         let mut s = Scheduler::new(Strategy::Spread);
         s.set_node("a", node(GIB, &[]));
-        s.reserve("a", GIB);
+        s.reserve("a", GIB, &[]);
         assert_eq!(s.free_bytes("a"), 0);
-        s.release("a", GIB);
+        s.release("a", GIB, &[]);
         assert_eq!(s.free_bytes("a"), GIB);
-        s.reserve("nope", GIB);
-        s.release("nope", GIB);
+        s.reserve("nope", GIB, &[]);
+        s.release("nope", GIB, &[]);
         s.remove_node("a");
         assert_eq!(s.free_bytes("a"), 0);
     }
@@ -515,7 +595,7 @@ mod tests {
                     }
                     1 if !placed.is_empty() => {
                         let (n, m) = placed.swap_remove(rng.below(placed.len() as u64) as usize);
-                        s.release(&n, m);
+                        s.release(&n, m, &[]);
                     }
                     _ => {
                         let mem = (1 + rng.below(8)) * 128 * MIB;
@@ -553,7 +633,7 @@ mod tests {
                                     Strategy::Binpack => brute.iter().map(|(_, f)| *f).min(),
                                 };
                                 assert_eq!(Some(free), best, "{strategy} picked {n}");
-                                s.reserve(&n, mem);
+                                s.reserve(&n, mem, &[]);
                                 placed.push((n, mem));
                             }
                             Err(e) => assert!(brute.is_empty(), "refused ({e}) but {brute:?} fit"),

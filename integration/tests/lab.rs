@@ -584,13 +584,15 @@ fn network_leftovers(lab: &Lab, host: &str) -> (String, String) {
 
 /// 6. Container networking across hosts (CNI bridge + host-local + portmap, host-gw routes):
 ///    a server in a container on n1 answers a container on n2 by address, with the client's
-///    own address as source (no NAT between nodes); a published port answers from the
-///    client host; a second publication of the port on n1 is refused; `none` shows only lo
-///    and `host` the host's eth0; after removal no veth, DNAT chain or lease is left; an
-///    agent killed and restarted leaves the server reachable.
+///    own address as source (no NAT between nodes), and by its bare name; a running
+///    container's /etc/hosts follows the server's removal; a published port answers from
+///    the client host; a second publication of the port on n1 is refused; containers
+///    publishing one host port land on different nodes, and one more waits PENDING with
+///    the reason; `none` shows only lo and `host` the host's eth0; after removal no veth,
+///    DNAT chain or lease is left; an agent killed and restarted leaves the server reachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn networking_across_hosts() {
-    let lab = Lab::up("net", 2, "").await;
+    let lab = Lab::up("net", 3, "").await;
     let (n1, n2) = (lab.node("n1"), lab.node("n2"));
     let nodes = lab.hutch_json(&["nodes"]);
     let subnets: Vec<String> = nodes
@@ -670,6 +672,41 @@ async fn networking_across_hosts() {
         "the server sees the client container's address: {answer}"
     );
 
+    // By its bare name, from a container on n2 (the name table reaches every node with its
+    // heartbeat), and from a long-running one whose /etc/hosts is rewritten in place.
+    lab.hutch(&[
+        "run", "-d", "--name", "watcher", "--node", &n2, "debian", "--", "sleep", "600",
+    ]);
+    let mut by_name = String::new();
+    for _ in 0..50 {
+        let out = lab.exec(
+            "client",
+            &[
+                "hutch",
+                "run",
+                "--rm",
+                "--node",
+                &n2,
+                "debian",
+                "--",
+                "perl",
+                "-e",
+                &echo_client("srv:80"),
+            ],
+        );
+        by_name = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(by_name.contains("peer=198.19."), "by name: {by_name}");
+    let resolved = lab.hutch(&["exec", "watcher", "--", "getent", "hosts", "srv"]);
+    assert!(
+        resolved.starts_with(&format!("{ip} ")),
+        "watcher resolves srv: {resolved}"
+    );
+
     // From the lab's client host through the published port of n1.
     let out = lab.exec("client", &["perl", "-e", &echo_client("198.18.0.11:8080")]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -679,18 +716,20 @@ async fn networking_across_hosts() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The same host port on n1 again: refused, with the reason; a bad port: usage error.
+    // The same host port on n1 again: it waits PENDING with the reason; a bad port is refused.
     let out = lab.exec(
         "client",
         &[
-            "hutch", "run", "--rm", "--node", &n1, "-p", "8080:81", "debian", "--", "true",
+            "timeout", "3", "hutch", "run", "--rm", "--name", "dup", "--node", &n1, "-p",
+            "8080:81", "debian", "--", "true",
         ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("8080/tcp is already published"),
+        err.contains("already publishes host port 8080/tcp"),
         "{err}"
     );
+    lab.hutch(&["rm", "-f", "dup"]);
     for bad in ["70000:80", "80", "1.2.3:80:80", "8080:80/sctp"] {
         let out = lab.exec(
             "client",
@@ -700,6 +739,56 @@ async fn networking_across_hosts() {
         // A value hutch refuses: 125, with the reason (README's exit codes).
         assert_eq!(out.status.code(), Some(125), "-p {bad}: {err}");
         assert!(err.contains("--publish"), "-p {bad}: {err}");
+    }
+
+    // One host port, three nodes: each container on another node, the fourth PENDING.
+    for i in 0..3 {
+        lab.hutch(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("p{i}"),
+            "-p",
+            "9090:80",
+            "debian",
+            "--",
+            "sleep",
+            "600",
+        ]);
+    }
+    let mut placed = BTreeMap::new();
+    for i in 0..3 {
+        let c = lab.wait_container(&format!("p{i}"), Duration::from_secs(10), |c| {
+            c["state"] == "running"
+        });
+        *placed
+            .entry(c["node"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(placed.len(), 3, "one per node: {placed:?}");
+    // `run -d` waits for it to run, saying why it waits; the record stays PENDING.
+    let out = lab.exec(
+        "client",
+        &[
+            "timeout", "-k", "1", "3", "hutch", "run", "-d", "--name", "p3", "-p", "9090:80",
+            "debian", "--", "sleep", "600",
+        ],
+    );
+    let waiting = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        waiting.contains("waiting") && waiting.contains("9090/tcp"),
+        "{waiting}"
+    );
+    let pending = lab.wait_container("p3", Duration::from_secs(5), |c| c["state"] == "pending");
+    assert!(
+        pending["status"]
+            .as_str()
+            .unwrap_or("")
+            .contains("9090/tcp"),
+        "{pending}"
+    );
+    for i in 0..4 {
+        lab.hutch(&["rm", "-f", &format!("p{i}")]);
     }
 
     // none: only lo (the tutorial's unshare -n); host: the host's own eth0.
@@ -744,8 +833,22 @@ async fn networking_across_hosts() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Removed: nothing of it is left on n1.
+    // Removed: nothing of it is left on n1, and its name is gone from the others.
     lab.hutch(&["rm", "-f", "srv"]);
+    let mut gone = false;
+    for _ in 0..50 {
+        let out = lab.exec(
+            "client",
+            &["hutch", "exec", "watcher", "--", "getent", "hosts", "srv"],
+        );
+        if !out.status.success() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gone, "srv still resolves on n2 after its removal");
+    lab.hutch(&["rm", "-f", "watcher"]);
     let (nat, links) = network_leftovers(&lab, "n1");
     assert!(!nat.contains("CNI-DN-"), "port mapping left: {nat}");
     assert!(!links.contains("veth"), "veth left: {links}");

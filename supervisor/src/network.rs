@@ -42,8 +42,19 @@ pub fn resolv_path(dir: &Path) -> PathBuf {
     dir.join("resolv.conf")
 }
 
+/// Rewrites `DIR/hosts` in place (the container's `/etc/hosts` is a bind mount of it, so
+/// the file must stay the same inode): when the cluster's names change.
+pub fn rewrite_hosts(dir: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(hosts_path(dir))?;
+    f.write_all(text.as_bytes())
+}
+
 /// The container's `/etc/hosts`: localhost, its own address under its hostname and name,
-/// and `extra` entries.
+/// and `extra` entries (other containers; its own names are left out of them).
 pub fn hosts_file(ip: Ipv4Addr, names: &[&str], extra: &[(Ipv4Addr, String)]) -> String {
     let mut own: Vec<&str> = Vec::new();
     for n in names {
@@ -55,7 +66,9 @@ pub fn hosts_file(ip: Ipv4Addr, names: &[&str], extra: &[(Ipv4Addr, String)]) ->
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     text.push_str(&format!("{ip}\t{}\n", own.join(" ")));
     for (addr, name) in extra {
-        text.push_str(&format!("{addr}\t{name}\n"));
+        if !own.contains(&name.as_str()) {
+            text.push_str(&format!("{addr}\t{name}\n"));
+        }
     }
     text
 }

@@ -105,6 +105,8 @@ pub struct NodeNetwork {
     assignment: RwLock<Option<Assignment>>,
     /// What [`host`] last set up successfully: the assignment and the peer routes.
     applied: Mutex<Option<(Option<Assignment>, BTreeSet<PeerRoute>)>>,
+    /// The cluster's name table (other containers' addresses) and its version.
+    names: RwLock<(u64, Vec<(Ipv4Addr, String)>)>,
 }
 
 impl NodeNetwork {
@@ -119,7 +121,32 @@ impl NodeNetwork {
             ipam_dir: state_dir.join("cni").join("ipam"),
             assignment: RwLock::new(assignment),
             applied: Mutex::new(None),
+            names: RwLock::new((0, Vec::new())),
         }
+    }
+
+    /// The version of the name table this node has.
+    pub fn names_revision(&self) -> u64 {
+        self.names.read().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// The name table.
+    pub fn names(&self) -> Vec<(Ipv4Addr, String)> {
+        self.names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Takes a new version of the name table; whether it differed.
+    pub fn set_names(&self, revision: u64, names: Vec<(Ipv4Addr, String)>) -> bool {
+        let mut current = self.names.write().unwrap_or_else(|e| e.into_inner());
+        if current.0 == revision && current.1 == names {
+            return false;
+        }
+        *current = (revision, names);
+        true
     }
 
     /// Brings the node-wide pieces in step with the cluster (the controller's view, or
@@ -217,7 +244,7 @@ impl NodeNetwork {
             bin_dirs: self.settings.bin_dirs.clone(),
             ports: spec.network.ports.clone(),
             resolv_conf: container_resolv_conf(&host_resolv),
-            extra_hosts: Vec::new(),
+            extra_hosts: self.names(),
         }))
     }
 

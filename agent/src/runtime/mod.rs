@@ -187,6 +187,32 @@ impl Runtime {
         &self.network
     }
 
+    /// Rewrites the `/etc/hosts` of every running bridged container with the cluster's
+    /// current name table; returns the containers it could not update, with why.
+    pub fn refresh_hosts(&self) -> Vec<(String, std::io::Error)> {
+        let names = self.network.names();
+        let mut failed = Vec::new();
+        for c in self.list() {
+            if c.state.status != Status::Running {
+                continue;
+            }
+            let Some(ip) = c.state.network.as_ref().and_then(|n| n.ip) else {
+                continue;
+            };
+            let id = c.state.id.clone();
+            let own = [c.spec.hostname.as_str(), id.as_str()];
+            let text = hutch_supervisor::network::hosts_file(ip, &own, &names);
+            let written = self
+                .dir(&id)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|dir| hutch_supervisor::network::rewrite_hosts(&dir, &text));
+            if let Err(e) = written {
+                failed.push((id, e));
+            }
+        }
+        failed
+    }
+
     /// The ports the node's live containers publish, with their ids.
     fn published_ports(&self) -> Vec<(String, PortMapping)> {
         self.list()

@@ -75,6 +75,7 @@ fn heartbeat_request(core: &AgentCore, session: &str) -> v1::HeartbeatRequest {
         memory_used_bytes: core.runtime.memory_used_bytes(),
         running_containers: core.runtime.running_count() as u32,
         rootfs: rootfs_names(core),
+        names_revision: core.runtime.network().names_revision(),
     }
 }
 
@@ -190,5 +191,23 @@ async fn apply_network(core: &AgentCore, network: Option<&v1::ClusterNetwork>) {
     };
     if let Err(e) = core.runtime.network().sync_host(assignment, routes).await {
         tracing::error!(node = %core.node, "container network: {e}");
+    }
+    let Some(n) = network else { return };
+    if n.names_revision == core.runtime.network().names_revision() {
+        return;
+    }
+    let names = n
+        .names
+        .iter()
+        .filter_map(|a| Some((a.ip.parse().ok()?, a.name.clone())))
+        .collect();
+    if core.runtime.network().set_names(n.names_revision, names) {
+        let runtime = core.runtime.clone();
+        let refreshed = tokio::task::spawn_blocking(move || runtime.refresh_hosts()).await;
+        if let Ok(failed) = refreshed {
+            for (id, e) in failed {
+                tracing::warn!(container = %id, "updating /etc/hosts: {e}");
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use hutch_core::convert::{spec_from, timestamp};
 use hutch_core::names::{random_container_name, validate_name};
 use hutch_proto::v1::{self, ContainerState as S, WatchEventType};
 
-use super::records::{self, holds_reservation, is_final, state, wants_restart};
+use super::records::{self, holds_reservation, is_final, ports_of, state, wants_restart};
 use super::{not_found, Change, Cluster, ClusterError, State};
 use crate::scheduler::Request;
 
@@ -125,12 +125,14 @@ impl Cluster {
         let placement = record.placement.clone().unwrap_or_default();
         let selector: BTreeMap<String, String> = placement.node_selector.into_iter().collect();
         let rootfs = record.spec.as_ref().map_or("", |s| s.rootfs.as_str());
+        let ports = ports_of(record);
         let req = Request {
             memory_bytes: record.reserved_memory_bytes,
             node: (!placement.node.is_empty()).then_some(placement.node.as_str()),
             selector: &selector,
             rootfs,
             rootfs_buildable: st.rootfs_specs.contains_key(rootfs),
+            ports: &ports,
         };
         st.scheduler.place(&req).map_err(|e| e.0)
     }

@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::agents::AgentPool;
 use crate::scheduler::{Scheduler, Strategy};
 use crate::store::{Batch, Store, StoreError, Write};
-use records::{holds_reservation, state};
+use records::{holds_reservation, ports_of, state};
 
 /// How the cluster behaves; see the controller's configuration.
 #[derive(Debug, Clone)]
@@ -155,6 +155,10 @@ pub(crate) struct State {
     pub inflight: HashSet<String>,
     /// Containers stopped by a drain: their restart policy treats the stop as a failure.
     pub evicted: HashSet<String>,
+    /// Running containers' names and addresses (bridge), for name resolution on the nodes.
+    pub names: BTreeMap<String, String>,
+    /// Changes with every change of `names`.
+    pub names_revision: u64,
 }
 
 /// One change to commit.
@@ -206,6 +210,8 @@ impl Cluster {
                 .collect(),
             inflight: HashSet::new(),
             evicted: HashSet::new(),
+            names: BTreeMap::new(),
+            names_revision: 0,
         };
         let now = Instant::now();
         for mut node in snap.nodes {
@@ -267,16 +273,30 @@ impl Cluster {
     fn account(st: &mut State, old: Option<&v1::Container>, new: Option<&v1::Container>) {
         if let Some(o) = old {
             if holds_reservation(state(o)) && !o.node.is_empty() {
-                st.scheduler.release(&o.node, o.reserved_memory_bytes);
+                st.scheduler
+                    .release(&o.node, o.reserved_memory_bytes, &ports_of(o));
             }
         }
         match new {
             Some(n) if holds_reservation(state(n)) && !n.node.is_empty() => {
-                st.scheduler.reserve(&n.node, n.reserved_memory_bytes);
+                st.scheduler
+                    .reserve(&n.node, n.reserved_memory_bytes, &ports_of(n));
             }
             _ => {}
         }
         let name = new.or(old).map(|c| c.name.clone()).unwrap_or_default();
+        let address = new
+            .filter(|n| state(n) == S::Running)
+            .and_then(|n| n.network.as_ref())
+            .map(|n| n.ip.clone())
+            .filter(|ip| !ip.is_empty());
+        let changed = match address {
+            Some(ip) => st.names.insert(name.clone(), ip.clone()).as_ref() != Some(&ip),
+            None => st.names.remove(&name).is_some(),
+        };
+        if changed {
+            st.names_revision += 1;
+        }
         let pending_now = new.is_some_and(|n| state(n) == S::Pending);
         let was_pending = st.pending.contains(&name);
         if pending_now && !was_pending {

@@ -47,11 +47,13 @@ fn node_ip(address: &str) -> Option<std::net::Ipv4Addr> {
         .ok()
 }
 
-/// What node `name` is told about the cluster's network.
+/// What node `name` is told about the cluster's network; the name table only when the node
+/// has another version of it than `names_revision` (`None`: it has none, as at registration).
 pub(crate) fn view_for(
     st: &State,
     cluster: &ClusterCidr,
     name: &str,
+    names_revision: Option<u64>,
 ) -> Option<v1::ClusterNetwork> {
     let own = st.nodes.get(name)?;
     if own.record.subnet.is_empty() {
@@ -69,10 +71,23 @@ pub(crate) fn view_for(
             })
         })
         .collect();
+    let names = if names_revision == Some(st.names_revision) {
+        Vec::new()
+    } else {
+        st.names
+            .iter()
+            .map(|(name, ip)| v1::ContainerAddress {
+                name: name.clone(),
+                ip: ip.clone(),
+            })
+            .collect()
+    };
     Some(v1::ClusterNetwork {
         cluster_cidr: cluster.cidr.to_string(),
         subnet: own.record.subnet.clone(),
         routes,
+        names_revision: st.names_revision,
+        names,
     })
 }
 

@@ -140,7 +140,7 @@ impl Cluster {
         if let Some(e) = st.nodes.get_mut(&name) {
             e.link = Some(link);
         }
-        let network = self.network_view(&st, &name);
+        let network = self.network_view(&st, &name, None);
         drop(st);
         tracing::info!(node = %name, address = %record.address, subnet = %record.subnet, "node registered");
         tokio::spawn(self.clone().reconcile(name));
@@ -174,8 +174,13 @@ impl Cluster {
     }
 
     /// What a node is told about the cluster's network.
-    fn network_view(&self, st: &State, name: &str) -> Option<v1::ClusterNetwork> {
-        view_for(st, self.config.cluster_cidr.as_ref()?, name)
+    fn network_view(
+        &self,
+        st: &State,
+        name: &str,
+        names_revision: Option<u64>,
+    ) -> Option<v1::ClusterNetwork> {
+        view_for(st, self.config.cluster_cidr.as_ref()?, name, names_revision)
     }
 
     /// Records a heartbeat. `FailedPrecondition` asks the agent to register again.
@@ -221,7 +226,7 @@ impl Cluster {
             self.kick.notify_one();
         }
         Ok(v1::HeartbeatResponse {
-            network: self.network_view(&st, &req.name),
+            network: self.network_view(&st, &req.name, Some(req.names_revision)),
         })
     }
 

@@ -58,7 +58,22 @@ pub fn is_final(s: S) -> bool {
     matches!(s, S::Exited | S::OomKilled | S::Failed)
 }
 
-/// The container has memory set aside on its node.
+/// The host ports a record publishes (already validated at create).
+pub fn ports_of(record: &v1::Container) -> Vec<hutch_core::network::PortMapping> {
+    record
+        .spec
+        .as_ref()
+        .and_then(|s| s.network.as_ref())
+        .map(|n| {
+            n.ports
+                .iter()
+                .filter_map(|p| hutch_core::convert::port_from(p, "port").ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The container has memory (and its host ports) set aside on its node.
 pub fn holds_reservation(s: S) -> bool {
     matches!(s, S::Scheduled | S::Preparing | S::Running)
 }
