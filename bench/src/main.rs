@@ -2,6 +2,7 @@
 //! See `bench/README.md`; `scripts/bench.sh` builds and runs it.
 
 mod density;
+mod network;
 mod report;
 mod scale;
 mod scenarios;
@@ -12,8 +13,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     "start-latency",
+    "start-latency-net",
     "agent-latency",
     "throughput",
     "density",
@@ -28,7 +30,7 @@ const ALL: [&str; 9] = [
 #[command(
     name = "hutch-bench",
     about = "hutch side by side with runc and containerd, in one run on this machine",
-    long_about = "Runs the scenarios (all when none is named): start-latency, agent-latency, \
+    long_about = "Runs the scenarios (all when none is named): start-latency, start-latency-net, agent-latency, \
 throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
@@ -43,6 +45,10 @@ struct Cli {
     /// meaningful. CI runs this.
     #[arg(long)]
     smoke: bool,
+    /// Internal: run start-latency-net here (the harness starts itself so inside network
+    /// and mount namespaces of its own) and print its rows as JSON.
+    #[arg(long, hide = true)]
+    inner_net: bool,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if cli.inner_net {
+        let runs = if cli.smoke { 5 } else { 200 };
+        return match rt.block_on(network::inner(runs)) {
+            Ok(rows) => match serde_json::to_string(&rows) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hutch-bench: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            Err(e) => {
+                eprintln!("hutch-bench: start-latency-net: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match rt.block_on(run(&wanted, cli.smoke)) {
         Ok(rows) => {
             if cli.json {
@@ -98,7 +123,9 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
     };
     let (dense, idle) = if smoke { (5, 2) } else { (500, 10) };
     let (sim_nodes, records) = if smoke { (20, 100) } else { (1000, 10_000) };
-    let needs_env = wanted.iter().any(|w| *w != "scheduler");
+    let needs_env = wanted
+        .iter()
+        .any(|w| !matches!(*w, "scheduler" | "start-latency-net"));
     let env = if needs_env {
         Some(setup::BenchEnv::start().await?)
     } else {
@@ -109,6 +136,7 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
         eprintln!("bench: {w} ...");
         let found = match (*w, env.as_ref()) {
             ("scheduler", _) => scenarios::scheduler(requests, if smoke { 1 } else { 5 }),
+            ("start-latency-net", _) => network::start_latency_net_isolated(smoke)?,
             ("start-latency", Some(env)) => scenarios::start_latency(env, runs).await?,
             ("agent-latency", Some(env)) => scenarios::agent_latency(env, runs).await?,
             ("throughput", Some(env)) => scenarios::throughput(env, count).await?,

@@ -23,6 +23,17 @@ fn spec(rootfs: &str) -> v1::ContainerSpec {
     }
 }
 
+/// The start-latency spec with a network mode.
+pub fn spec_with_network(rootfs: &str, mode: v1::network_spec::Mode) -> v1::ContainerSpec {
+    v1::ContainerSpec {
+        network: Some(v1::NetworkSpec {
+            mode: mode as i32,
+            ports: Vec::new(),
+        }),
+        ..spec(rootfs)
+    }
+}
+
 fn is_final(state: i32) -> bool {
     [
         v1::ContainerState::Exited,
@@ -61,7 +72,7 @@ fn runc(env: &BenchEnv, id: &str, worker: usize) -> Command {
     c
 }
 
-fn ctr(env: &BenchEnv, id: &str) -> Command {
+pub fn ctr(env: &BenchEnv, id: &str) -> Command {
     let mut c = Command::new("ctr");
     c.arg("--address")
         .arg(&env.containerd_socket)
@@ -109,11 +120,21 @@ pub async fn hutch_sample(
     name: &str,
     rootfs: &str,
 ) -> Result<(Duration, Duration), String> {
+    hutch_sample_of(client, watch, name, spec(rootfs)).await
+}
+
+/// [`hutch_sample`] with a spec of the caller's.
+pub async fn hutch_sample_of(
+    client: &mut Client,
+    watch: &mut Watch,
+    name: &str,
+    spec: v1::ContainerSpec,
+) -> Result<(Duration, Duration), String> {
     let start = Instant::now();
     client
         .create_container(v1::CreateContainerRequest {
             name: name.to_string(),
-            spec: Some(spec(rootfs)),
+            spec: Some(spec),
             ..Default::default()
         })
         .await

@@ -94,8 +94,15 @@ fn own_memory_cgroup() -> String {
 }
 
 impl BenchEnv {
-    /// Sets everything up.
+    /// Sets everything up (no container network).
     pub async fn start() -> Result<BenchEnv, String> {
+        Self::start_with(None).await
+    }
+
+    /// Sets everything up; with `cluster_cidr`, the controller gives the agent a subnet of
+    /// it, so containers get the bridge network (only inside a network namespace of the
+    /// harness's own: see `network::start_latency_net`).
+    pub async fn start_with(cluster_cidr: Option<&str>) -> Result<BenchEnv, String> {
         let exe = std::env::current_exe().map_err(|e| die("exe", e))?;
         let bin_dir = exe.parent().ok_or("no bin dir")?.to_path_buf();
         for b in ["hutch-controller", "hutch-agent", "hutch-supervisor"] {
@@ -144,7 +151,7 @@ impl BenchEnv {
             remove_run_containerd: !Path::new("/run/containerd").exists(),
             dir,
         };
-        env.start_hutch(&store_dir)?;
+        env.start_hutch(&store_dir, cluster_cidr.unwrap_or("none"))?;
         env.busybox_size = env.build_busybox(&store).await?;
         env.write_bundle(0)?;
         env.write_bundle(1)?;
@@ -182,9 +189,9 @@ impl BenchEnv {
         Ok(hutch_core::units::human_bytes(built.info.size_bytes))
     }
 
-    fn start_hutch(&mut self, store_dir: &Path) -> Result<(), String> {
+    fn start_hutch(&mut self, store_dir: &Path, cluster_cidr: &str) -> Result<(), String> {
         let mut ctl = Command::new(self.bin_dir.join("hutch-controller"));
-        ctl.env("HUTCH_CLUSTER_CIDR", "none");
+        ctl.env("HUTCH_CLUSTER_CIDR", cluster_cidr);
         ctl.args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.dir.join("controller"));
         let (child, addr) = spawn_listening(ctl, &self.dir.join("controller.log"))?;

@@ -706,6 +706,20 @@ async fn networking_across_hosts() {
         resolved.starts_with(&format!("{ip} ")),
         "watcher resolves srv: {resolved}"
     );
+    // Read-only inside: the file lives on the node's disk, beyond any disk limit.
+    let write = lab.exec(
+        "client",
+        &[
+            "hutch",
+            "exec",
+            "watcher",
+            "--",
+            "sh",
+            "-c",
+            "echo 198.19.9.9 evil >> /etc/hosts",
+        ],
+    );
+    assert!(!write.status.success(), "/etc/hosts is writable inside");
 
     // From the lab's client host through the published port of n1.
     let out = lab.exec("client", &["perl", "-e", &echo_client("198.18.0.11:8080")]);

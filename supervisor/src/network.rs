@@ -188,6 +188,21 @@ pub fn bind_name_files(dir: &Path, root: &Path) -> Result<(), String> {
             None::<&str>,
         )
         .map_err(|e| format!("binding {} at /etc/{name}: {e}", source.display()))?;
+        // Read-only inside: the files live on the host's disk, outside a disk limit; the
+        // agent still rewrites /etc/hosts through DIR/hosts.
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("making /etc/{name} read-only: {e}"))?;
     }
     Ok(())
 }

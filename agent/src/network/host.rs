@@ -118,15 +118,14 @@ pub fn sync_routes(wanted: &BTreeSet<PeerRoute>) -> Result<(), String> {
     }
     for r in wanted.difference(&current) {
         let (subnet, via) = (r.subnet.to_string(), r.via.to_string());
-        let args = [
-            "route",
-            "replace",
-            &subnet,
-            "via",
-            &via,
-            "proto",
-            ROUTE_PROTOCOL,
-        ];
+        // Only a route of hutch's own is replaced; any other route to that block stays,
+        // and adding beside it fails with the reason ("File exists").
+        let verb = if current.iter().any(|c| c.subnet == r.subnet) {
+            "replace"
+        } else {
+            "add"
+        };
+        let args = ["route", verb, &subnet, "via", &via, "proto", ROUTE_PROTOCOL];
         if let Err(e) = run("ip", &args) {
             first_error.get_or_insert(e);
         }

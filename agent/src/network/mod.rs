@@ -229,7 +229,7 @@ impl NodeNetwork {
             return Ok(None);
         }
         let name = self.settings.default_network.clone();
-        let config = self.configuration(&name)?;
+        let config = self.configuration(&name, !spec.network.ports.is_empty())?;
         let list = NetworkList::parse(&config.to_string(), &name)?;
         for plugin in list.types() {
             find_plugin(&self.settings.bin_dirs, plugin)?;
@@ -237,7 +237,7 @@ impl NodeNetwork {
         for port in &spec.network.ports {
             check_port_free(port, taken)?;
         }
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let host_resolv = host_resolv_conf();
         Ok(Some(NetworkPlan {
             name,
             config,
@@ -249,8 +249,9 @@ impl NodeNetwork {
     }
 
     /// The configuration list of network `name`: a file of the configuration directory
-    /// naming it, else (the default network) the bridge on the node's subnet.
-    fn configuration(&self, name: &str) -> Result<Value, NetworkError> {
+    /// naming it, else (the default network) the bridge on the node's subnet, with portmap
+    /// when the container publishes ports.
+    fn configuration(&self, name: &str, with_ports: bool) -> Result<Value, NetworkError> {
         let dir = &self.settings.conf_dir;
         let mut broken = Vec::new();
         for path in config_files(dir) {
@@ -274,7 +275,9 @@ impl NodeNetwork {
                 Err(e) => broken.push(e.to_string()),
             }
         }
-        if name == self.settings.default_network && broken.is_empty() {
+        // As libcni does, unreadable files are skipped; they are named only when no file
+        // carries the network and hutch has no configuration of its own for it.
+        if name == self.settings.default_network {
             let Some(assignment) = self.assignment() else {
                 return Err(NetworkError::NoNetwork("bridge mode".into()));
             };
@@ -283,6 +286,7 @@ impl NodeNetwork {
                 DEFAULT_BRIDGE,
                 assignment.subnet,
                 &self.ipam_dir.display().to_string(),
+                with_ports,
             ));
         }
         Err(NetworkError::UnknownNetwork {
@@ -295,6 +299,17 @@ impl NodeNetwork {
             },
         })
     }
+}
+
+/// The host's resolver configuration as containers can use it: `/etc/resolv.conf`, or,
+/// when it names only loopback servers (systemd-resolved's 127.0.0.53, which a container's
+/// network namespace cannot reach), the upstream servers resolved knows.
+fn host_resolv_conf() -> String {
+    let main = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if container_resolv_conf(&main).contains("nameserver") {
+        return main;
+    }
+    std::fs::read_to_string("/run/systemd/resolve/resolv.conf").unwrap_or(main)
 }
 
 /// `*.conflist`, `*.conf` and `*.json` of `dir`, sorted by name (as libcni reads them).

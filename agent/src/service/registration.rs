@@ -107,6 +107,10 @@ pub async fn run(core: Arc<AgentCore>, reg: Registration, tls: Option<TlsMateria
         }
     };
     let mut client = NodesClient::with_interceptor(endpoint.connect_lazy(), token);
+    // The network view is applied by a task of its own (iptables and ip may wait on locks):
+    // heartbeats never wait for it; it always takes the latest view.
+    let (net, views) = tokio::sync::watch::channel(None);
+    tokio::spawn(apply_views(core.clone(), views));
     let mut closing = core.closing.subscribe();
     let mut pause = BACKOFF_FIRST;
     loop {
@@ -117,9 +121,9 @@ pub async fn run(core: Arc<AgentCore>, reg: Registration, tls: Option<TlsMateria
             Ok(r) => {
                 let r = r.into_inner();
                 tracing::info!(controller = %url, node = %core.node, "registered");
-                apply_network(&core, r.network.as_ref()).await;
+                net.send_replace(Some((r.network.clone(), true)));
                 pause = BACKOFF_FIRST;
-                let why = heartbeat(&core, &mut client, &r, &mut closing).await;
+                let why = heartbeat(&core, &mut client, &r, &net, &mut closing).await;
                 if *closing.borrow() {
                     return;
                 }
@@ -142,6 +146,7 @@ async fn heartbeat(
     core: &AgentCore,
     client: &mut Client,
     registered: &v1::RegisterResponse,
+    net: &NetworkViews,
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> String {
     let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
@@ -156,15 +161,55 @@ async fn heartbeat(
             .heartbeat(heartbeat_request(core, &registered.session))
             .await
         {
-            Ok(r) => apply_network(core, r.into_inner().network.as_ref()).await,
+            Ok(r) => {
+                net.send_if_modified(|latest| {
+                    let next = Some((r.into_inner().network, false));
+                    let changed = *latest != next;
+                    *latest = next;
+                    changed
+                });
+            }
             Err(s) => return s.message().to_string(),
         }
     }
 }
 
+/// The latest network view from the controller, and whether it came with a registration
+/// (its name table is then whole, whatever its revision says).
+type NetworkViews = tokio::sync::watch::Sender<Option<(Option<v1::ClusterNetwork>, bool)>>;
+
+/// Applies each latest view until the agent closes; a view that failed is tried again
+/// after a pause.
+async fn apply_views(
+    core: Arc<AgentCore>,
+    mut views: tokio::sync::watch::Receiver<Option<(Option<v1::ClusterNetwork>, bool)>>,
+) {
+    let mut closing = core.closing.subscribe();
+    loop {
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            _ = closing.changed() => return,
+        }
+        let latest = views.borrow_and_update().clone();
+        if let Some((network, registered)) = latest {
+            if !apply_network(&core, network.as_ref(), registered).await {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => views.mark_changed(),
+                    _ = closing.changed() => return,
+                }
+            }
+        }
+    }
+}
+
 /// Takes the cluster's network as the controller sent it: the node's subnet, the cluster's
-/// block and the routes to the other nodes. A malformed entry is logged and left out.
-async fn apply_network(core: &AgentCore, network: Option<&v1::ClusterNetwork>) {
+/// block and the routes to the other nodes, then the name table. A malformed entry is
+/// logged and left out. Whether the node-wide part could be set up.
+async fn apply_network(
+    core: &AgentCore,
+    network: Option<&v1::ClusterNetwork>,
+    registered: bool,
+) -> bool {
     let (assignment, routes) = match network {
         None => (None, Default::default()),
         Some(n) => {
@@ -181,7 +226,7 @@ async fn apply_network(core: &AgentCore, network: Option<&v1::ClusterNetwork>) {
                 .filter_map(|r| match (r.subnet.parse::<Cidr>(), r.via.parse()) {
                     (Ok(subnet), Ok(via)) => Some(PeerRoute { subnet, via }),
                     _ => {
-                        tracing::warn!(node = %r.node, "unreadable route from the controller");
+                        tracing::warn!(node = %r.node, via = %r.via, "no route to this node's containers: its address is not an IPv4 address");
                         None
                     }
                 })
@@ -189,12 +234,15 @@ async fn apply_network(core: &AgentCore, network: Option<&v1::ClusterNetwork>) {
             (assignment, routes)
         }
     };
-    if let Err(e) = core.runtime.network().sync_host(assignment, routes).await {
-        tracing::error!(node = %core.node, "container network: {e}");
+    let synced = core.runtime.network().sync_host(assignment, routes).await;
+    if let Err(e) = &synced {
+        tracing::error!(node = %core.node, "container network (retrying in 5s): {e}");
     }
-    let Some(n) = network else { return };
-    if n.names_revision == core.runtime.network().names_revision() {
-        return;
+    let Some(n) = network else {
+        return synced.is_ok();
+    };
+    if !registered && n.names_revision == core.runtime.network().names_revision() {
+        return synced.is_ok();
     }
     let names = n
         .names
@@ -210,4 +258,5 @@ async fn apply_network(core: &AgentCore, network: Option<&v1::ClusterNetwork>) {
             }
         }
     }
+    synced.is_ok()
 }

@@ -286,7 +286,7 @@ impl Cluster {
         }
         let name = new.or(old).map(|c| c.name.clone()).unwrap_or_default();
         let address = new
-            .filter(|n| state(n) == S::Running)
+            .filter(|n| state(n) == S::Running && network::resolvable_name(&n.name))
             .and_then(|n| n.network.as_ref())
             .map(|n| n.ip.clone())
             .filter(|ip| !ip.is_empty());

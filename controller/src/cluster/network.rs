@@ -38,6 +38,15 @@ pub fn allocate_subnet(
         .find(|s| !used.iter().any(|u| u.overlaps(s)))
 }
 
+/// Whether a container's name goes into every node's name table: bare names only, so no
+/// container can stand in for a host name of the outside world (`deb.debian.org`) or for
+/// `localhost` in other containers' `/etc/hosts`.
+pub fn resolvable_name(name: &str) -> bool {
+    !name.contains('.')
+        && !name.eq_ignore_ascii_case("localhost")
+        && !name.to_ascii_lowercase().starts_with("ip6-")
+}
+
 /// The IPv4 address of a node's `host:port` address, when it is a literal one.
 fn node_ip(address: &str) -> Option<std::net::Ipv4Addr> {
     let (host, _) = address.rsplit_once(':')?;
@@ -130,5 +139,9 @@ mod tests {
             "198.18.0.11"
         );
         assert_eq!(node_ip("agent.example:7070"), None);
+        assert!(resolvable_name("web-1"));
+        for bad in ["deb.debian.org", "localhost", "LOCALHOST", "ip6-loopback"] {
+            assert!(!resolvable_name(bad), "{bad}");
+        }
     }
 }

@@ -132,33 +132,41 @@ fn is_plugin_name(name: &str) -> bool {
 }
 
 /// The configuration hutch writes for its default network on a node: a bridge with the
-/// node's subnet (host-local addresses, the bridge as gateway), then portmap for published
-/// ports. Masquerading is the agent's (only traffic leaving the cluster), so the bridge
+/// node's subnet (host-local addresses, the bridge as gateway), then, for a container that
+/// publishes ports, portmap (left out otherwise: one program fewer to run at start and at
+/// end). Masquerading is the agent's (only traffic leaving the cluster), so the bridge
 /// plugin's own `ipMasq` is off: traffic between nodes keeps its source address.
-pub fn default_network(name: &str, bridge: &str, subnet: Cidr, ipam_dir: &str) -> Value {
+pub fn default_network(
+    name: &str,
+    bridge: &str,
+    subnet: Cidr,
+    ipam_dir: &str,
+    with_portmap: bool,
+) -> Value {
+    let mut plugins = vec![json!({
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": true,
+        "ipMasq": false,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": subnet.to_string() }]],
+            "routes": [{ "dst": "0.0.0.0/0" }],
+            "dataDir": ipam_dir,
+        }
+    })];
+    if with_portmap {
+        plugins.push(json!({
+            "type": "portmap",
+            "capabilities": { "portMappings": true },
+            "snat": true
+        }));
+    }
     json!({
         "cniVersion": "1.0.0",
         "name": name,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": true,
-                "ipMasq": false,
-                "hairpinMode": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{ "subnet": subnet.to_string() }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }],
-                    "dataDir": ipam_dir,
-                }
-            },
-            {
-                "type": "portmap",
-                "capabilities": { "portMappings": true },
-                "snat": true
-            }
-        ]
+        "plugins": plugins,
     })
 }
 
@@ -226,6 +234,7 @@ mod tests {
             "hutch0",
             "198.19.1.0/24".parse().expect("a value"),
             "/var/lib/x",
+            true,
         )
         .to_string();
         NetworkList::parse(&text, "default").expect("a value")

@@ -30,8 +30,9 @@ pub use conf::NetworkList;
 /// The interface a container's network appears as.
 pub const CONTAINER_INTERFACE: &str = "eth0";
 
-/// Longest a plugin may run before it is killed and the step fails.
-pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a plugin may run before it is killed and the step fails (a chain of plugins
+/// stays well within the agent's 60 s wait for a start).
+pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a CNI step failed.
 #[derive(Debug, thiserror::Error)]
@@ -190,10 +191,18 @@ impl Attachment {
         };
         let cni_path = std::env::join_paths(&self.bin_dirs)
             .map_err(|e| failed(format!("bin directories: {e}")))?;
+        // A namespace no longer pinned (its mount gone after a crash or a reboot) is passed
+        // as none: plugins then release what lives outside it (leases, port mappings), and
+        // the namespace's interfaces went with it.
+        let netns = if is_network_namespace(&self.netns) {
+            self.netns.as_os_str()
+        } else {
+            std::ffi::OsStr::new("")
+        };
         let mut child = Command::new(&program)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &self.container_id)
-            .env("CNI_NETNS", &self.netns)
+            .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", &self.ifname)
             .env("CNI_PATH", cni_path)
             .env("PATH", plugin_path())
@@ -230,6 +239,12 @@ impl Attachment {
             }
         }
     }
+}
+
+/// Whether `path` is a namespace file (nsfs), as a pinned namespace is.
+fn is_network_namespace(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 /// The first `dirs/plugin` that is an executable file.
