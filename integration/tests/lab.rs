@@ -572,6 +572,35 @@ fn echo_client(addr: &str) -> String {
     )
 }
 
+/// Runs [`echo_client`] for `addr` in a container on `node`, until it connects (routes and
+/// names reach the nodes with their heartbeats); its output.
+fn client_container(lab: &Lab, node: &str, addr: &str) -> String {
+    let mut answer = String::new();
+    for _ in 0..50 {
+        let out = lab.exec(
+            "client",
+            &[
+                "hutch",
+                "run",
+                "--rm",
+                "--node",
+                node,
+                "debian",
+                "--",
+                "perl",
+                "-e",
+                &echo_client(addr),
+            ],
+        );
+        answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    answer
+}
+
 /// The nat table and the links of a lab host, and its IP leases (for leak checks).
 fn network_leftovers(lab: &Lab, host: &str) -> (String, String) {
     let nat = lab.exec(host, &["iptables-save", "-t", "nat"]);
@@ -632,29 +661,7 @@ async fn networking_across_hosts() {
 
     // From a container on the other node, by address: the server sees the client's own
     // address (routed, not masqueraded).
-    let mut answer = String::new();
-    for _ in 0..50 {
-        let out = lab.exec(
-            "client",
-            &[
-                "hutch",
-                "run",
-                "--rm",
-                "--node",
-                &n2,
-                "debian",
-                "--",
-                "perl",
-                "-e",
-                &echo_client(&format!("{ip}:80")),
-            ],
-        );
-        answer = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let answer = client_container(&lab, &n2, &format!("{ip}:80"));
     let own = answer
         .lines()
         .find_map(|l| l.strip_prefix("self="))
@@ -677,29 +684,7 @@ async fn networking_across_hosts() {
     lab.hutch(&[
         "run", "-d", "--name", "watcher", "--node", &n2, "debian", "--", "sleep", "600",
     ]);
-    let mut by_name = String::new();
-    for _ in 0..50 {
-        let out = lab.exec(
-            "client",
-            &[
-                "hutch",
-                "run",
-                "--rm",
-                "--node",
-                &n2,
-                "debian",
-                "--",
-                "perl",
-                "-e",
-                &echo_client("srv:80"),
-            ],
-        );
-        by_name = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let by_name = client_container(&lab, &n2, "srv:80");
     assert!(by_name.contains("peer=198.19."), "by name: {by_name}");
     let resolved = lab.hutch(&["exec", "watcher", "--", "getent", "hosts", "srv"]);
     assert!(
