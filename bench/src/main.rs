@@ -1,6 +1,7 @@
 //! `hutch-bench`: hutch side by side with runc and containerd in one run, on this machine.
 //! See `bench/README.md`; `scripts/bench.sh` builds and runs it.
 
+mod crosshost;
 mod density;
 mod network;
 mod report;
@@ -13,9 +14,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 12] = [
     "start-latency",
     "start-latency-net",
+    "throughput-net",
+    "tcp-cross-host",
     "agent-latency",
     "throughput",
     "density",
@@ -30,7 +33,8 @@ const ALL: [&str; 10] = [
 #[command(
     name = "hutch-bench",
     about = "hutch side by side with runc and containerd, in one run on this machine",
-    long_about = "Runs the scenarios (all when none is named): start-latency, start-latency-net, agent-latency, \
+    long_about = "Runs the scenarios (all when none is named): start-latency, start-latency-net, throughput-net, \
+tcp-cross-host, agent-latency, \
 throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
@@ -45,10 +49,10 @@ struct Cli {
     /// meaningful. CI runs this.
     #[arg(long)]
     smoke: bool,
-    /// Internal: run start-latency-net here (the harness starts itself so inside network
-    /// and mount namespaces of its own) and print its rows as JSON.
+    /// Internal: run this network scenario here (the harness starts itself so inside
+    /// network and mount namespaces of its own) and print its rows as JSON.
     #[arg(long, hide = true)]
-    inner_net: bool,
+    inner_net: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -77,9 +81,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if cli.inner_net {
-        let runs = if cli.smoke { 5 } else { 200 };
-        return match rt.block_on(network::inner(runs)) {
+    if let Some(scenario) = &cli.inner_net {
+        return match rt.block_on(network::inner(scenario, cli.smoke)) {
             Ok(rows) => match serde_json::to_string(&rows) {
                 Ok(t) => {
                     println!("{t}");
@@ -91,7 +94,7 @@ fn main() -> ExitCode {
                 }
             },
             Err(e) => {
-                eprintln!("hutch-bench: start-latency-net: {e}");
+                eprintln!("hutch-bench: {scenario}: {e}");
                 ExitCode::from(1)
             }
         };
@@ -125,7 +128,7 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
     let (sim_nodes, records) = if smoke { (20, 100) } else { (1000, 10_000) };
     let needs_env = wanted
         .iter()
-        .any(|w| !matches!(*w, "scheduler" | "start-latency-net"));
+        .any(|w| *w != "scheduler" && !network::SCENARIOS.contains(w));
     let env = if needs_env {
         Some(setup::BenchEnv::start().await?)
     } else {
@@ -136,7 +139,8 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
         eprintln!("bench: {w} ...");
         let found = match (*w, env.as_ref()) {
             ("scheduler", _) => scenarios::scheduler(requests, if smoke { 1 } else { 5 }),
-            ("start-latency-net", _) => network::start_latency_net_isolated(smoke)?,
+            (w, _) if network::SCENARIOS.contains(&w) => network::isolated(w, smoke)?,
+            ("tcp-cross-host", Some(env)) => crosshost::tcp_cross_host(env, smoke)?,
             ("start-latency", Some(env)) => scenarios::start_latency(env, runs).await?,
             ("agent-latency", Some(env)) => scenarios::agent_latency(env, runs).await?,
             ("throughput", Some(env)) => scenarios::throughput(env, count).await?,

@@ -1,9 +1,11 @@
-//! `start-latency-net`: starting a container with a network, hutch's bridge (CNI: bridge,
-//! host-local, portmap) against containerd's `ctr run --rm --cni` on the same Debian plugins
-//! and against hutch without a network (`--network none`), samples alternating.
+//! The container network in the harness: `start-latency-net` (hutch's bridge, CNI bridge +
+//! host-local (+ portmap for published ports), against containerd's `ctr run --rm --cni` on
+//! the same Debian plugins and against hutch without a network, samples alternating) and
+//! `throughput-net` (1,000 bridged containers, 16 in flight, then no veth or lease may be
+//! left).
 //!
-//! Bridges, veths, routes and NAT rules must not touch the machine's own network, so the
-//! scenario runs in a child of the harness inside a network and mount namespace of its own
+//! Bridges, veths, routes and NAT rules must not touch the machine's own network, so these
+//! scenarios run in a child of the harness inside a network and mount namespace of its own
 //! (`unshare --net --mount`): everything the plugins make goes with the namespace. `ctr`
 //! reads its CNI configuration from `/etc/cni/net.d` and its plugins from `/opt/cni/bin`,
 //! fixed paths: inside the private mount namespace a tmpfs with the harness's configuration
@@ -12,12 +14,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use hutch_proto::v1;
 
 use crate::report::{ms, percentile, Row};
 use crate::scenarios::{
-    connect_and_watch, ctr, hutch_sample_of, remove_one, spec_with_network, time_command,
+    connect_and_watch, ctr, hutch_sample_of, is_final, remove_many, remove_one, spec_with_network,
+    start_and_wait, time_command,
 };
 use crate::setup::BenchEnv;
 
@@ -26,13 +30,17 @@ const CLUSTER_CIDR: &str = "198.19.0.0/16";
 /// containerd's network in the scenario (another block, another bridge).
 const CTR_SUBNET: &str = "198.19.250.0/24";
 
-/// Runs the scenario in a child process inside namespaces of its own; its rows.
-pub fn start_latency_net_isolated(smoke: bool) -> Result<Vec<Row>, String> {
+/// The scenarios run in the isolated child.
+pub const SCENARIOS: [&str; 2] = ["start-latency-net", "throughput-net"];
+
+/// Runs `scenario` (one of [`SCENARIOS`]) in a child process inside namespaces of its own;
+/// its rows.
+pub fn isolated(scenario: &str, smoke: bool) -> Result<Vec<Row>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new("unshare");
     cmd.args(["--net", "--mount", "--propagation", "private", "--"])
         .arg(exe)
-        .arg("--inner-net");
+        .args(["--inner-net", scenario]);
     if smoke {
         cmd.arg("--smoke");
     }
@@ -41,7 +49,7 @@ pub fn start_latency_net_isolated(smoke: bool) -> Result<Vec<Row>, String> {
         .map_err(|e| format!("unshare (util-linux): {e}"))?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
-        return Err(format!("start-latency-net failed ({})", out.status));
+        return Err(format!("{scenario} failed ({})", out.status));
     }
     let rows: Vec<serde_json::Value> =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("its rows: {e}"))?;
@@ -112,14 +120,113 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The scenario itself, in the child (already in its namespaces): rows as JSON on stdout.
-pub async fn inner(runs: usize) -> Result<Vec<Row>, String> {
+/// `scenario` itself, in the child (already in its namespaces); its rows.
+pub async fn inner(scenario: &str, smoke: bool) -> Result<Vec<Row>, String> {
     run("ip", &["link", "set", "lo", "up"])?;
     let env = BenchEnv::start_with(Some(CLUSTER_CIDR)).await?;
-    let _cni = CniDirs::prepare(&env.dir)?;
-    let (mut client, mut watch) = connect_and_watch(&env).await?;
     // The agent learns its subnet when it registers.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match scenario {
+        "start-latency-net" => {
+            let _cni = CniDirs::prepare(&env.dir)?;
+            start_latency_net(&env, if smoke { 5 } else { 200 }).await
+        }
+        "throughput-net" => throughput_net(&env, if smoke { 20 } else { 1000 }).await,
+        other => Err(format!("no isolated scenario '{other}'")),
+    }
+}
+
+/// `throughput-net`: `count` bridged `/bin/true` containers (16 in flight) until all are
+/// EXITED; then no veth may be left in the namespace and no lease in the agent's IPAM store.
+async fn throughput_net(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String> {
+    let (client, mut watch) = connect_and_watch(env).await?;
+    // hutch without a network first, the same way: what the network costs on top.
+    let prefix = format!("tpn-none-{}-", std::process::id());
+    let spec = spec_with_network("debian", v1::network_spec::Mode::None);
+    let start = Instant::now();
+    let outcome = start_and_wait(&client, &mut watch, &prefix, count, &spec, is_final).await;
+    let none_rate = count as f64 / start.elapsed().as_secs_f64();
+    remove_many(&client, &prefix, count).await;
+    outcome?;
+
+    let prefix = format!("tpn-{}-", std::process::id());
+    let spec = spec_with_network("debian", v1::network_spec::Mode::Bridge);
+    let start = Instant::now();
+    let outcome = start_and_wait(&client, &mut watch, &prefix, count, &spec, is_final).await;
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    // DEL has run before a supervisor exits, and EXITED is reported after that; the
+    // kernel deletes a veth with its namespace, in a batch of its own a moment later.
+    let mut veths = usize::MAX;
+    for _ in 0..20 {
+        veths = veth_count()?;
+        if veths == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leases = leases_in(&env.dir.join("agent/cni/ipam"));
+    remove_many(&client, &prefix, count).await;
+    outcome?;
+    Ok(vec![
+        Row {
+            scenario: "throughput-net".into(),
+            metric: format!("{count} x /bin/true, bridge, to EXITED"),
+            hutch: rate,
+            peer: Some(none_rate),
+            peer_name: "hutch --network none".into(),
+            unit: "containers/s".into(),
+            ratio: Some(rate / none_rate),
+            target: ">= 100 containers/s".into(),
+            pass: rate >= 100.0,
+        },
+        Row {
+            scenario: "throughput-net".into(),
+            metric: "veths + IP leases left after".into(),
+            hutch: (veths + leases) as f64,
+            peer: None,
+            peer_name: "-".into(),
+            unit: "count".into(),
+            ratio: None,
+            target: "0".into(),
+            pass: veths + leases == 0,
+        },
+    ])
+}
+
+/// veths in this network namespace.
+fn veth_count() -> Result<usize, String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "type", "veth"])
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
+/// IP leases of host-local below `dir` (one file per address, named by it).
+fn leases_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|net| net.path().is_dir())
+        .flat_map(|net| {
+            std::fs::read_dir(net.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|f| {
+            f.file_name()
+                .to_string_lossy()
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        })
+        .count()
+}
+
+/// `start-latency-net`: bridge, none and `ctr run --cni`, alternating, `runs` samples each.
+async fn start_latency_net(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
+    let (mut client, mut watch) = connect_and_watch(env).await?;
     let (mut bridge, mut none, mut peer) = (vec![], vec![], vec![]);
     for i in 0..runs + 2 {
         let name = format!("net-{i}");
@@ -130,7 +237,7 @@ pub async fn inner(runs: usize) -> Result<Vec<Row>, String> {
         let spec = spec_with_network("debian", v1::network_spec::Mode::None);
         let (_, n) = hutch_sample_of(&mut client, &mut watch, &name, spec).await?;
         remove_one(&mut client, name).await?;
-        let mut c = ctr(&env, &format!("hb-ctr-net-{i}"));
+        let mut c = ctr(env, &format!("hb-ctr-net-{i}"));
         c.arg("--cni");
         let p = time_command(&mut c)?;
         if i >= 2 {

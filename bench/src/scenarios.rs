@@ -34,7 +34,8 @@ pub fn spec_with_network(rootfs: &str, mode: v1::network_spec::Mode) -> v1::Cont
     }
 }
 
-fn is_final(state: i32) -> bool {
+/// Whether `state` is one a container ends in.
+pub fn is_final(state: i32) -> bool {
     [
         v1::ContainerState::Exited,
         v1::ContainerState::Failed,

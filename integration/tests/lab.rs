@@ -848,7 +848,16 @@ async fn networking_across_hosts() {
     }
     assert!(gone, "srv still resolves on n2 after its removal");
     lab.hutch(&["rm", "-f", "watcher"]);
-    let (nat, links) = network_leftovers(&lab, "n1");
+    // A veth goes with its namespace, which the kernel tears down a moment after the end.
+    let mut leftovers = network_leftovers(&lab, "n1");
+    for _ in 0..20 {
+        if !leftovers.1.contains("veth") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        leftovers = network_leftovers(&lab, "n1");
+    }
+    let (nat, links) = leftovers;
     assert!(!nat.contains("CNI-DN-"), "port mapping left: {nat}");
     assert!(!links.contains("veth"), "veth left: {links}");
     let leases = std::fs::read_dir(format!(
@@ -863,4 +872,97 @@ async fn networking_across_hosts() {
     })
     .unwrap_or_default();
     assert!(leases.is_empty(), "leases left: {leases:?}");
+}
+
+/// A directory of one test outside the lab's state, removed when dropped.
+struct TestDir(std::path::PathBuf);
+
+impl TestDir {
+    fn new(what: &str) -> TestDir {
+        let dir = std::env::temp_dir().join(format!("hutch-t-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        TestDir(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// 7. Network configurations that cannot work (the agent's `--cni-conf-dir` holding the
+///    file for its network): a plugin that does not exist, a plugin failing inside ADD (after
+///    the bridge plugin has made the veth), a file naming the network that is not a valid
+///    configuration. Each start fails with an error naming the problem, and nothing of it
+///    is left on the node: no veth, no state directory, no mount, no lease. With the file
+///    gone the node's own network works again, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_configuration_errors() {
+    let conf = TestDir::new("cni-conf");
+    let lab = Lab::up_with(
+        "netconf",
+        1,
+        "",
+        &format!("--cni-conf-dir {}", conf.0.display()),
+    )
+    .await;
+    let file = conf.0.join("10-hutch.conflist");
+    let state = format!("/var/tmp/hutch-lab-{}/n1/agent", lab.name);
+    let cases = [
+        (
+            r#"{"cniVersion": "1.0.0", "name": "hutch", "plugins": [{"type": "no-such-plugin"}]}"#,
+            "no-such-plugin",
+        ),
+        (
+            r#"{"cniVersion": "1.0.0", "name": "hutch", "plugins": [{"type": "bridge", "bridge": "hutch-t0",
+               "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.19.300.0/24"}]]}}]}"#,
+            "198.19.300.0/24",
+        ),
+        (
+            r#"{"cniVersion": "1.0.0", "name": "hutch", "plugins": []}"#,
+            "10-hutch.conflist",
+        ),
+    ];
+    for (i, (text, named)) in cases.iter().enumerate() {
+        std::fs::write(&file, text).expect("configuration");
+        let name = format!("bad{i}");
+        let out = lab.exec(
+            "client",
+            &[
+                "hutch", "run", "--rm", "--name", &name, "debian", "--", "true",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} started");
+        assert!(
+            err.contains(named),
+            "case {i}: the error names {named}: {err}"
+        );
+        // The host's own eth0 is a veth of the lab; the plugins' are called vethXXXX.
+        let (_, links) = network_leftovers(&lab, "n1");
+        assert!(!links.contains("veth"), "case {i}: veth left: {links}");
+        let dirs: Vec<_> = std::fs::read_dir(format!("{state}/containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(dirs.is_empty(), "case {i}: state left: {dirs:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(!mounts.contains(&state), "case {i}: mounts left: {mounts}");
+        let _ = lab.exec("client", &["hutch", "rm", "-f", &name]);
+    }
+    // host-local in case 2 used its own data directory: nothing of hutch's own.
+    std::fs::remove_file(&file).expect("remove configuration");
+    let ok = lab.hutch(&[
+        "run",
+        "--rm",
+        "debian",
+        "--",
+        "sh",
+        "-c",
+        "ip -brief addr show eth0",
+    ]);
+    assert!(ok.contains("198.19."), "the node's own network: {ok}");
 }

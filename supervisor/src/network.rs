@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use hutch_core::network::{NetworkMode, NetworkStatus, PortMapping};
 
-use crate::cni::{conf, Attachment, CniError, CONTAINER_INTERFACE};
+use crate::cni::{conf, Attachment, CniError, NetworkList, CONTAINER_INTERFACE};
 
 /// What the agent asks for a bridged container (`config.json`'s `network`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,14 +138,36 @@ pub fn connect(
     })
 }
 
-/// Runs DEL for the container in `dir` if it was connected and is not yet disconnected.
-/// `Ok(false)`: there was nothing to do.
+/// Runs DEL for the container in `dir` if it was connected and is not yet disconnected,
+/// with its network namespace still pinned. `Ok(false)`: there was nothing to do.
 pub fn disconnect(dir: &Path) -> Result<bool, CniError> {
+    run_del(dir, false)
+}
+
+/// [`disconnect`] once the container's processes are gone (the supervisor's way out). When
+/// the chain's DEL needs nothing inside the namespace (hutch's own network: see
+/// [`NetworkList::del_needs_no_namespace`]), the pin is released first, so the namespace
+/// ends and the kernel deletes the veth with it, batched with other namespaces' teardown,
+/// instead of the bridge plugin deleting it alone under the routing lock: DEL then takes
+/// about half as long (measured: 26-53 ms with the namespace, 11-13 ms without).
+pub fn disconnect_after_exit(dir: &Path) -> Result<bool, CniError> {
+    run_del(dir, true)
+}
+
+fn run_del(dir: &Path, namespace_may_go_first: bool) -> Result<bool, CniError> {
     let Some(mut attachment) = Attachment::load(dir)? else {
         return Ok(false);
     };
     if attachment.deleted {
         return Ok(false);
+    }
+    let chain = NetworkList::parse(&attachment.config.to_string(), "network.json");
+    if namespace_may_go_first && chain.is_ok_and(|c| c.del_needs_no_namespace()) {
+        // Only the pin this module made, whatever the record says.
+        let _ = nix::mount::umount2(
+            &Attachment::netns_path(dir),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
     }
     let outcome = attachment.del();
     attachment.save(dir)?;

@@ -557,8 +557,8 @@ impl Supervisor {
             diag!("{e}");
         }
         let killed = started.elapsed();
-        // Before the unmount: DEL enters the pinned network namespace.
-        let network_left = match crate::network::disconnect(&self.cfg.dir) {
+        // Before the unmount: DEL may enter the pinned network namespace.
+        let network_left = match crate::network::disconnect_after_exit(&self.cfg.dir) {
             Ok(_) => false,
             Err(e) => {
                 diag!("disconnecting the network: {e}");

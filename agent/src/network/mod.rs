@@ -65,6 +65,14 @@ pub enum NetworkError {
     },
 }
 
+/// Whether a configuration file's JSON (valid or not as CNI) has `name` as its `name`.
+fn names_network(text: &str, name: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("name").and_then(Value::as_str).map(|n| n == name))
+        .unwrap_or(false)
+}
+
 /// The agent's network settings (flags and configuration file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkSettings {
@@ -259,6 +267,9 @@ impl NodeNetwork {
                 continue;
             };
             match NetworkList::parse(&text, &path.display().to_string()) {
+                // A file that names the network but is invalid is that network's error,
+                // never a reason to fall back to hutch's own configuration.
+                Err(e) if names_network(&text, name) => return Err(e.into()),
                 Ok(list) if list.name == name => {
                     let mut value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     if value.get("plugins").is_none() {
@@ -359,5 +370,83 @@ fn check_port_free(
             Err(NetworkError::NotAnAddress(ip))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration directory of one test, removed when dropped.
+    struct ConfDir(PathBuf);
+
+    impl ConfDir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for ConfDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A node network on a subnet, reading configurations from a fresh directory holding
+    /// `files`.
+    fn node_with_files(files: &[(&str, &str)]) -> (ConfDir, NodeNetwork) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = ConfDir(
+            std::env::temp_dir().join(format!("hutch-cni-conf-test-{}-{n}", std::process::id())),
+        );
+        std::fs::create_dir_all(dir.path()).expect("conf dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        }
+        let settings = NetworkSettings {
+            conf_dir: dir.path().to_path_buf(),
+            subnet: Some("198.19.5.0/24".parse::<Cidr>().expect("cidr")),
+            ..NetworkSettings::default()
+        };
+        let node = NodeNetwork::new(settings, dir.path());
+        (dir, node)
+    }
+
+    #[test]
+    fn unrelated_broken_files_leave_the_own_network() {
+        let (_dir, node) = node_with_files(&[("10-other.conflist", "{ not json")]);
+        let config = node.configuration(DEFAULT_NETWORK, false).expect("own");
+        assert_eq!(config["plugins"][0]["type"], "bridge", "{config}");
+    }
+
+    #[test]
+    fn an_invalid_file_naming_the_network_is_its_error() {
+        let text = r#"{"cniVersion": "1.0.0", "name": "hutch", "plugins": []}"#;
+        let (_dir, node) = node_with_files(&[("10-hutch.conflist", text)]);
+        let err = node
+            .configuration(DEFAULT_NETWORK, false)
+            .expect_err("an empty chain");
+        assert!(err.to_string().contains("10-hutch.conflist"), "{err}");
+    }
+
+    #[test]
+    fn a_file_naming_the_network_replaces_the_own_one() {
+        let text = r#"{"cniVersion": "1.0.0", "name": "hutch", "type": "ptp", "ipam": {"type": "host-local"}}"#;
+        let (_dir, node) = node_with_files(&[("10-hutch.conf", text)]);
+        let config = node.configuration(DEFAULT_NETWORK, false).expect("file");
+        assert_eq!(config["plugins"][0]["type"], "ptp", "{config}");
+    }
+
+    #[test]
+    fn another_network_missing_names_the_directory_and_broken_files() {
+        let (dir, node) = node_with_files(&[("10-x.conflist", "{ not json")]);
+        let err = node.configuration("lab", false).expect_err("missing");
+        let text = err.to_string();
+        assert!(
+            text.contains("'lab'") && text.contains(&dir.path().display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("10-x.conflist"), "{text}");
     }
 }

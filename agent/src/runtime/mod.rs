@@ -417,8 +417,16 @@ impl Runtime {
     /// Removes what a failed start left: network, mounts, cgroup, state directory.
     fn discard(&self, id: &str, dir: &Path) {
         if let Err(e) = disconnect(dir) {
-            tracing::error!(container = id, error = %e, "network left after a failed start; state kept");
-            return;
+            // As containerd does for a sandbox that never started: the failed DEL is
+            // reported and the rest removed anyway. A configuration that failed ADD usually
+            // fails DEL the same way, and keeping the state would keep it forever; the
+            // namespace goes with the unmount below, so only what the plugins made outside
+            // it (a lease, a port mapping) can remain, and this names the reason.
+            tracing::error!(
+                container = id,
+                error = %e,
+                "DEL after a failed start failed; anything the CNI plugins made outside the container's namespace may remain"
+            );
         }
         let left = unmount_below(dir);
         if !left.is_empty() {

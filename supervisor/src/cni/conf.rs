@@ -79,6 +79,28 @@ impl NetworkList {
             .collect()
     }
 
+    /// Whether DEL of this chain needs nothing inside the container's network namespace:
+    /// every plugin is one whose DEL, given no namespace, removes all it made outside it
+    /// (`bridge` without `ipMasq`, whose only inside work is deleting the veth, which the
+    /// kernel deletes with the namespace; `host-local` or `static` addresses; `portmap`;
+    /// `loopback`). hutch's own network is such a chain. Any other plugin may need the
+    /// namespace, and then it stays pinned until DEL has run.
+    pub fn del_needs_no_namespace(&self) -> bool {
+        self.plugins.iter().all(|p| {
+            let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
+            let masq = p.get("ipMasq").and_then(Value::as_bool).unwrap_or(false);
+            let ipam = p
+                .get("ipam")
+                .and_then(|i| i.get("type"))
+                .and_then(Value::as_str);
+            match kind {
+                "bridge" => !masq && matches!(ipam, Some("host-local" | "static")),
+                "portmap" | "loopback" => true,
+                _ => false,
+            }
+        })
+    }
+
     /// The configuration plugin `index` reads on stdin: its own, with the list's name and
     /// version, the previous plugin's result (ADD after the first plugin; CHECK and DEL
     /// always, when there is one) and the runtime's values for the capabilities it declares
@@ -226,6 +248,40 @@ pub fn plugin_error(stdout: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_known_chains_let_the_namespace_go_before_del() {
+        let subnet: Cidr = "198.19.3.0/24".parse().expect("cidr");
+        for ports in [false, true] {
+            let own = default_network("hutch", "hutch0", subnet, "/x", ports);
+            let list = NetworkList::parse(&own.to_string(), "own").expect("own");
+            assert!(
+                list.del_needs_no_namespace(),
+                "hutch's own network, ports {ports}"
+            );
+        }
+        let chain = |plugins: Value| {
+            let conf = json!({"cniVersion": "1.0.0", "name": "n", "plugins": plugins});
+            NetworkList::parse(&conf.to_string(), "t")
+                .expect("parse")
+                .del_needs_no_namespace()
+        };
+        let bridge = |extra: Value| {
+            let mut b = json!({"type": "bridge", "ipam": {"type": "host-local"}});
+            if let (Some(b), Some(e)) = (b.as_object_mut(), extra.as_object()) {
+                b.extend(e.clone());
+            }
+            b
+        };
+        assert!(chain(json!([bridge(json!({})), {"type": "loopback"}])));
+        // Masquerade rules are found through the interface's addresses, inside.
+        assert!(!chain(json!([bridge(json!({"ipMasq": true}))])));
+        assert!(!chain(json!([bridge(json!({"ipam": {"type": "dhcp"}}))])));
+        assert!(!chain(
+            json!([{"type": "macvlan", "ipam": {"type": "host-local"}}])
+        ));
+        assert!(!chain(json!([bridge(json!({})), {"type": "firewall"}])));
+    }
     use hutch_core::network::parse_publish;
 
     fn list() -> NetworkList {
