@@ -310,6 +310,20 @@ pub(crate) enum NodeCommand {
         /// Node name.
         name: String,
     },
+    /// Forget a node that is gone: its block of the container network is released and every
+    /// other node drops its route. Refused while it is alive or holds containers.
+    ///
+    /// Example: hutch node rm n3          (after its agent stopped and it shows DOWN)
+    ///          hutch node rm --force n3  (its containers become LOST)
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Node name.
+        name: String,
+        /// Remove it even while it is alive or holds containers; an agent still running
+        /// there registers again as a new node.
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]

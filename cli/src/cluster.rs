@@ -1,4 +1,4 @@
-//! The cluster commands: nodes, node cordon|uncordon|drain|inspect, token create.
+//! The cluster commands: nodes, node cordon|uncordon|drain|inspect|rm, token create.
 
 use std::process::ExitCode;
 
@@ -50,12 +50,23 @@ pub(crate) async fn create_token(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `hutch node cordon|uncordon|drain|inspect`.
+/// `hutch node cordon|uncordon|drain|inspect|rm`.
 pub(crate) async fn node(client: &Client, cmd: NodeCommand, json: bool) -> Result<ExitCode, Error> {
     let node = match cmd {
         NodeCommand::Cordon { name } => client.cordon(&name).await?,
         NodeCommand::Uncordon { name } => client.uncordon(&name).await?,
         NodeCommand::Inspect { name } => client.node(&name).await?,
+        NodeCommand::Rm { name, force } => {
+            let r = client.remove_node(&name, force).await?;
+            if !json {
+                for c in &r.lost {
+                    eprintln!("lost {c}");
+                }
+                outln!("removed {name}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            r.node.unwrap_or_default()
+        }
         NodeCommand::Drain { name } => {
             let r = client.drain(&name).await?;
             if !json {

@@ -198,3 +198,68 @@ async fn drain_moves_restartable_containers_and_stops_the_rest() {
             .expect("remove");
     }
 }
+
+/// `RemoveNode`: an unknown node is NOT_FOUND; a live one is refused with the reason; with
+/// force its containers become LOST and its record goes; its agent (still running)
+/// registers again on its next heartbeat, as after a node loss, and the container it kept
+/// running is RUNNING again ("is back").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_node() {
+    let ctl = TestController::start("noderm", &[]);
+    let node = TestNode::start("noderm-a", &ctl, None, &[]).await;
+    let mut client = ctl.client_when_ready(&[&node]).await;
+    client
+        .create_container(create("held", spec(&["sleep", "600"])))
+        .await
+        .expect("create");
+    wait_container(&mut client, "held", Duration::from_secs(20), |c| {
+        state_of(c) == S::Running
+    })
+    .await;
+
+    let remove = |name: &str, force: bool| v1::RemoveNodeRequest {
+        name: name.into(),
+        force,
+    };
+    let missing = client
+        .remove_node(remove("noderm-nope", true))
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let alive = client
+        .remove_node(remove(&node.name, false))
+        .await
+        .expect_err("alive");
+    assert_eq!(alive.code(), tonic::Code::FailedPrecondition, "{alive:?}");
+    assert!(alive.message().contains("is ready"), "{}", alive.message());
+
+    let removed = client
+        .remove_node(remove(&node.name, true))
+        .await
+        .expect("forced")
+        .into_inner();
+    assert_eq!(removed.lost, vec!["held".to_string()]);
+    assert_eq!(removed.node.expect("its record").name, node.name);
+
+    // The agent keeps heartbeating: told it is not registered, it registers again.
+    wait_node(
+        &mut client,
+        &node.name,
+        v1::NodeState::Ready,
+        Duration::from_secs(10),
+    )
+    .await;
+    // Only a LOST record comes back this way.
+    let back = wait_container(&mut client, "held", Duration::from_secs(10), |c| {
+        state_of(c) == S::Running && c.status_message.contains("is back")
+    })
+    .await;
+    assert_eq!(back.node, node.name);
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            id: "held".into(),
+            force: true,
+        })
+        .await
+        .expect("remove");
+}

@@ -872,6 +872,44 @@ async fn networking_across_hosts() {
     })
     .unwrap_or_default();
     assert!(leases.is_empty(), "leases left: {leases:?}");
+
+    // A node gone for good: refused while alive, then removed once down; the others drop
+    // the route to its block, which is free again.
+    let n3 = lab.node("n3");
+    let n3_subnet = nodes
+        .as_array()
+        .and_then(|all| all.iter().find(|n| n["name"] == n3.as_str()))
+        .and_then(|n| n["subnet"].as_str())
+        .expect("n3's block")
+        .to_string();
+    let route_to_n3 = || {
+        let out = lab.exec("n1", &["ip", "route", "show", "proto", "201"]);
+        String::from_utf8_lossy(&out.stdout).contains(&n3_subnet)
+    };
+    assert!(route_to_n3(), "n1 routes to n3's block {n3_subnet}");
+    let out = lab.exec("client", &["hutch", "node", "rm", &n3]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is ready"), "{err}");
+    lab.lab(&["kill", "n3", "agent"]);
+    lab.wait_node("n3", "down", Duration::from_secs(10));
+    lab.hutch(&["node", "rm", &n3]);
+    let mut gone = false;
+    for _ in 0..50 {
+        if !route_to_n3() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gone,
+        "n1 still routes to the removed node's block {n3_subnet}"
+    );
+    let left = lab.hutch_json(&["nodes"]);
+    assert!(
+        !left.to_string().contains(&n3),
+        "the removed node is still listed: {left}"
+    );
 }
 
 /// A directory of one test outside the lab's state, removed when dropped.

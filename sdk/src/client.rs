@@ -256,6 +256,19 @@ impl Client {
             .into_inner())
     }
 
+    /// Forgets a node (its block of the cluster network is released); refused while it is
+    /// alive or holds containers unless `force` (its containers then become LOST).
+    pub async fn remove_node(&self, name: &str, force: bool) -> Result<v1::RemoveNodeResponse> {
+        Ok(self
+            .rpc()
+            .remove_node(self.request(v1::RemoveNodeRequest {
+                name: name.into(),
+                force,
+            }))
+            .await?
+            .into_inner())
+    }
+
     /// Builds a rootfs on one node (`node`), on nodes with these labels (`selector`), or on
     /// every ready node; streams each node's progress and result.
     pub async fn build_rootfs(

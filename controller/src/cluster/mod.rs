@@ -169,6 +169,8 @@ pub(crate) enum Change {
     Removed(v1::Container),
     /// A node record.
     Node(v1::Node),
+    /// A node to forget.
+    ForgetNode(String),
     /// A rootfs spec the cluster can build.
     RootfsSpec(v1::RootfsSpec),
     /// A rootfs spec to forget.
@@ -338,6 +340,7 @@ impl Cluster {
                     records.push((WatchEventType::Removed, c));
                 }
                 Change::Node(n) => batch.writes.push(Write::PutNode(n)),
+                Change::ForgetNode(n) => batch.writes.push(Write::DeleteNode(n)),
                 Change::RootfsSpec(r) => batch.writes.push(Write::PutRootfsSpec(r)),
                 Change::ForgetRootfsSpec(n) => batch.writes.push(Write::DeleteRootfsSpec(n)),
             }
@@ -361,6 +364,12 @@ impl Cluster {
                     if let Some(entry) = st.nodes.get_mut(&n.name) {
                         entry.record = n;
                     }
+                }
+                Write::DeleteNode(n) => {
+                    if let Some(link) = st.nodes.remove(&n).and_then(|e| e.link) {
+                        link.abort();
+                    }
+                    st.scheduler.remove_node(&n);
                 }
                 Write::PutRootfsSpec(r) => {
                     st.rootfs_specs.insert(r.name.clone(), r);

@@ -338,6 +338,62 @@ impl Cluster {
         Ok(view)
     }
 
+    /// Forgets node `name` (see `RemoveNode` in the API): refused while it is alive or
+    /// holds containers, unless `force`, which makes those containers LOST.
+    pub fn remove_node(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+    ) -> Result<v1::RemoveNodeResponse, ClusterError> {
+        let lost = {
+            let mut st = self.lock();
+            let node = st
+                .nodes
+                .get(name)
+                .map(|e| e.record.clone())
+                .ok_or_else(|| node_not_found(name))?;
+            let holding = holding_reservations(&st, name);
+            let alive = node_state(&node) != NodeState::Down;
+            if !force && alive {
+                return Err(ClusterError::FailedPrecondition(format!(
+                    "node '{name}' is {}: stop its agent and wait until it is down (or drain it first), or remove it with force; a running agent registers again on its next heartbeat",
+                    if node_state(&node) == NodeState::Ready { "ready" } else { "not ready" }
+                )));
+            }
+            if !force && !holding.is_empty() {
+                let names: Vec<&str> = holding.iter().take(5).map(|c| c.name.as_str()).collect();
+                return Err(ClusterError::FailedPrecondition(format!(
+                    "node '{name}' still holds {} container(s) ({}{}): remove them, or remove the node with force (they become LOST)",
+                    holding.len(),
+                    names.join(", "),
+                    if holding.len() > names.len() { ", ..." } else { "" }
+                )));
+            }
+            let mut changes: Vec<Change> = holding
+                .into_iter()
+                .map(|mut c| {
+                    c.state = S::Lost as i32;
+                    c.pid = 0;
+                    c.status_message = format!("node {name} was removed from the cluster");
+                    Change::Container(WatchEventType::Updated, c)
+                })
+                .collect();
+            changes.push(Change::ForgetNode(name.to_string()));
+            let lost = self.commit(&mut st, changes)?;
+            tracing::warn!(node = %name, lost = lost.len(), subnet = %node.subnet, "node removed");
+            (node, lost)
+        };
+        let (node, lost) = lost;
+        for c in &lost {
+            self.after_end(c);
+        }
+        self.kick.notify_one();
+        Ok(v1::RemoveNodeResponse {
+            node: Some(node),
+            lost: lost.into_iter().map(|c| c.name).collect(),
+        })
+    }
+
     /// Cordons the node and stops its containers; those whose restart policy is not
     /// `never` start again elsewhere.
     pub async fn drain(
@@ -350,12 +406,7 @@ impl Cluster {
             .await?;
         let victims: Vec<v1::Container> = {
             let mut st = me.lock();
-            let v: Vec<v1::Container> = st
-                .containers
-                .values()
-                .filter(|c| c.node == name && holds_reservation(state(c)))
-                .cloned()
-                .collect();
+            let v = holding_reservations(&st, name);
             for c in &v {
                 st.evicted.insert(c.name.clone());
             }
@@ -484,6 +535,15 @@ impl Cluster {
 }
 
 /// A node with its live figures (reservations from the scheduler).
+/// The containers holding a reservation on `node` (placed, starting or running there).
+fn holding_reservations(st: &State, node: &str) -> Vec<v1::Container> {
+    st.containers
+        .values()
+        .filter(|c| c.node == node && holds_reservation(state(c)))
+        .cloned()
+        .collect()
+}
+
 fn node_view(st: &State, name: &str) -> Option<v1::Node> {
     let e = st.nodes.get(name)?;
     let mut n = e.record.clone();

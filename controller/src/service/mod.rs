@@ -349,6 +349,18 @@ impl Controller for ControllerService {
         ))
     }
 
+    async fn remove_node(
+        &self,
+        request: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
+        let req = request.into_inner();
+        let removed = self
+            .cluster
+            .commit_blocking(move |c| c.remove_node(&req.name, req.force))
+            .await?;
+        Ok(Response::new(removed))
+    }
+
     type BuildRootfsStream = RpcStream<v1::ClusterBuildRootfsResponse>;
 
     async fn build_rootfs(

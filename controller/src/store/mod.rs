@@ -61,6 +61,8 @@ pub enum Write {
     DeleteContainer(String),
     /// Insert or replace a node (keyed by name).
     PutNode(v1::Node),
+    /// Delete a node.
+    DeleteNode(String),
     /// Insert or replace a rootfs spec (keyed by name).
     PutRootfsSpec(v1::RootfsSpec),
     /// Delete a rootfs spec.

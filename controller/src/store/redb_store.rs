@@ -149,6 +149,7 @@ impl Store for RedbStore {
                     Write::PutNode(n) => nodes
                         .insert(n.name.as_str(), n.encode_to_vec().as_slice())
                         .map(drop),
+                    Write::DeleteNode(name) => nodes.remove(name.as_str()).map(drop),
                     Write::PutRootfsSpec(r) => specs
                         .insert(r.name.as_str(), r.encode_to_vec().as_slice())
                         .map(drop),
