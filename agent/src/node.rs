@@ -1,4 +1,4 @@
-//! Facts about this node for `NodeInfo` and for admission: hostname, kernel, memory.
+//! Facts about this node for `NodeInfo` and for admission: hostname, kernel, memory, CPUs.
 
 /// `MemTotal` from `/proc/meminfo`, in bytes.
 pub fn memory_total_bytes() -> u64 {
@@ -28,6 +28,18 @@ pub fn parse_meminfo(text: &str, key: &str) -> Option<u64> {
                 .map(|kb| kb * 1024)
         })?
     })
+}
+
+/// CPUs this process may run on (its affinity mask and its cgroup's CPU quota), at least 1.
+pub fn cpu_count() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+/// The thousandths of CPUs containers may be promised here: all of [`cpu_count`].
+pub fn cpu_allocatable_millicores() -> u64 {
+    u64::from(cpu_count()) * 1000
 }
 
 /// The kernel release (`uname -r`).

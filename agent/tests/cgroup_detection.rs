@@ -58,6 +58,7 @@ fn a_v2_root_without_the_memory_controller_is_refused_clearly() {
         relative: PathBuf::from(own_v2),
         pids_dir: None,
         devices_dir: None,
+        cpu_dir: None,
     };
     let e =
         CgroupManager::init(Some(root.clone()), "v2-refusal").expect_err("no memory controller");

@@ -206,18 +206,19 @@ pub fn tcp_cross_host(env: &BenchEnv, smoke: bool) -> Result<Vec<Row>, String> {
 
     let mut server = lab.cmd(&["exec", "n1", "--", "perl", "-e", &sink(HOST_PORT)]);
     std::os::unix::process::CommandExt::process_group(&mut server, 0);
-    let mut server = server
+    let server = server
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("host server: {e}"))?;
+    // Kept by the lab before anything can fail: its drop kills the server's group.
+    let server = lab.host_server.insert(server);
     let mut ready = String::new();
     if let Some(out) = server.stdout.as_mut() {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut ready)
             .map_err(|e| format!("host server: {e}"))?;
     }
-    lab.host_server = Some(server);
     if !ready.contains("listening") {
         return Err("the server on host n1 did not start".into());
     }

@@ -458,6 +458,7 @@ fn placement_seconds(nodes: usize, requests: usize) -> f64 {
             NodeCapacity {
                 labels,
                 allocatable_bytes: 1 << 40,
+                allocatable_cpu_millicores: 0,
                 schedulable: true,
                 rootfs: ["debian".to_string()].into_iter().collect(),
             },
@@ -481,9 +482,10 @@ fn placement_seconds(nodes: usize, requests: usize) -> f64 {
             rootfs: "debian",
             rootfs_buildable: false,
             ports: &[],
+            cpu_millicores: 0,
         };
         if let Ok(n) = s.place(&req) {
-            s.reserve(&n, req.memory_bytes, &[]);
+            s.reserve(&n, &req.claim());
             *placed.entry(n).or_default() += 1;
         }
     }

@@ -1,9 +1,11 @@
 //! Placement: which node a container goes to. Pure logic, no I/O, no clock.
 //!
 //! A node is a candidate when it is schedulable (ready and not cordoned), carries every label
-//! of the request's selector, has the rootfs (or the cluster can build it there), and has at
-//! least the requested memory free: allocatable minus what is already reserved for the
-//! containers placed on it. Reservations are taken by the caller with [`Scheduler::reserve`]
+//! of the request's selector, has the rootfs (or the cluster can build it there), publishes
+//! none of the request's host ports yet, has the requested CPU free (a CPU limit is a
+//! reservation of that many CPUs; a node reporting no CPUs is not limited) and at least the
+//! requested memory free: allocatable minus what is already reserved for the containers
+//! placed on it. Reservations are taken by the caller with [`Scheduler::reserve`]
 //! the moment a placement is recorded, so a burst of creates can never overcommit a node.
 //!
 //! Candidates are kept in an index ordered by free memory, so a placement walks from the best
@@ -55,6 +57,8 @@ pub struct NodeCapacity {
     pub labels: BTreeMap<String, String>,
     /// Memory containers may be promised in total.
     pub allocatable_bytes: u64,
+    /// Thousandths of CPUs containers may be promised in total; 0: unknown, not limited.
+    pub allocatable_cpu_millicores: u64,
     /// Ready and not cordoned.
     pub schedulable: bool,
     /// Rootfs names the node has.
@@ -76,6 +80,31 @@ pub struct Request<'a> {
     pub rootfs_buildable: bool,
     /// Host ports it publishes: no two containers of a node publish one.
     pub ports: &'a [PortMapping],
+    /// Thousandths of CPUs to reserve (its CPU limit; 0 without one).
+    pub cpu_millicores: u64,
+}
+
+impl<'a> Request<'a> {
+    /// What the container holds on its node once placed.
+    pub fn claim(&self) -> Claim<'a> {
+        Claim {
+            memory_bytes: self.memory_bytes,
+            cpu_millicores: self.cpu_millicores,
+            ports: self.ports,
+        }
+    }
+}
+
+/// What a placed container holds on its node: reserved with [`Scheduler::reserve`], given
+/// back with [`Scheduler::release`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claim<'a> {
+    /// Memory.
+    pub memory_bytes: u64,
+    /// Thousandths of CPUs.
+    pub cpu_millicores: u64,
+    /// Host ports.
+    pub ports: &'a [PortMapping],
 }
 
 /// Why no node fits; the text is meant for the container's status message.
@@ -92,6 +121,7 @@ impl fmt::Display for Unschedulable {
 struct Slot {
     capacity: NodeCapacity,
     reserved_bytes: u64,
+    reserved_cpu_millicores: u64,
     /// Host ports published by the containers placed here (one entry per container's port).
     ports: Vec<PortMapping>,
 }
@@ -101,6 +131,19 @@ impl Slot {
         self.capacity
             .allocatable_bytes
             .saturating_sub(self.reserved_bytes)
+    }
+
+    /// CPU still free, `None` when the node reports none (not limited).
+    fn free_cpu(&self) -> Option<u64> {
+        (self.capacity.allocatable_cpu_millicores > 0).then(|| {
+            self.capacity
+                .allocatable_cpu_millicores
+                .saturating_sub(self.reserved_cpu_millicores)
+        })
+    }
+
+    fn cpu_fits(&self, millicores: u64) -> bool {
+        millicores == 0 || self.free_cpu().is_none_or(|free| free >= millicores)
     }
 
     /// The first of `wanted` a container placed here already publishes.
@@ -157,6 +200,7 @@ impl Scheduler {
             .or_insert(Slot {
                 capacity,
                 reserved_bytes: 0,
+                reserved_cpu_millicores: 0,
                 ports: Vec::new(),
             });
         self.index(name);
@@ -184,22 +228,28 @@ impl Scheduler {
         self.slots.remove(name);
     }
 
-    /// Sets `bytes` and the host `ports` aside on `node` for a container placed there.
-    pub fn reserve(&mut self, node: &str, bytes: u64, ports: &[PortMapping]) {
+    /// Sets `claim` aside on `node` for a container placed there.
+    pub fn reserve(&mut self, node: &str, claim: &Claim<'_>) {
         self.unindex(node);
         if let Some(slot) = self.slots.get_mut(node) {
-            slot.reserved_bytes = slot.reserved_bytes.saturating_add(bytes);
-            slot.ports.extend_from_slice(ports);
+            slot.reserved_bytes = slot.reserved_bytes.saturating_add(claim.memory_bytes);
+            slot.reserved_cpu_millicores = slot
+                .reserved_cpu_millicores
+                .saturating_add(claim.cpu_millicores);
+            slot.ports.extend_from_slice(claim.ports);
         }
         self.index(node);
     }
 
     /// Gives back what [`Scheduler::reserve`] set aside.
-    pub fn release(&mut self, node: &str, bytes: u64, ports: &[PortMapping]) {
+    pub fn release(&mut self, node: &str, claim: &Claim<'_>) {
         self.unindex(node);
         if let Some(slot) = self.slots.get_mut(node) {
-            slot.reserved_bytes = slot.reserved_bytes.saturating_sub(bytes);
-            for p in ports {
+            slot.reserved_bytes = slot.reserved_bytes.saturating_sub(claim.memory_bytes);
+            slot.reserved_cpu_millicores = slot
+                .reserved_cpu_millicores
+                .saturating_sub(claim.cpu_millicores);
+            for p in claim.ports {
                 if let Some(i) = slot.ports.iter().position(|q| q == p) {
                     slot.ports.swap_remove(i);
                 }
@@ -211,6 +261,13 @@ impl Scheduler {
     /// Memory reserved on `node`.
     pub fn reserved_bytes(&self, node: &str) -> u64 {
         self.slots.get(node).map_or(0, |s| s.reserved_bytes)
+    }
+
+    /// Thousandths of CPUs reserved on `node`.
+    pub fn reserved_cpu_millicores(&self, node: &str) -> u64 {
+        self.slots
+            .get(node)
+            .map_or(0, |s| s.reserved_cpu_millicores)
     }
 
     /// Memory still free on `node`.
@@ -226,6 +283,7 @@ impl Scheduler {
                 .all(|(k, v)| slot.capacity.labels.get(k) == Some(v))
             && (req.rootfs_buildable || slot.capacity.rootfs.contains(req.rootfs))
             && slot.taken_port(req.ports).is_none()
+            && slot.cpu_fits(req.cpu_millicores)
     }
 
     /// The node for `req`, or why there is none. Does not reserve anything.
@@ -281,6 +339,13 @@ impl Scheduler {
             return Err(Unschedulable(format!(
                 "node '{name}' already publishes host port {}/{}",
                 p.host_port, p.protocol
+            )));
+        }
+        if !slot.cpu_fits(req.cpu_millicores) {
+            return Err(Unschedulable(format!(
+                "node '{name}' has {} CPUs free; {} are needed",
+                cores(slot.free_cpu().unwrap_or(0)),
+                cores(req.cpu_millicores)
             )));
         }
         if slot.free() < req.memory_bytes {
@@ -354,7 +419,24 @@ impl Scheduler {
                 wanted.join(", ")
             ));
         }
-        let largest = with_ports
+        let with_cpu: Vec<_> = with_ports
+            .iter()
+            .filter(|(_, s)| s.cpu_fits(req.cpu_millicores))
+            .collect();
+        if with_cpu.is_empty() {
+            let most = with_ports
+                .iter()
+                .map(|(name, s)| (s.free_cpu().unwrap_or(0), std::cmp::Reverse(*name)))
+                .max();
+            if let Some((free, std::cmp::Reverse(name))) = most {
+                return Unschedulable(format!(
+                    "no node with {} CPUs free; most free: {} on {name}",
+                    cores(req.cpu_millicores),
+                    cores(free)
+                ));
+            }
+        }
+        let largest = with_cpu
             .iter()
             .map(|(name, s)| (s.free(), std::cmp::Reverse(*name)))
             .max();
@@ -371,6 +453,11 @@ impl Scheduler {
 
 pub use hutch_core::units::human_bytes;
 
+/// Thousandths of CPUs as a decimal number of CPUs.
+fn cores(millicores: u64) -> String {
+    hutch_core::cpu::format_cores(u32::try_from(millicores).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +472,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             allocatable_bytes: allocatable,
+            allocatable_cpu_millicores: 0,
             schedulable: true,
             rootfs: ["debian".to_string()].into_iter().collect(),
         }
@@ -398,12 +486,13 @@ mod tests {
             rootfs: "debian",
             rootfs_buildable: false,
             ports: &[],
+            cpu_millicores: 0,
         }
     }
 
     fn place_and_reserve(s: &mut Scheduler, r: &Request<'_>) -> Result<String, Unschedulable> {
         let n = s.place(r)?;
-        s.reserve(&n, r.memory_bytes, r.ports);
+        s.reserve(&n, &r.claim());
         Ok(n)
     }
 
@@ -539,20 +628,61 @@ mod tests {
                 ..req(MIB, &none)
             })
             .is_ok());
-        s.release(&first, MIB, &port);
+        s.release(&first, &with_port(MIB).claim());
         assert_eq!(s.place(&with_port(MIB)).expect("free again"), first);
+    }
+
+    #[test]
+    fn cpu_is_reserved_like_memory_and_explained() {
+        let mut s = Scheduler::new(Strategy::Spread);
+        let two_cpus = |mut n: NodeCapacity| {
+            n.allocatable_cpu_millicores = 2000;
+            n
+        };
+        s.set_node("a", two_cpus(node(4 * GIB, &[])));
+        s.set_node("b", two_cpus(node(4 * GIB, &[])));
+        let none = BTreeMap::new();
+        let cpus = |millicores| Request {
+            cpu_millicores: millicores,
+            ..req(MIB, &none)
+        };
+        let too_many = s.place(&cpus(3000)).expect_err("3 CPUs on 2-CPU nodes");
+        assert!(
+            too_many.0.contains("3 CPUs free") && too_many.0.contains("most free: 2"),
+            "{too_many}"
+        );
+        let first = place_and_reserve(&mut s, &cpus(1500)).expect("1.5");
+        let second = place_and_reserve(&mut s, &cpus(1500)).expect("1.5");
+        assert_ne!(first, second, "1.5 + 1.5 does not fit one node");
+        assert_eq!(s.reserved_cpu_millicores(&first), 1500);
+        let pinned = Request {
+            node: Some("a"),
+            ..cpus(1000)
+        };
+        let refused = s.place(&pinned).expect_err("0.5 left on a");
+        assert!(refused.0.contains("0.5 CPUs free"), "{refused}");
+        // Containers without a CPU limit still fit, and a node reporting no CPUs takes any.
+        assert!(s.place(&cpus(0)).is_ok());
+        s.set_node("old", node(GIB, &[]));
+        assert_eq!(s.place(&cpus(64_000)).expect("not limited"), "old");
+        s.release(&first, &cpus(1500).claim());
+        assert_eq!(s.reserved_cpu_millicores(&first), 0);
     }
 
     #[test]
     fn release_gives_memory_back_and_unknown_nodes_are_ignored() {
         let mut s = Scheduler::new(Strategy::Spread);
         s.set_node("a", node(GIB, &[]));
-        s.reserve("a", GIB, &[]);
+        let gib = Claim {
+            memory_bytes: GIB,
+            ..Claim::default()
+        };
+        s.reserve("a", &gib);
         assert_eq!(s.free_bytes("a"), 0);
-        s.release("a", GIB, &[]);
+        s.release("a", &gib);
         assert_eq!(s.free_bytes("a"), GIB);
-        s.reserve("nope", GIB, &[]);
-        s.release("nope", GIB, &[]);
+        s.reserve("nope", &gib);
+        s.release("nope", &gib);
         s.remove_node("a");
         assert_eq!(s.free_bytes("a"), 0);
     }
@@ -595,7 +725,13 @@ mod tests {
                     }
                     1 if !placed.is_empty() => {
                         let (n, m) = placed.swap_remove(rng.below(placed.len() as u64) as usize);
-                        s.release(&n, m, &[]);
+                        s.release(
+                            &n,
+                            &Claim {
+                                memory_bytes: m,
+                                ..Claim::default()
+                            },
+                        );
                     }
                     _ => {
                         let mem = (1 + rng.below(8)) * 128 * MIB;
@@ -633,7 +769,7 @@ mod tests {
                                     Strategy::Binpack => brute.iter().map(|(_, f)| *f).min(),
                                 };
                                 assert_eq!(Some(free), best, "{strategy} picked {n}");
-                                s.reserve(&n, mem, &[]);
+                                s.reserve(&n, &r.claim());
                                 placed.push((n, mem));
                             }
                             Err(e) => assert!(brute.is_empty(), "refused ({e}) but {brute:?} fit"),

@@ -124,6 +124,19 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
         gid_map: Vec::new(),
         // Modes and ports out of range: refused before anything is set up. (The test's
         // nodes have no cluster network, so no valid port ever gets published here.)
+        cpu: r.chance(30).then(|| v1::CpuSpec {
+            cores: r.pick(&[
+                0.0,
+                0.5,
+                -1.0,
+                0.001,
+                2000.0,
+                f64::NAN,
+                f64::INFINITY,
+                f64::MAX,
+            ]),
+            shares: r.pick(&[0, 1, 2, 1024, 262_145, u32::MAX]),
+        }),
         network: r.chance(30).then(|| v1::NetworkSpec {
             mode: r.pick(&[-1, 0, 1, 2, 3, 4, i32::MAX]),
             ports: (0..r.below(3))

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hutch_proto::v1;
 use thiserror::Error;
 
+use crate::cpu::CpuLimits;
 use crate::network::{
     host_ip, port_number, NetworkError, NetworkMode, NetworkSpec, NetworkStatus, PortMapping,
     MAX_PUBLISHED_PORTS,
@@ -155,6 +156,25 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
         stdin: p.stdin,
         security: security_from(p.security.unwrap_or_default())?,
         network,
+        cpu: cpu_from(p.cpu.unwrap_or_default())?,
+    })
+}
+
+/// The runtime's CPU settings from the wire's (`cores` as a decimal, 0 for none).
+fn cpu_from(p: v1::CpuSpec) -> Result<CpuLimits, FieldError> {
+    let millicores = crate::cpu::millicores_from_cores(p.cores)
+        .map_err(|e| FieldError::new("cpu.cores", e.to_string()))?;
+    Ok(CpuLimits {
+        millicores,
+        shares: (p.shares != 0).then_some(p.shares),
+    })
+}
+
+/// The wire's CPU settings, unset when there are none.
+fn cpu_to(c: &CpuLimits) -> Option<v1::CpuSpec> {
+    (!c.is_empty()).then(|| v1::CpuSpec {
+        cores: c.millicores.map_or(0.0, crate::cpu::cores_of),
+        shares: c.shares.unwrap_or(0),
     })
 }
 
@@ -309,6 +329,7 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         stdin: s.stdin,
         security: (s.security != Security::default()).then(|| security_to(&s.security)),
         network: network_to(&s.network),
+        cpu: cpu_to(&s.cpu),
     }
 }
 

@@ -30,6 +30,7 @@ pub mod atomic_file;
 pub mod bearer;
 #[cfg(feature = "wire")]
 pub mod convert;
+pub mod cpu;
 pub mod error_text;
 pub mod names;
 pub mod network;

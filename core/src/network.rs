@@ -294,6 +294,14 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The block an interface address such as `198.19.3.1/24` lies in.
+    pub fn of_address(ip: Ipv4Addr, prefix: u8) -> Option<Cidr> {
+        (prefix <= 32).then(|| Cidr {
+            network: Ipv4Addr::from(u32::from(ip) & Cidr::mask(prefix)),
+            prefix,
+        })
+    }
+
     fn mask(prefix: u8) -> u32 {
         if prefix == 0 {
             0

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::cpu::CpuLimits;
 use crate::names::{validate_name, NameError};
 use crate::network::{NetworkError, NetworkSpec};
 use crate::security::{Security, SecurityError};
@@ -250,6 +251,9 @@ pub struct ContainerSpec {
     /// How it is connected (mode, published ports).
     #[serde(default)]
     pub network: NetworkSpec,
+    /// Its CPU limit and weight.
+    #[serde(default)]
+    pub cpu: CpuLimits,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -356,6 +360,9 @@ pub enum SpecError {
     /// Swap limit without or below the memory limit.
     #[error("{0}")]
     BadSwapLimit(String),
+    /// A CPU limit or weight out of range.
+    #[error("{0}")]
+    BadCpu(String),
     /// Hostname invalid.
     #[error("hostname '{0}' is invalid: 1 to 64 characters of letters, digits, '-' and '.'")]
     BadHostname(String),
@@ -419,6 +426,7 @@ impl ContainerSpec {
             stdin: false,
             security: Security::default(),
             network: NetworkSpec::default(),
+            cpu: CpuLimits::default(),
         }
     }
 
@@ -530,6 +538,9 @@ impl ContainerSpec {
         }
         self.validate_sizes()?;
         self.network.validate(self.has(Namespace::Net))?;
+        self.cpu
+            .validate()
+            .map_err(|e| SpecError::BadCpu(e.to_string()))?;
         let mut seen = Vec::new();
         for ns in &self.namespaces {
             if seen.contains(ns) {

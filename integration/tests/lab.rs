@@ -910,6 +910,11 @@ async fn networking_across_hosts() {
         !left.to_string().contains(&n3),
         "the removed node is still listed: {left}"
     );
+    // Back again: it registers as a new node and gets the block its bridge still has.
+    lab.lab(&["start", "n3", "agent"]);
+    lab.wait_node("n3", "ready", Duration::from_secs(10));
+    let again = lab.hutch_json(&["node", "inspect", &n3]);
+    assert_eq!(again["subnet"], n3_subnet.as_str(), "{again}");
 }
 
 /// A directory of one test outside the lab's state, removed when dropped.

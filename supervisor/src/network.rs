@@ -144,14 +144,18 @@ pub fn disconnect(dir: &Path) -> Result<bool, CniError> {
     run_del(dir, false)
 }
 
-/// [`disconnect`] once the container's processes are gone (the supervisor's way out). When
-/// the chain's DEL needs nothing inside the namespace (hutch's own network: see
+/// [`disconnect`] once the container's processes are gone (the supervisor's way out;
+/// `processes_gone` says its cgroup was seen empty). When they are and the chain's DEL
+/// needs nothing inside the namespace (hutch's own network: see
 /// [`NetworkList::del_needs_no_namespace`]), the pin is released first, so the namespace
 /// ends and the kernel deletes the veth with it, batched with other namespaces' teardown,
 /// instead of the bridge plugin deleting it alone under the routing lock: DEL then takes
-/// about half as long (measured: 26-53 ms with the namespace, 11-13 ms without).
-pub fn disconnect_after_exit(dir: &Path) -> Result<bool, CniError> {
-    run_del(dir, true)
+/// about half as long (measured: 26-53 ms with the namespace, 11-13 ms without). Should
+/// something else still hold the namespace (a process joined it with `nsenter`), the veth
+/// would outlive DEL with an address that is free again: it is then deleted from the host
+/// side.
+pub fn disconnect_after_exit(dir: &Path, processes_gone: bool) -> Result<bool, CniError> {
+    run_del(dir, processes_gone)
 }
 
 fn run_del(dir: &Path, namespace_may_go_first: bool) -> Result<bool, CniError> {
@@ -162,16 +166,53 @@ fn run_del(dir: &Path, namespace_may_go_first: bool) -> Result<bool, CniError> {
         return Ok(false);
     }
     let chain = NetworkList::parse(&attachment.config.to_string(), "network.json");
-    if namespace_may_go_first && chain.is_ok_and(|c| c.del_needs_no_namespace()) {
+    let released_first = namespace_may_go_first
+        && chain.as_ref().is_ok_and(|c| c.del_needs_no_namespace())
         // Only the pin this module made, whatever the record says.
-        let _ = nix::mount::umount2(
+        && nix::mount::umount2(
             &Attachment::netns_path(dir),
             nix::mount::MntFlags::MNT_DETACH,
-        );
-    }
+        )
+        .is_ok();
     let outcome = attachment.del();
     attachment.save(dir)?;
+    if released_first && outcome.is_ok() {
+        remove_surviving_host_ends(&attachment, chain.ok().as_ref());
+    }
     outcome.map(|()| true)
+}
+
+/// Deletes the host ends of the container's veths that are still there after a DEL run
+/// without the namespace (the kernel deletes them with the namespace, unless something
+/// else keeps it alive).
+fn remove_surviving_host_ends(attachment: &Attachment, chain: Option<&NetworkList>) {
+    let Some(result) = &attachment.result else {
+        return;
+    };
+    let bridge = chain
+        .and_then(|c| {
+            c.plugins
+                .iter()
+                .find_map(|p| p.get("bridge").and_then(Value::as_str))
+        })
+        .unwrap_or("cni0");
+    for name in conf::host_interfaces(result, bridge) {
+        if !Path::new("/sys/class/net").join(name).exists() {
+            continue;
+        }
+        // Deleting one end of a veth deletes both; gone meanwhile is fine.
+        let out = std::process::Command::new("ip")
+            .args(["link", "delete", name])
+            .output();
+        if let Ok(o) = out {
+            if o.status.success() {
+                // The supervisor's stderr is its diagnostics log.
+                eprintln!(
+                    "veth {name} outlived the container's namespace (something else holds it): deleted from the host side"
+                );
+            }
+        }
+    }
 }
 
 /// In the init, before `pivot_root`: binds `DIR/hosts` and `DIR/resolv.conf` over the

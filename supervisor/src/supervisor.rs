@@ -553,18 +553,23 @@ impl Supervisor {
     /// Removes everything the container had on the host except its state directory.
     fn cleanup(&mut self) {
         let started = Instant::now();
-        if let Err(e) = self.cgroup.kill_all() {
-            diag!("{e}");
-        }
-        let killed = started.elapsed();
-        // Before the unmount: DEL may enter the pinned network namespace.
-        let network_left = match crate::network::disconnect_after_exit(&self.cfg.dir) {
-            Ok(_) => false,
+        let processes_gone = match self.cgroup.kill_all() {
+            Ok(()) => true,
             Err(e) => {
-                diag!("disconnecting the network: {e}");
-                true
+                diag!("{e}");
+                false
             }
         };
+        let killed = started.elapsed();
+        // Before the unmount: DEL may enter the pinned network namespace.
+        let network_left =
+            match crate::network::disconnect_after_exit(&self.cfg.dir, processes_gone) {
+                Ok(_) => false,
+                Err(e) => {
+                    diag!("disconnecting the network: {e}");
+                    true
+                }
+            };
         let left = unmount_below(&self.cfg.dir);
         let unmounted = started.elapsed();
         if !left.is_empty() {

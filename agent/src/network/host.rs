@@ -46,6 +46,33 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// The block `bridge`'s IPv4 address lies in (the gateway the bridge plugin gave it), if
+/// the bridge exists and has one.
+pub fn bridge_block(bridge: &str) -> Option<Cidr> {
+    let out = run("ip", &["-4", "-o", "addr", "show", "dev", bridge]).ok()?;
+    parse_bridge_block(&out)
+}
+
+/// Pure part of [`bridge_block`]: the first `inet A.B.C.D/N` of `ip -o addr` output.
+fn parse_bridge_block(text: &str) -> Option<Cidr> {
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "inet")?;
+    let (ip, prefix) = words.next()?.split_once('/')?;
+    Cidr::of_address(ip.parse().ok()?, prefix.parse().ok()?)
+}
+
+/// Gives `bridge` up for a new block: its old address goes, so the bridge plugin sets the
+/// new gateway (containers still on the old block are cut off, as their block is gone).
+pub fn readdress_bridge(bridge: &str, subnet: &Cidr) -> Result<(), String> {
+    match bridge_block(bridge) {
+        Some(old) if old != *subnet => {
+            tracing::warn!(%bridge, %old, new = %subnet, "the node's block changed: the bridge's old address is removed");
+            run("ip", &["-4", "addr", "flush", "dev", bridge]).map(drop)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Masquerades traffic from `a.subnet` to destinations outside `a.cluster`; replaces
 /// whatever hutch set up before (another subnet after a re-assignment).
 pub fn masquerade(a: &Assignment) -> Result<(), String> {
@@ -136,6 +163,17 @@ pub fn sync_routes(wanted: &BTreeSet<PeerRoute>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bridge_block_from_ip_addr() {
+        let out = r"7: hutch0    inet 198.19.3.1/24 brd 198.19.3.255 scope global hutch0\       valid_lft forever";
+        assert_eq!(
+            parse_bridge_block(out),
+            Some("198.19.3.0/24".parse().expect("cidr"))
+        );
+        assert_eq!(parse_bridge_block(""), None);
+        assert_eq!(parse_bridge_block("7: hutch0 inet nonsense"), None);
+    }
 
     #[test]
     fn routes_read_back() {

@@ -65,12 +65,16 @@ pub enum NetworkError {
     },
 }
 
-/// Whether a configuration file's JSON (valid or not as CNI) has `name` as its `name`.
+/// Whether a configuration file (valid or not as CNI, even not as JSON) has `name` as its
+/// `name`: its top-level key when it parses, else a `"name": "NAME"` anywhere in the text.
 fn names_network(text: &str, name: &str) -> bool {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v.get("name").and_then(Value::as_str).map(|n| n == name))
-        .unwrap_or(false)
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => v.get("name").and_then(Value::as_str) == Some(name),
+        Err(_) => {
+            let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+            compact.contains(&format!("\"name\":\"{name}\""))
+        }
+    }
 }
 
 /// The agent's network settings (flags and configuration file).
@@ -181,6 +185,7 @@ impl NodeNetwork {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(a) = &wanted.0 {
+                host::readdress_bridge(DEFAULT_BRIDGE, &a.subnet)?;
                 host::masquerade(a)?;
             }
             host::sync_routes(&wanted.1)?;
@@ -189,6 +194,14 @@ impl NodeNetwork {
         })
         .await
         .map_err(|e| format!("network setup task: {e}"))?
+    }
+
+    /// The block this node uses now: its assignment, else (before the first registration
+    /// of this process) the block its bridge still has from an earlier one.
+    pub fn current_block(&self) -> Option<Cidr> {
+        self.assignment()
+            .map(|a| a.subnet)
+            .or_else(|| host::bridge_block(DEFAULT_BRIDGE))
     }
 
     /// Where the default network's IP leases are kept.
@@ -263,9 +276,10 @@ impl NodeNetwork {
         let dir = &self.settings.conf_dir;
         let mut broken = Vec::new();
         for path in config_files(dir) {
-            let Ok(text) = std::fs::read_to_string(&path) else {
+            let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
+            let text = String::from_utf8_lossy(&bytes);
             match NetworkList::parse(&text, &path.display().to_string()) {
                 // A file that names the network but is invalid is that network's error,
                 // never a reason to fall back to hutch's own configuration.
@@ -428,6 +442,17 @@ mod tests {
             .configuration(DEFAULT_NETWORK, false)
             .expect_err("an empty chain");
         assert!(err.to_string().contains("10-hutch.conflist"), "{err}");
+    }
+
+    #[test]
+    fn a_file_naming_the_network_that_is_not_json_is_its_error() {
+        let text = "{\"cniVersion\": \"1.0.0\", \"name\" : \"hutch\", \"plugins\": [],}";
+        let (_dir, node) = node_with_files(&[("10-hutch.conflist", text)]);
+        let err = node
+            .configuration(DEFAULT_NETWORK, false)
+            .expect_err("a trailing comma");
+        assert!(err.to_string().contains("10-hutch.conflist"), "{err}");
+        assert!(!names_network("{\"name\": \"hutch-lab\",", "hutch"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::cgroup::{
-    CgroupManager, CgroupPath, ContainerCgroup, MemoryLimits, MemoryStats, PidsStats,
+    CgroupManager, CgroupPath, ContainerCgroup, MemoryStats, PidsStats, ResourceLimits,
 };
 use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
@@ -289,11 +289,12 @@ impl Runtime {
         };
         let cgroup = self.cgroups.create_container(
             id,
-            MemoryLimits {
+            ResourceLimits {
                 memory_bytes: spec.memory_limit_bytes,
                 memory_and_swap_bytes: spec.memory_swap_limit_bytes,
                 pids,
                 all_devices: spec.security.privileged,
+                cpu: spec.cpu,
             },
         )?;
         let hostname = if spec.hostname.is_empty() {
@@ -417,15 +418,25 @@ impl Runtime {
     /// Removes what a failed start left: network, mounts, cgroup, state directory.
     fn discard(&self, id: &str, dir: &Path) {
         if let Err(e) = disconnect(dir) {
-            // As containerd does for a sandbox that never started: the failed DEL is
-            // reported and the rest removed anyway. A configuration that failed ADD usually
-            // fails DEL the same way, and keeping the state would keep it forever; the
-            // namespace goes with the unmount below, so only what the plugins made outside
-            // it (a lease, a port mapping) can remain, and this names the reason.
+            // ADD went through and the start failed later: DEL should work with the same
+            // configuration, so the record it needs is kept and removing the container
+            // runs it again.
+            let connected = hutch_supervisor::cni::Attachment::load(dir)
+                .ok()
+                .flatten()
+                .is_some_and(|a| a.result.is_some());
+            if connected {
+                tracing::error!(container = id, error = %e, "network left after a failed start; state kept for the removal to retry DEL");
+                return;
+            }
+            // ADD itself failed: as containerd does for a sandbox that never started, the
+            // failed DEL is reported and the rest removed anyway. A configuration that fails
+            // ADD usually fails DEL the same way, and keeping the state would keep it
+            // forever; the namespace goes with the unmount below.
             tracing::error!(
                 container = id,
                 error = %e,
-                "DEL after a failed start failed; anything the CNI plugins made outside the container's namespace may remain"
+                "DEL after a failed ADD failed; anything the CNI plugins made outside the container's namespace may remain"
             );
         }
         let left = unmount_below(dir);

@@ -191,6 +191,17 @@ impl Agent for AgentService {
                 )));
             }
         }
+        if let Some(millicores) = spec.cpu.millicores {
+            let allocatable = node::cpu_allocatable_millicores();
+            if u64::from(millicores) > allocatable {
+                return Err(Status::resource_exhausted(format!(
+                    "spec.cpu.cores: {} CPUs is more than node {} has ({})",
+                    hutch_core::cpu::format_cores(millicores),
+                    core.node,
+                    node::cpu_count()
+                )));
+            }
+        }
         let span = tracing::info_span!("run_container", node = %core.node, container = %name);
         match tracing::Instrument::instrument(core.runtime.run(&name, spec), span).await {
             Ok(info) => {
@@ -399,6 +410,8 @@ impl Agent for AgentService {
             cgroup_version: core.runtime.cgroups().version().to_string(),
             memory_total_bytes: node::memory_total_bytes(),
             memory_allocatable_bytes: core.allocatable_bytes(),
+            cpu_count: node::cpu_count(),
+            cpu_allocatable_millicores: node::cpu_allocatable_millicores(),
             memory_used_bytes: used,
             running_containers: running.len() as u32,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -63,8 +63,16 @@ fn register_request(core: &AgentCore, reg: &Registration) -> v1::RegisterRequest
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         memory_total_bytes: node::memory_total_bytes(),
         memory_allocatable_bytes: core.allocatable_bytes(),
+        cpu_count: node::cpu_count(),
+        cpu_allocatable_millicores: node::cpu_allocatable_millicores(),
         rootfs: rootfs_names(core),
         last_event_seq: core.events.last_seq(),
+        subnet: core
+            .runtime
+            .network()
+            .current_block()
+            .map(|b| b.to_string())
+            .unwrap_or_default(),
     }
 }
 

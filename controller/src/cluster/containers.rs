@@ -127,6 +127,7 @@ impl Cluster {
         let rootfs = record.spec.as_ref().map_or("", |s| s.rootfs.as_str());
         let ports = ports_of(record);
         let req = Request {
+            cpu_millicores: records::cpu_millicores_of(record),
             memory_bytes: record.reserved_memory_bytes,
             node: (!placement.node.is_empty()).then_some(placement.node.as_str()),
             selector: &selector,
@@ -324,13 +325,33 @@ impl Cluster {
         name: &str,
         f: impl FnOnce(&mut v1::Container) -> bool,
     ) -> Result<v1::Container, ClusterError> {
+        self.update_if(name, |_| true, f)
+    }
+
+    /// [`Cluster::update`], only while `node` is registered: what a removed node's agent
+    /// answers late (a run, a reconciliation) no longer counts.
+    pub(crate) fn update_on_node(
+        &self,
+        name: &str,
+        node: &str,
+        f: impl FnOnce(&mut v1::Container) -> bool,
+    ) -> Result<v1::Container, ClusterError> {
+        self.update_if(name, |st| st.nodes.contains_key(node), f)
+    }
+
+    fn update_if(
+        &self,
+        name: &str,
+        guard: impl FnOnce(&State) -> bool,
+        f: impl FnOnce(&mut v1::Container) -> bool,
+    ) -> Result<v1::Container, ClusterError> {
         let mut st = self.lock();
         let mut record = st
             .containers
             .get(name)
             .cloned()
             .ok_or_else(|| not_found(name))?;
-        if !f(&mut record) {
+        if !guard(&st) || !f(&mut record) {
             return Ok(record);
         }
         let mut out = self.commit(

@@ -262,7 +262,7 @@ impl Cluster {
                 let Some((name, run)) = records::parse_agent_id(&view.name) else {
                     return c.get(&view.name);
                 };
-                c.update(name, |r| {
+                c.update_on_node(name, &node, |r| {
                     let current = r.node == node && r.restart_count == run;
                     // The same state again is a fuller view (the run's answer carries the
                     // pid and namespaces that its RUNNING event does not).

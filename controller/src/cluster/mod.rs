@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::agents::AgentPool;
 use crate::scheduler::{Scheduler, Strategy};
 use crate::store::{Batch, Store, StoreError, Write};
-use records::{holds_reservation, ports_of, state};
+use records::{claim_of, holds_reservation, ports_of, state};
 
 /// How the cluster behaves; see the controller's configuration.
 #[derive(Debug, Clone)]
@@ -275,14 +275,14 @@ impl Cluster {
     fn account(st: &mut State, old: Option<&v1::Container>, new: Option<&v1::Container>) {
         if let Some(o) = old {
             if holds_reservation(state(o)) && !o.node.is_empty() {
-                st.scheduler
-                    .release(&o.node, o.reserved_memory_bytes, &ports_of(o));
+                let ports = ports_of(o);
+                st.scheduler.release(&o.node, &claim_of(o, &ports));
             }
         }
         match new {
             Some(n) if holds_reservation(state(n)) && !n.node.is_empty() => {
-                st.scheduler
-                    .reserve(&n.node, n.reserved_memory_bytes, &ports_of(n));
+                let ports = ports_of(n);
+                st.scheduler.reserve(&n.node, &claim_of(n, &ports));
             }
             _ => {}
         }

@@ -18,6 +18,7 @@ pub(crate) fn capacity_of(n: &v1::Node, schedulable: bool) -> NodeCapacity {
     NodeCapacity {
         labels: n.labels.clone().into_iter().collect(),
         allocatable_bytes: n.memory_allocatable_bytes,
+        allocatable_cpu_millicores: n.cpu_allocatable_millicores,
         schedulable,
         rootfs: n.rootfs.iter().cloned().collect(),
     }
@@ -95,7 +96,14 @@ impl Cluster {
             old.last_event_seq
         };
         let now = Some(timestamp(SystemTime::now()));
-        let subnet = self.node_subnet(&st, &name, &old.subnet);
+        // Its block from before (its record, else what its bridge still has, after the
+        // record was removed).
+        let previous = if old.subnet.is_empty() {
+            req.subnet.as_str()
+        } else {
+            old.subnet.as_str()
+        };
+        let subnet = self.node_subnet(&st, &name, previous);
         let record = v1::Node {
             name: name.clone(),
             address: req.address,
@@ -108,7 +116,10 @@ impl Cluster {
             agent_version: req.agent_version,
             memory_total_bytes: req.memory_total_bytes,
             memory_allocatable_bytes: req.memory_allocatable_bytes,
+            cpu_count: req.cpu_count,
+            cpu_allocatable_millicores: req.cpu_allocatable_millicores,
             memory_reserved_bytes: 0,
+            cpu_reserved_millicores: 0,
             memory_used_bytes: 0,
             running_containers: 0,
             rootfs: req.rootfs,
@@ -384,6 +395,7 @@ impl Cluster {
             (node, lost)
         };
         let (node, lost) = lost;
+        self.agents.forget(&node.address);
         for c in &lost {
             self.after_end(c);
         }
@@ -548,6 +560,7 @@ fn node_view(st: &State, name: &str) -> Option<v1::Node> {
     let e = st.nodes.get(name)?;
     let mut n = e.record.clone();
     n.memory_reserved_bytes = st.scheduler.reserved_bytes(name);
+    n.cpu_reserved_millicores = st.scheduler.reserved_cpu_millicores(name);
     Some(n)
 }
 

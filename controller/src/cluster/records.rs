@@ -58,6 +58,32 @@ pub fn is_final(s: S) -> bool {
     matches!(s, S::Exited | S::OomKilled | S::Failed)
 }
 
+/// The thousandths of CPUs a record reserves: its CPU limit (already validated at create).
+pub fn cpu_millicores_of(record: &v1::Container) -> u64 {
+    record
+        .spec
+        .as_ref()
+        .and_then(|s| s.cpu.as_ref())
+        .and_then(|c| {
+            hutch_core::cpu::millicores_from_cores(c.cores)
+                .ok()
+                .flatten()
+        })
+        .map_or(0, u64::from)
+}
+
+/// What a placed record holds on its node; `ports` are its [`ports_of`].
+pub fn claim_of<'a>(
+    record: &v1::Container,
+    ports: &'a [hutch_core::network::PortMapping],
+) -> crate::scheduler::Claim<'a> {
+    crate::scheduler::Claim {
+        memory_bytes: record.reserved_memory_bytes,
+        cpu_millicores: cpu_millicores_of(record),
+        ports,
+    }
+}
+
 /// The host ports a record publishes (already validated at create).
 pub fn ports_of(record: &v1::Container) -> Vec<hutch_core::network::PortMapping> {
     record

@@ -1,5 +1,6 @@
-//! Control groups: the memory limit of every container, its usage and peak, and a reliable
-//! record of OOM kills, on cgroup v1 and v2 behind one small interface.
+//! Control groups: the memory limit of every container, its usage and peak, a reliable
+//! record of OOM kills, its process limit and its CPU limit and weight, on cgroup v1 and v2
+//! behind one small interface.
 //!
 //! hutch owns one delegated subtree and never touches a cgroup outside it: by default the
 //! cgroup the agent was started in (what a systemd unit with `Delegate=yes` gets), or an
@@ -25,6 +26,7 @@ pub mod v2;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hutch_core::cpu::CpuLimits;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -53,6 +55,9 @@ pub enum CgroupError {
     /// No usable memory controller.
     #[error("no memory cgroup controller found: {0}")]
     NoMemoryController(String),
+    /// A CPU limit or weight is asked for where there is no cpu controller.
+    #[error("cannot limit the CPU of {0}: no cpu cgroup controller is available to it (mount the v1 cpu hierarchy, or delegate cpu on cgroup v2); run without --cpus/--cpu-shares")]
+    NoCpuController(PathBuf),
     /// A pids limit is asked for where there is no pids controller.
     #[error("cannot limit the number of processes of {0}: no pids cgroup controller is available to it (mount the v1 pids hierarchy, or delegate pids on cgroup v2); set pids_limit to 0 to run without one")]
     NoPidsController(PathBuf),
@@ -105,6 +110,11 @@ pub struct CgroupPath {
     /// v2, whose device control is a BPF program, not built: `nodev` mounts stand alone).
     #[serde(default)]
     pub devices_dir: Option<PathBuf>,
+    /// cgroup v1 only: the matching cgroup in the cpu hierarchy, for a CPU limit or weight.
+    /// `None` without one, and for a container that has neither (it then costs nothing
+    /// there).
+    #[serde(default)]
+    pub cpu_dir: Option<PathBuf>,
 }
 
 impl CgroupPath {
@@ -119,6 +129,7 @@ impl CgroupPath {
             relative: self.relative.join(name),
             pids_dir: self.pids_dir.as_ref().map(|d| d.join(name)),
             devices_dir: self.devices_dir.as_ref().map(|d| d.join(name)),
+            cpu_dir: self.cpu_dir.as_ref().map(|d| d.join(name)),
             ..self.clone()
         }
     }
@@ -134,11 +145,21 @@ impl CgroupPath {
     }
 
     /// The cgroup's directory and its companions in the other v1 hierarchies (pids,
-    /// devices), where they exist.
+    /// devices, cpu), where they exist.
     pub fn dirs(&self) -> impl Iterator<Item = PathBuf> {
         std::iter::once(self.dir())
             .chain(self.pids_dir.clone())
             .chain(self.devices_dir.clone())
+            .chain(self.cpu_dir.clone())
+    }
+
+    /// Where `cpu.*` of this cgroup are, if the cpu controller is there.
+    pub fn cpu_files_dir(&self) -> Option<PathBuf> {
+        match self.version {
+            CgroupVersion::V1 => self.cpu_dir.clone(),
+            CgroupVersion::V2 => Some(self.dir()),
+        }
+        .filter(|d| d.join("cpu.shares").exists() || d.join("cpu.max").exists())
     }
 
     /// Moves process `pid` (all its threads) into this cgroup (and into its v1 companions).
@@ -192,7 +213,7 @@ pub struct MemoryStats {
 
 /// Limits applied when a container's cgroup is created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MemoryLimits {
+pub struct ResourceLimits {
     /// Memory limit in bytes.
     pub memory_bytes: Option<u64>,
     /// Memory + swap limit in bytes.
@@ -202,6 +223,8 @@ pub struct MemoryLimits {
     /// Every device the agent may use (a privileged container); otherwise, where the v1
     /// devices controller is, only [`ALLOWED_DEVICES`].
     pub all_devices: bool,
+    /// CPU limit and weight.
+    pub cpu: CpuLimits,
 }
 
 /// The version-specific part of the interface.
@@ -227,6 +250,14 @@ pub(crate) trait Driver {
     fn peak_file(&self) -> &'static str;
     /// Kills every process in the cgroup.
     fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError>;
+    /// Writes the CPU limit and weight into the cgroup's cpu files in `dir`.
+    fn set_cpu(&self, dir: &Path, cpu: &CpuLimits) -> Result<(), CgroupError>;
+}
+
+/// Writes `value` to `dir/file`.
+fn write_file(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    let path = dir.join(file);
+    std::fs::write(&path, value).map_err(|e| io_err(&path, format!("writing '{value}': {e}")))
 }
 
 fn driver(version: CgroupVersion) -> &'static dyn Driver {
@@ -253,6 +284,7 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
     let mut v1_memory_mount = None;
     let mut v1_pids_mount = None;
     let mut v1_devices_mount = None;
+    let mut v1_cpu_mount = None;
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
@@ -272,6 +304,9 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
         }
         if fstype == "cgroup" && super_opts.split(',').any(|o| o == "devices") {
             v1_devices_mount = Some(PathBuf::from(mount_point));
+        }
+        if fstype == "cgroup" && super_opts.split(',').any(|o| o == "cpu") {
+            v1_cpu_mount = Some(PathBuf::from(mount_point));
         }
     }
     let relative_of = |pred: &dyn Fn(&str, &str) -> bool| {
@@ -301,6 +336,7 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
                 relative,
                 pids_dir: companion(v1_pids_mount, "pids"),
                 devices_dir: companion(v1_devices_mount, "devices"),
+                cpu_dir: companion(v1_cpu_mount, "cpu"),
             })
         }
         (None, Some(mount)) => {
@@ -315,6 +351,7 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
                 relative,
                 pids_dir: None,
                 devices_dir: None,
+                cpu_dir: None,
             })
         }
         (None, None) => Err(CgroupError::NoMemoryController(
@@ -405,9 +442,12 @@ impl CgroupManager {
     pub fn create_container(
         &self,
         id: &str,
-        limits: MemoryLimits,
+        limits: ResourceLimits,
     ) -> Result<ContainerCgroup, CgroupError> {
-        let path = self.container_path(id);
+        let mut path = self.container_path(id);
+        if limits.cpu.is_empty() {
+            path.cpu_dir = None;
+        }
         path.create()?;
         let cg = ContainerCgroup { path };
         if let Err(e) = cg.apply(limits) {
@@ -446,7 +486,7 @@ impl ContainerCgroup {
         &self.path
     }
 
-    fn apply(&self, limits: MemoryLimits) -> Result<(), CgroupError> {
+    fn apply(&self, limits: ResourceLimits) -> Result<(), CgroupError> {
         if let (Some(dir), false) = (&self.path.devices_dir, limits.all_devices) {
             allow_only_hutch_devices(dir)?;
         }
@@ -459,6 +499,13 @@ impl ContainerCgroup {
                 }
                 None => return Err(CgroupError::NoPidsController(self.path.dir())),
             }
+        }
+        if !limits.cpu.is_empty() {
+            let dir = self
+                .path
+                .cpu_files_dir()
+                .ok_or_else(|| CgroupError::NoCpuController(self.path.dir()))?;
+            driver(self.path.version).set_cpu(&dir, &limits.cpu)?;
         }
         let Some(memory) = limits.memory_bytes else {
             return Ok(());

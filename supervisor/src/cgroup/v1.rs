@@ -2,9 +2,12 @@
 //! so the agent needs no leaf of its own. OOM kills are counted in `memory.oom_control`
 //! (`oom_kill N`, kernel 4.13+), the peak in `memory.max_usage_in_bytes`, swap in
 //! `memory.memsw.limit_in_bytes` (present only with swap accounting). There is no
-//! `cgroup.kill`: processes are signalled one by one until the cgroup is empty.
+//! `cgroup.kill`: processes are signalled one by one until the cgroup is empty. CPU lives in
+//! its own hierarchy too: `cpu.cfs_quota_us` per `cpu.cfs_period_us`, and `cpu.shares`.
 
-use super::{io_err, CgroupError, CgroupPath, Driver};
+use hutch_core::cpu::{CpuLimits, PERIOD_US};
+
+use super::{io_err, write_file, CgroupError, CgroupPath, Driver};
 
 /// The v1 driver.
 pub struct V1;
@@ -46,6 +49,17 @@ impl Driver for V1 {
 
     fn peak_file(&self) -> &'static str {
         "memory.max_usage_in_bytes"
+    }
+
+    fn set_cpu(&self, dir: &std::path::Path, cpu: &CpuLimits) -> Result<(), CgroupError> {
+        if let Some(quota) = cpu.quota_us() {
+            write_file(dir, "cpu.cfs_period_us", &PERIOD_US.to_string())?;
+            write_file(dir, "cpu.cfs_quota_us", &quota.to_string())?;
+        }
+        if let Some(shares) = cpu.shares {
+            write_file(dir, "cpu.shares", &shares.to_string())?;
+        }
+        Ok(())
     }
 
     fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {

@@ -3,10 +3,13 @@
 //! can hand the memory controller to hutch's cgroups, the agent moves itself into a leaf
 //! `hutch-agent`. OOM kills are counted in `memory.events` (`oom_kill N`), the peak in
 //! `memory.peak` (kernel 5.19+), swap in `memory.swap.max` (swap only, so the limit is
-//! total minus memory). `cgroup.kill` (5.14+) empties a cgroup in one write.
+//! total minus memory). `cgroup.kill` (5.14+) empties a cgroup in one write. CPU: `cpu.max`
+//! (quota and period) and `cpu.weight` (1..10000, converted from shares as runc does).
 
 use super::v1::read_keyed;
-use super::{io_err, CgroupError, CgroupPath, Driver};
+use hutch_core::cpu::CpuLimits;
+
+use super::{io_err, write_file, CgroupError, CgroupPath, Driver};
 
 /// The v2 driver.
 pub struct V2;
@@ -56,14 +59,16 @@ impl Driver for V2 {
 
     fn delegate_memory(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {
         let file = cgroup.dir().join("cgroup.subtree_control");
-        // pids too, where it is delegated: containers' process limits need it.
-        if controllers(&cgroup.dir().join("cgroup.controllers"))
-            .iter()
-            .any(|c| c == "pids")
-            && !controllers(&file).iter().any(|c| c == "pids")
-        {
-            std::fs::write(&file, "+pids")
-                .map_err(|e| io_err(&file, format!("enabling pids for children: {e}")))?;
+        // pids and cpu too, where they are delegated: containers' process limits and CPU
+        // limits need them.
+        let available = controllers(&cgroup.dir().join("cgroup.controllers"));
+        for extra in ["pids", "cpu"] {
+            if available.iter().any(|c| c == extra)
+                && !controllers(&file).iter().any(|c| c == extra)
+            {
+                std::fs::write(&file, format!("+{extra}"))
+                    .map_err(|e| io_err(&file, format!("enabling {extra} for children: {e}")))?;
+            }
         }
         if controllers(&file).iter().any(|c| c == "memory") {
             return Ok(());
@@ -100,6 +105,16 @@ impl Driver for V2 {
 
     fn peak_file(&self) -> &'static str {
         "memory.peak"
+    }
+
+    fn set_cpu(&self, dir: &std::path::Path, cpu: &CpuLimits) -> Result<(), CgroupError> {
+        if cpu.millicores.is_some() {
+            write_file(dir, "cpu.max", &cpu.v2_max())?;
+        }
+        if let Some(weight) = cpu.v2_weight() {
+            write_file(dir, "cpu.weight", &weight.to_string())?;
+        }
+        Ok(())
     }
 
     fn kill_all(&self, cgroup: &CgroupPath) -> Result<(), CgroupError> {

@@ -81,20 +81,48 @@ impl NetworkList {
 
     /// Whether DEL of this chain needs nothing inside the container's network namespace:
     /// every plugin is one whose DEL, given no namespace, removes all it made outside it
-    /// (`bridge` without `ipMasq`, whose only inside work is deleting the veth, which the
-    /// kernel deletes with the namespace; `host-local` or `static` addresses; `portmap`;
-    /// `loopback`). hutch's own network is such a chain. Any other plugin may need the
-    /// namespace, and then it stays pinned until DEL has run.
+    /// (`bridge` with only the settings below, whose only inside work is deleting the veth,
+    /// which the kernel deletes with the namespace; `host-local` or `static` addresses;
+    /// `portmap`; `loopback`). hutch's own network is such a chain. Any other plugin or
+    /// setting may need the namespace (`ipMasq` and `macspoofchk` rules are found through
+    /// it), and then it stays pinned until DEL has run. Keys are compared without case, as
+    /// the plugins' JSON decoding does.
     pub fn del_needs_no_namespace(&self) -> bool {
+        /// The bridge settings whose DEL needs no namespace (`ipMasq` only when false).
+        const BRIDGE_KEYS: [&str; 14] = [
+            "type",
+            "name",
+            "cniversion",
+            "bridge",
+            "isgateway",
+            "isdefaultgateway",
+            "forceaddress",
+            "ipmasq",
+            "mtu",
+            "hairpinmode",
+            "ipam",
+            "promiscmode",
+            "capabilities",
+            "runtimeconfig",
+        ];
         self.plugins.iter().all(|p| {
-            let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
-            let masq = p.get("ipMasq").and_then(Value::as_bool).unwrap_or(false);
-            let ipam = p
-                .get("ipam")
-                .and_then(|i| i.get("type"))
-                .and_then(Value::as_str);
+            let get = |key: &str| {
+                p.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                    .map(|(_, v)| v)
+            };
+            let kind = get("type").and_then(Value::as_str).unwrap_or("");
+            let ipam = get("ipam")
+                .and_then(Value::as_object)
+                .and_then(|i| i.iter().find(|(k, _)| k.eq_ignore_ascii_case("type")))
+                .and_then(|(_, v)| v.as_str());
             match kind {
-                "bridge" => !masq && matches!(ipam, Some("host-local" | "static")),
+                "bridge" => {
+                    p.keys()
+                        .all(|k| BRIDGE_KEYS.contains(&k.to_ascii_lowercase().as_str()))
+                        && get("ipmasq").is_none_or(|v| v == &Value::Bool(false))
+                        && matches!(ipam, Some("host-local" | "static"))
+                }
                 "portmap" | "loopback" => true,
                 _ => false,
             }
@@ -204,6 +232,24 @@ pub struct Address {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// The host-side interfaces of a result other than `bridge`: those without a `sandbox`
+/// (the bridge plugin's veth ends on the host).
+pub fn host_interfaces<'a>(result: &'a Value, bridge: &str) -> Vec<&'a str> {
+    result
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            i.get("sandbox")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        })
+        .filter_map(|i| i.get("name").and_then(Value::as_str))
+        .filter(|name| *name != bridge)
+        .collect()
+}
+
 /// The first IPv4 address of a result (`ips[].address` = `198.19.1.5/24`).
 pub fn result_address(result: &Value) -> Option<Address> {
     result.get("ips")?.as_array()?.iter().find_map(|entry| {
@@ -250,6 +296,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_ends_of_a_result() {
+        let result = json!({"interfaces": [
+            {"name": "hutch0", "mac": "aa"},
+            {"name": "veth1234", "mac": "bb"},
+            {"name": "eth0", "mac": "cc", "sandbox": "/x/netns"}
+        ]});
+        assert_eq!(host_interfaces(&result, "hutch0"), vec!["veth1234"]);
+        assert!(host_interfaces(&json!({}), "hutch0").is_empty());
+    }
+
+    #[test]
     fn only_known_chains_let_the_namespace_go_before_del() {
         let subnet: Cidr = "198.19.3.0/24".parse().expect("cidr");
         for ports in [false, true] {
@@ -274,8 +331,15 @@ mod tests {
             b
         };
         assert!(chain(json!([bridge(json!({})), {"type": "loopback"}])));
-        // Masquerade rules are found through the interface's addresses, inside.
+        // Masquerade rules are found through the interface's addresses, inside; the
+        // plugins read keys without case.
         assert!(!chain(json!([bridge(json!({"ipMasq": true}))])));
+        assert!(!chain(json!([bridge(json!({"IPMASQ": true}))])));
+        assert!(!chain(json!([bridge(json!({"macspoofchk": true}))])));
+        assert!(!chain(json!([bridge(json!({"someFutureKey": 1}))])));
+        assert!(chain(json!([bridge(
+            json!({"ipMasq": false, "mtu": 1400})
+        )])));
         assert!(!chain(json!([bridge(json!({"ipam": {"type": "dhcp"}}))])));
         assert!(!chain(
             json!([{"type": "macvlan", "ipam": {"type": "host-local"}}])
