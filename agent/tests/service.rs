@@ -650,3 +650,78 @@ async fn logs_rotate_and_followers_read_across_files() {
     host.assert_nothing_left("chatty-log");
     agent.stop().await;
 }
+
+/// `auto_remove` at the agent (a container run there directly): it goes when it ends, and
+/// the event stream carries its end before its removal. The node also reports its CPUs, and
+/// a CPU limit beyond them is RESOURCE_EXHAUSTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_remove_and_cpus_at_the_agent() {
+    let host = TestHost::new("svcrm").await;
+    let agent = host.serve(None, 1000).await;
+    let mut c = agent.client.clone();
+    let mut s = spec(&["sh", "-c", "exit 4"]);
+    s.auto_remove = true;
+    c.run_container(run_req("gone", s)).await.expect("run");
+    let mut removed = false;
+    for _ in 0..100 {
+        match c
+            .get_container(v1::GetContainerRequest { id: "gone".into() })
+            .await
+        {
+            Err(s) if s.code() == Code::NotFound => {
+                removed = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(
+        removed,
+        "an auto_remove container is still there after it ended"
+    );
+    let events = c
+        .events(v1::EventsRequest { since_seq: 0 })
+        .await
+        .expect("events")
+        .into_inner();
+    let mut events = Box::pin(events);
+    let (mut exit_code, mut saw_removal) = (None, false);
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio_stream::StreamExt::next(&mut events),
+    )
+    .await
+    {
+        if e.container_id == "gone" {
+            if e.removed {
+                saw_removal = true;
+                break;
+            }
+            exit_code = e.exit_code.or(exit_code);
+        }
+    }
+    assert_eq!(exit_code, Some(4), "its end was reported before it went");
+    assert!(saw_removal);
+
+    let node = c
+        .node_info(v1::NodeInfoRequest {})
+        .await
+        .expect("node info")
+        .into_inner();
+    assert!(node.cpu_count >= 1);
+    assert_eq!(
+        node.cpu_allocatable_millicores,
+        u64::from(node.cpu_count) * 1000
+    );
+    let mut s = spec(&["true"]);
+    s.cpu = Some(v1::CpuSpec {
+        cores: f64::from(node.cpu_count) + 1.0,
+        shares: 0,
+    });
+    let err = c
+        .run_container(run_req("greedy", s))
+        .await
+        .expect_err("too many CPUs");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("CPUs"), "{}", err.message());
+}

@@ -72,6 +72,9 @@ pub(crate) enum Command {
         /// Only containers with this label (KEY=VALUE, repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        /// Only their ids, one per line (for scripts: hutch rm -f $(hutch ps -aq)).
+        #[arg(long, short = 'q')]
+        quiet: bool,
     },
     /// Show a container's record and its namespace table (container inode, host inode,
     /// isolated).
@@ -125,7 +128,10 @@ pub(crate) enum Command {
         #[arg(long, short = 's', default_value = "KILL")]
         signal: String,
     },
-    /// Remove containers (from the controller and their node).
+    /// Remove containers (from the controller and their node); goes on past one that
+    /// cannot be removed, and exits 125 if any could not.
+    ///
+    /// Example: hutch rm -f web db cache
     Rm {
         /// Container ids.
         #[arg(required = true)]
@@ -142,7 +148,10 @@ pub(crate) enum Command {
         /// Container id.
         id: String,
     },
-    /// Wait until a container ends; exits with its exit code.
+    /// Wait until a container ends; prints and exits with its code (128+N when signal N
+    /// ended it, as a shell reports it).
+    ///
+    /// Example: hutch wait web; echo $?
     Wait {
         /// Container id.
         id: String,
@@ -194,6 +203,17 @@ pub(crate) struct RunArgs {
     /// Memory limit: 1000000, 64M, 512MiB, 1G.
     #[arg(long, short = 'm')]
     pub(crate) memory: Option<String>,
+    /// CPU limit in CPUs, as Docker's: at most that much CPU time (e.g. 0.5, 1.5); the
+    /// scheduler places it where that much CPU is not yet promised.
+    ///
+    /// Example: hutch run --rm --cpus 0.5 debian -- sh -c 'while :; do :; done'
+    #[arg(long, value_name = "CPUS")]
+    pub(crate) cpus: Option<String>,
+    /// CPU weight under contention, 2 to 262144 (1024 is a container's by default).
+    ///
+    /// Example: hutch run -d --cpu-shares 512 debian -- nice-to-others
+    #[arg(long, value_name = "SHARES")]
+    pub(crate) cpu_shares: Option<u32>,
     /// Namespaces of its own, comma separated: names or unshare's letters (p,i,n,u,m,U,C;
     /// u is uts, U is user) [default: pid,ipc,net,uts,mount].
     #[arg(long)]

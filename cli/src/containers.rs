@@ -20,6 +20,7 @@ pub(crate) async fn ps(
     all: bool,
     node: Option<String>,
     labels: Vec<String>,
+    quiet: bool,
     json: bool,
 ) -> Result<ExitCode, Error> {
     let mut list = client
@@ -33,7 +34,11 @@ pub(crate) async fn ps(
     if !all {
         list.retain(|c| !hutch::is_final(c.state));
     }
-    if json {
+    if quiet {
+        for c in &list {
+            outln!("{}", c.name);
+        }
+    } else if json {
         print_json(&list.iter().map(output::container_json).collect::<Vec<_>>())?;
     } else {
         output::containers_table(&list);
@@ -125,18 +130,29 @@ pub(crate) async fn kill(client: &Client, id: &str, signal: &str) -> Result<Exit
 
 /// `hutch rm`.
 pub(crate) async fn rm(client: &Client, ids: Vec<String>, force: bool) -> Result<ExitCode, Error> {
+    // As `docker rm a b c`: every one is tried; a failure is reported and the rest go on.
+    let mut failed = false;
     for id in ids {
-        client.container(&id).remove(force).await?;
-        outln!("{id}");
+        match client.container(&id).remove(force).await {
+            Ok(()) => outln!("{id}"),
+            Err(e) => {
+                eprintln!("hutch: {id}: {e}");
+                failed = true;
+            }
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::from(crate::EXIT_HUTCH)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `hutch attach`.
 pub(crate) async fn attach(client: &Client, id: &str) -> Result<ExitCode, Error> {
     let container = client.container(id);
     let stdin = container.info().await?.spec.is_some_and(|s| s.stdin);
-    attach_terminal(&container, stdin, false).await
+    attach_terminal(&container, stdin, false, None).await
 }
 
 /// `hutch wait`.
@@ -145,7 +161,8 @@ pub(crate) async fn wait(client: &Client, id: &str, json: bool) -> Result<ExitCo
     if json {
         print_json(&output::container_json(&end))?;
     } else {
-        outln!("{}", end.exit_code.map_or("-".into(), |c| c.to_string()));
+        // As `docker wait`: the code the shell would see (128+N for signal N).
+        outln!("{}", final_code(&end));
     }
     Ok(ExitCode::from(final_code(&end)))
 }
@@ -189,8 +206,18 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     if let Some(n) = &args.name {
         spec = spec.name(n.clone());
     }
+    if args.rm {
+        spec = spec.auto_remove();
+    }
     if let Some(m) = &args.memory {
         spec = spec.memory(m);
+    }
+    if let Some(c) = &args.cpus {
+        hutch_core::cpu::parse_cores(c).map_err(|e| Error::InvalidInput(format!("--cpus: {e}")))?;
+        spec = spec.cpus(c);
+    }
+    if let Some(shares) = args.cpu_shares {
+        spec = spec.cpu_shares(shares);
     }
     if let Some(ns) = &args.ns {
         let list = hutch::parse_namespaces(ns).map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -340,23 +367,40 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     if args.tty && !hutch::is_final(started.state) {
-        return attach_terminal(&container, args.interactive, args.rm).await;
+        return attach_terminal(
+            &container,
+            args.interactive,
+            args.rm,
+            Some(started.revision),
+        )
+        .await;
     }
+    // Like `docker run` (--sig-proxy): signals this process gets go to the container, which
+    // decides what they mean; its end ends this command.
+    let proxy = (!hutch::is_final(started.state)).then(|| forward_signals(container.clone()));
     let failed_to_start = started.state == v1::ContainerState::Failed as i32 && started.pid == 0;
     if !failed_to_start && print_logs(&container, true, None, json).await? == Printed::OutputClosed
     {
         // Nobody reads what it prints any more: stop here, as `ls | head` does. With --rm the
         // container goes too (removed by force), so an ended `hutch run` leaves nothing.
         if args.rm {
-            container.remove(true).await?;
+            remove_unless_gone(&container).await?;
         }
         return Ok(broken_pipe());
     }
+    let since = started.revision;
     let end = if hutch::is_final(started.state) {
         started
     } else {
-        container.wait().await?
+        container.wait_since(since).await?
     };
+    if let Some(proxy) = proxy {
+        proxy.abort();
+    }
+    if args.rm {
+        // As `docker run --rm`: back once it is gone, so its name is free again.
+        container.wait_removed_since(since).await?;
+    }
     if let Some(f) = &end.failure {
         eprintln!(
             "hutch: container {} failed at {}: {}",
@@ -377,19 +421,62 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
             end.name, end.status_message
         );
     }
-    let code = final_code(&end);
-    if args.rm {
-        container.remove(true).await?;
+    Ok(ExitCode::from(final_code(&end)))
+}
+
+/// Removes the container by force; already removed (by its `auto_remove`) is fine.
+async fn remove_unless_gone(container: &hutch::Container) -> Result<(), Error> {
+    match container.remove(true).await {
+        Err(Error::Status(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+        other => other,
     }
-    Ok(ExitCode::from(code))
+}
+
+/// The signals `hutch run` passes on to its container, as `docker run` does.
+const PROXIED_SIGNALS: [nix::sys::signal::Signal; 6] = {
+    use nix::sys::signal::Signal::*;
+    [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+};
+
+/// Sends every signal of [`PROXIED_SIGNALS`] this process receives to `container`, until
+/// the task is aborted.
+fn forward_signals(container: hutch::Container) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // Dropped with this task (aborted): the listeners go with it.
+        let mut listeners = tokio::task::JoinSet::new();
+        for signo in PROXIED_SIGNALS.map(|s| s as i32) {
+            let Ok(mut stream) = signal(SignalKind::from_raw(signo)) else {
+                continue;
+            };
+            let tx = tx.clone();
+            listeners.spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(signo).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        while let Some(signo) = rx.recv().await {
+            if let Err(e) = container.kill(signo).await {
+                eprintln!("hutch: passing signal {signo} to {}: {e}", container.id());
+            }
+        }
+    })
 }
 
 /// Attaches the local terminal to the container's (raw mode while attached) until it ends
 /// (its exit code is returned) or the user detaches.
+/// `since`: a revision of the container before it could end (its RUNNING record), to find
+/// its end in the history once it may be removed.
 async fn attach_terminal(
     container: &hutch::Container,
     forward_stdin: bool,
     remove: bool,
+    since: Option<u64>,
 ) -> Result<ExitCode, Error> {
     let session = container.attach(Some(interactive::terminal_size())).await?;
     let raw = interactive::RawMode::enable()?;
@@ -405,15 +492,19 @@ async fn attach_terminal(
         }
         interactive::Ended::OutputClosed => {
             if remove {
-                container.remove(true).await?;
+                remove_unless_gone(container).await?;
             }
             Ok(broken_pipe())
         }
         interactive::Ended::Exit(..) => {
-            // The record has the whole story (OOM, signal): use it for the exit code.
-            let end = container.wait().await?;
-            if remove {
-                container.remove(true).await?;
+            // The record has the whole story (OOM, signal): use it for the exit code. With
+            // --rm the controller removes it (auto_remove); its end is in the history.
+            let end = match since {
+                Some(revision) => container.wait_since(revision).await?,
+                None => container.wait().await?,
+            };
+            if let (true, Some(revision)) = (remove, since) {
+                container.wait_removed_since(revision).await?;
             }
             Ok(ExitCode::from(final_code(&end)))
         }

@@ -30,7 +30,7 @@ use stdout::outln;
 use args::{Cli, Command, Output, RootfsCommand, TokenCommand};
 
 /// Exit code when hutch itself failed (as `docker run` uses 125).
-const EXIT_HUTCH: u8 = 125;
+pub(crate) const EXIT_HUTCH: u8 = 125;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -97,7 +97,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Run(args) => containers::run(&client, *args, json).await,
-        Command::Ps { all, node, labels } => containers::ps(&client, all, node, labels, json).await,
+        Command::Ps {
+            all,
+            node,
+            labels,
+            quiet,
+        } => containers::ps(&client, all, node, labels, quiet, json).await,
         Command::Inspect { id } => containers::inspect(&client, &id, json).await,
         Command::Logs { id, follow, tail } => {
             match containers::print_logs(&client.container(&id), follow, tail, json).await? {

@@ -26,6 +26,10 @@ pub struct ContainerJson {
     pub pid: u32,
     pub memory_limit_bytes: Option<u64>,
     pub memory_usage_bytes: Option<u64>,
+    /// CPU limit in CPUs (`--cpus`).
+    pub cpus: Option<f64>,
+    /// CPU weight (`--cpu-shares`).
+    pub cpu_shares: Option<u32>,
     pub pids_limit: Option<u64>,
     pub pids_current: Option<u64>,
     pub pids_limit_hits: Option<u64>,
@@ -107,6 +111,10 @@ pub struct NodeJson {
     pub memory_allocatable_bytes: u64,
     pub memory_reserved_bytes: u64,
     pub memory_used_bytes: u64,
+    pub cpu_count: u32,
+    /// Thousandths of CPUs containers may be promised, and are.
+    pub cpu_allocatable_millicores: u64,
+    pub cpu_reserved_millicores: u64,
     pub running_containers: u32,
     pub rootfs: Vec<String>,
     pub cgroup_version: String,
@@ -205,6 +213,8 @@ pub fn container_json(c: &v1::Container) -> ContainerJson {
         pid: c.pid,
         memory_limit_bytes: spec.memory_limit_bytes,
         memory_usage_bytes: c.memory.map(|m| m.usage_bytes),
+        cpus: spec.cpu.map(|c| c.cores).filter(|c| *c > 0.0),
+        cpu_shares: spec.cpu.map(|c| c.shares).filter(|s| *s > 0),
         pids_limit: c.pids.and_then(|p| p.limit),
         pids_current: c.pids.map(|p| p.current),
         pids_limit_hits: c.pids.map(|p| p.limit_hits),
@@ -242,6 +252,9 @@ pub fn node_json(n: &v1::Node) -> NodeJson {
         memory_allocatable_bytes: n.memory_allocatable_bytes,
         memory_reserved_bytes: n.memory_reserved_bytes,
         memory_used_bytes: n.memory_used_bytes,
+        cpu_count: n.cpu_count,
+        cpu_allocatable_millicores: n.cpu_allocatable_millicores,
+        cpu_reserved_millicores: n.cpu_reserved_millicores,
         running_containers: n.running_containers,
         rootfs: n.rootfs.clone(),
         cgroup_version: n.cgroup_version.clone(),
@@ -361,6 +374,10 @@ pub fn container_details(c: &v1::Container) {
     if let Some(u) = j.memory_usage_bytes {
         field("memory usage", human_bytes(u));
     }
+    field("cpus", j.cpus.map_or("no limit".into(), |c| c.to_string()));
+    if let Some(shares) = j.cpu_shares {
+        field("cpu shares", shares.to_string());
+    }
     if let Some(current) = j.pids_current {
         let limit = j
             .pids_limit
@@ -395,6 +412,11 @@ pub fn container_details(c: &v1::Container) {
     }
 }
 
+/// Thousandths of CPUs as CPUs (`1.5`).
+fn millicores(m: u64) -> String {
+    hutch_core::cpu::format_cores(u32::try_from(m).unwrap_or(u32::MAX))
+}
+
 /// `hutch nodes`.
 pub fn nodes_table(list: &[v1::Node]) {
     let rows = list
@@ -415,6 +437,11 @@ pub fn nodes_table(list: &[v1::Node]) {
                     human_bytes(n.memory_reserved_bytes),
                     human_bytes(n.memory_allocatable_bytes)
                 ),
+                format!(
+                    "{} / {}",
+                    millicores(n.cpu_reserved_millicores),
+                    millicores(n.cpu_allocatable_millicores)
+                ),
                 n.rootfs.join(","),
                 labels.join(","),
             ]
@@ -426,7 +453,8 @@ pub fn nodes_table(list: &[v1::Node]) {
             "STATE",
             "ADDRESS",
             "RUNNING",
-            "RESERVED / ALLOCATABLE",
+            "MEMORY RESERVED / ALLOCATABLE",
+            "CPUS RESERVED / ALLOCATABLE",
             "ROOTFS",
             "LABELS",
         ],

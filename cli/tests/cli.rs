@@ -146,7 +146,8 @@ async fn the_cli_runs_containers_like_docker_does() {
 
     // Detached: back once it runs; exec, ps, inspect, stop, wait, rm.
     let o = cli.run(&[
-        "run", "-d", "--name", "cli-web", "--memory", "64M", ROOTFS, "--", "sleep", "600",
+        "run", "-d", "--name", "cli-web", "--memory", "64M", "--cpus", "0.5", ROOTFS, "--",
+        "sleep", "600",
     ]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "cli-web\n");
@@ -177,6 +178,12 @@ async fn the_cli_runs_containers_like_docker_does() {
         "{inspect}"
     );
     assert!(inspect.contains("64 MiB"), "{inspect}");
+    assert!(
+        inspect
+            .lines()
+            .any(|l| l.starts_with("cpus") && l.trim_end().ends_with("0.5")),
+        "{inspect}"
+    );
 
     // JSON: valid, with the documented field names.
     let o = cli.run(&["-o", "json", "ps"]);
@@ -197,6 +204,7 @@ async fn the_cli_runs_containers_like_docker_does() {
         "oom_killed",
         "pid",
         "memory_limit_bytes",
+        "cpus",
         "restart_count",
         "restart_policy",
         "labels",
@@ -282,7 +290,13 @@ async fn the_cli_runs_containers_like_docker_does() {
         "{}",
         text(&o.stderr)
     );
-    for (flag, value) in [("--ns", "bogus"), ("--restart", "unless-stopped")] {
+    for (flag, value) in [
+        ("--ns", "bogus"),
+        ("--restart", "unless-stopped"),
+        ("--cpus", "lots"),
+        ("--cpus", "2000"),
+        ("--cpu-shares", "1"),
+    ] {
         let o = cli.run(&["run", flag, value, ROOTFS, "--", "true"]);
         assert_eq!(code(&o), 125, "a value hutch refuses: {}", text(&o.stderr));
         assert!(text(&o.stderr).contains(value), "{}", text(&o.stderr));
@@ -319,5 +333,139 @@ async fn the_cli_runs_containers_like_docker_does() {
         times[times.len() / 2],
         times.last().copied().unwrap_or(Duration::ZERO),
         times.len()
+    );
+}
+
+impl Cli {
+    /// `hutch ARGS` started in the background, its output piped.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
+            .arg("--controller")
+            .arg(&self.url)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn hutch")
+    }
+
+    /// Polls `hutch -o json inspect NAME` until `done` holds for its output (or for its
+    /// absence: `None`); panics after `secs`.
+    fn wait_inspect(
+        &self,
+        name: &str,
+        secs: u64,
+        done: impl Fn(Option<&serde_json::Value>) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let o = self.run(&["-o", "json", "inspect", name]);
+            let record: Option<serde_json::Value> = serde_json::from_slice(&o.stdout).ok();
+            if done(record.as_ref()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: not there after {secs}s: {record:?} {}",
+                text(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `--rm` is done by the controller: the container goes when it ends even though the client
+/// was killed; signals `hutch run` gets reach the container (SIGINT to a shell that traps
+/// it); `--rm` with a restart policy is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_and_signals_do_not_depend_on_the_client() {
+    let ctl = TestController::start("clirm", &[]);
+    let node = TestNode::start("clirm-node", &ctl, None, &[]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let cli = Cli { url: ctl.url() };
+    let running = |c: Option<&serde_json::Value>| c.is_some_and(|c| c["state"] == "running");
+
+    // The client killed while its container runs: removed when it ends all the same.
+    let mut client = cli.spawn(&[
+        "run",
+        "--rm",
+        "--name",
+        "clirm-orphan",
+        ROOTFS,
+        "--",
+        "sleep",
+        "2",
+    ]);
+    cli.wait_inspect("clirm-orphan", 20, running);
+    client.kill().expect("kill -9 the client");
+    let _ = client.wait();
+    cli.wait_inspect("clirm-orphan", 20, |c| c.is_none());
+
+    // SIGINT to `hutch run` reaches the container's process, whose exit is the command's.
+    let trap = "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.1; done";
+    let child = cli.spawn(&[
+        "run",
+        "--rm",
+        "--name",
+        "clirm-sig",
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        trap,
+    ]);
+    cli.wait_inspect("clirm-sig", 20, running);
+    // The shell installs its trap before printing ready; give the output a moment too.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let out = child.wait_with_output().expect("hutch run");
+    assert_eq!(code(&out), 7, "{} {}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("got-int"),
+        "{}",
+        text(&out.stdout)
+    );
+    cli.wait_inspect("clirm-sig", 20, |c| c.is_none());
+
+    // `hutch wait` says 128+N for a signal; `hutch rm a b c` goes on past a failure.
+    let o = cli.run(&[
+        "run", "-d", "--name", "clirm-w", "-m", "512MB", ROOTFS, "--", "sleep", "600",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = cli.run(&["-o", "json", "inspect", "clirm-w"]);
+    let record: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        record["memory_limit_bytes"],
+        512u64 << 20,
+        "-m 512MB as Docker reads it"
+    );
+    let o = cli.run(&["kill", "clirm-w"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = cli.run(&["wait", "clirm-w"]);
+    assert_eq!((code(&o), text(&o.stdout)), (137, "137\n".to_string()));
+    let o = cli.run(&["run", "-d", "--name", "clirm-w2", ROOTFS, "--", "true"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = cli.run(&["ps", "-aq"]);
+    let ids = text(&o.stdout);
+    assert!(
+        ids.lines().any(|l| l == "clirm-w") && ids.lines().any(|l| l == "clirm-w2"),
+        "{ids}"
+    );
+    let o = cli.run(&["rm", "-f", "clirm-w", "clirm-nope", "clirm-w2"]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "clirm-w\nclirm-w2\n");
+    assert!(
+        text(&o.stderr).contains("clirm-nope"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = cli.run(&["run", "--rm", "--restart", "always", ROOTFS, "--", "true"]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("restart policy"),
+        "{}",
+        text(&o.stderr)
     );
 }

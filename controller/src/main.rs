@@ -47,6 +47,17 @@ struct Cli {
     /// watch_buffer, restart_backoff, restart_backoff_max).
     #[arg(long, env = "HUTCH_CONFIG")]
     config: Option<PathBuf>,
+    /// How log lines are written to stderr: text, or json (one object per line, fields as
+    /// JSON fields, for a log collector).
+    ///
+    /// Example: hutch-controller --log-format json 2>&1 | jq .fields.message
+    #[arg(
+        long,
+        env = "HUTCH_LOG_FORMAT",
+        value_enum,
+        default_value_t = hutch_server::logging::LogFormat::Text
+    )]
+    log_format: hutch_server::logging::LogFormat,
     /// Address to listen on [default: 127.0.0.1:7000]; port 0 picks a free port (printed).
     #[arg(long, env = "HUTCH_LISTEN")]
     listen: Option<String>,
@@ -131,8 +142,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    hutch_server::logging::init("info");
     let cli = Cli::parse();
+    hutch_server::logging::init("info", cli.log_format);
     let file = match &cli.config {
         Some(path) => match config::read_file(path) {
             Ok(f) => f,

@@ -241,13 +241,5 @@ async fn exits_while_the_controller_is_away_are_recorded() {
     })
     .await;
     assert_eq!(c.exit_code, Some(0));
-    for name in ["away-0", "away-3", "away-7", "after"] {
-        client
-            .remove_container(v1::RemoveContainerRequest {
-                id: name.into(),
-                force: true,
-            })
-            .await
-            .expect("remove");
-    }
+    force_remove(&mut client, &["away-0", "away-3", "away-7", "after"]).await;
 }

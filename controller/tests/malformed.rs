@@ -124,6 +124,7 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
         gid_map: Vec::new(),
         // Modes and ports out of range: refused before anything is set up. (The test's
         // nodes have no cluster network, so no valid port ever gets published here.)
+        auto_remove: r.chance(20),
         cpu: r.chance(30).then(|| v1::CpuSpec {
             cores: r.pick(&[
                 0.0,

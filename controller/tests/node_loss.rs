@@ -115,15 +115,7 @@ async fn a_lost_node_is_noticed_and_its_containers_move() {
         "exactly one copy per create"
     );
 
-    for name in ["restartable", "once"] {
-        client
-            .remove_container(v1::RemoveContainerRequest {
-                id: name.into(),
-                force: true,
-            })
-            .await
-            .expect("remove");
-    }
+    force_remove(&mut client, &["restartable", "once"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,15 +180,7 @@ async fn drain_moves_restartable_containers_and_stops_the_rest() {
         .into_inner();
     assert_eq!(state_of(&stayer), S::Exited, "{stayer:#?}");
     assert_eq!(stayer.node, drained.name);
-    for name in ["mover", "stayer"] {
-        client
-            .remove_container(v1::RemoveContainerRequest {
-                id: name.into(),
-                force: true,
-            })
-            .await
-            .expect("remove");
-    }
+    force_remove(&mut client, &["mover", "stayer"]).await;
 }
 
 /// `RemoveNode`: an unknown node is NOT_FOUND; a live one is refused with the reason; with
@@ -255,11 +239,5 @@ async fn removing_a_node() {
     })
     .await;
     assert_eq!(back.node, node.name);
-    client
-        .remove_container(v1::RemoveContainerRequest {
-            id: "held".into(),
-            force: true,
-        })
-        .await
-        .expect("remove");
+    force_remove(&mut client, &["held"]).await;
 }

@@ -202,3 +202,80 @@ async fn oom_logs_and_exec_through_the_controller() {
         .await
         .expect("remove");
 }
+
+/// CPU limits are placed like memory: a node reports its CPUs, a container with a CPU limit
+/// reserves it, one asking for more CPUs than any node has free waits PENDING with the
+/// numbers, and starts when the reservation that blocked it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_follows_cpu() {
+    let ctl = TestController::start("placecpu", &[]);
+    let only = TestNode::start("placecpu-a", &ctl, None, &[]).await;
+    let mut client = ctl.client_when_ready(&[&only]).await;
+    let node = |client: &mut v1::controller_client::ControllerClient<_>| {
+        let mut client = client.clone();
+        let name = only.name.clone();
+        async move {
+            client
+                .get_node(v1::GetNodeRequest { name })
+                .await
+                .expect("node")
+                .into_inner()
+        }
+    };
+    let n = node(&mut client).await;
+    assert!(n.cpu_count >= 1, "{n:#?}");
+    assert_eq!(n.cpu_allocatable_millicores, u64::from(n.cpu_count) * 1000);
+    let cpus = u64::from(n.cpu_count);
+
+    // All of the node's CPUs: it runs, and holds them.
+    let mut s = spec(&["sleep", "600"]);
+    s.cpu = Some(v1::CpuSpec {
+        cores: cpus as f64,
+        shares: 0,
+    });
+    client
+        .create_container(create("all-cpus", s))
+        .await
+        .expect("create");
+    wait_container(&mut client, "all-cpus", Duration::from_secs(20), |c| {
+        state_of(c) == S::Running
+    })
+    .await;
+    assert_eq!(node(&mut client).await.cpu_reserved_millicores, cpus * 1000);
+
+    // Half a CPU more fits nowhere: PENDING, with the numbers.
+    let mut s = spec(&["/bin/true"]);
+    s.cpu = Some(v1::CpuSpec {
+        cores: 0.5,
+        shares: 0,
+    });
+    let c = client
+        .create_container(create("half-more", s))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(state_of(&c), S::Pending, "{c:#?}");
+    assert_eq!(
+        c.status_message,
+        format!("no node with 0.5 CPUs free; most free: 0 on {}", only.name),
+        "{c:#?}"
+    );
+    // A container without a CPU limit is not held back by CPU.
+    client
+        .create_container(create("no-limit", spec(&["/bin/true"])))
+        .await
+        .expect("create");
+    wait_container(&mut client, "no-limit", Duration::from_secs(20), |c| {
+        state_of(c) == S::Exited
+    })
+    .await;
+
+    // The CPUs are given back: the pending one runs.
+    force_remove(&mut client, &["all-cpus"]).await;
+    let done = wait_container(&mut client, "half-more", Duration::from_secs(20), |c| {
+        state_of(c) == S::Exited
+    })
+    .await;
+    assert_eq!(done.exit_code, Some(0));
+    force_remove(&mut client, &["half-more", "no-limit"]).await;
+}

@@ -157,6 +157,7 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
         security: security_from(p.security.unwrap_or_default())?,
         network,
         cpu: cpu_from(p.cpu.unwrap_or_default())?,
+        auto_remove: p.auto_remove,
     })
 }
 
@@ -330,6 +331,7 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         security: (s.security != Security::default()).then(|| security_to(&s.security)),
         network: network_to(&s.network),
         cpu: cpu_to(&s.cpu),
+        auto_remove: s.auto_remove,
     }
 }
 

@@ -254,6 +254,9 @@ pub struct ContainerSpec {
     /// Its CPU limit and weight.
     #[serde(default)]
     pub cpu: CpuLimits,
+    /// Removed as soon as it ends (Docker's `--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -427,6 +430,7 @@ impl ContainerSpec {
             security: Security::default(),
             network: NetworkSpec::default(),
             cpu: CpuLimits::default(),
+            auto_remove: false,
         }
     }
 

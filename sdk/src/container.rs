@@ -81,15 +81,45 @@ impl Container {
     /// Waits until it has ended (EXITED, OOM_KILLED, FAILED or LOST) and returns the final
     /// record. A restart policy may start it again afterwards.
     pub async fn wait(&self) -> Result<v1::Container> {
-        let mut events = self.events().await?;
-        while let Some(c) = events.next().await {
-            let c = c?;
-            if is_final(c.state) {
-                return Ok(c);
+        let current = self.info().await?;
+        if is_final(current.state) {
+            return Ok(current);
+        }
+        self.wait_since(current.revision).await
+    }
+
+    /// Waits for the first end recorded after `revision` (a revision of this container seen
+    /// earlier, e.g. its RUNNING record) and returns that record: the controller's event
+    /// history replays it, so this works even once an `auto_remove` container is gone.
+    pub async fn wait_since(&self, revision: u64) -> Result<v1::Container> {
+        let mut events = self.client.watch(revision).await?;
+        while let Some(e) = events.next().await {
+            if let Some(c) = e?.container.filter(|c| c.name == self.id) {
+                if is_final(c.state) {
+                    return Ok(c);
+                }
             }
         }
         Err(Error::Status(tonic::Status::unavailable(format!(
             "the watch of container '{}' ended before it did",
+            self.id
+        ))))
+    }
+
+    /// Waits until it is removed (an `auto_remove` container once it ended and its output
+    /// was read), watching from `revision` (a revision of it seen earlier): what `docker run
+    /// --rm` waits for, so that its name is free when this returns.
+    pub async fn wait_removed_since(&self, revision: u64) -> Result<()> {
+        let mut events = self.client.watch(revision).await?;
+        while let Some(e) = events.next().await {
+            let e = e?;
+            let mine = e.container.as_ref().is_some_and(|c| c.name == self.id);
+            if mine && e.r#type == v1::WatchEventType::Removed as i32 {
+                return Ok(());
+            }
+        }
+        Err(Error::Status(tonic::Status::unavailable(format!(
+            "the watch of container '{}' ended before it was removed",
             self.id
         ))))
     }

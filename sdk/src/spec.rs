@@ -129,6 +129,33 @@ impl ContainerSpec {
         self
     }
 
+    /// A CPU limit in CPUs, as Docker's `--cpus` (`"1.5"`, `"0.5"`): at most that much CPU
+    /// time, and the scheduler reserves it on the node.
+    pub fn cpus(mut self, cores: &str) -> Self {
+        match hutch_core::cpu::parse_cores(cores) {
+            Ok(millicores) => {
+                self.spec.cpu.get_or_insert_with(Default::default).cores =
+                    millicores.map_or(0.0, hutch_core::cpu::cores_of);
+            }
+            Err(e) => self.problems.push(format!("cpus: {e}")),
+        }
+        self
+    }
+
+    /// The CPU weight under contention, as Docker's `--cpu-shares` (2 to 262144; 1024 is a
+    /// container's default).
+    pub fn cpu_shares(mut self, shares: u32) -> Self {
+        let limits = hutch_core::cpu::CpuLimits {
+            millicores: None,
+            shares: Some(shares),
+        };
+        match limits.validate() {
+            Ok(()) => self.spec.cpu.get_or_insert_with(Default::default).shares = shares,
+            Err(e) => self.problems.push(format!("cpu-shares: {e}")),
+        }
+        self
+    }
+
     /// The namespaces of its own (default: pid, ipc, net, uts, mount).
     pub fn namespaces(mut self, namespaces: impl IntoIterator<Item = Namespace>) -> Self {
         self.spec.namespaces = namespaces
@@ -219,6 +246,13 @@ impl ContainerSpec {
     /// A limit on what the container may write to its writable layer, in bytes.
     pub fn disk_limit_bytes(mut self, bytes: u64) -> Self {
         self.spec.disk_limit_bytes = Some(bytes);
+        self
+    }
+
+    /// Remove it as soon as it ends (Docker's `--rm`), done by the controller whether or
+    /// not this program still runs. Not with a restart policy.
+    pub fn auto_remove(mut self) -> Self {
+        self.spec.auto_remove = true;
         self
     }
 
@@ -352,6 +386,33 @@ pub fn parse_pairs(what: &str, pairs: &[String]) -> Result<HashMap<String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpus_as_docker_spells_them() {
+        let spec = ContainerSpec::new("debian")
+            .command(["true"])
+            .cpus("1.5")
+            .cpu_shares(512)
+            .to_request()
+            .expect("valid")
+            .spec
+            .expect("spec");
+        let cpu = spec.cpu.expect("cpu");
+        assert_eq!((cpu.cores, cpu.shares), (1.5, 512));
+        for bad in ["x", "-1", "0.001", "2000"] {
+            let err = ContainerSpec::new("debian")
+                .command(["true"])
+                .cpus(bad)
+                .to_request()
+                .expect_err(bad);
+            assert!(err.to_string().contains("cpus"), "{bad}: {err}");
+        }
+        assert!(ContainerSpec::new("debian")
+            .command(["true"])
+            .cpu_shares(1)
+            .to_request()
+            .is_err());
+    }
 
     #[test]
     fn builder_fills_the_request() {

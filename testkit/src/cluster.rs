@@ -301,6 +301,19 @@ pub fn state_of(c: &v1::Container) -> v1::ContainerState {
     v1::ContainerState::try_from(c.state).unwrap_or(v1::ContainerState::Unspecified)
 }
 
+/// Force-removes the containers `names` (a test's cleanup); panics on a failure.
+pub async fn force_remove(client: &mut ControllerClient<Channel>, names: &[&str]) {
+    for name in names {
+        client
+            .remove_container(v1::RemoveContainerRequest {
+                id: (*name).into(),
+                force: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("remove {name}: {e}"));
+    }
+}
+
 /// Polls `GetContainer` until `done` holds, or panics after `timeout` with the last record.
 pub async fn wait_container(
     client: &mut ControllerClient<Channel>,

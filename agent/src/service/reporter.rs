@@ -128,15 +128,33 @@ impl Reporter {
         }
     }
 
-    /// Watches container `id` until it ends and reports its final state.
+    /// Watches container `id` until it ends and reports its final state; then removes it
+    /// when its spec says `auto_remove` (reported as a removal event).
     pub fn watch(self: &Arc<Self>, id: String) {
         let me = self.clone();
         tokio::spawn(async move {
             match me.runtime.wait(&id).await {
-                Ok(info) => me.report(&info).await,
+                Ok(info) => {
+                    me.report(&info).await;
+                    if info.spec.auto_remove {
+                        me.auto_remove(&info).await;
+                    }
+                }
                 Err(e) => tracing::debug!(container = %id, error = %e, "stopped watching"),
             }
         });
+    }
+
+    /// Removes an ended `auto_remove` container and reports it.
+    async fn auto_remove(&self, info: &ContainerInfo) {
+        let id = &info.state.id;
+        match self.runtime.remove(id, true).await {
+            Ok(()) => {
+                tracing::info!(container = %id, "removed when it ended (auto_remove)");
+                self.report_event(event_of(info, true)).await;
+            }
+            Err(e) => tracing::error!(container = %id, error = %e, "auto_remove"),
+        }
     }
 
     /// Reports every change that happened while no one watched, and watches every container
@@ -146,6 +164,9 @@ impl Reporter {
             self.report(&info).await;
             if !info.state.status.is_final() {
                 self.watch(info.state.id.clone());
+            } else if info.spec.auto_remove {
+                // It ended while no one watched.
+                self.auto_remove(&info).await;
             }
         }
     }

@@ -62,6 +62,11 @@ impl Cluster {
                 policy.kind
             ))
         })?;
+        if spec.auto_remove && policy.kind != v1::restart_policy::Kind::Never as i32 {
+            return Err(ClusterError::InvalidArgument(
+                "spec.auto_remove with a restart policy: a container removed when it ends cannot be restarted; drop one of the two (Docker refuses --rm with --restart too)".into(),
+            ));
+        }
 
         let mut st = self.lock();
         if let Some(existing) = st.containers.get(&name) {
@@ -316,7 +321,10 @@ impl Cluster {
             };
             c.commit(&mut st, vec![Change::Removed(r)]).map(drop)
         })
-        .await
+        .await?;
+        // What it held is free: a PENDING container may fit now.
+        self.kick.notify_one();
+        Ok(())
     }
 
     /// Changes one record with `f` (which returns whether it changed anything) and commits.
@@ -361,10 +369,15 @@ impl Cluster {
         out.pop().ok_or_else(|| not_found(name))
     }
 
-    /// After a run ended (or was lost): schedules a restart when the policy asks for one.
+    /// After a run ended (or was lost): schedules a restart when the policy asks for one;
+    /// removes an ended `auto_remove` container.
     pub(crate) fn after_end(self: &Arc<Self>, record: &v1::Container) {
         let evicted = self.lock().evicted.contains(&record.name);
         if !wants_restart(record, evicted) {
+            let auto_remove = record.spec.as_ref().is_some_and(|s| s.auto_remove);
+            if auto_remove && is_final(state(record)) {
+                self.spawn_auto_remove(&record.name);
+            }
             self.kick.notify_one();
             return;
         }
@@ -409,6 +422,56 @@ impl Cluster {
             }
         });
         self.kick.notify_one();
+    }
+
+    /// Counts an open `ContainerLogs` stream of container `name` until the guard is dropped.
+    pub fn log_reader(self: &Arc<Self>, name: &str) -> LogReader {
+        *self.lock().log_readers.entry(name.to_string()).or_default() += 1;
+        LogReader {
+            cluster: Arc::downgrade(self),
+            name: name.to_string(),
+        }
+    }
+
+    /// Open log streams of `name`, and whether one has been read and closed.
+    fn log_readers(&self, name: &str) -> (usize, bool) {
+        let st = self.lock();
+        (
+            st.log_readers.get(name).copied().unwrap_or(0),
+            st.logs_read.contains(name),
+        )
+    }
+
+    /// Removes ended container `name` (`auto_remove`), in a task of its own, once the
+    /// clients reading its output have read it to the end: `hutch run --rm` follows the logs
+    /// of a container that may end before the stream is open, so without a reader the
+    /// removal waits [`AUTO_REMOVE_GRACE`] for one. A failure is logged and left to the user
+    /// (`hutch rm`).
+    fn spawn_auto_remove(self: &Arc<Self>, name: &str) {
+        let me = Arc::downgrade(self);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            loop {
+                let Some(cluster) = me.upgrade() else { return };
+                let (readers, read) = cluster.log_readers(&name);
+                let waited = started.elapsed();
+                if (readers == 0 && (read || waited >= AUTO_REMOVE_GRACE))
+                    || waited >= AUTO_REMOVE_READERS_MAX
+                {
+                    break;
+                }
+                drop(cluster);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let Some(cluster) = me.upgrade() else { return };
+            match cluster.remove(&name, true).await {
+                Ok(()) | Err(ClusterError::NotFound(_)) => {
+                    tracing::info!(container = %name, "removed when it ended (auto_remove)");
+                }
+                Err(e) => tracing::error!(container = %name, "auto_remove: {e}"),
+            }
+        });
     }
 
     /// Starts run `attempt + 1` of an ended container, wherever it fits now.
@@ -486,5 +549,33 @@ pub(crate) fn node_error(node: &str, status: tonic::Status) -> ClusterError {
     ClusterError::Node {
         node: node.to_string(),
         status,
+    }
+}
+
+/// How long an ended `auto_remove` container waits for a client to open its logs.
+pub const AUTO_REMOVE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest an ended `auto_remove` container waits for its readers to finish.
+pub const AUTO_REMOVE_READERS_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An open `ContainerLogs` stream (see [`Cluster::log_reader`]).
+pub struct LogReader {
+    cluster: std::sync::Weak<Cluster>,
+    name: String,
+}
+
+impl Drop for LogReader {
+    fn drop(&mut self) {
+        if let Some(c) = self.cluster.upgrade() {
+            let mut st = c.lock();
+            if let Some(n) = st.log_readers.get_mut(&self.name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    st.log_readers.remove(&self.name);
+                }
+            }
+            if st.containers.contains_key(&self.name) {
+                st.logs_read.insert(self.name.clone());
+            }
+        }
     }
 }

@@ -197,6 +197,9 @@ impl Cluster {
         if spec.hostname.is_empty() && hostname_ok && has_uts {
             spec.hostname = record.name.clone();
         }
+        // The controller removes the record and the copy together; the agent must not
+        // remove its copy on its own.
+        spec.auto_remove = false;
         let run = |client: &mut hutch_proto::v1::agent_client::AgentClient<_>| {
             let mut request = tonic::Request::new(v1::RunContainerRequest {
                 name: agent_id.clone(),

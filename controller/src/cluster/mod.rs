@@ -159,6 +159,11 @@ pub(crate) struct State {
     pub names: BTreeMap<String, String>,
     /// Changes with every change of `names`.
     pub names_revision: u64,
+    /// Open `ContainerLogs` streams per container: an `auto_remove` container is removed
+    /// once they have read its output to the end.
+    pub log_readers: HashMap<String, usize>,
+    /// Containers whose logs a stream has read (and closed) since they were recorded.
+    pub logs_read: HashSet<String>,
 }
 
 /// One change to commit.
@@ -214,6 +219,8 @@ impl Cluster {
             evicted: HashSet::new(),
             names: BTreeMap::new(),
             names_revision: 0,
+            log_readers: HashMap::new(),
+            logs_read: HashSet::new(),
         };
         let now = Instant::now();
         for mut node in snap.nodes {
@@ -387,6 +394,7 @@ impl Cluster {
                 Self::account(st, old.as_ref(), None);
                 st.containers.remove(&c.name);
                 st.evicted.remove(&c.name);
+                st.logs_read.remove(&c.name);
             } else {
                 Self::account(st, old.as_ref(), Some(&c));
                 st.containers.insert(c.name.clone(), c.clone());

@@ -214,6 +214,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<Self::ContainerLogsStream>, Status> {
         let mut req = request.into_inner();
         let (node, copy) = self.copy_of(&req.id)?;
+        // Counted before the node is asked, so an auto_remove container waits for it.
+        let reader = self.cluster.log_reader(&req.id);
         req.id = copy;
         let mut client = self.cluster.client_for(&node)?;
         let stream = client
@@ -238,6 +240,7 @@ impl Controller for ControllerService {
         let mut closing = self.closing.clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
+            let _reader = reader;
             loop {
                 let item = tokio::select! {
                     item = stream.next() => item,

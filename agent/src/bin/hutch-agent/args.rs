@@ -33,6 +33,18 @@ pub(crate) struct Cli {
     /// e.g. /sys/fs/cgroup/system.slice/hutch-agent.service.
     #[arg(long, env = "HUTCH_CGROUP_ROOT", global = true)]
     pub(crate) cgroup_root: Option<PathBuf>,
+    /// How log lines are written to stderr: text, or json (one object per line, fields as
+    /// JSON fields, for a log collector).
+    ///
+    /// Example: hutch-agent --log-format json serve 2>&1 | jq .fields.message
+    #[arg(
+        long,
+        env = "HUTCH_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = hutch_server::logging::LogFormat::Text
+    )]
+    pub(crate) log_format: hutch_server::logging::LogFormat,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -25,8 +25,8 @@ const EXIT_HUTCH_ERROR: u8 = 125;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    hutch_server::logging::init("warn");
     let cli = Cli::parse();
+    hutch_server::logging::init("warn", cli.log_format);
     // Everything is parsed and validated before the host is touched or a port bound.
     let config = match daemon::load_config(&cli) {
         Ok(c) => c,
