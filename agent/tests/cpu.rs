@@ -60,7 +60,7 @@ async fn half_a_cpu_is_at_most_about_half_a_cpu() {
         }
         hutch_agent::cgroup::CgroupVersion::V2 => {
             assert_eq!(read("cpu.max"), "50000 100000");
-            assert_eq!(read("cpu.weight"), "20");
+            assert_eq!(read("cpu.weight"), "59");
         }
     }
 

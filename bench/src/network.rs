@@ -21,7 +21,7 @@ use hutch_proto::v1;
 use crate::report::{ms, percentile, Row};
 use crate::scenarios::{
     connect_and_watch, ctr, hutch_sample_of, is_final, remove_many, remove_one, spec_with_network,
-    start_and_wait, time_command,
+    start_and_wait, time_command, Client,
 };
 use crate::setup::BenchEnv;
 
@@ -165,8 +165,16 @@ async fn throughput_net(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let leases = leases_in(&env.dir.join("agent/cni/ipam"));
+    let failed = not_exited_cleanly(&client, &prefix).await?;
     remove_many(&client, &prefix, count).await;
     outcome?;
+    if !failed.is_empty() {
+        return Err(format!(
+            "{} of {count} bridged containers did not exit 0: {}",
+            failed.len(),
+            failed.into_iter().take(3).collect::<Vec<_>>().join("; ")
+        ));
+    }
     Ok(vec![
         Row {
             scenario: "throughput-net".into(),
@@ -181,7 +189,7 @@ async fn throughput_net(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String
         },
         Row {
             scenario: "throughput-net".into(),
-            metric: "veths + IP leases left after".into(),
+            metric: format!("veths ({veths}) + IP leases ({leases}) left after"),
             hutch: (veths + leases) as f64,
             peer: None,
             peer_name: "-".into(),
@@ -191,6 +199,23 @@ async fn throughput_net(env: &BenchEnv, count: usize) -> Result<Vec<Row>, String
             pass: veths + leases == 0,
         },
     ])
+}
+
+/// The containers named `prefix*` that did not exit with code 0, with their status.
+async fn not_exited_cleanly(client: &Client, prefix: &str) -> Result<Vec<String>, String> {
+    let list = client
+        .clone()
+        .list_containers(v1::ListClusterContainersRequest::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .containers;
+    Ok(list
+        .into_iter()
+        .filter(|c| c.name.starts_with(prefix))
+        .filter(|c| c.state != v1::ContainerState::Exited as i32 || c.exit_code != Some(0))
+        .map(|c| format!("{}: {}", c.name, c.status_message))
+        .collect())
 }
 
 /// veths in this network namespace.

@@ -328,11 +328,23 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
     for warning in &record.warnings {
         eprintln!("hutch: warning: {warning}");
     }
-    // Until it runs on a node: report why it waits.
+    // Until it runs on a node: report why it waits. Ctrl-C here gives up on it (removed
+    // with --rm: it never ran).
     let mut events = container.events().await?;
     let mut said = String::new();
     let mut started = None;
-    while let Some(c) = events.next().await {
+    loop {
+        let next = tokio::select! {
+            next = events.next() => next,
+            _ = tokio::signal::ctrl_c() => {
+                if args.rm {
+                    remove_unless_gone(&container).await?;
+                }
+                eprintln!("hutch: interrupted before {} started", container.id());
+                return Ok(ExitCode::from(130));
+            }
+        };
+        let Some(c) = next else { break };
         let c = c?;
         let state = v1::ContainerState::try_from(c.state).unwrap_or_default();
         match state {
@@ -366,14 +378,11 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // Its end (and with --rm its removal), followed from now on, so the history it is found
+    // in cannot be compacted away during a long run.
+    let ending = follow_end(client, &container, &started, args.rm);
     if args.tty && !hutch::is_final(started.state) {
-        return attach_terminal(
-            &container,
-            args.interactive,
-            args.rm,
-            Some(started.revision),
-        )
-        .await;
+        return attach_terminal(&container, args.interactive, args.rm, Some(ending)).await;
     }
     // Like `docker run` (--sig-proxy): signals this process gets go to the container, which
     // decides what they mean; its end ends this command.
@@ -388,18 +397,11 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
         }
         return Ok(broken_pipe());
     }
-    let since = started.revision;
-    let end = if hutch::is_final(started.state) {
-        started
-    } else {
-        container.wait_since(since).await?
-    };
+    let end = ending
+        .await
+        .map_err(|e| Error::InvalidInput(format!("following the container: {e}")))??;
     if let Some(proxy) = proxy {
         proxy.abort();
-    }
-    if args.rm {
-        // As `docker run --rm`: back once it is gone, so its name is free again.
-        container.wait_removed_since(since).await?;
     }
     if let Some(f) = &end.failure {
         eprintln!(
@@ -422,6 +424,55 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
         );
     }
     Ok(ExitCode::from(final_code(&end)))
+}
+
+/// How long `hutch run --rm` waits for the removal once the container ended.
+const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Follows `container` from `started` (its first record seen running, or already ended) in
+/// a task: its final record; with `removal`, once it is also removed, as `docker run --rm`
+/// returns (at most [`REMOVAL_WAIT`] after the end: the controller removes it anyway).
+fn follow_end(
+    client: &Client,
+    container: &hutch::Container,
+    started: &v1::Container,
+    removal: bool,
+) -> tokio::task::JoinHandle<Result<v1::Container, Error>> {
+    let (client, id, started) = (client.clone(), container.id().to_string(), started.clone());
+    tokio::spawn(async move {
+        let mut events = client.watch(started.revision).await?;
+        let mut end = hutch::is_final(started.state).then_some(started);
+        loop {
+            if let (Some(e), false) = (&end, removal) {
+                return Ok(e.clone());
+            }
+            let next = match &end {
+                Some(_) => match tokio::time::timeout(REMOVAL_WAIT, events.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => events.next().await,
+            };
+            let Some(event) = next else { break };
+            let event = event?;
+            let Some(c) = event.container.filter(|c| c.name == id) else {
+                continue;
+            };
+            if event.r#type == v1::WatchEventType::Removed as i32 {
+                return end.ok_or_else(|| {
+                    Error::InvalidInput(format!("container {id} was removed before it ended"))
+                });
+            }
+            if hutch::is_final(c.state) && end.is_none() {
+                end = Some(c);
+            }
+        }
+        end.ok_or_else(|| {
+            Error::Status(tonic::Status::unavailable(format!(
+                "the watch of container {id} ended before it did"
+            )))
+        })
+    })
 }
 
 /// Removes the container by force; already removed (by its `auto_remove`) is fine.
@@ -460,9 +511,23 @@ fn forward_signals(container: hutch::Container) -> tokio::task::JoinHandle<()> {
             });
         }
         drop(tx);
+        let mut interrupts = 0;
         while let Some(signo) = rx.recv().await {
-            if let Err(e) = container.kill(signo).await {
+            if signo == nix::sys::signal::Signal::SIGINT as i32 {
+                interrupts += 1;
+            }
+            let passed = container.kill(signo).await;
+            if let Err(e) = &passed {
                 eprintln!("hutch: passing signal {signo} to {}: {e}", container.id());
+            }
+            // The controller unreachable, or Ctrl-C a third time: this command gives up (the
+            // container keeps running; with --rm it goes when it ends).
+            if passed.is_err() || interrupts >= 3 {
+                eprintln!(
+                    "hutch: leaving {0} running (hutch logs -f {0}, hutch rm -f {0})",
+                    container.id()
+                );
+                std::process::exit(128 + signo);
             }
         }
     })
@@ -470,13 +535,13 @@ fn forward_signals(container: hutch::Container) -> tokio::task::JoinHandle<()> {
 
 /// Attaches the local terminal to the container's (raw mode while attached) until it ends
 /// (its exit code is returned) or the user detaches.
-/// `since`: a revision of the container before it could end (its RUNNING record), to find
-/// its end in the history once it may be removed.
+/// `ending`: its end (and removal) followed since it started ([`follow_end`]), else it is
+/// waited for afterwards.
 async fn attach_terminal(
     container: &hutch::Container,
     forward_stdin: bool,
     remove: bool,
-    since: Option<u64>,
+    ending: Option<tokio::task::JoinHandle<Result<v1::Container, Error>>>,
 ) -> Result<ExitCode, Error> {
     let session = container.attach(Some(interactive::terminal_size())).await?;
     let raw = interactive::RawMode::enable()?;
@@ -499,13 +564,12 @@ async fn attach_terminal(
         interactive::Ended::Exit(..) => {
             // The record has the whole story (OOM, signal): use it for the exit code. With
             // --rm the controller removes it (auto_remove); its end is in the history.
-            let end = match since {
-                Some(revision) => container.wait_since(revision).await?,
+            let end = match ending {
+                Some(task) => task
+                    .await
+                    .map_err(|e| Error::InvalidInput(format!("following the container: {e}")))??,
                 None => container.wait().await?,
             };
-            if let (true, Some(revision)) = (remove, since) {
-                container.wait_removed_since(revision).await?;
-            }
             Ok(ExitCode::from(final_code(&end)))
         }
     }

@@ -57,7 +57,9 @@ pub struct NodeCapacity {
     pub labels: BTreeMap<String, String>,
     /// Memory containers may be promised in total.
     pub allocatable_bytes: u64,
-    /// Thousandths of CPUs containers may be promised in total; 0: unknown, not limited.
+    /// Thousandths of CPUs containers may be promised in total; 0: the node reports none
+    /// (an agent older than CPU limits, which would not enforce one): it takes no container
+    /// with a CPU limit.
     pub allocatable_cpu_millicores: u64,
     /// Ready and not cordoned.
     pub schedulable: bool,
@@ -133,17 +135,15 @@ impl Slot {
             .saturating_sub(self.reserved_bytes)
     }
 
-    /// CPU still free, `None` when the node reports none (not limited).
-    fn free_cpu(&self) -> Option<u64> {
-        (self.capacity.allocatable_cpu_millicores > 0).then(|| {
-            self.capacity
-                .allocatable_cpu_millicores
-                .saturating_sub(self.reserved_cpu_millicores)
-        })
+    /// CPU still free (0 on a node that reports no CPUs).
+    fn free_cpu(&self) -> u64 {
+        self.capacity
+            .allocatable_cpu_millicores
+            .saturating_sub(self.reserved_cpu_millicores)
     }
 
     fn cpu_fits(&self, millicores: u64) -> bool {
-        millicores == 0 || self.free_cpu().is_none_or(|free| free >= millicores)
+        millicores == 0 || self.free_cpu() >= millicores
     }
 
     /// The first of `wanted` a container placed here already publishes.
@@ -344,7 +344,7 @@ impl Scheduler {
         if !slot.cpu_fits(req.cpu_millicores) {
             return Err(Unschedulable(format!(
                 "node '{name}' has {} CPUs free; {} are needed",
-                cores(slot.free_cpu().unwrap_or(0)),
+                cores(slot.free_cpu()),
                 cores(req.cpu_millicores)
             )));
         }
@@ -426,7 +426,7 @@ impl Scheduler {
         if with_cpu.is_empty() {
             let most = with_ports
                 .iter()
-                .map(|(name, s)| (s.free_cpu().unwrap_or(0), std::cmp::Reverse(*name)))
+                .map(|(name, s)| (s.free_cpu(), std::cmp::Reverse(*name)))
                 .max();
             if let Some((free, std::cmp::Reverse(name))) = most {
                 return Unschedulable(format!(
@@ -661,10 +661,23 @@ mod tests {
         };
         let refused = s.place(&pinned).expect_err("0.5 left on a");
         assert!(refused.0.contains("0.5 CPUs free"), "{refused}");
-        // Containers without a CPU limit still fit, and a node reporting no CPUs takes any.
+        // Containers without a CPU limit still fit; a node reporting no CPUs (an older
+        // agent, which would not enforce a limit) takes none with one.
         assert!(s.place(&cpus(0)).is_ok());
         s.set_node("old", node(GIB, &[]));
-        assert_eq!(s.place(&cpus(64_000)).expect("not limited"), "old");
+        let pinned_old = Request {
+            node: Some("old"),
+            ..cpus(100)
+        };
+        assert!(s.place(&pinned_old).is_err());
+        assert_eq!(
+            s.place(&Request {
+                node: Some("old"),
+                ..cpus(0)
+            })
+            .expect("no limit"),
+            "old"
+        );
         s.release(&first, &cpus(1500).claim());
         assert_eq!(s.reserved_cpu_millicores(&first), 0);
     }

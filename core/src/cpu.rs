@@ -78,11 +78,19 @@ impl CpuLimits {
         }
     }
 
-    /// cgroup v2's `cpu.weight` (1..10000) for the shares, as runc converts them: 2 maps to
-    /// 1, 262144 to 10000, 1024 to 39.
+    /// cgroup v2's `cpu.weight` (1..10000) for the shares, as runc (1.3 and later) and crun
+    /// convert them: 2 maps to 1, 262144 to 10000, and 1024 (v1's default) to 100 (v2's
+    /// default), so `--cpu-shares 1024` is the default weight on both.
     pub fn v2_weight(&self) -> Option<u64> {
-        self.shares
-            .map(|s| 1 + (u64::from(s).saturating_sub(2) * 9999) / 262_142)
+        self.shares.map(|shares| match shares {
+            0..=2 => 1,
+            MAX_SHARES.. => 10_000,
+            s => {
+                let l = f64::from(s).log2();
+                let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+                10f64.powf(exponent).ceil().clamp(1.0, 10_000.0) as u64
+            }
+        })
     }
 }
 
@@ -166,7 +174,7 @@ mod tests {
         };
         assert_eq!(half.quota_us(), Some(50_000));
         assert_eq!(half.v2_max(), "50000 100000");
-        assert_eq!(half.v2_weight(), Some(39));
+        assert_eq!(half.v2_weight(), Some(100), "v1's default is v2's default");
         let none = CpuLimits::default();
         assert!(none.is_empty());
         assert_eq!(none.v2_max(), "max 100000");
@@ -186,6 +194,25 @@ mod tests {
             .v2_weight(),
             Some(10_000)
         );
+    }
+
+    #[test]
+    fn weights_keep_their_order() {
+        let weight = |shares| {
+            CpuLimits {
+                millicores: None,
+                shares: Some(shares),
+            }
+            .v2_weight()
+            .unwrap_or(0)
+        };
+        assert_eq!(weight(512), 59);
+        let mut last = 0;
+        for shares in [2, 3, 10, 100, 512, 1024, 2048, 100_000, 262_143, 262_144] {
+            let w = weight(shares);
+            assert!((1..=10_000).contains(&w) && w >= last, "{shares} -> {w}");
+            last = w;
+        }
     }
 
     #[test]

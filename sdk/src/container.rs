@@ -94,32 +94,22 @@ impl Container {
     pub async fn wait_since(&self, revision: u64) -> Result<v1::Container> {
         let mut events = self.client.watch(revision).await?;
         while let Some(e) = events.next().await {
-            if let Some(c) = e?.container.filter(|c| c.name == self.id) {
+            let e = e?;
+            let removed = e.r#type == v1::WatchEventType::Removed as i32;
+            if let Some(c) = e.container.filter(|c| c.name == self.id) {
                 if is_final(c.state) {
                     return Ok(c);
+                }
+                if removed {
+                    return Err(Error::Status(tonic::Status::not_found(format!(
+                        "container '{}' was removed before it ended",
+                        self.id
+                    ))));
                 }
             }
         }
         Err(Error::Status(tonic::Status::unavailable(format!(
             "the watch of container '{}' ended before it did",
-            self.id
-        ))))
-    }
-
-    /// Waits until it is removed (an `auto_remove` container once it ended and its output
-    /// was read), watching from `revision` (a revision of it seen earlier): what `docker run
-    /// --rm` waits for, so that its name is free when this returns.
-    pub async fn wait_removed_since(&self, revision: u64) -> Result<()> {
-        let mut events = self.client.watch(revision).await?;
-        while let Some(e) = events.next().await {
-            let e = e?;
-            let mine = e.container.as_ref().is_some_and(|c| c.name == self.id);
-            if mine && e.r#type == v1::WatchEventType::Removed as i32 {
-                return Ok(());
-            }
-        }
-        Err(Error::Status(tonic::Status::unavailable(format!(
-            "the watch of container '{}' ended before it was removed",
             self.id
         ))))
     }

@@ -143,8 +143,11 @@ impl ContainerSpec {
     }
 
     /// The CPU weight under contention, as Docker's `--cpu-shares` (2 to 262144; 1024 is a
-    /// container's default).
+    /// container's default; 0 means the default).
     pub fn cpu_shares(mut self, shares: u32) -> Self {
+        if shares == 0 {
+            return self;
+        }
         let limits = hutch_core::cpu::CpuLimits {
             millicores: None,
             shares: Some(shares),

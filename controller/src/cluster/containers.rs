@@ -281,7 +281,22 @@ impl Cluster {
 
     /// Forgets the container and removes it from its node.
     pub async fn remove(self: &Arc<Self>, name: &str, force: bool) -> Result<(), ClusterError> {
+        let created_at = self.get(name)?.created_at;
+        self.remove_record(name, force, created_at).await
+    }
+
+    /// [`Cluster::remove`] of the record of `name` created at `created_at` only: nothing
+    /// happens when the name now belongs to another record.
+    async fn remove_record(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+        created_at: Option<prost_types::Timestamp>,
+    ) -> Result<(), ClusterError> {
         let record = self.get(name)?;
+        if record.created_at != created_at {
+            return Ok(());
+        }
         let running = holds_reservation(state(&record));
         if running && !force {
             return Err(ClusterError::FailedPrecondition(format!(
@@ -319,6 +334,9 @@ impl Cluster {
             let Some(r) = st.containers.get(&name).cloned() else {
                 return Ok(());
             };
+            if r.created_at != created_at {
+                return Ok(());
+            }
             c.commit(&mut st, vec![Change::Removed(r)]).map(drop)
         })
         .await?;
@@ -376,7 +394,7 @@ impl Cluster {
         if !wants_restart(record, evicted) {
             let auto_remove = record.spec.as_ref().is_some_and(|s| s.auto_remove);
             if auto_remove && is_final(state(record)) {
-                self.spawn_auto_remove(&record.name);
+                self.spawn_auto_remove(record);
             }
             self.kick.notify_one();
             return;
@@ -447,9 +465,11 @@ impl Cluster {
     /// of a container that may end before the stream is open, so without a reader the
     /// removal waits [`AUTO_REMOVE_GRACE`] for one. A failure is logged and left to the user
     /// (`hutch rm`).
-    fn spawn_auto_remove(self: &Arc<Self>, name: &str) {
+    fn spawn_auto_remove(self: &Arc<Self>, record: &v1::Container) {
         let me = Arc::downgrade(self);
-        let name = name.to_string();
+        let name = record.name.clone();
+        // This record only: a new container may take the name once it is gone.
+        let created_at = record.created_at;
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             loop {
@@ -465,7 +485,7 @@ impl Cluster {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             let Some(cluster) = me.upgrade() else { return };
-            match cluster.remove(&name, true).await {
+            match cluster.remove_record(&name, true, created_at).await {
                 Ok(()) | Err(ClusterError::NotFound(_)) => {
                     tracing::info!(container = %name, "removed when it ended (auto_remove)");
                 }

@@ -22,6 +22,11 @@ use crate::agents::AgentRpc;
 
 /// Longest a `RunContainer` may take on the node (rootfs already there).
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Starts the controller has in flight on one node at a time; the others wait SCHEDULED.
+/// A burst of creates (a thousand at once) would otherwise start a thousand supervisors
+/// together, each running its network plugins, and on a small node every one of them would
+/// take longer than its time limit.
+pub const DISPATCH_PER_NODE: usize = 16;
 /// Longest a rootfs build before a run may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 /// First and longest pause between retries against an agent.
@@ -76,6 +81,16 @@ fn is_transient(code: tonic::Code) -> bool {
 }
 
 impl Cluster {
+    /// The start slots of `node` ([`DISPATCH_PER_NODE`]).
+    fn dispatch_slots(&self, node: &str) -> Arc<tokio::sync::Semaphore> {
+        self.dispatch_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(DISPATCH_PER_NODE)))
+            .clone()
+    }
+
     /// Starts the record's run on its node in the background (once per run at a time).
     pub(crate) fn spawn_dispatch(self: &Arc<Self>, record: &v1::Container) {
         if !self.lock().inflight.insert(record.name.clone()) {
@@ -184,6 +199,11 @@ impl Cluster {
         let mut client = self.client_for(node)?;
         let mut spec = record.spec.clone().unwrap_or_default();
         self.ensure_rootfs(node, &spec.rootfs).await?;
+        let slots = self.dispatch_slots(node);
+        let _slot = slots
+            .acquire()
+            .await
+            .map_err(|_| ClusterError::Unavailable(format!("node '{node}' is being forgotten")))?;
         spec.labels
             .insert(ATTEMPT_LABEL.into(), record.restart_count.to_string());
         let agent_id = records::current_agent_id(record);

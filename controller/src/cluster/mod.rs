@@ -193,6 +193,8 @@ pub struct Cluster {
     /// Wakes the pending-placement loop.
     pub(crate) kick: Arc<Notify>,
     pub(crate) agents: AgentPool,
+    /// Starts in flight per node (see `dispatch::DISPATCH_PER_NODE`).
+    pub(crate) dispatch_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Cluster {
@@ -264,6 +266,7 @@ impl Cluster {
             watchers,
             kick: Arc::new(Notify::new()),
             agents,
+            dispatch_slots: std::sync::Mutex::default(),
         });
         tokio::spawn(containers::placement_loop(Arc::downgrade(&cluster)));
         tokio::spawn(nodes::liveness_loop(Arc::downgrade(&cluster)));

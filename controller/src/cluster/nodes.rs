@@ -396,6 +396,10 @@ impl Cluster {
         };
         let (node, lost) = lost;
         self.agents.forget(&node.address);
+        self.dispatch_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         for c in &lost {
             self.after_end(c);
         }

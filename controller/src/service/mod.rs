@@ -296,9 +296,16 @@ impl Controller for ControllerService {
     ) -> Result<Response<Self::AttachStream>, Status> {
         let mut inbound = request.into_inner();
         let start = first_start(&mut inbound).await?;
+        // An attached terminal reads the container's output: an auto_remove container
+        // waits for it as for a logs stream.
+        let reader = self.cluster.log_reader(&start.id);
         let (mut client, node, outbound) = session_target(&self.cluster, start, inbound)?;
         let answered = client.attach(outbound).await;
-        node_stream(node, answered)
+        let stream = node_stream(node, answered)?.into_inner();
+        Ok(Response::new(Box::pin(stream.map(move |item| {
+            let _reading = &reader;
+            item
+        }))))
     }
 
     async fn list_nodes(

@@ -36,7 +36,8 @@ impl Driver for V2 {
             .iter()
             .any(|c| c == "memory")
         {
-            return Ok(());
+            // Delegated before (an earlier agent, an operator): pids and cpu may be missing.
+            return self.delegate_memory(root);
         }
         // Inner nodes cannot hold processes: move this process into a leaf of its own.
         let me = std::process::id();
