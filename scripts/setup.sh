@@ -5,6 +5,9 @@
 # agent on 127.0.0.1:7070 registered with it.
 # Usage (as root): scripts/setup.sh
 #   PREFIX=/usr/local  HUTCH_CONTROLLER_LISTEN=127.0.0.1:7000  HUTCH_LISTEN=127.0.0.1:7070
+#   HUTCH_ALLOWED_BIND_PATHS=/   (node paths containers may bind, -v /path:/in; this local,
+#   loopback-only cluster allows any path but hutch's own state; an agent started by hand
+#   allows none unless told)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -14,6 +17,7 @@ hutch_install_grpcurl
 PREFIX="${PREFIX:-/usr/local}"
 CONTROLLER="${HUTCH_CONTROLLER_LISTEN:-127.0.0.1:7000}"
 LISTEN="${HUTCH_LISTEN:-127.0.0.1:7070}"
+ALLOWED_BIND_PATHS="${HUTCH_ALLOWED_BIND_PATHS:-/}"
 
 cargo build --release -p hutch-agent -p hutch-supervisor -p hutch-controller -p hutch-cli
 install -m 0755 target/release/hutch-agent target/release/hutch-supervisor \
@@ -46,7 +50,8 @@ start_daemon() {
 
 # Running containers survive restarts of either daemon: they belong to their supervisors.
 start_daemon hutch-controller --listen "$CONTROLLER"
-start_daemon hutch-agent serve --listen "$LISTEN" --controller "http://$CONTROLLER"
+start_daemon hutch-agent serve --listen "$LISTEN" --controller "http://$CONTROLLER" \
+  --allowed-bind-paths "$ALLOWED_BIND_PATHS"
 for _ in $(seq 50); do
   grpcurl -plaintext "$CONTROLLER" hutch.v1.Controller/ListNodes 2>/dev/null | grep -q NODE_STATE_READY && break
   sleep 0.1
@@ -57,6 +62,8 @@ A one-host cluster is up. Try it with the CLI:
   hutch nodes
   hutch run --rm --ns pid debian -- ps -ef
   hutch run -d --name box debian -- sleep infinity && hutch exec box -- ip addr
+  hutch run --rm -v data:/data debian -- sh -c 'date >> /data/log; cat /data/log'
+  hutch run --rm -v "\$PWD:/src:ro" debian -- ls /src
 Or with grpcurl:
   grpcurl -plaintext $CONTROLLER hutch.v1.Controller/ListNodes
   grpcurl -plaintext -d '{"name":"hello","spec":{"rootfs":"debian","command":["ps","-ef"]}}' $CONTROLLER hutch.v1.Controller/CreateContainer

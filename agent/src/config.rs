@@ -74,6 +74,8 @@ pub struct FileConfig {
     pub cni_network: Option<String>,
     /// The node's container subnet when no controller gives one, e.g. "198.19.0.0/24".
     pub network_subnet: Option<String>,
+    /// Node paths under which bind mount sources may lie (none by default).
+    pub allowed_bind_paths: Option<Vec<PathBuf>>,
 }
 
 /// The validated configuration.
@@ -113,6 +115,8 @@ pub struct AgentConfig {
     pub log_defaults: crate::runtime::logs::LogLimits,
     /// The container network's settings.
     pub network: NetworkSettings,
+    /// Node paths under which bind mount sources may lie; empty: no bind mounts.
+    pub allowed_bind_paths: Vec<PathBuf>,
 }
 
 pub use hutch_server::config::{
@@ -244,6 +248,16 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         },
         controller.is_some(),
     )?;
+    let allowed_bind_paths = over
+        .allowed_bind_paths
+        .or(file.allowed_bind_paths)
+        .unwrap_or_default();
+    if let Some(p) = allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
+        return Err(invalid(
+            "allowed_bind_paths",
+            format!("'{}' is not an absolute path", p.display()),
+        ));
+    }
     let labels = over.labels.or(file.labels).unwrap_or_default();
     for (k, v) in &labels {
         if k.is_empty() || k.contains('=') || k.contains(',') || v.contains(',') {
@@ -271,6 +285,7 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         memory_reserve_bytes,
         log_defaults,
         network,
+        allowed_bind_paths,
     })
 }
 
@@ -451,6 +466,21 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.event_log_keep, DEFAULT_EVENT_LOG_KEEP);
         assert_eq!(c.memory_reserve_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn allowed_bind_paths_from_the_file_are_absolute() {
+        let c = resolve(FileConfig::default(), FileConfig::default()).expect("defaults");
+        assert!(c.allowed_bind_paths.is_empty(), "none by default");
+        let file = parse_file("allowed_bind_paths = [\"/srv\", \"/home\"]\n").expect("toml");
+        let c = resolve(FileConfig::default(), file).expect("valid");
+        assert_eq!(
+            c.allowed_bind_paths,
+            vec![PathBuf::from("/srv"), PathBuf::from("/home")]
+        );
+        let file = parse_file("allowed_bind_paths = [\"srv\"]\n").expect("toml");
+        let e = resolve(FileConfig::default(), file).expect_err("relative");
+        assert!(e.to_string().contains("allowed_bind_paths"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`service`]: the `hutch.v1.Agent` gRPC service, registration with a controller, joining.
 //! - [`network`]: the node's container network: CNI networks for bridged containers, the
 //!   node's subnet, masquerading and routes to the other nodes.
+//! - [`stats`]: what a container uses (CPU, network, block I/O, layer size, processes).
+//! - [`volumes`]: named volumes, the directories the node keeps across containers.
 //! - [`events`]: the durable, sequence-numbered event log.
 //! - [`config`]: flags, environment and the TOML file, merged and validated.
 //! - [`node`]: what this host is (name, addresses, memory).
@@ -27,6 +29,8 @@ pub mod node;
 pub mod rootfs;
 pub mod runtime;
 pub mod service;
+pub mod stats;
+pub mod volumes;
 
 pub use hutch_core::{names, seccomp_profile, spec};
 pub use hutch_supervisor::{cgroup, fsutil, mounts, security};

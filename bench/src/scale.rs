@@ -65,6 +65,30 @@ impl Agent for SimulatedAgent {
     ) -> Result<Response<v1::RemoveRootfsResponse>, Status> {
         not_simulated()
     }
+    async fn create_volume(
+        &self,
+        _: Request<v1::CreateVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        not_simulated()
+    }
+    async fn get_volume(
+        &self,
+        _: Request<v1::GetVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        not_simulated()
+    }
+    async fn list_volumes(
+        &self,
+        _: Request<v1::ListVolumesRequest>,
+    ) -> Result<Response<v1::ListVolumesResponse>, Status> {
+        Ok(Response::new(v1::ListVolumesResponse::default()))
+    }
+    async fn remove_volume(
+        &self,
+        _: Request<v1::RemoveVolumeRequest>,
+    ) -> Result<Response<v1::RemoveVolumeResponse>, Status> {
+        not_simulated()
+    }
     async fn run_container(
         &self,
         request: Request<v1::RunContainerRequest>,

@@ -461,6 +461,7 @@ fn placement_seconds(nodes: usize, requests: usize) -> f64 {
                 allocatable_cpu_millicores: 0,
                 schedulable: true,
                 rootfs: ["debian".to_string()].into_iter().collect(),
+                volumes: Default::default(),
             },
         );
     }

@@ -156,6 +156,24 @@ pub(crate) enum Command {
         /// Container id.
         id: String,
     },
+    /// Show what containers use, live like `docker stats`: CPU %, memory, network, block
+    /// I/O, processes, writable layer; every running container when none is named.
+    ///
+    /// Example: hutch stats --no-stream -o json web
+    Stats {
+        /// Container ids [default: every running container].
+        ids: Vec<String>,
+        /// One sample (CPU % over half a second), then exit.
+        #[arg(long)]
+        no_stream: bool,
+    },
+    /// List the processes of a running container (its pids on the node and inside).
+    ///
+    /// Example: hutch top web
+    Top {
+        /// Container id.
+        id: String,
+    },
     /// Print every change of every container (replay from --since, then live).
     Events {
         /// Start after this revision (0: everything still kept).
@@ -173,6 +191,9 @@ pub(crate) enum Command {
     /// Build and list root filesystems on the nodes.
     #[command(subcommand)]
     Rootfs(RootfsCommand),
+    /// Named volumes: directories a node keeps across containers (-v NAME:/path).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// Example: hutch completions bash > /etc/bash_completion.d/hutch
@@ -237,6 +258,26 @@ pub(crate) struct RunArgs {
         value_name = "[IP:]HOSTPORT:CTRPORT[/PROTO]"
     )]
     pub(crate) publish: Vec<String>,
+    /// Mount a node path or a named volume: SOURCE:TARGET[:ro], repeatable. An absolute
+    /// SOURCE binds that path of the node (its agent must list it in --allowed-bind-paths);
+    /// any other SOURCE names a volume of the node, made on first use and kept after the
+    /// container (the container runs on the node that holds it).
+    ///
+    /// Example: hutch run -v data:/data -v /srv/site:/site:ro debian -- ls /data /site
+    #[arg(long = "volume", short = 'v', value_name = "SOURCE:TARGET[:ro]")]
+    pub(crate) volumes: Vec<String>,
+    /// Mount, as Docker spells it: type=bind|volume|tmpfs,source=...,target=...[,readonly]
+    /// (tmpfs: tmpfs-size=, tmpfs-mode=), repeatable.
+    ///
+    /// Example: hutch run --mount type=bind,source=/srv/site,target=/site,readonly debian -- ls /site
+    #[arg(long = "mount", value_name = "type=...,source=...,target=...")]
+    pub(crate) mounts: Vec<String>,
+    /// Mount a fresh tmpfs, gone with the container: TARGET[:size=SIZE,mode=OCTAL,noexec],
+    /// repeatable.
+    ///
+    /// Example: hutch run --tmpfs /scratch:size=64m debian -- df -h /scratch
+    #[arg(long = "tmpfs", value_name = "TARGET[:OPTIONS]")]
+    pub(crate) tmpfs: Vec<String>,
     /// Restart policy: never, on-failure, on-failure:N, always.
     #[arg(long, default_value = "never")]
     pub(crate) restart: String,
@@ -343,6 +384,53 @@ pub(crate) enum NodeCommand {
         /// there registers again as a new node.
         #[arg(short, long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum VolumeCommand {
+    /// Create a named volume on a node (the scheduler picks one unless --node is given).
+    /// `hutch run -v NAME:/path` also creates it, on the node the container runs on.
+    ///
+    /// Example: hutch volume create --node n1 --label team=db pgdata
+    Create {
+        /// Name of the volume: letters, digits, '_', '.', '-'.
+        name: String,
+        /// On this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Label (KEY=VALUE, repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// List the volumes of every ready node (or one).
+    ///
+    /// Example: hutch volume ls --node n1
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only their names, one per line.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Show a volume: its node, where its data is, labels and the containers using it.
+    ///
+    /// Example: hutch volume inspect pgdata
+    Inspect {
+        /// Name of the volume.
+        name: String,
+    },
+    /// Delete volumes and their data; refused while a container (running or ended, not
+    /// removed) uses one. Goes on past a failure and exits 125 if any failed.
+    ///
+    /// Example: hutch volume rm pgdata cache
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Names of the volumes.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 

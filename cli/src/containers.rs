@@ -130,13 +130,25 @@ pub(crate) async fn kill(client: &Client, id: &str, signal: &str) -> Result<Exit
 
 /// `hutch rm`.
 pub(crate) async fn rm(client: &Client, ids: Vec<String>, force: bool) -> Result<ExitCode, Error> {
-    // As `docker rm a b c`: every one is tried; a failure is reported and the rest go on.
+    each_reporting(ids, |id| async move {
+        client.container(&id).remove(force).await
+    })
+    .await
+}
+
+/// As `docker rm a b c`: `act` is tried on every name, each success printed, each failure
+/// reported and the rest go on; exits 125 if any failed.
+pub(crate) async fn each_reporting<F, Fut>(names: Vec<String>, act: F) -> Result<ExitCode, Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
     let mut failed = false;
-    for id in ids {
-        match client.container(&id).remove(force).await {
-            Ok(()) => outln!("{id}"),
+    for name in names {
+        match act(name.clone()).await {
+            Ok(()) => outln!("{name}"),
             Err(e) => {
-                eprintln!("hutch: {id}: {e}");
+                eprintln!("hutch: {name}: {e}");
                 failed = true;
             }
         }
@@ -239,6 +251,18 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
         hutch_core::network::parse_publish(p)
             .map_err(|e| Error::InvalidInput(format!("--publish: {e}")))?;
         spec = spec.publish(p);
+    }
+    for v in &args.volumes {
+        hutch_core::mounts::parse_volume_flag(v).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        spec = spec.volume(v);
+    }
+    for m in &args.mounts {
+        hutch_core::mounts::parse_mount_flag(m).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        spec = spec.mount(m);
+    }
+    for t in &args.tmpfs {
+        hutch_core::mounts::parse_tmpfs_flag(t).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        spec = spec.tmpfs(t);
     }
     for (k, v) in parse_pairs("env", &args.env)? {
         spec = spec.env(k, v);

@@ -20,6 +20,8 @@ mod interactive;
 mod output;
 mod rootfs;
 mod stdout;
+mod usage;
+mod volumes;
 
 use std::process::ExitCode;
 
@@ -125,6 +127,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Attach { id } => containers::attach(&client, &id).await,
         Command::Wait { id } => containers::wait(&client, &id, json).await,
         Command::Events { since } => containers::events(&client, since, json).await,
+        Command::Stats { ids, no_stream } => usage::stats(&client, ids, !no_stream, json).await,
+        Command::Top { id } => usage::top(&client, &id, json).await,
         Command::Nodes => cluster::nodes(&client, json).await,
         Command::Token(TokenCommand::Create { ttl, description }) => {
             cluster::create_token(&client, &cli.controller, ttl, &description, json).await
@@ -133,6 +137,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Rootfs(RootfsCommand::Build(args)) => rootfs::build(&client, *args, json).await,
         Command::Rootfs(RootfsCommand::Ls { node }) => rootfs::ls(&client, node, json).await,
         Command::Rootfs(RootfsCommand::Rm { name, node }) => rootfs::rm(&client, &name, node).await,
+        Command::Volume(cmd) => volumes::run(&client, cmd, json).await,
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
     }
 }

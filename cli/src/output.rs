@@ -41,6 +41,8 @@ pub struct ContainerJson {
     pub warnings: Vec<String>,
     /// Its network once started.
     pub network: Option<NetworkJson>,
+    /// Binds, volumes and tmpfs: `SOURCE:TARGET[:ro]` (`tmpfs:TARGET` for a tmpfs).
+    pub mounts: Vec<String>,
     pub created_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -162,13 +164,20 @@ fn time_of(t: &prost_types::Timestamp) -> SystemTime {
         )
 }
 
-fn rfc3339(t: &Option<prost_types::Timestamp>) -> Option<String> {
+pub fn rfc3339(t: &Option<prost_types::Timestamp>) -> Option<String> {
     t.as_ref()
         .map(|t| humantime::format_rfc3339_millis(time_of(t)).to_string())
 }
 
+/// A mount as `docker inspect` users read it: `SOURCE:TARGET[:ro]`, `tmpfs:TARGET`.
+fn mount_text(m: &v1::Mount) -> String {
+    hutch_core::convert::mount_from(m.clone(), 0)
+        .map(|m| hutch_core::mounts::describe(&m))
+        .unwrap_or_else(|e| e.to_string())
+}
+
 /// `3s ago`, `5m ago`.
-fn ago(t: &Option<prost_types::Timestamp>) -> String {
+pub fn ago(t: &Option<prost_types::Timestamp>) -> String {
     let Some(t) = t else { return "-".into() };
     let secs = SystemTime::now()
         .duration_since(time_of(t))
@@ -223,6 +232,7 @@ pub fn container_json(c: &v1::Container) -> ContainerJson {
         labels: spec.labels.into_iter().collect(),
         warnings: c.warnings.clone(),
         network: c.network.as_ref().map(network_json),
+        mounts: spec.mounts.iter().map(mount_text).collect(),
         namespaces: c
             .namespaces
             .iter()
@@ -387,6 +397,9 @@ pub fn container_details(c: &v1::Container) {
             _ => String::new(),
         };
         field("processes", format!("{current} ({limit}{hits})"));
+    }
+    if !j.mounts.is_empty() {
+        field("mounts", j.mounts.join(", "));
     }
     field("restart policy", j.restart_policy.clone());
     field("restarts", j.restart_count.to_string());

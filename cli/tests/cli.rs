@@ -469,3 +469,154 @@ async fn rm_and_signals_do_not_depend_on_the_client() {
         text(&o.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_binds_and_tmpfs_through_the_cli() {
+    let ctl = TestController::start("clivol", &[]);
+    let allowed = format!("--allowed-bind-paths={}", common::BIND_ROOT);
+    let node = TestNode::start("clivol-node", &ctl, None, &[allowed.as_str()]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let cli = Cli { url: ctl.url() };
+    let ok = |o: &Output| assert_eq!(code(o), 0, "{}", text(&o.stderr));
+
+    // A named volume: created, written by one container, read by the next, read-only
+    // where asked.
+    let o = cli.run(&["volume", "create", "--label", "team=db", "clivol"]);
+    ok(&o);
+    assert_eq!(text(&o.stdout), "clivol\n");
+    ok(&cli.run(&[
+        "run",
+        "--rm",
+        "-v",
+        "clivol:/data",
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /data/f",
+    ]));
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "-v",
+        "clivol:/data:ro",
+        ROOTFS,
+        "--",
+        "cat",
+        "/data/f",
+    ]);
+    ok(&o);
+    assert_eq!(text(&o.stdout), "hi\n");
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "-v",
+        "clivol:/data:ro",
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        "echo x > /data/g",
+    ]);
+    assert_ne!(code(&o), 0, "a read-only volume took a write");
+    assert!(
+        text(&o.stderr).contains("Read-only file system"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = cli.run(&["-o", "json", "volume", "ls"]);
+    ok(&o);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let found = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "clivol"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(found["node"], node.name.as_str(), "{listed}");
+    assert_eq!(found["labels"]["team"], "db", "{listed}");
+    let o = cli.run(&["volume", "inspect", "clivol"]);
+    ok(&o);
+    assert!(text(&o.stdout).contains("team=db"), "{}", text(&o.stdout));
+    let o = cli.run(&["volume", "ls", "-q"]);
+    assert!(text(&o.stdout).lines().any(|l| l == "clivol"));
+
+    // Binds of the allowed directory, both spellings; a file the container writes lands
+    // on the node; a tmpfs with its size.
+    let dir = common::TestHost::bind_dir("clivol");
+    std::fs::write(dir.join("page"), "served\n").expect("write");
+    let source = dir.display().to_string();
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{source}:/site:ro"),
+        ROOTFS,
+        "--",
+        "cat",
+        "/site/page",
+    ]);
+    ok(&o);
+    assert_eq!(text(&o.stdout), "served\n");
+    ok(&cli.run(&[
+        "run",
+        "--rm",
+        "--mount",
+        &format!("type=bind,source={source},target=/out"),
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        "echo back > /out/result",
+    ]));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("result")).expect("written through"),
+        "back\n"
+    );
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--tmpfs",
+        "/scratch:size=2m",
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        "df -k /scratch | tail -1",
+    ]);
+    ok(&o);
+    assert_eq!(
+        text(&o.stdout).split_whitespace().nth(1),
+        Some("2048"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // Refused: a path the node does not allow (the node's PERMISSION_DENIED, with its
+    // reason), and what does not parse (before anything is sent).
+    let o = cli.run(&["run", "--rm", "-v", "/etc:/x", ROOTFS, "--", "true"]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("outside the paths this node allows"),
+        "{}",
+        text(&o.stderr)
+    );
+    for (flag, value) in [
+        ("-v", "relative"),
+        ("-v", "/a:/proc/x"),
+        ("-v", "/a:/b:rx"),
+        ("--mount", "type=nfs,source=a,target=/b"),
+        ("--tmpfs", "/scratch:size=0"),
+    ] {
+        let o = cli.run(&["run", "--rm", flag, value, ROOTFS, "--", "true"]);
+        assert_eq!(code(&o), 125, "{flag} {value}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(value), "{}", text(&o.stderr));
+    }
+
+    // Removal: gone once, an error the second time (exit 125, the rest go on).
+    let o = cli.run(&["volume", "rm", "clivol", "clivol"]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "clivol\n");
+    assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

@@ -65,6 +65,8 @@ pub struct NodeCapacity {
     pub schedulable: bool,
     /// Rootfs names the node has.
     pub rootfs: BTreeSet<String>,
+    /// Named volumes the node holds.
+    pub volumes: BTreeSet<String>,
 }
 
 /// One container to place.
@@ -220,6 +222,23 @@ impl Scheduler {
         if let Some(slot) = self.slots.get_mut(name) {
             slot.capacity.rootfs = rootfs;
         }
+    }
+
+    /// Replaces the volume names a node holds.
+    pub fn set_volumes(&mut self, name: &str, volumes: BTreeSet<String>) {
+        if let Some(slot) = self.slots.get_mut(name) {
+            slot.capacity.volumes = volumes;
+        }
+    }
+
+    /// The nodes (ready or not) that report holding volume `volume`. Walks every node: for
+    /// containers with volumes only.
+    pub fn volume_holders(&self, volume: &str) -> BTreeSet<String> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.capacity.volumes.contains(volume))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Forgets a node (its reservations too).
@@ -475,6 +494,7 @@ mod tests {
             allocatable_cpu_millicores: 0,
             schedulable: true,
             rootfs: ["debian".to_string()].into_iter().collect(),
+            volumes: Default::default(),
         }
     }
 

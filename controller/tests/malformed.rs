@@ -125,6 +125,20 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
         // Modes and ports out of range: refused before anything is set up. (The test's
         // nodes have no cluster network, so no valid port ever gets published here.)
         auto_remove: r.chance(20),
+        // Mounts of every type with hostile paths: refused by the checks, or (a tmpfs at a
+        // plain path) really mounted. Binds never reach a node path here: the test's
+        // agents allow none but the test bind root, which these paths are not in.
+        mounts: (0..r.below(3))
+            .map(|_| v1::Mount {
+                r#type: r.pick(&[-1, 0, 1, 2, 3, 9]),
+                source: r.pick(&["", "/", "/etc", "vol-1", "../x", "/var/lib/hutch"]).into(),
+                target: r.pick(&["", "/", "/data", "/proc", "relative", "/a/../b"]).into(),
+                read_only: r.chance(50),
+                options: (0..r.below(2))
+                    .map(|_| r.pick(&["noexec", "size=0", "size=1m", "mode=9", "suid"]).into())
+                    .collect(),
+            })
+            .collect(),
         cpu: r.chance(30).then(|| v1::CpuSpec {
             cores: r.pick(&[
                 0.0,

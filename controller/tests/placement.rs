@@ -279,3 +279,208 @@ async fn placement_follows_cpu() {
     assert_eq!(done.exit_code, Some(0));
     force_remove(&mut client, &["half-more", "no-limit"]).await;
 }
+
+/// A volume mount through the controller.
+fn with_volume(mut s: v1::ContainerSpec, volume: &str, target: &str) -> v1::ContainerSpec {
+    s.mounts.push(v1::Mount {
+        r#type: v1::mount::Type::Volume as i32,
+        source: volume.into(),
+        target: target.into(),
+        ..Default::default()
+    });
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_follows_volumes() {
+    let ctl = TestController::start("placevol", &[]);
+    let a = TestNode::start("placevol-a", &ctl, None, &[]).await;
+    let b = TestNode::start("placevol-b", &ctl, None, &[]).await;
+    let mut client = ctl.client_when_ready(&[&a, &b]).await;
+
+    // A volume made on b: containers naming it run on b, and see what the last one wrote.
+    let v = client
+        .create_volume(v1::CreateVolumeRequest {
+            name: "shared".into(),
+            node: b.name.clone(),
+            labels: [("team".to_string(), "db".to_string())].into(),
+        })
+        .await
+        .expect("create volume")
+        .into_inner();
+    assert_eq!(v.node, b.name);
+    let again = client
+        .create_volume(v1::CreateVolumeRequest {
+            name: "shared".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("twice");
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    let bad = client
+        .create_volume(v1::CreateVolumeRequest {
+            name: "../etc".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad name");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    let write = with_volume(spec(&["sh", "-c", "echo kept > /v/file"]), "shared", "/v");
+    client
+        .create_container(create("vol-writer", write))
+        .await
+        .expect("create");
+    let done = wait_container(&mut client, "vol-writer", Duration::from_secs(20), |c| {
+        state_of(c) == S::Exited
+    })
+    .await;
+    assert_eq!(
+        (done.node.as_str(), done.exit_code),
+        (b.name.as_str(), Some(0))
+    );
+    let read = with_volume(spec(&["cat", "/v/file"]), "shared", "/v");
+    client
+        .create_container(create("vol-reader", read))
+        .await
+        .expect("create");
+    let done = wait_container(&mut client, "vol-reader", Duration::from_secs(20), |c| {
+        state_of(c) == S::Exited
+    })
+    .await;
+    assert_eq!(done.node, b.name);
+    let mut logs = client
+        .container_logs(v1::ContainerLogsRequest {
+            id: "vol-reader".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let line = logs.message().await.expect("entry").expect("a line");
+    assert_eq!(line.line, "kept");
+
+    // Asking for the other node contradicts the volume: PENDING, saying so.
+    let mut elsewhere = create(
+        "vol-elsewhere",
+        with_volume(spec(&["/bin/true"]), "shared", "/v"),
+    );
+    elsewhere.placement = Some(v1::Placement {
+        node: a.name.clone(),
+        ..Default::default()
+    });
+    let c = client
+        .create_container(elsewhere)
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(state_of(&c), S::Pending);
+    assert_eq!(
+        c.status_message,
+        format!(
+            "volume 'shared' is on node '{}', but node '{}' was asked for",
+            b.name, a.name
+        )
+    );
+
+    // A volume nobody has yet is made where its first container runs, and the next
+    // container naming it follows at once (before any heartbeat tells).
+    let make = with_volume(spec(&["sleep", "600"]), "fresh", "/f");
+    client
+        .create_container(create("fresh-1", make.clone()))
+        .await
+        .expect("create");
+    let first = client
+        .create_container(create("fresh-2", make))
+        .await
+        .expect("create")
+        .into_inner();
+    let one = wait_container(&mut client, "fresh-1", Duration::from_secs(20), |c| {
+        state_of(c) == S::Running
+    })
+    .await;
+    assert_eq!(first.node, one.node, "{first:#?}");
+    // Volumes of two nodes in one container: refused with both named.
+    let other = if one.node == a.name { &b.name } else { &a.name };
+    client
+        .create_volume(v1::CreateVolumeRequest {
+            name: "far".into(),
+            node: other.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("far");
+    let both = with_volume(
+        with_volume(spec(&["/bin/true"]), "fresh", "/f"),
+        "far",
+        "/g",
+    );
+    let c = client
+        .create_container(create("two-nodes", both))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(state_of(&c), S::Pending);
+    assert!(
+        c.status_message
+            .contains("a container mounts volumes of one node"),
+        "{c:#?}"
+    );
+
+    // Listing: every node's volumes, each with its users.
+    let listed = client
+        .list_volumes(v1::ListVolumesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    let names: Vec<(String, String)> = listed
+        .volumes
+        .iter()
+        .map(|v| (v.name.clone(), v.node.clone()))
+        .collect();
+    assert!(
+        names.contains(&("shared".into(), b.name.clone())),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&("fresh".into(), one.node.clone())),
+        "{names:?}"
+    );
+    assert!(names.contains(&("far".into(), other.clone())), "{names:?}");
+    assert!(listed.unreachable.is_empty());
+
+    // Removal: refused while a record mounts it, ended or not; then gone.
+    let used = client
+        .remove_volume(v1::RemoveVolumeRequest {
+            name: "shared".into(),
+        })
+        .await
+        .expect_err("in use");
+    assert_eq!(used.code(), tonic::Code::FailedPrecondition);
+    assert!(used.message().contains("vol-writer (ended)"), "{used:?}");
+    force_remove(
+        &mut client,
+        &[
+            "vol-writer",
+            "vol-reader",
+            "vol-elsewhere",
+            "fresh-1",
+            "fresh-2",
+            "two-nodes",
+        ],
+    )
+    .await;
+    for name in ["shared", "fresh", "far"] {
+        client
+            .remove_volume(v1::RemoveVolumeRequest { name: name.into() })
+            .await
+            .unwrap_or_else(|e| panic!("remove {name}: {e:?}"));
+    }
+    let gone = client
+        .get_volume(v1::GetVolumeRequest {
+            name: "shared".into(),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+}

@@ -9,6 +9,7 @@ use hutch_proto::v1;
 use thiserror::Error;
 
 use crate::cpu::CpuLimits;
+use crate::mounts::{Mount, MountKind};
 use crate::network::{
     host_ip, port_number, NetworkError, NetworkMode, NetworkSpec, NetworkStatus, PortMapping,
     MAX_PUBLISHED_PORTS,
@@ -158,6 +159,12 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
         network,
         cpu: cpu_from(p.cpu.unwrap_or_default())?,
         auto_remove: p.auto_remove,
+        mounts: p
+            .mounts
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| mount_from(m, i))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -332,6 +339,45 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         network: network_to(&s.network),
         cpu: cpu_to(&s.cpu),
         auto_remove: s.auto_remove,
+        mounts: s.mounts.iter().map(mount_to).collect(),
+    }
+}
+
+/// A mount from the wire's; the type must be given.
+pub fn mount_from(m: v1::Mount, index: usize) -> Result<Mount, FieldError> {
+    let kind = match v1::mount::Type::try_from(m.r#type) {
+        Ok(v1::mount::Type::Bind) => MountKind::Bind,
+        Ok(v1::mount::Type::Volume) => MountKind::Volume,
+        Ok(v1::mount::Type::Tmpfs) => MountKind::Tmpfs,
+        _ => {
+            return Err(FieldError::new(
+                format!("mounts[{index}].type"),
+                format!("{} is not TYPE_BIND, TYPE_VOLUME or TYPE_TMPFS", m.r#type),
+            ))
+        }
+    };
+    Ok(Mount {
+        kind,
+        source: m.source,
+        target: m.target,
+        read_only: m.read_only,
+        options: m.options,
+    })
+}
+
+/// The wire's form of a mount.
+pub fn mount_to(m: &Mount) -> v1::Mount {
+    let kind = match m.kind {
+        MountKind::Bind => v1::mount::Type::Bind,
+        MountKind::Volume => v1::mount::Type::Volume,
+        MountKind::Tmpfs => v1::mount::Type::Tmpfs,
+    };
+    v1::Mount {
+        r#type: kind as i32,
+        source: m.source.clone(),
+        target: m.target.clone(),
+        read_only: m.read_only,
+        options: m.options.clone(),
     }
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::cpu::CpuLimits;
+use crate::mounts::{validate_mounts, Mount, MountError};
 use crate::names::{validate_name, NameError};
 use crate::network::{NetworkError, NetworkSpec};
 use crate::security::{Security, SecurityError};
@@ -257,6 +258,9 @@ pub struct ContainerSpec {
     /// Removed as soon as it ends (Docker's `--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// Binds, volumes and tmpfs mounted into it.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -401,6 +405,9 @@ pub enum SpecError {
     /// A network mode or port mapping that cannot work.
     #[error("network: {0}")]
     Network(#[from] NetworkError),
+    /// A mount that cannot work.
+    #[error("mounts: {0}")]
+    Mount(#[from] MountError),
 }
 
 impl ContainerSpec {
@@ -431,6 +438,7 @@ impl ContainerSpec {
             network: NetworkSpec::default(),
             cpu: CpuLimits::default(),
             auto_remove: false,
+            mounts: Vec::new(),
         }
     }
 
@@ -545,6 +553,12 @@ impl ContainerSpec {
         self.cpu
             .validate()
             .map_err(|e| SpecError::BadCpu(e.to_string()))?;
+        validate_mounts(&self.mounts)?;
+        if !self.mounts.is_empty() && !self.has(Namespace::Mount) {
+            return Err(SpecError::NamespaceCombination(
+                "mounts need the mount namespace: without it they would land in the node's own mount table; add 'mount'".into(),
+            ));
+        }
         let mut seen = Vec::new();
         for ns in &self.namespaces {
             if seen.contains(ns) {

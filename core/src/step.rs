@@ -32,6 +32,8 @@ pub enum Step {
     Hostname,
     /// Mounting the root layer.
     Rootfs,
+    /// Mounting the spec's binds, volumes and tmpfs.
+    Mounts,
     /// Mounting `/proc`.
     MountProc,
     /// Making `/dev`.
@@ -66,7 +68,7 @@ pub enum Step {
 
 impl Step {
     /// Every step this version knows, in order.
-    pub const KNOWN: [Step; 25] = [
+    pub const KNOWN: [Step; 26] = [
         Step::Start,
         Step::Supervisor,
         Step::State,
@@ -78,6 +80,7 @@ impl Step {
         Step::Network,
         Step::Hostname,
         Step::Rootfs,
+        Step::Mounts,
         Step::MountProc,
         Step::MountDev,
         Step::MountDevPts,
@@ -108,6 +111,7 @@ impl Step {
             Step::Network => "network",
             Step::Hostname => "hostname",
             Step::Rootfs => "rootfs",
+            Step::Mounts => "mounts",
             Step::MountProc => "mount /proc",
             Step::MountDev => "mount /dev",
             Step::MountDevPts => "mount /dev/pts",
@@ -134,7 +138,10 @@ impl Step {
 
     /// A step that failed because of what the node can do or the container's state now.
     pub fn is_a_precondition(&self) -> bool {
-        matches!(self, Step::State | Step::Security | Step::Network)
+        matches!(
+            self,
+            Step::State | Step::Security | Step::Network | Step::Mounts
+        )
     }
 }
 

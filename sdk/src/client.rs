@@ -210,6 +210,24 @@ impl Client {
         Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
     }
 
+    /// Usage samples of the containers `ids` (every running one when empty): one each when
+    /// `stream` is false, else one each per second until the stream is dropped.
+    pub async fn stats(
+        &self,
+        ids: impl IntoIterator<Item = impl Into<String>>,
+        stream: bool,
+    ) -> Result<BoxStream<v1::ContainerUsage>> {
+        let samples = self
+            .rpc()
+            .container_stats(v1::ContainerStatsRequest {
+                ids: ids.into_iter().map(Into::into).collect(),
+                stream,
+            })
+            .await?
+            .into_inner();
+        Ok(Box::pin(samples.map(|r| r.map_err(Error::from))))
+    }
+
     /// The nodes.
     pub async fn nodes(&self) -> Result<Vec<v1::Node>> {
         Ok(self
@@ -293,6 +311,50 @@ impl Client {
             }))
             .await?
             .into_inner())
+    }
+
+    /// Creates a named volume on `node` (empty: a ready node the scheduler picks).
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        node: &str,
+        labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<v1::Volume> {
+        Ok(self
+            .rpc()
+            .create_volume(self.request(v1::CreateVolumeRequest {
+                name: name.into(),
+                node: node.into(),
+                labels: labels.into_iter().collect(),
+            }))
+            .await?
+            .into_inner())
+    }
+
+    /// One volume, as its node describes it.
+    pub async fn volume(&self, name: &str) -> Result<v1::Volume> {
+        Ok(self
+            .rpc()
+            .get_volume(self.request(v1::GetVolumeRequest { name: name.into() }))
+            .await?
+            .into_inner())
+    }
+
+    /// Every ready node's volumes (or one node's), with the nodes that could not be asked.
+    pub async fn volumes(&self, node: &str) -> Result<v1::ListVolumesResponse> {
+        Ok(self
+            .rpc()
+            .list_volumes(self.request(v1::ListVolumesRequest { node: node.into() }))
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes a volume and its data; refused while a container uses it.
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        self.rpc()
+            .remove_volume(self.request(v1::RemoveVolumeRequest { name: name.into() }))
+            .await?;
+        Ok(())
     }
 
     /// Every node's rootfs (or one node's).

@@ -130,6 +130,19 @@ impl Container {
         Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
     }
 
+    /// Its processes (it must be running), as `docker top` lists them.
+    pub async fn processes(&self) -> Result<Vec<v1::ContainerProcess>> {
+        Ok(self
+            .client
+            .rpc()
+            .list_processes(v1::ListProcessesRequest {
+                id: self.id.clone(),
+            })
+            .await?
+            .into_inner()
+            .processes)
+    }
+
     /// Runs a command inside it (joining its namespaces, cgroup and root) and returns what
     /// it printed.
     pub async fn exec<S: Into<String>>(

@@ -232,6 +232,35 @@ impl ContainerSpec {
         self
     }
 
+    /// Mounts `SOURCE:TARGET[:ro]`, as Docker's `-v`: an absolute SOURCE binds that path of
+    /// the node (its agent must allow it), any other SOURCE names a volume of the node (made
+    /// on first use; the container then runs where the volume is).
+    pub fn volume(self, text: &str) -> Self {
+        self.add_mount("volume", hutch_core::mounts::parse_volume_flag(text))
+    }
+
+    /// Mounts as Docker's `--mount type=bind|volume|tmpfs,source=...,target=...[,readonly]`.
+    pub fn mount(self, text: &str) -> Self {
+        self.add_mount("mount", hutch_core::mounts::parse_mount_flag(text))
+    }
+
+    /// Mounts a fresh tmpfs, as Docker's `--tmpfs TARGET[:size=64m,mode=1777,noexec]`.
+    pub fn tmpfs(self, text: &str) -> Self {
+        self.add_mount("tmpfs", hutch_core::mounts::parse_tmpfs_flag(text))
+    }
+
+    fn add_mount(
+        mut self,
+        what: &str,
+        parsed: Result<hutch_core::mounts::Mount, hutch_core::mounts::MountError>,
+    ) -> Self {
+        match parsed {
+            Ok(m) => self.spec.mounts.push(hutch_core::convert::mount_to(&m)),
+            Err(e) => self.problems.push(format!("{what}: {e}")),
+        }
+        self
+    }
+
     /// Publishes a port, Docker's `-p [IP:]HOSTPORT:CTRPORT[/tcp|udp]` (bridge mode).
     pub fn publish(mut self, mapping: &str) -> Self {
         match hutch_core::network::parse_publish(mapping) {

@@ -7,7 +7,8 @@
 //! 1. become root of the user namespace (when private); unshare the cgroup namespace now that
 //!    the process sits in its own cgroup, so that cgroup becomes its `/`;
 //! 2. with a private mount namespace, make every mount private (nothing propagates back to the
-//!    host) and bind the rootfs onto itself so it can become the root;
+//!    host), bind the rootfs onto itself so it can become the root, and mount the spec's
+//!    binds, volumes and tmpfs in it ([`crate::container_mounts`]);
 //! 3. mount `/proc`, a minimal `/dev` (null, zero, full, random, urandom, tty, pts + ptmx,
 //!    shm), and `/sys` read-only when the network namespace is private;
 //! 4. bring `lo` up (network namespace; the kernel creates it down) and set the hostname
@@ -163,6 +164,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
             None::<&str>,
         )
         .map_err(|e| errno(Step::Rootfs, format!("binding {}", root.display()), e))?;
+        crate::container_mounts::mount_all(&root, &cfg.mounts, spec.security.privileged)?;
     }
     mount_proc_dev_sys(&root, spec.has(Namespace::Net), spec.has(Namespace::User))?;
     if spec.security.masks_paths() {

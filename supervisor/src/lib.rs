@@ -20,12 +20,15 @@
 //! - [`network`]: a bridged container's namespace pinned, connected, named, disconnected.
 //! - [`cgroup`]: cgroup v1 and v2 memory and pids limits, OOM records, kill and removal.
 //! - [`overlay`], [`mounts`]: the container's root layer and unmounting.
+//! - [`container_mounts`]: the spec's binds, volumes and tmpfs, mounted without following
+//!   a symlink out of the root.
 //! - [`fsutil`]: durable JSON files, atomically replaced.
 //! - [`sys`]: the raw system calls, each in one small commented place.
 
 pub mod attach;
 pub mod cgroup;
 pub mod cni;
+pub mod container_mounts;
 pub mod exec;
 pub mod fsutil;
 pub mod init;

@@ -103,6 +103,9 @@ pub struct SupervisorConfig {
     /// The CNI network to connect it to (bridge mode); `None`: no network to set up.
     #[serde(default)]
     pub network: Option<crate::network::NetworkPlan>,
+    /// The spec's binds, volumes and tmpfs, with their sources resolved on the node.
+    #[serde(default)]
+    pub mounts: Vec<crate::container_mounts::PlannedMount>,
 }
 
 impl SupervisorConfig {

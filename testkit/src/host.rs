@@ -19,6 +19,9 @@ use hutch_agent::spec::ContainerSpec;
 
 /// Name of the shared Debian rootfs in every test host's store.
 pub const ROOTFS: &str = "debian";
+/// The one node path test runtimes allow bind sources under (their
+/// `--allowed-bind-paths`); tests make their own directory in it ([`TestHost::bind_dir`]).
+pub const BIND_ROOT: &str = "/var/tmp/hutch-test-binds";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -98,6 +101,14 @@ impl TestHost {
         host
     }
 
+    /// A fresh directory below [`BIND_ROOT`] (which test runtimes allow as bind sources),
+    /// named after the test; the caller removes it.
+    pub fn bind_dir(test: &str) -> PathBuf {
+        let dir = PathBuf::from(BIND_ROOT).join(unique(test));
+        std::fs::create_dir_all(&dir).expect("bind dir");
+        dir
+    }
+
     /// A runtime named after the test on the rootfs store at `rootfs_dir` (nothing built).
     pub fn with_rootfs_dir(test: &str, rootfs_dir: PathBuf) -> TestHost {
         let name = unique(test);
@@ -112,6 +123,7 @@ impl TestHost {
                 instance: instance.clone(),
                 log_defaults: Default::default(),
                 network: Default::default(),
+                allowed_bind_paths: vec![PathBuf::from(BIND_ROOT)],
             })
             .expect("runtime"),
         );
@@ -147,6 +159,7 @@ impl TestHost {
                 instance: self.instance.clone(),
                 log_defaults: Default::default(),
                 network: Default::default(),
+                allowed_bind_paths: vec![PathBuf::from(BIND_ROOT)],
             })
             .expect("runtime"),
         )

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::mount_plan::MountPlanError;
 use super::state::{Failure, Status};
 use crate::cgroup::CgroupError;
 use crate::names::NameError;
 use crate::rootfs::RootfsError;
 use crate::spec::SpecError;
+use crate::volumes::VolumeError;
 
 /// The broad class of an error, for mapping to API status codes at the service edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,8 @@ pub enum ErrorClass {
     FailedPrecondition,
     /// The host ran out of something.
     ResourceExhausted,
+    /// The node's configuration does not allow it.
+    PermissionDenied,
     /// Something on the host went wrong.
     Internal,
 }
@@ -95,6 +99,12 @@ pub enum RuntimeError {
     /// The container's network cannot be set up (or taken down) on this node.
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    /// A mount cannot be made on this node.
+    #[error(transparent)]
+    Mount(#[from] MountPlanError),
+    /// A volume operation failed.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     /// The state directory could not be read or written.
     #[error("{path}: {message}")]
     Io {
@@ -142,10 +152,30 @@ impl RuntimeError {
             | RuntimeError::StillRunning(_)
             | RuntimeError::NotAttachable(_)
             | RuntimeError::Network(_) => ErrorClass::FailedPrecondition,
+            RuntimeError::Mount(e) => match e {
+                MountPlanError::SourceMissing(_) | MountPlanError::BadOption(_) => {
+                    ErrorClass::InvalidArgument
+                }
+                MountPlanError::NotAllowed { .. } => ErrorClass::PermissionDenied,
+                MountPlanError::SourceUnreadable { .. } => ErrorClass::FailedPrecondition,
+                MountPlanError::Volume(v) => volume_class(v),
+            },
+            RuntimeError::Volume(v) => volume_class(v),
             RuntimeError::Cgroup(_) | RuntimeError::Supervisor { .. } | RuntimeError::Io { .. } => {
                 ErrorClass::Internal
             }
         }
+    }
+}
+
+/// The class of a volume error.
+fn volume_class(e: &VolumeError) -> ErrorClass {
+    match e {
+        VolumeError::BadName(_) | VolumeError::BadLabels(_) => ErrorClass::InvalidArgument,
+        VolumeError::AlreadyExists(_) => ErrorClass::AlreadyExists,
+        VolumeError::NotFound(_) => ErrorClass::NotFound,
+        VolumeError::InUse { .. } => ErrorClass::FailedPrecondition,
+        VolumeError::Io { .. } => ErrorClass::Internal,
     }
 }
 

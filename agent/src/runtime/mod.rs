@@ -13,6 +13,7 @@
 //! checking that the pid still belongs to the container's cgroup.
 
 mod error;
+pub mod mount_plan;
 pub mod session;
 pub mod sys;
 
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::cgroup::{
-    CgroupManager, CgroupPath, ContainerCgroup, MemoryStats, PidsStats, ResourceLimits,
+    CgroupManager, CgroupPath, CgroupVersion, ContainerCgroup, MemoryStats, PidsStats, ResourceLimits,
 };
 use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
@@ -38,11 +39,15 @@ use crate::names::validate_name;
 use crate::network::{NetworkSettings, NodeNetwork};
 use crate::rootfs::{RootfsInfo, RootfsStore};
 use crate::spec::{ContainerSpec, Namespace};
+use crate::stats::{self, BlockBytes, NetBytes, ProcessInfo};
+use crate::volumes::VolumeStore;
 use exec::ExecResult;
 use hutch_core::network::PortMapping;
 use hutch_core::step::Step;
+use hutch_supervisor::container_mounts::PlannedMount;
 use hutch_supervisor::network::{disconnect, NetworkPlan};
 use logs::{LogLimits, LogLine};
+use mount_plan::BindPolicy;
 use state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
 use std::sync::Arc;
 
@@ -68,6 +73,8 @@ pub struct RuntimeConfig {
     pub log_defaults: LogLimits,
     /// The container network (CNI plugins and configurations, the node's subnet).
     pub network: NetworkSettings,
+    /// Node paths under which bind sources may lie; empty: no bind mounts.
+    pub allowed_bind_paths: Vec<PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -81,6 +88,7 @@ impl RuntimeConfig {
             instance: "default".into(),
             log_defaults: LogLimits::default(),
             network: NetworkSettings::default(),
+            allowed_bind_paths: Vec::new(),
         }
     }
 }
@@ -100,6 +108,22 @@ pub struct ContainerInfo {
     pub pids: Option<PidsStats>,
     /// Its cgroup.
     pub cgroup: CgroupPath,
+}
+
+/// One usage sample of a container (see [`Runtime::usage`]).
+#[derive(Debug, Clone)]
+pub struct Usage {
+    /// Its record, with live memory and process figures while it runs.
+    pub info: ContainerInfo,
+    /// CPU time used, in nanoseconds (0 once it ended).
+    pub cpu_nanos: u64,
+    /// Bytes through its own network namespace; `None` without one (or once ended).
+    pub net: Option<NetBytes>,
+    /// Storage bytes read and written.
+    pub block: BlockBytes,
+    /// Its writable layer's directory (`None` with a read-only rootfs), for the caller to
+    /// measure as often as it can afford.
+    pub layer_dir: Option<PathBuf>,
 }
 
 /// The output of an exec.
@@ -126,6 +150,8 @@ pub struct Runtime {
     cgroups: CgroupManager,
     log_defaults: LogLimits,
     network: Arc<NodeNetwork>,
+    volumes: VolumeStore,
+    binds: BindPolicy,
     exec_counter: AtomicU64,
 }
 
@@ -135,13 +161,16 @@ impl Runtime {
         validate_name("instance name", &config.instance).map_err(RuntimeError::BadId)?;
         let containers_dir = config.state_dir.join("containers");
         std::fs::create_dir_all(&containers_dir).map_err(|e| io_err(&containers_dir, e))?;
-        let store = RootfsStore::open(
-            config
-                .rootfs_dir
-                .clone()
-                .unwrap_or_else(|| config.state_dir.join("rootfs")),
-        )?
-        .protecting(config.state_dir.clone());
+        let rootfs_dir = config
+            .rootfs_dir
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("rootfs"));
+        let store = RootfsStore::open(rootfs_dir.clone())?.protecting(config.state_dir.clone());
+        let volumes = VolumeStore::open(config.state_dir.join("volumes"))?;
+        let binds = BindPolicy::new(
+            &config.allowed_bind_paths,
+            &[config.state_dir.as_path(), rootfs_dir.as_path()],
+        );
         let cgroups = CgroupManager::init(config.cgroup_root.clone(), &config.instance)?;
         let supervisor_bin = match config.supervisor_bin {
             Some(p) => p,
@@ -163,6 +192,8 @@ impl Runtime {
             cgroups,
             log_defaults: config.log_defaults,
             network: Arc::new(NodeNetwork::new(config.network, &config.state_dir)),
+            volumes,
+            binds,
             exec_counter: AtomicU64::new(0),
         })
     }
@@ -257,6 +288,7 @@ impl Runtime {
             self.published_ports()
         };
         let network = self.network.plan(&spec, &taken)?;
+        let mounts = mount_plan::plan(&spec.mounts, &self.binds, &self.volumes)?;
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -264,7 +296,7 @@ impl Runtime {
             }
             Err(e) => return Err(io_err(&dir, e)),
         }
-        let started = self.start(id, &dir, spec, network, &rootfs).await;
+        let started = self.start(id, &dir, spec, network, mounts, &rootfs).await;
         if started.is_err() {
             self.discard(id, &dir);
         }
@@ -277,6 +309,7 @@ impl Runtime {
         dir: &Path,
         spec: ContainerSpec,
         network: Option<NetworkPlan>,
+        mounts: Vec<PlannedMount>,
         rootfs: &RootfsInfo,
     ) -> Result<ContainerInfo, RuntimeError> {
         // An explicit pids limit must be enforced; the default one is, where the host can.
@@ -320,6 +353,7 @@ impl Runtime {
             supervisors_cgroup: self.cgroups.supervisors(),
             log_limits,
             network,
+            mounts,
         };
         replace_json(&StatePaths::config(dir), &config).map_err(|e| io_err(dir, e))?;
         replace_json(
@@ -489,6 +523,48 @@ impl Runtime {
         let config = self.read_config(&dir)?;
         let state = self.read_state(&dir)?;
         Ok(self.info_from(config, state))
+    }
+
+    /// A usage sample of container `id`: its record with live memory and process figures,
+    /// and, while it runs, CPU time, network and block I/O (zeros once it ended).
+    pub fn usage(&self, id: &str) -> Result<Usage, RuntimeError> {
+        let dir = self.existing_dir(id)?;
+        let config = self.read_config(&dir)?;
+        let layer_dir = (!config.spec.read_only_rootfs).then(|| config.layer().upper);
+        let info = self.info_from(config, self.read_state(&dir)?);
+        let mut usage = Usage {
+            cpu_nanos: 0,
+            net: None,
+            block: BlockBytes::default(),
+            layer_dir,
+            info,
+        };
+        if usage.info.state.status != Status::Running {
+            return Ok(usage);
+        }
+        let pids = usage.info.cgroup.procs();
+        usage.cpu_nanos = match usage.info.cgroup.version {
+            CgroupVersion::V2 => stats::cgroup_v2_cpu_nanos(&usage.info.cgroup.dir()),
+            CgroupVersion::V1 => None,
+        }
+        .unwrap_or_else(|| stats::cpu_nanos_of(&pids));
+        usage.block = stats::block_bytes_of(&pids);
+        if usage.info.spec.has(Namespace::Net) {
+            usage.net = usage.info.state.pid.and_then(stats::net_bytes_of);
+        }
+        Ok(usage)
+    }
+
+    /// The processes of running container `id`, in pid order.
+    pub fn processes(&self, id: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
+        let info = self.get(id)?;
+        if info.state.status != Status::Running {
+            return Err(RuntimeError::NotRunning {
+                id: id.to_string(),
+                status: info.state.status,
+            });
+        }
+        Ok(stats::process_table(&info.cgroup.procs()))
     }
 
     /// Every container on this host, by id.
@@ -850,6 +926,26 @@ impl Runtime {
         let info = self.store.get(name)?;
         let users = self.rootfs_users(&info.key);
         Ok(self.store.remove(name, &users)?)
+    }
+
+    /// The containers (running or ended, not removed) whose spec mounts volume `name`.
+    pub fn volume_users(&self, name: &str) -> Vec<String> {
+        self.list()
+            .into_iter()
+            .filter(|c| hutch_core::mounts::volume_names(&c.spec.mounts).any(|v| v == name))
+            .map(|c| c.state.id)
+            .collect()
+    }
+
+    /// The node's named volumes.
+    pub fn volumes(&self) -> &VolumeStore {
+        &self.volumes
+    }
+
+    /// Removes volume `name` unless a container uses it.
+    pub fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        let users = self.volume_users(name);
+        Ok(self.volumes.remove(name, users)?)
     }
 
     /// Removes hutch's cgroup subtree of this instance if no container is left in it.

@@ -154,3 +154,30 @@ pub fn log_to(l: &LogLine) -> v1::LogEntry {
         partial: !l.full,
     }
 }
+
+/// A volume for the wire.
+pub fn volume_to(v: &crate::volumes::Volume, node: &str, containers: Vec<String>) -> v1::Volume {
+    v1::Volume {
+        name: v.record.name.clone(),
+        node: node.to_string(),
+        created_at: Some(timestamp_ms(v.record.created_at_ms)),
+        labels: v.record.labels.clone().into_iter().collect(),
+        mountpoint: v.data.display().to_string(),
+        containers,
+    }
+}
+
+/// A process table row for the wire.
+pub fn process_to(p: &crate::stats::ProcessInfo) -> v1::ContainerProcess {
+    v1::ContainerProcess {
+        pid: p.pid,
+        container_pid: p.container_pid,
+        ppid: p.ppid,
+        uid: p.uid,
+        state: p.state.clone(),
+        cpu_millis: p.cpu_millis,
+        rss_bytes: p.rss_bytes,
+        started_at: Some(timestamp_ms(p.started_ms)),
+        command: p.command.clone(),
+    }
+}

@@ -9,6 +9,7 @@ pub mod registration;
 pub mod reporter;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod status;
 
 pub use hutch_server::{auth, limits};
@@ -33,6 +34,7 @@ use crate::runtime::state::Status as RunStatus;
 use crate::runtime::{Runtime, RuntimeError};
 use convert::{
     container_to, event_to, outcome_to, progress_to, rootfs_from, rootfs_to, spec_from, state_to,
+    volume_to,
 };
 use reporter::Reporter;
 use status::invalid;
@@ -92,6 +94,7 @@ impl Agent for AgentService {
     type BuildRootfsStream = RpcStream<v1::BuildRootfsResponse>;
     type ContainerLogsStream = RpcStream<v1::LogEntry>;
     type EventsStream = RpcStream<v1::Event>;
+    type ContainerStatsStream = RpcStream<v1::ContainerUsage>;
 
     async fn build_rootfs(
         &self,
@@ -162,6 +165,65 @@ impl Agent for AgentService {
             .runtime
             .remove_rootfs(&request.into_inner().name)?;
         Ok(Response::new(v1::RemoveRootfsResponse {}))
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<v1::CreateVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        let req = request.into_inner();
+        let rt = &self.core.runtime;
+        let volume = rt
+            .volumes()
+            .create(&req.name, req.labels.into_iter().collect())
+            .map_err(RuntimeError::from)?;
+        tracing::info!(volume = %req.name, "volume created");
+        Ok(Response::new(volume_to(
+            &volume,
+            &self.core.node,
+            Vec::new(),
+        )))
+    }
+
+    async fn get_volume(
+        &self,
+        request: Request<v1::GetVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        let name = request.into_inner().name;
+        let rt = &self.core.runtime;
+        let volume = rt.volumes().get(&name).map_err(RuntimeError::from)?;
+        Ok(Response::new(volume_to(
+            &volume,
+            &self.core.node,
+            rt.volume_users(&name),
+        )))
+    }
+
+    async fn list_volumes(
+        &self,
+        _: Request<v1::ListVolumesRequest>,
+    ) -> Result<Response<v1::ListVolumesResponse>, Status> {
+        let rt = &self.core.runtime;
+        let volumes = rt
+            .volumes()
+            .list()
+            .iter()
+            .map(|v| volume_to(v, &self.core.node, rt.volume_users(&v.record.name)))
+            .collect();
+        Ok(Response::new(v1::ListVolumesResponse {
+            volumes,
+            unreachable: Vec::new(),
+        }))
+    }
+
+    async fn remove_volume(
+        &self,
+        request: Request<v1::RemoveVolumeRequest>,
+    ) -> Result<Response<v1::RemoveVolumeResponse>, Status> {
+        let name = request.into_inner().name;
+        self.core.runtime.remove_volume(&name)?;
+        tracing::info!(volume = %name, "volume removed");
+        Ok(Response::new(v1::RemoveVolumeResponse {}))
     }
 
     async fn run_container(
@@ -319,6 +381,38 @@ impl Agent for AgentService {
             exit_code: out.exit_code,
             signal: out.signal,
             truncated: out.truncated,
+        }))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<v1::ContainerStatsRequest>,
+    ) -> Result<Response<Self::ContainerStatsStream>, Status> {
+        let req = request.into_inner();
+        for id in &req.ids {
+            self.core.runtime.existing_dir(id)?;
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let query = stats::StatsQuery {
+            ids: req.ids,
+            stream: req.stream,
+            node: self.core.node.clone(),
+        };
+        tokio::spawn(stats::run(self.core.runtime.clone(), query, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_processes(
+        &self,
+        request: Request<v1::ListProcessesRequest>,
+    ) -> Result<Response<v1::ListProcessesResponse>, Status> {
+        let id = request.into_inner().id;
+        let rt = self.core.runtime.clone();
+        let table = tokio::task::spawn_blocking(move || rt.processes(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::ListProcessesResponse {
+            processes: table.iter().map(convert::process_to).collect(),
         }))
     }
 

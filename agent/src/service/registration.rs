@@ -66,6 +66,7 @@ fn register_request(core: &AgentCore, reg: &Registration) -> v1::RegisterRequest
         cpu_count: node::cpu_count(),
         cpu_allocatable_millicores: node::cpu_allocatable_millicores(),
         rootfs: rootfs_names(core),
+        volumes: core.runtime.volumes().names(),
         last_event_seq: core.events.last_seq(),
         subnet: core
             .runtime
@@ -83,6 +84,7 @@ fn heartbeat_request(core: &AgentCore, session: &str) -> v1::HeartbeatRequest {
         memory_used_bytes: core.runtime.memory_used_bytes(),
         running_containers: core.runtime.running_count() as u32,
         rootfs: rootfs_names(core),
+        volumes: core.runtime.volumes().names(),
         names_revision: core.runtime.network().names_revision(),
     }
 }

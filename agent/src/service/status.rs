@@ -15,6 +15,7 @@ pub fn code_of(class: ErrorClass) -> Code {
         ErrorClass::AlreadyExists => Code::AlreadyExists,
         ErrorClass::FailedPrecondition => Code::FailedPrecondition,
         ErrorClass::ResourceExhausted => Code::ResourceExhausted,
+        ErrorClass::PermissionDenied => Code::PermissionDenied,
         ErrorClass::Internal => Code::Internal,
     }
 }

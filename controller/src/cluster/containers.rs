@@ -131,16 +131,30 @@ impl Cluster {
         let selector: BTreeMap<String, String> = placement.node_selector.into_iter().collect();
         let rootfs = record.spec.as_ref().map_or("", |s| s.rootfs.as_str());
         let ports = ports_of(record);
+        let holder = volume_node(st, record)?;
+        let node = match (&holder, placement.node.as_str()) {
+            (Some((node, volume)), asked) if !asked.is_empty() && asked != node => {
+                return Err(format!(
+                    "volume '{volume}' is on node '{node}', but node '{asked}' was asked for"
+                ))
+            }
+            (Some((node, _)), _) => Some(node.as_str()),
+            (None, "") => None,
+            (None, asked) => Some(asked),
+        };
         let req = Request {
             cpu_millicores: records::cpu_millicores_of(record),
             memory_bytes: record.reserved_memory_bytes,
-            node: (!placement.node.is_empty()).then_some(placement.node.as_str()),
+            node,
             selector: &selector,
             rootfs,
             rootfs_buildable: st.rootfs_specs.contains_key(rootfs),
             ports: &ports,
         };
-        st.scheduler.place(&req).map_err(|e| e.0)
+        st.scheduler.place(&req).map_err(|e| match &holder {
+            Some((node, volume)) => format!("volume '{volume}' is on node '{node}': {e}"),
+            None => e.0,
+        })
     }
 
     /// Places every PENDING container that fits now, oldest first.
@@ -598,4 +612,45 @@ impl Drop for LogReader {
             }
         }
     }
+}
+
+/// The nodes that hold volume `volume`: those reporting it, and those where a record that
+/// mounts it was placed (its first container may not have created it yet).
+pub(crate) fn volume_holders(st: &State, volume: &str) -> std::collections::BTreeSet<String> {
+    let mut holders = st.scheduler.volume_holders(volume);
+    holders.extend(
+        st.containers
+            .values()
+            .filter(|c| !c.node.is_empty() && records::volumes_of(c).any(|v| v == volume))
+            .map(|c| c.node.clone()),
+    );
+    holders
+}
+
+/// The node a record must run on because of its volumes (with the volume that decides),
+/// `None` when none of them exists yet; an error when they are on different nodes.
+fn volume_node(st: &State, record: &v1::Container) -> Result<Option<(String, String)>, String> {
+    let mut found: Option<(String, String)> = None;
+    for volume in records::volumes_of(record) {
+        let holders = volume_holders(st, volume);
+        let mut holders = holders.into_iter();
+        let Some(node) = holders.next() else {
+            continue;
+        };
+        if let Some(other) = holders.next() {
+            return Err(format!(
+                "volume '{volume}' exists on more than one node ({node}, {other}): remove all but one"
+            ));
+        }
+        match &found {
+            Some((held, first)) if *held != node => {
+                return Err(format!(
+                    "volume '{first}' is on node '{held}' and volume '{volume}' on node '{node}': a container mounts volumes of one node"
+                ))
+            }
+            Some(_) => {}
+            None => found = Some((node, volume.to_string())),
+        }
+    }
+    Ok(found)
 }

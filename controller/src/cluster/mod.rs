@@ -20,6 +20,7 @@ pub mod network;
 pub mod nodes;
 pub mod records;
 pub mod rootfs;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -21,6 +21,7 @@ pub(crate) fn capacity_of(n: &v1::Node, schedulable: bool) -> NodeCapacity {
         allocatable_cpu_millicores: n.cpu_allocatable_millicores,
         schedulable,
         rootfs: n.rootfs.iter().cloned().collect(),
+        volumes: n.volumes.iter().cloned().collect(),
     }
 }
 
@@ -123,6 +124,7 @@ impl Cluster {
             memory_used_bytes: 0,
             running_containers: 0,
             rootfs: req.rootfs,
+            volumes: req.volumes,
             registered_at: now,
             last_heartbeat: now,
             last_event_seq,
@@ -219,11 +221,17 @@ impl Cluster {
         r.running_containers = req.running_containers;
         let rootfs_changed = r.rootfs != req.rootfs;
         r.rootfs = req.rootfs;
+        let volumes_changed = r.volumes != req.volumes;
+        r.volumes = req.volumes;
         let was_not_ready = node_state(r) == NodeState::NotReady;
         let record = r.clone();
         if rootfs_changed {
             st.scheduler
                 .set_rootfs(&req.name, record.rootfs.iter().cloned().collect());
+        }
+        if volumes_changed {
+            st.scheduler
+                .set_volumes(&req.name, record.volumes.iter().cloned().collect());
         }
         if was_not_ready {
             let mut ready = record;
@@ -538,6 +546,22 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Adds (`held`) or removes a volume in what a node holds, until its next heartbeat
+    /// says so itself.
+    pub(crate) fn node_volume(&self, node: &str, volume: &str, held: bool) {
+        let mut st = self.lock();
+        let Some(e) = st.nodes.get_mut(node) else {
+            return;
+        };
+        e.record.volumes.retain(|v| v != volume);
+        if held {
+            e.record.volumes.push(volume.to_string());
+            e.record.volumes.sort();
+        }
+        let set = e.record.volumes.iter().cloned().collect();
+        st.scheduler.set_volumes(node, set);
+    }
+
     /// Removes a rootfs from what a node has.
     pub(crate) fn node_lost_rootfs(&self, node: &str, rootfs: &str) {
         let mut st = self.lock();

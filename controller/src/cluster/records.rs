@@ -58,6 +58,16 @@ pub fn is_final(s: S) -> bool {
     matches!(s, S::Exited | S::OomKilled | S::Failed)
 }
 
+/// The named volumes a record mounts.
+pub fn volumes_of(record: &v1::Container) -> impl Iterator<Item = &str> {
+    record
+        .spec
+        .iter()
+        .flat_map(|s| s.mounts.iter())
+        .filter(|m| m.r#type == v1::mount::Type::Volume as i32)
+        .map(|m| m.source.as_str())
+}
+
 /// The thousandths of CPUs a record reserves: its CPU limit (already validated at create).
 pub fn cpu_millicores_of(record: &v1::Container) -> u64 {
     record

@@ -57,6 +57,7 @@ impl Cluster {
                 };
                 let error = |status: tonic::Status| {
                     v1::cluster_build_rootfs_response::Event::Error(v1::NodeError {
+                        node: String::new(),
                         code: status.code() as i32,
                         message: status.message().to_string(),
                     })

@@ -4,6 +4,7 @@
 pub mod nodes;
 pub mod server;
 pub mod status;
+mod usage;
 
 use hutch_core::paging;
 use prost::Message;
@@ -207,6 +208,24 @@ impl Controller for ControllerService {
     }
 
     type ContainerLogsStream = RpcStream<v1::LogEntry>;
+    type ContainerStatsStream = RpcStream<v1::ContainerUsage>;
+
+    async fn container_stats(
+        &self,
+        request: Request<v1::ContainerStatsRequest>,
+    ) -> Result<Response<Self::ContainerStatsStream>, Status> {
+        let rx = usage::stats(&self.cluster, self.closing.clone(), request.into_inner()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_processes(
+        &self,
+        request: Request<v1::ListProcessesRequest>,
+    ) -> Result<Response<v1::ListProcessesResponse>, Status> {
+        Ok(Response::new(
+            usage::processes(&self.cluster, &request.into_inner().id).await?,
+        ))
+    }
 
     async fn container_logs(
         &self,
@@ -411,6 +430,45 @@ impl Controller for ControllerService {
         Ok(Response::new(
             self.cluster.remove_rootfs(&req.name, &req.node).await?,
         ))
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<v1::CreateVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        Ok(Response::new(
+            self.cluster.create_volume(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_volume(
+        &self,
+        request: Request<v1::GetVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        Ok(Response::new(
+            self.cluster.get_volume(&request.into_inner().name).await?,
+        ))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<v1::ListVolumesRequest>,
+    ) -> Result<Response<v1::ListVolumesResponse>, Status> {
+        Ok(Response::new(
+            self.cluster
+                .list_volumes(&request.into_inner().node)
+                .await?,
+        ))
+    }
+
+    async fn remove_volume(
+        &self,
+        request: Request<v1::RemoveVolumeRequest>,
+    ) -> Result<Response<v1::RemoveVolumeResponse>, Status> {
+        self.cluster
+            .remove_volume(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(v1::RemoveVolumeResponse {}))
     }
 
     async fn list_rootfs(

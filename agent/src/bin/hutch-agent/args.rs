@@ -173,6 +173,18 @@ pub(crate) struct ServeArgs {
     /// a network namespace get only lo.
     #[arg(long, env = "HUTCH_NETWORK_SUBNET", value_name = "CIDR")]
     pub(crate) network_subnet: Option<String>,
+    /// Node paths under which containers' bind mount sources may lie, comma-separated, e.g.
+    /// /srv,/home (symlinks resolved; hutch's state and rootfs directories stay refused).
+    /// Empty by default: no bind mounts, so a client cannot bind the node's / into a
+    /// container; a source outside the list is PERMISSION_DENIED. Named volumes and tmpfs
+    /// need nothing here.
+    #[arg(
+        long,
+        env = "HUTCH_ALLOWED_BIND_PATHS",
+        value_name = "PATH[,PATH...]",
+        value_delimiter = ','
+    )]
+    pub(crate) allowed_bind_paths: Vec<PathBuf>,
     /// Events kept in the log before compaction [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
     pub(crate) event_log_keep: Option<usize>,

@@ -72,6 +72,9 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Loaded, String> {
         cni_conf_dir: serve.and_then(|s| s.cni_conf_dir.clone()),
         cni_network: serve.and_then(|s| s.cni_network.clone()),
         network_subnet: serve.and_then(|s| s.network_subnet.clone()),
+        allowed_bind_paths: serve
+            .map(|s| s.allowed_bind_paths.clone())
+            .filter(|p| !p.is_empty()),
         join_token: match serve {
             Some(s) => token_from(s.join_token.clone(), s.join_file.as_deref())
                 .map_err(|e| format!("--join-file: {e}"))?,

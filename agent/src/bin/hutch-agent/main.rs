@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         instance: config.agent.name.clone(),
         log_defaults: config.agent.log_defaults,
         network: config.agent.network.clone(),
+        allowed_bind_paths: config.agent.allowed_bind_paths.clone(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
