@@ -5,9 +5,9 @@
 # agent on 127.0.0.1:7070 registered with it.
 # Usage (as root): scripts/setup.sh
 #   PREFIX=/usr/local  HUTCH_CONTROLLER_LISTEN=127.0.0.1:7000  HUTCH_LISTEN=127.0.0.1:7070
-#   HUTCH_ALLOWED_BIND_PATHS=/   (node paths containers may bind, -v /path:/in; this local,
-#   loopback-only cluster allows any path but hutch's own state; an agent started by hand
-#   allows none unless told)
+#   HUTCH_ALLOWED_BIND_PATHS=/home,/root,/srv,/tmp,/var/tmp,/mnt,/media   (node paths
+#   containers may bind, -v /path:/in: where people keep their work, never /etc, /proc, /sys,
+#   /dev or hutch's state; an agent started by hand allows none unless told)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -17,7 +17,7 @@ hutch_install_grpcurl
 PREFIX="${PREFIX:-/usr/local}"
 CONTROLLER="${HUTCH_CONTROLLER_LISTEN:-127.0.0.1:7000}"
 LISTEN="${HUTCH_LISTEN:-127.0.0.1:7070}"
-ALLOWED_BIND_PATHS="${HUTCH_ALLOWED_BIND_PATHS:-/}"
+ALLOWED_BIND_PATHS="${HUTCH_ALLOWED_BIND_PATHS:-/home,/root,/srv,/tmp,/var/tmp,/mnt,/media}"
 
 cargo build --release -p hutch-agent -p hutch-supervisor -p hutch-controller -p hutch-cli
 install -m 0755 target/release/hutch-agent target/release/hutch-supervisor \

@@ -220,15 +220,12 @@ pub struct ProcessInfo {
 /// The last `NSpid:` value and the real `Uid:` of a `/proc/PID/status`.
 pub fn parse_status_ids(text: &str) -> (Option<u32>, Option<u32>) {
     let last = |key: &str, nth_last: bool| {
-        text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| {
-            let mut it = v.split_whitespace();
-            if nth_last {
-                it.next_back()
-            } else {
-                it.next()
-            }
-            .and_then(|n| n.parse().ok())
-        })
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| {
+                let mut it = v.split_whitespace();
+                if nth_last { it.next_back() } else { it.next() }.and_then(|n| n.parse().ok())
+            })
     };
     (last("NSpid:", true), last("Uid:", false))
 }
@@ -248,12 +245,19 @@ fn boot_ms() -> u64 {
 /// The processes among `pids` that still exist, in pid order.
 pub fn process_table(pids: &[u32]) -> Vec<ProcessInfo> {
     let ticks = clock_ticks_per_second();
-    let page = u64::try_from(nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096)).unwrap_or(4096);
+    let page = u64::try_from(
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096),
+    )
+    .unwrap_or(4096);
     let boot = boot_ms();
     let mut rows: Vec<ProcessInfo> = pids
         .iter()
         .filter_map(|&pid| {
-            let stat = parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+            let stat =
+                parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             let (ns_pid, uid) = parse_status_ids(&status);
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

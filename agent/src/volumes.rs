@@ -4,9 +4,14 @@
 //! renamed into place) and vanishes at once on removal (renamed away, then deleted).
 //!
 //! Which containers use a volume is the runtime's knowledge; [`VolumeStore::remove`] takes
-//! that list and refuses while it is not empty.
+//! that list and refuses while it is not empty, and while a container naming the volume is
+//! being started (it holds a [`VolumePin`] until its record exists).
+//!
+//! The store is mode 0700: what a container writes in a volume (a setuid copy of a shell,
+//! say) must not be reachable by the node's other users.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -81,8 +86,9 @@ pub struct Volume {
 /// The volumes of this node.
 pub struct VolumeStore {
     dir: PathBuf,
-    /// Creation and removal one at a time, so that "exists" answers stay true.
-    lock: Mutex<()>,
+    /// Creation and removal one at a time, so that "exists" answers stay true; with the
+    /// number of starts holding each volume.
+    lock: Mutex<HashMap<String, usize>>,
     counter: AtomicU64,
 }
 
@@ -90,10 +96,15 @@ const RECORD: &str = "volume.json";
 const DATA: &str = "data";
 
 impl VolumeStore {
-    /// Opens (creating) the store in `dir`; leftovers of interrupted creations and removals
-    /// are deleted.
+    /// Opens (creating, mode 0700) the store in `dir`; leftovers of interrupted creations
+    /// and removals are deleted.
     pub fn open(dir: PathBuf) -> Result<Self, VolumeError> {
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_err(&dir, e))?;
+        // Containers' mounts open the data directories without following symlinks: the
+        // store's own path must have none.
+        let dir = std::fs::canonicalize(&dir).map_err(|e| io_err(&dir, e))?;
         let entries = std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?;
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with('.') {
@@ -102,12 +113,12 @@ impl VolumeStore {
         }
         Ok(VolumeStore {
             dir,
-            lock: Mutex::new(()),
+            lock: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
         })
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn guard(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -164,14 +175,39 @@ impl VolumeStore {
         }
     }
 
-    /// Volume `name`, created (without labels) if it does not exist: Docker's `-v NAME:/x`.
-    pub fn get_or_create(&self, name: &str) -> Result<Volume, VolumeError> {
+    /// Volume `name`, created (without labels) if it does not exist (Docker's
+    /// `-v NAME:/x`), pinned against removal until the pin is dropped.
+    pub fn get_or_create(&self, name: &str) -> Result<(Volume, VolumePin<'_>), VolumeError> {
         validate_name("volume name", name)?;
-        let _g = self.guard();
-        match self.read(name) {
+        let mut pins = self.guard();
+        let volume = match self.read(name) {
             Err(VolumeError::NotFound(_)) => self.create_locked(name, BTreeMap::new()),
             found => found,
+        }?;
+        *pins.entry(name.to_string()).or_default() += 1;
+        Ok((
+            volume,
+            VolumePin {
+                store: self,
+                name: name.to_string(),
+            },
+        ))
+    }
+
+    /// Gives `volume`'s data directory to `uid`:`gid` if it is still empty and root's (a
+    /// fresh volume), so that a container whose root is that node user can write to it.
+    pub fn give_if_fresh(&self, volume: &Volume, uid: u32, gid: u32) -> Result<(), VolumeError> {
+        use std::os::unix::fs::MetadataExt;
+        let _g = self.guard();
+        let meta = std::fs::metadata(&volume.data).map_err(|e| io_err(&volume.data, e))?;
+        let empty = std::fs::read_dir(&volume.data)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if meta.uid() == 0 && meta.gid() == 0 && empty && (uid, gid) != (0, 0) {
+            std::os::unix::fs::chown(&volume.data, Some(uid), Some(gid))
+                .map_err(|e| io_err(&volume.data, e))?;
         }
+        Ok(())
     }
 
     /// Volume `name`.
@@ -218,10 +254,13 @@ impl VolumeStore {
 
     /// Deletes volume `name` and its data, unless `users` (the containers using it) is not
     /// empty.
-    pub fn remove(&self, name: &str, users: Vec<String>) -> Result<(), VolumeError> {
+    pub fn remove(&self, name: &str, mut users: Vec<String>) -> Result<(), VolumeError> {
         validate_name("volume name", name)?;
-        let _g = self.guard();
+        let pins = self.guard();
         self.read(name)?;
+        if pins.get(name).is_some_and(|n| *n > 0) {
+            users.push("a container being started".into());
+        }
         if !users.is_empty() {
             return Err(VolumeError::InUse {
                 name: name.to_string(),
@@ -232,6 +271,24 @@ impl VolumeStore {
         let tomb = self.scratch("removing", name);
         std::fs::rename(&home, &tomb).map_err(|e| io_err(&home, e))?;
         std::fs::remove_dir_all(&tomb).map_err(|e| io_err(&tomb, e))
+    }
+}
+
+/// Keeps a volume from being removed while a container naming it starts.
+pub struct VolumePin<'a> {
+    store: &'a VolumeStore,
+    name: String,
+}
+
+impl Drop for VolumePin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.store.guard();
+        if let Some(n) = pins.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.name);
+            }
+        }
     }
 }
 
@@ -257,7 +314,15 @@ mod tests {
             Err(VolumeError::AlreadyExists(_))
         ));
         std::fs::write(v.data.join("f"), "kept").expect("write");
-        assert_eq!(s.get_or_create("data").expect("again").data, v.data);
+        let (again, pin) = s.get_or_create("data").expect("again");
+        assert_eq!(again.data, v.data);
+        assert!(
+            matches!(s.remove("data", Vec::new()), Err(VolumeError::InUse { .. })),
+            "pinned by a start"
+        );
+        drop(pin);
+        let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
         assert_eq!(s.names(), vec!["data".to_string()]);
         assert!(matches!(
             s.remove("data", vec!["c1".into()]),

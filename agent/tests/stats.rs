@@ -23,7 +23,10 @@ async fn one_sample(
         .expect("stats")
         .into_inner();
     let sample = stream.message().await.expect("sample").expect("one");
-    assert!(stream.message().await.expect("end").is_none(), "one sample, then the end");
+    assert!(
+        stream.message().await.expect("end").is_none(),
+        "one sample, then the end"
+    );
     sample
 }
 
@@ -50,15 +53,29 @@ async fn a_busy_container_shows_what_it_uses() {
     println!("{sample:#?}");
     assert_eq!(sample.id, "busy");
     assert_eq!(sample.state, v1::ContainerState::Running as i32);
-    assert!(sample.cpu_percent > 20.0, "a busy loop: {}", sample.cpu_percent);
-    assert!(sample.cpu_percent < 110.0, "one thread: {}", sample.cpu_percent);
+    assert!(
+        sample.cpu_percent > 20.0,
+        "a busy loop: {}",
+        sample.cpu_percent
+    );
+    assert!(
+        sample.cpu_percent < 110.0,
+        "one thread: {}",
+        sample.cpu_percent
+    );
     assert!(sample.cpu_usage_nanos > 0);
     assert_eq!(sample.memory_limit_bytes, Some(64 << 20));
     assert!(sample.memory_usage_bytes > 0);
     assert!(sample.pids >= 1);
-    assert!(sample.writable_layer_bytes.unwrap_or(0) >= 8 << 20, "{sample:?}");
+    assert!(
+        sample.writable_layer_bytes.unwrap_or(0) >= 8 << 20,
+        "{sample:?}"
+    );
     // Its own network namespace: counted (lo only here, so nothing beyond lo).
-    assert_eq!((sample.net_rx_bytes, sample.net_tx_bytes), (Some(0), Some(0)));
+    assert_eq!(
+        (sample.net_rx_bytes, sample.net_tx_bytes),
+        (Some(0), Some(0))
+    );
     assert!(sample.node_cpus >= 1);
 
     // The process table: the shell is PID 1 inside, the pid on the node differs.
@@ -92,7 +109,11 @@ async fn a_busy_container_shows_what_it_uses() {
         assert_eq!(s.id, "busy", "every running container when none is named");
         assert!(s.cpu_percent > 20.0, "{s:?}");
     }
-    assert!(started.elapsed() >= Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
     drop(stream);
 
     // Errors: an unknown id; the processes of an ended container.

@@ -172,3 +172,66 @@ async fn tmpfs_and_targets_through_symlinks() {
     let e = host.runtime.run("nomnt", spec).await.expect_err("refused");
     assert!(matches!(e, RuntimeError::InvalidSpec(_)), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespaces_kernel_filesystems_and_read_only_roots() {
+    let host = TestHost::new("volns").await;
+    // A container whose root is an unprivileged node user writes to a fresh volume: the
+    // volume is given to that user.
+    let mut spec = host.spec(&["sh", "-c", "echo mine > /data/f && id -u"]);
+    spec.namespaces.push(hutch_core::spec::Namespace::User);
+    spec.mounts.push(Mount::volume("nsvol", "/data", false));
+    let end = host.run_to_end("userns", spec).await;
+    assert_eq!(end.state.exit_code, Some(0), "{}", host.stdout("userns"));
+    assert_eq!(host.stdout("userns"), "0\n");
+    let data = host.runtime.volumes().get("nsvol").expect("volume").data;
+    assert_eq!(
+        std::fs::read_to_string(data.join("f")).expect("f"),
+        "mine\n"
+    );
+    // The store keeps the node's other users out (a setuid file in a volume stays there).
+    let store = data.parent().and_then(|p| p.parent()).expect("store");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(store).expect("store").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "{}", store.display());
+    host.runtime.remove("userns", false).await.expect("rm");
+    host.runtime.remove_volume("nsvol").expect("rm volume");
+
+    // proc mounted inside an allowed directory is still the node's proc: refused by type.
+    let dir = TestHost::bind_dir("volns");
+    let proc_dir = dir.join("proc");
+    std::fs::create_dir(&proc_dir).expect("mkdir");
+    nix::mount::mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount proc");
+    let mut spec = host.spec(&["true"]);
+    spec.mounts.push(Mount::bind(
+        proc_dir.display().to_string(),
+        "/hostproc",
+        false,
+    ));
+    let refused = host.runtime.run("kproc", spec).await;
+    nix::mount::umount2(&proc_dir, nix::mount::MntFlags::MNT_DETACH).expect("umount");
+    let e = refused.expect_err("proc refused");
+    println!("{e}");
+    assert!(e.to_string().contains("proc filesystem"), "{e}");
+    assert!(!host.container_dir("kproc").exists(), "nothing left");
+
+    // A read-only rootfs without the target: said so.
+    let mut spec = host.spec(&["true"]);
+    spec.read_only_rootfs = true;
+    spec.mounts.push(Mount::tmpfs("/not-in-debian"));
+    let e = host
+        .runtime
+        .run("rotarget", spec)
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().contains("read-only"), "{e}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

@@ -46,6 +46,7 @@ impl Agent for SimulatedAgent {
     type EventsStream = RpcStream<v1::Event>;
     type ExecSessionStream = RpcStream<v1::ExecSessionOutput>;
     type AttachStream = RpcStream<v1::ExecSessionOutput>;
+    type ContainerStatsStream = RpcStream<v1::ContainerUsage>;
 
     async fn build_rootfs(
         &self,
@@ -63,6 +64,18 @@ impl Agent for SimulatedAgent {
         &self,
         _: Request<v1::RemoveRootfsRequest>,
     ) -> Result<Response<v1::RemoveRootfsResponse>, Status> {
+        not_simulated()
+    }
+    async fn container_stats(
+        &self,
+        _: Request<v1::ContainerStatsRequest>,
+    ) -> Result<Response<Self::ContainerStatsStream>, Status> {
+        not_simulated()
+    }
+    async fn list_processes(
+        &self,
+        _: Request<v1::ListProcessesRequest>,
+    ) -> Result<Response<v1::ListProcessesResponse>, Status> {
         not_simulated()
     }
     async fn create_volume(

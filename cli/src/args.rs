@@ -421,6 +421,9 @@ pub(crate) enum VolumeCommand {
     Inspect {
         /// Name of the volume.
         name: String,
+        /// The node holding it (needed only when two nodes have a volume of that name).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Delete volumes and their data; refused while a container (running or ended, not
     /// removed) uses one. Goes on past a failure and exits 125 if any failed.
@@ -431,6 +434,9 @@ pub(crate) enum VolumeCommand {
         /// Names of the volumes.
         #[arg(required = true)]
         names: Vec<String>,
+        /// The node holding them (needed only when two nodes have a volume of a name).
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 

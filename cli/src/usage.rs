@@ -56,11 +56,9 @@ fn row(u: &v1::ContainerUsage) -> Vec<String> {
             human_bytes(u.memory_usage_bytes),
             limit.map_or("-".into(), human_bytes)
         ),
-        limit
-            .filter(|l| *l > 0)
-            .map_or("-".into(), |l| {
-                format!("{:.2}%", u.memory_usage_bytes as f64 * 100.0 / l as f64)
-            }),
+        limit.filter(|l| *l > 0).map_or("-".into(), |l| {
+            format!("{:.2}%", u.memory_usage_bytes as f64 * 100.0 / l as f64)
+        }),
         pair(u.net_rx_bytes, u.net_tx_bytes),
         pair(Some(u.block_read_bytes), Some(u.block_write_bytes)),
         u.pids.to_string(),
@@ -159,7 +157,9 @@ pub(crate) async fn top(client: &Client, id: &str, json: bool) -> Result<ExitCod
         return Ok(ExitCode::SUCCESS);
     }
     output::table(
-        &["UID", "PID", "CPID", "PPID", "STAT", "TIME", "RSS", "STARTED", "COMMAND"],
+        &[
+            "UID", "PID", "CPID", "PPID", "STAT", "TIME", "RSS", "STARTED", "COMMAND",
+        ],
         processes
             .iter()
             .map(|p| {

@@ -75,8 +75,8 @@ pub(crate) async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
-        VolumeCommand::Inspect { name } => {
-            let v = client.volume(&name).await?;
+        VolumeCommand::Inspect { name, node } => {
+            let v = client.volume(&name, node.as_deref().unwrap_or("")).await?;
             if json {
                 print_json(&volume_json(&v))?;
             } else {
@@ -103,9 +103,11 @@ pub(crate) async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
-        VolumeCommand::Rm { names } => {
+        VolumeCommand::Rm { names, node } => {
+            let node = node.unwrap_or_default();
+            let node = node.as_str();
             crate::containers::each_reporting(names, |name| async move {
-                client.remove_volume(&name).await
+                client.remove_volume(&name, node).await
             })
             .await
         }

@@ -620,3 +620,104 @@ async fn volumes_binds_and_tmpfs_through_the_cli() {
     assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_top_through_the_cli() {
+    let ctl = TestController::start("clistats", &[]);
+    let node = TestNode::start("clistats-node", &ctl, None, &[]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let cli = Cli { url: ctl.url() };
+    let o = cli.run(&[
+        "run",
+        "-d",
+        "--name",
+        "cli-burn",
+        "-m",
+        "64M",
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/fill bs=1M count=4 2>/dev/null; while :; do :; done",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+
+    // One sample, as JSON: the CPU and memory it uses, its limit, its layer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let sample = loop {
+        let o = cli.run(&["stats", "--no-stream", "-o", "json", "cli-burn"]);
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let row = rows[0].clone();
+        let layer = row["writable_layer_bytes"].as_u64().unwrap_or(0);
+        if layer >= 4 << 20 || std::time::Instant::now() > deadline {
+            break row;
+        }
+    };
+    println!("{sample}");
+    assert_eq!(sample["id"], "cli-burn");
+    assert_eq!(sample["node"], node.name.as_str());
+    assert!(
+        sample["cpu_percent"].as_f64().unwrap_or(0.0) > 20.0,
+        "{sample}"
+    );
+    assert!(
+        sample["memory_usage_bytes"].as_u64().unwrap_or(0) > 0,
+        "{sample}"
+    );
+    assert_eq!(sample["memory_limit_bytes"], 64u64 << 20);
+    assert!(
+        sample["writable_layer_bytes"].as_u64().unwrap_or(0) >= 4 << 20,
+        "{sample}"
+    );
+
+    // The table: a header and its row; every running container when none is named.
+    let o = cli.run(&["stats", "--no-stream"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("MEM USAGE / LIMIT"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("cli-burn")), "{out}");
+
+    // Live: samples keep coming as JSON lines until the client stops.
+    let mut live = cli.spawn(&["stats", "-o", "json", "cli-burn"]);
+    let stdout = live.stdout.take().expect("stdout");
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(|l| l.unwrap_or_default())
+            .collect::<Vec<String>>()
+    });
+    let lines = lines.join().expect("reader");
+    let _ = live.kill();
+    let _ = live.wait();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+        assert_eq!(v["id"], "cli-burn");
+    }
+
+    // top: the shell is PID 1 inside.
+    let o = cli.run(&["top", "cli-burn"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    println!("{out}");
+    assert!(out.starts_with("UID"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("1") && l.contains("sh -c dd")),
+        "{out}"
+    );
+
+    // Errors: an unknown container; top of one that ended.
+    let o = cli.run(&["stats", "--no-stream", "nope"]);
+    assert_eq!(code(&o), 125);
+    assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
+    assert_eq!(code(&cli.run(&["kill", "cli-burn"])), 0);
+    let _ = cli.run(&["wait", "cli-burn"]);
+    let o = cli.run(&["top", "cli-burn"]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stdout));
+    assert_eq!(code(&cli.run(&["rm", "cli-burn"])), 0);
+}

@@ -453,6 +453,7 @@ async fn placement_follows_volumes() {
     let used = client
         .remove_volume(v1::RemoveVolumeRequest {
             name: "shared".into(),
+            ..Default::default()
         })
         .await
         .expect_err("in use");
@@ -472,13 +473,17 @@ async fn placement_follows_volumes() {
     .await;
     for name in ["shared", "fresh", "far"] {
         client
-            .remove_volume(v1::RemoveVolumeRequest { name: name.into() })
+            .remove_volume(v1::RemoveVolumeRequest {
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .unwrap_or_else(|e| panic!("remove {name}: {e:?}"));
     }
     let gone = client
         .get_volume(v1::GetVolumeRequest {
             name: "shared".into(),
+            ..Default::default()
         })
         .await
         .expect_err("gone");

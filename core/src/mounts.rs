@@ -253,7 +253,20 @@ fn check_plain_path(what: &str, path: &str) -> Result<(), MountError> {
             "{what} '{path}' must not contain '.' or '..' components"
         )));
     }
+    // One spelling per path: '//x' or '/x/' would slip past the checks made on '/x'.
+    if path.len() > 1 && path.split('/').skip(1).any(str::is_empty) {
+        return Err(MountError::BadPath(format!(
+            "{what} '{path}' has an empty component ('//' or a trailing '/'): write it as {}",
+            normalized(path)
+        )));
+    }
     Ok(())
+}
+
+/// `path` with empty components dropped (`//a//b/` -> `/a/b`).
+fn normalized(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    format!("/{}", parts.join("/"))
 }
 
 fn validate_target(target: &str) -> Result<(), MountError> {
@@ -262,12 +275,12 @@ fn validate_target(target: &str) -> Result<(), MountError> {
             "mount target '{target}' must be an absolute path inside the container, e.g. /data"
         )));
     }
-    check_plain_path("mount target", target)?;
-    if target.trim_end_matches('/').is_empty() {
+    if target == "/" {
         return Err(MountError::BadPath(
             "mount target '/' would hide the rootfs: mount below it, e.g. /data".into(),
         ));
     }
+    check_plain_path("mount target", target)?;
     for reserved in RESERVED_TARGETS {
         let under = target
             .strip_prefix(reserved)
@@ -461,6 +474,10 @@ mod tests {
             "/x:/dev",
             "/a/../b:/y",
             "bad name:/y",
+            "/x://proc",
+            "/x:/data/",
+            "/x:/a//b",
+            "/x//y:/data",
         ] {
             assert!(parse_volume_flag(bad).is_err(), "{bad} accepted");
         }

@@ -331,11 +331,15 @@ impl Client {
             .into_inner())
     }
 
-    /// One volume, as its node describes it.
-    pub async fn volume(&self, name: &str) -> Result<v1::Volume> {
+    /// One volume, as its node describes it (`node`: the one holding it, needed only when
+    /// two nodes have a volume of that name; else empty).
+    pub async fn volume(&self, name: &str, node: &str) -> Result<v1::Volume> {
         Ok(self
             .rpc()
-            .get_volume(self.request(v1::GetVolumeRequest { name: name.into() }))
+            .get_volume(self.request(v1::GetVolumeRequest {
+                name: name.into(),
+                node: node.into(),
+            }))
             .await?
             .into_inner())
     }
@@ -349,10 +353,14 @@ impl Client {
             .into_inner())
     }
 
-    /// Deletes a volume and its data; refused while a container uses it.
-    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+    /// Deletes a volume and its data; refused while a container uses it (`node` as for
+    /// [`Client::volume`]).
+    pub async fn remove_volume(&self, name: &str, node: &str) -> Result<()> {
         self.rpc()
-            .remove_volume(self.request(v1::RemoveVolumeRequest { name: name.into() }))
+            .remove_volume(self.request(v1::RemoveVolumeRequest {
+                name: name.into(),
+                node: node.into(),
+            }))
             .await?;
         Ok(())
     }

@@ -1,18 +1,22 @@
-//! The mounts a spec asks for (binds of node paths, named volumes, tmpfs), made by the
-//! container's init inside its private mount namespace, before it pivots into the root.
+//! The mounts a spec asks for (binds of node paths, named volumes, tmpfs), in two steps:
 //!
-//! Two paths come from places hutch does not control, and both are opened without trusting
-//! them:
-//! - a **target** lies in the rootfs, whose symlinks are the image's (or a previous run's):
-//!   it is resolved with `openat2(RESOLVE_IN_ROOT)`, so `/data -> /etc` in the rootfs means
-//!   the rootfs's `/etc`, never the node's; missing directories are made one by one the same
-//!   way;
-//! - a **source** was resolved and checked by the agent (no symlink left in it): it is opened
-//!   with `RESOLVE_NO_SYMLINKS`, so a component swapped for a symlink since that check fails
-//!   the start instead of binding whatever the link points to.
-//!
-//! The mount itself goes through `/proc/self/fd/N` of those descriptors (as runc does), so
-//! what was checked is what is mounted.
+//! 1. **Staging**, by the supervisor before it clones the container (as the node's root, in
+//!    the node's mount namespace): each source is opened without following a symlink
+//!    (`openat2(RESOLVE_NO_SYMLINKS)`: the agent resolved and checked it, so a component
+//!    swapped for a symlink since fails the start), refused if it is a window onto the node's
+//!    kernel (proc, sysfs, cgroup, ...), bound at `DIR/mounts/N` through `/proc/self/fd/N`,
+//!    and given its flags there (nosuid, nodev unless privileged, ro, noexec; plus whatever
+//!    flags the source's mount has). `DIR/mounts` is the supervisor's own: nothing can
+//!    swap the mount between the bind and the remount, and the node's paths to the data
+//!    (the volume store is 0700) are never walked by the container's init, which in a user
+//!    namespace could not.
+//! 2. **Mounting**, by the init in its private mount namespace before it pivots: each
+//!    target is resolved inside the root with `openat2(RESOLVE_IN_ROOT)` (a symlink in the
+//!    rootfs means the rootfs's path, never the node's; one leading to `/` is refused),
+//!    missing directories made the same way, and the staged mount bound onto it (a bind of a
+//!    bind keeps its flags; in a user namespace they are locked). A tmpfs is mounted there
+//!    directly. Everything goes with the mount namespace; the staged binds are unmounted
+//!    with the rest of `DIR` when the container ends.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -20,8 +24,9 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, MsFlags};
+use nix::sys::stat::fstat;
 use nix::sys::stat::Mode;
-use nix::sys::statvfs::{fstatvfs, FsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::state::Failure;
@@ -53,32 +58,55 @@ fn open_how(flags: OFlag, resolve: ResolveFlag) -> OpenHow {
         .resolve(resolve)
 }
 
+/// Kernel filesystems that are windows onto the node itself, by `statfs` magic: a bind of
+/// one (`/proc`, `/sys`, a cgroup tree, ...) would hand a container the node's kernel
+/// settings, whatever path it is reached by.
+const NODE_FILESYSTEMS: [(i64, &str); 13] = [
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x6462_6720, "debugfs"),
+    (0x7363_6673, "securityfs"),
+    (0x7472_6163, "tracefs"),
+    (0xcafe_4a11, "bpf"),
+    (0xde5e_81e4, "efivarfs"),
+    (0x6165_676c, "pstore"),
+    (0x6265_6570, "configfs"),
+    (0x1cd1, "devpts"),
+    (0x4249_4e4d, "binfmt_misc"),
+];
+
+/// The name of the node filesystem `fd` is on, if it is one of [`NODE_FILESYSTEMS`].
+pub fn node_filesystem(fd: impl AsFd) -> Option<&'static str> {
+    let kind = nix::sys::statfs::fstatfs(fd).ok()?.filesystem_type().0 as i64;
+    NODE_FILESYSTEMS
+        .iter()
+        .find(|(magic, _)| *magic == kind)
+        .map(|(_, name)| *name)
+}
+
 /// The path that mounts onto (or from) exactly what `fd` is.
 fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// Makes every mount of `mounts` below `root` (the container's root, not yet pivoted into),
-/// parents first. Without `privileged`, every mount is nosuid and nodev.
-pub fn mount_all(root: &Path, mounts: &[PlannedMount], privileged: bool) -> Result<(), Failure> {
-    if mounts.is_empty() {
-        return Ok(());
-    }
-    let root_fd = nix::fcntl::open(
+fn open_root(root: &Path) -> Result<OwnedFd, Failure> {
+    nix::fcntl::open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| failed(format!("opening {}", root.display()), e))?;
-    let mut ordered: Vec<&PlannedMount> = mounts.iter().collect();
-    ordered.sort_by_key(|m| m.target.split('/').filter(|c| !c.is_empty()).count());
-    for m in ordered {
-        mount_one(&root_fd, m, privileged)?;
-    }
-    Ok(())
+    .map_err(|e| failed(format!("opening {}", root.display()), e))
 }
 
-fn mount_one(root_fd: &OwnedFd, m: &PlannedMount, privileged: bool) -> Result<(), Failure> {
+/// Where the source of mount `index` is staged in a container's directory.
+pub fn staged_path(container_dir: &Path, index: usize) -> PathBuf {
+    container_dir.join("mounts").join(index.to_string())
+}
+
+/// The flags every mount of a container gets.
+fn flags_of(m: &PlannedMount, privileged: bool) -> MsFlags {
     let mut flags = MsFlags::empty();
     if !privileged {
         flags |= MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -89,60 +117,128 @@ fn mount_one(root_fd: &OwnedFd, m: &PlannedMount, privileged: bool) -> Result<()
     if m.noexec {
         flags |= MsFlags::MS_NOEXEC;
     }
-    match &m.source {
-        None => {
-            let target = resolve_target(root_fd, &m.target, true)?;
-            let data = m.tmpfs_data.as_deref().unwrap_or("mode=1777");
-            mount(
+    flags
+}
+
+/// Step 1 (the supervisor, before the clone): binds every source of `mounts` at its
+/// [`staged_path`] below `container_dir`, with its flags, and makes the targets that are
+/// missing in `root` (the container's root: the node's root may write there, a root of a
+/// user namespace may not).
+pub fn stage(
+    container_dir: &Path,
+    root: &Path,
+    mounts: &[PlannedMount],
+    privileged: bool,
+) -> Result<(), Failure> {
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let root_fd = open_root(root)?;
+    for (index, m) in mounts.iter().enumerate() {
+        let Some(source) = &m.source else {
+            resolve_target(&root_fd, &m.target, true)?;
+            continue;
+        };
+        let source_fd = openat2(
+            nix::fcntl::AT_FDCWD,
+            source.as_path(),
+            open_how(OFlag::O_PATH, ResolveFlag::RESOLVE_NO_SYMLINKS),
+        )
+        .map_err(|e| match e {
+            Errno::ELOOP => failed(
+                source.display(),
+                "a part of the path became a symlink after it was checked; refusing to follow it",
+            ),
+            e => failed(format!("opening {}", source.display()), e),
+        })?;
+        if let Some(fs) = node_filesystem(source_fd.as_fd()) {
+            return Err(failed(
+                source.display(),
+                format!("is on the node's {fs} filesystem, which is never bound into a container"),
+            ));
+        }
+        let is_dir = fstat(source_fd.as_fd())
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .map_err(|e| failed(format!("stat {}", source.display()), e))?;
+        resolve_target(&root_fd, &m.target, is_dir)?;
+        let staged = staged_path(container_dir, index);
+        let made = match staged.parent() {
+            Some(parent) => std::fs::create_dir_all(parent).and_then(|()| {
+                if is_dir {
+                    std::fs::create_dir(&staged)
+                } else {
+                    std::fs::File::create(&staged).map(drop)
+                }
+            }),
+            None => Ok(()),
+        };
+        made.map_err(|e| failed(format!("creating {}", staged.display()), e))?;
+        mount(
+            Some(fd_path(&source_fd).as_str()),
+            &staged,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| failed(format!("binding {}", source.display()), e))?;
+        // The remount sets the flags anew: those the source's mount has are kept.
+        let kept = statvfs(&staged)
+            .map(|st| locked_flags(st.flags()))
+            .map_err(|e| failed(format!("statvfs {}", staged.display()), e))?;
+        mount(
+            None::<&str>,
+            &staged,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags_of(m, privileged) | kept,
+            None::<&str>,
+        )
+        .map_err(|e| failed(format!("setting the flags of {}", m.target), e))?;
+    }
+    Ok(())
+}
+
+/// Step 2 (the init, in its mount namespace): mounts every mount of `mounts` below `root`
+/// (the container's root, not yet pivoted into), parents first, binds from their staged
+/// sources in `container_dir`.
+pub fn mount_all(
+    root: &Path,
+    container_dir: &Path,
+    mounts: &[PlannedMount],
+    privileged: bool,
+) -> Result<(), Failure> {
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let root_fd = open_root(root)?;
+    let mut ordered: Vec<(usize, &PlannedMount)> = mounts.iter().enumerate().collect();
+    ordered.sort_by_key(|(_, m)| m.target.split('/').filter(|c| !c.is_empty()).count());
+    for (index, m) in ordered {
+        let target = match &m.source {
+            None => resolve_target(&root_fd, &m.target, true)?,
+            Some(_) => {
+                let staged = staged_path(container_dir, index);
+                resolve_target(&root_fd, &m.target, staged.is_dir())?
+            }
+        };
+        let done = match &m.source {
+            None => mount(
                 Some("tmpfs"),
                 fd_path(&target).as_str(),
                 Some("tmpfs"),
-                flags,
-                Some(data),
-            )
-            .map_err(|e| failed(format!("tmpfs on {}", m.target), e))
-        }
-        Some(source) => {
-            let source_fd = openat2(
-                nix::fcntl::AT_FDCWD,
-                source.as_path(),
-                open_how(OFlag::O_PATH, ResolveFlag::RESOLVE_NO_SYMLINKS),
-            )
-            .map_err(|e| match e {
-                Errno::ELOOP => failed(
-                    source.display(),
-                    "a part of the path became a symlink after it was checked; refusing to follow it",
-                ),
-                e => failed(format!("opening {}", source.display()), e),
-            })?;
-            let is_dir = nix::sys::stat::fstat(source_fd.as_fd())
-                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-                .map_err(|e| failed(format!("stat {}", source.display()), e))?;
-            let target = resolve_target(root_fd, &m.target, is_dir)?;
-            mount(
-                Some(fd_path(&source_fd).as_str()),
+                flags_of(m, privileged),
+                Some(m.tmpfs_data.as_deref().unwrap_or("mode=1777")),
+            ),
+            Some(_) => mount(
+                Some(&staged_path(container_dir, index)),
                 fd_path(&target).as_str(),
                 None::<&str>,
                 MsFlags::MS_BIND,
                 None::<&str>,
-            )
-            .map_err(|e| failed(format!("binding {} on {}", source.display(), m.target), e))?;
-            // A bind takes its flags from a remount; the flags the source's mount has (which
-            // a user namespace may not clear) are kept.
-            let bound = resolve_target(root_fd, &m.target, is_dir)?;
-            let kept = fstatvfs(bound.as_fd())
-                .map(|st| locked_flags(st.flags()))
-                .map_err(|e| failed(format!("statvfs {}", m.target), e))?;
-            mount(
-                None::<&str>,
-                fd_path(&bound).as_str(),
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | kept,
-                None::<&str>,
-            )
-            .map_err(|e| failed(format!("setting the flags of {}", m.target), e))
-        }
+            ),
+        };
+        done.map_err(|e| failed(format!("mounting {}", m.target), e))?;
     }
+    Ok(())
 }
 
 /// The mount flags of an existing mount that a remount must repeat.
@@ -167,6 +263,19 @@ fn locked_flags(st: FsFlags) -> MsFlags {
 fn resolve_target(root_fd: &OwnedFd, target: &str, dir: bool) -> Result<OwnedFd, Failure> {
     let in_root = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
     let components: Vec<&str> = target.split('/').filter(|c| !c.is_empty()).collect();
+    let root_id = fstat(root_fd.as_fd())
+        .map(|st| (st.st_dev, st.st_ino))
+        .map_err(|e| failed("stat of the root", e))?;
+    // A symlink in the rootfs may lead to its '/': a mount there would hide the rootfs.
+    let not_the_root = |fd: OwnedFd| -> Result<OwnedFd, Failure> {
+        match fstat(fd.as_fd()) {
+            Ok(st) if (st.st_dev, st.st_ino) == root_id => Err(failed(
+                target,
+                "leads to the container's / (through a symlink in the rootfs); mount elsewhere",
+            )),
+            _ => Ok(fd),
+        }
+    };
     let mut parent = PathBuf::from(".");
     for (i, name) in components.iter().enumerate() {
         let path = parent.join(name);
@@ -179,7 +288,7 @@ fn resolve_target(root_fd: &OwnedFd, target: &str, dir: bool) -> Result<OwnedFd,
             )
         };
         match open() {
-            Ok(fd) if last => return Ok(fd),
+            Ok(fd) if last => return not_the_root(fd),
             Ok(_) => {}
             Err(Errno::ENOENT) => {
                 let parent_fd = openat2(
@@ -205,11 +314,17 @@ fn resolve_target(root_fd: &OwnedFd, target: &str, dir: bool) -> Result<OwnedFd,
                 };
                 match made {
                     Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(Errno::EROFS) => {
+                        return Err(failed(
+                            target,
+                            "is not in the rootfs, which is read-only here: create it in the rootfs, or drop read_only_rootfs",
+                        ))
+                    }
                     Err(e) => return Err(failed(format!("creating {target} in the rootfs"), e)),
                 }
                 let fd = open().map_err(|e| failed(format!("opening {target}"), e))?;
                 if last {
-                    return Ok(fd);
+                    return not_the_root(fd);
                 }
             }
             Err(e) => return Err(failed(format!("opening {target} in the rootfs"), e)),
@@ -251,6 +366,12 @@ mod tests {
         );
         resolve_target(&root_fd, "/real/file", false).expect("file");
         assert!(root.join("real/file").is_file());
+        std::os::unix::fs::symlink("/", root.join("top")).expect("symlink");
+        let e = resolve_target(&root_fd, "/top", true).expect_err("the root itself");
+        assert!(e.message.contains("container's /"), "{}", e.message);
+        let proc = nix::fcntl::open("/proc", OFlag::O_PATH, Mode::empty()).expect("/proc");
+        assert_eq!(node_filesystem(&proc), Some("proc"));
+        assert_eq!(node_filesystem(&root_fd), None);
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

@@ -164,7 +164,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
             None::<&str>,
         )
         .map_err(|e| errno(Step::Rootfs, format!("binding {}", root.display()), e))?;
-        crate::container_mounts::mount_all(&root, &cfg.mounts, spec.security.privileged)?;
+        crate::container_mounts::mount_all(&root, &cfg.dir, &cfg.mounts, spec.security.privileged)?;
     }
     mount_proc_dev_sys(&root, spec.has(Namespace::Net), spec.has(Namespace::User))?;
     if spec.security.masks_paths() {

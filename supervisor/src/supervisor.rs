@@ -205,6 +205,12 @@ impl Supervisor {
             !cfg.spec.security.privileged,
         )
         .map_err(|e| Failure::new(Step::Rootfs, e.to_string()))?;
+        crate::container_mounts::stage(
+            &cfg.dir,
+            &cfg.layer().merged,
+            &cfg.mounts,
+            cfg.spec.security.privileged,
+        )?;
 
         let pipes = Pipes {
             stdout: pipe()?,

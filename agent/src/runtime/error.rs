@@ -153,9 +153,9 @@ impl RuntimeError {
             | RuntimeError::NotAttachable(_)
             | RuntimeError::Network(_) => ErrorClass::FailedPrecondition,
             RuntimeError::Mount(e) => match e {
-                MountPlanError::SourceMissing(_) | MountPlanError::BadOption(_) => {
-                    ErrorClass::InvalidArgument
-                }
+                MountPlanError::SourceMissing(_)
+                | MountPlanError::BadOption(_)
+                | MountPlanError::BadPolicy(_) => ErrorClass::InvalidArgument,
                 MountPlanError::NotAllowed { .. } => ErrorClass::PermissionDenied,
                 MountPlanError::SourceUnreadable { .. } => ErrorClass::FailedPrecondition,
                 MountPlanError::Volume(v) => volume_class(v),

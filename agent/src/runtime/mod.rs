@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::cgroup::{
-    CgroupManager, CgroupPath, CgroupVersion, ContainerCgroup, MemoryStats, PidsStats, ResourceLimits,
+    CgroupManager, CgroupPath, CgroupVersion, ContainerCgroup, MemoryStats, PidsStats,
+    ResourceLimits,
 };
 use crate::fsutil::{read_json, replace_json, unix_millis_now};
 use crate::mounts::unmount_below;
@@ -170,7 +171,7 @@ impl Runtime {
         let binds = BindPolicy::new(
             &config.allowed_bind_paths,
             &[config.state_dir.as_path(), rootfs_dir.as_path()],
-        );
+        )?;
         let cgroups = CgroupManager::init(config.cgroup_root.clone(), &config.instance)?;
         let supervisor_bin = match config.supervisor_bin {
             Some(p) => p,
@@ -288,7 +289,18 @@ impl Runtime {
             self.published_ports()
         };
         let network = self.network.plan(&spec, &taken)?;
-        let mounts = mount_plan::plan(&spec.mounts, &self.binds, &self.volumes)?;
+        let root_owner = spec.has(Namespace::User).then(|| {
+            let outside = |map: Vec<crate::spec::IdMap>| {
+                map.iter().find(|m| m.inside == 0).map_or(0, |m| m.outside)
+            };
+            (
+                outside(spec.effective_uid_map()),
+                outside(spec.effective_gid_map()),
+            )
+        });
+        // The pins keep the volumes from removal until the record below exists.
+        let (mounts, _pins) =
+            mount_plan::plan(&spec.mounts, &self.binds, &self.volumes, root_owner)?;
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::volumes::{VolumeError, VolumeStore};
+use crate::volumes::{VolumeError, VolumePin, VolumeStore};
 use hutch_core::mounts::{Mount, MountKind};
 use hutch_supervisor::container_mounts::PlannedMount;
 
@@ -36,6 +36,9 @@ pub enum MountPlanError {
     /// A tmpfs option is malformed.
     #[error("{0}")]
     BadOption(String),
+    /// The agent's allowed paths include hutch's own directories.
+    #[error("allowed_bind_paths: {0}")]
+    BadPolicy(String),
     /// A volume could not be found or made.
     #[error(transparent)]
     Volume(#[from] VolumeError),
@@ -47,9 +50,16 @@ pub struct BindPolicy {
     /// Sources must lie at or below one of these (symlinks resolved).
     allowed: Vec<PathBuf>,
     /// hutch's own directories (state, rootfs store): never bound, nor anything holding
-    /// them, unless an allowed path lies inside them.
+    /// them.
     protected: Vec<PathBuf>,
 }
+
+/// Node directories that are never bound: device nodes (devtmpfs is a plain tmpfs to
+/// `statfs`, so it is told by its path). The kernel's own filesystems (proc, sysfs, ...)
+/// are refused by type when the supervisor opens the source.
+const NEVER_BOUND: [&str; 1] = ["/dev"];
+
+const NONE_ALLOWED: &str = "this node allows no bind mounts (its agent's --allowed-bind-paths is empty); use a named volume, or ask its operator to allow a directory";
 
 /// `path` with its symlinks resolved where it exists, as given where it does not.
 fn resolved(path: &Path) -> PathBuf {
@@ -57,16 +67,36 @@ fn resolved(path: &Path) -> PathBuf {
 }
 
 impl BindPolicy {
-    /// A policy allowing sources below `allowed`, protecting `protected`.
-    pub fn new(allowed: &[PathBuf], protected: &[&Path]) -> Self {
-        BindPolicy {
+    /// A policy allowing sources below `allowed`, protecting `protected`; refused when an
+    /// allowed path lies inside a protected one (it could only expose hutch's own data).
+    pub fn new(allowed: &[PathBuf], protected: &[&Path]) -> Result<Self, MountPlanError> {
+        let policy = BindPolicy {
             allowed: allowed.iter().map(|p| resolved(p)).collect(),
             protected: protected.iter().map(|p| resolved(p)).collect(),
+        };
+        for a in &policy.allowed {
+            if let Some(own) = policy.protected.iter().find(|own| a.starts_with(own)) {
+                return Err(MountPlanError::BadPolicy(format!(
+                    "{} lies inside hutch's own {}, which is never bound; allow a directory outside it",
+                    a.display(),
+                    own.display()
+                )));
+            }
         }
+        Ok(policy)
     }
 
     /// The source resolved (no symlink left in it), if this node allows binding it.
     pub fn check(&self, source: &str) -> Result<PathBuf, MountPlanError> {
+        let not_allowed = |reason: String| MountPlanError::NotAllowed {
+            path: source.to_string(),
+            reason,
+        };
+        // Nothing is looked up on a node that allows nothing (an answer would tell which
+        // paths exist there).
+        if self.allowed.is_empty() {
+            return Err(not_allowed(NONE_ALLOWED.into()));
+        }
         let canonical = std::fs::canonicalize(source).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => MountPlanError::SourceMissing(source.to_string()),
             _ => MountPlanError::SourceUnreadable {
@@ -74,76 +104,91 @@ impl BindPolicy {
                 message: e.to_string(),
             },
         })?;
-        self.allows(&canonical)
-            .map_err(|reason| MountPlanError::NotAllowed {
-                path: source.to_string(),
-                reason,
-            })?;
+        self.allows(&canonical).map_err(not_allowed)?;
         Ok(canonical)
     }
 
     /// Whether a resolved path may be bound; the reason when not.
     pub fn allows(&self, canonical: &Path) -> Result<(), String> {
         if self.allowed.is_empty() {
-            return Err(
-                "this node allows no bind mounts (its agent's --allowed-bind-paths is empty); use a named volume, or ask its operator to allow a directory".into(),
-            );
+            return Err(NONE_ALLOWED.into());
         }
-        let Some(root) = self.allowed.iter().find(|a| canonical.starts_with(a)) else {
+        if !self.allowed.iter().any(|a| canonical.starts_with(a)) {
             let list: Vec<String> = self
                 .allowed
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect();
             return Err(format!(
-                "{} is outside the paths this node allows ({})",
-                canonical.display(),
+                "it is outside the paths this node allows ({}), symlinks resolved",
                 list.join(", ")
             ));
-        };
+        }
         for own in &self.protected {
-            let touches = canonical.starts_with(own) || own.starts_with(canonical);
-            if touches && !root.starts_with(own) {
+            if canonical.starts_with(own) || own.starts_with(canonical) {
                 return Err(format!(
-                    "{} is or holds hutch's own {} (other containers' data, the node's keys)",
-                    canonical.display(),
+                    "it is or holds hutch's own {} (other containers' data, the node's keys)",
                     own.display()
                 ));
             }
+        }
+        if let Some(dev) = NEVER_BOUND.iter().find(|d| canonical.starts_with(d)) {
+            return Err(format!(
+                "{dev} (the node's devices) is never bound into a container"
+            ));
         }
         Ok(())
     }
 }
 
-/// What the supervisor mounts for `mounts`.
-pub fn plan(
+/// What the supervisor mounts for `mounts`, with the volumes pinned against removal until
+/// the container's record exists (drop the pins then). Binds are checked before any
+/// volume is made, so a refused request leaves no volume behind. A fresh volume of a
+/// container with a user namespace is given to its root (`owner`: the node's uid and gid
+/// of the container's root), as Docker does with remapped roots.
+pub fn plan<'a>(
     mounts: &[Mount],
     binds: &BindPolicy,
-    volumes: &VolumeStore,
-) -> Result<Vec<PlannedMount>, MountPlanError> {
-    mounts
+    volumes: &'a VolumeStore,
+    owner: Option<(u32, u32)>,
+) -> Result<(Vec<PlannedMount>, Vec<VolumePin<'a>>), MountPlanError> {
+    let mut sources: Vec<Option<PathBuf>> = mounts
         .iter()
-        .map(|m| {
-            let (source, tmpfs_data) = match m.kind {
-                MountKind::Bind => (Some(binds.check(&m.source)?), None),
-                MountKind::Volume => (Some(volumes.get_or_create(&m.source)?.data), None),
-                MountKind::Tmpfs => (
-                    None,
-                    Some(
-                        m.tmpfs_data()
-                            .map_err(|e| MountPlanError::BadOption(e.to_string()))?,
-                    ),
-                ),
-            };
-            Ok(PlannedMount {
-                target: m.target.clone(),
-                source,
-                read_only: m.read_only,
-                noexec: m.noexec(),
-                tmpfs_data,
-            })
+        .map(|m| match m.kind {
+            MountKind::Bind => binds.check(&m.source).map(Some),
+            _ => Ok(None),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let mut pins = Vec::new();
+    let mut planned = Vec::with_capacity(mounts.len());
+    for (m, source) in mounts.iter().zip(sources.iter_mut()) {
+        let mut tmpfs_data = None;
+        match m.kind {
+            MountKind::Bind => {}
+            MountKind::Volume => {
+                let (volume, pin) = volumes.get_or_create(&m.source)?;
+                if let Some((uid, gid)) = owner {
+                    volumes.give_if_fresh(&volume, uid, gid)?;
+                }
+                *source = Some(volume.data);
+                pins.push(pin);
+            }
+            MountKind::Tmpfs => {
+                tmpfs_data = Some(
+                    m.tmpfs_data()
+                        .map_err(|e| MountPlanError::BadOption(e.to_string()))?,
+                );
+            }
+        }
+        planned.push(PlannedMount {
+            target: m.target.clone(),
+            source: source.take(),
+            read_only: m.read_only,
+            noexec: m.noexec(),
+            tmpfs_data,
+        });
+    }
+    Ok((planned, pins))
 }
 
 #[cfg(test)]
@@ -152,16 +197,20 @@ mod tests {
 
     #[test]
     fn allowed_paths_and_protected_ones() {
-        let none = BindPolicy::new(&[], &[Path::new("/var/lib/hutch")]);
+        let none = BindPolicy::new(&[], &[Path::new("/var/lib/hutch")]).expect("policy");
         assert!(none.allows(Path::new("/srv")).is_err());
         let p = BindPolicy::new(
-            &[PathBuf::from("/srv"), PathBuf::from("/var")],
+            &[
+                PathBuf::from("/srv"),
+                PathBuf::from("/var"),
+                PathBuf::from("/"),
+            ],
             &[Path::new("/var/lib/hutch-test-protected")],
-        );
+        )
+        .expect("policy");
         assert!(p.allows(Path::new("/srv/data")).is_ok());
         assert!(p.allows(Path::new("/srv")).is_ok());
-        assert!(p.allows(Path::new("/srvx")).is_err(), "a sibling");
-        assert!(p.allows(Path::new("/etc")).is_err());
+        assert!(p.allows(Path::new("/etc")).is_ok(), "under /");
         assert!(p
             .allows(Path::new("/var/lib/hutch-test-protected/keys"))
             .is_err());
@@ -169,14 +218,17 @@ mod tests {
             p.allows(Path::new("/var/lib")).is_err(),
             "holds the state dir"
         );
+        assert!(p.allows(Path::new("/")).is_err(), "holds the state dir");
+        assert!(p.allows(Path::new("/dev/sda")).is_err(), "devices");
         assert!(p.allows(Path::new("/var/tmp")).is_ok());
+        let only = BindPolicy::new(&[PathBuf::from("/srv")], &[]).expect("policy");
+        assert!(only.allows(Path::new("/srvx")).is_err(), "a sibling");
+        assert!(only.allows(Path::new("/etc")).is_err());
         let inside = BindPolicy::new(
             &[PathBuf::from("/var/lib/hutch-test-protected/shared")],
             &[Path::new("/var/lib/hutch-test-protected")],
         );
-        assert!(inside
-            .allows(Path::new("/var/lib/hutch-test-protected/shared/x"))
-            .is_ok());
+        assert!(inside.is_err(), "an allowed path inside hutch's own");
     }
 
     #[test]
@@ -184,7 +236,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hutch-binds-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("ok")).expect("mkdir");
         std::os::unix::fs::symlink("/etc", dir.join("escape")).expect("symlink");
-        let p = BindPolicy::new(std::slice::from_ref(&dir), &[]);
+        let p = BindPolicy::new(std::slice::from_ref(&dir), &[]).expect("policy");
         let ok = p.check(&dir.join("ok").display().to_string()).expect("ok");
         assert_eq!(ok, resolved(&dir.join("ok")));
         assert!(matches!(

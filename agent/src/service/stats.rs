@@ -49,7 +49,10 @@ fn running_ids(rt: &Runtime) -> Vec<String> {
 }
 
 /// Reads every container of `ids` (a blocking walk of `/proc` and cgroup files).
-async fn read_all(rt: &Arc<Runtime>, ids: Vec<String>) -> Vec<(String, Result<Usage, RuntimeError>)> {
+async fn read_all(
+    rt: &Arc<Runtime>,
+    ids: Vec<String>,
+) -> Vec<(String, Result<Usage, RuntimeError>)> {
     let rt = rt.clone();
     tokio::task::spawn_blocking(move || {
         ids.into_iter()
@@ -64,7 +67,11 @@ async fn read_all(rt: &Arc<Runtime>, ids: Vec<String>) -> Vec<(String, Result<Us
 }
 
 /// Samples until the client goes (or once), sending to `out`.
-pub async fn run(rt: Arc<Runtime>, query: StatsQuery, out: mpsc::Sender<Result<v1::ContainerUsage, Status>>) {
+pub async fn run(
+    rt: Arc<Runtime>,
+    query: StatsQuery,
+    out: mpsc::Sender<Result<v1::ContainerUsage, Status>>,
+) {
     let ids = |rt: &Runtime| {
         if query.ids.is_empty() {
             running_ids(rt)
@@ -111,9 +118,9 @@ pub async fn run(rt: Arc<Runtime>, query: StatsQuery, out: mpsc::Sender<Result<v
             };
             let now = Instant::now();
             let prev = previous.remove(&id);
-            let percent = prev
-                .as_ref()
-                .map_or(0.0, |p| cpu_percent(p.cpu_nanos, usage.cpu_nanos, now - p.at));
+            let percent = prev.as_ref().map_or(0.0, |p| {
+                cpu_percent(p.cpu_nanos, usage.cpu_nanos, now - p.at)
+            });
             let layer = match (prev.and_then(|p| p.layer), &usage.layer_dir) {
                 (Some((at, bytes)), Some(_)) if now - at < LAYER_REFRESH => Some((at, bytes)),
                 (_, Some(dir)) => {
@@ -146,7 +153,13 @@ pub async fn run(rt: Arc<Runtime>, query: StatsQuery, out: mpsc::Sender<Result<v
 }
 
 /// A sample for the wire.
-fn usage_to(u: &Usage, node: &str, cpus: u32, percent: f64, layer: Option<u64>) -> v1::ContainerUsage {
+fn usage_to(
+    u: &Usage,
+    node: &str,
+    cpus: u32,
+    percent: f64,
+    layer: Option<u64>,
+) -> v1::ContainerUsage {
     let memory = u.info.memory.unwrap_or_default();
     let pids = u.info.pids;
     v1::ContainerUsage {

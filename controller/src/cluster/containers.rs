@@ -614,10 +614,17 @@ impl Drop for LogReader {
     }
 }
 
-/// The nodes that hold volume `volume`: those reporting it, and those where a record that
-/// mounts it was placed (its first container may not have created it yet).
+/// The nodes that hold volume `volume`: those reporting it, those where a record that
+/// mounts it was placed (its first container may not have created it yet), and the one a
+/// `CreateVolume` is making it on (or lately made it on: a heartbeat sent before may not
+/// list it yet).
 pub(crate) fn volume_holders(st: &State, volume: &str) -> std::collections::BTreeSet<String> {
     let mut holders = st.scheduler.volume_holders(volume);
+    if let Some((node, at)) = st.volume_claims.get(volume) {
+        if at.elapsed() < super::volumes::CLAIM_TTL {
+            holders.insert(node.clone());
+        }
+    }
     holders.extend(
         st.containers
             .values()

@@ -165,6 +165,9 @@ pub(crate) struct State {
     pub log_readers: HashMap<String, usize>,
     /// Containers whose logs a stream has read (and closed) since they were recorded.
     pub logs_read: HashSet<String>,
+    /// Volumes being created, or created lately, by node: they count as held there before
+    /// the node's heartbeats say so (see `volumes::CLAIM_TTL`).
+    pub volume_claims: HashMap<String, (String, std::time::Instant)>,
 }
 
 /// One change to commit.
@@ -224,6 +227,7 @@ impl Cluster {
             names_revision: 0,
             log_readers: HashMap::new(),
             logs_read: HashSet::new(),
+            volume_claims: HashMap::new(),
         };
         let now = Instant::now();
         for mut node in snap.nodes {

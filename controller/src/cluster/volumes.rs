@@ -15,6 +15,9 @@ use crate::scheduler::Request;
 
 /// Longest a listing may wait for one node.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a volume made (or being made) by `CreateVolume` counts as held by its node
+/// without the node's word: longer than a create call and a heartbeat interval.
+pub(crate) const CLAIM_TTL: Duration = Duration::from_secs(30);
 
 fn node_error(node: &str, status: tonic::Status) -> ClusterError {
     ClusterError::Node {
@@ -29,9 +32,12 @@ impl Cluster {
             .map_err(|e| ClusterError::InvalidArgument(format!("name: {e}")))
     }
 
-    /// The one node holding volume `name`.
-    fn volume_home(&self, name: &str) -> Result<String, ClusterError> {
+    /// The one node holding volume `name` (`node`, when given).
+    fn volume_home(&self, name: &str, node: &str) -> Result<String, ClusterError> {
         Self::check_volume_name(name)?;
+        if !node.is_empty() {
+            return Ok(node.to_string());
+        }
         let st = self.lock();
         let holders = volume_holders(&st, name);
         let mut holders = holders.into_iter();
@@ -41,7 +47,7 @@ impl Cluster {
             ))),
             (Some(node), None) => Ok(node),
             (Some(a), Some(b)) => Err(ClusterError::FailedPrecondition(format!(
-                "volume '{name}' exists on more than one node ({a}, {b}); name the node"
+                "volume '{name}' exists on more than one node ({a}, {b}); name the node (--node)"
             ))),
         }
     }
@@ -55,7 +61,7 @@ impl Cluster {
         hutch_core::spec::validate_labels("labels", req.labels.iter())
             .map_err(ClusterError::InvalidArgument)?;
         let node = {
-            let st = self.lock();
+            let mut st = self.lock();
             if let Some(holder) = volume_holders(&st, &req.name).into_iter().next() {
                 return Err(ClusterError::AlreadyExists(format!(
                     "volume '{}' already exists on node '{holder}'",
@@ -72,31 +78,64 @@ impl Cluster {
                 ports: &[],
                 cpu_millicores: 0,
             };
-            st.scheduler.place(&any).map_err(|e| {
+            let node = st.scheduler.place(&any).map_err(|e| {
                 ClusterError::FailedPrecondition(format!("no node for the volume: {e}"))
-            })?
+            })?;
+            // Claimed before the node is asked: a second create of the name is refused.
+            st.volume_claims
+                .insert(req.name.clone(), (node.clone(), std::time::Instant::now()));
+            node
         };
-        let mut client = self.client_for(&node)?;
+        let made = self.make_volume(&node, &req).await;
+        let mut st = self.lock();
+        match &made {
+            Ok(_) => {
+                st.volume_claims
+                    .insert(req.name.clone(), (node.clone(), std::time::Instant::now()));
+            }
+            Err(_) => {
+                st.volume_claims.remove(&req.name);
+            }
+        }
+        st.volume_claims
+            .retain(|_, (_, at)| at.elapsed() < CLAIM_TTL);
+        drop(st);
+        made
+    }
+
+    async fn make_volume(
+        self: &Arc<Self>,
+        node: &str,
+        req: &v1::CreateVolumeRequest,
+    ) -> Result<v1::Volume, ClusterError> {
+        let mut client = self.client_for(node)?;
         let volume = client
             .create_volume(v1::CreateVolumeRequest {
                 name: req.name.clone(),
-                labels: req.labels,
+                labels: req.labels.clone(),
                 node: String::new(),
             })
             .await
-            .map_err(|s| node_error(&node, s))?
+            .map_err(|s| node_error(node, s))?
             .into_inner();
-        self.node_volume(&node, &req.name, true);
+        self.node_volume(node, &req.name, true);
         tracing::info!(volume = %req.name, node = %node, "volume created");
         Ok(volume)
     }
 
     /// Volume `name`, as its node describes it.
-    pub async fn get_volume(self: &Arc<Self>, name: &str) -> Result<v1::Volume, ClusterError> {
-        let node = self.volume_home(name)?;
+    pub async fn get_volume(
+        self: &Arc<Self>,
+        name: &str,
+        node: &str,
+    ) -> Result<v1::Volume, ClusterError> {
+        let node = self.volume_home(name, node)?;
         let mut client = self.client_for(&node)?;
         client
-            .get_volume(v1::GetVolumeRequest { name: name.into() })
+            .get_volume(v1::GetVolumeRequest {
+                name: name.into(),
+                node: String::new(),
+            })
             .await
             .map(tonic::Response::into_inner)
             .map_err(|s| node_error(&node, s))
@@ -135,13 +174,19 @@ impl Cluster {
     }
 
     /// Deletes volume `name` on its node, unless a container record mounts it.
-    pub async fn remove_volume(self: &Arc<Self>, name: &str) -> Result<(), ClusterError> {
-        let node = self.volume_home(name)?;
+    pub async fn remove_volume(
+        self: &Arc<Self>,
+        name: &str,
+        node: &str,
+    ) -> Result<(), ClusterError> {
+        let node = self.volume_home(name, node)?;
         let users: Vec<String> = {
             let st = self.lock();
             st.containers
                 .values()
-                .filter(|c| volumes_of(c).any(|v| v == name))
+                .filter(|c| {
+                    (c.node.is_empty() || c.node == node) && volumes_of(c).any(|v| v == name)
+                })
                 .map(|c| {
                     let ended = if is_final(state(c)) { " (ended)" } else { "" };
                     format!("{}{ended}", c.name)
@@ -156,7 +201,10 @@ impl Cluster {
         }
         let mut client = self.client_for(&node)?;
         match client
-            .remove_volume(v1::RemoveVolumeRequest { name: name.into() })
+            .remove_volume(v1::RemoveVolumeRequest {
+                name: name.into(),
+                node: String::new(),
+            })
             .await
         {
             Ok(_) => {}
@@ -165,6 +213,11 @@ impl Cluster {
             Err(s) => return Err(node_error(&node, s)),
         }
         self.node_volume(&node, name, false);
+        let mut st = self.lock();
+        if st.volume_claims.get(name).is_some_and(|(n, _)| *n == node) {
+            st.volume_claims.remove(name);
+        }
+        drop(st);
         tracing::info!(volume = %name, node = %node, "volume removed");
         Ok(())
     }

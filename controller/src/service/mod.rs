@@ -445,8 +445,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::GetVolumeRequest>,
     ) -> Result<Response<v1::Volume>, Status> {
+        let req = request.into_inner();
         Ok(Response::new(
-            self.cluster.get_volume(&request.into_inner().name).await?,
+            self.cluster.get_volume(&req.name, &req.node).await?,
         ))
     }
 
@@ -465,9 +466,8 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::RemoveVolumeRequest>,
     ) -> Result<Response<v1::RemoveVolumeResponse>, Status> {
-        self.cluster
-            .remove_volume(&request.into_inner().name)
-            .await?;
+        let req = request.into_inner();
+        self.cluster.remove_volume(&req.name, &req.node).await?;
         Ok(Response::new(v1::RemoveVolumeResponse {}))
     }
 

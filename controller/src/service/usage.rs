@@ -28,11 +28,7 @@ fn targets(
 ) -> Result<BTreeMap<String, HashMap<String, String>>, Status> {
     let mut by_node: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
     if ids.is_empty() {
-        let (running, _) = cluster.list(
-            "",
-            Some(v1::ContainerState::Running),
-            &Default::default(),
-        );
+        let (running, _) = cluster.list("", Some(v1::ContainerState::Running), &Default::default());
         for c in running {
             by_node
                 .entry(c.node.clone())
