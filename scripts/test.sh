@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 hutch_install_packages
 hutch_install_grpcurl
+hutch_install_test_packages
 
 started=$(date +%s)
 # A whole-suite run gains nothing from incremental compilation, whose caches would double the

@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub network_subnet: Option<String>,
     /// Node paths under which bind mount sources may lie (none by default).
     pub allowed_bind_paths: Option<Vec<PathBuf>>,
+    /// `host:port` to serve Prometheus metrics on (off by default).
+    pub metrics_listen: Option<String>,
 }
 
 /// The validated configuration.
@@ -117,6 +119,8 @@ pub struct AgentConfig {
     pub network: NetworkSettings,
     /// Node paths under which bind mount sources may lie; empty: no bind mounts.
     pub allowed_bind_paths: Vec<PathBuf>,
+    /// Where to serve Prometheus metrics; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub use hutch_server::config::{
@@ -286,6 +290,9 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         log_defaults,
         network,
         allowed_bind_paths,
+        metrics_listen: hutch_server::config::metrics_listen(
+            over.metrics_listen.or(file.metrics_listen),
+        )?,
     })
 }
 

@@ -190,6 +190,16 @@ impl EventLog {
     pub fn last_seq(&self) -> u64 {
         self.lock().next_seq - 1
     }
+
+    /// Events kept now.
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    /// Whether no event is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Keeps the newest `keep` events once the log holds twice that (or always when `force`),

@@ -16,6 +16,7 @@
 //!   node's subnet, masquerading and routes to the other nodes.
 //! - [`stats`]: what a container uses (CPU, network, block I/O, layer size, processes).
 //! - [`volumes`]: named volumes, the directories the node keeps across containers.
+//! - [`metrics`]: Prometheus metrics: per-container usage, containers by state, builds.
 //! - [`events`]: the durable, sequence-numbered event log.
 //! - [`config`]: flags, environment and the TOML file, merged and validated.
 //! - [`node`]: what this host is (name, addresses, memory).
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod events;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod rootfs;

@@ -483,6 +483,7 @@ async fn every_error_code_is_precise() {
             ),
         ),
         node: "draining".into(),
+        metrics: Default::default(),
         memory_reserve_bytes: 0,
         draining: std::sync::atomic::AtomicBool::new(false),
         closing: tokio::sync::watch::channel(false).0,

@@ -3,6 +3,7 @@
 
 mod crosshost;
 mod density;
+mod metrics;
 mod network;
 mod report;
 mod scale;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 12] = [
+const ALL: [&str; 13] = [
     "start-latency",
     "start-latency-net",
     "throughput-net",
@@ -27,6 +28,7 @@ const ALL: [&str; 12] = [
     "watch-fanout",
     "controller-scale",
     "tls",
+    "metrics",
 ];
 
 #[derive(Parser)]
@@ -35,7 +37,7 @@ const ALL: [&str; 12] = [
     about = "hutch side by side with runc and containerd, in one run on this machine",
     long_about = "Runs the scenarios (all when none is named): start-latency, start-latency-net, throughput-net, \
 tcp-cross-host, agent-latency, \
-throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls, metrics. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
 )]
@@ -150,6 +152,7 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
                 density::density(env, dense, std::time::Duration::from_secs(idle)).await?
             }
             ("tls", Some(env)) => tls::tls_overhead(env, runs).await?,
+            ("metrics", Some(env)) => metrics::metrics_cost(env, runs, dense).await?,
             ("controller-scale", Some(env)) => {
                 scale::controller_scale(env, sim_nodes, records).await?
             }

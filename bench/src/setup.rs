@@ -55,22 +55,38 @@ fn die(what: &str, e: impl std::fmt::Display) -> String {
 }
 
 /// Starts `cmd` and waits for its `listening on ADDR` line; returns the child and ADDR.
-pub fn spawn_listening(mut cmd: Command, log: &Path) -> Result<(Child, String), String> {
+pub fn spawn_listening(cmd: Command, log: &Path) -> Result<(Child, String), String> {
+    spawn_listening_metered(cmd, log).map(|(child, addr, _)| (child, addr))
+}
+
+/// [`spawn_listening`], also returning the metrics URL the daemon printed before (`...
+/// metrics on URL`), when it serves metrics.
+pub fn spawn_listening_metered(
+    mut cmd: Command,
+    log: &Path,
+) -> Result<(Child, String, Option<String>), String> {
     let log_file = std::fs::File::create(log).map_err(|e| die("log", e))?;
     cmd.stdout(Stdio::piped()).stderr(log_file);
     let mut child = cmd.spawn().map_err(|e| die("spawn", e))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| die("read", e))?;
+    let mut metrics = None;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).map_err(|e| die("read", e))?;
+        match line.split_once(" metrics on ") {
+            Some((_, url)) => metrics = Some(url.trim().to_string()),
+            None => break,
+        }
+    }
     let addr = line
         .split("listening on ")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .map(str::to_string);
     match addr {
-        Some(a) => Ok((child, a)),
+        Some(a) => Ok((child, a, metrics)),
         None => {
             let _ = child.kill();
             Err(format!(

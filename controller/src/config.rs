@@ -74,6 +74,8 @@ pub struct FileConfig {
     pub tls_ca_key: Option<PathBuf>,
     /// More names or addresses for the controller's certificate (e.g. a DNS name).
     pub tls_san: Option<Vec<String>>,
+    /// `host:port` to serve Prometheus metrics on (off by default).
+    pub metrics_listen: Option<String>,
 }
 
 /// The validated configuration.
@@ -93,6 +95,8 @@ pub struct ControllerConfig {
     pub limits: hutch_server::limits::ServerLimits,
     /// TLS, when served.
     pub tls: Option<TlsSettings>,
+    /// Where to serve Prometheus metrics; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Reads a TOML config file.
@@ -274,6 +278,9 @@ pub fn resolve(
     )?
     .max(restart_backoff);
     Ok(ControllerConfig {
+        metrics_listen: hutch_server::config::metrics_listen(
+            over.metrics_listen.or(file.metrics_listen),
+        )?,
         listen,
         insecure,
         tls,

@@ -13,6 +13,7 @@
 //! - [`agents`]: gRPC channels to agents.
 //! - [`service`]: the gRPC services and server.
 //! - [`config`]: configuration from flags, environment and file.
+//! - [`metrics`]: Prometheus metrics of the cluster (the gRPC ones are `hutch_server`'s).
 //! - [`join`]: the cluster CA, the controller's certificate and join tokens.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod agents;
 pub mod cluster;
 pub mod config;
 pub mod join;
+pub mod metrics;
 pub mod scheduler;
 pub mod service;
 pub mod store;

@@ -126,6 +126,14 @@ struct Cli {
     /// [default: 64MiB].
     #[arg(long, env = "HUTCH_DEFAULT_MEMORY_RESERVATION")]
     default_memory_reservation: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no credentials: keep it
+    /// on loopback or a network your monitoring alone reaches): containers and nodes by
+    /// state, placements, pending containers, restarts, store write latency, gRPC calls by
+    /// method and code. Off by default.
+    ///
+    /// Example: hutch-controller --metrics-listen 127.0.0.1:9100
+    #[arg(long, env = "HUTCH_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Watch events kept so watchers can resume [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_KEEP")]
     event_keep: Option<usize>,
@@ -163,6 +171,7 @@ fn main() -> ExitCode {
         heartbeat_interval: cli.heartbeat_interval,
         not_ready_misses: cli.not_ready_misses,
         down_after: cli.down_after,
+        metrics_listen: cli.metrics_listen,
         default_memory_reservation: cli.default_memory_reservation,
         event_keep: cli.event_keep,
         watch_buffer: cli.watch_buffer,
@@ -264,6 +273,19 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
+        let metrics = match config.metrics_listen {
+            Some(at) => match hutch_server::metrics::bind(at).await {
+                Ok((listener, url)) => {
+                    println!("hutch-controller metrics on {url}");
+                    Some(listener)
+                }
+                Err(e) => {
+                    eprintln!("hutch-controller: cannot serve metrics on {at}: {e}");
+                    return ExitCode::from(EXIT_HUTCH_ERROR);
+                }
+            },
+            None => None,
+        };
         println!(
             "hutch-controller listening on {addr} ({}, revision {}, strategy {})",
             if pki.is_some() { "TLS" } else { "plaintext" },
@@ -276,6 +298,7 @@ fn main() -> ExitCode {
             tokens,
             limits: config.limits,
             pki,
+            metrics,
         };
         match hutch_controller::service::server::serve(cluster, listener, limits, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

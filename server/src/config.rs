@@ -61,6 +61,17 @@ pub enum ConfigError {
     },
 }
 
+/// The metrics address (`--metrics-listen`, `metrics_listen`): `None` when unset or empty.
+pub fn metrics_listen(text: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            field: "metrics_listen",
+            message: format!("'{t}' is not HOST:PORT with an IP address, e.g. 127.0.0.1:9100"),
+        }),
+    }
+}
+
 /// The safe default of both daemons: plaintext only on loopback, unless the operator says
 /// `insecure` (a private lab network, say) and takes the warning at each start; beyond
 /// loopback they serve TLS (an agent once it has joined).

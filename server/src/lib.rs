@@ -6,6 +6,8 @@
 //! - [`limits`]: budgets of requests in flight and a time limit per request, as a tower layer;
 //! - [`config`]: the configuration errors, the plaintext rule and the limits' settings;
 //! - [`logging`]: `tracing` to stderr under `RUST_LOG`.
+//! - [`metrics`]: the Prometheus registry, gRPC call counts and durations as a tower layer,
+//!   and the `/metrics` endpoint.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -13,6 +15,7 @@ pub mod config;
 pub mod limits;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 
 pub use listen::{
     base_router, bind, serve_router, shutdown_signal, ServeError, MAX_REQUEST_BYTES,

@@ -52,16 +52,33 @@ impl Drop for DaemonLog {
     }
 }
 
-/// Starts `cmd` and returns it with the address it printed (`... listening on ADDR ...`).
-fn spawn_listening(mut cmd: Command, what: &str, logs: &mut Vec<DaemonLog>) -> (Child, String) {
+/// A started daemon: the process, the address it printed (`... listening on ADDR ...`) and
+/// its metrics URL when it serves metrics (`... metrics on URL`, printed before).
+struct Started {
+    child: Child,
+    addr: String,
+    metrics: Option<String>,
+}
+
+/// Starts `cmd` and reads what it printed up to the line with its address.
+fn spawn_listening(mut cmd: Command, what: &str, logs: &mut Vec<DaemonLog>) -> Started {
     let log = std::env::temp_dir().join(format!("hutch-test-{}.log", unique(what)));
     logs.push(DaemonLog(log.clone()));
     let log_file = std::fs::File::create(&log).expect("log file");
     cmd.stdout(Stdio::piped()).stderr(log_file);
     let mut child = cmd.spawn().expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read");
+    let mut metrics = None;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("read");
+        match line.split_once(" metrics on ") {
+            Some((_, url)) => metrics = Some(url.trim().to_string()),
+            None => break,
+        }
+    }
     let addr = line
         .split("listening on ")
         .nth(1)
@@ -73,7 +90,11 @@ fn spawn_listening(mut cmd: Command, what: &str, logs: &mut Vec<DaemonLog>) -> (
         })
         .to_string();
     println!("{what} listening on {addr} (log {})", log.display());
-    (child, addr)
+    Started {
+        child,
+        addr,
+        metrics,
+    }
 }
 
 fn kill9(child: &mut Option<Child>) {
@@ -87,6 +108,8 @@ fn kill9(child: &mut Option<Child>) {
 pub struct TestController {
     /// Where it listens.
     pub addr: String,
+    /// Its metrics URL, when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
     /// Its data directory.
     pub data_dir: PathBuf,
     extra: Vec<String>,
@@ -105,6 +128,7 @@ impl TestController {
         let data_dir = PathBuf::from(format!("/var/tmp/hutch-test-ctl-{}", unique(test)));
         let mut c = TestController {
             addr: "127.0.0.1:0".into(),
+            metrics_url: None,
             data_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -134,9 +158,10 @@ impl TestController {
             .arg("--restart-backoff")
             .arg("100ms")
             .args(&self.extra);
-        let (child, addr) = spawn_listening(cmd, "controller", &mut self.logs);
-        self.child = Some(child);
-        self.addr = addr;
+        let started = spawn_listening(cmd, "controller", &mut self.logs);
+        self.child = Some(started.child);
+        self.addr = started.addr;
+        self.metrics_url = started.metrics;
     }
 
     /// SIGKILLs the controller.
@@ -186,6 +211,8 @@ pub struct TestNode {
     pub name: String,
     /// Where it listens.
     pub addr: String,
+    /// Its metrics URL, when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
     controller: String,
     args: Vec<String>,
     child: Option<Child>,
@@ -223,6 +250,7 @@ impl TestNode {
         let mut node = TestNode {
             name: host.instance.clone(),
             addr: "127.0.0.1:0".into(),
+            metrics_url: None,
             controller: controller.url(),
             args,
             child: None,
@@ -244,9 +272,10 @@ impl TestNode {
             .arg("--controller")
             .arg(&self.controller)
             .args(&self.args);
-        let (child, addr) = spawn_listening(cmd, &self.name, &mut self.logs);
-        self.child = Some(child);
-        self.addr = addr;
+        let started = spawn_listening(cmd, &self.name, &mut self.logs);
+        self.child = Some(started.child);
+        self.addr = started.addr;
+        self.metrics_url = started.metrics;
     }
 
     /// SIGKILLs the agent; its containers keep running under their supervisors.

@@ -185,6 +185,7 @@ impl TestHost {
             limits: hutch_agent::service::server::ServerLimits::default(),
             tokens: None,
             tls: None,
+            metrics: None,
         };
         let task = tokio::spawn(hutch_agent::service::server::serve(
             options,

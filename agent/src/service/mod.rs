@@ -60,6 +60,8 @@ pub struct AgentCore {
     pub draining: AtomicBool,
     /// Flips to true on shutdown, ending the long-lived streams so the server can stop.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// What the agent counts for its metrics.
+    pub metrics: crate::metrics::AgentMetrics,
 }
 
 impl AgentCore {
@@ -106,6 +108,8 @@ impl Agent for AgentService {
         source.validate().map_err(RootfsError::from)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let runtime = self.core.runtime.clone();
+        let builds = self.core.metrics.rootfs_builds.clone();
+        let node = self.core.node.clone();
         let span = tracing::info_span!("build_rootfs", node = %self.core.node, rootfs = %name);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -126,6 +130,16 @@ impl Agent for AgentService {
                 };
                 let result = runtime.store().build(&name, &source, Some(ptx)).await;
                 let _ = forward.await;
+                let outcome = match &result {
+                    Ok(r) => format!("{:?}", r.outcome).to_ascii_lowercase(),
+                    Err(_) => "failed".into(),
+                };
+                builds
+                    .get_or_create(&crate::metrics::BuildLabels {
+                        node: node.clone(),
+                        outcome,
+                    })
+                    .inc();
                 let msg = result
                     .map(|r| v1::BuildRootfsResponse {
                         event: Some(v1::build_rootfs_response::Event::Result(

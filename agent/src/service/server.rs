@@ -22,6 +22,7 @@ pub use hutch_server::listen::{
     base_router, bind, serve_router, shutdown_signal, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
     MAX_STREAMS_PER_CONNECTION,
 };
+use hutch_server::metrics::{Measured, Registry, RpcMetrics};
 
 /// Why the server could not run.
 #[derive(Debug, Error)]
@@ -53,6 +54,8 @@ pub struct ServeOptions {
     /// The node certificate this agent got by joining: serve mutual TLS with it, and
     /// register with the controller over it.
     pub tls: Option<hutch_pki::material::TlsMaterial>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: no metrics.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Opens the event log, reconciles what happened while the agent was away, and serves on
@@ -77,6 +80,27 @@ pub async fn serve(
         memory_reserve_bytes: options.memory_reserve_bytes,
         draining: AtomicBool::new(false),
         closing: tokio::sync::watch::channel(false).0,
+        metrics: Default::default(),
+    });
+    let rpc_metrics = options.metrics.map(|listener| {
+        let mut registry = Registry::with_prefix("hutch");
+        let rpc = RpcMetrics::register(&mut registry);
+        crate::metrics::register(
+            &mut registry,
+            core.runtime.clone(),
+            core.events.clone(),
+            &core.node,
+            &core.metrics,
+        );
+        let mut closing = core.closing.subscribe();
+        tokio::spawn(hutch_server::metrics::serve(
+            listener,
+            Arc::new(registry),
+            async move {
+                let _ = closing.wait_for(|c| *c).await;
+            },
+        ));
+        rpc
     });
 
     // An agent without a controller sets its node-wide network up now (--network-subnet);
@@ -103,7 +127,11 @@ pub async fn serve(
     let agent = AgentServer::new(AgentService::new(core.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let agent = super::auth::Authed::new(Limited::new(agent, budget), Arc::new(policy));
+    // Measured outermost: refused calls (unauthenticated, shed) are counted too.
+    let agent = Measured::new(
+        super::auth::Authed::new(Limited::new(agent, budget), Arc::new(policy)),
+        rpc_metrics,
+    );
     let draining = {
         let core = core.clone();
         async move {

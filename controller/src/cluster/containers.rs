@@ -113,6 +113,7 @@ impl Cluster {
     ) -> Result<v1::Container, ClusterError> {
         match self.place(st, &record) {
             Ok(node) => {
+                self.metrics.placements.inc();
                 record.state = S::Scheduled as i32;
                 record.status_message = format!("placed on {node}");
                 record.node = node;

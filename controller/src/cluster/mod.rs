@@ -199,6 +199,8 @@ pub struct Cluster {
     pub(crate) agents: AgentPool,
     /// Starts in flight per node (see `dispatch::DISPATCH_PER_NODE`).
     pub(crate) dispatch_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// What it counts for its metrics.
+    pub metrics: crate::metrics::ClusterMetrics,
 }
 
 impl Cluster {
@@ -272,6 +274,7 @@ impl Cluster {
             kick: Arc::new(Notify::new()),
             agents,
             dispatch_slots: std::sync::Mutex::default(),
+            metrics: Default::default(),
         });
         tokio::spawn(containers::placement_loop(Arc::downgrade(&cluster)));
         tokio::spawn(nodes::liveness_loop(Arc::downgrade(&cluster)));
@@ -369,7 +372,11 @@ impl Cluster {
             let first_kept = revision + 1 - self.config.event_keep.min(kept) as u64;
             batch.drop_events_below = first_kept;
         }
+        let started = std::time::Instant::now();
         self.store.commit(&batch)?;
+        self.metrics
+            .store_writes
+            .observe(started.elapsed().as_secs_f64());
 
         // Durable: apply and publish.
         st.revision = revision;

@@ -80,6 +80,27 @@ impl Cluster {
                 while let Some(item) = stream.next().await {
                     use v1::build_rootfs_response::Event as In;
                     use v1::cluster_build_rootfs_response::Event as Out;
+                    let outcome = match &item {
+                        Ok(v1::BuildRootfsResponse {
+                            event: Some(In::Result(r)),
+                        }) => Some(
+                            v1::BuildOutcome::try_from(r.outcome)
+                                .map(|o| {
+                                    o.as_str_name()
+                                        .trim_start_matches("BUILD_OUTCOME_")
+                                        .to_ascii_lowercase()
+                                })
+                                .unwrap_or_default(),
+                        ),
+                        Err(_) => Some("failed".to_string()),
+                        _ => None,
+                    };
+                    if let Some(outcome) = outcome {
+                        me.metrics
+                            .rootfs_builds
+                            .get_or_create(&crate::metrics::BuildLabels { outcome })
+                            .inc();
+                    }
                     let event = match item {
                         Ok(v1::BuildRootfsResponse {
                             event: Some(In::Progress(p)),

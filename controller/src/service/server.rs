@@ -12,6 +12,7 @@ use hutch_server::limits::{Budget, Limited, ServerLimits};
 use hutch_server::listen::{
     base_router, serve_router, ServeError, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
+use hutch_server::metrics::{Measured, Registry, RpcMetrics};
 use tokio::net::TcpListener;
 
 use super::nodes::NodesService;
@@ -28,6 +29,8 @@ pub struct Limits {
     pub limits: ServerLimits,
     /// The cluster PKI: serve TLS with the controller's certificate, let agents join.
     pub pki: Option<Arc<ClusterPki>>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: no metrics.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Serves `cluster` on `listener` until `shutdown` resolves.
@@ -41,7 +44,23 @@ pub async fn serve(
         tokens,
         limits,
         pki,
+        metrics,
     } = limits;
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let rpc_metrics = metrics.map(|listener| {
+        let mut registry = Registry::with_prefix("hutch");
+        let rpc = RpcMetrics::register(&mut registry);
+        crate::metrics::register(&mut registry, cluster.clone());
+        let mut closing = closing.clone();
+        tokio::spawn(hutch_server::metrics::serve(
+            listener,
+            Arc::new(registry),
+            async move {
+                let _ = closing.wait_for(|c| *c).await;
+            },
+        ));
+        rpc
+    });
     let budget = Budget::new(limits);
     let (router, health) = base_router(pki.as_ref().map(|p| p.material()))?;
     let policy = Arc::new(Policy::controller(tokens, pki.is_some()));
@@ -49,7 +68,6 @@ pub async fn serve(
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
     health.set_serving::<NodesServer<NodesService>>().await;
-    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let controller = ControllerServer::new(ControllerService::new(
         cluster.clone(),
         closing,
@@ -70,11 +88,15 @@ pub async fn serve(
     };
     serve_router(
         router
-            .add_service(Authed::new(
-                Limited::new(controller, budget.clone()),
-                policy.clone(),
+            // Measured outermost: refused calls (unauthenticated, shed) are counted too.
+            .add_service(Measured::new(
+                Authed::new(Limited::new(controller, budget.clone()), policy.clone()),
+                rpc_metrics.clone(),
             ))
-            .add_service(Authed::new(Limited::new(nodes, budget), policy)),
+            .add_service(Measured::new(
+                Authed::new(Limited::new(nodes, budget), policy),
+                rpc_metrics,
+            )),
         listener,
         draining,
     )

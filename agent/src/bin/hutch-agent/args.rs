@@ -59,7 +59,7 @@ pub(crate) enum Command {
     /// In a cluster: hutch-agent serve --listen 10.0.0.5:7070 --controller 10.0.0.1:7000
     /// --join TOKEN --label zone=a (joins once with a token from `hutch token create`, then
     /// registers, heartbeats, and registers again whenever needed, over mutual TLS).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Build, list, inspect and remove root filesystems.
     #[command(subcommand)]
     Rootfs(RootfsCommand),
@@ -185,6 +185,14 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     pub(crate) allowed_bind_paths: Vec<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no credentials: keep it
+    /// on loopback or a network your monitoring alone reaches): per-container CPU, memory,
+    /// pids and OOM kills, containers by state, gRPC calls by method and code. Off by
+    /// default.
+    ///
+    /// Example: hutch-agent serve --metrics-listen 127.0.0.1:9101
+    #[arg(long, env = "HUTCH_METRICS_LISTEN", value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<String>,
     /// Events kept in the log before compaction [default: 10000].
     #[arg(long, env = "HUTCH_EVENT_LOG_KEEP")]
     pub(crate) event_log_keep: Option<usize>,

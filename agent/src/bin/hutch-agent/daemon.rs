@@ -72,6 +72,7 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Loaded, String> {
         cni_conf_dir: serve.and_then(|s| s.cni_conf_dir.clone()),
         cni_network: serve.and_then(|s| s.cni_network.clone()),
         network_subnet: serve.and_then(|s| s.network_subnet.clone()),
+        metrics_listen: serve.and_then(|s| s.metrics_listen.clone()),
         allowed_bind_paths: serve
             .map(|s| s.allowed_bind_paths.clone())
             .filter(|p| !p.is_empty()),
@@ -149,6 +150,19 @@ pub(crate) async fn serve(
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
+    let metrics = match config.metrics_listen {
+        Some(at) => match hutch_server::metrics::bind(at).await {
+            Ok((listener, url)) => {
+                println!("hutch-agent {} metrics on {url}", config.name);
+                Some(listener)
+            }
+            Err(e) => {
+                eprintln!("hutch-agent: cannot serve metrics on {at}: {e}");
+                return ExitCode::from(EXIT_HUTCH_ERROR);
+            }
+        },
+        None => None,
+    };
     // The address stays last on the line: scripts and tests read it from there.
     println!(
         "hutch-agent {} ({}) listening on {addr}",
@@ -169,6 +183,7 @@ pub(crate) async fn serve(
         limits: config.limits,
         tokens,
         tls,
+        metrics,
         registration: config.controller.clone().map(|controller| Registration {
             controller,
             advertise: if config.listen.port() == 0 {
