@@ -90,8 +90,8 @@ impl Collector for ClusterCollector {
         let e = &mut encoder;
         encode_rows(
             e,
-            "containers",
-            "Containers the cluster records, by state",
+            "cluster_containers",
+            "Containers the cluster records, by state (each node's own are its agent's hutch_containers)",
             None,
             MetricType::Gauge,
             &by_state(figures.containers),

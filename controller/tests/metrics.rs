@@ -183,7 +183,7 @@ async fn both_daemons_serve_prometheus_text() {
         "controller",
         &controller_text,
         &[
-            "hutch_containers",
+            "hutch_cluster_containers",
             "hutch_nodes",
             "hutch_scheduler_placements",
             "hutch_scheduler_pending",
@@ -198,8 +198,8 @@ async fn both_daemons_serve_prometheus_text() {
     assert_eq!(
         value(
             &controller,
-            "hutch_containers",
-            "hutch_containers",
+            "hutch_cluster_containers",
+            "hutch_cluster_containers",
             &[("state", "running")]
         ),
         Some(1.0)
