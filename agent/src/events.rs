@@ -54,6 +54,9 @@ pub struct NewEvent {
     pub oom_killed: bool,
     /// Whether the container was removed from the node.
     pub removed: bool,
+    /// Its health, when it has a check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<hutch_core::health::HealthStatus>,
 }
 
 /// Why the log could not be used.
@@ -237,6 +240,7 @@ mod tests {
             signal: None,
             oom_killed: false,
             removed: false,
+            health: None,
         }
     }
 

@@ -2,14 +2,15 @@
 //! memory, processes, OOM kills, labelled by container and node), containers by state, the
 //! event log's size, and rootfs builds by outcome.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use hutch_server::metrics::{encode_rows, Collector, LabelSet, MetricType, Registry, Unit};
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::cgroup::CgroupVersion;
+use crate::cgroup::{CgroupVersion, ContainerCgroup};
 use crate::events::EventLog;
 use crate::runtime::state::Status;
 use crate::runtime::Runtime;
@@ -56,11 +57,37 @@ pub struct AgentMetrics {
     pub rootfs_builds: Family<BuildLabels, Counter>,
 }
 
-/// Reads the containers and the event log at each scrape.
+/// Reads the containers and the event log at each scrape. What never changes of a
+/// container (its cgroup, its limit) is read once and kept; a scrape reads its state and
+/// four small kernel files per running container, on two threads.
 struct NodeCollector {
     runtime: Arc<Runtime>,
     events: Arc<EventLog>,
     node: String,
+    known: Mutex<HashMap<String, Arc<Known>>>,
+}
+
+/// What a scrape keeps of a container between scrapes.
+#[derive(Debug)]
+struct Known {
+    cgroup: crate::cgroup::CgroupPath,
+    memory_limit: Option<u64>,
+}
+
+/// One container as a scrape read it.
+struct Reading {
+    status: Status,
+    /// `None` unless running.
+    usage: Option<Usage>,
+}
+
+struct Usage {
+    id: String,
+    cpu_seconds: f64,
+    memory_bytes: u64,
+    memory_limit: Option<u64>,
+    pids: u64,
+    oom_kills: u64,
 }
 
 impl std::fmt::Debug for NodeCollector {
@@ -81,33 +108,100 @@ fn status_name(s: Status) -> &'static str {
     }
 }
 
+impl NodeCollector {
+    fn known(&self, id: &str) -> Option<Arc<Known>> {
+        if let Some(k) = self.lock().get(id) {
+            return Some(k.clone());
+        }
+        let config = self.runtime.config_of(id).ok()?;
+        let memory_limit = ContainerCgroup::open(config.cgroup.clone())
+            .memory()
+            .limit_bytes;
+        let known = Arc::new(Known {
+            cgroup: config.cgroup,
+            memory_limit,
+        });
+        self.lock().insert(id.to_string(), known.clone());
+        Some(known)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Known>>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self, id: &str) -> Option<Reading> {
+        let status = self.runtime.state_of(id).ok()?.status;
+        if status != Status::Running {
+            return Some(Reading {
+                status,
+                usage: None,
+            });
+        }
+        let known = self.known(id)?;
+        let cgroup = ContainerCgroup::open(known.cgroup.clone());
+        let nanos = match known.cgroup.version {
+            CgroupVersion::V2 => stats::cgroup_v2_cpu_nanos(&known.cgroup.dir()),
+            CgroupVersion::V1 => None,
+        }
+        .unwrap_or_else(|| stats::cpu_nanos_of(&known.cgroup.procs()));
+        let (memory_bytes, oom_kills) = cgroup.memory_usage_and_oom_kills();
+        Some(Reading {
+            status,
+            usage: Some(Usage {
+                id: id.to_string(),
+                cpu_seconds: nanos as f64 / 1e9,
+                memory_bytes,
+                memory_limit: known.memory_limit,
+                pids: cgroup.pids_current().unwrap_or(0),
+                oom_kills,
+            }),
+        })
+    }
+
+    /// Every container, read on two threads.
+    fn read_all(&self) -> Vec<Reading> {
+        let ids = self.runtime.ids();
+        self.lock().retain(|id, _| ids.binary_search(id).is_ok());
+        let half = ids.len().div_ceil(2);
+        std::thread::scope(|scope| {
+            let chunks: Vec<_> = ids
+                .chunks(half.max(1))
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .filter_map(|id| self.read(id))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            chunks
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+}
+
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut by_state = std::collections::BTreeMap::<&str, f64>::new();
         let (mut cpu, mut usage, mut limit, mut pids, mut ooms) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for c in self.runtime.list() {
-            *by_state.entry(status_name(c.state.status)).or_default() += 1.0;
-            if c.state.status != Status::Running {
-                continue;
-            }
+        for reading in self.read_all() {
+            *by_state.entry(status_name(reading.status)).or_default() += 1.0;
+            let Some(u) = reading.usage else { continue };
             let labels = ContainerLabels {
-                container: c.state.id.clone(),
+                container: u.id,
                 node: self.node.clone(),
             };
-            let nanos = match c.cgroup.version {
-                CgroupVersion::V2 => stats::cgroup_v2_cpu_nanos(&c.cgroup.dir()),
-                CgroupVersion::V1 => None,
-            }
-            .unwrap_or_else(|| stats::cpu_nanos_of(&c.cgroup.procs()));
-            cpu.push((labels.clone(), nanos as f64 / 1e9));
-            let memory = c.memory.unwrap_or_default();
-            usage.push((labels.clone(), memory.usage_bytes as f64));
-            if let Some(l) = memory.limit_bytes {
+            cpu.push((labels.clone(), u.cpu_seconds));
+            usage.push((labels.clone(), u.memory_bytes as f64));
+            if let Some(l) = u.memory_limit {
                 limit.push((labels.clone(), l as f64));
             }
-            ooms.push((labels.clone(), memory.oom_kills as f64));
-            pids.push((labels, c.pids.map_or(0, |p| p.current) as f64));
+            ooms.push((labels.clone(), u.oom_kills as f64));
+            pids.push((labels, u.pids as f64));
         }
         let states: Vec<(StateLabels, f64)> = by_state
             .into_iter()
@@ -209,5 +303,6 @@ pub fn register(
         runtime,
         events,
         node: node.to_string(),
+        known: Mutex::new(HashMap::new()),
     }));
 }

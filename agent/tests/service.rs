@@ -584,6 +584,7 @@ async fn logs_rotate_and_followers_read_across_files() {
             follow: true,
             since: None,
             tail: None,
+            ..Default::default()
         })
         .await
         .expect("follow")

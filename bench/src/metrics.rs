@@ -112,7 +112,7 @@ async fn start_metered(env: &BenchEnv) -> Result<Metered, String> {
         .map_err(err)?;
     wait_ready(&mut client).await?;
     let watch = client
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .watch_containers(v1::WatchContainersRequest::default())
         .await
         .map_err(err)?
         .into_inner();

@@ -306,7 +306,7 @@ pub async fn controller_scale(
     let started = Instant::now();
     let mut watch = client
         .clone()
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .watch_containers(v1::WatchContainersRequest::default())
         .await
         .map_err(|e| e.to_string())?
         .into_inner();

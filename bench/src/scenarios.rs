@@ -106,7 +106,7 @@ pub async fn connect_and_watch(env: &BenchEnv) -> Result<(Client, Watch), String
         .await
         .map_err(|e| e.to_string())?;
     let watch = client
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .watch_containers(v1::WatchContainersRequest::default())
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
@@ -590,6 +590,7 @@ pub async fn watch_fanout(
             let mut stream = c
                 .watch_containers(v1::WatchContainersRequest {
                     since_revision: since,
+                    ..Default::default()
                 })
                 .await
                 .map_err(|e| e.to_string())?

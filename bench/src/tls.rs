@@ -33,7 +33,7 @@ async fn tls_client(addr: &str, ca_pem: &[u8]) -> Result<(Client, Watch), String
         .map_err(|e| hutch_core::error_chain(&e))?;
     let mut client = ControllerClient::new(channel);
     let watch = client
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .watch_containers(v1::WatchContainersRequest::default())
         .await
         .map_err(err)?
         .into_inner();

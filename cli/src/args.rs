@@ -85,16 +85,7 @@ pub(crate) enum Command {
     /// Print a container's output.
     ///
     /// Example: hutch logs -f --tail 20 web
-    Logs {
-        /// Container id.
-        id: String,
-        /// Keep printing new lines until the container ends.
-        #[arg(long, short = 'f')]
-        follow: bool,
-        /// Only the last N lines.
-        #[arg(long)]
-        tail: Option<u32>,
-    },
+    Logs(LogsArgs),
     /// Run a command inside a running container (its namespaces, cgroup and root).
     ///
     /// Example: hutch exec web -- ps -ef; a shell in it: hutch exec -it web -- /bin/bash
@@ -176,9 +167,21 @@ pub(crate) enum Command {
     },
     /// Print every change of every container (replay from --since, then live).
     Events {
-        /// Start after this revision (0: everything still kept).
-        #[arg(long, default_value_t = 0)]
-        since: u64,
+        /// Only changes at or after this time: a duration back from now (10m), an RFC 3339
+        /// time or Unix seconds.
+        ///
+        /// Example: hutch events --since 10m --filter container=web --filter state=exited
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Start after this revision, to resume where an earlier watch stopped (0:
+        /// everything still kept).
+        #[arg(long, default_value_t = 0, value_name = "REVISION")]
+        since_revision: u64,
+        /// Only changes matching KEY=VALUE, repeatable (values of one key are alternatives):
+        /// container=NAME, node=NAME, state=STATE (pending, scheduled, preparing, running,
+        /// exited, oom_killed, failed, lost).
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
     },
     /// List the nodes: state, address, running containers, memory, rootfs, labels.
     Nodes,
@@ -278,6 +281,25 @@ pub(crate) struct RunArgs {
     /// Example: hutch run --tmpfs /scratch:size=64m debian -- df -h /scratch
     #[arg(long = "tmpfs", value_name = "TARGET[:OPTIONS]")]
     pub(crate) tmpfs: Vec<String>,
+    /// A check run inside the container (with /bin/sh -c) every --health-interval: exit 0
+    /// is healthy. ps shows the health; with a restart policy, an unhealthy container is
+    /// stopped and started again.
+    ///
+    /// Example: hutch run -d --restart on-failure --health-cmd 'curl -fs localhost' --health-interval 5s web-image -- serve
+    #[arg(long, value_name = "COMMAND")]
+    pub(crate) health_cmd: Option<String>,
+    /// Between checks [default: 30s].
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub(crate) health_interval: Option<String>,
+    /// A check running longer has failed [default: 30s].
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub(crate) health_timeout: Option<String>,
+    /// Failed checks in a row that make it unhealthy [default: 3].
+    #[arg(long, value_name = "N", requires = "health_cmd")]
+    pub(crate) health_retries: Option<u32>,
+    /// Failed checks in this time after the start do not count [default: 0s].
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub(crate) health_start_period: Option<String>,
     /// Restart policy: never, on-failure, on-failure:N, always.
     #[arg(long, default_value = "never")]
     pub(crate) restart: String,
@@ -385,6 +407,36 @@ pub(crate) enum NodeCommand {
         #[arg(short, long)]
         force: bool,
     },
+}
+
+/// `hutch logs`.
+#[derive(Args)]
+pub(crate) struct LogsArgs {
+    /// Container id.
+    pub(crate) id: String,
+    /// Keep printing new lines until the container ends.
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub(crate) tail: Option<u32>,
+    /// Only lines written at or after TIME: a duration back from now (10m, 1h30m), an RFC
+    /// 3339 time (2026-11-30T10:00:00Z) or Unix seconds.
+    ///
+    /// Example: hutch logs --since 10m --until 5m -t web
+    #[arg(long, value_name = "TIME")]
+    pub(crate) since: Option<String>,
+    /// Only lines written at or before TIME (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub(crate) until: Option<String>,
+    /// Show the time each line was written (RFC 3339, nanoseconds) before it.
+    #[arg(long, short = 't')]
+    pub(crate) timestamps: bool,
+    /// The previous run of a restarted container (its node keeps one).
+    ///
+    /// Example: hutch logs --previous crashy
+    #[arg(long, short = 'p')]
+    pub(crate) previous: bool,
 }
 
 #[derive(Subcommand)]

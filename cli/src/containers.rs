@@ -179,28 +179,98 @@ pub(crate) async fn wait(client: &Client, id: &str, json: bool) -> Result<ExitCo
     Ok(ExitCode::from(final_code(&end)))
 }
 
+/// A `--filter KEY=VALUE` list as the watch request's filters.
+fn watch_filters(
+    since: Option<&str>,
+    since_revision: u64,
+    filters: &[String],
+) -> Result<v1::WatchContainersRequest, Error> {
+    let mut req = v1::WatchContainersRequest {
+        since_revision,
+        ..Default::default()
+    };
+    if let Some(t) = since {
+        let at = crate::time_arg::parse_time(t, std::time::SystemTime::now())
+            .map_err(|e| Error::InvalidInput(format!("--since: {e}")))?;
+        req.since_time = Some(hutch_core::convert::timestamp(at));
+    }
+    // Not a map: a key given twice means either value.
+    for filter in filters {
+        let (key, value) = filter
+            .split_once('=')
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "--filter {filter}: give KEY=VALUE, e.g. state=exited"
+                ))
+            })?;
+        match key.as_str() {
+            "container" | "name" => req.containers.push(value),
+            "node" => req.nodes.push(value),
+            "state" | "status" => {
+                let name = format!("CONTAINER_STATE_{}", value.to_ascii_uppercase());
+                let state = v1::ContainerState::from_str_name(&name)
+                    .filter(|s| *s != v1::ContainerState::Unspecified)
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "--filter state={value}: choose from pending, scheduled, preparing, running, exited, oom_killed, failed, lost"
+                        ))
+                    })?;
+                req.states.push(state as i32);
+            }
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "--filter {other}={value}: filter by container=NAME, node=NAME or state=STATE"
+                )))
+            }
+        }
+    }
+    Ok(req)
+}
+
 /// `hutch events`.
-pub(crate) async fn events(client: &Client, since: u64, json: bool) -> Result<ExitCode, Error> {
-    let mut stream = client.watch(since).await?;
+pub(crate) async fn events(
+    client: &Client,
+    since: Option<String>,
+    since_revision: u64,
+    filters: Vec<String>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let request = watch_filters(since.as_deref(), since_revision, &filters)?;
+    let mut stream = client.watch_filtered(request).await?;
+    if !json {
+        outln!(
+            "{:>8}  {:<24} {:<8} {:<20} {:<10} {:<12} STATUS",
+            "REVISION",
+            "TIME",
+            "TYPE",
+            "CONTAINER",
+            "STATE",
+            "NODE"
+        );
+    }
     while let Some(e) = stream.next().await {
         let e = e?;
         let Some(c) = e.container else { continue };
+        let kind = v1::WatchEventType::try_from(e.r#type)
+            .map(|t| {
+                t.as_str_name()
+                    .trim_start_matches("WATCH_EVENT_TYPE_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let time = output::rfc3339(&e.time);
         if json {
-            let kind = v1::WatchEventType::try_from(e.r#type)
-                .map(|t| {
-                    t.as_str_name()
-                        .trim_start_matches("WATCH_EVENT_TYPE_")
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
             outln!(
                 "{}",
-                serde_json::json!({"revision": e.revision, "type": kind, "container": output::container_json(&c)})
+                serde_json::json!({"revision": e.revision, "time": time, "type": kind, "container": output::container_json(&c)})
             );
         } else {
             outln!(
-                "{:>6}  {:<20} {:<10} {:<12} {}",
+                "{:>8}  {:<24} {:<8} {:<20} {:<10} {:<12} {}",
                 e.revision,
+                time.unwrap_or_else(|| "-".into()),
+                kind,
                 c.name,
                 output::state_name(c.state),
                 if c.node.is_empty() { "-" } else { &c.node },
@@ -263,6 +333,27 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     for t in &args.tmpfs {
         hutch_core::mounts::parse_tmpfs_flag(t).map_err(|e| Error::InvalidInput(e.to_string()))?;
         spec = spec.tmpfs(t);
+    }
+    if let Some(cmd) = &args.health_cmd {
+        let ms = |flag: &str, v: &Option<String>| -> Result<u32, Error> {
+            let Some(text) = v else { return Ok(0) };
+            humantime::parse_duration(text)
+                .ok()
+                .and_then(|d| u32::try_from(d.as_millis()).ok())
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{flag}: '{text}' is not a duration such as 5s or 1m30s"
+                    ))
+                })
+        };
+        let check = v1::HealthCheck {
+            command: vec!["/bin/sh".into(), "-c".into(), cmd.clone()],
+            interval_ms: ms("--health-interval", &args.health_interval)?,
+            timeout_ms: ms("--health-timeout", &args.health_timeout)?,
+            retries: args.health_retries.unwrap_or(0),
+            start_period_ms: ms("--health-start-period", &args.health_start_period)?,
+        };
+        spec = spec.health(check);
     }
     for (k, v) in parse_pairs("env", &args.env)? {
         spec = spec.env(k, v);
@@ -412,7 +503,15 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
     // decides what they mean; its end ends this command.
     let proxy = (!hutch::is_final(started.state)).then(|| forward_signals(container.clone()));
     let failed_to_start = started.state == v1::ContainerState::Failed as i32 && started.pid == 0;
-    if !failed_to_start && print_logs(&container, true, None, json).await? == Printed::OutputClosed
+    let following = hutch::LogsOptions {
+        follow: true,
+        ..Default::default()
+    };
+    let shape = LogShape {
+        json,
+        timestamps: false,
+    };
+    if !failed_to_start && print_logs(&container, following, shape).await? == Printed::OutputClosed
     {
         // Nobody reads what it prints any more: stop here, as `ls | head` does. With --rm the
         // container goes too (removed by force), so an ended `hutch run` leaves nothing.
@@ -608,22 +707,33 @@ pub(crate) enum Printed {
     OutputClosed,
 }
 
-/// Prints log lines: stdout lines to stdout, stderr lines to stderr (JSON: one object per
-/// line). Stops early, without an error, when stdout's reader goes away.
+/// How log lines are printed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogShape {
+    /// One JSON object per line (stream, time, line, partial).
+    pub(crate) json: bool,
+    /// The time before each line (`docker logs -t`).
+    pub(crate) timestamps: bool,
+}
+
+/// Prints a container's lines (stdout to stdout, stderr to stderr) as `options` select them.
 pub(crate) async fn print_logs(
     container: &hutch::Container,
-    follow: bool,
-    tail: Option<u32>,
-    json: bool,
+    options: hutch::LogsOptions,
+    shape: LogShape,
 ) -> Result<Printed, Error> {
-    let mut stream = container.logs(follow, tail).await?;
+    let mut stream = container.logs_with(options).await?;
     let mut err = std::io::stderr();
     while let Some(entry) = stream.next().await {
         let entry = entry?;
         let is_err = entry.stream == v1::LogStream::Stderr as i32;
-        if json {
+        let time = entry.time.as_ref().map(|t| {
+            humantime::format_rfc3339_nanos(hutch_core::convert::system_time(t)).to_string()
+        });
+        if shape.json {
             let line = serde_json::json!({
                 "stream": if is_err { "stderr" } else { "stdout" },
+                "time": time,
                 "line": entry.line,
                 "partial": entry.partial,
             });
@@ -632,7 +742,12 @@ pub(crate) async fn print_logs(
             }
             continue;
         }
-        let mut line = entry.line.into_bytes();
+        let mut line = Vec::new();
+        if shape.timestamps {
+            line.extend_from_slice(time.as_deref().unwrap_or("-").as_bytes());
+            line.push(b' ');
+        }
+        line.extend_from_slice(entry.line.as_bytes());
         if !entry.partial {
             line.push(b'\n');
         }

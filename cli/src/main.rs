@@ -20,6 +20,7 @@ mod interactive;
 mod output;
 mod rootfs;
 mod stdout;
+mod time_arg;
 mod usage;
 mod volumes;
 
@@ -106,8 +107,26 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             quiet,
         } => containers::ps(&client, all, node, labels, quiet, json).await,
         Command::Inspect { id } => containers::inspect(&client, &id, json).await,
-        Command::Logs { id, follow, tail } => {
-            match containers::print_logs(&client.container(&id), follow, tail, json).await? {
+        Command::Logs(args) => {
+            let now = std::time::SystemTime::now();
+            let time = |flag: &str, t: &Option<String>| {
+                t.as_deref()
+                    .map(|t| time_arg::parse_time(t, now))
+                    .transpose()
+                    .map_err(|e| Error::InvalidInput(format!("{flag}: {e}")))
+            };
+            let options = hutch::LogsOptions {
+                follow: args.follow,
+                tail: args.tail,
+                since: time("--since", &args.since)?,
+                until: time("--until", &args.until)?,
+                previous: args.previous,
+            };
+            let shown = containers::LogShape {
+                json,
+                timestamps: args.timestamps,
+            };
+            match containers::print_logs(&client.container(&args.id), options, shown).await? {
                 containers::Printed::All => Ok(ExitCode::SUCCESS),
                 containers::Printed::OutputClosed => Ok(broken_pipe()),
             }
@@ -126,7 +145,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Rm { ids, force } => containers::rm(&client, ids, force).await,
         Command::Attach { id } => containers::attach(&client, &id).await,
         Command::Wait { id } => containers::wait(&client, &id, json).await,
-        Command::Events { since } => containers::events(&client, since, json).await,
+        Command::Events {
+            since,
+            since_revision,
+            filters,
+        } => containers::events(&client, since, since_revision, filters, json).await,
         Command::Stats { ids, no_stream } => usage::stats(&client, ids, !no_stream, json).await,
         Command::Top { id } => usage::top(&client, &id, json).await,
         Command::Nodes => cluster::nodes(&client, json).await,

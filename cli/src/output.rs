@@ -43,6 +43,8 @@ pub struct ContainerJson {
     pub network: Option<NetworkJson>,
     /// Binds, volumes and tmpfs: `SOURCE:TARGET[:ro]` (`tmpfs:TARGET` for a tmpfs).
     pub mounts: Vec<String>,
+    /// `starting`, `healthy` or `unhealthy` with a health check.
+    pub health: Option<String>,
     pub created_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -139,6 +141,19 @@ pub fn state_name(state: i32) -> String {
         .unwrap_or_else(|_| format!("unknown({state})"))
 }
 
+/// `healthy`, `unhealthy`, `starting` for a container with a health check.
+pub fn health_name(c: &v1::Container) -> Option<String> {
+    let h = c.health.as_ref()?;
+    v1::HealthState::try_from(h.state)
+        .ok()
+        .filter(|s| *s != v1::HealthState::Unspecified)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("HEALTH_STATE_")
+                .to_ascii_lowercase()
+        })
+}
+
 fn node_state_name(state: i32) -> String {
     v1::NodeState::try_from(state)
         .map(|s| {
@@ -233,6 +248,7 @@ pub fn container_json(c: &v1::Container) -> ContainerJson {
         warnings: c.warnings.clone(),
         network: c.network.as_ref().map(network_json),
         mounts: spec.mounts.iter().map(mount_text).collect(),
+        health: health_name(c),
         namespaces: c
             .namespaces
             .iter()
@@ -323,7 +339,10 @@ pub fn containers_table(list: &[v1::Container]) {
                 } else {
                     c.node.clone()
                 },
-                state_name(c.state),
+                match health_name(c) {
+                    Some(h) => format!("{} ({h})", state_name(c.state)),
+                    None => state_name(c.state),
+                },
                 c.network
                     .as_ref()
                     .map(|n| n.ip.clone())
@@ -397,6 +416,17 @@ pub fn container_details(c: &v1::Container) {
             _ => String::new(),
         };
         field("processes", format!("{current} ({limit}{hits})"));
+    }
+    if let (Some(h), Some(status)) = (&j.health, &c.health) {
+        let last = if status.last_output.trim().is_empty() {
+            String::new()
+        } else {
+            format!("; last check: {}", status.last_output.trim())
+        };
+        field(
+            "health",
+            format!("{h} ({} failing in a row{last})", status.failing_streak),
+        );
     }
     if !j.mounts.is_empty() {
         field("mounts", j.mounts.join(", "));

@@ -711,6 +711,49 @@ async fn stats_and_top_through_the_cli() {
         "{out}"
     );
 
+    // A health check from the flags: ps shows it.
+    let o = cli.run(&[
+        "run",
+        "-d",
+        "--name",
+        "cli-checked",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "200ms",
+        ROOTFS,
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ps = text(&cli.run(&["ps"]).stdout);
+        if ps
+            .lines()
+            .any(|l| l.starts_with("cli-checked") && l.contains("running (healthy)"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ps}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = cli.run(&["run", "--health-interval", "1s", ROOTFS, "--", "true"]);
+    assert_eq!(code(&o), 2, "--health-interval needs --health-cmd");
+    let o = cli.run(&[
+        "run",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "soon",
+        ROOTFS,
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert_eq!(code(&cli.run(&["rm", "-f", "cli-checked"])), 0);
+
     // Errors: an unknown container; top of one that ended.
     let o = cli.run(&["stats", "--no-stream", "nope"]);
     assert_eq!(code(&o), 125);
@@ -720,4 +763,164 @@ async fn stats_and_top_through_the_cli() {
     let o = cli.run(&["top", "cli-burn"]);
     assert_eq!(code(&o), 125, "{}", text(&o.stdout));
     assert_eq!(code(&cli.run(&["rm", "cli-burn"])), 0);
+}
+
+/// `hutch ARGS` for at most `secs` seconds (for commands that stream until stopped).
+fn run_for(cli: &Cli, secs: u32, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
+        .arg("--controller")
+        .arg(&cli.url)
+        .args(args)
+        .output()
+        .expect("timeout hutch")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_events_narrowed_like_docker() {
+    let ctl = TestController::start("clilogs", &[]);
+    let node = TestNode::start("clilogs-node", &ctl, None, &[]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let cli = Cli { url: ctl.url() };
+    let o = cli.run(&[
+        "run",
+        "--name",
+        "cli-logs",
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        "echo one; sleep 1.1; echo two; sleep 1.1; echo three",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+
+    // -t: each line after its time; JSON carries the time too.
+    let o = cli.run(&["logs", "-t", "cli-logs"]);
+    let lines: Vec<String> = text(&o.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (l, word) in lines.iter().zip(["one", "two", "three"]) {
+        let (time, rest) = l.split_once(' ').expect("time, then the line");
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{l}");
+        assert_eq!(rest, word);
+    }
+    let o = cli.run(&["-o", "json", "logs", "cli-logs"]);
+    let times: Vec<String> = text(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["time"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(times.len(), 3);
+
+    // --since / --until with the second line's time, and as durations.
+    let second = times[1].as_str();
+    let o = cli.run(&["logs", "--since", second, "cli-logs"]);
+    assert_eq!(text(&o.stdout), "two\nthree\n");
+    let o = cli.run(&["logs", "--until", second, "cli-logs"]);
+    assert_eq!(text(&o.stdout), "one\ntwo\n");
+    let o = cli.run(&["logs", "--since", "1h", "--tail", "1", "cli-logs"]);
+    assert_eq!(text(&o.stdout), "three\n");
+    let o = cli.run(&[
+        "logs",
+        "--since",
+        "1970-01-01T00:00:01Z",
+        "--until",
+        "1",
+        "cli-logs",
+    ]);
+    assert_eq!(text(&o.stdout), "", "a window before it ran");
+    let o = cli.run(&["logs", "--since", "last tuesday", "cli-logs"]);
+    assert_eq!(code(&o), 125);
+    assert!(text(&o.stderr).contains("--since"), "{}", text(&o.stderr));
+
+    // --previous: a restarted container's earlier run stays readable.
+    let o = cli.run(&["logs", "--previous", "cli-logs"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        text(&o.stderr).contains("not been restarted"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cli.run(&[
+        "run",
+        "-d",
+        "--name",
+        "cli-crash",
+        "--restart",
+        "on-failure:1",
+        ROOTFS,
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/random/uuid; exit 3",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cli.run(&["-o", "json", "inspect", "cli-crash"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v["restart_count"] == 1 && v["state"] == "exited" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never restarted: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = text(&cli.run(&["logs", "cli-crash"]).stdout);
+    let before = text(&cli.run(&["logs", "--previous", "cli-crash"]).stdout);
+    assert_eq!(now.trim().len(), 36, "{now}");
+    assert_eq!(before.trim().len(), 36, "{before}");
+    assert_ne!(now, before, "two runs, two uuids");
+
+    // Events: a header and times; filtered on the controller by container and state.
+    let o = run_for(&cli, 2, &["events", "--filter", "container=cli-logs"]);
+    let out = text(&o.stdout);
+    let mut rows = out.lines();
+    assert!(
+        rows.next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with("REVISION"),
+        "{out}"
+    );
+    let rows: Vec<&str> = rows.collect();
+    assert!(!rows.is_empty(), "{out}");
+    assert!(rows.iter().all(|r| r.contains("cli-logs")), "{out}");
+    let o = run_for(
+        &cli,
+        2,
+        &[
+            "-o",
+            "json",
+            "events",
+            "--filter",
+            "state=exited",
+            "--filter",
+            "state=failed",
+            "--since",
+            "1h",
+        ],
+    );
+    let events: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert!(events.len() >= 2, "{events:?} {}", text(&o.stderr));
+    for e in &events {
+        assert!(
+            e["time"]
+                .as_str()
+                .is_some_and(|t| humantime::parse_rfc3339(t).is_ok()),
+            "{e}"
+        );
+        assert_eq!(e["container"]["state"], "exited", "{e}");
+    }
+    let o = run_for(&cli, 2, &["events", "--filter", "colour=red"]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    let o = run_for(&cli, 2, &["events", "--filter", "state=sleepy"]);
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert_eq!(code(&cli.run(&["rm", "-f", "cli-logs", "cli-crash"])), 0);
 }

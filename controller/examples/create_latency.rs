@@ -56,6 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .watch_containers(v1::WatchContainersRequest {
             since_revision: since,
+            ..Default::default()
         })
         .await?
         .into_inner();

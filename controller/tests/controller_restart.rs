@@ -27,6 +27,7 @@ async fn watch_until_broken(
     let Ok(stream) = client
         .watch_containers(v1::WatchContainersRequest {
             since_revision: since,
+            ..Default::default()
         })
         .await
     else {

@@ -125,6 +125,13 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
         // Modes and ports out of range: refused before anything is set up. (The test's
         // nodes have no cluster network, so no valid port ever gets published here.)
         auto_remove: r.chance(20),
+        health: r.chance(20).then(|| v1::HealthCheck {
+            command: (0..r.below(3)).map(|_| nasty(r)).collect(),
+            interval_ms: r.pick(&[0, 1, 100, 1000, u32::MAX]),
+            timeout_ms: r.pick(&[0, 99, 30_000, u32::MAX]),
+            retries: r.pick(&[0, 1, 3, 1001, u32::MAX]),
+            start_period_ms: r.pick(&[0, 5000, u32::MAX]),
+        }),
         // Mounts of every type with hostile paths: refused by the checks, or (a tmpfs at a
         // plain path) really mounted. Binds never reach a node path here: the test's
         // agents allow none but the test bind root, which these paths are not in.
@@ -304,6 +311,11 @@ async fn malformed_requests_get_clear_errors_and_leave_nothing() {
                     follow: false,
                     since: None,
                     tail: r.pick(&[None, Some(0), Some(u32::MAX)]),
+                    until: r.chance(30).then(|| prost_types::Timestamp {
+                        seconds: r.pick(&[i64::MIN, -1, 0, i64::MAX]),
+                        nanos: r.pick(&[-1, 0, 999_999_999, i32::MAX]),
+                    }),
+                    previous: r.chance(20),
                 })
                 .await;
             check("logs", seed, logs.map(drop), &mut codes);

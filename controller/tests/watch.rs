@@ -112,7 +112,10 @@ async fn replay_then_live_and_compaction() {
     // Revisions 1..=8; 4..=8 are kept.
     let err = c
         .client
-        .watch_containers(v1::WatchContainersRequest { since_revision: 2 })
+        .watch_containers(v1::WatchContainersRequest {
+            since_revision: 2,
+            ..Default::default()
+        })
         .await
         .expect_err("compacted");
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
@@ -120,7 +123,10 @@ async fn replay_then_live_and_compaction() {
 
     let mut stream = c
         .client
-        .watch_containers(v1::WatchContainersRequest { since_revision: 3 })
+        .watch_containers(v1::WatchContainersRequest {
+            since_revision: 3,
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();
@@ -167,13 +173,19 @@ async fn a_watcher_that_stops_reading_is_cut_off_alone() {
         .await
         .expect("connect");
     let mut slow = ControllerClient::new(small_window)
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .watch_containers(v1::WatchContainersRequest {
+            since_revision: 0,
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();
     let mut fast = c
         .client
-        .watch_containers(v1::WatchContainersRequest { since_revision: 0 })
+        .watch_containers(v1::WatchContainersRequest {
+            since_revision: 0,
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();

@@ -9,6 +9,7 @@ use hutch_proto::v1;
 use thiserror::Error;
 
 use crate::cpu::CpuLimits;
+use crate::health::{HealthCheck, HealthState, HealthStatus};
 use crate::mounts::{Mount, MountKind};
 use crate::network::{
     host_ip, port_number, NetworkError, NetworkMode, NetworkSpec, NetworkStatus, PortMapping,
@@ -165,6 +166,13 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
             .enumerate()
             .map(|(i, m)| mount_from(m, i))
             .collect::<Result<_, _>>()?,
+        health: p.health.map(|h| HealthCheck {
+            command: h.command,
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }),
     })
 }
 
@@ -340,6 +348,28 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         cpu: cpu_to(&s.cpu),
         auto_remove: s.auto_remove,
         mounts: s.mounts.iter().map(mount_to).collect(),
+        health: s.health.as_ref().map(|h| v1::HealthCheck {
+            command: h.command.clone(),
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }),
+    }
+}
+
+/// A container's health for the wire.
+pub fn health_status_to(h: &HealthStatus) -> v1::HealthStatus {
+    v1::HealthStatus {
+        state: match h.state {
+            HealthState::Starting => v1::HealthState::Starting,
+            HealthState::Healthy => v1::HealthState::Healthy,
+            HealthState::Unhealthy => v1::HealthState::Unhealthy,
+        } as i32,
+        failing_streak: h.failing_streak,
+        last_output: h.last_output.clone(),
+        last_exit_code: h.last_exit_code,
+        last_check: (h.last_check_ms > 0).then(|| timestamp_ms(h.last_check_ms)),
     }
 }
 

@@ -10,6 +10,7 @@
 //! Modules, one concern each:
 //! - [`names`]: names that end up in paths (container ids, rootfs names), and fresh ones.
 //! - [`network`]: network modes, published ports, IPv4 blocks, a container's network status.
+//! - [`health`]: health checks, their bounds and the state their results drive.
 //! - [`mounts`]: binds, named volumes and tmpfs in Docker's spellings; their checks.
 //! - [`units`]: `64M`, `1GiB` and back.
 //! - [`process`]: signal names and the exit status a shell shows.
@@ -33,6 +34,7 @@ pub mod bearer;
 pub mod convert;
 pub mod cpu;
 pub mod error_text;
+pub mod health;
 pub mod mounts;
 pub mod names;
 pub mod network;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::cpu::CpuLimits;
+use crate::health::{HealthCheck, HealthError};
 use crate::mounts::{validate_mounts, Mount, MountError};
 use crate::names::{validate_name, NameError};
 use crate::network::{NetworkError, NetworkSpec};
@@ -261,6 +262,9 @@ pub struct ContainerSpec {
     /// Binds, volumes and tmpfs mounted into it.
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// A check its node runs inside it.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -408,6 +412,9 @@ pub enum SpecError {
     /// A mount that cannot work.
     #[error("mounts: {0}")]
     Mount(#[from] MountError),
+    /// A health check out of bounds.
+    #[error(transparent)]
+    Health(#[from] HealthError),
 }
 
 impl ContainerSpec {
@@ -439,6 +446,7 @@ impl ContainerSpec {
             cpu: CpuLimits::default(),
             auto_remove: false,
             mounts: Vec::new(),
+            health: None,
         }
     }
 
@@ -554,6 +562,9 @@ impl ContainerSpec {
             .validate()
             .map_err(|e| SpecError::BadCpu(e.to_string()))?;
         validate_mounts(&self.mounts)?;
+        if let Some(h) = &self.health {
+            h.validate()?;
+        }
         if !self.mounts.is_empty() && !self.has(Namespace::Mount) {
             return Err(SpecError::NamespaceCombination(
                 "mounts need the mount namespace: without it they would land in the node's own mount table; add 'mount'".into(),

@@ -468,7 +468,7 @@ fn registrations(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// The revisions `hutch events --since SINCE` prints within `secs` seconds.
+/// The revisions `hutch events --since-revision SINCE` prints within `secs` seconds.
 fn revisions(lab: &Lab, since: u64, secs: u32) -> Vec<u64> {
     let out = lab.exec(
         "client",
@@ -479,7 +479,7 @@ fn revisions(lab: &Lab, since: u64, secs: u32) -> Vec<u64> {
             "-o",
             "json",
             "events",
-            "--since",
+            "--since-revision",
             &since.to_string(),
         ],
     );

@@ -202,11 +202,20 @@ impl Client {
 
     /// Every change after `since_revision` (0: all kept), then live ones.
     pub async fn watch(&self, since_revision: u64) -> Result<BoxStream<v1::WatchEvent>> {
-        let stream = self
-            .rpc()
-            .watch_containers(v1::WatchContainersRequest { since_revision })
-            .await?
-            .into_inner();
+        self.watch_filtered(v1::WatchContainersRequest {
+            since_revision,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// [`Client::watch`] narrowed on the controller: only changes of some containers,
+    /// nodes or states, or since a time (the request's filters).
+    pub async fn watch_filtered(
+        &self,
+        request: v1::WatchContainersRequest,
+    ) -> Result<BoxStream<v1::WatchEvent>> {
+        let stream = self.rpc().watch_containers(request).await?.into_inner();
         Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
     }
 

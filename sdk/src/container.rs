@@ -32,6 +32,21 @@ pub struct ExecOutput {
     pub signal: Option<i32>,
 }
 
+/// Which lines [`Container::logs_with`] streams (Docker's `logs` flags).
+#[derive(Debug, Clone, Default)]
+pub struct LogsOptions {
+    /// Keep streaming new lines until the container ends.
+    pub follow: bool,
+    /// Only the last N lines (before following).
+    pub tail: Option<u32>,
+    /// Only lines written at or after this time.
+    pub since: Option<std::time::SystemTime>,
+    /// Only lines written at or before this time.
+    pub until: Option<std::time::SystemTime>,
+    /// The previous run of a restarted container instead of the current one.
+    pub previous: bool,
+}
+
 /// One container of the cluster.
 #[derive(Clone)]
 pub struct Container {
@@ -116,14 +131,27 @@ impl Container {
 
     /// Its output lines; with `follow`, new lines until it ends.
     pub async fn logs(&self, follow: bool, tail: Option<u32>) -> Result<BoxStream<v1::LogEntry>> {
+        self.logs_with(LogsOptions {
+            follow,
+            tail,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Its output lines, as `options` narrow them (times, the previous run).
+    pub async fn logs_with(&self, options: LogsOptions) -> Result<BoxStream<v1::LogEntry>> {
+        let stamp = |t: Option<std::time::SystemTime>| t.map(hutch_core::convert::timestamp);
         let stream = self
             .client
             .rpc()
             .container_logs(v1::ContainerLogsRequest {
                 id: self.id.clone(),
-                follow,
-                since: None,
-                tail,
+                follow: options.follow,
+                since: stamp(options.since),
+                tail: options.tail,
+                until: stamp(options.until),
+                previous: options.previous,
             })
             .await?
             .into_inner();

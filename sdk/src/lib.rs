@@ -28,7 +28,7 @@ pub mod error;
 pub mod spec;
 
 pub use client::{BoxStream, Client, ClientOptions, TlsOptions};
-pub use container::{is_final, Container, ExecOutput, ExecSession, SessionOutput};
+pub use container::{is_final, Container, ExecOutput, ExecSession, LogsOptions, SessionOutput};
 pub use error::{Error, Result};
 pub use hutch_core::units::{human_bytes, parse_size};
 pub use hutch_proto::v1 as proto;

@@ -232,6 +232,13 @@ impl ContainerSpec {
         self
     }
 
+    /// A health check its node runs inside it (Docker's `--health-cmd` and friends); zero
+    /// fields take Docker's defaults (30 s, 30 s, 3 retries, no start period).
+    pub fn health(mut self, check: hutch_proto::v1::HealthCheck) -> Self {
+        self.spec.health = Some(check);
+        self
+    }
+
     /// Mounts `SOURCE:TARGET[:ro]`, as Docker's `-v`: an absolute SOURCE binds that path of
     /// the node (its agent must allow it), any other SOURCE names a volume of the node (made
     /// on first use; the container then runs where the volume is).

@@ -41,6 +41,10 @@ use crate::network::{NetworkSettings, NodeNetwork};
 use crate::rootfs::{RootfsInfo, RootfsStore};
 use crate::spec::{ContainerSpec, Namespace};
 use crate::stats::{self, BlockBytes, NetBytes, ProcessInfo};
+use hutch_core::health::HealthStatus;
+
+/// A container's health, in its state directory.
+const HEALTH_FILE: &str = "health.json";
 use crate::volumes::VolumeStore;
 use exec::ExecResult;
 use hutch_core::network::PortMapping;
@@ -109,6 +113,9 @@ pub struct ContainerInfo {
     pub pids: Option<PidsStats>,
     /// Its cgroup.
     pub cgroup: CgroupPath,
+    /// What its health checks said, when its spec has one.
+    #[serde(default)]
+    pub health: Option<HealthStatus>,
 }
 
 /// One usage sample of a container (see [`Runtime::usage`]).
@@ -519,6 +526,11 @@ impl Runtime {
         } else {
             (state.final_memory, state.final_pids)
         };
+        let health = config
+            .spec
+            .health
+            .as_ref()
+            .map(|_| read_json(&config.dir.join(HEALTH_FILE)).unwrap_or_default());
         ContainerInfo {
             spec: config.spec,
             rootfs_key: config.rootfs_key,
@@ -526,7 +538,18 @@ impl Runtime {
             pids,
             cgroup: config.cgroup,
             state,
+            health,
         }
+    }
+
+    /// What container `id` was started with (its cgroup, spec, layer): never changes.
+    pub fn config_of(&self, id: &str) -> Result<SupervisorConfig, RuntimeError> {
+        self.read_config(&self.existing_dir(id)?)
+    }
+
+    /// Container `id`'s state record alone (no cgroup figures read).
+    pub fn state_of(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        self.read_state(&self.existing_dir(id)?)
     }
 
     /// The container's current record.
@@ -567,6 +590,13 @@ impl Runtime {
         Ok(usage)
     }
 
+    /// Records what the health checks of container `id` said.
+    pub fn set_health(&self, id: &str, health: &HealthStatus) -> Result<(), RuntimeError> {
+        let dir = self.existing_dir(id)?;
+        let path = dir.join(HEALTH_FILE);
+        replace_json(&path, health).map_err(|e| io_err(&path, e))
+    }
+
     /// The processes of running container `id`, in pid order.
     pub fn processes(&self, id: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
         let info = self.get(id)?;
@@ -587,7 +617,8 @@ impl Runtime {
             .collect()
     }
 
-    fn ids(&self) -> Vec<String> {
+    /// The ids of every container on this host, sorted.
+    pub fn ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = std::fs::read_dir(&self.containers_dir)
             .map(|rd| {
                 rd.flatten()
@@ -820,6 +851,22 @@ impl Runtime {
 
     /// Runs `argv` inside the running container and returns its output and exit status.
     pub async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, RuntimeError> {
+        self.exec_within(id, argv, None).await?.ok_or_else(|| {
+            io_err(
+                Path::new(id),
+                "an exec without a time limit ran out of time",
+            )
+        })
+    }
+
+    /// [`Runtime::exec`] that gives up after `limit` (`Ok(None)`), killing the helper (and
+    /// with it the command, which it runs as its child in the container's pid namespace).
+    pub async fn exec_within(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        limit: Option<Duration>,
+    ) -> Result<Option<ExecOutput>, RuntimeError> {
         let (dir, result_file) = self.prepare_exec(id, &argv)?;
         let mut child = self.spawn_exec_helper(
             id,
@@ -830,16 +877,33 @@ impl Runtime {
             [Stdio::null(), Stdio::piped(), Stdio::piped()],
         )?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let ((stdout, t1), (stderr, t2)) = tokio::join!(read_capped(stdout), read_capped(stderr));
-        let status = child.wait().await.map_err(|e| io_err(&dir, e))?;
+        let ran = async {
+            let ((stdout, t1), (stderr, t2)) =
+                tokio::join!(read_capped(stdout), read_capped(stderr));
+            let status = child.wait().await;
+            (stdout, t1, stderr, t2, status)
+        };
+        let (stdout, t1, stderr, t2, status) = match limit {
+            None => ran.await,
+            Some(limit) => match tokio::time::timeout(limit, ran).await {
+                Ok(done) => done,
+                Err(_) => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    let _ = std::fs::remove_file(&result_file);
+                    return Ok(None);
+                }
+            },
+        };
+        let status = status.map_err(|e| io_err(&dir, e))?;
         let result = self.exec_result(id, &dir, &result_file, status, &stderr)?;
-        Ok(ExecOutput {
+        Ok(Some(ExecOutput {
             stdout,
             stderr,
             exit_code: result.exit_code,
             signal: result.signal,
             truncated: t1 || t2,
-        })
+        }))
     }
 
     /// Starts `argv` inside the running container for an interactive session: on a new

@@ -69,6 +69,7 @@ pub fn container_to(info: &ContainerInfo, node: &str) -> v1::Container {
         finished_at: st.finished_ms.map(timestamp_ms),
         rootfs_key: info.rootfs_key.clone(),
         network: network_of(info).map(|n| hutch_core::convert::network_status_to(&n)),
+        health: info.health.as_ref().map(health_status_to),
         ..Default::default()
     }
 }
@@ -139,6 +140,7 @@ pub fn event_to(e: &Event) -> v1::Event {
         signal: e.change.signal,
         oom_killed: e.change.oom_killed,
         removed: e.change.removed,
+        health: e.change.health.as_ref().map(health_status_to),
     }
 }
 

@@ -1,5 +1,5 @@
 //! `ContainerLogs`: the container's log file as a stream of entries, optionally only the last
-//! `tail` lines and only lines since a time, and with `follow` new lines as they are written
+//! `tail` lines and only lines between two times, and with `follow` new lines as they are written
 //! until the container has ended. The files (the current one and those rotated away, see
 //! `LogFiles`) are read incrementally, so memory stays bounded by the channel and the `tail`
 //! window, whatever the container writes.
@@ -32,6 +32,8 @@ pub struct LogQuery {
     pub follow: bool,
     /// RFC 3339 time: only lines at or after it.
     pub since: Option<String>,
+    /// RFC 3339 time: only lines at or before it (a follower stops there).
+    pub until: Option<String>,
     /// Only the last N lines before following.
     pub tail: Option<usize>,
 }
@@ -54,7 +56,18 @@ pub async fn stream_logs(
     };
     // Across rotated files, following rotations (see LogFiles).
     let mut reader = LogFiles::open(&StatePaths::log(&dir));
-    let keep = |l: &LogLine| query.since.as_deref().is_none_or(|s| l.time.as_str() >= s);
+    let keep = |l: &LogLine| {
+        query.since.as_deref().is_none_or(|s| l.time.as_str() >= s)
+            && query.until.as_deref().is_none_or(|u| l.time.as_str() <= u)
+    };
+    let past_until = || {
+        query.until.as_deref().is_some_and(|u| {
+            humantime::format_rfc3339_nanos(std::time::SystemTime::now())
+                .to_string()
+                .as_str()
+                > u
+        })
+    };
     // Catch up: everything written so far, through the tail window.
     let mut window: VecDeque<LogLine> = VecDeque::new();
     let tail = query.tail.map(|t| t.min(MAX_TAIL));
@@ -115,8 +128,9 @@ pub async fn stream_logs(
                 return;
             }
         }
-        // Done when the container has ended, the client left, or the agent stops.
-        if (ended && quiet) || tx.is_closed() || *closing.borrow() {
+        // Done when the container has ended, the client left, the agent stops, or the
+        // lines asked for are all behind.
+        if (ended && quiet) || tx.is_closed() || *closing.borrow() || past_until() {
             return;
         }
         if quiet {

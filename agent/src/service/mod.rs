@@ -3,6 +3,7 @@
 //! errors to status codes in [`status`]; conversions live in [`convert`].
 
 pub mod convert;
+pub mod health;
 pub mod join;
 pub mod logs;
 pub mod registration;
@@ -296,6 +297,7 @@ impl Agent for AgentService {
                             signal: None,
                             oom_killed: false,
                             removed: true,
+                            health: None,
                         })
                         .await;
                 }
@@ -435,12 +437,22 @@ impl Agent for AgentService {
         request: Request<v1::ContainerLogsRequest>,
     ) -> Result<Response<Self::ContainerLogsStream>, Status> {
         let req = request.into_inner();
+        if req.previous {
+            return Err(invalid(
+                "previous",
+                "an agent keeps one run per container id; ask the controller for a restarted container's previous run",
+            ));
+        }
         self.core.runtime.get(&req.id)?;
         let query = logs::LogQuery {
             id: req.id,
             follow: req.follow,
             since: req
                 .since
+                .as_ref()
+                .map(|t| humantime::format_rfc3339_nanos(convert::system_time(t)).to_string()),
+            until: req
+                .until
                 .as_ref()
                 .map(|t| humantime::format_rfc3339_nanos(convert::system_time(t)).to_string()),
             tail: req.tail.map(|t| t as usize),

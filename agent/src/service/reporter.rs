@@ -12,10 +12,13 @@ use crate::events::{EventLog, NewEvent};
 use crate::fsutil::{read_json, replace_json};
 use crate::runtime::state::Status;
 use crate::runtime::{ContainerInfo, Runtime};
+use hutch_core::health::HealthState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Reported {
     status: Status,
+    #[serde(default)]
+    health: Option<HealthState>,
 }
 
 /// Appends container events to the log, once per state change.
@@ -77,6 +80,7 @@ pub fn event_of(info: &ContainerInfo, removed: bool) -> NewEvent {
         signal: info.state.signal,
         oom_killed: info.state.oom_killed,
         removed,
+        health: info.health.clone(),
     }
 }
 
@@ -98,18 +102,17 @@ impl Reporter {
         };
         let marker = dir.join("reported.json");
         let last: Option<Reported> = read_json(&marker).ok();
-        if last.map(|r| r.status) == Some(info.state.status) {
+        let now = Reported {
+            status: info.state.status,
+            health: info.health.as_ref().map(|h| h.state),
+        };
+        if last == Some(now) {
             return;
         }
         match self.events.append(event_of(info, false)) {
             Ok(event) => {
                 tracing::debug!(container = %info.state.id, seq = event.seq, "event recorded");
-                if let Err(e) = replace_json(
-                    &marker,
-                    &Reported {
-                        status: info.state.status,
-                    },
-                ) {
+                if let Err(e) = replace_json(&marker, &now) {
                     tracing::warn!(container = %info.state.id, error = %e, "cannot record the reported state");
                 }
             }
@@ -129,8 +132,10 @@ impl Reporter {
     }
 
     /// Watches container `id` until it ends and reports its final state; then removes it
-    /// when its spec says `auto_remove` (reported as a removal event).
+    /// when its spec says `auto_remove` (reported as a removal event). Runs its health
+    /// checks meanwhile, when it has one.
     pub fn watch(self: &Arc<Self>, id: String) {
+        super::health::spawn(self.clone(), self.runtime.clone(), id.clone());
         let me = self.clone();
         tokio::spawn(async move {
             match me.runtime.wait(&id).await {

@@ -343,6 +343,9 @@ impl Cluster {
                 Err(_) => {}
             }
         }
+        if let Some(before) = records::previous_copy(&record) {
+            self.spawn_remove_copy(&record.previous_node, &before);
+        }
         let name = name.to_string();
         self.commit_blocking(move |c| {
             let mut st = c.lock();
@@ -525,14 +528,20 @@ impl Cluster {
             let mut record = old.clone();
             records::reset_for_new_run(&mut record);
             record.restart_count += 1;
+            // The ended run's copy stays for `logs --previous`; the one before goes.
+            record.previous_node = if s == S::Lost {
+                String::new()
+            } else {
+                old.node.clone()
+            };
             self.place_and_commit(&mut st, record, WatchEventType::Updated)
                 .map(|r| (old, r))
         };
         match result {
             Ok((old, new)) => {
                 tracing::info!(container = %name, node = %new.node, restart = new.restart_count, "restarting");
-                if !old.node.is_empty() && state(&old) != S::Lost {
-                    self.spawn_remove_copy(&old.node, &records::current_agent_id(&old));
+                if let Some(before) = records::previous_copy(&old) {
+                    self.spawn_remove_copy(&old.previous_node, &before);
                 }
                 if state(&new) == S::Scheduled {
                     self.spawn_dispatch(&new);
@@ -540,6 +549,46 @@ impl Cluster {
             }
             Err(e) => tracing::error!(container = %name, "restart: {e}"),
         }
+    }
+
+    /// Stops a container its health checks found unhealthy, when its restart policy would
+    /// start it again (the stop counts as a failure, as a drain's does); one without such a
+    /// policy keeps running, unhealthy, for someone to look at.
+    pub(crate) fn stop_unhealthy(self: &Arc<Self>, record: &v1::Container) {
+        if !wants_restart(record, true) {
+            return;
+        }
+        let Ok(mut client) = self.client_for(&record.node) else {
+            return;
+        };
+        self.lock().evicted.insert(record.name.clone());
+        let me = self.clone();
+        let (name, node, copy) = (
+            record.name.clone(),
+            record.node.clone(),
+            records::current_agent_id(record),
+        );
+        let grace = record
+            .spec
+            .as_ref()
+            .and_then(|s| s.stop_grace_seconds)
+            .unwrap_or(hutch_core::spec::DEFAULT_STOP_GRACE_SECONDS);
+        tokio::spawn(async move {
+            tracing::warn!(container = %name, %node, "unhealthy: stopping it to start it again");
+            let mut request = tonic::Request::new(v1::StopContainerRequest {
+                id: copy,
+                grace_seconds: None,
+            });
+            request.set_timeout(Duration::from_secs(u64::from(grace) + 15));
+            match client.stop_container(request).await {
+                Ok(view) => {
+                    if let Err(e) = me.apply_agent_view(&node, view.into_inner()).await {
+                        tracing::error!(container = %name, "after stopping an unhealthy container: {e}");
+                    }
+                }
+                Err(s) => tracing::warn!(container = %name, "stopping an unhealthy container: {s}"),
+            }
+        });
     }
 
     /// Removes the node's copy `name` (an agent id) in the background (best effort).

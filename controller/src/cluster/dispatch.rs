@@ -345,6 +345,9 @@ impl Cluster {
                                     .await;
                                 match applied {
                                     Ok(Some(r)) if is_final(state(&r)) => self.after_end(&r),
+                                    Ok(Some(r)) if records::turned_unhealthy(&r) => {
+                                        self.stop_unhealthy(&r)
+                                    }
                                     Ok(_) => {}
                                     Err(e) => {
                                         tracing::error!(%node, "applying an agent event: {e}");
@@ -419,7 +422,8 @@ impl Cluster {
             let applies = !event.removed
                 && record.node == node
                 && record.restart_count == run
-                && moves_forward(state(record), update);
+                && (moves_forward(state(record), update)
+                    || (state(record) == update && event.health != record.health));
             applies.then(|| record.clone())
         });
         let Some(mut record) = changed else {
@@ -484,6 +488,13 @@ impl Cluster {
             let current = record
                 .as_ref()
                 .is_some_and(|r| r.node == node && r.restart_count == run);
+            // The previous run's copy, kept for `logs --previous`, once it has ended.
+            let previous = record.as_ref().is_some_and(|r| {
+                r.previous_node == node && run + 1 == r.restart_count && is_final(state(&copy))
+            });
+            if previous {
+                continue;
+            }
             if current {
                 seen.insert(name);
                 if let Err(e) = self.apply_agent_view(&node, copy).await {

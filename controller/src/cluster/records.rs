@@ -24,6 +24,12 @@ pub fn current_agent_id(c: &v1::Container) -> String {
     agent_id(&c.name, c.restart_count)
 }
 
+/// The agent id of the previous run's copy, when a node keeps one (`previous_node`).
+pub fn previous_copy(c: &v1::Container) -> Option<String> {
+    (!c.previous_node.is_empty() && c.restart_count > 0)
+        .then(|| agent_id(&c.name, c.restart_count - 1))
+}
+
 /// The container name and run of an agent's copy, when the id has that form.
 pub fn parse_agent_id(id: &str) -> Option<(&str, u32)> {
     let (name, run) = id.rsplit_once('.')?;
@@ -161,6 +167,9 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
     if agent.network.is_some() {
         record.network = agent.network.clone();
     }
+    if agent.health.is_some() {
+        record.health = agent.health.clone();
+    }
     record.started_at = agent.started_at.or(record.started_at);
     record.finished_at = agent.finished_at.or(record.finished_at);
     if !agent.rootfs_key.is_empty() {
@@ -171,6 +180,9 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
 /// Applies one agent event to the record.
 pub fn merge_agent_event(record: &mut v1::Container, event: &v1::Event) {
     record.state = event.state;
+    if event.health.is_some() {
+        record.health = event.health.clone();
+    }
     if is_final(S::try_from(event.state).unwrap_or(S::Unspecified)) {
         record.exit_code = event.exit_code;
         record.signal = event.signal;
@@ -199,7 +211,16 @@ pub fn reset_for_new_run(record: &mut v1::Container) {
     record.network = None;
     record.started_at = None;
     record.finished_at = None;
+    record.health = None;
     record.node.clear();
+}
+
+/// Whether the record's health checks have just found it unhealthy while it runs.
+pub fn turned_unhealthy(c: &v1::Container) -> bool {
+    state(c) == S::Running
+        && c.health
+            .as_ref()
+            .is_some_and(|h| h.state == v1::HealthState::Unhealthy as i32)
 }
 
 /// The run ended badly: non-zero exit, a signal, an OOM kill, a failure to start, or its

@@ -5,6 +5,7 @@ pub mod nodes;
 pub mod server;
 pub mod status;
 mod usage;
+pub mod watch_filter;
 
 use hutch_core::paging;
 use prost::Message;
@@ -68,6 +69,20 @@ fn copy_of(cluster: &Cluster, id: &str) -> Result<(String, String), Status> {
             )));
         }
         Ok((c.node.clone(), current_agent_id(&c)))
+    }
+}
+
+/// The node keeping the previous run of `id` and that copy's id (`logs --previous`).
+fn previous_copy_of(cluster: &Cluster, id: &str) -> Result<(String, String), Status> {
+    let c = cluster.get(id)?;
+    match crate::cluster::records::previous_copy(&c) {
+        Some(copy) => Ok((c.previous_node.clone(), copy)),
+        None if c.restart_count == 0 => Err(Status::failed_precondition(format!(
+            "container '{id}' has not been restarted: there is no previous run"
+        ))),
+        None => Err(Status::failed_precondition(format!(
+            "the previous run of container '{id}' was lost with its node"
+        ))),
     }
 }
 
@@ -160,7 +175,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::WatchContainersRequest>,
     ) -> Result<Response<Self::WatchContainersStream>, Status> {
-        let since = request.into_inner().since_revision;
+        let req = request.into_inner();
+        let filter = watch_filter::WatchFilter::of(&req)?;
+        let since = req.since_revision;
         let (replay, mut live) = self.cluster.watch(since)?;
         let mut closing = self.closing.clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -168,7 +185,7 @@ impl Controller for ControllerService {
             let mut last = since;
             for e in replay {
                 last = e.revision;
-                if tx.send(Ok(e)).await.is_err() {
+                if filter.wants(&e) && tx.send(Ok(e)).await.is_err() {
                     return;
                 }
             }
@@ -181,7 +198,7 @@ impl Controller for ControllerService {
                     Ok(e) if e.revision <= last => {}
                     Ok(e) => {
                         last = e.revision;
-                        if tx.send(Ok(e)).await.is_err() {
+                        if filter.wants(&e) && tx.send(Ok(e)).await.is_err() {
                             return;
                         }
                     }
@@ -232,7 +249,12 @@ impl Controller for ControllerService {
         request: Request<v1::ContainerLogsRequest>,
     ) -> Result<Response<Self::ContainerLogsStream>, Status> {
         let mut req = request.into_inner();
-        let (node, copy) = self.copy_of(&req.id)?;
+        let (node, copy) = if req.previous {
+            previous_copy_of(&self.cluster, &req.id)?
+        } else {
+            self.copy_of(&req.id)?
+        };
+        req.previous = false;
         // Counted before the node is asked, so an auto_remove container waits for it.
         let reader = self.cluster.log_reader(&req.id);
         req.id = copy;

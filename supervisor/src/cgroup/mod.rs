@@ -545,6 +545,28 @@ impl ContainerCgroup {
         }
     }
 
+    /// Memory in use and OOM kills so far: the two figures a metrics scrape reads of every
+    /// container (two files, where [`ContainerCgroup::memory`] reads four).
+    pub fn memory_usage_and_oom_kills(&self) -> (u64, u64) {
+        let d = driver(self.path.version);
+        let usage = std::fs::read_to_string(self.path.dir().join(d.usage_file()))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        (usage, d.oom_kills(&self.path))
+    }
+
+    /// Processes and threads now, where the pids controller is (one file).
+    pub fn pids_current(&self) -> Option<u64> {
+        let dir = match self.path.version {
+            CgroupVersion::V1 => self.path.pids_dir.clone()?,
+            CgroupVersion::V2 => self.path.dir(),
+        };
+        std::fs::read_to_string(dir.join("pids.current"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
     /// The pids figures, where the pids controller is.
     pub fn pids(&self) -> Option<PidsStats> {
         let dir = self.path.pids_files_dir()?;
