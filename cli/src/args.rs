@@ -75,6 +75,20 @@ pub(crate) enum Command {
         /// Only their ids, one per line (for scripts: hutch rm -f $(hutch ps -aq)).
         #[arg(long, short = 'q')]
         quiet: bool,
+        /// Only containers matching KEY=VALUE, repeatable: status=STATE, name=PART,
+        /// node=NAME, label=KEY[=VALUE], health=starting|healthy|unhealthy (values of one
+        /// key are alternatives; keys must all match).
+        ///
+        /// Example: hutch ps -a --filter status=exited --filter status=failed
+        #[arg(long = "filter", short = 'f', value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+        /// Print each container through a template: {{.ID}}, {{.Names}}, {{.Node}},
+        /// {{.State}}, {{.Status}}, {{.Image}}, {{.Command}}, {{.CreatedAt}}, {{.IP}},
+        /// {{.Health}}, {{.Labels}}; \t is a tab.
+        ///
+        /// Example: hutch ps --format '{{.ID}}\t{{.Node}}\t{{.State}}'
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
     },
     /// Show a container's record and its namespace table (container inode, host inode,
     /// isolated).
@@ -197,6 +211,9 @@ pub(crate) enum Command {
     /// Named volumes: directories a node keeps across containers (-v NAME:/path).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Cluster-wide housekeeping.
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// Example: hutch completions bash > /etc/bash_completion.d/hutch
@@ -306,6 +323,12 @@ pub(crate) struct RunArgs {
     /// Environment variable (KEY=VALUE, repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub(crate) env: Vec<String>,
+    /// Read environment variables from FILE (KEY=VALUE lines, # comments; a bare KEY takes
+    /// this shell's value), repeatable; -e wins over a file.
+    ///
+    /// Example: hutch run --env-file app.env debian -- env
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub(crate) env_files: Vec<std::path::PathBuf>,
     /// Label (KEY=VALUE, repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub(crate) labels: Vec<String>,
@@ -340,8 +363,11 @@ pub(crate) struct RunArgs {
     /// Most processes and threads inside [default: 1024; 0: no limit].
     #[arg(long)]
     pub(crate) pids_limit: Option<u32>,
-    /// Run as UID[:GID] (numbers; GID defaults to UID) instead of root.
-    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    /// Run as a user instead of root: UID[:GID] (numbers; GID defaults to UID), or
+    /// NAME[:GROUP] looked up in the rootfs's /etc/passwd and /etc/group.
+    ///
+    /// Example: hutch run --rm -u nobody debian -- id
+    #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
     pub(crate) user: Option<String>,
     /// Every capability, no seccomp filter, /proc and /sys unmasked: for containers that
     /// manage the host. Use with care.
@@ -406,6 +432,22 @@ pub(crate) enum NodeCommand {
         /// there registers again as a new node.
         #[arg(short, long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SystemCommand {
+    /// Remove what nothing uses: ended containers and volumes no container uses; with
+    /// --all also rootfs no container uses (on every node). Asks first unless --force.
+    ///
+    /// Example: hutch system prune --force
+    Prune {
+        /// Do not ask.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// Also rootfs no container uses.
+        #[arg(long, short = 'a')]
+        all: bool,
     },
 }
 

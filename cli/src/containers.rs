@@ -15,14 +15,48 @@ use crate::stdout::{self, outln};
 use crate::{broken_pipe, interactive, output, print_json, EXIT_HUTCH};
 
 /// `hutch ps`.
-pub(crate) async fn ps(
-    client: &Client,
-    all: bool,
-    node: Option<String>,
-    labels: Vec<String>,
-    quiet: bool,
-    json: bool,
-) -> Result<ExitCode, Error> {
+/// What `hutch ps` lists and how.
+pub(crate) struct PsQuery {
+    /// Ended containers too.
+    pub(crate) all: bool,
+    /// Only this node's.
+    pub(crate) node: Option<String>,
+    /// `--label KEY=VALUE`.
+    pub(crate) labels: Vec<String>,
+    /// Names only.
+    pub(crate) quiet: bool,
+    /// `--filter KEY=VALUE`.
+    pub(crate) filters: Vec<String>,
+    /// `--format TEMPLATE`.
+    pub(crate) format: Option<String>,
+}
+
+/// `hutch ps`.
+pub(crate) async fn ps(client: &Client, q: PsQuery, json: bool) -> Result<ExitCode, Error> {
+    let PsQuery {
+        all,
+        node,
+        labels,
+        quiet,
+        filters,
+        format,
+    } = q;
+    let filters = filters
+        .iter()
+        .map(|f| crate::ps_view::parse_filter(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::InvalidInput)?;
+    if let Some(f) = &format {
+        crate::ps_view::check_format(f).map_err(Error::InvalidInput)?;
+    }
+    // Asking for a state that has ended lists ended containers too.
+    let all = all
+        || filters.iter().any(|f| {
+            matches!(f, crate::ps_view::Filter::State(s) if hutch::is_final(
+                v1::ContainerState::from_str_name(&format!("CONTAINER_STATE_{}", s.to_ascii_uppercase()))
+                    .map_or(0, |s| s as i32)
+            ))
+        });
     let mut list = client
         .list(v1::ListClusterContainersRequest {
             node: node.unwrap_or_default(),
@@ -34,7 +68,12 @@ pub(crate) async fn ps(
     if !all {
         list.retain(|c| !hutch::is_final(c.state));
     }
-    if quiet {
+    list.retain(|c| crate::ps_view::passes(&filters, c));
+    if let Some(f) = &format {
+        for c in &list {
+            outln!("{}", crate::ps_view::render(f, c));
+        }
+    } else if quiet {
         for c in &list {
             outln!("{}", c.name);
         }
@@ -355,6 +394,16 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
         };
         spec = spec.health(check);
     }
+    for file in &args.env_files {
+        let shown = file.display().to_string();
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::InvalidInput(format!("--env-file {shown}: {e}")))?;
+        let vars = crate::env_file::parse_env_file(&shown, &text, |k| std::env::var(k).ok())
+            .map_err(|e| Error::InvalidInput(format!("--env-file {e}")))?;
+        for (k, v) in vars {
+            spec = spec.env(k, v);
+        }
+    }
     for (k, v) in parse_pairs("env", &args.env)? {
         spec = spec.env(k, v);
     }
@@ -415,8 +464,17 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
         spec = spec.pids_limit(limit);
     }
     if let Some(user) = &args.user {
-        let (uid, gid) = parse_user(user)?;
-        spec = spec.user(uid, gid);
+        // Numbers are ids; a name is looked up in the rootfs by the node.
+        let numeric = user
+            .split(':')
+            .next()
+            .is_some_and(|u| u.parse::<u32>().is_ok());
+        spec = if numeric {
+            let (uid, gid) = parse_user(user)?;
+            spec.user(uid, gid)
+        } else {
+            spec.user_name(user)
+        };
     }
     if args.privileged {
         spec = spec.privileged();

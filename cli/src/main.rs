@@ -16,8 +16,11 @@
 mod args;
 mod cluster;
 mod containers;
+mod env_file;
 mod interactive;
 mod output;
+mod prune;
+mod ps_view;
 mod rootfs;
 mod stdout;
 mod time_arg;
@@ -105,7 +108,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             node,
             labels,
             quiet,
-        } => containers::ps(&client, all, node, labels, quiet, json).await,
+            filters,
+            format,
+        } => {
+            let query = containers::PsQuery {
+                all,
+                node,
+                labels,
+                quiet,
+                filters,
+                format,
+            };
+            containers::ps(&client, query, json).await
+        }
+        Command::System(args::SystemCommand::Prune { force, all }) => {
+            prune::prune(&client, force, all, json).await
+        }
         Command::Inspect { id } => containers::inspect(&client, &id, json).await,
         Command::Logs(args) => {
             let now = std::time::SystemTime::now();

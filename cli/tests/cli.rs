@@ -924,3 +924,146 @@ async fn logs_and_events_narrowed_like_docker() {
     assert_eq!(code(&o), 125, "{}", text(&o.stderr));
     assert_eq!(code(&cli.run(&["rm", "-f", "cli-logs", "cli-crash"])), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_env_files_ps_filters_and_prune() {
+    let ctl = TestController::start("clihouse", &[]);
+    let node = TestNode::start("clihouse-node", &ctl, None, &[]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let cli = Cli { url: ctl.url() };
+    let ok = |o: &Output| assert_eq!(code(o), 0, "{}", text(&o.stderr));
+
+    // A rootfs no node has: refused at once, with the command that builds it.
+    let o = cli.run(&["run", "--rm", "no-such-rootfs", "--", "true"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        text(&o.stderr).contains("hutch rootfs build no-such-rootfs"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // -u NAME from the rootfs's /etc/passwd; NAME:GROUP; an unknown name.
+    let o = cli.run(&["run", "--rm", "-u", "nobody", ROOTFS, "--", "id", "-u"]);
+    ok(&o);
+    assert_eq!(text(&o.stdout), "65534\n");
+    let o = cli.run(&["run", "--rm", "-u", "daemon:nogroup", ROOTFS, "--", "id"]);
+    ok(&o);
+    assert!(
+        text(&o.stdout).starts_with("uid=1(daemon) gid=65534(nogroup)"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = cli.run(&["run", "--rm", "-u", "ghost", ROOTFS, "--", "id"]);
+    assert_ne!(code(&o), 0);
+    assert!(
+        text(&o.stderr).contains("user 'ghost' is not in the rootfs's /etc/passwd"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // --env-file: comments, a bare key from this environment, -e wins.
+    let dir = std::env::temp_dir().join(format!("hutch-envfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("app.env");
+    std::fs::write(
+        &file,
+        "# settings\nGREETING=hello world\nPATH_FROM_CLIENT\nLEVEL=low\n",
+    )
+    .expect("write");
+    let o = Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))
+        .env("PATH_FROM_CLIENT", "from-here")
+        .args(["--controller", &cli.url, "run", "--rm", "--env-file"])
+        .arg(&file)
+        .args([
+            "-e",
+            "LEVEL=high",
+            ROOTFS,
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING/$PATH_FROM_CLIENT/$LEVEL",
+        ])
+        .output()
+        .expect("hutch");
+    ok(&o);
+    assert_eq!(text(&o.stdout), "hello world/from-here/high\n");
+    std::fs::write(&file, "GOOD=1\nBAD KEY=2\n").expect("write");
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--env-file",
+        &file.display().to_string(),
+        ROOTFS,
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 125);
+    assert!(text(&o.stderr).contains("app.env:2"), "{}", text(&o.stderr));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+
+    // ps --filter / --format.
+    ok(&cli.run(&[
+        "run",
+        "-d",
+        "--name",
+        "h-run",
+        "--label",
+        "tier=front",
+        ROOTFS,
+        "--",
+        "sleep",
+        "600",
+    ]));
+    ok(&cli.run(&[
+        "run", "--name", "h-done", "-v", "h-vol:/v", ROOTFS, "--", "true",
+    ]));
+    let o = cli.run(&[
+        "ps",
+        "--filter",
+        "status=exited",
+        "--format",
+        "{{.ID}}|{{.State}}",
+    ]);
+    ok(&o);
+    assert_eq!(text(&o.stdout), "h-done|exited\n");
+    let o = cli.run(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=tier=front",
+        "--format",
+        "{{.Names}}\\t{{.Node}}",
+    ]);
+    assert_eq!(text(&o.stdout), format!("h-run\t{}\n", node.name));
+    let o = cli.run(&["ps", "-a", "--filter", "name=h-", "-q"]);
+    let mut names: Vec<String> = text(&o.stdout).lines().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names, vec!["h-done".to_string(), "h-run".to_string()]);
+    for (flag, value) in [("--filter", "colour=red"), ("--format", "{{.Nope}}")] {
+        let o = cli.run(&["ps", flag, value]);
+        assert_eq!(code(&o), 125, "{flag} {value}");
+    }
+
+    // system prune: asks without a terminal (refuses), then with --force removes the
+    // ended container and the volume it used; the running one and the rootfs stay.
+    let o = cli.run(&["system", "prune"]);
+    assert_eq!(code(&o), 125);
+    assert!(text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
+    let o = cli.run(&["-o", "json", "system", "prune", "--force"]);
+    ok(&o);
+    let pruned: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        pruned["containers"],
+        serde_json::json!(["h-done"]),
+        "{pruned}"
+    );
+    assert_eq!(
+        pruned["volumes"],
+        serde_json::json!([format!("h-vol ({})", node.name)]),
+        "{pruned}"
+    );
+    assert_eq!(pruned["rootfs"], serde_json::json!([]));
+    let o = cli.run(&["ps", "-a", "-q"]);
+    assert_eq!(text(&o.stdout), "h-run\n");
+    ok(&cli.run(&["rm", "-f", "h-run"]));
+}

@@ -69,7 +69,6 @@ async fn unhealthy_containers_are_restarted_by_their_policy() {
             .exec(v1::ExecRequest {
                 id: name.into(),
                 command: vec!["rm".into(), "/tmp/ok".into()],
-                ..Default::default()
             })
             .await
             .expect("exec")

@@ -201,6 +201,7 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
             privileged: r.chance(10),
             run_as_user: r.pick(&[None, None, Some(0), Some(1000), Some(u32::MAX)]),
             run_as_group: r.pick(&[None, Some(0), Some(u32::MAX)]),
+            user_name: r.pick(&["", "root", "nobody:nogroup", "../etc", "a:b:c"]).into(),
         }),
     }
 }

@@ -297,6 +297,7 @@ fn security_from(p: v1::Security) -> Result<Security, FieldError> {
         privileged: p.privileged,
         run_as_user: p.run_as_user,
         run_as_group: p.run_as_group,
+        user_name: Some(p.user_name).filter(|u| !u.is_empty()),
     })
 }
 
@@ -313,6 +314,7 @@ fn security_to(s: &Security) -> v1::Security {
         privileged: s.privileged,
         run_as_user: s.run_as_user,
         run_as_group: s.run_as_group,
+        user_name: s.user_name.clone().unwrap_or_default(),
     }
 }
 

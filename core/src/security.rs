@@ -135,6 +135,10 @@ pub struct Security {
     pub run_as_user: Option<u32>,
     /// The gid for `run_as_user`; `None` means the same number.
     pub run_as_group: Option<u32>,
+    /// A user of the rootfs by name (`NAME` or `NAME:GROUP`), resolved by the node into
+    /// `run_as_user` and `run_as_group` when the container starts.
+    #[serde(default)]
+    pub user_name: Option<String>,
 }
 
 /// Why a security setting is refused.
@@ -204,6 +208,26 @@ impl Security {
             if id == Some(u32::MAX) {
                 return Err(SecurityError::BadIdentity(format!(
                     "{what} 4294967295 is the kernel's \"leave unchanged\" value, not an id"
+                )));
+            }
+        }
+        if let Some(name) = &self.user_name {
+            if self.run_as_user.is_some() || self.run_as_group.is_some() {
+                return Err(SecurityError::BadIdentity(
+                    "user_name and run_as_user/run_as_group: give the user by name or by number, not both".into(),
+                ));
+            }
+            let ok = |part: &str| {
+                !part.is_empty()
+                    && part.len() <= 32
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            };
+            let (user, group) = name.split_once(':').unwrap_or((name, "x"));
+            if !ok(user) || !ok(group) {
+                return Err(SecurityError::BadIdentity(format!(
+                    "user_name '{name}' is not NAME or NAME:GROUP (letters, digits, '_', '-', '.'; at most 32)"
                 )));
             }
         }

@@ -334,6 +334,13 @@ impl ContainerSpec {
         self
     }
 
+    /// Runs as a user of the rootfs by name (`NAME` or `NAME:GROUP`, Docker's `-u www-data`),
+    /// looked up in its /etc/passwd by the node.
+    pub fn user_name(mut self, name: &str) -> Self {
+        self.security().user_name = name.to_string();
+        self
+    }
+
     /// At most `limit` processes and threads (default 1024; 0 for no limit).
     pub fn pids_limit(mut self, limit: u32) -> Self {
         self.security().pids_limit = Some(limit);

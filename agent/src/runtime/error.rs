@@ -102,6 +102,9 @@ pub enum RuntimeError {
     /// A mount cannot be made on this node.
     #[error(transparent)]
     Mount(#[from] MountPlanError),
+    /// `user_name` names no user (or group) of the rootfs.
+    #[error("spec.security.user_name: {0}")]
+    UnknownUser(String),
     /// A volume operation failed.
     #[error(transparent)]
     Volume(#[from] VolumeError),
@@ -120,6 +123,7 @@ impl RuntimeError {
     pub fn class(&self) -> ErrorClass {
         match self {
             RuntimeError::BadId(_)
+            | RuntimeError::UnknownUser(_)
             | RuntimeError::InvalidSpec(_)
             | RuntimeError::InvalidSignal(_) => ErrorClass::InvalidArgument,
             RuntimeError::AlreadyExists(_) => ErrorClass::AlreadyExists,

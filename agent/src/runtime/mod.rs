@@ -16,6 +16,7 @@ mod error;
 pub mod mount_plan;
 pub mod session;
 pub mod sys;
+pub mod users;
 
 use error::io_err;
 pub use error::{ErrorClass, RuntimeError};
@@ -286,10 +287,20 @@ impl Runtime {
     /// Starts container `id` from `spec`; returns once its command has been exec'd (or with
     /// the step that failed, leaving nothing behind).
     #[tracing::instrument(skip(self, spec), fields(container = %id))]
-    pub async fn run(&self, id: &str, spec: ContainerSpec) -> Result<ContainerInfo, RuntimeError> {
+    pub async fn run(
+        &self,
+        id: &str,
+        mut spec: ContainerSpec,
+    ) -> Result<ContainerInfo, RuntimeError> {
         let dir = self.dir(id)?;
         spec.validate()?;
         let rootfs = self.store.get(&spec.rootfs)?;
+        if let Some(name) = spec.security.user_name.clone() {
+            let (uid, gid) =
+                users::resolve(&rootfs.path, &name).map_err(RuntimeError::UnknownUser)?;
+            spec.security.run_as_user = Some(uid);
+            spec.security.run_as_group = Some(gid);
+        }
         let taken = if spec.network.ports.is_empty() {
             Vec::new()
         } else {

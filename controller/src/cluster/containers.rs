@@ -81,6 +81,19 @@ impl Cluster {
                 )))
             };
         }
+        // A rootfs no node has and the cluster cannot build would wait forever: said at once.
+        let rootfs = spec.rootfs.as_str();
+        let nowhere = !st.rootfs_specs.contains_key(rootfs)
+            && !st.nodes.is_empty()
+            && !st
+                .nodes
+                .values()
+                .any(|n| n.record.rootfs.iter().any(|r| r == rootfs));
+        if nowhere {
+            return Err(ClusterError::FailedPrecondition(format!(
+                "no node has rootfs '{rootfs}' and the cluster does not know how to build it: build it first, e.g. `hutch rootfs build {rootfs}` (Debian by debootstrap; --tarball, --directory, --initramfs for others)"
+            )));
+        }
         let record = v1::Container {
             id: name.clone(),
             name: name.clone(),
