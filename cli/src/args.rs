@@ -189,11 +189,15 @@ pub(crate) enum Command {
         since: Option<String>,
         /// Start after this revision, to resume where an earlier watch stopped (0:
         /// everything still kept).
+        ///
+        /// Example: hutch -o json events --since-revision 1042
         #[arg(long, default_value_t = 0, value_name = "REVISION")]
         since_revision: u64,
         /// Only changes matching KEY=VALUE, repeatable (values of one key are alternatives):
         /// container=NAME, node=NAME, state=STATE (pending, scheduled, preparing, running,
         /// exited, oom_killed, failed, lost).
+        ///
+        /// Example: hutch events --filter node=n2 --filter state=lost
         #[arg(long = "filter", value_name = "KEY=VALUE")]
         filters: Vec<String>,
     },
@@ -306,15 +310,23 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "COMMAND")]
     pub(crate) health_cmd: Option<String>,
     /// Between checks [default: 30s].
+    ///
+    /// Example: hutch run -d --health-cmd 'pgrep nginx' --health-interval 10s web -- nginx
     #[arg(long, value_name = "DURATION", requires = "health_cmd")]
     pub(crate) health_interval: Option<String>,
     /// A check running longer has failed [default: 30s].
+    ///
+    /// Example: hutch run -d --health-cmd 'curl -fs localhost' --health-timeout 2s web -- serve
     #[arg(long, value_name = "DURATION", requires = "health_cmd")]
     pub(crate) health_timeout: Option<String>,
     /// Failed checks in a row that make it unhealthy [default: 3].
+    ///
+    /// Example: hutch run -d --health-cmd 'test -e /ready' --health-retries 5 app -- start
     #[arg(long, value_name = "N", requires = "health_cmd")]
     pub(crate) health_retries: Option<u32>,
     /// Failed checks in this time after the start do not count [default: 0s].
+    ///
+    /// Example: hutch run -d --health-cmd 'test -e /ready' --health-start-period 1m db -- start
     #[arg(long, value_name = "DURATION", requires = "health_cmd")]
     pub(crate) health_start_period: Option<String>,
     /// Restart policy: never, on-failure, on-failure:N, always.
@@ -469,9 +481,13 @@ pub(crate) struct LogsArgs {
     #[arg(long, value_name = "TIME")]
     pub(crate) since: Option<String>,
     /// Only lines written at or before TIME (same forms as --since).
+    ///
+    /// Example: hutch logs --since 2026-11-30T10:00:00Z --until 2026-11-30T10:05:00Z web
     #[arg(long, value_name = "TIME")]
     pub(crate) until: Option<String>,
     /// Show the time each line was written (RFC 3339, nanoseconds) before it.
+    ///
+    /// Example: hutch logs -t --tail 5 web
     #[arg(long, short = 't')]
     pub(crate) timestamps: bool,
     /// The previous run of a restarted container (its node keeps one).

@@ -394,6 +394,14 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
         };
         spec = spec.health(check);
     }
+    // A terminal of this client's kind (xterm when it has none), unless --env-file or -e says otherwise.
+    if args.tty {
+        let term = std::env::var("TERM")
+            .ok()
+            .filter(|t| !t.is_empty() && t != "dumb")
+            .unwrap_or_else(|| "xterm".into());
+        spec = spec.env("TERM", term);
+    }
     for file in &args.env_files {
         let shown = file.display().to_string();
         let text = std::fs::read_to_string(file)

@@ -15,6 +15,7 @@ pub(crate) fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, Stri
     if let Ok(back) = humantime::parse_duration(t) {
         return now
             .checked_sub(back)
+            .filter(|at| *at >= UNIX_EPOCH)
             .ok_or_else(|| format!("'{text}' reaches back before 1970"));
     }
     humantime::parse_rfc3339_weak(t).map_err(|_| {

@@ -62,9 +62,13 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-/// A system time from a protobuf timestamp (negative times clamp to the epoch).
+/// The last second of year 9999, the latest time RFC 3339 (and so every log line) can say.
+const LATEST_SECONDS: u64 = 253_402_300_799;
+
+/// A system time from a protobuf timestamp: negative times clamp to the epoch, times past
+/// year 9999 to its end (a client's timestamp can be anything).
 pub fn system_time(t: &prost_types::Timestamp) -> SystemTime {
-    let secs = u64::try_from(t.seconds).unwrap_or(0);
+    let secs = u64::try_from(t.seconds).unwrap_or(0).min(LATEST_SECONDS);
     let nanos = u32::try_from(t.nanos).unwrap_or(0).min(999_999_999);
     UNIX_EPOCH + Duration::new(secs, nanos)
 }
@@ -500,5 +504,14 @@ mod tests {
         let t = timestamp_ms(1_500);
         assert_eq!((t.seconds, t.nanos), (1, 500_000_000));
         assert_eq!(system_time(&t), UNIX_EPOCH + Duration::from_millis(1_500));
+        let far = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: i32::MAX,
+        };
+        let latest = system_time(&far);
+        assert_eq!(
+            latest,
+            UNIX_EPOCH + Duration::new(LATEST_SECONDS, 999_999_999)
+        );
     }
 }

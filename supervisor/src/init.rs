@@ -326,6 +326,10 @@ pub fn environment(cfg: &SupervisorConfig) -> Vec<(String, String)> {
     if cfg.spec.has(Namespace::Uts) {
         env.push(("HOSTNAME".into(), cfg.hostname.clone()));
     }
+    // On a terminal, full-screen programs need to know which one (an exec's gets the same).
+    if cfg.spec.tty {
+        env.push(("TERM".into(), "xterm".into()));
+    }
     for (k, v) in &cfg.spec.env {
         env.retain(|(key, _)| key != k);
         env.push((k.clone(), v.clone()));

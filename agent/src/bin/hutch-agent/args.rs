@@ -178,6 +178,8 @@ pub(crate) struct ServeArgs {
     /// Empty by default: no bind mounts, so a client cannot bind the node's / into a
     /// container; a source outside the list is PERMISSION_DENIED. Named volumes and tmpfs
     /// need nothing here.
+    ///
+    /// Example: hutch-agent serve --allowed-bind-paths /srv,/home
     #[arg(
         long,
         env = "HUTCH_ALLOWED_BIND_PATHS",
