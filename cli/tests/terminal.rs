@@ -1,6 +1,8 @@
 //! The real `hutch` CLI in a real terminal (tmux): `hutch exec -it` into a running container
 //! gives an interactive shell that joined the container's pid namespace, follows window
-//! resizes, takes Ctrl-C, exits with the shell's code, and leaves the terminal as it was.
+//! resizes, takes Ctrl-C, exits with the shell's code, and leaves the terminal as it was;
+//! `hutch run -it` runs on a terminal of the container's own devpts (`tty` is /dev/pts/0,
+//! `ps` shows it, TERM is set, `top` runs full screen).
 
 use hutch_testkit as common;
 
@@ -255,6 +257,26 @@ async fn run_it_is_the_tutorials_chroot_bash_and_attach_detaches() {
     );
     let screen = t.run("hostname");
     assert!(screen.lines().any(|l| l == "run-it-box"), "{screen}");
+    // The terminal is the container's own (its devpts), as Docker gives it: tty names it,
+    // ps shows it, and the client's TERM is there for full-screen programs.
+    let screen = t.run("tty");
+    assert!(screen.lines().any(|l| l == "/dev/pts/0"), "{screen}");
+    let screen = t.run("ps -o tty= -p $$");
+    assert!(screen.lines().any(|l| l.trim() == "pts/0"), "{screen}");
+    let screen = t.run("echo TERM=$TERM");
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.starts_with("TERM=") && l != "TERM=" && l != "TERM=dumb"),
+        "{screen}"
+    );
+    let screen = t.run("top -b -n 1 | head -3");
+    assert!(screen.contains("load average"), "{screen}");
+    // top on the terminal itself (full screen), quit with q.
+    t.keys(&["top -d 0.5", "Enter"]);
+    t.wait_for("PID USER");
+    t.keys(&["q"]);
+    t.run("true");
     resize_and_check(&t, 25, 100);
     t.keys(&["exit 3", "Enter"]);
     assert_terminal_restored(&t, "CLI_EXIT=3");

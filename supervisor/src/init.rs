@@ -60,9 +60,10 @@ pub struct InitIo {
     pub stdout: RawFd,
     /// Becomes the command's stderr.
     pub stderr: RawFd,
-    /// Becomes the command's stdin and controlling terminal, when it runs on a terminal
-    /// (then `stdout` and `stderr` are the same terminal).
-    pub terminal: Option<RawFd>,
+    /// With a terminal: the socket the init sends the terminal's master over, once it has
+    /// opened the terminal from the container's own devpts (then that terminal becomes the
+    /// command's stdin, stdout, stderr and controlling terminal).
+    pub console: Option<RawFd>,
 }
 
 fn errno(step: Step, what: impl std::fmt::Display, e: Errno) -> Failure {
@@ -110,21 +111,10 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| errno(Step::Stdio, "opening /dev/null", e))?;
-    let stdin = io
-        .terminal
-        .map(borrow_fd)
-        .unwrap_or(std::os::fd::AsFd::as_fd(&devnull));
     let redirect = |e| errno(Step::Stdio, "redirecting output", e);
-    unistd::dup2_stdin(stdin).map_err(redirect)?;
+    unistd::dup2_stdin(std::os::fd::AsFd::as_fd(&devnull)).map_err(redirect)?;
     unistd::dup2_stdout(borrow_fd(io.stdout)).map_err(redirect)?;
     unistd::dup2_stderr(borrow_fd(io.stderr)).map_err(redirect)?;
-    if io.terminal.is_some() {
-        // A session of its own with the terminal as its controlling terminal: job control,
-        // Ctrl-C and window sizes reach the command.
-        unistd::setsid().map_err(|e| errno(Step::Terminal, "setsid", e))?;
-        sys::set_controlling_terminal(0)
-            .map_err(|e| errno(Step::Terminal, "taking the terminal", e))?;
-    }
 
     let mut byte = [0u8; 1];
     match unistd::read(borrow_fd(io.release), &mut byte) {
@@ -205,6 +195,9 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
         unistd::chroot(&root).map_err(|e| errno(Step::Chroot, root.display(), e))?;
     }
 
+    if let Some(console) = io.console {
+        take_own_terminal(console)?;
+    }
     report(io.report, &InitMessage::Namespaces(own_namespaces()));
 
     let workdir = if spec.workdir.is_empty() {
@@ -216,6 +209,31 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
         .map_err(|e| errno(Step::Workdir, format!("working directory '{workdir}'"), e))?;
 
     Err(harden_and_exec(cfg, filters))
+}
+
+/// Opens a terminal from the devpts instance of the root the init is now in (the
+/// container's own), sends its master to the supervisor over `console`, and makes it this
+/// process's stdin, stdout, stderr and controlling terminal, in a session of its own (job
+/// control, Ctrl-C and window sizes reach the command).
+fn take_own_terminal(console: RawFd) -> Result<(), Failure> {
+    let (master, slave) = sys::open_own_terminal(24, 80).map_err(|e| {
+        errno(
+            Step::Terminal,
+            "opening a terminal of the container's devpts",
+            e,
+        )
+    })?;
+    sys::send_fd(borrow_fd(console), std::os::fd::AsRawFd::as_raw_fd(&master))
+        .map_err(|e| errno(Step::Terminal, "handing the terminal to the supervisor", e))?;
+    drop(master);
+    let _ = unistd::close(console);
+    unistd::setsid().map_err(|e| errno(Step::Terminal, "setsid", e))?;
+    let redirect = |e| errno(Step::Terminal, "connecting the terminal", e);
+    unistd::dup2_stdin(&slave).map_err(redirect)?;
+    unistd::dup2_stdout(&slave).map_err(redirect)?;
+    unistd::dup2_stderr(&slave).map_err(redirect)?;
+    drop(slave);
+    sys::set_controlling_terminal(0).map_err(|e| errno(Step::Terminal, "taking the terminal", e))
 }
 
 /// Drops what the container may not do (every descriptor but 0-2, capabilities,

@@ -218,25 +218,25 @@ impl Supervisor {
             report: pipe()?,
             release: pipe()?,
         };
-        // On a terminal: the init gets the slave side; the master and the attach point stay
-        // here. Both exist before the container runs, so no output and no client is missed.
+        // On a terminal: the init opens it from the container's own devpts (so it is
+        // /dev/pts/0 inside) and sends the master back over a socket, as runc's console
+        // socket does; the master and the attach point stay here. Both exist before the
+        // command runs, so no output and no client is missed.
         let terminal = if cfg.spec.tty {
-            let (master, slave) = crate::sys::open_terminal(24, 80).map_err(|e| {
-                Failure::new(Step::Terminal, format!("opening a pseudo-terminal: {e}"))
-            })?;
+            let (rx, tx) = crate::sys::fd_channel()
+                .map_err(|e| Failure::new(Step::Terminal, format!("terminal channel: {e}")))?;
             let attach = AttachPoint::bind(&StatePaths::attach(&cfg.dir))
                 .map_err(|e| Failure::new(Step::Terminal, format!("attach socket: {e}")))?;
-            Some((master, slave, attach))
+            Some((rx, tx, attach))
         } else {
             None
         };
-        let slave_fd = terminal.as_ref().map(|(_, slave, _)| slave.as_raw_fd());
         let io = InitIo {
             release: pipes.release.0.as_raw_fd(),
             report: pipes.report.1.as_raw_fd(),
-            stdout: slave_fd.unwrap_or(pipes.stdout.1.as_raw_fd()),
-            stderr: slave_fd.unwrap_or(pipes.stderr.1.as_raw_fd()),
-            terminal: slave_fd,
+            stdout: pipes.stdout.1.as_raw_fd(),
+            stderr: pipes.stderr.1.as_raw_fd(),
+            console: terminal.as_ref().map(|(_, tx, _)| tx.as_raw_fd()),
         };
         let host_namespaces = init::own_namespaces();
         let filters = Filters::compile(&cfg.spec.effective_security())
@@ -261,16 +261,11 @@ impl Supervisor {
             release,
         } = pipes;
         drop((stdout.1, stderr.1, report.1, release.0));
-        let output = match terminal {
-            Some((master, slave, attach)) => {
-                drop(slave);
-                Output::Terminal { master, attach }
-            }
-            None => Output::Pipes {
-                stdout: stdout.0,
-                stderr: stderr.0,
-            },
-        };
+        // The init's end goes with the init: a channel read then ends instead of waiting.
+        let terminal = terminal.map(|(rx, tx, attach)| {
+            drop(tx);
+            (rx, attach)
+        });
 
         let placed = self
             .cgroup
@@ -320,6 +315,24 @@ impl Supervisor {
                 Step::Start,
                 format!("the container's init died during setup ({status:?})"),
             ));
+        };
+        // Sent before the exec that ended the report: already queued.
+        let output = match terminal {
+            Some((rx, attach)) => match crate::sys::recv_fd(rx.as_fd()) {
+                Ok(Some(master)) => Output::Terminal { master, attach },
+                other => {
+                    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    return Err(Failure::new(
+                        Step::Terminal,
+                        format!("the init sent no terminal ({other:?})"),
+                    ));
+                }
+            },
+            None => Output::Pipes {
+                stdout: stdout.0,
+                stderr: stderr.0,
+            },
         };
         self.state.namespaces = namespaces
             .into_iter()

@@ -255,6 +255,78 @@ pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
+/// A pseudo-terminal of the devpts instance behind this process's `/dev/ptmx` (in a
+/// container, after it entered its root: the container's own, so the terminal is
+/// `/dev/pts/0` inside and `tty`, `ps` and `ttyname` know it): (master, slave), both
+/// close-on-exec, the slave of `rows` x `cols`.
+pub fn open_own_terminal(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), Errno> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    set_window_size(std::os::fd::AsFd::as_fd(&slave), rows, cols)?;
+    Ok((master.into(), slave))
+}
+
+/// A connected pair of local sockets to hand a descriptor over (the terminal's master, from
+/// the container's init to its supervisor), both close-on-exec.
+pub fn fd_channel() -> Result<(OwnedFd, OwnedFd), Errno> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+}
+
+/// Sends descriptor `fd` over `channel` (SCM_RIGHTS).
+pub fn send_fd(channel: std::os::fd::BorrowedFd<'_>, fd: RawFd) -> Result<(), Errno> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fds = [fd];
+    let rights = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<UnixAddr>(
+        channel.as_raw_fd(),
+        &[std::io::IoSlice::new(b"t")],
+        &rights,
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+}
+
+/// Receives one descriptor sent with [`send_fd`]; `None` when the other end closed first.
+pub fn recv_fd(channel: std::os::fd::BorrowedFd<'_>) -> Result<Option<OwnedFd>, Errno> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        channel.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor in this process for this
+                // message; nothing else refers to it, so it is ours to own and close.
+                return Ok(Some(unsafe { OwnedFd::from_raw_fd(*fd) }));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A new pseudo-terminal of `rows` x `cols`: (master, slave), both close-on-exec.
 pub fn open_terminal(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let size = nix::pty::Winsize {
