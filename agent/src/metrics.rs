@@ -72,6 +72,9 @@ struct NodeCollector {
 struct Known {
     cgroup: crate::cgroup::CgroupPath,
     memory_limit: Option<u64>,
+    /// The highest CPU time reported: on cgroup v1 the figure is a sum over live
+    /// processes, which drops when one the agent reaped (an exec) ends; a counter must not.
+    cpu_nanos: std::sync::atomic::AtomicU64,
 }
 
 /// One container as a scrape read it.
@@ -120,6 +123,7 @@ impl NodeCollector {
         let known = Arc::new(Known {
             cgroup: config.cgroup,
             memory_limit,
+            cpu_nanos: std::sync::atomic::AtomicU64::new(0),
         });
         self.lock().insert(id.to_string(), known.clone());
         Some(known)
@@ -144,6 +148,10 @@ impl NodeCollector {
             CgroupVersion::V1 => None,
         }
         .unwrap_or_else(|| stats::cpu_nanos_of(&known.cgroup.procs()));
+        let nanos = known
+            .cpu_nanos
+            .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed)
+            .max(nanos);
         let (memory_bytes, oom_kills) = cgroup.memory_usage_and_oom_kills();
         Some(Reading {
             status,

@@ -418,10 +418,24 @@ pub fn container_details(c: &v1::Container) {
         field("processes", format!("{current} ({limit}{hits})"));
     }
     if let (Some(h), Some(status)) = (&j.health, &c.health) {
-        let last = if status.last_output.trim().is_empty() {
+        // Written by the container: control characters shown escaped, not sent to the
+        // terminal.
+        let output: String = status
+            .last_output
+            .trim()
+            .chars()
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
+        let last = if output.is_empty() {
             String::new()
         } else {
-            format!("; last check: {}", status.last_output.trim())
+            format!("; last check: {output}")
         };
         field(
             "health",

@@ -19,6 +19,27 @@ struct Plan {
     rootfs: Vec<(String, String, u64)>,
 }
 
+/// Whether the controller may still start `c` again (its node is lost, or its restart
+/// policy has runs left for how it ended): such a container is not pruned, as Docker keeps
+/// a restarting one.
+fn may_restart(c: &v1::Container) -> bool {
+    use v1::restart_policy::Kind;
+    if c.state == v1::ContainerState::Lost as i32 {
+        return true;
+    }
+    let policy = c.restart_policy.unwrap_or_default();
+    let runs_left = policy.max_retries == 0 || c.restart_count < policy.max_retries;
+    let failed = c.state != v1::ContainerState::Exited as i32
+        || c.exit_code != Some(0)
+        || c.signal.is_some()
+        || c.oom_killed;
+    match Kind::try_from(policy.kind).unwrap_or(Kind::Unspecified) {
+        Kind::Always => runs_left && !c.stop_requested,
+        Kind::OnFailure => runs_left && failed && !c.stop_requested,
+        _ => false,
+    }
+}
+
 /// The record name of a node's copy (`NAME.RUN` for the controller's containers).
 fn record_of(copy: &str) -> &str {
     match copy.rsplit_once('.') {
@@ -32,7 +53,7 @@ async fn plan(client: &Client, all: bool) -> Result<Plan, Error> {
         .list(v1::ListClusterContainersRequest::default())
         .await?
         .into_iter()
-        .filter(|c| hutch::is_final(c.state))
+        .filter(|c| hutch::is_final(c.state) && !may_restart(c))
         .map(|c| c.name)
         .collect::<Vec<_>>();
     // A volume is unused when no record names it (an ended container about to go still

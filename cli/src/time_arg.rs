@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub(crate) fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(UNIX_EPOCH + Duration::from_secs_f64(secs));
-        }
+        return Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+            .ok_or_else(|| format!("'{text}' is not a time of the Unix clock"));
     }
     if let Ok(back) = humantime::parse_duration(t) {
         return now
@@ -55,5 +56,8 @@ mod tests {
         assert!(parse_time("yesterday", now).is_err());
         assert!(parse_time("-5", now).is_err());
         assert!(parse_time("100000h", now).is_err());
+        assert!(parse_time("1e300", now).is_err());
+        assert!(parse_time("NaN", now).is_err());
+        let _ = parse_time("1e19", now); // no panic, whatever the platform's range
     }
 }

@@ -137,7 +137,7 @@ fn needed_role(path: &str) -> Option<Role> {
             let reads = ["Get", "List", "Watch"]
                 .iter()
                 .any(|p| method.starts_with(p))
-                || ["ContainerLogs", "Events", "NodeInfo"].contains(&method);
+                || ["ContainerLogs", "ContainerStats", "Events", "NodeInfo"].contains(&method);
             Some(if reads { Role::ReadOnly } else { Role::Admin })
         }
         // Health and reflection.

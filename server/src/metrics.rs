@@ -57,6 +57,29 @@ pub struct MethodLabels {
 pub struct RpcMetrics {
     calls: Family<CallLabels, Counter>,
     durations: Family<MethodLabels, Histogram>,
+    /// `service/method` of every method hutch's API has: any other path a caller sends is
+    /// counted as `unknown`, so callers cannot grow the label sets.
+    known: std::sync::Arc<std::collections::HashSet<String>>,
+}
+
+/// `service/method` of every method in hutch's API (from its file descriptor set).
+fn api_methods() -> std::collections::HashSet<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(hutch_proto::FILE_DESCRIPTOR_SET) else {
+        return Default::default();
+    };
+    set.file
+        .iter()
+        .flat_map(|f| {
+            let package = f.package().to_string();
+            f.service.iter().flat_map(move |svc| {
+                let service = format!("{package}.{}", svc.name());
+                svc.method
+                    .iter()
+                    .map(move |m| format!("{service}/{}", m.name()))
+            })
+        })
+        .collect()
 }
 
 /// A histogram of seconds from 0.5 ms to about 16 s.
@@ -70,6 +93,7 @@ impl RpcMetrics {
         let metrics = RpcMetrics {
             calls: Family::default(),
             durations: Family::new_with_constructor(seconds_histogram),
+            known: std::sync::Arc::new(api_methods()),
         };
         registry.register(
             "grpc_requests",
@@ -85,10 +109,12 @@ impl RpcMetrics {
     }
 
     fn record(&self, path: &str, code: &str, elapsed: Duration) {
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or(("", path));
+        let path = path.trim_start_matches('/');
+        let (service, method) = if self.known.contains(path) {
+            path.split_once('/').unwrap_or(("", path))
+        } else {
+            ("unknown", "unknown")
+        };
         self.calls
             .get_or_create(&CallLabels {
                 service: service.to_string(),
@@ -208,12 +234,24 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<(TcpListener, S
     Ok((listener, url))
 }
 
-/// Serves `registry` as Prometheus text on `listener` (`GET /metrics`) until `shutdown`.
+/// Scrapes answered at once; more connections wait for one to end.
+const MAX_CONCURRENT_SCRAPES: usize = 4;
+/// Longest a whole exchange may take (a reader that stops reading is dropped).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `registry` as Prometheus text on `listener` (`GET /metrics`) until `shutdown`,
+/// at most [`MAX_CONCURRENT_SCRAPES`] at a time, each within [`EXCHANGE_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "metrics are served in plain HTTP without credentials beyond loopback: container and node names are readable by whoever reaches the port"
+        );
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -223,9 +261,17 @@ pub async fn serve(
         match accepted {
             Ok((stream, _)) => {
                 let registry = registry.clone();
+                let slots = slots.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, registry).await {
-                        tracing::debug!("metrics request: {e}");
+                    let Ok(_slot) = slots.acquire_owned().await else {
+                        return;
+                    };
+                    match tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, registry)).await {
+                        Ok(Err(e)) => tracing::debug!("metrics request: {e}"),
+                        Err(_) => {
+                            tracing::debug!("metrics request: cut after {EXCHANGE_TIMEOUT:?}")
+                        }
+                        Ok(Ok(())) => {}
                     }
                 });
             }
@@ -322,7 +368,14 @@ mod tests {
             "NOT_FOUND",
             Duration::from_millis(1),
         );
+        // Paths no API has (a caller's invention) share one label set.
+        for junk in ["/hutch.v1.Agent/Nope", "/x/y", "/hutch.v1.Agent/A"] {
+            metrics.record(junk, "UNAUTHENTICATED", Duration::from_millis(1));
+        }
         let text = encode(&registry);
+        assert!(text.contains(
+            "hutch_grpc_requests_total{service=\"unknown\",method=\"unknown\",code=\"UNAUTHENTICATED\"} 3"
+        ), "{text}");
         assert!(text.contains(
             "hutch_grpc_requests_total{service=\"hutch.v1.Agent\",method=\"RunContainer\",code=\"OK\"} 1"
         ), "{text}");

@@ -196,7 +196,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
     }
 
     if let Some(console) = io.console {
-        take_own_terminal(console)?;
+        take_own_terminal(console, spec.security.identity())?;
     }
     report(io.report, &InitMessage::Namespaces(own_namespaces()));
 
@@ -215,7 +215,7 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
 /// container's own), sends its master to the supervisor over `console`, and makes it this
 /// process's stdin, stdout, stderr and controlling terminal, in a session of its own (job
 /// control, Ctrl-C and window sizes reach the command).
-fn take_own_terminal(console: RawFd) -> Result<(), Failure> {
+fn take_own_terminal(console: RawFd, owner: Option<(u32, u32)>) -> Result<(), Failure> {
     let (master, slave) = sys::open_own_terminal(24, 80).map_err(|e| {
         errno(
             Step::Terminal,
@@ -223,6 +223,11 @@ fn take_own_terminal(console: RawFd) -> Result<(), Failure> {
             e,
         )
     })?;
+    // The command's user owns its terminal (programs reopen /dev/pts/N), as with runc.
+    if let Some((uid, gid)) = owner {
+        unistd::fchown(&slave, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(|e| errno(Step::Terminal, "giving the terminal to the user", e))?;
+    }
     sys::send_fd(borrow_fd(console), std::os::fd::AsRawFd::as_raw_fd(&master))
         .map_err(|e| errno(Step::Terminal, "handing the terminal to the supervisor", e))?;
     drop(master);

@@ -870,8 +870,8 @@ impl Runtime {
         })
     }
 
-    /// [`Runtime::exec`] that gives up after `limit` (`Ok(None)`), killing the helper (and
-    /// with it the command, which it runs as its child in the container's pid namespace).
+    /// [`Runtime::exec`] that gives up after `limit` (`Ok(None)`), killing the command (the
+    /// helper's child in the container, and its process group) and the helper.
     pub async fn exec_within(
         &self,
         id: &str,
@@ -899,6 +899,12 @@ impl Runtime {
             Some(limit) => match tokio::time::timeout(limit, ran).await {
                 Ok(done) => done,
                 Err(_) => {
+                    // The command is the helper's child inside the container: killed first
+                    // (with its process group, when it leads one), or it would outlive the
+                    // helper there.
+                    if let (Some(helper), Ok(info)) = (child.id(), self.get(id)) {
+                        kill_children_of(helper, &info.cgroup.procs());
+                    }
                     let _ = child.start_kill();
                     let _ = child.wait().await;
                     let _ = std::fs::remove_file(&result_file);
@@ -1047,6 +1053,22 @@ impl Runtime {
             .copied()
             .filter(|n| !spec.has(*n))
             .collect()
+    }
+}
+
+/// SIGKILLs the processes among `pids` whose parent is `parent` (and their process groups).
+fn kill_children_of(parent: u32, pids: &[u32]) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stats::parse_proc_stat(&stat).is_some_and(|s| s.ppid == parent) {
+            let Ok(raw) = i32::try_from(*pid) else {
+                continue;
+            };
+            let _ = kill(Pid::from_raw(-raw), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
     }
 }
 

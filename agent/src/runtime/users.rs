@@ -42,9 +42,15 @@ fn read_in_root(root: &Path, file: &str) -> Result<String, String> {
     )
     .map_err(|e| format!("opening the rootfs: {e}"))?;
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let fd = openat2(root_fd.as_fd(), file, how).map_err(|e| format!("/{file}: {e}"))?;
+    // A FIFO or a device there would block or do worse: only a plain file is read.
+    let regular = nix::sys::stat::fstat(fd.as_fd())
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+    if !regular {
+        return Err(format!("/{file} in the rootfs is not a plain file"));
+    }
     let mut text = String::new();
     std::fs::File::from(fd)
         .take(MAX_FILE_BYTES)

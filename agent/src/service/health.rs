@@ -25,9 +25,10 @@ pub fn spawn(reporter: Arc<Reporter>, runtime: Arc<Runtime>, id: String) {
         let started_ms = info.state.started_ms.unwrap_or_else(unix_millis_now);
         loop {
             tokio::time::sleep(Duration::from_millis(u64::from(check.interval_ms()))).await;
-            let running = runtime
-                .state_of(&id)
-                .is_ok_and(|s| s.status == Status::Running);
+            // The same run: an id can be reused by a new container after a removal.
+            let running = runtime.state_of(&id).is_ok_and(|s| {
+                s.status == Status::Running && s.started_ms == info.state.started_ms
+            });
             if !running {
                 return;
             }

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use tonic::Status;
 
 use super::{copy_of, wait_closing, STREAM_BUFFER};
-use crate::cluster::records::current_agent_id;
+use crate::cluster::records::{current_agent_id, parse_agent_id};
 use crate::cluster::{Cluster, ClusterError};
 
 fn from_node(node: &str, status: Status) -> Status {
@@ -46,16 +46,23 @@ fn targets(
 
 /// Starts the merged stream of samples.
 pub(super) async fn stats(
-    cluster: &Cluster,
+    cluster: &std::sync::Arc<Cluster>,
     closing: watch::Receiver<bool>,
     req: v1::ContainerStatsRequest,
 ) -> Result<mpsc::Receiver<Result<v1::ContainerUsage, Status>>, Status> {
     let by_node = targets(cluster, &req.ids)?;
+    // Every running one: each node samples all its running containers, so one that ends or
+    // starts there during a stream neither ends it nor is missed.
+    let all = req.ids.is_empty();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     for (node, names) in by_node {
         let mut client = cluster.client_for(&node)?;
         let request = v1::ContainerStatsRequest {
-            ids: names.keys().cloned().collect(),
+            ids: if all {
+                Vec::new()
+            } else {
+                names.keys().cloned().collect()
+            },
             stream: req.stream,
         };
         let mut stream = client
@@ -65,6 +72,7 @@ pub(super) async fn stats(
             .into_inner();
         let tx = tx.clone();
         let mut closing = closing.clone();
+        let cluster = cluster.clone();
         tokio::spawn(async move {
             loop {
                 let item = tokio::select! {
@@ -74,14 +82,28 @@ pub(super) async fn stats(
                     ))),
                 };
                 let Some(item) = item else { return };
-                let item = item
-                    .map(|mut sample| {
-                        if let Some(name) = names.get(&sample.id) {
-                            sample.id = name.clone();
+                let item = match item {
+                    Ok(mut sample) => {
+                        let name = names.get(&sample.id).cloned().or_else(|| {
+                            // A container started there since: the current run of a record
+                            // placed on this node (an admin's own container is not shown).
+                            let (name, run) = parse_agent_id(&sample.id)?;
+                            cluster
+                                .get(name)
+                                .ok()
+                                .filter(|r| r.node == node && r.restart_count == run)
+                                .map(|r| r.name)
+                        });
+                        match name {
+                            Some(name) => {
+                                sample.id = name;
+                                Ok(sample)
+                            }
+                            None => continue,
                         }
-                        sample
-                    })
-                    .map_err(|s| from_node(&node, s));
+                    }
+                    Err(s) => Err(from_node(&node, s)),
+                };
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
                     return;
