@@ -28,6 +28,17 @@ for dir in /var/tmp/hutch-test-*; do
   rm -rf --one-file-system "$dir"
 done
 
+# Bind sources of killed tests: /var/tmp/hutch-test-binds/NAME-PID-N.
+for dir in /var/tmp/hutch-test-binds/*; do
+  [ -e "$dir" ] || continue
+  owner_gone "$(basename "$dir")" || continue
+  echo "clean: bind sources of a killed test run in $dir"
+  awk -v d="$dir" '$5 ~ "^"d {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+  rm -rf --one-file-system "$dir"
+done
+
 while read -r cg; do
   owner_gone "$(basename "$cg")" || continue
   echo "clean: test cgroup of a killed test run $cg"

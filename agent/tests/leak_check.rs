@@ -84,6 +84,19 @@ fn nothing_is_left_behind() {
     let labs: Vec<&str> = netns.lines().filter(|l| l.starts_with("t-")).collect();
     assert!(labs.is_empty(), "lab network namespaces left: {labs:?}");
 
+    // The bind root the test agents allow is shared by the tests that bind (each makes and
+    // removes its own directory in it): empty, it is removed here; anything in it is a leak.
+    let bind_root = std::path::Path::new(hutch_testkit::BIND_ROOT);
+    if bind_root.exists() {
+        let inside: Vec<String> = std::fs::read_dir(bind_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(inside.is_empty(), "test bind directories left: {inside:?}");
+        std::fs::remove_dir(bind_root).expect("removing the empty bind root");
+    }
     let dirs: Vec<String> = std::fs::read_dir("/var/tmp")
         .into_iter()
         .flatten()

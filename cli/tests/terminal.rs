@@ -203,6 +203,15 @@ async fn exec_it_is_a_real_terminal_in_the_container() {
 
     let screen = t.run("hostname");
     assert!(screen.lines().any(|l| l == "term-box"), "{screen}");
+    // The exec's terminal is the container's own too.
+    let screen = t.run("tty");
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.starts_with("/dev/pts/") && l != "/dev/pts/"),
+        "{screen}"
+    );
+    assert!(!screen.contains("not a tty"), "{screen}");
 
     // Window size, before and after a resize.
     t.keys(&["echo SIZE=$(stty size)", "Enter"]);

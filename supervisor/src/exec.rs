@@ -159,6 +159,12 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
     if cfg.spec.has(Namespace::User) {
         become_root_in_user_namespace()?;
     }
+    if tty {
+        // The terminal of the container's own devpts (tty, ps and ttyname know it): its
+        // master goes to the agent over stdin (a socket), the slave becomes this helper's
+        // stdio, which the command inherits.
+        take_own_terminal_for_exec(cfg.spec.security.identity())?;
+    }
     let workdir = if cfg.spec.workdir.is_empty() {
         "/".to_string()
     } else {
@@ -229,4 +235,32 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
             ))
         }
     })
+}
+
+/// Opens a terminal of the container's devpts (this process is in its mount namespace and
+/// root now), sends the master over stdin (the agent's socket) and makes the slave this
+/// process's stdin, stdout and stderr, owned by the command's user.
+fn take_own_terminal_for_exec(owner: Option<(u32, u32)>) -> Result<(), Failure> {
+    let terminal =
+        |what: &str, e: nix::errno::Errno| Failure::new(Step::Terminal, format!("{what}: {e}"));
+    let (master, slave) = sys::open_own_terminal(24, 80)
+        .map_err(|e| terminal("opening a terminal of the container's devpts", e))?;
+    if let Some((uid, gid)) = owner {
+        unistd::fchown(
+            &slave,
+            Some(unistd::Uid::from_raw(uid)),
+            Some(unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| terminal("giving the terminal to the user", e))?;
+    }
+    sys::send_fd(
+        std::os::fd::AsFd::as_fd(&std::io::stdin()),
+        std::os::fd::AsRawFd::as_raw_fd(&master),
+    )
+    .map_err(|e| terminal("handing the terminal to the agent", e))?;
+    drop(master);
+    unistd::dup2_stdin(&slave).map_err(|e| terminal("connecting the terminal", e))?;
+    unistd::dup2_stdout(&slave).map_err(|e| terminal("connecting the terminal", e))?;
+    unistd::dup2_stderr(&slave).map_err(|e| terminal("connecting the terminal", e))?;
+    Ok(())
 }

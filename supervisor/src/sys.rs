@@ -9,7 +9,6 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sched::CloneFlags;
 use nix::sys::mman::{mmap_anonymous, mprotect, munmap, MapFlags, ProtFlags};
 use nix::unistd::{sysconf, Pid, SysconfVar};
@@ -327,21 +326,6 @@ pub fn recv_fd(channel: std::os::fd::BorrowedFd<'_>) -> Result<Option<OwnedFd>, 
         }
     }
     Ok(None)
-}
-
-/// A new pseudo-terminal of `rows` x `cols`: (master, slave), both close-on-exec.
-pub fn open_terminal(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let size = nix::pty::Winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&size), None).map_err(std::io::Error::from)?;
-    for fd in [&pty.master, &pty.slave] {
-        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(std::io::Error::from)?;
-    }
-    Ok((pty.master, pty.slave))
 }
 
 #[cfg(test)]

@@ -936,15 +936,24 @@ impl Runtime {
         let io_error = |e: std::io::Error| io_err(&where_, e);
         match tty {
             Some((rows, cols)) => {
-                let (master, slave) = session::open_terminal(rows, cols).map_err(io_error)?;
-                let stdio = [
-                    Stdio::from(slave.try_clone().map_err(io_error)?),
-                    Stdio::from(slave.try_clone().map_err(io_error)?),
-                    Stdio::from(slave),
-                ];
+                // The helper opens the terminal from the container's own devpts and sends
+                // its master back over its stdin (a socket), as the init does for `run -t`.
+                let (ours, theirs) = hutch_supervisor::sys::fd_channel()
+                    .map_err(|e| io_error(std::io::Error::from(e)))?;
+                let stdio = [Stdio::from(theirs), Stdio::null(), Stdio::null()];
                 let child = self.spawn_exec_helper(id, &dir, &result_file, &argv, true, stdio)?;
-                // The agent's copy of the terminal's slave side is closed here (the Stdio
-                // values are dropped), so the master reads end-of-file once the session ends.
+                let master = session::receive_terminal(&ours).map_err(|message| {
+                    RuntimeError::ExecFailed {
+                        id: id.to_string(),
+                        failure: Failure::new(Step::Terminal, message),
+                    }
+                })?;
+                hutch_supervisor::sys::set_window_size(
+                    std::os::fd::AsFd::as_fd(&master),
+                    rows,
+                    cols,
+                )
+                .map_err(|e| io_error(std::io::Error::from(e)))?;
                 Ok(session::ExecProcess::tty(child, master, dir, result_file).map_err(io_error)?)
             }
             None => {

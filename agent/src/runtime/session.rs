@@ -45,7 +45,26 @@ impl ExecProcess {
     }
 }
 
-pub use hutch_supervisor::sys::open_terminal;
+/// Longest an exec helper may take to hand over its terminal.
+const TERMINAL_HANDOVER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The terminal's master an exec helper sends over `channel` once it has opened the
+/// terminal inside the container; the error says why there is none.
+pub fn receive_terminal(channel: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    use nix::sys::time::TimeVal;
+    let limit = TimeVal::new(TERMINAL_HANDOVER.as_secs() as i64, 0);
+    setsockopt(channel, ReceiveTimeout, &limit)
+        .map_err(|e| format!("waiting for the exec's terminal: {e}"))?;
+    match hutch_supervisor::sys::recv_fd(std::os::fd::AsFd::as_fd(channel)) {
+        Ok(Some(master)) => Ok(master),
+        Ok(None) => Err(
+            "the exec ended before it opened its terminal in the container (see the agent's log)"
+                .into(),
+        ),
+        Err(e) => Err(format!("waiting for the exec's terminal: {e}")),
+    }
+}
 
 /// The master side of a session's terminal, readable and writable from async code (and
 /// from two tasks at once: one reads, one writes).
