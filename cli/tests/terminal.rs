@@ -180,7 +180,7 @@ async fn exec_it_is_a_real_terminal_in_the_container() {
     );
 
     let t = Tmux::start(&format!(
-        "{} --controller {} exec -it term-box -- /bin/bash; echo CLI_EXIT=$?; stty -a; sleep 60",
+        "TERM=hutch-test-term {} --controller {} exec -it term-box -- /bin/bash; echo CLI_EXIT=$?; stty -a; sleep 60",
         hutch.display(),
         ctl.url()
     ));
@@ -212,6 +212,9 @@ async fn exec_it_is_a_real_terminal_in_the_container() {
         "{screen}"
     );
     assert!(!screen.contains("not a tty"), "{screen}");
+    // The client's terminal type came along (docker exec -t does the same).
+    let screen = t.run("echo T=$TERM");
+    assert!(screen.lines().any(|l| l == "T=hutch-test-term"), "{screen}");
 
     // Window size, before and after a resize.
     t.keys(&["echo SIZE=$(stty size)", "Enter"]);

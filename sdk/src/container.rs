@@ -312,6 +312,12 @@ impl Container {
                 rows: rows.into(),
                 cols: cols.into(),
             }),
+            // This program's terminal type, as `docker exec -t` passes it on.
+            term: if tty.is_some() {
+                std::env::var("TERM").unwrap_or_default()
+            } else {
+                String::new()
+            },
         };
         self.open_session(start, false).await
     }
@@ -327,6 +333,7 @@ impl Container {
                 rows: rows.into(),
                 cols: cols.into(),
             }),
+            term: String::new(),
         };
         self.open_session(start, true).await
     }

@@ -175,10 +175,21 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
 
     cfg.spec.command = argv;
     if tty {
-        cfg.spec
-            .env
-            .entry("TERM".into())
-            .or_insert_with(|| "xterm".into());
+        // The client's terminal type when it gave a sane one, else xterm.
+        match std::env::var(EXEC_TERM_VAR)
+            .ok()
+            .filter(|t| is_terminal_name(t))
+        {
+            Some(term) => {
+                cfg.spec.env.insert("TERM".into(), term);
+            }
+            None => {
+                cfg.spec
+                    .env
+                    .entry("TERM".into())
+                    .or_insert_with(|| "xterm".into());
+            }
+        }
     }
     let (report_r, report_w) = unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| Failure::new(Step::Exec, format!("pipe: {e}")))?;
@@ -237,6 +248,17 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
     })
 }
 
+/// The environment variable the agent passes the client's terminal type in.
+pub const EXEC_TERM_VAR: &str = "HUTCH_EXEC_TERM";
+
+/// Whether `t` can be a terminal type (`xterm-256color`, `screen.xterm`, `tmux+x`).
+pub fn is_terminal_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_'))
+}
+
 /// Opens a terminal of the container's devpts (this process is in its mount namespace and
 /// root now), sends the master over stdin (the agent's socket) and makes the slave this
 /// process's stdin, stdout and stderr, owned by the command's user.
@@ -263,4 +285,23 @@ fn take_own_terminal_for_exec(owner: Option<(u32, u32)>) -> Result<(), Failure> 
     unistd::dup2_stdout(&slave).map_err(|e| terminal("connecting the terminal", e))?;
     unistd::dup2_stderr(&slave).map_err(|e| terminal("connecting the terminal", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn terminal_names() {
+        for ok in [
+            "xterm",
+            "xterm-256color",
+            "screen.xterm",
+            "tmux+x",
+            "vt_100",
+        ] {
+            assert!(super::is_terminal_name(ok), "{ok}");
+        }
+        for bad in ["", "x y", "a;rm", &"x".repeat(65), "é"] {
+            assert!(!super::is_terminal_name(bad), "{bad}");
+        }
+    }
 }

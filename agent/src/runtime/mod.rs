@@ -51,6 +51,7 @@ use exec::ExecResult;
 use hutch_core::network::PortMapping;
 use hutch_core::step::Step;
 use hutch_supervisor::container_mounts::PlannedMount;
+use hutch_supervisor::exec::EXEC_TERM_VAR;
 use hutch_supervisor::network::{disconnect, NetworkPlan};
 use logs::{LogLimits, LogLine};
 use mount_plan::BindPolicy;
@@ -806,12 +807,21 @@ impl Runtime {
         dir: &Path,
         result_file: &Path,
         argv: &[String],
-        tty: bool,
+        tty_term: Option<&str>,
         stdio: [Stdio; 3],
     ) -> Result<tokio::process::Child, RuntimeError> {
         let [stdin, stdout, stderr] = stdio;
-        tokio::process::Command::new(&self.supervisor_bin)
-            .arg(if tty { "exec-tty" } else { "exec" })
+        let mut command = tokio::process::Command::new(&self.supervisor_bin);
+        if let Some(term) = tty_term {
+            // The client's terminal type, the command's TERM (the helper checks it).
+            command.env(EXEC_TERM_VAR, term);
+        }
+        command
+            .arg(if tty_term.is_some() {
+                "exec-tty"
+            } else {
+                "exec"
+            })
             .arg(dir)
             .arg(result_file)
             .arg("--")
@@ -884,7 +894,7 @@ impl Runtime {
             &dir,
             &result_file,
             &argv,
-            false,
+            None,
             [Stdio::null(), Stdio::piped(), Stdio::piped()],
         )?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
@@ -930,6 +940,7 @@ impl Runtime {
         id: &str,
         argv: Vec<String>,
         tty: Option<(u16, u16)>,
+        term: &str,
     ) -> Result<session::ExecProcess, RuntimeError> {
         let (dir, result_file) = self.prepare_exec(id, &argv)?;
         let where_ = dir.clone();
@@ -941,7 +952,8 @@ impl Runtime {
                 let (ours, theirs) = hutch_supervisor::sys::fd_channel()
                     .map_err(|e| io_error(std::io::Error::from(e)))?;
                 let stdio = [Stdio::from(theirs), Stdio::null(), Stdio::null()];
-                let child = self.spawn_exec_helper(id, &dir, &result_file, &argv, true, stdio)?;
+                let child =
+                    self.spawn_exec_helper(id, &dir, &result_file, &argv, Some(term), stdio)?;
                 let master = session::receive_terminal(&ours).map_err(|message| {
                     RuntimeError::ExecFailed {
                         id: id.to_string(),
@@ -962,7 +974,7 @@ impl Runtime {
                     &dir,
                     &result_file,
                     &argv,
-                    false,
+                    None,
                     [Stdio::piped(), Stdio::piped(), Stdio::piped()],
                 )?;
                 Ok(session::ExecProcess::pipes(child, dir, result_file))

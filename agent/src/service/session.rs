@@ -68,7 +68,9 @@ pub async fn start(
     let span =
         tracing::info_span!("exec_session", node = %core.node, container = %id, tty = start.tty);
     let _entered = span.enter();
-    let mut process = core.runtime.exec_session(&id, start.command, tty)?;
+    let mut process = core
+        .runtime
+        .exec_session(&id, start.command, tty, &start.term)?;
     tracing::info!("session started");
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     match process.terminal.clone() {
