@@ -459,15 +459,16 @@ async fn placement_follows_volumes() {
         .expect_err("in use");
     assert_eq!(used.code(), tonic::Code::FailedPrecondition);
     assert!(used.message().contains("vol-writer (ended)"), "{used:?}");
+    // The PENDING ones first: with the others gone they could be placed again.
     force_remove(
         &mut client,
         &[
+            "two-nodes",
+            "vol-elsewhere",
             "vol-writer",
             "vol-reader",
-            "vol-elsewhere",
             "fresh-1",
             "fresh-2",
-            "two-nodes",
         ],
     )
     .await;

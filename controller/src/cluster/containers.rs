@@ -359,6 +359,13 @@ impl Cluster {
         if let Some(before) = records::previous_copy(&record) {
             self.spawn_remove_copy(&record.previous_node, &before);
         }
+        // Its volumes stay on its node: known there before the node's next heartbeat says
+        // so, so a pending container naming them is not placed elsewhere meanwhile.
+        if !record.node.is_empty() {
+            for volume in records::volumes_of(&record) {
+                self.node_volume(&record.node, volume, true);
+            }
+        }
         let name = name.to_string();
         self.commit_blocking(move |c| {
             let mut st = c.lock();
