@@ -16,6 +16,7 @@ use crate::scenarios::{
     connect_and_watch, hutch_sample, remove_many, remove_one, start_and_wait, Client, Watch,
 };
 use crate::setup::{spawn_listening_metered, BenchEnv, KilledOnDrop, STORE_DIR};
+use crate::tls::wait_ready;
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -46,24 +47,6 @@ pub async fn scrape(url: &str) -> Result<(Duration, usize), String> {
         ));
     }
     Ok((took, answer.len()))
-}
-
-/// Waits until the controller lists a READY node.
-async fn wait_ready(client: &mut Client) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let nodes = client
-            .list_nodes(v1::ListNodesRequest::default())
-            .await
-            .map_err(err)?
-            .into_inner()
-            .nodes;
-        if nodes.iter().any(|n| n.state == v1::NodeState::Ready as i32) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err("the metered agent never became READY".into())
 }
 
 /// The metered pair: its clients and metrics URLs, the daemons killed on drop.

@@ -40,8 +40,8 @@ async fn tls_client(addr: &str, ca_pem: &[u8]) -> Result<(Client, Watch), String
     Ok((client, watch))
 }
 
-/// Waits until the controller lists a READY node.
-async fn wait_ready(client: &mut Client) -> Result<(), String> {
+/// Waits until the controller lists a READY node (20 s at most).
+pub(crate) async fn wait_ready(client: &mut Client) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         let nodes = client
@@ -55,7 +55,7 @@ async fn wait_ready(client: &mut Client) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err("the TLS agent never became READY".into())
+    Err("the agent never became READY".into())
 }
 
 /// The `tls` scenario: `runs` alternating samples on each pair.
