@@ -76,6 +76,34 @@ pub struct FileConfig {
     pub tls_san: Option<Vec<String>>,
     /// `host:port` to serve Prometheus metrics on (off by default).
     pub metrics_listen: Option<String>,
+    /// Where records live: `redb` (embedded, one controller) or `etcd` (several
+    /// controllers, one leader) [default: etcd when etcd_endpoints is set, else redb].
+    pub store: Option<String>,
+    /// etcd client URLs, comma-separated, e.g. "http://127.0.0.1:2379".
+    pub etcd_endpoints: Option<String>,
+    /// Key prefix of this cluster in etcd [default: /hutch/].
+    pub etcd_prefix: Option<String>,
+    /// CA certificate (PEM) of etcd's server certificates.
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    pub etcd_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    pub etcd_key: Option<PathBuf>,
+    /// TTL of the leader's lease in etcd, e.g. "1s" [default: 1s]; etcd raises it to its
+    /// own minimum.
+    pub leader_lease_ttl: Option<String>,
+    /// The URL other controllers' followers send clients and agents to for this one
+    /// [default: from the listen address].
+    pub advertise_url: Option<String>,
+}
+
+/// Where the cluster's records live.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// `DATA_DIR/state.redb`: one controller.
+    Redb,
+    /// etcd: any number of controllers, one leading.
+    Etcd(crate::store::EtcdConfig),
 }
 
 /// The validated configuration.
@@ -97,6 +125,92 @@ pub struct ControllerConfig {
     pub tls: Option<TlsSettings>,
     /// Where to serve Prometheus metrics; `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the records live.
+    pub store: StoreChoice,
+    /// TTL of the leader's lease (etcd only).
+    pub leader_lease_ttl: Duration,
+    /// The URL this controller is reached at (`None`: from the bound address).
+    pub advertise_url: Option<String>,
+}
+
+/// The leader lease's TTL by default: failover within about 1.5 s of a leader's death
+/// (etcd expires leases on a 500 ms tick) while surviving a lost renewal or two.
+pub const DEFAULT_LEADER_LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// The store from the `store` and `etcd_*` keys.
+fn store_choice(over: &mut FileConfig, file: &mut FileConfig) -> Result<StoreChoice, ConfigError> {
+    let endpoints = over.etcd_endpoints.take().or(file.etcd_endpoints.take());
+    let kind = over.store.take().or(file.store.take());
+    let kind = kind.unwrap_or_else(|| if endpoints.is_some() { "etcd" } else { "redb" }.into());
+    match kind.as_str() {
+        "redb" => {
+            if endpoints.is_some() {
+                return Err(invalid(
+                    "etcd_endpoints",
+                    "etcd endpoints were given but the store is redb: drop --store redb (or the endpoints)",
+                ));
+            }
+            Ok(StoreChoice::Redb)
+        }
+        "etcd" => {
+            let Some(endpoints) = endpoints else {
+                return Err(invalid(
+                    "etcd_endpoints",
+                    "the etcd store needs --etcd-endpoints URL[,URL...], e.g. http://127.0.0.1:2379",
+                ));
+            };
+            let endpoints: Vec<String> = endpoints
+                .split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect();
+            for e in &endpoints {
+                let ok = e
+                    .strip_prefix("http://")
+                    .or_else(|| e.strip_prefix("https://"))
+                    .is_some_and(|rest| rest.contains(':') && !rest.contains('/'));
+                if !ok {
+                    return Err(invalid(
+                        "etcd_endpoints",
+                        format!("'{e}' is not an etcd client URL like http://127.0.0.1:2379 or https://etcd1:2379"),
+                    ));
+                }
+            }
+            if endpoints.is_empty() {
+                return Err(invalid("etcd_endpoints", "no etcd endpoint given"));
+            }
+            let prefix = over
+                .etcd_prefix
+                .take()
+                .or(file.etcd_prefix.take())
+                .unwrap_or_else(|| crate::store::etcd_store::DEFAULT_PREFIX.into());
+            if !prefix.ends_with('/') || prefix.contains('\0') {
+                return Err(invalid(
+                    "etcd_prefix",
+                    format!("'{prefix}' must end with '/', e.g. /hutch/ or /hutch/lab1/"),
+                ));
+            }
+            let cert = over.etcd_cert.take().or(file.etcd_cert.take());
+            let key = over.etcd_key.take().or(file.etcd_key.take());
+            if cert.is_some() != key.is_some() {
+                return Err(invalid(
+                    "etcd_cert",
+                    "--etcd-cert and --etcd-key go together",
+                ));
+            }
+            Ok(StoreChoice::Etcd(crate::store::EtcdConfig {
+                endpoints,
+                prefix,
+                ca: over.etcd_ca.take().or(file.etcd_ca.take()),
+                cert,
+                key,
+            }))
+        }
+        other => Err(invalid(
+            "store",
+            format!("'{other}' is not a store: redb (embedded, the default) or etcd"),
+        )),
+    }
 }
 
 /// Reads a TOML config file.
@@ -170,6 +284,13 @@ pub fn resolve(
     mut file: FileConfig,
 ) -> Result<ControllerConfig, ConfigError> {
     let (tls_over, tls_file) = (tls_keys(&mut over), tls_keys(&mut file));
+    let store = store_choice(&mut over, &mut file)?;
+    let leader_lease_ttl = duration(
+        "leader_lease_ttl",
+        over.leader_lease_ttl.take().or(file.leader_lease_ttl.take()),
+        DEFAULT_LEADER_LEASE_TTL,
+    )?;
+    let advertise_url = over.advertise_url.take().or(file.advertise_url.take());
     let defaults = ClusterConfig::default();
     let listen_text = over
         .listen
@@ -285,6 +406,9 @@ pub fn resolve(
         insecure,
         tls,
         tokens_file,
+        store,
+        leader_lease_ttl,
+        advertise_url,
         limits: hutch_server::config::server_limits(
             over.max_concurrent_requests
                 .or(file.max_concurrent_requests),

@@ -7,7 +7,7 @@
 //!
 //! Modules, one concern each:
 //! - [`scheduler`]: pure placement (filter, score, reservations).
-//! - [`store`]: the durable state behind a small trait; redb is the embedded backend.
+//! - [`store`]: the durable state behind a small trait: redb (embedded) or etcd.
 //! - [`cluster`]: the records and every change to them (containers, nodes, dispatch,
 //!   reconciliation, rootfs across nodes).
 //! - [`agents`]: gRPC channels to agents.
@@ -15,6 +15,8 @@
 //! - [`config`]: configuration from flags, environment and file.
 //! - [`metrics`]: Prometheus metrics of the cluster (the gRPC ones are `hutch_server`'s).
 //! - [`join`]: the cluster CA, the controller's certificate and join tokens.
+//! - [`leader`]: leader election among controllers sharing one etcd.
+//! - [`leadership`]: which cluster this controller serves, if it leads.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -22,6 +24,8 @@ pub mod agents;
 pub mod cluster;
 pub mod config;
 pub mod join;
+pub mod leader;
+pub mod leadership;
 pub mod metrics;
 pub mod scheduler;
 pub mod service;

@@ -11,7 +11,10 @@ use clap::Parser;
 use hutch_controller::cluster::Cluster;
 use hutch_controller::config::{self, FileConfig};
 use hutch_controller::join::ClusterPki;
-use hutch_controller::store::RedbStore;
+use hutch_controller::config::{ControllerConfig, StoreChoice};
+use hutch_controller::leader::{self, Member};
+use hutch_controller::leadership::{Leadership, StoreKind};
+use hutch_controller::store::{EtcdStore, RedbStore};
 use hutch_server::auth::Tokens;
 
 /// Exit code for errors of hutch itself.
@@ -147,6 +150,38 @@ struct Cli {
     /// Longest delay between restarts [default: 60s].
     #[arg(long, env = "HUTCH_RESTART_BACKOFF_MAX")]
     restart_backoff_max: Option<String>,
+    /// Where the records live: `redb` (the embedded file in --data-dir; this controller
+    /// alone) or `etcd` (any number of controllers on one etcd, one of them leading)
+    /// [default: etcd when --etcd-endpoints is given, else redb].
+    #[arg(long, env = "HUTCH_STORE", value_name = "redb|etcd")]
+    store: Option<String>,
+    /// etcd client URLs, comma-separated. Every controller of the cluster names the same
+    /// etcd; one leads, the others answer clients with the leader's address.
+    ///
+    /// Example: hutch-controller --etcd-endpoints http://198.18.0.1:2379,http://198.18.0.2:2379
+    #[arg(long, env = "HUTCH_ETCD_ENDPOINTS", value_name = "URL[,URL...]")]
+    etcd_endpoints: Option<String>,
+    /// Key prefix of this cluster's records in etcd [default: /hutch/].
+    #[arg(long, env = "HUTCH_ETCD_PREFIX")]
+    etcd_prefix: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificates (https endpoints).
+    #[arg(long, env = "HUTCH_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication.
+    #[arg(long, env = "HUTCH_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The key (PEM) of --etcd-cert.
+    #[arg(long, env = "HUTCH_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// TTL of the leader's lease in etcd: a leader that dies is replaced within about this
+    /// long plus half a second [default: 1s; etcd raises it to its own minimum, 2s with
+    /// etcd's default election timeout].
+    #[arg(long, env = "HUTCH_LEADER_LEASE_TTL")]
+    leader_lease_ttl: Option<String>,
+    /// The URL clients and agents reach this controller at, which followers name when they
+    /// send them to the leader [default: from --listen].
+    #[arg(long, env = "HUTCH_ADVERTISE_URL", value_name = "URL")]
+    advertise_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -197,6 +232,14 @@ fn main() -> ExitCode {
         tls_ca_cert: cli.tls_ca_cert,
         tls_ca_key: cli.tls_ca_key,
         tls_san: (!cli.tls_san.is_empty()).then_some(cli.tls_san),
+        store: cli.store,
+        etcd_endpoints: cli.etcd_endpoints,
+        etcd_prefix: cli.etcd_prefix,
+        etcd_ca: cli.etcd_ca,
+        etcd_cert: cli.etcd_cert,
+        etcd_key: cli.etcd_key,
+        leader_lease_ttl: cli.leader_lease_ttl,
+        advertise_url: cli.advertise_url,
     };
     let mut config = match config::resolve(over, file) {
         Ok(c) => c,
@@ -251,20 +294,6 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let store = match RedbStore::open(&config.data_dir) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("hutch-controller: {e} (is another controller using this data dir?)");
-                return ExitCode::from(EXIT_HUTCH_ERROR);
-            }
-        };
-        let cluster = match Cluster::start(config.cluster.clone(), Box::new(store)) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("hutch-controller: {e}");
-                return ExitCode::from(EXIT_HUTCH_ERROR);
-            }
-        };
         let (listener, addr) = match hutch_server::listen::bind(config.listen, pki.is_some()).await
         {
             Ok(bound) => bound,
@@ -273,6 +302,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_HUTCH_ERROR);
             }
         };
+        let started = match start_store(&config, pki.as_deref(), &addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("hutch-controller: {e}");
+                return ExitCode::from(EXIT_HUTCH_ERROR);
+            }
+        };
+        let leadership = started.leadership.clone();
         let metrics = match config.metrics_listen {
             Some(at) => match hutch_server::metrics::bind(at).await {
                 Ok((listener, url)) => {
@@ -287,9 +324,9 @@ fn main() -> ExitCode {
             None => None,
         };
         println!(
-            "hutch-controller listening on {addr} ({}, revision {}, strategy {})",
+            "hutch-controller listening on {addr} ({}, {}, strategy {})",
             if pki.is_some() { "TLS" } else { "plaintext" },
-            cluster.revision(),
+            started.describe,
             config.cluster.strategy
         );
         let _ = std::io::stdout().flush();
@@ -300,7 +337,10 @@ fn main() -> ExitCode {
             pki,
             metrics,
         };
-        match hutch_controller::service::server::serve(cluster, listener, limits, shutdown).await {
+        let served =
+            hutch_controller::service::server::serve(leadership, listener, limits, shutdown).await;
+        started.stop().await;
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hutch-controller: {e}");
@@ -308,4 +348,85 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The store opened and, with etcd, the election running.
+struct Started {
+    leadership: Arc<Leadership>,
+    /// For the start line: the revision (redb) or the etcd endpoints.
+    describe: String,
+    /// Ends the election (revoking the lease, so a follower takes over at once).
+    election: Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Started {
+    async fn stop(self) {
+        if let Some((stop, task)) = self.election {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+    }
+}
+
+/// Opens the configured store: the embedded one (this controller leads), or etcd (after
+/// checking the cluster's identity there, the election starts).
+async fn start_store(
+    config: &ControllerConfig,
+    pki: Option<&ClusterPki>,
+    bound: &str,
+) -> Result<Started, String> {
+    let address = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| hutch_pki::material::url_for(bound, pki.is_some()));
+    let me = Member {
+        id: hutch_core::names::random_name("ctl-").map_err(|e| e.to_string())?,
+        address,
+        started_at_ms: leader::now_ms(),
+        leader_since_ms: 0,
+    };
+    match &config.store {
+        StoreChoice::Redb => {
+            let store = RedbStore::open(&config.data_dir)
+                .map_err(|e| format!("{e} (is another controller using this data dir?)"))?;
+            let path = config.data_dir.join("state.redb").display().to_string();
+            let cluster =
+                Cluster::start(config.cluster.clone(), Box::new(store)).map_err(|e| e.to_string())?;
+            let describe = format!("redb {path}, revision {}", cluster.revision());
+            Ok(Started {
+                leadership: Leadership::single(cluster, me, StoreKind::Redb(path)),
+                describe,
+                election: None,
+            })
+        }
+        StoreChoice::Etcd(etcd) => {
+            if config.advertise_url.is_none() && config.listen.ip().is_unspecified() {
+                return Err(format!(
+                    "listening on {} with the etcd store: give --advertise-url, the URL other controllers send clients and agents to for this one",
+                    config.listen
+                ));
+            }
+            let connect = etcd.clone();
+            let store = tokio::task::spawn_blocking(move || EtcdStore::connect(connect))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot use the etcd store: {e}"))?;
+            let mut client = store.client();
+            let identity = pki.map_or_else(|| "plaintext".to_string(), |p| p.fingerprint().to_string());
+            leader::claim_identity(&mut client, etcd, &identity).await?;
+            let (role_tx, role_rx) = tokio::sync::watch::channel(leader::Role::Follower {
+                leader: None,
+                why: None,
+            });
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let election = leader::Election::new(client, etcd.clone(), me.clone(), config.leader_lease_ttl);
+            let task = tokio::spawn(election.run(role_tx, stop_rx));
+            let leadership = Leadership::follow(config.cluster.clone(), etcd.clone(), me.clone(), role_rx);
+            Ok(Started {
+                leadership,
+                describe: format!("{}, controller {}", etcd.describe(), me.id),
+                election: Some((stop_tx, task)),
+            })
+        }
+    }
 }

@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::cluster::Cluster;
+use crate::leadership::Leadership;
 
 /// Labels of a count by state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, LabelSet)]
@@ -69,7 +70,7 @@ fn state_label(full: &str, prefix: &str) -> String {
 }
 
 struct ClusterCollector {
-    cluster: Arc<Cluster>,
+    leadership: Arc<Leadership>,
 }
 
 impl std::fmt::Debug for ClusterCollector {
@@ -80,7 +81,11 @@ impl std::fmt::Debug for ClusterCollector {
 
 impl Collector for ClusterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let figures = self.cluster.metric_figures();
+        // A follower has no figures of its own: the leader's /metrics has them.
+        let Ok(cluster) = self.leadership.cluster() else {
+            return Ok(());
+        };
+        let figures = cluster.metric_figures();
         let by_state = |counts: Vec<(String, usize)>| -> Vec<(StateLabels, f64)> {
             counts
                 .into_iter()
@@ -183,8 +188,8 @@ impl Cluster {
 }
 
 /// Registers the controller's metrics on `registry`.
-pub fn register(registry: &mut Registry, cluster: Arc<Cluster>) {
-    let counted = cluster.metrics.clone();
+pub fn register(registry: &mut Registry, leadership: Arc<Leadership>) {
+    let counted = leadership.metrics().clone();
     // Every outcome from zero, so the family is there before the first build.
     for outcome in ["built", "cached", "joined", "failed"] {
         let _ = counted.rootfs_builds.get_or_create(&BuildLabels {
@@ -206,5 +211,5 @@ pub fn register(registry: &mut Registry, cluster: Arc<Cluster>) {
         "Rootfs builds asked through the controller, one per node asked, by outcome (built, cached, joined, failed)",
         counted.rootfs_builds,
     );
-    registry.register_collector(Box::new(ClusterCollector { cluster }));
+    registry.register_collector(Box::new(ClusterCollector { leadership }));
 }

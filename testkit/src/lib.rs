@@ -7,16 +7,19 @@
 //!   ([`TestAgent`]), the shared rootfs, the workspace's binaries, leak checks.
 //! - [`cluster`]: a real `hutch-controller` process ([`TestController`]) and agents
 //!   registered with it ([`TestNode`]); request builders and waits.
+//! - [`etcd`]: a real etcd cluster on loopback ([`TestEtcd`]).
 //! - [`grpcurl`]: the real `grpcurl` as an outside client.
 //! - [`rng`]: a seeded generator, so a randomized test's failure replays from its seed.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod etcd;
 pub mod grpcurl;
 pub mod host;
 pub mod rng;
 
 pub use cluster::*;
+pub use etcd::*;
 pub use grpcurl::*;
 pub use host::*;
 pub use rng::Rng;

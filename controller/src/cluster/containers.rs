@@ -637,6 +637,9 @@ impl Cluster {
 pub(crate) async fn placement_loop(cluster: Weak<Cluster>) {
     loop {
         let Some(c) = cluster.upgrade() else { return };
+        if c.stepped_down() {
+            return;
+        }
         let kick = c.kick.clone();
         let notified = kick.notified();
         let has_pending = !c.lock().pending.is_empty();

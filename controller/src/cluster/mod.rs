@@ -201,6 +201,9 @@ pub struct Cluster {
     pub(crate) dispatch_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// What it counts for its metrics.
     pub metrics: crate::metrics::ClusterMetrics,
+    /// Turns true when this controller stops leading: the cluster then changes nothing and
+    /// its streams end.
+    term_over: tokio::sync::watch::Sender<bool>,
 }
 
 impl Cluster {
@@ -209,6 +212,15 @@ impl Cluster {
     pub fn start(
         config: ClusterConfig,
         store: Box<dyn Store>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        Self::start_with(config, store, Default::default())
+    }
+
+    /// [`Cluster::start`], counting into `metrics` (kept across leadership terms).
+    pub fn start_with(
+        config: ClusterConfig,
+        store: Box<dyn Store>,
+        metrics: crate::metrics::ClusterMetrics,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let snap = store.load()?;
         let mut st = State {
@@ -274,12 +286,41 @@ impl Cluster {
             kick: Arc::new(Notify::new()),
             agents,
             dispatch_slots: std::sync::Mutex::default(),
-            metrics: Default::default(),
+            metrics,
+            term_over: tokio::sync::watch::channel(false).0,
         });
         tokio::spawn(containers::placement_loop(Arc::downgrade(&cluster)));
         tokio::spawn(nodes::liveness_loop(Arc::downgrade(&cluster)));
         cluster.kick.notify_one();
         Ok(cluster)
+    }
+
+    /// Stops acting: every later commit fails, the background loops end, the links to the
+    /// agents are cut and open streams end (their clients resume on the new leader).
+    /// Called when this controller loses its leadership; the records stay in the store.
+    pub fn step_down(&self) {
+        if self.term_over.send_replace(true) {
+            return;
+        }
+        let mut st = self.lock();
+        for entry in st.nodes.values_mut() {
+            if let Some(link) = entry.link.take() {
+                link.abort();
+            }
+        }
+        drop(st);
+        self.kick.notify_one();
+        tracing::info!("stepped down: this controller no longer acts on the cluster");
+    }
+
+    /// True once [`Cluster::step_down`] was called.
+    pub fn stepped_down(&self) -> bool {
+        *self.term_over.borrow()
+    }
+
+    /// Turns true when the cluster steps down.
+    pub fn term_over(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.term_over.subscribe()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -335,6 +376,12 @@ impl Cluster {
     ) -> Result<Vec<v1::Container>, ClusterError> {
         if changes.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.stepped_down() {
+            return Err(StoreError::NotLeader(
+                "this controller stopped leading; nothing was changed".into(),
+            )
+            .into());
         }
         let mut batch = Batch::default();
         let mut revision = st.revision;

@@ -607,6 +607,9 @@ pub(crate) async fn liveness_loop(cluster: Weak<Cluster>) {
     loop {
         tick.tick().await;
         let Some(c) = cluster.upgrade() else { return };
+        if c.stepped_down() {
+            return;
+        }
         c.commit_blocking(|c| c.check_liveness()).await;
     }
 }

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::cluster::records::current_agent_id;
 use crate::cluster::{Cluster, ClusterError};
 use crate::join::ClusterPki;
+use crate::leadership::Leadership;
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -31,7 +32,7 @@ const STREAM_BUFFER: usize = 64;
 /// The client-facing service.
 #[derive(Clone)]
 pub struct ControllerService {
-    cluster: Arc<Cluster>,
+    leadership: Arc<Leadership>,
     /// Turns true when the controller shuts down: long-lived streams end then.
     closing: watch::Receiver<bool>,
     /// The cluster CA and join tokens, when the controller serves TLS.
@@ -41,12 +42,12 @@ pub struct ControllerService {
 impl ControllerService {
     /// A service over `cluster`; its streams end when `closing` turns true.
     pub fn new(
-        cluster: Arc<Cluster>,
+        leadership: Arc<Leadership>,
         closing: watch::Receiver<bool>,
         pki: Option<Arc<ClusterPki>>,
     ) -> Self {
         ControllerService {
-            cluster,
+            leadership,
             closing,
             pki,
         }
@@ -54,7 +55,21 @@ impl ControllerService {
 
     /// The node running `id` and the id of its copy there, for proxied calls.
     fn copy_of(&self, id: &str) -> Result<(String, String), Status> {
-        copy_of(&self.cluster, id)
+        copy_of(&*self.cluster()?, id)
+    }
+
+    /// The cluster, while this controller leads (UNAVAILABLE naming the leader otherwise).
+    fn cluster(&self) -> Result<Arc<Cluster>, Status> {
+        self.leadership.cluster()
+    }
+
+    /// What ends a long-lived stream: the controller shutting down, or `cluster` stepping
+    /// down.
+    fn closing_for(&self, cluster: &Cluster) -> Closing {
+        Closing {
+            server: self.closing.clone(),
+            term: cluster.term_over(),
+        }
     }
 }
 
@@ -103,7 +118,7 @@ impl Controller for ControllerService {
         request: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::Container>, Status> {
         let req = request.into_inner();
-        let record = self.cluster.commit_blocking(move |c| c.create(req)).await?;
+        let record = self.cluster()?.commit_blocking(move |c| c.create(req)).await?;
         Ok(Response::new(record))
     }
 
@@ -111,7 +126,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::GetContainerRequest>,
     ) -> Result<Response<v1::Container>, Status> {
-        Ok(Response::new(self.cluster.get(&request.into_inner().id)?))
+        Ok(Response::new(self.cluster()?.get(&request.into_inner().id)?))
     }
 
     async fn list_containers(
@@ -120,7 +135,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
         let req = request.into_inner();
         let (containers, revision) =
-            self.cluster
+            self.cluster()?
                 .list(&req.node, wanted_state(req.state)?, &req.labels);
         let named = containers
             .into_iter()
@@ -141,7 +156,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<v1::Container>, Status> {
         let req = request.into_inner();
         Ok(Response::new(
-            self.cluster.stop(&req.id, req.grace_seconds).await?,
+            self.cluster()?.stop(&req.id, req.grace_seconds).await?,
         ))
     }
 
@@ -156,7 +171,7 @@ impl Controller for ControllerService {
                 req.signal
             )));
         }
-        self.cluster.kill(&req.id, req.signal).await?;
+        self.cluster()?.kill(&req.id, req.signal).await?;
         Ok(Response::new(v1::KillContainerResponse {}))
     }
 
@@ -165,7 +180,7 @@ impl Controller for ControllerService {
         request: Request<v1::RemoveContainerRequest>,
     ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
         let req = request.into_inner();
-        self.cluster.remove(&req.id, req.force).await?;
+        self.cluster()?.remove(&req.id, req.force).await?;
         Ok(Response::new(v1::RemoveContainerResponse {}))
     }
 
@@ -178,8 +193,9 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let filter = watch_filter::WatchFilter::of(&req)?;
         let since = req.since_revision;
-        let (replay, mut live) = self.cluster.watch(since)?;
-        let mut closing = self.closing.clone();
+        let cluster = self.cluster()?;
+        let (replay, mut live) = cluster.watch(since)?;
+        let mut closing = self.closing_for(&cluster);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let mut last = since;
@@ -192,7 +208,7 @@ impl Controller for ControllerService {
             loop {
                 let next = tokio::select! {
                     next = live.recv() => next,
-                    _ = wait_closing(&mut closing) => Err(broadcast::error::RecvError::Closed),
+                    _ = closing.wait() => Err(broadcast::error::RecvError::Closed),
                 };
                 match next {
                     Ok(e) if e.revision <= last => {}
@@ -213,7 +229,7 @@ impl Controller for ControllerService {
                     Err(broadcast::error::RecvError::Closed) => {
                         let _ = tx
                             .send(Err(Status::unavailable(format!(
-                                "the controller is shutting down; watch again with since_revision={last}"
+                                "this controller is shutting down or stopped leading; watch again with since_revision={last} (on any controller of the cluster)"
                             ))))
                             .await;
                         return;
@@ -231,7 +247,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::ContainerStatsRequest>,
     ) -> Result<Response<Self::ContainerStatsStream>, Status> {
-        let rx = usage::stats(&self.cluster, self.closing.clone(), request.into_inner()).await?;
+        let cluster = self.cluster()?;
+        let closing = self.closing_for(&cluster);
+        let rx = usage::stats(&cluster, closing, request.into_inner()).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -240,7 +258,7 @@ impl Controller for ControllerService {
         request: Request<v1::ListProcessesRequest>,
     ) -> Result<Response<v1::ListProcessesResponse>, Status> {
         Ok(Response::new(
-            usage::processes(&self.cluster, &request.into_inner().id).await?,
+            usage::processes(&*self.cluster()?, &request.into_inner().id).await?,
         ))
     }
 
@@ -250,15 +268,16 @@ impl Controller for ControllerService {
     ) -> Result<Response<Self::ContainerLogsStream>, Status> {
         let mut req = request.into_inner();
         let (node, copy) = if req.previous {
-            previous_copy_of(&self.cluster, &req.id)?
+            previous_copy_of(&*self.cluster()?, &req.id)?
         } else {
             self.copy_of(&req.id)?
         };
         req.previous = false;
         // Counted before the node is asked, so an auto_remove container waits for it.
-        let reader = self.cluster.log_reader(&req.id);
+        let cluster = self.cluster()?;
+        let reader = cluster.log_reader(&req.id);
         req.id = copy;
-        let mut client = self.cluster.client_for(&node)?;
+        let mut client = cluster.client_for(&node)?;
         let stream = client
             .container_logs(req)
             .await
@@ -278,14 +297,14 @@ impl Controller for ControllerService {
             })
         });
         // Forwarded by a task so that a followed stream ends when the controller shuts down.
-        let mut closing = self.closing.clone();
+        let mut closing = self.closing_for(&cluster);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let _reader = reader;
             loop {
                 let item = tokio::select! {
                     item = stream.next() => item,
-                    _ = wait_closing(&mut closing) => Some(Err(Status::unavailable(
+                    _ = closing.wait() => Some(Err(Status::unavailable(
                         "the controller is shutting down; ask again for the lines since the last one you got",
                     ))),
                 };
@@ -308,7 +327,7 @@ impl Controller for ControllerService {
             .map_err(|e| Status::invalid_argument(format!("command: {e}")))?;
         let (node, copy) = self.copy_of(&req.id)?;
         req.id = copy;
-        let mut client = self.cluster.client_for(&node)?;
+        let mut client = self.cluster()?.client_for(&node)?;
         let response = client
             .exec(req)
             .await
@@ -324,7 +343,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<Self::ExecSessionStream>, Status> {
         let mut inbound = request.into_inner();
         let start = first_start(&mut inbound).await?;
-        let (mut client, node, outbound) = session_target(&self.cluster, start, inbound)?;
+        let (mut client, node, outbound) = session_target(&*self.cluster()?, start, inbound)?;
         let answered = client.exec_session(outbound).await;
         node_stream(node, answered)
     }
@@ -339,8 +358,8 @@ impl Controller for ControllerService {
         let start = first_start(&mut inbound).await?;
         // An attached terminal reads the container's output: an auto_remove container
         // waits for it as for a logs stream.
-        let reader = self.cluster.log_reader(&start.id);
-        let (mut client, node, outbound) = session_target(&self.cluster, start, inbound)?;
+        let reader = self.cluster()?.log_reader(&start.id);
+        let (mut client, node, outbound) = session_target(&*self.cluster()?, start, inbound)?;
         let answered = client.attach(outbound).await;
         let stream = node_stream(node, answered)?.into_inner();
         Ok(Response::new(Box::pin(stream.map(move |item| {
@@ -354,7 +373,7 @@ impl Controller for ControllerService {
         _: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         Ok(Response::new(v1::ListNodesResponse {
-            nodes: self.cluster.nodes(),
+            nodes: self.cluster()?.nodes(),
         }))
     }
 
@@ -363,7 +382,7 @@ impl Controller for ControllerService {
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
         Ok(Response::new(
-            self.cluster.node(&request.into_inner().name)?,
+            self.cluster()?.node(&request.into_inner().name)?,
         ))
     }
 
@@ -373,7 +392,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<v1::Node>, Status> {
         let name = request.into_inner().name;
         let node = self
-            .cluster
+            .cluster()?
             .commit_blocking(move |c| c.set_cordoned(&name, true))
             .await?;
         Ok(Response::new(node))
@@ -385,7 +404,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<v1::Node>, Status> {
         let name = request.into_inner().name;
         let node = self
-            .cluster
+            .cluster()?
             .commit_blocking(move |c| c.set_cordoned(&name, false))
             .await?;
         Ok(Response::new(node))
@@ -396,7 +415,7 @@ impl Controller for ControllerService {
         request: Request<v1::DrainNodeRequest>,
     ) -> Result<Response<v1::DrainNodeResponse>, Status> {
         Ok(Response::new(
-            self.cluster.drain(&request.into_inner().name).await?,
+            self.cluster()?.drain(&request.into_inner().name).await?,
         ))
     }
 
@@ -406,7 +425,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
         let req = request.into_inner();
         let removed = self
-            .cluster
+            .cluster()?
             .commit_blocking(move |c| c.remove_node(&req.name, req.force))
             .await?;
         Ok(Response::new(removed))
@@ -419,7 +438,7 @@ impl Controller for ControllerService {
         request: Request<v1::ClusterBuildRootfsRequest>,
     ) -> Result<Response<Self::BuildRootfsStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.cluster.build_rootfs(request.into_inner(), tx).await?;
+        self.cluster()?.build_rootfs(request.into_inner(), tx).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -450,7 +469,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<v1::ClusterRemoveRootfsResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(
-            self.cluster.remove_rootfs(&req.name, &req.node).await?,
+            self.cluster()?.remove_rootfs(&req.name, &req.node).await?,
         ))
     }
 
@@ -459,7 +478,7 @@ impl Controller for ControllerService {
         request: Request<v1::CreateVolumeRequest>,
     ) -> Result<Response<v1::Volume>, Status> {
         Ok(Response::new(
-            self.cluster.create_volume(request.into_inner()).await?,
+            self.cluster()?.create_volume(request.into_inner()).await?,
         ))
     }
 
@@ -469,7 +488,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<v1::Volume>, Status> {
         let req = request.into_inner();
         Ok(Response::new(
-            self.cluster.get_volume(&req.name, &req.node).await?,
+            self.cluster()?.get_volume(&req.name, &req.node).await?,
         ))
     }
 
@@ -478,7 +497,7 @@ impl Controller for ControllerService {
         request: Request<v1::ListVolumesRequest>,
     ) -> Result<Response<v1::ListVolumesResponse>, Status> {
         Ok(Response::new(
-            self.cluster
+            self.cluster()?
                 .list_volumes(&request.into_inner().node)
                 .await?,
         ))
@@ -489,7 +508,7 @@ impl Controller for ControllerService {
         request: Request<v1::RemoveVolumeRequest>,
     ) -> Result<Response<v1::RemoveVolumeResponse>, Status> {
         let req = request.into_inner();
-        self.cluster.remove_volume(&req.name, &req.node).await?;
+        self.cluster()?.remove_volume(&req.name, &req.node).await?;
         Ok(Response::new(v1::RemoveVolumeResponse {}))
     }
 
@@ -498,14 +517,39 @@ impl Controller for ControllerService {
         request: Request<v1::ClusterListRootfsRequest>,
     ) -> Result<Response<v1::ClusterListRootfsResponse>, Status> {
         Ok(Response::new(
-            self.cluster.list_rootfs(&request.into_inner().node).await?,
+            self.cluster()?.list_rootfs(&request.into_inner().node).await?,
         ))
+    }
+    async fn get_cluster_status(
+        &self,
+        _request: Request<v1::GetClusterStatusRequest>,
+    ) -> Result<Response<v1::GetClusterStatusResponse>, Status> {
+        Ok(Response::new(self.leadership.status().await))
     }
 }
 
-/// Resolves once the controller starts shutting down.
-async fn wait_closing(closing: &mut watch::Receiver<bool>) {
-    if closing.wait_for(|c| *c).await.is_err() {
+/// What ends a long-lived stream.
+#[derive(Clone)]
+pub(crate) struct Closing {
+    /// Turns true when the controller shuts down.
+    server: watch::Receiver<bool>,
+    /// Turns true when the cluster the stream reads steps down.
+    term: watch::Receiver<bool>,
+}
+
+impl Closing {
+    /// Resolves once the controller starts shutting down or stops leading.
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = wait_true(&mut self.server) => {}
+            _ = wait_true(&mut self.term) => {}
+        }
+    }
+}
+
+/// Resolves once `flag` is true (never, when its sender is gone while false).
+async fn wait_true(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
 }

@@ -9,21 +9,21 @@ use hutch_proto::v1;
 use hutch_proto::v1::nodes_server::Nodes;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::Cluster;
+use crate::leadership::Leadership;
 use crate::join::ClusterPki;
 use hutch_server::auth::Peer;
 
 /// The agents' side of the controller.
 #[derive(Clone)]
 pub struct NodesService {
-    cluster: Arc<Cluster>,
+    leadership: Arc<Leadership>,
     pki: Option<Arc<ClusterPki>>,
 }
 
 impl NodesService {
     /// A service over `cluster`; agents can join when there is a `pki`.
-    pub fn new(cluster: Arc<Cluster>, pki: Option<Arc<ClusterPki>>) -> Self {
-        NodesService { cluster, pki }
+    pub fn new(leadership: Arc<Leadership>, pki: Option<Arc<ClusterPki>>) -> Self {
+        NodesService { leadership, pki }
     }
 }
 
@@ -46,7 +46,8 @@ impl Nodes for NodesService {
         check_name(&request, &request.get_ref().name)?;
         let req = request.into_inner();
         let response = self
-            .cluster
+            .leadership
+            .cluster()?
             .commit_blocking(move |c| c.register(req))
             .await?;
         Ok(Response::new(response))
@@ -59,7 +60,8 @@ impl Nodes for NodesService {
         check_name(&request, &request.get_ref().name)?;
         let req = request.into_inner();
         let response = self
-            .cluster
+            .leadership
+            .cluster()?
             .commit_blocking(move |c| c.heartbeat(req))
             .await?;
         Ok(Response::new(response))
@@ -77,7 +79,7 @@ impl Nodes for NodesService {
         })?;
         // A join token names no node: whoever holds one could otherwise get a certificate for
         // a live node's name and re-point it. A node that is up keeps its name.
-        if let Ok(node) = self.cluster.node(&req.name) {
+        if let Ok(node) = self.leadership.cluster()?.node(&req.name) {
             if node.state == v1::NodeState::Ready as i32 {
                 tracing::warn!(node = %req.name, "join refused: the node is registered and ready");
                 return Err(Status::already_exists(format!(

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use super::nodes::NodesService;
 use super::ControllerService;
-use crate::cluster::Cluster;
+use crate::leadership::Leadership;
 use crate::join::ClusterPki;
 
 /// Who may call, and how much at once.
@@ -33,9 +33,9 @@ pub struct Limits {
     pub metrics: Option<TcpListener>,
 }
 
-/// Serves `cluster` on `listener` until `shutdown` resolves.
+/// Serves the cluster `leadership` holds on `listener` until `shutdown` resolves.
 pub async fn serve(
-    cluster: Arc<Cluster>,
+    leadership: Arc<Leadership>,
     listener: TcpListener,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -50,7 +50,7 @@ pub async fn serve(
     let rpc_metrics = metrics.map(|listener| {
         let mut registry = Registry::with_prefix("hutch");
         let rpc = RpcMetrics::register(&mut registry);
-        crate::metrics::register(&mut registry, cluster.clone());
+        crate::metrics::register(&mut registry, leadership.clone());
         let mut closing = closing.clone();
         tokio::spawn(hutch_server::metrics::serve(
             listener,
@@ -69,13 +69,13 @@ pub async fn serve(
         .await;
     health.set_serving::<NodesServer<NodesService>>().await;
     let controller = ControllerServer::new(ControllerService::new(
-        cluster.clone(),
+        leadership.clone(),
         closing,
         pki.clone(),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let nodes = NodesServer::new(NodesService::new(cluster, pki))
+    let nodes = NodesServer::new(NodesService::new(leadership, pki))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let draining = async move {
         shutdown.await;

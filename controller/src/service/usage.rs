@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hutch_proto::v1;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use super::{copy_of, wait_closing, STREAM_BUFFER};
+use super::{copy_of, Closing, STREAM_BUFFER};
 use crate::cluster::records::{current_agent_id, parse_agent_id};
 use crate::cluster::{Cluster, ClusterError};
 
@@ -47,7 +47,7 @@ fn targets(
 /// Starts the merged stream of samples.
 pub(super) async fn stats(
     cluster: &std::sync::Arc<Cluster>,
-    closing: watch::Receiver<bool>,
+    closing: Closing,
     req: v1::ContainerStatsRequest,
 ) -> Result<mpsc::Receiver<Result<v1::ContainerUsage, Status>>, Status> {
     let by_node = targets(cluster, &req.ids)?;
@@ -77,8 +77,8 @@ pub(super) async fn stats(
             loop {
                 let item = tokio::select! {
                     item = stream.next() => item,
-                    _ = wait_closing(&mut closing) => Some(Err(Status::unavailable(
-                        "the controller is shutting down; ask again",
+                    _ = closing.wait() => Some(Err(Status::unavailable(
+                        "this controller is shutting down or stopped leading; ask again",
                     ))),
                 };
                 let Some(item) = item else { return };

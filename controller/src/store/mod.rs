@@ -7,11 +7,13 @@
 //! call returns after the data is on disk), and the controller acknowledges or publishes a
 //! change only after its batch is committed.
 
+pub mod etcd_store;
 pub mod redb_store;
 
 use hutch_proto::v1;
 use thiserror::Error;
 
+pub use etcd_store::{EtcdConfig, EtcdStore, Fence};
 pub use redb_store::RedbStore;
 
 /// Why the store failed.
@@ -35,6 +37,9 @@ pub enum StoreError {
         /// The decode error.
         message: String,
     },
+    /// The write was made conditional on this controller leading, and it no longer does.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 /// Everything the store holds, as loaded at start.

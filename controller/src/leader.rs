@@ -1,0 +1,375 @@
+//! Leader election among the controllers that share one etcd.
+//!
+//! Each controller holds an etcd lease for as long as it runs, renewed every quarter of
+//! its TTL, and keeps a membership key (`PREFIX controllers/ID`, its address and start
+//! time) attached to it. The leader key (`PREFIX leader`) is created, attached to the
+//! lease, by the one transaction that finds it absent: that controller leads, and the
+//! key's create revision is its [`Fence`] (every write it makes is conditional on it).
+//! The others watch the key and campaign again the moment it is deleted: when the
+//! leader's lease expires (its process died: within the TTL), or at once when it shuts
+//! down (it revokes its lease).
+//!
+//! A leader that cannot renew its lease steps down when the TTL since its last
+//! acknowledged renewal runs out, before etcd can give the key to another controller; its
+//! fenced writes fail anyway from the moment the key is gone.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::store::{EtcdConfig, Fence};
+
+/// The leader key, under the store's prefix.
+pub const LEADER_KEY: &str = "leader";
+/// The membership keys' prefix, under the store's prefix.
+pub const MEMBERS: &str = "controllers/";
+/// How long a failed lease grant waits before the next try.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// One controller, as the others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// A random id, new at every start.
+    pub id: String,
+    /// The URL clients and agents reach it at.
+    pub address: String,
+    /// When it started (Unix milliseconds).
+    pub started_at_ms: u64,
+    /// When it became leader (Unix milliseconds; 0 in membership keys).
+    #[serde(default)]
+    pub leader_since_ms: u64,
+}
+
+/// What this controller is right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not leading; `leader` is the one that does, when known.
+    Follower {
+        /// The current leader.
+        leader: Option<Member>,
+        /// Why this controller is not leading when no leader is known (etcd's error).
+        why: Option<String>,
+    },
+    /// Leading, with every write fenced.
+    Leader {
+        /// The condition of this term's writes.
+        fence: Fence,
+    },
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Campaigns for leadership until `stop` turns true, publishing the role on `role`.
+pub struct Election {
+    client: Client,
+    config: EtcdConfig,
+    me: Member,
+    ttl: Duration,
+}
+
+/// Why a term (one lease) ended.
+enum TermEnd {
+    Stopped,
+    Lost(String),
+}
+
+impl Election {
+    /// An election for `me` with leases of `ttl` (etcd may grant more: it has a minimum).
+    pub fn new(client: Client, config: EtcdConfig, me: Member, ttl: Duration) -> Self {
+        Election {
+            client,
+            config,
+            me,
+            ttl,
+        }
+    }
+
+    /// Runs terms (one lease each) until `stop`; revokes the lease on the way out, so a
+    /// follower takes over at once.
+    pub async fn run(mut self, role: watch::Sender<Role>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let ttl_secs = self.ttl.as_secs().max(1) as i64;
+            let lease = match self.client.lease_grant(ttl_secs, None).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let why = format!("{}: {e}", self.config.describe());
+                    role.send_if_modified(|r| set_follower(r, None, Some(why.clone())));
+                    tracing::warn!("cannot take a lease in etcd (retrying): {why}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            let id = lease.id();
+            let granted = Duration::from_secs(lease.ttl().max(1) as u64);
+            let end = self.term(id, granted, &role, &mut stop).await;
+            role.send_if_modified(|r| {
+                set_follower(
+                    r,
+                    None,
+                    match &end {
+                        TermEnd::Lost(why) => Some(why.clone()),
+                        TermEnd::Stopped => None,
+                    },
+                )
+            });
+            // Best effort: a revoked lease deletes the leader and membership keys now
+            // instead of at expiry.
+            let _ = tokio::time::timeout(granted, self.client.lease_revoke(id)).await;
+            match end {
+                TermEnd::Stopped => return,
+                TermEnd::Lost(why) => {
+                    tracing::warn!(lease = id, "lease lost ({why}); campaigning again")
+                }
+            }
+        }
+    }
+
+    /// One lease: keeps it alive, campaigns, follows the leader key.
+    async fn term(
+        &mut self,
+        lease: i64,
+        ttl: Duration,
+        role: &watch::Sender<Role>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> TermEnd {
+        let etcd = self.config.describe();
+        let lost = |e: &dyn std::fmt::Display| TermEnd::Lost(format!("{etcd}: {e}"));
+        let (mut keeper, mut renewals) = match self.client.lease_keep_alive(lease).await {
+            Ok(k) => k,
+            Err(e) => return lost(&e),
+        };
+        let member_key = self.config.key(&format!("{MEMBERS}{}", self.me.id));
+        let me = match serde_json::to_vec(&self.me) {
+            Ok(v) => v,
+            Err(e) => return lost(&e),
+        };
+        if let Err(e) = self
+            .client
+            .put(member_key, me, Some(PutOptions::new().with_lease(lease)))
+            .await
+        {
+            return lost(&e);
+        }
+        let mut valid_until = Instant::now() + ttl;
+        let mut sent_at = Instant::now();
+        let mut renew = tokio::time::interval(ttl / 4);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leader_watch = None;
+        let mut campaign = true;
+        loop {
+            if campaign {
+                campaign = false;
+                match self.campaign(lease).await {
+                    Ok(Campaign::Won(fence)) => {
+                        tracing::info!(lease, fence = fence.leader_key_revision, "leading");
+                        role.send_replace(Role::Leader { fence });
+                        leader_watch = None;
+                    }
+                    Ok(Campaign::Lost { leader, revision }) => {
+                        role.send_if_modified(|r| set_follower(r, leader.clone(), None));
+                        let key = self.config.key(LEADER_KEY);
+                        let options = WatchOptions::new().with_start_revision(revision + 1);
+                        match self.client.watch(key, Some(options)).await {
+                            Ok(w) => leader_watch = Some(w),
+                            Err(e) => return lost(&e),
+                        }
+                    }
+                    Err(e) => return lost(&e),
+                }
+            }
+            tokio::select! {
+                _ = renew.tick() => {
+                    if Instant::now() >= valid_until {
+                        return TermEnd::Lost(format!(
+                            "{}: the lease was not renewed within its TTL of {ttl:?}",
+                            self.config.describe()
+                        ));
+                    }
+                    sent_at = Instant::now();
+                    if let Err(e) = keeper.keep_alive().await {
+                        return lost(&e);
+                    }
+                }
+                renewal = renewals.message() => match renewal {
+                    Ok(Some(r)) if r.ttl() > 0 => valid_until = sent_at + ttl,
+                    Ok(Some(_)) => return TermEnd::Lost("the lease expired in etcd".into()),
+                    Ok(None) => return TermEnd::Lost("etcd closed the lease's renewal stream".into()),
+                    Err(e) => return lost(&e),
+                },
+                event = next_watch_event(&mut leader_watch) => match event {
+                    Ok(LeaderChange::Gone) => campaign = true,
+                    Ok(LeaderChange::Now(m)) => {
+                        role.send_if_modified(|r| set_follower(r, Some(m.clone()), None));
+                    }
+                    Err(e) => return lost(&e),
+                },
+                _ = stop.changed() => return TermEnd::Stopped,
+            }
+        }
+    }
+
+    /// One attempt at the leader key.
+    async fn campaign(&mut self, lease: i64) -> Result<Campaign, etcd_client::Error> {
+        let key = self.config.key(LEADER_KEY);
+        let me = Member {
+            leader_since_ms: now_ms(),
+            ..self.me.clone()
+        };
+        let value = serde_json::to_vec(&me).unwrap_or_default();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.txn(txn).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            return Ok(Campaign::Won(Fence {
+                leader_key_revision: revision,
+            }));
+        }
+        let leader = resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .and_then(|kv| serde_json::from_slice(kv.value()).ok()),
+            _ => None,
+        });
+        Ok(Campaign::Lost { leader, revision })
+    }
+}
+
+enum Campaign {
+    Won(Fence),
+    Lost {
+        leader: Option<Member>,
+        revision: i64,
+    },
+}
+
+enum LeaderChange {
+    Gone,
+    Now(Member),
+}
+
+/// The next change of the leader key (never, without a watch).
+async fn next_watch_event(
+    watch: &mut Option<etcd_client::WatchStream>,
+) -> Result<LeaderChange, etcd_client::Error> {
+    let Some(stream) = watch.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Some(resp) = stream.message().await? else {
+            return Err(etcd_client::Error::WatchError("etcd ended the watch".into()));
+        };
+        if resp.canceled() {
+            return Err(etcd_client::Error::WatchError(format!(
+                "etcd cancelled the watch: {}",
+                resp.cancel_reason()
+            )));
+        }
+        for event in resp.events().iter().rev() {
+            return Ok(match event.event_type() {
+                etcd_client::EventType::Delete => LeaderChange::Gone,
+                etcd_client::EventType::Put => match event
+                    .kv()
+                    .and_then(|kv| serde_json::from_slice(kv.value()).ok())
+                {
+                    Some(m) => LeaderChange::Now(m),
+                    None => continue,
+                },
+            });
+        }
+    }
+}
+
+/// Sets `role` to follower of `leader`; true when that changed it.
+fn set_follower(role: &mut Role, leader: Option<Member>, why: Option<String>) -> bool {
+    let next = Role::Follower { leader, why };
+    if *role == next {
+        return false;
+    }
+    *role = next;
+    true
+}
+
+/// Every controller's membership and the leader, as etcd has them now.
+pub async fn members(
+    client: &mut Client,
+    config: &EtcdConfig,
+) -> Result<(Vec<Member>, Option<Member>), etcd_client::Error> {
+    let resp = client
+        .get(config.key(MEMBERS), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let members = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect();
+    let leader = client
+        .get(config.key(LEADER_KEY), None)
+        .await?
+        .kvs()
+        .first()
+        .and_then(|kv| serde_json::from_slice(kv.value()).ok());
+    Ok((members, leader))
+}
+
+/// The identity key (the cluster CA's fingerprint), under the store's prefix.
+pub const IDENTITY_KEY: &str = "cluster-ca";
+
+/// Records `identity` (the cluster CA's fingerprint, or `plaintext`) as the cluster's in
+/// etcd if none is recorded yet; refuses a controller whose identity differs from the one
+/// recorded, so two clusters never share one set of records by mistake.
+pub async fn claim_identity(
+    client: &mut Client,
+    config: &EtcdConfig,
+    identity: &str,
+) -> Result<(), String> {
+    let key = config.key(IDENTITY_KEY);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.clone(), identity, None)])
+        .or_else([TxnOp::get(key.clone(), None)]);
+    let resp = client
+        .txn(txn)
+        .await
+        .map_err(|e| format!("{}: {e}", config.describe()))?;
+    if resp.succeeded() {
+        return Ok(());
+    }
+    let recorded = resp
+        .op_responses()
+        .into_iter()
+        .find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if recorded == identity {
+        return Ok(());
+    }
+    Err(format!(
+        "the cluster under {key} in {} belongs to the cluster CA {recorded}, and this controller's is {identity}: every controller of one cluster must use the same CA (give them all the same --tls-ca-cert and --tls-ca-key, or copy the first controller's TLS_DIR/ca.crt and ca.key), or use another --etcd-prefix for another cluster",
+        config.describe()
+    ))
+}

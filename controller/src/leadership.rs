@@ -1,0 +1,282 @@
+//! Which [`Cluster`] this controller serves, if any.
+//!
+//! With the embedded store a controller always leads: [`Leadership::single`] holds one
+//! cluster for the life of the process. With etcd, [`Leadership::follow`] starts a cluster
+//! (loading every record from etcd, its writes fenced) each time the election makes this
+//! controller leader, and steps it down the moment it is not. Requests reach the cluster
+//! through [`Leadership::cluster`]; on a follower they get UNAVAILABLE naming the leader, in
+//! words and in the `hutch-leader` response header, so clients can go there.
+
+use std::sync::{Arc, RwLock};
+
+use hutch_proto::v1;
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::leader::{Member, Role};
+use crate::metrics::ClusterMetrics;
+use crate::store::{EtcdConfig, EtcdStore};
+
+/// The response header naming the leader's address on a follower's refusals.
+pub const LEADER_HEADER: &str = "hutch-leader";
+
+/// Where the cluster's records live.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    /// The embedded redb file.
+    Redb(String),
+    /// etcd.
+    Etcd(EtcdConfig),
+}
+
+/// The cluster this controller serves while it leads.
+pub struct Leadership {
+    current: RwLock<Option<Arc<Cluster>>>,
+    role: watch::Receiver<Role>,
+    me: Member,
+    store: StoreKind,
+    metrics: ClusterMetrics,
+    /// Changes with every leadership change (new cluster or none).
+    changed: watch::Sender<u64>,
+}
+
+impl Leadership {
+    /// A controller that always leads `cluster` (the embedded store).
+    pub fn single(cluster: Arc<Cluster>, me: Member, store: StoreKind) -> Arc<Self> {
+        let metrics = cluster.metrics.clone();
+        let role = watch::channel(Role::Leader {
+            fence: crate::store::Fence {
+                leader_key_revision: 0,
+            },
+        })
+        .1;
+        Arc::new(Leadership {
+            current: RwLock::new(Some(cluster)),
+            role,
+            me,
+            store: StoreKind::Redb(match store {
+                StoreKind::Redb(p) => p,
+                StoreKind::Etcd(c) => c.describe(),
+            }),
+            metrics,
+            changed: watch::channel(0).0,
+        })
+    }
+
+    /// A controller that leads when `role` says so: each term starts a cluster on a fresh
+    /// connection to etcd with the term's fence, and ends it when the role changes.
+    pub fn follow(
+        config: ClusterConfig,
+        etcd: EtcdConfig,
+        me: Member,
+        role: watch::Receiver<Role>,
+    ) -> Arc<Self> {
+        let me_all = Arc::new(Leadership {
+            current: RwLock::new(None),
+            role: role.clone(),
+            me,
+            store: StoreKind::Etcd(etcd.clone()),
+            metrics: ClusterMetrics::default(),
+            changed: watch::channel(0).0,
+        });
+        tokio::spawn(run_terms(me_all.clone(), config, etcd, role));
+        me_all
+    }
+
+    /// The cluster, when this controller leads; otherwise UNAVAILABLE naming the leader.
+    pub fn cluster(&self) -> Result<Arc<Cluster>, Status> {
+        if let Some(c) = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Ok(c.clone());
+        }
+        Err(self.not_leading())
+    }
+
+    /// The refusal of a follower.
+    fn not_leading(&self) -> Status {
+        let role = self.role.borrow().clone();
+        let (message, leader) = match role {
+            Role::Follower {
+                leader: Some(l), ..
+            } if l.id != self.me.id => (
+                format!(
+                    "this controller ({}) is a follower; the leader is {} (clients given several --controller URLs go there on their own)",
+                    self.me.address, l.address
+                ),
+                Some(l.address),
+            ),
+            Role::Follower { why: Some(why), .. } => (
+                format!(
+                    "this controller ({}) cannot lead or reach a leader: {why}",
+                    self.me.address
+                ),
+                None,
+            ),
+            _ => (
+                format!(
+                    "this controller ({}) is not leading and no leader is known yet (an election is under way); try again shortly",
+                    self.me.address
+                ),
+                None,
+            ),
+        };
+        let mut status = Status::unavailable(message);
+        if let Some(address) = leader.and_then(|a| a.parse().ok()) {
+            status.metadata_mut().insert(LEADER_HEADER, address);
+        }
+        status
+    }
+
+    /// Counters kept across terms (placements, store writes, builds).
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    /// Changes with every leadership change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// This controller.
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// What `GetClusterStatus` answers: every controller, the leader, the store's health.
+    pub async fn status(&self) -> v1::GetClusterStatusResponse {
+        let leading = self.cluster().is_ok();
+        let mut out = v1::GetClusterStatusResponse {
+            this_controller: self.me.id.clone(),
+            ..Default::default()
+        };
+        let entry = |m: &Member, leader: Option<&Member>| v1::ControllerStatus {
+            id: m.id.clone(),
+            address: m.address.clone(),
+            started_at: Some(ms_timestamp(m.started_at_ms)),
+            leader: leader.is_some_and(|l| l.id == m.id),
+            leader_since: leader
+                .filter(|l| l.id == m.id)
+                .map(|l| ms_timestamp(l.leader_since_ms)),
+        };
+        match &self.store {
+            StoreKind::Redb(path) => {
+                out.store = format!("redb {path}");
+                out.store_healthy = leading;
+                out.store_message = "embedded; this controller is the whole control plane".into();
+                let me = Member {
+                    leader_since_ms: self.me.started_at_ms,
+                    ..self.me.clone()
+                };
+                out.controllers.push(entry(&me, Some(&me)));
+            }
+            StoreKind::Etcd(config) => {
+                out.store = config.describe();
+                let found = async {
+                    let mut client = crate::store::etcd_store::connect(config.clone()).await?;
+                    crate::leader::members(&mut client, config)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(std::time::Duration::from_secs(3), found).await {
+                    Ok(Ok((members, leader))) => {
+                        out.store_healthy = true;
+                        out.store_message = "reachable".into();
+                        for m in &members {
+                            out.controllers.push(entry(m, leader.as_ref()));
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        out.store_message = e;
+                    }
+                    Err(_) => out.store_message = "etcd did not answer within 3s".into(),
+                }
+                if !out.controllers.iter().any(|c| c.id == self.me.id) {
+                    out.controllers.push(entry(&self.me, None));
+                }
+            }
+        }
+        out.controllers.sort_by(|a, b| a.address.cmp(&b.address));
+        out
+    }
+
+    fn set(&self, cluster: Option<Arc<Cluster>>) {
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+            cluster,
+        );
+        if let Some(old) = old {
+            old.step_down();
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+fn ms_timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// Starts a cluster for each term this controller leads and steps it down when the term
+/// ends.
+async fn run_terms(
+    me: Arc<Leadership>,
+    config: ClusterConfig,
+    etcd: EtcdConfig,
+    mut role: watch::Receiver<Role>,
+) {
+    loop {
+        let now = role.borrow_and_update().clone();
+        match now {
+            Role::Leader { fence } => {
+                // Until the cluster is loaded, or the term ends.
+                while *role.borrow() == (Role::Leader { fence }) {
+                    match start_term(&config, &etcd, fence, me.metrics.clone()).await {
+                        Ok(cluster) if *role.borrow() == (Role::Leader { fence }) => {
+                            tracing::info!(
+                                revision = cluster.revision(),
+                                "leading: cluster loaded from etcd"
+                            );
+                            me.set(Some(cluster));
+                            break;
+                        }
+                        Ok(cluster) => cluster.step_down(),
+                        Err(e) => {
+                            tracing::error!("leading, but cannot load the cluster (retrying): {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                        }
+                    }
+                }
+            }
+            Role::Follower { .. } => me.set(None),
+        }
+        if role.changed().await.is_err() {
+            me.set(None);
+            return;
+        }
+    }
+}
+
+/// Loads the cluster from etcd on a fresh connection whose writes carry `fence`.
+async fn start_term(
+    config: &ClusterConfig,
+    etcd: &EtcdConfig,
+    fence: crate::store::Fence,
+    metrics: ClusterMetrics,
+) -> Result<Arc<Cluster>, String> {
+    let (config, etcd) = (config.clone(), etcd.clone());
+    // Loading every record is blocking work.
+    tokio::task::spawn_blocking(move || {
+        let store = EtcdStore::connect(etcd).map_err(|e| e.to_string())?;
+        store.set_fence(Some(fence));
+        Cluster::start_with(config, Box::new(store), metrics).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

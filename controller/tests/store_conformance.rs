@@ -1,0 +1,248 @@
+//! One conformance suite, run against each [`Store`]: the embedded redb file and a real
+//! three-member etcd cluster on loopback (started and removed by the test). Every case
+//! checks what the controller relies on: a committed batch is all there after reopening,
+//! deletes and event compaction apply, the revision is kept, events load in revision
+//! order, a large state loads whole. Then what only etcd has: fencing, a clear error when
+//! etcd is unreachable, corrupt records named.
+
+use hutch_controller::store::{
+    Batch, EtcdConfig, EtcdStore, Fence, RedbStore, Store, StoreError, Write,
+};
+use hutch_proto::v1;
+use hutch_testkit::{unique, TestEtcd};
+
+/// Opens the store under test again (a fresh handle on the same data).
+type Reopen<'a> = &'a dyn Fn() -> Box<dyn Store>;
+
+fn container(name: &str, revision: u64) -> v1::Container {
+    v1::Container {
+        name: name.into(),
+        revision,
+        status_message: format!("record {name} at {revision}"),
+        ..Default::default()
+    }
+}
+
+fn event(revision: u64, name: &str) -> v1::WatchEvent {
+    v1::WatchEvent {
+        revision,
+        container: Some(container(name, revision)),
+        ..Default::default()
+    }
+}
+
+fn names(snap: &hutch_controller::store::Snapshot) -> Vec<String> {
+    let mut n: Vec<String> = snap.containers.iter().map(|c| c.name.clone()).collect();
+    n.sort();
+    n
+}
+
+fn empty_store_loads_empty(reopen: Reopen) {
+    let snap = reopen().load().expect("load");
+    assert_eq!(snap.revision, 0);
+    assert!(snap.containers.is_empty() && snap.nodes.is_empty());
+    assert!(snap.rootfs_specs.is_empty() && snap.events.is_empty());
+}
+
+fn committed_batches_survive_reopening(reopen: Reopen) {
+    {
+        let store = reopen();
+        let mut batch = Batch {
+            revision: 12,
+            ..Default::default()
+        };
+        for r in 1..=12 {
+            batch.writes.push(Write::Event(event(r, "a")));
+        }
+        batch.writes.push(Write::PutContainer(container("a", 11)));
+        batch.writes.push(Write::PutContainer(container("b", 12)));
+        batch.writes.push(Write::PutNode(v1::Node {
+            name: "n1".into(),
+            last_event_seq: 42,
+            ..Default::default()
+        }));
+        batch
+            .writes
+            .push(Write::PutRootfsSpec(v1::RootfsSpec {
+                name: "debian".into(),
+                ..Default::default()
+            }));
+        store.commit(&batch).expect("commit");
+        // A later batch replaces a record, deletes one, compacts events.
+        store
+            .commit(&Batch {
+                writes: vec![
+                    Write::PutContainer(container("a", 13)),
+                    Write::DeleteContainer("b".into()),
+                    Write::Event(event(13, "a")),
+                    Write::Event(event(14, "b")),
+                ],
+                revision: 14,
+                drop_events_below: 9,
+            })
+            .expect("commit");
+    }
+    let snap = reopen().load().expect("load");
+    assert_eq!(snap.revision, 14);
+    assert_eq!(names(&snap), vec!["a"]);
+    assert_eq!(snap.containers[0].revision, 13, "the later put wins");
+    assert_eq!(snap.nodes.len(), 1);
+    assert_eq!(snap.nodes[0].last_event_seq, 42);
+    assert_eq!(snap.rootfs_specs.len(), 1);
+    let revs: Vec<u64> = snap.events.iter().map(|e| e.revision).collect();
+    // In revision order across digit boundaries (9, 10, ...), 1..=8 compacted away.
+    assert_eq!(revs, (9..=14).collect::<Vec<u64>>());
+}
+
+fn deletes_of_every_kind_apply(reopen: Reopen) {
+    reopen()
+        .commit(&Batch {
+            writes: vec![
+                Write::DeleteNode("n1".into()),
+                Write::DeleteRootfsSpec("debian".into()),
+                Write::DeleteContainer("a".into()),
+                Write::DeleteContainer("never-there".into()),
+            ],
+            revision: 15,
+            ..Default::default()
+        })
+        .expect("commit");
+    let snap = reopen().load().expect("load");
+    assert!(snap.containers.is_empty() && snap.nodes.is_empty() && snap.rootfs_specs.is_empty());
+    assert_eq!(snap.revision, 15);
+}
+
+fn a_large_state_loads_whole(reopen: Reopen) {
+    let store = reopen();
+    let total = 2_400u64;
+    let mut revision = 15;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(400) {
+        let mut batch = Batch::default();
+        for i in chunk {
+            revision += 1;
+            batch
+                .writes
+                .push(Write::PutContainer(container(&format!("c{i:05}"), revision)));
+            batch.writes.push(Write::Event(event(revision, "c")));
+        }
+        batch.revision = revision;
+        store.commit(&batch).expect("commit");
+    }
+    drop(store);
+    let snap = reopen().load().expect("load");
+    assert_eq!(snap.containers.len() as u64, total);
+    assert_eq!(snap.revision, revision);
+    let revs: Vec<u64> = snap.events.iter().map(|e| e.revision).collect();
+    assert!(revs.windows(2).all(|w| w[0] < w[1]), "events out of order");
+    assert_eq!(revs.last().copied(), Some(revision));
+}
+
+/// Every case, in order (each builds on the state the one before left).
+fn conformance(reopen: Reopen) {
+    empty_store_loads_empty(reopen);
+    committed_batches_survive_reopening(reopen);
+    deletes_of_every_kind_apply(reopen);
+    a_large_state_loads_whole(reopen);
+}
+
+#[test]
+fn redb_passes_the_store_conformance_suite() {
+    let dir = std::path::PathBuf::from(format!("/var/tmp/hutch-test-{}", unique("redb-conf")));
+    let reopen = || -> Box<dyn Store> { Box::new(RedbStore::open(&dir).expect("open redb")) };
+    conformance(&reopen);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn etcd_config(etcd: &TestEtcd, prefix: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: etcd.endpoints().split(',').map(String::from).collect(),
+        prefix: format!("/{prefix}/"),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn etcd_passes_the_store_conformance_suite_and_fences_stale_leaders() {
+    let mut etcd = TestEtcd::start("store-conf", 3);
+    let config = etcd_config(&etcd, &unique("conf"));
+    let reopen = || -> Box<dyn Store> {
+        Box::new(EtcdStore::connect(config.clone()).expect("connect to etcd"))
+    };
+    conformance(&reopen);
+
+    // Fencing: a store whose fence no longer matches the leader key writes nothing.
+    let fenced = EtcdStore::connect(config.clone()).expect("connect");
+    fenced.set_fence(Some(Fence {
+        leader_key_revision: 1,
+    }));
+    let err = fenced
+        .commit(&Batch {
+            writes: vec![Write::PutContainer(container("stale", 1))],
+            revision: 999_999,
+            ..Default::default()
+        })
+        .expect_err("a stale leader's commit must fail");
+    assert!(matches!(err, StoreError::NotLeader(_)), "{err}");
+    let snap = reopen().load().expect("load");
+    assert!(!names(&snap).contains(&"stale".to_string()));
+    assert_ne!(snap.revision, 999_999, "the stale batch's revision was written");
+
+    // A corrupt record is named, not skipped.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut client = hutch_controller::store::etcd_store::connect(config.clone())
+            .await
+            .expect("client");
+        client
+            .put(format!("{}containers/broken", config.prefix), vec![0xff, 0xff, 0xff], None)
+            .await
+            .expect("put");
+    });
+    let err = reopen().load().expect_err("a corrupt record must fail the load");
+    assert!(err.to_string().contains("broken"), "{err}");
+
+    // One member down: the quorum of two still commits and loads.
+    etcd.kill(2);
+    let store = EtcdStore::connect(EtcdConfig {
+        endpoints: vec![etcd.endpoint(0), etcd.endpoint(1)],
+        ..config.clone()
+    })
+    .expect("connect with a member down");
+    store
+        .commit(&Batch {
+            writes: vec![Write::DeleteContainer("broken".into())],
+            revision: 1_000_000,
+            ..Default::default()
+        })
+        .expect("a quorum of two commits");
+    etcd.kill(1);
+    let started = std::time::Instant::now();
+    let err = store
+        .commit(&Batch {
+            revision: 1_000_001,
+            ..Default::default()
+        })
+        .expect_err("no quorum: the commit must fail");
+    println!("without quorum after {:?}: {err}", started.elapsed());
+    assert!(err.to_string().contains("etcd"), "{err}");
+    drop(rt);
+}
+
+#[test]
+fn an_unreachable_etcd_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let started = std::time::Instant::now();
+    let err = EtcdStore::connect(EtcdConfig {
+        endpoints: vec![format!("http://127.0.0.1:{port}")],
+        prefix: "/hutch/".into(),
+        ..Default::default()
+    })
+    .err()
+    .expect("nothing listens there");
+    let text = err.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+}

@@ -1,0 +1,209 @@
+//! A real etcd cluster on loopback (Debian's `etcd-server`), started by the test and
+//! removed when it ends: each member with its own ports and data directory
+//! (`/var/tmp/hutch-test-etcd-NAME-PID-N-M`, which `scripts/clean-test-leftovers.sh` removes
+//! with its process when a test run was killed).
+//!
+//! Members run with a 50 ms heartbeat and a 500 ms election timeout, so etcd's shortest
+//! lease is 1 s (its minimum is 1.5 election timeouts, rounded up to whole seconds), and
+//! with transaction limits large enough for the controller's biggest batches.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::unique;
+
+/// The flags every test member gets besides its addresses.
+pub const ETCD_TUNING: &[&str] = &[
+    "--heartbeat-interval",
+    "50",
+    "--election-timeout",
+    "500",
+    "--max-txn-ops",
+    "10000",
+    "--max-request-bytes",
+    "33554432",
+];
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// An etcd cluster of one or more members on loopback.
+pub struct TestEtcd {
+    members: Vec<Member>,
+    token: String,
+}
+
+/// A port free now (the kernel's pick; released for the member to bind).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl TestEtcd {
+    /// Starts `size` members and waits until the cluster answers with a leader.
+    pub fn start(test: &str, size: usize) -> TestEtcd {
+        let token = unique(&format!("etcd-{test}"));
+        let members = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: PathBuf::from(format!("/var/tmp/hutch-test-{token}-{i}")),
+                log: std::env::temp_dir().join(format!("hutch-test-{token}-{i}.log")),
+                child: None,
+            })
+            .collect();
+        let mut etcd = TestEtcd { members, token };
+        for i in 0..size {
+            etcd.spawn(i);
+        }
+        etcd.wait_healthy(Duration::from_secs(30));
+        println!("etcd {} started: {}", etcd.token, etcd.endpoints());
+        etcd
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect();
+        let m = &mut self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("etcd log file");
+        let child = Command::new("etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .args(ETCD_TUNING)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd ({e}): install Debian's etcd-server (scripts/deps.sh does)")
+            });
+        m.child = Some(child);
+    }
+
+    /// The client URLs, comma-separated.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// SIGKILLs member `i` (its data stays, for [`TestEtcd::restart`]).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// SIGKILLs every member.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Starts every member again.
+    pub fn restart_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.restart(i);
+        }
+        self.wait_healthy(Duration::from_secs(30));
+    }
+
+    /// Waits until `etcdctl endpoint health` passes on every running member.
+    pub fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let running: Vec<String> = (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some())
+            .map(|i| self.endpoint(i))
+            .collect();
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &running.join(",")])
+                .args(["--command-timeout", "2s", "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy within {within:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "--- {} ---\n{}",
+                    m.name,
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        self.kill_all();
+        for m in &self.members {
+            let _ = std::fs::remove_dir_all(&m.data_dir);
+            let _ = std::fs::remove_file(&m.log);
+        }
+    }
+}
