@@ -14,6 +14,7 @@ HUTCH_PACKAGES=(
   iptables      # masquerading and published ports
   tmux          # the terminal tests drive the CLI in a real terminal
   ca-certificates
+  protobuf-compiler   # protoc: the etcd client crate compiles etcd's API at build time
 )
 
 hutch_install_packages() {
@@ -40,12 +41,23 @@ hutch_install_packages() {
 }
 
 # What only the tests use: curl and Prometheus' own text parser (the prometheus-client
-# package of PyPI, for the python3 on PATH) check the daemons' /metrics from outside.
+# package of PyPI, for the python3 on PATH) check the daemons' /metrics from outside;
+# etcd runs the etcd store's tests.
 hutch_install_test_packages() {
   if ! command -v curl >/dev/null; then
     echo "hutch: installing curl (for the tests)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  fi
+  # etcd (server and etcdctl) for the etcd store's and the controllers' failover tests,
+  # which start their own members on loopback: the packaged service is not left running.
+  if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+    echo "hutch: installing etcd-server and etcd-client (for the tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+    if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+      systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
   fi
   if ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
     echo "hutch: installing prometheus-client (pip, for the tests)"

@@ -16,7 +16,10 @@ Exit codes: 0 success; 2 usage error (unknown flag, missing argument); 125 hutch
 126 command not runnable, 127 command not found)."
 )]
 pub(crate) struct Cli {
-    /// The controller's URL.
+    /// The controller's URL, or every controller of a cluster on etcd, comma-separated:
+    /// calls go to the leader and follow it when another controller takes over.
+    ///
+    /// Example: hutch --controller 198.18.0.1:7000,198.18.0.2:7000,198.18.0.3:7000 ps
     #[arg(
         long,
         global = true,
@@ -203,6 +206,9 @@ pub(crate) enum Command {
     },
     /// List the nodes: state, address, running containers, memory, rootfs, labels.
     Nodes,
+    /// List the controllers: which one leads and since when, and the store's health
+    /// (`-o json` has a `leader` field per controller).
+    Controllers,
     /// Join tokens: what agents join the cluster with (`hutch-agent serve --join TOKEN`).
     #[command(subcommand)]
     Token(TokenCommand),

@@ -19,6 +19,70 @@ pub(crate) async fn nodes(client: &Client, json: bool) -> Result<ExitCode, Error
     Ok(ExitCode::SUCCESS)
 }
 
+/// `hutch controllers`.
+pub(crate) async fn controllers(client: &Client, json: bool) -> Result<ExitCode, Error> {
+    let status = client.cluster_status().await?;
+    if json {
+        let controllers: Vec<serde_json::Value> = status
+            .controllers
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id,
+                    "address": c.address,
+                    "leader": c.leader,
+                    "leader_since": output::rfc3339(&c.leader_since),
+                    "started_at": output::rfc3339(&c.started_at),
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "controllers": controllers,
+            "answered_by": status.this_controller,
+            "store": status.store,
+            "store_healthy": status.store_healthy,
+            "store_message": status.store_message,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = status
+        .controllers
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.clone(),
+                c.address.clone(),
+                if c.leader { "leader" } else { "follower" }.to_string(),
+                if c.leader {
+                    output::ago(&c.leader_since)
+                } else {
+                    "-".into()
+                },
+                output::ago(&c.started_at),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "ADDRESS", "ROLE", "LEADING SINCE", "STARTED"], rows);
+    outln!(
+        "store: {} ({}{})",
+        status.store,
+        if status.store_healthy {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        },
+        if status.store_message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", status.store_message)
+        }
+    );
+    if !status.controllers.iter().any(|c| c.leader) {
+        eprintln!("hutch: no controller leads right now: writes are refused until one does");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `hutch token create`.
 pub(crate) async fn create_token(
     client: &Client,

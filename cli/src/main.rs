@@ -171,6 +171,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Stats { ids, no_stream } => usage::stats(&client, ids, !no_stream, json).await,
         Command::Top { id } => usage::top(&client, &id, json).await,
         Command::Nodes => cluster::nodes(&client, json).await,
+        Command::Controllers => cluster::controllers(&client, json).await,
         Command::Token(TokenCommand::Create { ttl, description }) => {
             cluster::create_token(&client, &cli.controller, ttl, &description, json).await
         }

@@ -287,7 +287,9 @@ pub fn resolve(
     let store = store_choice(&mut over, &mut file)?;
     let leader_lease_ttl = duration(
         "leader_lease_ttl",
-        over.leader_lease_ttl.take().or(file.leader_lease_ttl.take()),
+        over.leader_lease_ttl
+            .take()
+            .or(file.leader_lease_ttl.take()),
         DEFAULT_LEADER_LEASE_TTL,
     )?;
     let advertise_url = over.advertise_url.take().or(file.advertise_url.take());

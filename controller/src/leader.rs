@@ -42,6 +42,18 @@ pub struct Member {
     pub leader_since_ms: u64,
 }
 
+impl Member {
+    /// This controller, reached at `address`, with a fresh id.
+    pub fn this(address: String) -> Result<Member, std::io::Error> {
+        Ok(Member {
+            id: hutch_core::names::random_name("ctl-")?,
+            address,
+            started_at_ms: now_ms(),
+            leader_since_ms: 0,
+        })
+    }
+}
+
 /// What this controller is right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -276,7 +288,9 @@ async fn next_watch_event(
     };
     loop {
         let Some(resp) = stream.message().await? else {
-            return Err(etcd_client::Error::WatchError("etcd ended the watch".into()));
+            return Err(etcd_client::Error::WatchError(
+                "etcd ended the watch".into(),
+            ));
         };
         if resp.canceled() {
             return Err(etcd_client::Error::WatchError(format!(

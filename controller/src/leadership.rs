@@ -5,7 +5,8 @@
 //! (loading every record from etcd, its writes fenced) each time the election makes this
 //! controller leader, and steps it down the moment it is not. Requests reach the cluster
 //! through [`Leadership::cluster`]; on a follower they get UNAVAILABLE naming the leader, in
-//! words and in the `hutch-leader` response header, so clients can go there.
+//! words and in the `hutch-leader` response header (with `hutch-not-leader`: nothing was
+//! done), so clients can go there.
 
 use std::sync::{Arc, RwLock};
 
@@ -18,8 +19,7 @@ use crate::leader::{Member, Role};
 use crate::metrics::ClusterMetrics;
 use crate::store::{EtcdConfig, EtcdStore};
 
-/// The response header naming the leader's address on a follower's refusals.
-pub const LEADER_HEADER: &str = "hutch-leader";
+use hutch_core::failover::{LEADER_HEADER, NOT_LEADER_HEADER};
 
 /// Where the cluster's records live.
 #[derive(Debug, Clone)]
@@ -37,13 +37,11 @@ pub struct Leadership {
     me: Member,
     store: StoreKind,
     metrics: ClusterMetrics,
-    /// Changes with every leadership change (new cluster or none).
-    changed: watch::Sender<u64>,
 }
 
 impl Leadership {
-    /// A controller that always leads `cluster` (the embedded store).
-    pub fn single(cluster: Arc<Cluster>, me: Member, store: StoreKind) -> Arc<Self> {
+    /// A controller that always leads `cluster`, kept in the embedded store at `path`.
+    pub fn single(cluster: Arc<Cluster>, me: Member, path: String) -> Arc<Self> {
         let metrics = cluster.metrics.clone();
         let role = watch::channel(Role::Leader {
             fence: crate::store::Fence {
@@ -55,12 +53,8 @@ impl Leadership {
             current: RwLock::new(Some(cluster)),
             role,
             me,
-            store: StoreKind::Redb(match store {
-                StoreKind::Redb(p) => p,
-                StoreKind::Etcd(c) => c.describe(),
-            }),
+            store: StoreKind::Redb(path),
             metrics,
-            changed: watch::channel(0).0,
         })
     }
 
@@ -78,7 +72,6 @@ impl Leadership {
             me,
             store: StoreKind::Etcd(etcd.clone()),
             metrics: ClusterMetrics::default(),
-            changed: watch::channel(0).0,
         });
         tokio::spawn(run_terms(me_all.clone(), config, etcd, role));
         me_all
@@ -125,7 +118,7 @@ impl Leadership {
                 None,
             ),
         };
-        let mut status = Status::unavailable(message);
+        let mut status = not_leader_status(message);
         if let Some(address) = leader.and_then(|a| a.parse().ok()) {
             status.metadata_mut().insert(LEADER_HEADER, address);
         }
@@ -135,11 +128,6 @@ impl Leadership {
     /// Counters kept across terms (placements, store writes, builds).
     pub fn metrics(&self) -> &ClusterMetrics {
         &self.metrics
-    }
-
-    /// Changes with every leadership change.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
     }
 
     /// This controller.
@@ -212,8 +200,18 @@ impl Leadership {
         if let Some(old) = old {
             old.step_down();
         }
-        self.changed.send_modify(|n| *n += 1);
     }
+}
+
+/// UNAVAILABLE marked as a refusal by a controller that does not lead: nothing was done,
+/// and clients may send the call again to the leader.
+pub fn not_leader_status(message: String) -> Status {
+    let mut status = Status::unavailable(message);
+    status.metadata_mut().insert(
+        NOT_LEADER_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
 }
 
 fn ms_timestamp(ms: u64) -> prost_types::Timestamp {

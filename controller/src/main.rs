@@ -10,11 +10,11 @@ use std::sync::Arc;
 use clap::Parser;
 use hutch_controller::cluster::Cluster;
 use hutch_controller::config::{self, FileConfig};
-use hutch_controller::join::ClusterPki;
 use hutch_controller::config::{ControllerConfig, StoreChoice};
+use hutch_controller::join::ClusterPki;
 use hutch_controller::leader::{self, Member};
-use hutch_controller::leadership::{Leadership, StoreKind};
-use hutch_controller::store::{EtcdStore, RedbStore};
+use hutch_controller::leadership::Leadership;
+use hutch_controller::store::{etcd_store, RedbStore};
 use hutch_server::auth::Tokens;
 
 /// Exit code for errors of hutch itself.
@@ -356,7 +356,10 @@ struct Started {
     /// For the start line: the revision (redb) or the etcd endpoints.
     describe: String,
     /// Ends the election (revoking the lease, so a follower takes over at once).
-    election: Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    election: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Started {
@@ -379,22 +382,17 @@ async fn start_store(
         .advertise_url
         .clone()
         .unwrap_or_else(|| hutch_pki::material::url_for(bound, pki.is_some()));
-    let me = Member {
-        id: hutch_core::names::random_name("ctl-").map_err(|e| e.to_string())?,
-        address,
-        started_at_ms: leader::now_ms(),
-        leader_since_ms: 0,
-    };
+    let me = Member::this(address).map_err(|e| e.to_string())?;
     match &config.store {
         StoreChoice::Redb => {
             let store = RedbStore::open(&config.data_dir)
                 .map_err(|e| format!("{e} (is another controller using this data dir?)"))?;
             let path = config.data_dir.join("state.redb").display().to_string();
-            let cluster =
-                Cluster::start(config.cluster.clone(), Box::new(store)).map_err(|e| e.to_string())?;
+            let cluster = Cluster::start(config.cluster.clone(), Box::new(store))
+                .map_err(|e| e.to_string())?;
             let describe = format!("redb {path}, revision {}", cluster.revision());
             Ok(Started {
-                leadership: Leadership::single(cluster, me, StoreKind::Redb(path)),
+                leadership: Leadership::single(cluster, me, path),
                 describe,
                 election: None,
             })
@@ -406,22 +404,26 @@ async fn start_store(
                     config.listen
                 ));
             }
-            let connect = etcd.clone();
-            let store = tokio::task::spawn_blocking(move || EtcdStore::connect(connect))
+            let mut client = etcd_store::connect(etcd.clone())
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("cannot use the etcd store: {e}"))?;
-            let mut client = store.client();
-            let identity = pki.map_or_else(|| "plaintext".to_string(), |p| p.fingerprint().to_string());
+                .map_err(|e| format!("cannot use the etcd store {}: {e}", etcd.describe()))?;
+            tokio::time::timeout(std::time::Duration::from_secs(5), client.status())
+                .await
+                .map_err(|_| format!("etcd at {} did not answer within 5s", etcd.describe()))?
+                .map_err(|e| format!("cannot use the etcd store {}: {e}", etcd.describe()))?;
+            let identity =
+                pki.map_or_else(|| "plaintext".to_string(), |p| p.fingerprint().to_string());
             leader::claim_identity(&mut client, etcd, &identity).await?;
             let (role_tx, role_rx) = tokio::sync::watch::channel(leader::Role::Follower {
                 leader: None,
                 why: None,
             });
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let election = leader::Election::new(client, etcd.clone(), me.clone(), config.leader_lease_ttl);
+            let election =
+                leader::Election::new(client, etcd.clone(), me.clone(), config.leader_lease_ttl);
             let task = tokio::spawn(election.run(role_tx, stop_rx));
-            let leadership = Leadership::follow(config.cluster.clone(), etcd.clone(), me.clone(), role_rx);
+            let leadership =
+                Leadership::follow(config.cluster.clone(), etcd.clone(), me.clone(), role_rx);
             Ok(Started {
                 leadership,
                 describe: format!("{}, controller {}", etcd.describe(), me.id),

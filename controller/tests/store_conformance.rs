@@ -61,12 +61,10 @@ fn committed_batches_survive_reopening(reopen: Reopen) {
             last_event_seq: 42,
             ..Default::default()
         }));
-        batch
-            .writes
-            .push(Write::PutRootfsSpec(v1::RootfsSpec {
-                name: "debian".into(),
-                ..Default::default()
-            }));
+        batch.writes.push(Write::PutRootfsSpec(v1::RootfsSpec {
+            name: "debian".into(),
+            ..Default::default()
+        }));
         store.commit(&batch).expect("commit");
         // A later batch replaces a record, deletes one, compacts events.
         store
@@ -120,9 +118,10 @@ fn a_large_state_loads_whole(reopen: Reopen) {
         let mut batch = Batch::default();
         for i in chunk {
             revision += 1;
-            batch
-                .writes
-                .push(Write::PutContainer(container(&format!("c{i:05}"), revision)));
+            batch.writes.push(Write::PutContainer(container(
+                &format!("c{i:05}"),
+                revision,
+            )));
             batch.writes.push(Write::Event(event(revision, "c")));
         }
         batch.revision = revision;
@@ -185,7 +184,10 @@ fn etcd_passes_the_store_conformance_suite_and_fences_stale_leaders() {
     assert!(matches!(err, StoreError::NotLeader(_)), "{err}");
     let snap = reopen().load().expect("load");
     assert!(!names(&snap).contains(&"stale".to_string()));
-    assert_ne!(snap.revision, 999_999, "the stale batch's revision was written");
+    assert_ne!(
+        snap.revision, 999_999,
+        "the stale batch's revision was written"
+    );
 
     // A corrupt record is named, not skipped.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -194,11 +196,17 @@ fn etcd_passes_the_store_conformance_suite_and_fences_stale_leaders() {
             .await
             .expect("client");
         client
-            .put(format!("{}containers/broken", config.prefix), vec![0xff, 0xff, 0xff], None)
+            .put(
+                format!("{}containers/broken", config.prefix),
+                vec![0xff, 0xff, 0xff],
+                None,
+            )
             .await
             .expect("put");
     });
-    let err = reopen().load().expect_err("a corrupt record must fail the load");
+    let err = reopen()
+        .load()
+        .expect_err("a corrupt record must fail the load");
     assert!(err.to_string().contains("broken"), "{err}");
 
     // One member down: the quorum of two still commits and loads.
@@ -244,5 +252,9 @@ fn an_unreachable_etcd_is_a_clear_error() {
     .expect("nothing listens there");
     let text = err.to_string();
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
 }

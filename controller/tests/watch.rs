@@ -41,8 +41,14 @@ async fn start(name: &str, config: ClusterConfig) -> InProcess {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(hutch_controller::service::server::serve(
+    let me = hutch_controller::leader::Member::this(format!("http://{addr}")).expect("member");
+    let leadership = hutch_controller::leadership::Leadership::single(
         cluster,
+        me,
+        data_dir.display().to_string(),
+    );
+    tokio::spawn(hutch_controller::service::server::serve(
+        leadership,
         listener,
         hutch_controller::service::server::Limits::default(),
         async {

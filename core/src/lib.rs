@@ -21,6 +21,8 @@
 //! - [`rootfs_source`]: where a rootfs comes from, and its checks.
 //! - `convert` (feature `wire`): wire <-> domain, with errors that name the field.
 //! - `bearer` (feature `wire`): the client side of bearer tokens.
+//! - `failover` (feature `wire`): a channel over several controllers that follows the
+//!   leader.
 //! - [`error_text`]: errors and statuses as one readable line.
 //! - [`atomic_file`]: replacing a file atomically, the one way hutch writes its files.
 //! - [`token_file`]: tokens read from files rather than flags (`ps` shows flags).
@@ -34,6 +36,8 @@ pub mod bearer;
 pub mod convert;
 pub mod cpu;
 pub mod error_text;
+#[cfg(feature = "wire")]
+pub mod failover;
 pub mod health;
 pub mod mounts;
 pub mod names;

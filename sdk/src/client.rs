@@ -5,11 +5,12 @@ use hutch_core::bearer::BearerToken;
 use std::pin::Pin;
 use std::time::Duration;
 
+use hutch_core::failover::{split_urls, FailoverChannel, MakeEndpoint};
 use hutch_proto::v1;
 use hutch_proto::v1::controller_client::ControllerClient;
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::container::Container;
 use crate::error::{Error, Result};
@@ -43,6 +44,10 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// TLS settings.
     pub tls: Option<TlsOptions>,
+    /// With several controller URLs: how long a call refused by a controller that does not
+    /// lead, or sent to one that cannot be reached, keeps being sent to the others (the
+    /// time a cluster on etcd takes to elect a new leader is about 1.5 s).
+    pub failover_for: Duration,
 }
 
 impl Default for ClientOptions {
@@ -52,11 +57,12 @@ impl Default for ClientOptions {
             request_timeout: None,
             token: None,
             tls: None,
+            failover_for: Duration::from_secs(15),
         }
     }
 }
 
-type Rpc = ControllerClient<InterceptedService<Channel, BearerToken>>;
+type Rpc = ControllerClient<InterceptedService<FailoverChannel, BearerToken>>;
 
 /// A connection to the controller. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -74,42 +80,42 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to the controller at `url` (`http://host:port`, or `host:port`).
+    /// Connects to the controller at `url` (`http://host:port`, or `host:port`), or to the
+    /// first that answers of a comma-separated list of a cluster's controllers: calls then
+    /// follow the leader (see [`ClientOptions::failover_for`]).
     pub async fn connect(url: &str) -> Result<Client> {
         Client::connect_with(url, ClientOptions::default()).await
     }
 
-    /// Connects with explicit options. With `tls`, the URL's scheme becomes `https`; an
+    /// Connects with explicit options. With `tls`, the URLs' scheme becomes `https`; an
     /// `https` URL without `tls` is refused (there is no CA to trust).
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
-        let bare = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .unwrap_or(url);
-        if url.starts_with("https://") && options.tls.is_none() {
-            return Err(Error::InvalidInput(format!(
-                "{url} serves TLS: give the cluster CA (hutch --ca-cert FILE, HUTCH_CA_CERT; the controller's DATA_DIR/tls/ca.crt)"
-            )));
+        let urls = split_urls(url);
+        if urls.is_empty() {
+            return Err(Error::InvalidInput(
+                "no controller URL given (HOST:PORT, or several separated by commas)".into(),
+            ));
         }
-        let scheme = if options.tls.is_some() {
-            "https"
-        } else {
-            "http"
+        if let Some(https) = urls.iter().find(|u| u.starts_with("https://")) {
+            if options.tls.is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "{https} serves TLS: give the cluster CA (hutch --ca-cert FILE, HUTCH_CA_CERT; the controller's DATA_DIR/tls/ca.crt)"
+                )));
+            }
+        }
+        for u in &urls {
+            endpoint_for(u, &options)?;
+        }
+        let make: MakeEndpoint = {
+            let options = options.clone();
+            std::sync::Arc::new(move |u: &str| endpoint_for(u, &options).map_err(|e| e.to_string()))
         };
-        let url = format!("{scheme}://{bare}");
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::InvalidInput(format!("controller URL '{url}': {e}")))?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true);
-        if let Some(tls) = &options.tls {
-            endpoint = endpoint
-                .tls_config(tls_config(tls))
-                .map_err(|e| Error::InvalidInput(format!("TLS settings: {e}")))?;
-        }
-        let channel = endpoint.connect().await.map_err(|e| Error::Connect {
-            url: url.clone(),
-            message: hutch_core::error_chain(&e),
-        })?;
+        let channel = FailoverChannel::connect(&urls, make, options.failover_for)
+            .await
+            .map_err(|message| Error::Connect {
+                url: urls.join(","),
+                message,
+            })?;
         let token = BearerToken::new(options.token.as_deref())
             .map_err(|e| Error::InvalidInput(format!("token: {e}")))?;
         Ok(Client {
@@ -117,6 +123,15 @@ impl Client {
                 .max_decoding_message_size(64 << 20),
             request_timeout: options.request_timeout,
         })
+    }
+
+    /// Every controller of the cluster, which one leads, and the store's health.
+    pub async fn cluster_status(&self) -> Result<v1::GetClusterStatusResponse> {
+        Ok(self
+            .rpc()
+            .get_cluster_status(self.request(v1::GetClusterStatusRequest {}))
+            .await?
+            .into_inner())
     }
 
     /// A join token for agents (`hutch-agent serve --join TOKEN`), valid for `ttl`
@@ -382,6 +397,30 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// The endpoint of one controller URL with `options` (scheme, timeouts, TLS).
+fn endpoint_for(url: &str, options: &ClientOptions) -> Result<Endpoint> {
+    let bare = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{bare}");
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| Error::InvalidInput(format!("controller URL '{url}': {e}")))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true);
+    if let Some(tls) = &options.tls {
+        endpoint = endpoint
+            .tls_config(tls_config(tls))
+            .map_err(|e| Error::InvalidInput(format!("TLS settings: {e}")))?;
+    }
+    Ok(endpoint)
 }
 
 /// tonic's TLS settings for `tls`.

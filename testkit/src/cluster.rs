@@ -241,6 +241,16 @@ impl TestNode {
         capacity_bytes: Option<u64>,
         flags: &[&str],
     ) -> TestNode {
+        TestNode::start_with_controllers(host, &controller.url(), capacity_bytes, flags)
+    }
+
+    /// [`TestNode::start_on`] with `--controller URLS` (several controllers, comma-separated).
+    pub fn start_with_controllers(
+        host: TestHost,
+        urls: &str,
+        capacity_bytes: Option<u64>,
+        flags: &[&str],
+    ) -> TestNode {
         let mut args = Vec::new();
         if let Some(cap) = capacity_bytes {
             let reserve = hutch_agent::node::memory_total_bytes().saturating_sub(cap);
@@ -251,7 +261,7 @@ impl TestNode {
             name: host.instance.clone(),
             addr: "127.0.0.1:0".into(),
             metrics_url: None,
-            controller: controller.url(),
+            controller: urls.to_string(),
             args,
             child: None,
             logs: Vec::new(),

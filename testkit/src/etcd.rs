@@ -102,7 +102,9 @@ impl TestEtcd {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start etcd ({e}): install Debian's etcd-server (scripts/deps.sh does)")
+                panic!(
+                    "cannot start etcd ({e}): install Debian's etcd-server (scripts/deps.sh does)"
+                )
             });
         m.child = Some(child);
     }

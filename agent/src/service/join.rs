@@ -58,7 +58,7 @@ pub async fn join(
     let started = Instant::now();
     let mut pause = Duration::from_millis(200);
     let response = loop {
-        match exchange(controller, node, token, &parsed, &request).await {
+        match exchange_any(controller, node, token, &parsed, &request).await {
             Err(JoinError::Unreachable(why)) if started.elapsed() < JOIN_PATIENCE => {
                 tracing::warn!(controller, "cannot join yet (retrying in {pause:?}): {why}");
                 tokio::time::sleep(pause).await;
@@ -80,6 +80,27 @@ pub async fn join(
     };
     material.save(&tls_dir(state_dir), NODE_FILES)?;
     Ok(material)
+}
+
+/// [`exchange`] with each controller of the comma-separated list in turn, until one
+/// answers (a follower refuses a join: only the leader takes writes).
+async fn exchange_any(
+    controllers: &str,
+    node: &str,
+    token: &str,
+    parsed: &JoinToken,
+    request: &NodeRequest,
+) -> Result<v1::JoinResponse, JoinError> {
+    let mut last = JoinError::Unreachable("no controller URL given".into());
+    for controller in hutch_core::failover::split_urls(controllers) {
+        match exchange(&controller, node, token, parsed, request).await {
+            Err(JoinError::Unreachable(why)) => {
+                last = JoinError::Unreachable(format!("{controller}: {why}"))
+            }
+            other => return other,
+        }
+    }
+    Err(last)
 }
 
 async fn exchange(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use hutch_pki::material::TlsMaterial;
 use hutch_proto::v1;
 use hutch_proto::v1::nodes_client::NodesClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::AgentCore;
 use crate::network::{Assignment, PeerRoute};
@@ -24,6 +24,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest a registration or heartbeat call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a heartbeat or registration refused by a controller that does not lead keeps
+/// being sent to the others (an election takes about 1.5 s).
+const FAILOVER_FOR: Duration = Duration::from_secs(3);
 
 /// Where and as what this agent registers.
 #[derive(Debug, Clone)]
@@ -38,7 +41,12 @@ pub struct Registration {
     pub token: Option<String>,
 }
 
-type Client = NodesClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+type Client = NodesClient<
+    tonic::service::interceptor::InterceptedService<
+        hutch_core::failover::FailoverChannel,
+        BearerToken,
+    >,
+>;
 
 fn rootfs_names(core: &AgentCore) -> Vec<String> {
     let mut names: Vec<String> = core
@@ -91,19 +99,28 @@ fn heartbeat_request(core: &AgentCore, session: &str) -> v1::HeartbeatRequest {
 
 /// Registers and heartbeats until the agent shuts down; over mutual TLS with `tls`.
 pub async fn run(core: Arc<AgentCore>, reg: Registration, tls: Option<TlsMaterial>) {
-    let url = hutch_pki::material::url_for(&reg.controller, tls.is_some());
-    let endpoint = Endpoint::from_shared(url.clone()).and_then(|e| {
-        let e = e
+    let urls: Vec<String> = hutch_core::failover::split_urls(&reg.controller)
+        .iter()
+        .map(|u| hutch_pki::material::url_for(u, tls.is_some()))
+        .collect();
+    let url = urls.join(",");
+    let make: hutch_core::failover::MakeEndpoint = std::sync::Arc::new(move |u: &str| {
+        let e = Endpoint::from_shared(hutch_pki::material::url_for(u, tls.is_some()))
+            .map_err(|e| e.to_string())?
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .tcp_nodelay(true);
         match &tls {
-            Some(m) => e.tls_config(m.client_config(hutch_pki::CONTROLLER_NAME)),
+            Some(m) => e
+                .tls_config(m.client_config(hutch_pki::CONTROLLER_NAME))
+                .map_err(|e| e.to_string()),
             None => Ok(e),
         }
     });
-    let endpoint = match endpoint {
-        Ok(e) => e,
+    // A controller that does not lead points at the one that does; a heartbeat is sent
+    // again there at once, so a failover costs a heartbeat no more than about a second.
+    let channel = match hutch_core::failover::FailoverChannel::new(&urls, make, FAILOVER_FOR) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(controller = %url, "invalid controller URL or TLS settings: {e}");
             return;
@@ -116,7 +133,7 @@ pub async fn run(core: Arc<AgentCore>, reg: Registration, tls: Option<TlsMateria
             return;
         }
     };
-    let mut client = NodesClient::with_interceptor(endpoint.connect_lazy(), token);
+    let mut client = NodesClient::with_interceptor(channel, token);
     // The network view is applied by a task of its own (iptables and ip may wait on locks):
     // heartbeats never wait for it; it always takes the latest view.
     let (net, views) = tokio::sync::watch::channel(None);

@@ -118,7 +118,10 @@ impl Controller for ControllerService {
         request: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::Container>, Status> {
         let req = request.into_inner();
-        let record = self.cluster()?.commit_blocking(move |c| c.create(req)).await?;
+        let record = self
+            .cluster()?
+            .commit_blocking(move |c| c.create(req))
+            .await?;
         Ok(Response::new(record))
     }
 
@@ -126,7 +129,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::GetContainerRequest>,
     ) -> Result<Response<v1::Container>, Status> {
-        Ok(Response::new(self.cluster()?.get(&request.into_inner().id)?))
+        Ok(Response::new(
+            self.cluster()?.get(&request.into_inner().id)?,
+        ))
     }
 
     async fn list_containers(
@@ -438,7 +443,9 @@ impl Controller for ControllerService {
         request: Request<v1::ClusterBuildRootfsRequest>,
     ) -> Result<Response<Self::BuildRootfsStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.cluster()?.build_rootfs(request.into_inner(), tx).await?;
+        self.cluster()?
+            .build_rootfs(request.into_inner(), tx)
+            .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -517,7 +524,9 @@ impl Controller for ControllerService {
         request: Request<v1::ClusterListRootfsRequest>,
     ) -> Result<Response<v1::ClusterListRootfsResponse>, Status> {
         Ok(Response::new(
-            self.cluster()?.list_rootfs(&request.into_inner().node).await?,
+            self.cluster()?
+                .list_rootfs(&request.into_inner().node)
+                .await?,
         ))
     }
     async fn get_cluster_status(

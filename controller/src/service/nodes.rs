@@ -9,8 +9,8 @@ use hutch_proto::v1;
 use hutch_proto::v1::nodes_server::Nodes;
 use tonic::{Request, Response, Status};
 
-use crate::leadership::Leadership;
 use crate::join::ClusterPki;
+use crate::leadership::Leadership;
 use hutch_server::auth::Peer;
 
 /// The agents' side of the controller.

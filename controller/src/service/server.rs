@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 
 use super::nodes::NodesService;
 use super::ControllerService;
-use crate::leadership::Leadership;
 use crate::join::ClusterPki;
+use crate::leadership::Leadership;
 
 /// Who may call, and how much at once.
 #[derive(Default)]

@@ -21,8 +21,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
-    Identity, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    TlsOptions, Txn, TxnOp,
 };
 use prost::Message;
 
@@ -101,11 +101,6 @@ impl EtcdStore {
         Ok(store)
     }
 
-    /// A client of the same etcd, for the election and the membership keys.
-    pub fn client(&self) -> Client {
-        self.client.clone()
-    }
-
     /// Where etcd is.
     pub fn config(&self) -> &EtcdConfig {
         &self.config
@@ -166,8 +161,8 @@ pub async fn connect(config: EtcdConfig) -> Result<Client, String> {
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
-            let cert_pem = std::fs::read(cert)
-                .map_err(|e| format!("--etcd-cert {}: {e}", cert.display()))?;
+            let cert_pem =
+                std::fs::read(cert).map_err(|e| format!("--etcd-cert {}: {e}", cert.display()))?;
             let key_pem =
                 std::fs::read(key).map_err(|e| format!("--etcd-key {}: {e}", key.display()))?;
             tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
@@ -238,7 +233,9 @@ async fn read_table(
     let mut out = Vec::new();
     let mut revision = at;
     loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(LOAD_PAGE);
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(LOAD_PAGE);
         if revision > 0 {
             options = options.with_revision(revision);
         }
@@ -320,19 +317,25 @@ impl Store for EtcdStore {
         let mut ops = Vec::with_capacity(batch.writes.len() + 2);
         for write in &batch.writes {
             ops.push(match write {
-                Write::PutContainer(c) => {
-                    TxnOp::put(cfg.key(&format!("{CONTAINERS}{}", c.name)), c.encode_to_vec(), None)
-                }
+                Write::PutContainer(c) => TxnOp::put(
+                    cfg.key(&format!("{CONTAINERS}{}", c.name)),
+                    c.encode_to_vec(),
+                    None,
+                ),
                 Write::DeleteContainer(name) => {
                     TxnOp::delete(cfg.key(&format!("{CONTAINERS}{name}")), None)
                 }
-                Write::PutNode(n) => {
-                    TxnOp::put(cfg.key(&format!("{NODES}{}", n.name)), n.encode_to_vec(), None)
-                }
+                Write::PutNode(n) => TxnOp::put(
+                    cfg.key(&format!("{NODES}{}", n.name)),
+                    n.encode_to_vec(),
+                    None,
+                ),
                 Write::DeleteNode(name) => TxnOp::delete(cfg.key(&format!("{NODES}{name}")), None),
-                Write::PutRootfsSpec(r) => {
-                    TxnOp::put(cfg.key(&format!("{ROOTFS}{}", r.name)), r.encode_to_vec(), None)
-                }
+                Write::PutRootfsSpec(r) => TxnOp::put(
+                    cfg.key(&format!("{ROOTFS}{}", r.name)),
+                    r.encode_to_vec(),
+                    None,
+                ),
                 Write::DeleteRootfsSpec(name) => {
                     TxnOp::delete(cfg.key(&format!("{ROOTFS}{name}")), None)
                 }
@@ -346,7 +349,11 @@ impl Store for EtcdStore {
             ));
         }
         if batch.revision > 0 {
-            ops.push(TxnOp::put(cfg.key(REVISION), batch.revision.to_string(), None));
+            ops.push(TxnOp::put(
+                cfg.key(REVISION),
+                batch.revision.to_string(),
+                None,
+            ));
         }
         if ops.is_empty() {
             return Ok(());

@@ -1,0 +1,470 @@
+//! Highly available controllers on a real etcd (three members on loopback, started by the
+//! test): one leads, followers refuse writes naming it, a kill -9 of the leader is taken
+//! over within seconds with nothing acknowledged lost, the agent keeps its node through
+//! the failover, a watch resumes on another controller without gap or duplicate; etcd lost
+//! while running makes writes UNAVAILABLE naming etcd until it returns; a controller with
+//! another cluster CA, or without a reachable etcd, refuses to start.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hutch_core::failover::{FailoverChannel, MakeEndpoint, LEADER_HEADER, NOT_LEADER_HEADER};
+use hutch_proto::v1;
+use hutch_proto::v1::controller_client::ControllerClient;
+use hutch_testkit::{
+    controller_bin, create, force_remove, spec, state_of, unique, TestController, TestEtcd,
+    TestHost, TestNode,
+};
+use tonic::transport::Endpoint;
+
+type Client = ControllerClient<FailoverChannel>;
+
+/// A client over every URL of `urls` (comma-separated), following the leader.
+fn client_of(urls: &str) -> Client {
+    let make: MakeEndpoint = Arc::new(|u: &str| {
+        Endpoint::from_shared(u.to_string())
+            .map(|e| e.connect_timeout(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())
+    });
+    let list = hutch_core::failover::split_urls(urls);
+    ControllerClient::new(
+        FailoverChannel::new(&list, make, Duration::from_secs(15)).expect("channel"),
+    )
+}
+
+fn etcd_flags(etcd: &TestEtcd, prefix: &str) -> Vec<String> {
+    vec![
+        "--etcd-endpoints".into(),
+        etcd.endpoints(),
+        "--etcd-prefix".into(),
+        prefix.into(),
+    ]
+}
+
+fn start_controllers(n: usize, flags: &[String]) -> Vec<TestController> {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    (0..n)
+        .map(|_| TestController::start("ha", &flags))
+        .collect()
+}
+
+/// Waits until every controller of `ctls` (those running) reports `members` controllers and
+/// the same one leader; returns the leader's index in `ctls`.
+async fn agreed_leader(ctls: &[&TestController], members: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut leaders = BTreeSet::new();
+        let mut complete = true;
+        for c in ctls {
+            let status = match c
+                .client()
+                .await
+                .get_cluster_status(v1::GetClusterStatusRequest {})
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(_) => {
+                    complete = false;
+                    continue;
+                }
+            };
+            complete &= status.controllers.len() == members && status.store_healthy;
+            for s in status.controllers.iter().filter(|s| s.leader) {
+                leaders.insert(s.address.clone());
+            }
+        }
+        if complete && leaders.len() == 1 {
+            let leader = leaders.iter().next().cloned().unwrap_or_default();
+            if let Some(i) = ctls.iter().position(|c| c.url() == leader) {
+                // The leader serves once its cluster is loaded.
+                let mut direct = ctls[i].client().await;
+                if direct.list_nodes(v1::ListNodesRequest {}).await.is_ok() {
+                    return i;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controllers did not agree on one leader among {members}: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_within_seconds_and_nothing_acknowledged_is_lost() {
+    let etcd = TestEtcd::start("ha-failover", 3);
+    let prefix = format!("/{}/", unique("ha"));
+    let mut ctls = start_controllers(3, &etcd_flags(&etcd, &prefix));
+    let urls: Vec<String> = ctls.iter().map(|c| c.url()).collect();
+    let all = urls.join(",");
+    let leader = agreed_leader(&ctls.iter().collect::<Vec<_>>(), 3).await;
+
+    // A follower refuses a write, names the leader, and changes nothing.
+    let follower = (leader + 1) % 3;
+    let refused = ctls[follower]
+        .client()
+        .await
+        .create_container(create("ha-refused", spec(&["/bin/true"])))
+        .await
+        .expect_err("a follower takes no writes");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains(&ctls[leader].url()),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        refused
+            .metadata()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        Some(ctls[leader].url().as_str())
+    );
+    assert!(refused.metadata().get(NOT_LEADER_HEADER).is_some());
+    // Reads of cluster status work on any controller; `hutch controllers` shows the leader.
+    let out = Command::new(hutch_testkit::workspace_bin("hutch", None))
+        .args(["--controller", &urls[follower], "-o", "json", "controllers"])
+        .output()
+        .expect("hutch controllers");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let leaders: Vec<&serde_json::Value> = json["controllers"]
+        .as_array()
+        .expect("controllers")
+        .iter()
+        .filter(|c| c["leader"] == true)
+        .collect();
+    assert_eq!(leaders.len(), 1, "{json}");
+    assert_eq!(leaders[0]["address"], ctls[leader].url().as_str());
+
+    // An agent given every controller registers through the leader.
+    let node = TestNode::start_with_controllers(TestHost::new("ha").await, &all, None, &[]);
+    let mut client = client_of(&all);
+    wait_ready(&mut client, &node.name, Duration::from_secs(15)).await;
+    let long = "ha-long";
+    client
+        .create_container(create(long, spec(&["/bin/sleep", "600"])))
+        .await
+        .expect("create");
+    wait_container_f(&mut client, long, |c| {
+        state_of(c) == v1::ContainerState::Running
+    })
+    .await;
+
+    // A watcher on the leader, from the start.
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = ctls[leader].client().await;
+    let mut stream = watcher
+        .watch_containers(v1::WatchContainersRequest {
+            since_revision: 0,
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first_watch = tokio::spawn(async move {
+        while let Ok(Some(e)) = stream.message().await {
+            let _ = events_tx.send(e.revision);
+        }
+    });
+
+    // Creates acknowledged before the kill.
+    let mut acknowledged = vec![long.to_string()];
+    for i in 0..5 {
+        let name = format!("ha-before-{i}");
+        client
+            .create_container(create(&name, spec(&["/bin/true"])))
+            .await
+            .expect("create before the kill");
+        acknowledged.push(name);
+    }
+
+    // kill -9 the leader; creates go on through the failover client.
+    let killed_at = Instant::now();
+    ctls[leader].kill();
+    let mut first_success = None;
+    for i in 0..10 {
+        let name = format!("ha-after-{i}");
+        match client
+            .create_container(create(&name, spec(&["/bin/true"])))
+            .await
+        {
+            Ok(_) => {
+                first_success.get_or_insert_with(|| killed_at.elapsed());
+                acknowledged.push(name);
+            }
+            Err(e) => panic!(
+                "create {name} failed {:?} after the kill: {e:?}",
+                killed_at.elapsed()
+            ),
+        }
+    }
+    let failover = first_success.expect("a create succeeded");
+    println!("failover: creates succeed again {failover:?} after kill -9 of the leader");
+    assert!(
+        failover < Duration::from_secs(6),
+        "failover took {failover:?} (target 2 s)"
+    );
+    let _ = first_watch.await;
+
+    // Every acknowledged create exists exactly once, on the new leader.
+    let new_leader = agreed_leader(
+        &ctls
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, c)| c)
+            .collect::<Vec<_>>(),
+        2,
+    )
+    .await;
+    let list = client
+        .list_containers(v1::ListClusterContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    for name in &acknowledged {
+        assert_eq!(
+            list.containers.iter().filter(|c| &c.name == name).count(),
+            1,
+            "{name} must exist once after the failover"
+        );
+    }
+    assert!(!list.containers.iter().any(|c| c.name == "ha-refused"));
+    // The long-running container kept running; its node was never declared down.
+    let c = wait_container_f(&mut client, long, |c| {
+        state_of(c) == v1::ContainerState::Running
+    })
+    .await;
+    assert_eq!(c.node, node.name);
+    let n = wait_ready(&mut client, &node.name, Duration::from_secs(10)).await;
+    assert_ne!(n.state, v1::NodeState::Down as i32);
+
+    // The watch resumes on another controller from the last revision it saw: with what it
+    // saw before, every revision once, in order, up to the current one.
+    let mut seen = Vec::new();
+    while let Ok(r) = events_rx.try_recv() {
+        seen.push(r);
+    }
+    let last = seen.last().copied().unwrap_or(0);
+    let survivors: Vec<&TestController> = ctls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, c)| c)
+        .collect();
+    let mut resumed = survivors[new_leader]
+        .client()
+        .await
+        .watch_containers(v1::WatchContainersRequest {
+            since_revision: last,
+            ..Default::default()
+        })
+        .await
+        .expect("resume the watch")
+        .into_inner();
+    let current = list.revision;
+    while seen.last().copied().unwrap_or(0) < current {
+        let e = tokio::time::timeout(Duration::from_secs(5), resumed.message())
+            .await
+            .expect("the resumed watch answers")
+            .expect("event")
+            .expect("not ended");
+        seen.push(e.revision);
+    }
+    let first = seen[0];
+    let expected: Vec<u64> = (first..=seen[seen.len() - 1]).collect();
+    assert_eq!(
+        seen, expected,
+        "revisions seen across the failover: gaps or duplicates"
+    );
+    assert_eq!(first, 1, "the first watch started at the beginning");
+
+    // The killed controller comes back as a follower.
+    ctls[leader].restart();
+    let again = agreed_leader(&ctls.iter().collect::<Vec<_>>(), 3).await;
+    assert_ne!(again, leader, "leadership does not move back on its own");
+
+    let names: Vec<&str> = acknowledged.iter().map(String::as_str).collect();
+    let mut cleanup = client_of(&all);
+    for name in names {
+        cleanup
+            .remove_container(v1::RemoveContainerRequest {
+                id: name.into(),
+                force: true,
+            })
+            .await
+            .expect("remove");
+    }
+    drop(node);
+}
+
+async fn wait_ready(client: &mut Client, node: &str, within: Duration) -> v1::Node {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(n) = client
+            .get_node(v1::GetNodeRequest { name: node.into() })
+            .await
+        {
+            let n = n.into_inner();
+            if n.state == v1::NodeState::Ready as i32 {
+                return n;
+            }
+            assert!(Instant::now() < deadline, "node {node} not READY: {n:?}");
+        }
+        assert!(Instant::now() < deadline, "node {node} unknown");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_container_f(
+    client: &mut Client,
+    name: &str,
+    done: impl Fn(&v1::Container) -> bool,
+) -> v1::Container {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = client
+            .get_container(v1::GetContainerRequest { id: name.into() })
+            .await
+            .map(tonic::Response::into_inner);
+        if let Ok(c) = &got {
+            if done(c) {
+                return c.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "{name}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_lost_makes_writes_unavailable_naming_etcd_until_it_returns() {
+    let mut etcd = TestEtcd::start("ha-lost", 1);
+    let prefix = format!("/{}/", unique("lost"));
+    let ctls = start_controllers(1, &etcd_flags(&etcd, &prefix));
+    agreed_leader(&[&ctls[0]], 1).await;
+    let mut client = ctls[0].client().await;
+    client
+        .create_container(create("lost-before", spec(&["/bin/true"])))
+        .await
+        .expect("create with etcd up");
+
+    etcd.kill_all();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refusal = loop {
+        match client
+            .create_container(create("lost-during", spec(&["/bin/true"])))
+            .await
+        {
+            Err(e) if e.message().contains("etcd") => break e,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "writes still answered: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    println!("with etcd down: {}", refusal.message());
+
+    etcd.restart_all();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client
+            .create_container(create("lost-after", spec(&["/bin/true"])))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "writes did not resume: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let got = client
+        .get_container(v1::GetContainerRequest {
+            id: "lost-before".into(),
+        })
+        .await
+        .expect("the record made before etcd was lost");
+    assert_eq!(got.into_inner().name, "lost-before");
+    let mut plain = ctls[0].client().await;
+    force_remove(&mut plain, &["lost-before", "lost-after"]).await;
+}
+
+/// Runs the controller binary with `args` until it exits (at most 20 s).
+fn run_controller(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(controller_bin())
+        .env("HUTCH_CLUSTER_CIDR", "none")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the controller kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cluster_ca_or_an_unreachable_etcd_is_refused_at_start() {
+    let etcd = TestEtcd::start("ha-ca", 1);
+    let prefix = format!("/{}/", unique("ca"));
+    let mut flags = etcd_flags(&etcd, &prefix);
+    flags.push("--tls".into());
+    // Started: it recorded its CA in etcd before it printed its address.
+    let _first = start_controllers(1, &flags);
+
+    // Another controller with a CA of its own (a fresh data dir makes one).
+    let other_dir = format!("/var/tmp/hutch-test-{}", unique("ca-other"));
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", other_dir.as_str()];
+    args.extend(flag_refs.iter());
+    let out = run_controller(&args);
+    let _ = std::fs::remove_dir_all(&other_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second CA was accepted: {stderr}");
+    assert!(
+        stderr.contains("same CA") && stderr.contains("cluster CA"),
+        "{stderr}"
+    );
+
+    // Nothing listens where etcd is said to be.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let dir = format!("/var/tmp/hutch-test-{}", unique("no-etcd"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let out = run_controller(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir,
+        "--etcd-endpoints",
+        &endpoint,
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("etcd") && stderr.contains(&endpoint),
+        "{stderr}"
+    );
+}
