@@ -1,10 +1,12 @@
 //! The controller's part of the cluster PKI: the cluster CA, the certificate it serves
 //! with, and join tokens, traded by agents for node certificates (`Nodes/Join`).
 //!
-//! Tokens are kept in `join-tokens.json` next to the CA, as the SHA-256 of their secret
-//! (whoever reads the file cannot join with it). A token may be used by any number of
-//! agents until it expires (as kubeadm's bootstrap tokens); expired ones are kept a day, so
-//! a late agent is told "expired" rather than "unknown".
+//! Tokens are kept as the SHA-256 of their secret (whoever reads them cannot join with
+//! them): in `join-tokens.json` next to the CA, or, for controllers sharing an etcd, in etcd
+//! (a [`TokenStore`] each), so an agent joins through any controller with a token made on
+//! another. A token may be used by any number of agents until it expires (as kubeadm's
+//! bootstrap tokens); expired ones are kept a day, so a late agent is told "expired" rather
+//! than "unknown".
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -98,12 +100,38 @@ pub fn check_token(
     Ok(())
 }
 
+/// Where join tokens are kept.
+pub trait TokenStore: Send + Sync {
+    /// Every token kept.
+    fn read(&self) -> Result<Vec<StoredToken>, JoinError>;
+    /// Keeps `token`, and forgets the tokens of `expired` (ids).
+    fn add(&self, token: &StoredToken, expired: &[String]) -> Result<(), JoinError>;
+}
+
+/// Tokens in one file (`TLS_DIR/join-tokens.json`), written whole, mode 0600.
+pub struct FileTokens(PathBuf);
+
+impl TokenStore for FileTokens {
+    fn read(&self) -> Result<Vec<StoredToken>, JoinError> {
+        read_tokens(&self.0).map_err(|e| JoinError::Internal(e.to_string()))
+    }
+
+    fn add(&self, token: &StoredToken, expired: &[String]) -> Result<(), JoinError> {
+        let mut tokens = self.read()?;
+        tokens.retain(|t| !expired.contains(&t.id));
+        tokens.push(token.clone());
+        write_tokens(&self.0, &tokens)
+    }
+}
+
 /// The cluster CA, the controller's own TLS material, and the join tokens.
 pub struct ClusterPki {
     ca: ClusterCa,
     material: TlsMaterial,
     tokens_path: PathBuf,
-    tokens: Mutex<Vec<StoredToken>>,
+    tokens: std::sync::RwLock<Box<dyn TokenStore>>,
+    /// Serializes token creation on this controller.
+    creating: Mutex<()>,
 }
 
 impl std::fmt::Debug for ClusterPki {
@@ -137,16 +165,36 @@ impl ClusterPki {
         names.extend(settings.extra_names.iter().cloned());
         let material = ca.issue_controller(&names)?;
         let tokens_path = settings.dir.join(TOKENS_FILE);
-        let tokens = read_tokens(&tokens_path)?;
+        // A broken tokens file is an error at start, not at the first join.
+        read_tokens(&tokens_path)?;
         Ok((
             ClusterPki {
                 ca,
                 material,
+                tokens: std::sync::RwLock::new(Box::new(FileTokens(tokens_path.clone()))),
                 tokens_path,
-                tokens: Mutex::new(tokens),
+                creating: Mutex::new(()),
             },
             created,
         ))
+    }
+
+    /// Keeps join tokens in `store` from now on (etcd, shared by every controller); the
+    /// tokens of the file that are still good are copied there first.
+    pub fn keep_tokens_in(&self, store: Box<dyn TokenStore>) -> Result<(), JoinError> {
+        let now_ms = unix_ms(SystemTime::now());
+        let kept: Vec<String> = store.read()?.into_iter().map(|t| t.id).collect();
+        for t in FileTokens(self.tokens_path.clone()).read()? {
+            if t.expires_unix_ms > now_ms && !kept.contains(&t.id) {
+                store.add(&t, &[])?;
+            }
+        }
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = store;
+        Ok(())
+    }
+
+    fn token_store(&self) -> std::sync::RwLockReadGuard<'_, Box<dyn TokenStore>> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The controller's TLS material: served to clients and agents, presented to agents.
@@ -186,20 +234,23 @@ impl ClusterPki {
             .map_err(|e| JoinError::Internal(e.to_string()))?;
         let expires = SystemTime::now() + ttl;
         let now_ms = unix_ms(SystemTime::now());
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next: Vec<StoredToken> = tokens
-            .iter()
-            .filter(|t| t.expires_unix_ms + KEEP_EXPIRED.as_millis() as u64 > now_ms)
-            .cloned()
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let store = self.token_store();
+        let expired: Vec<String> = store
+            .read()?
+            .into_iter()
+            .filter(|t| t.expires_unix_ms + KEEP_EXPIRED.as_millis() as u64 <= now_ms)
+            .map(|t| t.id)
             .collect();
-        next.push(StoredToken {
-            id: token.id.clone(),
-            secret_sha256: token.secret_hash(),
-            expires_unix_ms: unix_ms(expires),
-            description: description.to_string(),
-        });
-        write_tokens(&self.tokens_path, &next)?;
-        *tokens = next;
+        store.add(
+            &StoredToken {
+                id: token.id.clone(),
+                secret_sha256: token.secret_hash(),
+                expires_unix_ms: unix_ms(expires),
+                description: description.to_string(),
+            },
+            &expired,
+        )?;
         Ok((token, expires))
     }
 
@@ -216,15 +267,13 @@ impl ClusterPki {
             .map_err(|e: PkiError| JoinError::Refused(e.to_string()))?;
         hutch_core::names::validate_name("name", node)
             .map_err(|e| JoinError::Invalid(e.to_string()))?;
-        {
-            let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            check_token(
-                &tokens,
-                self.ca.fingerprint(),
-                &token,
-                unix_ms(SystemTime::now()),
-            )?;
-        }
+        let tokens = self.token_store().read()?;
+        check_token(
+            &tokens,
+            self.ca.fingerprint(),
+            &token,
+            unix_ms(SystemTime::now()),
+        )?;
         self.ca
             .sign_node(node, csr_pem)
             .map_err(|e| JoinError::Invalid(e.to_string()))

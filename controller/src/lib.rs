@@ -17,6 +17,7 @@
 //! - [`join`]: the cluster CA, the controller's certificate and join tokens.
 //! - [`leader`]: leader election among controllers sharing one etcd.
 //! - [`leadership`]: which cluster this controller serves, if it leads.
+//! - [`migrate`]: copies one store's records into another (redb into etcd).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -27,6 +28,7 @@ pub mod join;
 pub mod leader;
 pub mod leadership;
 pub mod metrics;
+pub mod migrate;
 pub mod scheduler;
 pub mod service;
 pub mod store;

@@ -14,6 +14,7 @@ use hutch_controller::config::{ControllerConfig, StoreChoice};
 use hutch_controller::join::ClusterPki;
 use hutch_controller::leader::{self, Member};
 use hutch_controller::leadership::Leadership;
+use hutch_controller::store::etcd_tokens::EtcdTokens;
 use hutch_controller::store::{etcd_store, RedbStore};
 use hutch_server::auth::Tokens;
 
@@ -182,11 +183,117 @@ struct Cli {
     /// send them to the leader [default: from --listen].
     #[arg(long, env = "HUTCH_ADVERTISE_URL", value_name = "URL")]
     advertise_url: Option<String>,
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+#[derive(clap::Subcommand)]
+enum Subcommand {
+    /// Copy every record of a controller's embedded store into etcd, for a cluster of
+    /// several controllers on it. Stop that controller first (its store file is locked while
+    /// it runs); the etcd prefix must hold no records.
+    ///
+    /// Example: hutch-controller migrate --from redb:/var/lib/hutch-controller --to etcd:http://198.18.1.1:2379
+    Migrate {
+        /// The store to copy: redb:DATA_DIR (the directory holding state.redb).
+        #[arg(long, value_name = "redb:DIR")]
+        from: String,
+        /// Where to: etcd:URL[,URL...].
+        #[arg(long, value_name = "etcd:URLS")]
+        to: String,
+        /// Key prefix of the cluster in etcd [default: /hutch/].
+        #[arg(long, value_name = "PREFIX")]
+        etcd_prefix: Option<String>,
+        /// CA certificate (PEM) of etcd's server certificates.
+        #[arg(long)]
+        etcd_ca: Option<PathBuf>,
+        /// Client certificate (PEM) for etcd.
+        #[arg(long, requires = "etcd_key")]
+        etcd_cert: Option<PathBuf>,
+        /// Its key (PEM).
+        #[arg(long, requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
+    },
+}
+
+/// `hutch-controller migrate`.
+fn migrate_command(from: &str, to: &str, etcd: FileConfig) -> ExitCode {
+    let Some(dir) = from.strip_prefix("redb:") else {
+        eprintln!("hutch-controller migrate: --from must be redb:DATA_DIR, not '{from}'");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let Some(endpoints) = to.strip_prefix("etcd:") else {
+        eprintln!("hutch-controller migrate: --to must be etcd:URL[,URL...], not '{to}'");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let config = match config::resolve(
+        FileConfig {
+            etcd_endpoints: Some(endpoints.to_string()),
+            ..etcd
+        },
+        FileConfig::default(),
+    ) {
+        Ok(ControllerConfig {
+            store: StoreChoice::Etcd(c),
+            ..
+        }) => c,
+        Ok(_) => return ExitCode::from(EXIT_USAGE),
+        Err(e) => {
+            eprintln!("hutch-controller migrate: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let source = match RedbStore::open(std::path::Path::new(dir)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hutch-controller migrate: {e} (stop the controller using it first)");
+            return ExitCode::from(EXIT_HUTCH_ERROR);
+        }
+    };
+    let target = match hutch_controller::store::EtcdStore::connect(config.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("hutch-controller migrate: {e}");
+            return ExitCode::from(EXIT_HUTCH_ERROR);
+        }
+    };
+    let progress = |done: usize, total: usize| eprintln!("copied {done} of {total} records");
+    match hutch_controller::migrate::migrate(&source, &target, progress) {
+        Ok(c) => {
+            println!(
+                "migrated {} containers, {} nodes, {} rootfs specs and {} events at revision {} from {dir} into {} under {}; start the controllers with --etcd-endpoints {endpoints} --etcd-prefix {} and the same cluster CA",
+                c.containers, c.nodes, c.rootfs_specs, c.events, c.revision, config.describe(), config.prefix, config.prefix
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hutch-controller migrate: {e}");
+            ExitCode::from(EXIT_HUTCH_ERROR)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     hutch_server::logging::init("info", cli.log_format);
+    if let Some(Subcommand::Migrate {
+        from,
+        to,
+        etcd_prefix,
+        etcd_ca,
+        etcd_cert,
+        etcd_key,
+    }) = &cli.command
+    {
+        let etcd = FileConfig {
+            etcd_prefix: etcd_prefix.clone(),
+            etcd_ca: etcd_ca.clone(),
+            etcd_cert: etcd_cert.clone(),
+            etcd_key: etcd_key.clone(),
+            ..Default::default()
+        };
+        return migrate_command(from, to, etcd);
+    }
     let file = match &cli.config {
         Some(path) => match config::read_file(path) {
             Ok(f) => f,
@@ -414,6 +521,16 @@ async fn start_store(
             let identity =
                 pki.map_or_else(|| "plaintext".to_string(), |p| p.fingerprint().to_string());
             leader::claim_identity(&mut client, etcd, &identity).await?;
+            if let Some(pki) = pki {
+                // Join tokens in etcd: an agent joins through any controller.
+                let config = etcd.clone();
+                let tokens = tokio::task::spawn_blocking(move || EtcdTokens::connect(config))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                tokio::task::block_in_place(|| pki.keep_tokens_in(Box::new(tokens)))
+                    .map_err(|e| format!("cannot keep join tokens in etcd: {e}"))?;
+            }
             let (role_tx, role_rx) = tokio::sync::watch::channel(leader::Role::Follower {
                 leader: None,
                 why: None,

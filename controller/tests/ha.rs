@@ -468,3 +468,136 @@ async fn a_second_cluster_ca_or_an_unreachable_etcd_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+const ADMIN: &str = "ha-admin-0123456789abcdef01234567";
+
+/// The `hutch` CLI with the cluster CA and the admin token against `controllers`.
+fn hutch_cli(ca: &std::path::Path, controllers: &str, args: &[&str]) -> std::process::Output {
+    Command::new(hutch_testkit::workspace_bin("hutch", None))
+        .args(["--controller", controllers, "--ca-cert"])
+        .arg(ca)
+        .args(["--token", ADMIN])
+        .args(args)
+        .output()
+        .expect("hutch")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_an_agent_joins_through_any_controller_and_survives_a_failover() {
+    let etcd = TestEtcd::start("ha-tls", 1);
+    let prefix = format!("/{}/", unique("tls"));
+    let tokens = format!("/var/tmp/hutch-test-{}.tokens", unique("ha-tls"));
+    std::fs::write(&tokens, format!("{ADMIN},ops,admin\n")).expect("tokens file");
+    let mut flags = etcd_flags(&etcd, &prefix);
+    flags.extend(["--tls".into(), "--tokens-file".into(), tokens.clone()]);
+    let mut first = start_controllers(1, &flags).remove(0);
+    let ca = first.data_dir.join("tls/ca.crt");
+    let ca_key = first.data_dir.join("tls/ca.key");
+    // The second controller is given the first one's CA, as every controller of a cluster.
+    flags.extend([
+        "--tls-ca-cert".into(),
+        ca.display().to_string(),
+        "--tls-ca-key".into(),
+        ca_key.display().to_string(),
+    ]);
+    let mut second = start_controllers(1, &flags).remove(0);
+    let both = format!("{},{}", first.addr, second.addr);
+
+    let leader_is_first = || -> bool {
+        let out = hutch_cli(&ca, &both, &["-o", "json", "controllers"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        json["controllers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["leader"] == true && c["address"] == format!("https://{}", first.addr))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let leader_first = loop {
+        let out = hutch_cli(&ca, &both, &["-o", "json", "controllers"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let leaders = json["controllers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["leader"] == true)
+            .count();
+        if leaders == 1 {
+            break leader_is_first();
+        }
+        assert!(Instant::now() < deadline, "no leader: {json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let follower_addr = if leader_first {
+        second.addr.clone()
+    } else {
+        first.addr.clone()
+    };
+
+    // A token made through the follower; the agent joins (through the leader: a follower
+    // refuses joins) with it.
+    let made = hutch_cli(&ca, &follower_addr, &["token", "create", "--ttl", "10m"]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let token = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let node = TestNode::start_with_controllers(
+        TestHost::new("ha-tls").await,
+        &both,
+        None,
+        &["--join", &token],
+    );
+    let ready = |node: &TestNode| -> bool {
+        let out = hutch_cli(&ca, &both, &["-o", "json", "nodes"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        json.as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["name"] == node.name.as_str() && n["state"] == "ready")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready(&node) {
+        assert!(Instant::now() < deadline, "{}", node.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The leader dies: the agent's node is READY again through the other controller, over
+    // mutual TLS with the same CA.
+    if leader_first {
+        first.kill();
+    } else {
+        second.kill();
+    }
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while !ready(&node) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the node did not come back after the failover: {}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "node READY through the new leader {:?} after the kill",
+        killed.elapsed()
+    );
+    let ran = hutch_cli(
+        &ca,
+        &both,
+        &["run", "--rm", "debian", "--", "echo", "after-failover"],
+    );
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout).trim(),
+        "after-failover"
+    );
+    drop(node);
+    let _ = std::fs::remove_file(&tokens);
+}

@@ -211,18 +211,21 @@ fn etcd_passes_the_store_conformance_suite_and_fences_stale_leaders() {
 
     // One member down: the quorum of two still commits and loads.
     etcd.kill(2);
-    let store = EtcdStore::connect(EtcdConfig {
-        endpoints: vec![etcd.endpoint(0), etcd.endpoint(1)],
-        ..config.clone()
-    })
-    .expect("connect with a member down");
-    store
-        .commit(&Batch {
-            writes: vec![Write::DeleteContainer("broken".into())],
-            revision: 1_000_000,
-            ..Default::default()
-        })
-        .expect("a quorum of two commits");
+    let store = reopen_two(&etcd, &config);
+    // The two may first elect a new etcd leader (slow on a loaded machine).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = store.commit(&Batch {
+        writes: vec![Write::DeleteContainer("broken".into())],
+        revision: 1_000_000,
+        ..Default::default()
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a quorum of two must commit: {e}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(reopen_two(&etcd, &config).load().is_ok());
     etcd.kill(1);
     let started = std::time::Instant::now();
     let err = store
@@ -234,6 +237,14 @@ fn etcd_passes_the_store_conformance_suite_and_fences_stale_leaders() {
     println!("without quorum after {:?}: {err}", started.elapsed());
     assert!(err.to_string().contains("etcd"), "{err}");
     drop(rt);
+}
+
+fn reopen_two(etcd: &TestEtcd, config: &EtcdConfig) -> EtcdStore {
+    EtcdStore::connect(EtcdConfig {
+        endpoints: vec![etcd.endpoint(0), etcd.endpoint(1)],
+        ..config.clone()
+    })
+    .expect("connect to the two members left")
 }
 
 #[test]
@@ -257,4 +268,51 @@ fn an_unreachable_etcd_is_a_clear_error() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_redb_store_migrates_into_an_empty_etcd_prefix_and_no_other() {
+    let etcd = TestEtcd::start("store-migrate", 1);
+    let config = etcd_config(&etcd, &unique("migrate"));
+    let dir = std::path::PathBuf::from(format!("/var/tmp/hutch-test-{}", unique("redb-mig")));
+    let source = RedbStore::open(&dir).expect("open redb");
+    let mut batch = Batch {
+        revision: 1_203,
+        ..Default::default()
+    };
+    for i in 0..1_200u64 {
+        batch
+            .writes
+            .push(Write::PutContainer(container(&format!("m{i:04}"), i + 1)));
+    }
+    for r in 1_190..=1_203u64 {
+        batch.writes.push(Write::Event(event(r, "m")));
+    }
+    batch.writes.push(Write::PutNode(v1::Node {
+        name: "n1".into(),
+        ..Default::default()
+    }));
+    source.commit(&batch).expect("commit");
+    let target = EtcdStore::connect(config.clone()).expect("etcd");
+    let mut batches = 0;
+    let copied =
+        hutch_controller::migrate::migrate(&source, &target, |_, _| batches += 1).expect("migrate");
+    assert_eq!(
+        (copied.containers, copied.nodes, copied.events),
+        (1_200, 1, 14)
+    );
+    assert!(batches >= 3, "{batches} batches");
+    let there = target.load().expect("load");
+    let here = source.load().expect("load");
+    assert_eq!(there.revision, 1_203);
+    assert_eq!(names(&there), names(&here));
+    assert_eq!(there.events.len(), 14);
+    let again = hutch_controller::migrate::migrate(&source, &target, |_, _| {})
+        .expect_err("a target with records is refused");
+    assert!(
+        again.to_string().contains("already holds records"),
+        "{again}"
+    );
+    drop(source);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -460,7 +460,12 @@ impl Controller for ControllerService {
             )
         })?;
         let ttl = std::time::Duration::from_secs(req.ttl_seconds);
-        let (token, expires) = pki.create_token(ttl, &req.description)?;
+        // The token store may be etcd or a file: off the async workers.
+        let (pki, description) = (pki.clone(), req.description.clone());
+        let (token, expires) =
+            tokio::task::spawn_blocking(move || pki.create_token(ttl, &description))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(token_id = %token.id, description = %req.description, "join token created");
         Ok(Response::new(v1::CreateJoinTokenResponse {
             token: token.to_string(),

@@ -88,7 +88,18 @@ impl Nodes for NodesService {
                 )));
             }
         }
-        let (certificate_pem, expires) = match pki.join(&req.token, &req.name, &req.csr_pem) {
+        let signed = {
+            let (pki, token, name, csr) = (
+                pki.clone(),
+                req.token.clone(),
+                req.name.clone(),
+                req.csr_pem.clone(),
+            );
+            tokio::task::spawn_blocking(move || pki.join(&token, &name, &csr))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+        };
+        let (certificate_pem, expires) = match signed {
             Ok(signed) => signed,
             Err(e) => {
                 tracing::warn!(node = %req.name, "join refused: {e}");

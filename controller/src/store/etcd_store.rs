@@ -136,6 +136,27 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Every key under `PREFIX rest` (the part after it) and its value.
+    pub fn read_prefix(&self, rest: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rest = rest.to_string();
+        self.block_on(move |c, cfg| async move { read_table(c, cfg, &rest, 0).await })
+            .map(|(rows, _)| rows)
+    }
+
+    /// Writes `PREFIX key`, unconditionally (not a record of the cluster: no fence).
+    pub fn put_raw(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let key = self.config.key(key);
+        self.block_on(move |mut c, _| async move { c.put(key, value, None).await.map(drop) })
+    }
+
+    /// Deletes `PREFIX key`.
+    pub fn delete_raw(&self, key: &str) -> Result<(), StoreError> {
+        let key = self.config.key(key);
+        self.block_on(move |mut c, _| async move { c.delete(key, None).await.map(drop) })
+    }
+}
+
 impl Drop for EtcdStore {
     fn drop(&mut self) {
         // Dropping a runtime blocks, which async code must not do: let it end on its own.
@@ -224,7 +245,7 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 async fn read_table(
     mut client: Client,
     config: EtcdConfig,
-    table: &'static str,
+    table: &str,
     at: i64,
 ) -> Result<(Vec<(String, Vec<u8>)>, i64), etcd_client::Error> {
     let prefix = config.key(table);

@@ -8,6 +8,7 @@
 //! change only after its batch is committed.
 
 pub mod etcd_store;
+pub mod etcd_tokens;
 pub mod redb_store;
 
 use hutch_proto::v1;
