@@ -20,6 +20,8 @@ pub const ETCD_TUNING: &[&str] = &[
     "50",
     "--election-timeout",
     "500",
+    // A member cut off and back does not force an election (etcd 3.4 has it off).
+    "--pre-vote",
     "--max-txn-ops",
     "10000",
     "--max-request-bytes",
