@@ -3,6 +3,7 @@
 
 mod crosshost;
 mod density;
+mod ha;
 mod metrics;
 mod network;
 mod report;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 13] = [
+const ALL: [&str; 14] = [
     "start-latency",
     "start-latency-net",
     "throughput-net",
@@ -29,6 +30,7 @@ const ALL: [&str; 13] = [
     "controller-scale",
     "tls",
     "metrics",
+    "ha",
 ];
 
 #[derive(Parser)]
@@ -37,7 +39,7 @@ const ALL: [&str; 13] = [
     about = "hutch side by side with runc and containerd, in one run on this machine",
     long_about = "Runs the scenarios (all when none is named): start-latency, start-latency-net, throughput-net, \
 tcp-cross-host, agent-latency, \
-throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls, metrics. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls, metrics, ha. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
 )]
@@ -153,6 +155,10 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
             }
             ("tls", Some(env)) => tls::tls_overhead(env, runs).await?,
             ("metrics", Some(env)) => metrics::metrics_cost(env, runs, dense).await?,
+            ("ha", Some(env)) => {
+                let kills = if smoke { 2 } else { 10 };
+                ha::ha(env, runs.min(100), kills, sim_nodes, records).await?
+            }
             ("controller-scale", Some(env)) => {
                 scale::controller_scale(env, sim_nodes, records).await?
             }

@@ -4,19 +4,14 @@
 //! latency of each is measured under the same load. Then `dense` sleeping containers run on
 //! the metered agent and its `/metrics` is fetched 20 times: what one scrape takes.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hutch_proto::v1;
-use hutch_proto::v1::controller_client::ControllerClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::report::{ms, percentile, Row};
-use crate::scenarios::{
-    connect_and_watch, hutch_sample, remove_many, remove_one, start_and_wait, Client, Watch,
-};
-use crate::setup::{spawn_listening_metered, BenchEnv, KilledOnDrop, STORE_DIR};
-use crate::tls::wait_ready;
+use crate::scenarios::{connect_and_watch, hutch_sample, remove_many, remove_one, start_and_wait};
+use crate::setup::{start_pair, BenchEnv, Pair};
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -49,66 +44,14 @@ pub async fn scrape(url: &str) -> Result<(Duration, usize), String> {
     Ok((took, answer.len()))
 }
 
-/// The metered pair: its clients and metrics URLs, the daemons killed on drop.
-struct Metered {
-    client: Client,
-    watch: Watch,
-    urls: Vec<String>,
-    _daemons: Vec<KilledOnDrop>,
-}
-
-async fn start_metered(env: &BenchEnv) -> Result<Metered, String> {
-    let dir = env.dir.join("metrics");
-    let mut ctl = Command::new(env.bin_dir.join("hutch-controller"));
-    ctl.env("HUTCH_CLUSTER_CIDR", "none")
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.join("controller"));
-    let (child, ctl_addr, ctl_metrics) =
-        spawn_listening_metered(ctl, &env.dir.join("metrics-controller.log"))?;
-    let controller = KilledOnDrop(child);
-    let mut agent = Command::new(env.bin_dir.join("hutch-agent"));
-    agent
-        .arg("--state-dir")
-        .arg(dir.join("agent"))
-        .args(["--rootfs-dir", STORE_DIR])
-        // Named so the run's cleanup finds its cgroups (hutch-bench-PID*).
-        .args(["--name", &format!("bench-{}-metrics", std::process::id())])
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--controller", &format!("http://{ctl_addr}")]);
-    let (child, _, agent_metrics) =
-        spawn_listening_metered(agent, &env.dir.join("metrics-agent.log"))?;
-    let agent = KilledOnDrop(child);
-    let mut client = ControllerClient::connect(format!("http://{ctl_addr}"))
-        .await
-        .map_err(err)?;
-    wait_ready(&mut client).await?;
-    let watch = client
-        .watch_containers(v1::WatchContainersRequest::default())
-        .await
-        .map_err(err)?
-        .into_inner();
-    let urls = [agent_metrics, ctl_metrics]
-        .into_iter()
-        .map(|u| u.ok_or("a daemon did not print its metrics URL"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Metered {
-        client,
-        watch,
-        urls,
-        _daemons: vec![agent, controller],
-    })
+/// The metered pair: a controller and an agent serving `--metrics-listen`.
+async fn start_metered(env: &BenchEnv) -> Result<Pair, String> {
+    let metered = ["--metrics-listen", "127.0.0.1:0"];
+    let pair = start_pair(env, "metrics", &metered, &metered).await?;
+    if pair.urls.len() != 2 {
+        return Err("a daemon did not print its metrics URL".into());
+    }
+    Ok(pair)
 }
 
 /// The `metrics` scenario.

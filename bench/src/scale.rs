@@ -262,6 +262,18 @@ pub async fn controller_scale(
     node_count: usize,
     records: usize,
 ) -> Result<Vec<Row>, String> {
+    controller_scale_with(env, node_count, records, &[], "controller-scale").await
+}
+
+/// [`controller_scale`] with more controller flags (another store, say), its rows under
+/// `scenario`.
+pub async fn controller_scale_with(
+    env: &BenchEnv,
+    node_count: usize,
+    records: usize,
+    controller_args: &[&str],
+    scenario: &str,
+) -> Result<Vec<Row>, String> {
     let sim = Arc::new(SimulatedAgent::default());
     let (listener, agent_addr) = hutch_agent::service::server::bind(
         "127.0.0.1:0"
@@ -278,7 +290,11 @@ pub async fn controller_scale(
     let mut ctl = Command::new(env.bin_dir.join("hutch-controller"));
     ctl.env("HUTCH_CLUSTER_CIDR", "none");
     ctl.args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(env.dir.join("scale-controller"));
+        .arg(
+            env.dir
+                .join(format!("scale-controller-{}", controller_args.len())),
+        )
+        .args(controller_args);
     let (child, addr) = spawn_listening(ctl, &env.dir.join("scale-controller.log"))?;
     let controller = KilledOnDrop(child);
     let url = format!("http://{addr}");
@@ -288,6 +304,17 @@ pub async fn controller_scale(
         .await
         .map_err(|e| e.to_string())?;
     let mut nodes = NodesClient::new(channel.clone());
+    // A controller on etcd serves once it leads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = ControllerClient::new(channel.clone())
+        .list_nodes(v1::ListNodesRequest::default())
+        .await
+    {
+        if Instant::now() > deadline {
+            return Err(format!("the controller never served: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let started = Instant::now();
     let session = register_nodes(&mut nodes, node_count, &agent_addr).await?;
     eprintln!(
@@ -343,7 +370,7 @@ pub async fn controller_scale(
     let rss_mib = rss as f64 / (1 << 20) as f64;
     let list_ms = ms(percentile(&lists, 0.5));
     let row = |metric: String, hutch: f64, unit: &str, target: &str, pass: bool| Row {
-        scenario: "controller-scale".into(),
+        scenario: scenario.into(),
         metric,
         hutch,
         peer: None,

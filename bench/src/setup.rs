@@ -366,3 +366,62 @@ impl Drop for BenchEnv {
         }
     }
 }
+
+/// A controller and an agent of a scenario's own, next to the run's pair: clients, a watch
+/// of every change, the metrics URLs they printed; killed on drop.
+pub struct Pair {
+    /// A client of the controller.
+    pub client: crate::scenarios::Client,
+    /// A watch of every change, from the start.
+    pub watch: crate::scenarios::Watch,
+    /// The agent's and the controller's metrics URLs, those that serve metrics.
+    pub urls: Vec<String>,
+    _daemons: Vec<KilledOnDrop>,
+}
+
+/// Starts a controller with `controller_args` and an agent with `agent_args` (`serve`
+/// flags) registered with it, in `env.dir/NAME`; returns once the agent's node is READY.
+pub async fn start_pair(
+    env: &BenchEnv,
+    name: &str,
+    controller_args: &[&str],
+    agent_args: &[&str],
+) -> Result<Pair, String> {
+    let dir = env.dir.join(name);
+    let mut ctl = Command::new(env.bin_dir.join("hutch-controller"));
+    ctl.env("HUTCH_CLUSTER_CIDR", "none")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("controller"))
+        .args(controller_args);
+    let (child, ctl_addr, ctl_metrics) =
+        spawn_listening_metered(ctl, &env.dir.join(format!("{name}-controller.log")))?;
+    let controller = KilledOnDrop(child);
+    let mut agent = Command::new(env.bin_dir.join("hutch-agent"));
+    agent
+        .arg("--state-dir")
+        .arg(dir.join("agent"))
+        .args(["--rootfs-dir", STORE_DIR])
+        // Named so the run's cleanup finds its cgroups (hutch-bench-PID*).
+        .args(["--name", &format!("bench-{}-{name}", std::process::id())])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(agent_args)
+        .args(["--controller", &format!("http://{ctl_addr}")]);
+    let (child, _, agent_metrics) =
+        spawn_listening_metered(agent, &env.dir.join(format!("{name}-agent.log")))?;
+    let agent = KilledOnDrop(child);
+    let mut client = crate::scenarios::Client::connect(format!("http://{ctl_addr}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::tls::wait_ready(&mut client).await?;
+    let watch = client
+        .watch_containers(hutch_proto::v1::WatchContainersRequest::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    Ok(Pair {
+        client,
+        watch,
+        urls: [agent_metrics, ctl_metrics].into_iter().flatten().collect(),
+        _daemons: vec![agent, controller],
+    })
+}

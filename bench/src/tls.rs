@@ -44,12 +44,12 @@ async fn tls_client(addr: &str, ca_pem: &[u8]) -> Result<(Client, Watch), String
 pub(crate) async fn wait_ready(client: &mut Client) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let nodes = client
-            .list_nodes(v1::ListNodesRequest::default())
-            .await
-            .map_err(err)?
-            .into_inner()
-            .nodes;
+        let nodes = match client.list_nodes(v1::ListNodesRequest::default()).await {
+            Ok(answer) => answer.into_inner().nodes,
+            // A controller on etcd serves once it leads.
+            Err(s) if s.code() == tonic::Code::Unavailable => Vec::new(),
+            Err(s) => return Err(err(s)),
+        };
         if nodes.iter().any(|n| n.state == v1::NodeState::Ready as i32) {
             return Ok(());
         }
