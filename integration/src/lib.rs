@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod history;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Liveness timing of the labs' controllers: fast, so node loss shows in seconds.
@@ -84,6 +86,22 @@ impl Lab {
         extra_controller_args: &str,
         agent_args: &str,
     ) -> Lab {
+        Lab::up_full(test, agents, 1, extra_controller_args, agent_args).await
+    }
+
+    /// `lab up AGENTS --controllers CONTROLLERS`: controller hosts ctl1..ctlN, each with an
+    /// etcd member and a controller.
+    pub async fn up_ha(test: &str, agents: usize, controllers: usize) -> Lab {
+        Lab::up_full(test, agents, controllers, "", "").await
+    }
+
+    async fn up_full(
+        test: &str,
+        agents: usize,
+        controllers: usize,
+        extra_controller_args: &str,
+        agent_args: &str,
+    ) -> Lab {
         let name = format!(
             "t-{test}-{}-{}",
             std::process::id(),
@@ -97,7 +115,12 @@ impl Lab {
         };
         let started = Instant::now();
         let out = lab.script(
-            &["up", &agents.to_string()],
+            &[
+                "up",
+                &agents.to_string(),
+                "--controllers",
+                &controllers.to_string(),
+            ],
             &format!("{CONTROLLER_ARGS} {extra_controller_args}"),
         );
         assert!(
@@ -143,6 +166,41 @@ impl Lab {
         let mut args = vec!["exec", host, "--"];
         args.extend_from_slice(cmd);
         self.script(&args, CONTROLLER_ARGS)
+    }
+
+    /// Starts `CMD` on `host` in the background, its stdout piped (stderr inherited).
+    pub fn spawn(&self, host: &str, cmd: &[&str]) -> std::process::Child {
+        Command::new(workspace().join("deploy/lab"))
+            .arg("--name")
+            .arg(&self.name)
+            .args(["exec", host, "--"])
+            .args(cmd)
+            .env("HUTCH_BIN_DIR", &self.bin)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("deploy/lab exec")
+    }
+
+    /// The lab host whose controller leads now (`ctl1`..), from `hutch controllers`.
+    pub fn leader_host(&self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.exec("client", &["hutch", "-o", "json", "controllers"]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let leader = json["controllers"].as_array().and_then(|all| {
+                all.iter()
+                    .find(|c| c["leader"] == true)
+                    .and_then(|c| c["address"].as_str())
+                    .and_then(|a| a.split("198.18.1.").nth(1))
+                    .and_then(|rest| rest.split(':').next())
+                    .map(|k| format!("ctl{k}"))
+            });
+            if let Some(host) = leader {
+                return host;
+            }
+            assert!(Instant::now() < deadline, "no controller leads: {json}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The `hutch` CLI on the client host; asserts success, returns stdout.
