@@ -292,6 +292,15 @@ pub fn resolve(
             .or(file.leader_lease_ttl.take()),
         DEFAULT_LEADER_LEASE_TTL,
     )?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&leader_lease_ttl) {
+        return Err(invalid(
+            "leader_lease_ttl",
+            format!(
+                "{} is outside 1s to 60s (a dead leader is replaced within about this long)",
+                humantime::format_duration(leader_lease_ttl)
+            ),
+        ));
+    }
     let advertise_url = over.advertise_url.take().or(file.advertise_url.take());
     let defaults = ClusterConfig::default();
     let listen_text = over

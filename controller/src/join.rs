@@ -40,6 +40,9 @@ pub enum JoinError {
     /// The token store or the CA failed.
     #[error("{0}")]
     Internal(String),
+    /// The token store cannot be reached now (etcd); the same request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<JoinError> for tonic::Status {
@@ -48,6 +51,7 @@ impl From<JoinError> for tonic::Status {
             JoinError::Invalid(m) => tonic::Status::invalid_argument(m),
             JoinError::Refused(m) => tonic::Status::unauthenticated(m),
             JoinError::Internal(m) => tonic::Status::internal(m),
+            JoinError::Unavailable(m) => tonic::Status::unavailable(m),
         }
     }
 }

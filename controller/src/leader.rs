@@ -27,6 +27,8 @@ pub const LEADER_KEY: &str = "leader";
 pub const MEMBERS: &str = "controllers/";
 /// How long a failed lease grant waits before the next try.
 const RETRY: Duration = Duration::from_millis(250);
+/// How long a controller that resigned waits before campaigning again.
+const RESIGN_PAUSE: Duration = Duration::from_secs(3);
 
 /// One controller, as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,22 +86,34 @@ pub struct Election {
     config: EtcdConfig,
     me: Member,
     ttl: Duration,
+    resign: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Why a term (one lease) ended.
 enum TermEnd {
     Stopped,
     Lost(String),
+    /// Gave the leadership up (the records could not be loaded).
+    Resigned,
 }
 
 impl Election {
     /// An election for `me` with leases of `ttl` (etcd may grant more: it has a minimum).
-    pub fn new(client: Client, config: EtcdConfig, me: Member, ttl: Duration) -> Self {
+    /// Notifying `resign` gives the leadership up (the lease is revoked; this controller
+    /// campaigns again after a pause, so another can win).
+    pub fn new(
+        client: Client,
+        config: EtcdConfig,
+        me: Member,
+        ttl: Duration,
+        resign: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Self {
         Election {
             client,
             config,
             me,
             ttl,
+            resign,
         }
     }
 
@@ -132,6 +146,9 @@ impl Election {
                     None,
                     match &end {
                         TermEnd::Lost(why) => Some(why.clone()),
+                        TermEnd::Resigned => {
+                            Some("gave up leading: the records could not be loaded".into())
+                        }
                         TermEnd::Stopped => None,
                     },
                 )
@@ -143,6 +160,16 @@ impl Election {
                 TermEnd::Stopped => return,
                 TermEnd::Lost(why) => {
                     tracing::warn!(lease = id, "lease lost ({why}); campaigning again")
+                }
+                TermEnd::Resigned => {
+                    tracing::warn!(
+                        lease = id,
+                        "resigned; campaigning again in {RESIGN_PAUSE:?}"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(RESIGN_PAUSE) => {}
+                        _ = stop.changed() => return,
+                    }
                 }
             }
         }
@@ -175,7 +202,10 @@ impl Election {
             return lost(&e);
         }
         let mut valid_until = Instant::now() + ttl;
-        let mut sent_at = Instant::now();
+        // When each renewal still unanswered was sent: an answer proves the lease alive
+        // from its own request on, never from a later one.
+        let mut sent = std::collections::VecDeque::new();
+        let mut leading = false;
         let mut renew = tokio::time::interval(ttl / 4);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_watch = None;
@@ -187,9 +217,19 @@ impl Election {
                     Ok(Campaign::Won(fence)) => {
                         tracing::info!(lease, fence = fence.leader_key_revision, "leading");
                         role.send_replace(Role::Leader { fence });
-                        leader_watch = None;
+                        leading = true;
+                        // The leader watches its own key too: deleted or taken (an
+                        // operator, a restore), it stops at once.
+                        let key = self.config.key(LEADER_KEY);
+                        let options =
+                            WatchOptions::new().with_start_revision(fence.leader_key_revision + 1);
+                        match self.client.watch(key, Some(options)).await {
+                            Ok(w) => leader_watch = Some(w),
+                            Err(e) => return lost(&e),
+                        }
                     }
                     Ok(Campaign::Lost { leader, revision }) => {
+                        leading = false;
                         role.send_if_modified(|r| set_follower(r, leader.clone(), None));
                         let key = self.config.key(LEADER_KEY);
                         let options = WatchOptions::new().with_start_revision(revision + 1);
@@ -202,31 +242,46 @@ impl Election {
                 }
             }
             tokio::select! {
+                // The moment the lease may have run out, not the next tick after it.
+                _ = tokio::time::sleep_until(valid_until.into()) => {
+                    return TermEnd::Lost(format!(
+                        "{}: the lease was not renewed within its TTL of {ttl:?}",
+                        self.config.describe()
+                    ));
+                }
                 _ = renew.tick() => {
-                    if Instant::now() >= valid_until {
-                        return TermEnd::Lost(format!(
-                            "{}: the lease was not renewed within its TTL of {ttl:?}",
-                            self.config.describe()
-                        ));
-                    }
-                    sent_at = Instant::now();
+                    sent.push_back(Instant::now());
                     if let Err(e) = keeper.keep_alive().await {
                         return lost(&e);
                     }
                 }
                 renewal = renewals.message() => match renewal {
-                    Ok(Some(r)) if r.ttl() > 0 => valid_until = sent_at + ttl,
+                    Ok(Some(r)) if r.ttl() > 0 => {
+                        if let Some(at) = sent.pop_front() {
+                            valid_until = valid_until.max(at + ttl);
+                        }
+                    }
                     Ok(Some(_)) => return TermEnd::Lost("the lease expired in etcd".into()),
                     Ok(None) => return TermEnd::Lost("etcd closed the lease's renewal stream".into()),
                     Err(e) => return lost(&e),
                 },
                 event = next_watch_event(&mut leader_watch) => match event {
+                    Ok(LeaderChange::Gone) if leading => {
+                        return TermEnd::Lost("the leader key was deleted".into());
+                    }
+                    Ok(LeaderChange::Now(m)) if leading && m.id != self.me.id => {
+                        return TermEnd::Lost(format!("the leader key now names {}", m.address));
+                    }
+                    Ok(LeaderChange::Now(_)) if leading => {}
                     Ok(LeaderChange::Gone) => campaign = true,
                     Ok(LeaderChange::Now(m)) => {
                         role.send_if_modified(|r| set_follower(r, Some(m.clone()), None));
                     }
                     Err(e) => return lost(&e),
                 },
+                _ = self.resign.notified() => {
+                    return TermEnd::Resigned;
+                }
                 _ = stop.changed() => return TermEnd::Stopped,
             }
         }

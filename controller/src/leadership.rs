@@ -37,6 +37,12 @@ pub struct Leadership {
     me: Member,
     store: StoreKind,
     metrics: ClusterMetrics,
+    /// Why the last load of the records failed, while leading without a cluster.
+    load_error: std::sync::Mutex<Option<String>>,
+    /// Tells the election to give the leadership up.
+    pub resign: Arc<tokio::sync::Notify>,
+    /// A client of etcd for status answers (made on first use).
+    status_client: tokio::sync::Mutex<Option<etcd_client::Client>>,
 }
 
 impl Leadership {
@@ -55,6 +61,9 @@ impl Leadership {
             me,
             store: StoreKind::Redb(path),
             metrics,
+            load_error: Default::default(),
+            resign: Default::default(),
+            status_client: Default::default(),
         })
     }
 
@@ -65,6 +74,7 @@ impl Leadership {
         etcd: EtcdConfig,
         me: Member,
         role: watch::Receiver<Role>,
+        resign: Arc<tokio::sync::Notify>,
     ) -> Arc<Self> {
         let me_all = Arc::new(Leadership {
             current: RwLock::new(None),
@@ -72,6 +82,9 @@ impl Leadership {
             me,
             store: StoreKind::Etcd(etcd.clone()),
             metrics: ClusterMetrics::default(),
+            load_error: Default::default(),
+            resign,
+            status_client: Default::default(),
         });
         tokio::spawn(run_terms(me_all.clone(), config, etcd, role));
         me_all
@@ -93,10 +106,28 @@ impl Leadership {
     /// The refusal of a follower.
     fn not_leading(&self) -> Status {
         let role = self.role.borrow().clone();
+        let load_error = self
+            .load_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let (message, leader) = match role {
+            Role::Leader { .. } => (
+                match load_error {
+                    Some(e) => format!(
+                        "this controller ({}) leads but cannot load the cluster's records: {e}",
+                        self.me.address
+                    ),
+                    None => format!(
+                        "this controller ({}) is taking over as leader (loading the records); try again shortly",
+                        self.me.address
+                    ),
+                },
+                None,
+            ),
             Role::Follower {
                 leader: Some(l), ..
-            } if l.id != self.me.id => (
+            } if l.id != self.me.id && l.address != self.me.address => (
                 format!(
                     "this controller ({}) is a follower; the leader is {} (clients given several --controller URLs go there on their own)",
                     self.me.address, l.address
@@ -165,7 +196,13 @@ impl Leadership {
             StoreKind::Etcd(config) => {
                 out.store = config.describe();
                 let found = async {
-                    let mut client = crate::store::etcd_store::connect(config.clone()).await?;
+                    let mut cached = self.status_client.lock().await;
+                    let mut client = match cached.as_ref() {
+                        Some(c) => c.clone(),
+                        None => crate::store::etcd_store::connect(config.clone()).await?,
+                    };
+                    *cached = Some(client.clone());
+                    drop(cached);
                     crate::leader::members(&mut client, config)
                         .await
                         .map_err(|e| e.to_string())
@@ -192,6 +229,10 @@ impl Leadership {
         out
     }
 
+    fn set_load_error(&self, e: Option<String>) {
+        *self.load_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
     fn set(&self, cluster: Option<Arc<Cluster>>) {
         let old = std::mem::replace(
             &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
@@ -215,14 +256,21 @@ pub fn not_leader_status(message: String) -> Status {
 }
 
 fn ms_timestamp(ms: u64) -> prost_types::Timestamp {
+    // What another controller wrote into etcd: at most the end of year 9999.
+    let ms = ms.min(253_402_300_799_999);
     prost_types::Timestamp {
         seconds: (ms / 1000) as i64,
         nanos: ((ms % 1000) * 1_000_000) as i32,
     }
 }
 
+/// Loads that fail in a row before this controller gives up its leadership, so another
+/// (which may read etcd better) takes over: 20 x 250 ms.
+const LOAD_ATTEMPTS: u32 = 20;
+
 /// Starts a cluster for each term this controller leads and steps it down when the term
-/// ends.
+/// ends: the role changes, or the cluster stepped down on its own (a store write whose
+/// outcome was lost: the records are loaded again).
 async fn run_terms(
     me: Arc<Leadership>,
     config: ClusterConfig,
@@ -231,28 +279,56 @@ async fn run_terms(
 ) {
     loop {
         let now = role.borrow_and_update().clone();
-        match now {
-            Role::Leader { fence } => {
-                // Until the cluster is loaded, or the term ends.
-                while *role.borrow() == (Role::Leader { fence }) {
-                    match start_term(&config, &etcd, fence, me.metrics.clone()).await {
-                        Ok(cluster) if *role.borrow() == (Role::Leader { fence }) => {
-                            tracing::info!(
-                                revision = cluster.revision(),
-                                "leading: cluster loaded from etcd"
+        // Never two terms' clusters at once: the old one ends before a new one loads.
+        me.set(None);
+        if let Role::Leader { fence } = now {
+            let mut failures = 0;
+            while *role.borrow() == (Role::Leader { fence }) {
+                match start_term(&config, &etcd, fence, me.metrics.clone()).await {
+                    Ok(cluster) if *role.borrow() == (Role::Leader { fence }) => {
+                        tracing::info!(
+                            revision = cluster.revision(),
+                            "leading: cluster loaded from etcd"
+                        );
+                        me.set_load_error(None);
+                        let mut over = cluster.term_over();
+                        me.set(Some(cluster));
+                        // The borrow `wait_for` returns must not be held below: stepping
+                        // the cluster down writes the same watch.
+                        let ended = async { over.wait_for(|o| *o).await.map(|_| ()) };
+                        tokio::select! {
+                            _ = ended => {
+                                tracing::warn!("the term's cluster stepped down; loading the records again");
+                                me.set(None);
+                                continue;
+                            }
+                            changed = role.changed() => {
+                                if changed.is_err() {
+                                    me.set(None);
+                                    return;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    Ok(cluster) => cluster.step_down(),
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(failures, "leading, but cannot load the cluster: {e}");
+                        me.set_load_error(Some(e));
+                        if failures >= LOAD_ATTEMPTS {
+                            tracing::error!(
+                                "giving up the leadership: another controller may load the records"
                             );
-                            me.set(Some(cluster));
-                            break;
+                            me.resign.notify_one();
+                            failures = 0;
                         }
-                        Ok(cluster) => cluster.step_down(),
-                        Err(e) => {
-                            tracing::error!("leading, but cannot load the cluster (retrying): {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                     }
                 }
             }
-            Role::Follower { .. } => me.set(None),
+            // The role changed: the top of the loop reads it.
+            continue;
         }
         if role.changed().await.is_err() {
             me.set(None);

@@ -257,6 +257,26 @@ fn migrate_command(from: &str, to: &str, etcd: FileConfig) -> ExitCode {
             return ExitCode::from(EXIT_HUTCH_ERROR);
         }
     };
+    // Controllers running on that prefix would lead over a partial copy.
+    let running = [leader::LEADER_KEY, leader::MEMBERS]
+        .iter()
+        .map(|k| target.read_prefix(k).map(|rows| rows.len()))
+        .sum::<Result<usize, _>>();
+    match running {
+        Ok(0) => {}
+        Ok(_) => {
+            eprintln!(
+                "hutch-controller migrate: controllers are running on {} under {}: stop them all first",
+                config.describe(),
+                config.prefix
+            );
+            return ExitCode::from(EXIT_HUTCH_ERROR);
+        }
+        Err(e) => {
+            eprintln!("hutch-controller migrate: {e}");
+            return ExitCode::from(EXIT_HUTCH_ERROR);
+        }
+    }
     let progress = |done: usize, total: usize| eprintln!("copied {done} of {total} records");
     match hutch_controller::migrate::migrate(&source, &target, progress) {
         Ok(c) => {
@@ -536,11 +556,22 @@ async fn start_store(
                 why: None,
             });
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let election =
-                leader::Election::new(client, etcd.clone(), me.clone(), config.leader_lease_ttl);
+            let resign = Arc::new(tokio::sync::Notify::new());
+            let election = leader::Election::new(
+                client,
+                etcd.clone(),
+                me.clone(),
+                config.leader_lease_ttl,
+                resign.clone(),
+            );
             let task = tokio::spawn(election.run(role_tx, stop_rx));
-            let leadership =
-                Leadership::follow(config.cluster.clone(), etcd.clone(), me.clone(), role_rx);
+            let leadership = Leadership::follow(
+                config.cluster.clone(),
+                etcd.clone(),
+                me.clone(),
+                role_rx,
+                resign,
+            );
             Ok(Started {
                 leadership,
                 describe: format!("{}, controller {}", etcd.describe(), me.id),

@@ -86,7 +86,7 @@ pub fn migrate(
         to.commit(&Batch {
             writes: chunk.to_vec(),
             revision: if last { snap.revision } else { 0 },
-            drop_events_below: 0,
+            ..Default::default()
         })?;
         done += chunk.len();
         progress(done, total);

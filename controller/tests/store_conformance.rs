@@ -77,6 +77,7 @@ fn committed_batches_survive_reopening(reopen: Reopen) {
                 ],
                 revision: 14,
                 drop_events_below: 9,
+                ..Default::default()
             })
             .expect("commit");
     }
@@ -188,6 +189,28 @@ fn etcd_passes_the_store_conformance_suite_and_fences_stale_leaders() {
         snap.revision, 999_999,
         "the stale batch's revision was written"
     );
+
+    // A batch made against a revision the store no longer holds (a stale view, after a
+    // write whose answer was lost) writes nothing.
+    let current = reopen().load().expect("load").revision;
+    let err = reopen()
+        .commit(&Batch {
+            writes: vec![Write::PutContainer(container("stale-view", current + 1))],
+            revision: current + 1,
+            expect_revision: Some(current.saturating_sub(1)),
+            ..Default::default()
+        })
+        .expect_err("a batch from a stale view must fail");
+    assert!(matches!(err, StoreError::NotLeader(_)), "{err}");
+    assert!(!names(&reopen().load().expect("load")).contains(&"stale-view".to_string()));
+    reopen()
+        .commit(&Batch {
+            writes: vec![Write::DeleteContainer("nothing".into())],
+            revision: current,
+            expect_revision: Some(current),
+            ..Default::default()
+        })
+        .expect("a batch from the current view commits");
 
     // A corrupt record is named, not skipped.
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -185,24 +185,37 @@ impl Inner {
             .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Points at the controller a refusal named, adding it if this channel did not know it.
-    fn point_at(&self, leader_url: &str) -> bool {
+    /// Points at the controller a refusal named, adding it if this channel did not know it;
+    /// returns its index (`None` for a URL that cannot be used).
+    fn point_at(&self, leader_url: &str) -> Option<usize> {
         let address = bare(leader_url);
         let mut targets = self.targets();
         if let Some(i) = targets.iter().position(|t| t.address == address) {
             self.current.store(i, Ordering::Relaxed);
-            return true;
+            return Some(i);
         }
-        match (self.make)(leader_url) {
-            Ok(endpoint) => {
-                targets.push(Target {
-                    address: address.to_string(),
-                    channel: endpoint.connect_lazy(),
-                });
-                self.current.store(targets.len() - 1, Ordering::Relaxed);
+        let endpoint = (self.make)(leader_url).ok()?;
+        targets.push(Target {
+            address: address.to_string(),
+            channel: endpoint.connect_lazy(),
+        });
+        self.current.store(targets.len() - 1, Ordering::Relaxed);
+        Some(targets.len() - 1)
+    }
+
+    /// After a refusal by target `i` naming `leader` (empty: none known): points at the
+    /// leader, or moves on; true when the next try goes to the same target (so the caller
+    /// pauses rather than spin).
+    fn after_refusal(&self, i: usize, leader: &str) -> bool {
+        match (!leader.is_empty())
+            .then(|| self.point_at(leader))
+            .flatten()
+        {
+            Some(next) => next == i,
+            None => {
+                self.advance_from(i);
                 true
             }
-            Err(_) => false,
         }
     }
 }
@@ -215,22 +228,19 @@ fn is_read(path: &str) -> bool {
         .any(|p| method.starts_with(p))
 }
 
-/// True when the connection was never made (so the call was never sent).
+/// True when the connection was never made (so the call was never sent): a refused
+/// connection, or the connector's own error. Errors of a connection that was made (reset,
+/// broken pipe, unreachable after a partition) do not count: the call may have been sent.
 fn never_connected(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-            ) {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
                 return true;
             }
         }
-        let text = err.to_string();
-        if text.contains("tcp connect error") || text.contains("Connection refused") {
+        // hyper-util's connector error: raised only while connecting.
+        if err.to_string().starts_with("tcp connect error") {
             return true;
         }
         cur = err.source();
@@ -287,9 +297,7 @@ impl tower::Service<http::Request<Body>> for FailoverChannel {
                 match &answer {
                     Ok(response) => {
                         if let Some(leader) = refusal(response) {
-                            if leader.is_empty() || !inner.point_at(&leader) {
-                                inner.advance_from(i);
-                            }
+                            inner.after_refusal(i, &leader);
                         }
                     }
                     Err(_) => inner.advance_from(i),
@@ -312,8 +320,7 @@ impl tower::Service<http::Request<Body>> for FailoverChannel {
                         if out_of_time {
                             return Ok(response);
                         }
-                        if leader.is_empty() || !inner.point_at(&leader) {
-                            inner.advance_from(i);
+                        if inner.after_refusal(i, &leader) {
                             tokio::time::sleep(NO_LEADER_PAUSE).await;
                         }
                     }
@@ -327,5 +334,86 @@ impl tower::Service<http::Request<Body>> for FailoverChannel {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make() -> MakeEndpoint {
+        Arc::new(|u: &str| {
+            Endpoint::from_shared(format!("http://{}", bare(u))).map_err(|e| e.to_string())
+        })
+    }
+
+    #[test]
+    fn urls_split_and_compare_without_scheme() {
+        assert_eq!(
+            split_urls(" a:1, https://b:2 ,,c:3"),
+            vec!["a:1", "https://b:2", "c:3"]
+        );
+        assert_eq!(bare("https://b:2/"), "b:2");
+        assert_eq!(bare("b:2"), "b:2");
+    }
+
+    #[test]
+    fn only_reads_count_as_safe_to_send_twice() {
+        for read in [
+            "GetContainer",
+            "ListNodes",
+            "WatchContainers",
+            "ContainerLogs",
+            "GetClusterStatus",
+        ] {
+            assert!(is_read(&format!("/hutch.v1.Controller/{read}")), "{read}");
+        }
+        for write in [
+            "CreateContainer",
+            "KillContainer",
+            "RemoveContainer",
+            "Heartbeat",
+            "Exec",
+        ] {
+            assert!(
+                !is_read(&format!("/hutch.v1.Controller/{write}")),
+                "{write}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_connection_never_made_counts_as_not_sent() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(never_connected(&refused));
+        for sent in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::HostUnreachable,
+            std::io::ErrorKind::TimedOut,
+        ] {
+            assert!(!never_connected(&std::io::Error::from(sent)), "{sent:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_point_at_the_leader_and_pause_when_going_nowhere_new() {
+        let urls = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        let ch = FailoverChannel::new(&urls, make(), Duration::from_secs(1)).expect("channel");
+        // The leader named: go there, no pause.
+        assert!(!ch.inner.after_refusal(0, "http://127.0.0.1:2"));
+        assert_eq!(ch.current_address(), "127.0.0.1:2");
+        // A refusal naming the refuser itself (a stale leader key): pause.
+        assert!(ch.inner.after_refusal(1, "http://127.0.0.1:2"));
+        // No leader known: move on, and pause.
+        assert!(ch.inner.after_refusal(1, ""));
+        assert_eq!(ch.current_address(), "127.0.0.1:1");
+        // A leader this channel did not know is added.
+        assert!(!ch.inner.after_refusal(0, "http://127.0.0.1:3"));
+        assert_eq!(ch.current_address(), "127.0.0.1:3");
+        // One URL: a plain channel, nothing sent twice.
+        let one = FailoverChannel::new(&urls[..1], make(), Duration::from_secs(9)).expect("one");
+        assert!(one.inner.retry_for.is_zero());
+        assert!(FailoverChannel::new(&[], make(), Duration::ZERO).is_err());
     }
 }

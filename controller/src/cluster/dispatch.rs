@@ -115,6 +115,9 @@ impl Cluster {
     async fn dispatch(self: &Arc<Self>, name: &str, attempt: u32) {
         let mut pause = RETRY_FIRST;
         loop {
+            if self.stepped_down() {
+                return;
+            }
             let Ok(record) = self.get(name) else { return };
             if record.restart_count != attempt || state(&record) != S::Scheduled {
                 return;

@@ -299,16 +299,20 @@ impl Cluster {
     /// agents are cut and open streams end (their clients resume on the new leader).
     /// Called when this controller loses its leadership; the records stay in the store.
     pub fn step_down(&self) {
+        let mut st = self.lock();
+        self.step_down_locked(&mut st);
+    }
+
+    /// [`Cluster::step_down`] under the state lock.
+    fn step_down_locked(&self, st: &mut State) {
         if self.term_over.send_replace(true) {
             return;
         }
-        let mut st = self.lock();
         for entry in st.nodes.values_mut() {
             if let Some(link) = entry.link.take() {
                 link.abort();
             }
         }
-        drop(st);
         self.kick.notify_one();
         tracing::info!("stepped down: this controller no longer acts on the cluster");
     }
@@ -414,13 +418,23 @@ impl Cluster {
             batch.writes.push(Write::Event(e.clone()));
         }
         batch.revision = revision;
+        batch.expect_revision = Some(st.revision);
         let kept = st.events.len() + events.len();
         if kept > self.config.event_keep {
             let first_kept = revision + 1 - self.config.event_keep.min(kept) as u64;
             batch.drop_events_below = first_kept;
         }
         let started = std::time::Instant::now();
-        self.store.commit(&batch)?;
+        if let Err(e) = self.store.commit(&batch) {
+            if self.store.outcome_may_be_unknown() {
+                // The batch may have been applied (etcd's answer was lost) or refused as
+                // made from a stale view: this view cannot be trusted to write again. The
+                // term ends; a leader loads the records afresh.
+                tracing::warn!("store write failed, ending this term to reload: {e}");
+                self.step_down_locked(st);
+            }
+            return Err(e.into());
+        }
         self.metrics
             .store_writes
             .observe(started.elapsed().as_secs_f64());

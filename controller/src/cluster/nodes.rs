@@ -485,6 +485,14 @@ impl Cluster {
 
     /// A client for the agent of `node`.
     pub(crate) fn client_for(&self, node: &str) -> Result<AgentRpc, ClusterError> {
+        // A controller that stopped leading tells agents nothing more: its view of the
+        // records may be stale, and the new leader acts on the nodes now.
+        if self.stepped_down() {
+            return Err(crate::store::StoreError::NotLeader(
+                "this controller stopped leading; nothing was sent to the node".into(),
+            )
+            .into());
+        }
         let (address, st) = {
             let st = self.lock();
             let e = st.nodes.get(node).ok_or_else(|| node_not_found(node))?;

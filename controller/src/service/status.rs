@@ -21,6 +21,9 @@ impl From<ClusterError> for Status {
             ClusterError::Store(crate::store::StoreError::NotLeader(m)) => {
                 crate::leadership::not_leader_status(m)
             }
+            ClusterError::Store(e @ crate::store::StoreError::Unknown { .. }) => {
+                Status::unavailable(format!("{e}: look before trying again"))
+            }
             ClusterError::Store(e) => {
                 Status::unavailable(format!("{e}; nothing was changed, try again"))
             }

@@ -381,17 +381,25 @@ impl Store for EtcdStore {
         }
         let count = ops.len();
         let fence = *self.fence.lock().unwrap_or_else(|e| e.into_inner());
-        let leader_key = cfg.key(crate::leader::LEADER_KEY);
-        let txn = match fence {
-            Some(f) => Txn::new()
-                .when([Compare::create_revision(
-                    leader_key,
-                    CompareOp::Equal,
-                    f.leader_key_revision,
-                )])
-                .and_then(ops),
-            None => Txn::new().and_then(ops),
-        };
+        let mut conditions = Vec::new();
+        if let Some(f) = fence {
+            conditions.push(Compare::create_revision(
+                cfg.key(crate::leader::LEADER_KEY),
+                CompareOp::Equal,
+                f.leader_key_revision,
+            ));
+        }
+        match batch.expect_revision {
+            // No revision yet: the counter's key does not exist.
+            Some(0) => conditions.push(Compare::version(cfg.key(REVISION), CompareOp::Equal, 0)),
+            Some(r) => conditions.push(Compare::value(
+                cfg.key(REVISION),
+                CompareOp::Equal,
+                r.to_string(),
+            )),
+            None => {}
+        }
+        let txn = Txn::new().when(conditions).and_then(ops);
         let succeeded = self
             .block_on(|mut c, _| async move { c.txn(txn).await.map(|r| r.succeeded()) })
             .map_err(|e| match e {
@@ -403,14 +411,20 @@ impl Store for EtcdStore {
                         ),
                     }
                 }
+                // Sent, but no answer: etcd may have applied it.
+                StoreError::Backend { path, message } => StoreError::Unknown { path, message },
                 other => other,
             })?;
         if succeeded {
             Ok(())
         } else {
             Err(StoreError::NotLeader(
-                "this controller lost its leadership in etcd (its lease expired or another controller took over); nothing was written".into(),
+                "this controller lost its leadership in etcd (its lease expired, another controller took over, or the records changed under it); nothing was written".into(),
             ))
         }
+    }
+
+    fn outcome_may_be_unknown(&self) -> bool {
+        true
     }
 }

@@ -17,7 +17,7 @@ impl EtcdTokens {
     pub fn connect(config: EtcdConfig) -> Result<Self, JoinError> {
         EtcdStore::connect(config)
             .map(EtcdTokens)
-            .map_err(|e| JoinError::Internal(e.to_string()))
+            .map_err(unavailable)
     }
 }
 
@@ -25,11 +25,16 @@ fn internal(e: impl std::fmt::Display) -> JoinError {
     JoinError::Internal(format!("join tokens: {e}"))
 }
 
+/// etcd not answering: the agent tries again.
+fn unavailable(e: impl std::fmt::Display) -> JoinError {
+    JoinError::Unavailable(format!("join tokens in etcd: {e}"))
+}
+
 impl TokenStore for EtcdTokens {
     fn read(&self) -> Result<Vec<StoredToken>, JoinError> {
         self.0
             .read_prefix(TOKENS)
-            .map_err(internal)?
+            .map_err(unavailable)?
             .into_iter()
             .map(|(id, json)| {
                 serde_json::from_slice(&json)
@@ -42,11 +47,11 @@ impl TokenStore for EtcdTokens {
         let json = serde_json::to_vec(token).map_err(internal)?;
         self.0
             .put_raw(&format!("{TOKENS}{}", token.id), json)
-            .map_err(internal)?;
+            .map_err(unavailable)?;
         for id in expired {
             self.0
                 .delete_raw(&format!("{TOKENS}{id}"))
-                .map_err(internal)?;
+                .map_err(unavailable)?;
         }
         Ok(())
     }

@@ -38,6 +38,15 @@ pub enum StoreError {
         /// The decode error.
         message: String,
     },
+    /// The store did not answer whether it applied the write (a timeout, a lost
+    /// connection): it may or may not have.
+    #[error("state store {path}: {message}; the change may or may not have been made")]
+    Unknown {
+        /// Where the store lives.
+        path: String,
+        /// What failed.
+        message: String,
+    },
     /// The write was made conditional on this controller leading, and it no longer does.
     #[error("{0}")]
     NotLeader(String),
@@ -86,6 +95,11 @@ pub struct Batch {
     pub revision: u64,
     /// Events with a revision below this are deleted (compaction).
     pub drop_events_below: u64,
+    /// The revision counter the batch was made against: a store shared with other writers
+    /// (etcd) applies the batch only while the counter still holds it, so a batch made from
+    /// a stale view (after a write whose outcome was lost) changes nothing. `None`: no
+    /// condition (a migration).
+    pub expect_revision: Option<u64>,
 }
 
 /// A durable, transactional home for the cluster's state.
@@ -94,4 +108,9 @@ pub trait Store: Send + Sync {
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// Applies `batch` atomically; returns once it is durable.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Whether a failed commit may still have been applied (a network store whose answer
+    /// was lost). The controller then reloads its view from the store before writing again.
+    fn outcome_may_be_unknown(&self) -> bool {
+        false
+    }
 }

@@ -273,6 +273,7 @@ mod tests {
                     ],
                     revision: 4,
                     drop_events_below: 3,
+                    ..Default::default()
                 })
                 .expect("commit");
         }
