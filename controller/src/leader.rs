@@ -125,6 +125,8 @@ impl Election {
                 return;
             }
             let ttl_secs = self.ttl.as_secs().max(1) as i64;
+            // etcd counts the lease from its grant: so does this controller, from the ask.
+            let asked = Instant::now();
             let lease = match self.client.lease_grant(ttl_secs, None).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -139,7 +141,7 @@ impl Election {
             };
             let id = lease.id();
             let granted = Duration::from_secs(lease.ttl().max(1) as u64);
-            let end = self.term(id, granted, &role, &mut stop).await;
+            let end = self.term(id, asked, granted, &role, &mut stop).await;
             role.send_if_modified(|r| {
                 set_follower(
                     r,
@@ -179,6 +181,7 @@ impl Election {
     async fn term(
         &mut self,
         lease: i64,
+        asked: Instant,
         ttl: Duration,
         role: &watch::Sender<Role>,
         stop: &mut watch::Receiver<bool>,
@@ -201,11 +204,12 @@ impl Election {
         {
             return lost(&e);
         }
-        let mut valid_until = Instant::now() + ttl;
+        let mut valid_until = asked + ttl;
         // When each renewal still unanswered was sent: an answer proves the lease alive
         // from its own request on, never from a later one.
         let mut sent = std::collections::VecDeque::new();
-        let mut leading = false;
+        // The fence of this term's leadership, while leading.
+        let mut led: Option<crate::store::Fence> = None;
         let mut renew = tokio::time::interval(ttl / 4);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_watch = None;
@@ -217,7 +221,6 @@ impl Election {
                     Ok(Campaign::Won(fence)) => {
                         tracing::info!(lease, fence = fence.leader_key_revision, "leading");
                         role.send_replace(Role::Leader { fence });
-                        leading = true;
                         // The leader watches its own key too: deleted or taken (an
                         // operator, a restore), it stops at once.
                         let key = self.config.key(LEADER_KEY);
@@ -227,9 +230,10 @@ impl Election {
                             Ok(w) => leader_watch = Some(w),
                             Err(e) => return lost(&e),
                         }
+                        led = Some(fence);
                     }
                     Ok(Campaign::Lost { leader, revision }) => {
-                        leading = false;
+                        led = None;
                         role.send_if_modified(|r| set_follower(r, leader.clone(), None));
                         let key = self.config.key(LEADER_KEY);
                         let options = WatchOptions::new().with_start_revision(revision + 1);
@@ -265,21 +269,23 @@ impl Election {
                     Ok(None) => return TermEnd::Lost("etcd closed the lease's renewal stream".into()),
                     Err(e) => return lost(&e),
                 },
-                event = next_watch_event(&mut leader_watch) => match event {
-                    Ok(LeaderChange::Gone) if leading => {
+                event = next_watch_event(&mut leader_watch) => match (event, led) {
+                    (Ok(LeaderChange::Gone), Some(_)) => {
                         return TermEnd::Lost("the leader key was deleted".into());
                     }
-                    Ok(LeaderChange::Now(m)) if leading && m.id != self.me.id => {
-                        return TermEnd::Lost(format!("the leader key now names {}", m.address));
+                    // Any put of the key is another term's (this one never writes it again).
+                    (Ok(LeaderChange::Now(m, created)), Some(f)) => {
+                        if created != f.leader_key_revision || m.id != self.me.id {
+                            return TermEnd::Lost(format!("the leader key now names {}", m.address));
+                        }
                     }
-                    Ok(LeaderChange::Now(_)) if leading => {}
-                    Ok(LeaderChange::Gone) => campaign = true,
-                    Ok(LeaderChange::Now(m)) => {
+                    (Ok(LeaderChange::Gone), None) => campaign = true,
+                    (Ok(LeaderChange::Now(m, _)), None) => {
                         role.send_if_modified(|r| set_follower(r, Some(m.clone()), None));
                     }
-                    Err(e) => return lost(&e),
+                    (Err(e), _) => return lost(&e),
                 },
-                _ = self.resign.notified() => {
+                _ = self.resign.notified(), if led.is_some() => {
                     return TermEnd::Resigned;
                 }
                 _ = stop.changed() => return TermEnd::Stopped,
@@ -331,7 +337,8 @@ enum Campaign {
 
 enum LeaderChange {
     Gone,
-    Now(Member),
+    /// The key names this member; it was created at this revision.
+    Now(Member, i64),
 }
 
 /// The next change of the leader key (never, without a watch).
@@ -353,17 +360,21 @@ async fn next_watch_event(
                 resp.cancel_reason()
             )));
         }
-        for event in resp.events().iter().rev() {
-            return Ok(match event.event_type() {
-                etcd_client::EventType::Delete => LeaderChange::Gone,
-                etcd_client::EventType::Put => match event
-                    .kv()
-                    .and_then(|kv| serde_json::from_slice(kv.value()).ok())
-                {
-                    Some(m) => LeaderChange::Now(m),
-                    None => continue,
-                },
-            });
+        // A delete anywhere in the answer: the key was gone (whatever followed).
+        if resp
+            .events()
+            .iter()
+            .any(|e| e.event_type() == etcd_client::EventType::Delete)
+        {
+            return Ok(LeaderChange::Gone);
+        }
+        let last = resp.events().iter().rev().find_map(|e| {
+            let kv = e.kv()?;
+            let m = serde_json::from_slice(kv.value()).ok()?;
+            Some(LeaderChange::Now(m, kv.create_revision()))
+        });
+        if let Some(change) = last {
+            return Ok(change);
         }
     }
 }

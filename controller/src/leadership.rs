@@ -282,6 +282,7 @@ async fn run_terms(
         // Never two terms' clusters at once: the old one ends before a new one loads.
         me.set(None);
         if let Role::Leader { fence } = now {
+            me.set_load_error(None);
             let mut failures = 0;
             while *role.borrow() == (Role::Leader { fence }) {
                 match start_term(&config, &etcd, fence, me.metrics.clone()).await {
@@ -300,6 +301,7 @@ async fn run_terms(
                             _ = ended => {
                                 tracing::warn!("the term's cluster stepped down; loading the records again");
                                 me.set(None);
+                                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                                 continue;
                             }
                             changed = role.changed() => {
@@ -316,7 +318,7 @@ async fn run_terms(
                         failures += 1;
                         tracing::error!(failures, "leading, but cannot load the cluster: {e}");
                         me.set_load_error(Some(e));
-                        if failures >= LOAD_ATTEMPTS {
+                        if failures >= LOAD_ATTEMPTS && *role.borrow() == (Role::Leader { fence }) {
                             tracing::error!(
                                 "giving up the leadership: another controller may load the records"
                             );

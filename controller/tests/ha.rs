@@ -466,6 +466,18 @@ async fn a_leader_whose_key_is_deleted_stops_at_once_and_another_takes_over() {
         .create_container(create("key-after", spec(&["/bin/true"])))
         .await
         .expect("writes go on under the new leader");
+    // The old leader serves writes only if it won the new term: otherwise it refuses them.
+    let now = agreed_leader(&refs, 2).await;
+    if now != first {
+        let refused = old
+            .create_container(create("key-old", spec(&["/bin/true"])))
+            .await
+            .expect_err("the old leader must refuse writes");
+        assert!(
+            refused.metadata().get(NOT_LEADER_HEADER).is_some(),
+            "{refused:?}"
+        );
+    }
     assert!(
         ctls[first]
             .log_text()

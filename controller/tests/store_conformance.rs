@@ -339,3 +339,25 @@ fn a_redb_store_migrates_into_an_empty_etcd_prefix_and_no_other() {
     drop(source);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_cluster_never_numbers_below_a_revision_its_records_carry() {
+    // A copy into the store that stopped before its last batch wrote the counter.
+    let dir = std::path::PathBuf::from(format!("/var/tmp/hutch-test-{}", unique("redb-rev")));
+    let store = RedbStore::open(&dir).expect("open redb");
+    store
+        .commit(&Batch {
+            writes: vec![
+                Write::PutContainer(container("old", 41)),
+                Write::Event(event(42, "old")),
+            ],
+            ..Default::default()
+        })
+        .expect("commit");
+    assert_eq!(store.load().expect("load").revision, 0);
+    let cluster = hutch_controller::cluster::Cluster::start(Default::default(), Box::new(store))
+        .expect("start");
+    assert_eq!(cluster.revision(), 42);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -148,6 +148,9 @@ pub(crate) struct State {
     pub nodes: BTreeMap<String, NodeEntry>,
     pub scheduler: Scheduler,
     pub revision: u64,
+    /// The revision counter as the store holds it (below `revision` only after a copy
+    /// into the store that stopped before writing it): what the next batch expects.
+    pub store_revision: u64,
     pub events: VecDeque<v1::WatchEvent>,
     /// PENDING containers, oldest first.
     pub pending: Vec<String>,
@@ -223,11 +226,20 @@ impl Cluster {
         metrics: crate::metrics::ClusterMetrics,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let snap = store.load()?;
+        // Never below a revision a record or event already carries (a copy into the store
+        // that stopped before its last batch wrote the counter).
+        let revision = snap
+            .containers
+            .iter()
+            .map(|c| c.revision)
+            .chain(snap.events.iter().map(|e| e.revision))
+            .fold(snap.revision, u64::max);
         let mut st = State {
             containers: HashMap::new(),
             nodes: BTreeMap::new(),
             scheduler: Scheduler::new(config.strategy),
-            revision: snap.revision,
+            revision,
+            store_revision: snap.revision,
             events: snap.events.into(),
             pending: Vec::new(),
             rootfs_specs: snap
@@ -418,7 +430,7 @@ impl Cluster {
             batch.writes.push(Write::Event(e.clone()));
         }
         batch.revision = revision;
-        batch.expect_revision = Some(st.revision);
+        batch.expect_revision = Some(st.store_revision);
         let kept = st.events.len() + events.len();
         if kept > self.config.event_keep {
             let first_kept = revision + 1 - self.config.event_keep.min(kept) as u64;
@@ -426,7 +438,8 @@ impl Cluster {
         }
         let started = std::time::Instant::now();
         if let Err(e) = self.store.commit(&batch) {
-            if self.store.outcome_may_be_unknown() {
+            let view_in_doubt = matches!(e, StoreError::Unknown { .. } | StoreError::NotLeader(_));
+            if view_in_doubt && self.store.outcome_may_be_unknown() {
                 // The batch may have been applied (etcd's answer was lost) or refused as
                 // made from a stale view: this view cannot be trusted to write again. The
                 // term ends; a leader loads the records afresh.
@@ -441,6 +454,9 @@ impl Cluster {
 
         // Durable: apply and publish.
         st.revision = revision;
+        if revision > 0 {
+            st.store_revision = revision;
+        }
         for w in batch.writes {
             match w {
                 Write::PutNode(n) => {
