@@ -210,9 +210,15 @@ async fn failover(env: &BenchEnv, etcd: &TestEtcd, kills: usize) -> Result<Vec<R
         };
         let killed_at = Instant::now();
         victim.process = None;
-        create(&mut client)
-            .await
-            .map_err(|e| format!("create after kill {k}: {e}"))?;
+        // A create sent on the dead leader's connection as it died fails (its outcome is
+        // unknown); the next goes through the failover.
+        let mut failed = 0;
+        while let Err(e) = create(&mut client).await {
+            failed += 1;
+            if failed > 3 {
+                return Err(format!("create after kill {k}: {e}"));
+            }
+        }
         gaps.push(killed_at.elapsed());
         victim.start(env)?;
     }

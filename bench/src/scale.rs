@@ -348,21 +348,42 @@ pub async fn controller_scale_with(
     );
     drop(watch);
     let rss = rss_bytes(controller.0.id())?;
-    let mut lists = Vec::new();
-    for _ in 0..7 {
-        let mut client = client.clone();
-        let t = Instant::now();
-        let listed = client
-            .list_containers(v1::ListClusterContainersRequest::default())
+    // Every page once (all records are there), then the time of one page of the most a
+    // page holds, as a client paging through them sees it.
+    let page_size = hutch_core::paging::MAX_PAGE_SIZE as u32;
+    let mut listed = 0;
+    let mut request = v1::ListClusterContainersRequest {
+        page_size,
+        ..Default::default()
+    };
+    loop {
+        let page = client
+            .clone()
+            .list_containers(request.clone())
             .await
             .map_err(|e| format!("ListContainers: {e}"))?
-            .into_inner()
-            .containers
-            .len();
-        lists.push(t.elapsed());
-        if listed < records {
-            return Err(format!("ListContainers gave {listed} of {records} records"));
+            .into_inner();
+        listed += page.containers.len();
+        if page.next_page_token.is_empty() {
+            break;
         }
+        request.page_token = page.next_page_token;
+    }
+    if listed < records {
+        return Err(format!("ListContainers gave {listed} of {records} records"));
+    }
+    let mut lists = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        client
+            .clone()
+            .list_containers(v1::ListClusterContainersRequest {
+                page_size,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("ListContainers: {e}"))?;
+        lists.push(t.elapsed());
     }
     beats.abort();
     server.abort();
@@ -389,7 +410,7 @@ pub async fn controller_scale_with(
             rss_mib < 150.0,
         ),
         row(
-            format!("ListContainers of {records} records, p50 of 7"),
+            format!("ListContainers, one page of {page_size} of {records} records, p50 of 7"),
             list_ms,
             "ms",
             "< 50 ms",

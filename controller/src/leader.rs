@@ -389,6 +389,55 @@ fn set_follower(role: &mut Role, leader: Option<Member>, why: Option<String>) ->
     true
 }
 
+/// Runs an election for `me` on a thread and runtime of its own, so a busy controller
+/// (thousands of calls on its workers) never delays its lease's renewals: with a 1 s TTL, a
+/// starved renewal would be a needless failover.
+pub fn spawn_election(
+    config: EtcdConfig,
+    me: Member,
+    ttl: Duration,
+    resign: std::sync::Arc<tokio::sync::Notify>,
+    role: watch::Sender<Role>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("hutch-election".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let why = format!("cannot start the election's runtime: {e}");
+                    role.send_replace(Role::Follower {
+                        leader: None,
+                        why: Some(why),
+                    });
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let client = loop {
+                    match crate::store::etcd_store::connect(config.clone()).await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            let why = Some(format!("{}: {e}", config.describe()));
+                            role.send_if_modified(|r| set_follower(r, None, why.clone()));
+                            tokio::select! {
+                                _ = tokio::time::sleep(RETRY) => {}
+                                _ = stop.changed() => return,
+                            }
+                        }
+                    }
+                };
+                Election::new(client, config, me, ttl, resign)
+                    .run(role, stop)
+                    .await
+            })
+        })
+}
+
 /// Every controller's membership and the leader, as etcd has them now.
 pub async fn members(
     client: &mut Client,

@@ -485,15 +485,15 @@ struct Started {
     /// Ends the election (revoking the lease, so a follower takes over at once).
     election: Option<(
         tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<()>,
+        std::thread::JoinHandle<()>,
     )>,
 }
 
 impl Started {
     async fn stop(self) {
-        if let Some((stop, task)) = self.election {
+        if let Some((stop, thread)) = self.election {
             let _ = stop.send(true);
-            let _ = task.await;
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
 }
@@ -557,14 +557,15 @@ async fn start_store(
             });
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let resign = Arc::new(tokio::sync::Notify::new());
-            let election = leader::Election::new(
-                client,
+            let task = leader::spawn_election(
                 etcd.clone(),
                 me.clone(),
                 config.leader_lease_ttl,
                 resign.clone(),
-            );
-            let task = tokio::spawn(election.run(role_tx, stop_rx));
+                role_tx,
+                stop_rx,
+            )
+            .map_err(|e| format!("cannot start the election: {e}"))?;
             let leadership = Leadership::follow(
                 config.cluster.clone(),
                 etcd.clone(),

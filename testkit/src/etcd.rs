@@ -43,23 +43,27 @@ pub struct TestEtcd {
     token: String,
 }
 
-/// A port free now (the kernel's pick; released for the member to bind).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// `n` distinct ports free now (the kernel's picks, all held until each is known, then
+/// released for the members to bind).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound address").port())
+        .collect()
 }
 
 impl TestEtcd {
     /// Starts `size` members and waits until the cluster answers with a leader.
     pub fn start(test: &str, size: usize) -> TestEtcd {
         let token = unique(&format!("etcd-{test}"));
+        let ports = free_ports(2 * size);
         let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 data_dir: PathBuf::from(format!("/var/tmp/hutch-test-{token}-{i}")),
                 log: std::env::temp_dir().join(format!("hutch-test-{token}-{i}.log")),
                 child: None,
