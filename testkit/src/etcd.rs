@@ -1,6 +1,6 @@
 //! A real etcd cluster on loopback (Debian's `etcd-server`), started by the test and
 //! removed when it ends: each member with its own ports and data directory
-//! (`/var/tmp/hutch-test-etcd-NAME-PID-N-M`, which `scripts/clean-test-leftovers.sh` removes
+//! (`/var/tmp/hutch-test-mM-etcd-NAME-PID-N`, which `scripts/clean-test-leftovers.sh` removes
 //! with its process when a test run was killed).
 //!
 //! Members run with a 50 ms heartbeat and a 500 ms election timeout, so etcd's shortest
@@ -64,8 +64,10 @@ impl TestEtcd {
                 name: format!("m{i}"),
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
-                data_dir: PathBuf::from(format!("/var/tmp/hutch-test-{token}-{i}")),
-                log: std::env::temp_dir().join(format!("hutch-test-{token}-{i}.log")),
+                // NAME-PID-N last, as every test resource: the cleanup of killed runs
+                // reads the owner's pid there.
+                data_dir: PathBuf::from(format!("/var/tmp/hutch-test-m{i}-{token}")),
+                log: std::env::temp_dir().join(format!("hutch-test-m{i}-{token}.log")),
                 child: None,
             })
             .collect();
