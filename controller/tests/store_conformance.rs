@@ -361,3 +361,42 @@ async fn a_cluster_never_numbers_below_a_revision_its_records_carry() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn etcd_over_tls_with_a_client_certificate_works_and_without_one_is_refused() {
+    let etcd = TestEtcd::start_tls("store-tls");
+    let (ca, cert, key) = etcd.tls_files().expect("tls files");
+    let config = EtcdConfig {
+        endpoints: vec![etcd.endpoint(0)],
+        prefix: format!("/{}/", unique("tls")),
+        ca: Some(ca.clone()),
+        cert: Some(cert),
+        key: Some(key),
+    };
+    let store = EtcdStore::connect(config.clone()).expect("connect over TLS");
+    store
+        .commit(&Batch {
+            writes: vec![Write::PutContainer(container("over-tls", 1))],
+            revision: 1,
+            ..Default::default()
+        })
+        .expect("commit over TLS");
+    assert_eq!(names(&store.load().expect("load")), vec!["over-tls"]);
+    // The CA but no client certificate: etcd refuses the connection.
+    let err = EtcdStore::connect(EtcdConfig {
+        cert: None,
+        key: None,
+        ..config.clone()
+    })
+    .err()
+    .expect("etcd requires a client certificate");
+    assert!(err.to_string().contains("etcd https://127.0.0.1"), "{err}");
+    // A CA file that does not exist is named.
+    let err = EtcdStore::connect(EtcdConfig {
+        ca: Some("/nonexistent/ca.crt".into()),
+        ..config
+    })
+    .err()
+    .expect("a missing CA file");
+    assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
+}

@@ -41,6 +41,88 @@ struct Member {
 pub struct TestEtcd {
     members: Vec<Member>,
     token: String,
+    /// With TLS: the directory of `ca.crt`, `server.{crt,key}`, `client.{crt,key}`.
+    tls: Option<PathBuf>,
+}
+
+/// Runs `openssl ARGS` in `dir`; panics with its output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl in
+/// `dir` (valid a day).
+fn make_tls_files(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("tls dir");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hutch-test-etcd-ca",
+        ],
+    );
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .expect("extensions file");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN=hutch-test-etcd-{name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
 }
 
 /// `n` distinct ports free now (the kernel's picks, all held until each is known, then
@@ -57,7 +139,29 @@ fn free_ports(n: usize) -> Vec<u16> {
 impl TestEtcd {
     /// Starts `size` members and waits until the cluster answers with a leader.
     pub fn start(test: &str, size: usize) -> TestEtcd {
+        TestEtcd::start_with(test, size, false)
+    }
+
+    /// One member serving clients over TLS only, and requiring their certificates (signed
+    /// by the CA of [`TestEtcd::tls_files`]).
+    pub fn start_tls(test: &str) -> TestEtcd {
+        TestEtcd::start_with(test, 1, true)
+    }
+
+    /// The CA, client certificate and client key, with TLS.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf, PathBuf)> {
+        self.tls
+            .as_ref()
+            .map(|d| (d.join("ca.crt"), d.join("client.crt"), d.join("client.key")))
+    }
+
+    fn start_with(test: &str, size: usize, tls: bool) -> TestEtcd {
         let token = unique(&format!("etcd-{test}"));
+        let tls = tls.then(|| {
+            let dir = PathBuf::from(format!("/var/tmp/hutch-test-tls-{token}"));
+            make_tls_files(&dir);
+            dir
+        });
         let ports = free_ports(2 * size);
         let members = (0..size)
             .map(|i| Member {
@@ -71,7 +175,11 @@ impl TestEtcd {
                 child: None,
             })
             .collect();
-        let mut etcd = TestEtcd { members, token };
+        let mut etcd = TestEtcd {
+            members,
+            token,
+            tls,
+        };
         for i in 0..size {
             etcd.spawn(i);
         }
@@ -86,8 +194,21 @@ impl TestEtcd {
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls_args: Vec<String> = match &self.tls {
+            Some(d) => vec![
+                "--cert-file".into(),
+                d.join("server.crt").display().to_string(),
+                "--key-file".into(),
+                d.join("server.key").display().to_string(),
+                "--trusted-ca-file".into(),
+                d.join("ca.crt").display().to_string(),
+                "--client-cert-auth".into(),
+            ],
+            None => Vec::new(),
+        };
         let m = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -106,6 +227,7 @@ impl TestEtcd {
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new"])
             .args(ETCD_TUNING)
+            .args(&tls_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -121,14 +243,26 @@ impl TestEtcd {
     pub fn endpoints(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.members[i].client_port
+        )
     }
 
     /// SIGKILLs member `i` (its data stays, for [`TestEtcd::restart`]).
@@ -168,7 +302,17 @@ impl TestEtcd {
             .map(|i| self.endpoint(i))
             .collect();
         loop {
-            let ok = Command::new("etcdctl")
+            let mut etcdctl = Command::new("etcdctl");
+            if let Some((ca, cert, key)) = self.tls_files() {
+                etcdctl
+                    .arg("--cacert")
+                    .arg(ca)
+                    .arg("--cert")
+                    .arg(cert)
+                    .arg("--key")
+                    .arg(key);
+            }
+            let ok = etcdctl
                 .env("ETCDCTL_API", "3")
                 .args(["--endpoints", &running.join(",")])
                 .args(["--command-timeout", "2s", "endpoint", "health"])
@@ -214,6 +358,9 @@ impl Drop for TestEtcd {
         for m in &self.members {
             let _ = std::fs::remove_dir_all(&m.data_dir);
             let _ = std::fs::remove_file(&m.log);
+        }
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
