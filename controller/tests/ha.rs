@@ -688,3 +688,65 @@ async fn over_tls_an_agent_joins_through_any_controller_and_survives_a_failover(
     drop(node);
     let _ = std::fs::remove_file(&tokens);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_a_stopped_controllers_records_and_a_cluster_runs_on_them() {
+    let etcd = TestEtcd::start("ha-migrate", 1);
+    // A single controller on redb with a record, then stopped.
+    let mut single = TestController::start("ha-migrate", &[]);
+    single
+        .client()
+        .await
+        .create_container(create("migrated", spec(&["/bin/true"])))
+        .await
+        .expect("create on redb");
+    single.kill();
+    let prefix = format!("/{}/", unique("mig"));
+    let from = format!("redb:{}", single.data_dir.display());
+    let to = format!("etcd:{}", etcd.endpoints());
+    let args = [
+        "migrate",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--etcd-prefix",
+        &prefix,
+    ];
+    let out = run_controller(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("migrated 1 containers"), "{stdout}");
+    // Twice is refused: the prefix holds records.
+    let again = run_controller(&args);
+    assert_eq!(again.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds records"));
+    // A bad source is a usage error.
+    let bad = run_controller(&["migrate", "--from", "/no/scheme", "--to", &to]);
+    assert_eq!(bad.status.code(), Some(2));
+    // A controller on etcd serves the migrated record; migrating under it is refused.
+    let ctl = start_controllers(1, &etcd_flags(&etcd, &prefix)).remove(0);
+    agreed_leader(&[&ctl], 1).await;
+    let got = ctl
+        .client()
+        .await
+        .get_container(v1::GetContainerRequest {
+            id: "migrated".into(),
+        })
+        .await
+        .expect("the migrated record");
+    assert_eq!(got.into_inner().name, "migrated");
+    let running = run_controller(&args);
+    assert_eq!(running.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&running.stderr);
+    assert!(
+        err.contains("controllers are running") || err.contains("already holds records"),
+        "{err}"
+    );
+    let mut client = ctl.client().await;
+    force_remove(&mut client, &["migrated"]).await;
+}
