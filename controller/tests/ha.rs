@@ -14,8 +14,8 @@ use hutch_core::failover::{FailoverChannel, MakeEndpoint, LEADER_HEADER, NOT_LEA
 use hutch_proto::v1;
 use hutch_proto::v1::controller_client::ControllerClient;
 use hutch_testkit::{
-    controller_bin, create, force_remove, spec, state_of, unique, TestController, TestEtcd,
-    TestHost, TestNode,
+    controller_bin, create, force_remove, spec, state_of, unique, wait_container, wait_node,
+    TestController, TestEtcd, TestHost, TestNode,
 };
 use tonic::transport::Endpoint;
 
@@ -147,13 +147,19 @@ async fn a_killed_leader_is_replaced_within_seconds_and_nothing_acknowledged_is_
     // An agent given every controller registers through the leader.
     let node = TestNode::start_with_controllers(TestHost::new("ha").await, &all, None, &[]);
     let mut client = client_of(&all);
-    wait_ready(&mut client, &node.name, Duration::from_secs(15)).await;
+    wait_node(
+        &mut client,
+        &node.name,
+        v1::NodeState::Ready,
+        Duration::from_secs(15),
+    )
+    .await;
     let long = "ha-long";
     client
         .create_container(create(long, spec(&["/bin/sleep", "600"])))
         .await
         .expect("create");
-    wait_container_f(&mut client, long, |c| {
+    wait_container(&mut client, long, Duration::from_secs(15), |c| {
         state_of(c) == v1::ContainerState::Running
     })
     .await;
@@ -257,12 +263,18 @@ async fn a_killed_leader_is_replaced_within_seconds_and_nothing_acknowledged_is_
         assert!(list.containers.iter().filter(|c| &c.name == name).count() <= 1);
     }
     // The long-running container kept running; its node was never declared down.
-    let c = wait_container_f(&mut client, long, |c| {
+    let c = wait_container(&mut client, long, Duration::from_secs(15), |c| {
         state_of(c) == v1::ContainerState::Running
     })
     .await;
     assert_eq!(c.node, node.name);
-    let n = wait_ready(&mut client, &node.name, Duration::from_secs(10)).await;
+    let n = wait_node(
+        &mut client,
+        &node.name,
+        v1::NodeState::Ready,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_ne!(n.state, v1::NodeState::Down as i32);
 
     // The watch resumes on another controller from the last revision it saw: with what it
@@ -323,45 +335,6 @@ async fn a_killed_leader_is_replaced_within_seconds_and_nothing_acknowledged_is_
         }
     }
     drop(node);
-}
-
-async fn wait_ready(client: &mut Client, node: &str, within: Duration) -> v1::Node {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(n) = client
-            .get_node(v1::GetNodeRequest { name: node.into() })
-            .await
-        {
-            let n = n.into_inner();
-            if n.state == v1::NodeState::Ready as i32 {
-                return n;
-            }
-            assert!(Instant::now() < deadline, "node {node} not READY: {n:?}");
-        }
-        assert!(Instant::now() < deadline, "node {node} unknown");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_container_f(
-    client: &mut Client,
-    name: &str,
-    done: impl Fn(&v1::Container) -> bool,
-) -> v1::Container {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = client
-            .get_container(v1::GetContainerRequest { id: name.into() })
-            .await
-            .map(tonic::Response::into_inner);
-        if let Ok(c) = &got {
-            if done(c) {
-                return c.clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "{name}: {got:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -354,12 +354,19 @@ pub async fn force_remove(client: &mut ControllerClient<Channel>, names: &[&str]
 }
 
 /// Polls `GetContainer` until `done` holds, or panics after `timeout` with the last record.
-pub async fn wait_container(
-    client: &mut ControllerClient<Channel>,
+/// Any client: a plain channel, or one over several controllers.
+pub async fn wait_container<T>(
+    client: &mut ControllerClient<T>,
     name: &str,
     timeout: Duration,
     done: impl Fn(&v1::Container) -> bool,
-) -> v1::Container {
+) -> v1::Container
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     let deadline = Instant::now() + timeout;
     loop {
         let got = client
@@ -378,13 +385,19 @@ pub async fn wait_container(
     }
 }
 
-/// Polls `GetNode` until the node is in `want`.
-pub async fn wait_node(
-    client: &mut ControllerClient<Channel>,
+/// Polls `GetNode` until the node is in `want`. Any client, as [`wait_container`].
+pub async fn wait_node<T>(
+    client: &mut ControllerClient<T>,
     name: &str,
     want: v1::NodeState,
     timeout: Duration,
-) -> v1::Node {
+) -> v1::Node
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     let deadline = Instant::now() + timeout;
     loop {
         let got = client
