@@ -18,8 +18,8 @@ use hutch_proto::v1::controller_client::ControllerClient;
 use hutch_testkit::TestEtcd;
 
 use crate::report::{ms, percentile, Row};
-use crate::scenarios::{connect_and_watch, hutch_sample, remove_one};
-use crate::setup::{spawn_listening, start_pair, BenchEnv, KilledOnDrop};
+
+use crate::setup::{alternate, spawn_listening, start_pair, BenchEnv, KilledOnDrop};
 
 fn row(metric: String, hutch: f64, peer: Option<(f64, &str)>, target: &str, pass: bool) -> Row {
     Row {
@@ -68,19 +68,7 @@ async fn cost(env: &BenchEnv, etcd: &TestEtcd, runs: usize) -> Result<Vec<Row>, 
         &prefix,
     ];
     let mut on_etcd = start_pair(env, "ha-etcd", &args, &[]).await?;
-    let (mut plain, mut plain_watch) = connect_and_watch(env).await?;
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for i in 0..runs + 2 {
-        let name = format!("ha-cost-{i}");
-        let (_, e) = hutch_sample(&mut on_etcd.client, &mut on_etcd.watch, &name, "debian").await?;
-        remove_one(&mut on_etcd.client, name.clone()).await?;
-        let (_, r) = hutch_sample(&mut plain, &mut plain_watch, &name, "debian").await?;
-        remove_one(&mut plain, name).await?;
-        if i >= 2 {
-            with.push(e);
-            without.push(r);
-        }
-    }
+    let (with, without) = alternate(env, &mut on_etcd, "ha-cost", runs).await?;
     let (e50, r50) = (ms(percentile(&with, 0.5)), ms(percentile(&without, 0.5)));
     Ok(vec![row(
         "p50 create->EXITED, controller on etcd (3 members)".into(),

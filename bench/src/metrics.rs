@@ -10,8 +10,8 @@ use hutch_proto::v1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::report::{ms, percentile, Row};
-use crate::scenarios::{connect_and_watch, hutch_sample, remove_many, remove_one, start_and_wait};
-use crate::setup::{start_pair, BenchEnv, Pair};
+use crate::scenarios::{remove_many, start_and_wait};
+use crate::setup::{alternate, start_pair, BenchEnv, Pair};
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -69,19 +69,7 @@ pub async fn metrics_cost(env: &BenchEnv, runs: usize, dense: usize) -> Result<V
             }
         })
     };
-    let (mut plain, mut plain_watch) = connect_and_watch(env).await?;
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for i in 0..runs + 2 {
-        let name = format!("metrics-{i}");
-        let (_, m) = hutch_sample(&mut metered.client, &mut metered.watch, &name, "debian").await?;
-        remove_one(&mut metered.client, name.clone()).await?;
-        let (_, p) = hutch_sample(&mut plain, &mut plain_watch, &name, "debian").await?;
-        remove_one(&mut plain, name).await?;
-        if i >= 2 {
-            with.push(m);
-            without.push(p);
-        }
-    }
+    let (with, without) = alternate(env, &mut metered, "metrics", runs).await?;
     scraper.abort();
     let (m50, p50) = (ms(percentile(&with, 0.5)), ms(percentile(&without, 0.5)));
 

@@ -425,3 +425,29 @@ pub async fn start_pair(
         _daemons: vec![agent, controller],
     })
 }
+
+/// Creates `/bin/true` on `pair` and on the run's own pair in turn, `runs` times after two
+/// warm-up rounds, each removed afterwards: the create->EXITED times of each, measured
+/// under the same load.
+pub async fn alternate(
+    env: &BenchEnv,
+    pair: &mut Pair,
+    prefix: &str,
+    runs: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    use crate::scenarios::{connect_and_watch, hutch_sample, remove_one};
+    let (mut plain, mut plain_watch) = connect_and_watch(env).await?;
+    let (mut theirs, mut ours) = (Vec::new(), Vec::new());
+    for i in 0..runs + 2 {
+        let name = format!("{prefix}-{i}");
+        let (_, t) = hutch_sample(&mut pair.client, &mut pair.watch, &name, "debian").await?;
+        remove_one(&mut pair.client, name.clone()).await?;
+        let (_, o) = hutch_sample(&mut plain, &mut plain_watch, &name, "debian").await?;
+        remove_one(&mut plain, name).await?;
+        if i >= 2 {
+            theirs.push(t);
+            ours.push(o);
+        }
+    }
+    Ok((theirs, ours))
+}
