@@ -78,6 +78,16 @@ pub struct FileConfig {
     pub allowed_bind_paths: Option<Vec<PathBuf>>,
     /// `host:port` to serve Prometheus metrics on (off by default).
     pub metrics_listen: Option<String>,
+    /// Registries (`HOST:PORT`) reached over plain HTTP; loopback ones always are.
+    pub insecure_registries: Option<Vec<String>>,
+    /// Registry credentials, in Docker's `config.json` format.
+    pub registry_auth: Option<PathBuf>,
+    /// Most unpacked bytes of one image, e.g. "32GiB".
+    pub image_max_size: Option<String>,
+    /// Create device nodes that image layers hold (refused by default).
+    pub allow_image_devices: Option<bool>,
+    /// Import an image named as a container's rootfs on the fly (default true).
+    pub image_pull: Option<bool>,
 }
 
 /// The validated configuration.
@@ -121,6 +131,8 @@ pub struct AgentConfig {
     pub allowed_bind_paths: Vec<PathBuf>,
     /// Where to serve Prometheus metrics; `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How images are imported.
+    pub images: crate::rootfs::image::ImageOptions,
 }
 
 pub use hutch_server::config::{
@@ -150,6 +162,7 @@ pub fn default_name() -> String {
 /// Merges flags/env (`over`) over the file (`file`) over defaults, and validates.
 pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, ConfigError> {
     let invalid = |field, message: String| ConfigError::Invalid { field, message };
+    let images = image_options(&over, &file)?;
     let listen_text = over
         .listen
         .or(file.listen)
@@ -293,6 +306,61 @@ pub fn resolve(over: FileConfig, file: FileConfig) -> Result<AgentConfig, Config
         metrics_listen: hutch_server::config::metrics_listen(
             over.metrics_listen.or(file.metrics_listen),
         )?,
+        images,
+    })
+}
+
+/// The image settings, checked.
+fn image_options(
+    over: &FileConfig,
+    file: &FileConfig,
+) -> Result<crate::rootfs::image::ImageOptions, ConfigError> {
+    let invalid = |field, message: String| ConfigError::Invalid { field, message };
+    let defaults = crate::rootfs::image::ImageOptions::default();
+    let insecure_registries = over
+        .insecure_registries
+        .clone()
+        .or(file.insecure_registries.clone())
+        .unwrap_or_default();
+    for r in &insecure_registries {
+        let ok = r.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+        if !ok {
+            return Err(invalid(
+                "insecure_registries",
+                format!("'{r}' is not HOST:PORT (e.g. 198.18.0.5:5000)"),
+            ));
+        }
+    }
+    let registry_auth = over.registry_auth.clone().or(file.registry_auth.clone());
+    if let Some(p) = &registry_auth {
+        if !p.is_file() {
+            return Err(invalid(
+                "registry_auth",
+                format!("'{}' is not a readable file", p.display()),
+            ));
+        }
+    }
+    let max_image_bytes = match over.image_max_size.clone().or(file.image_max_size.clone()) {
+        Some(text) => parse_size(&text).map_err(|e| invalid("image_max_size", e))?,
+        None => defaults.max_image_bytes,
+    };
+    if max_image_bytes < 1 << 20 {
+        return Err(invalid("image_max_size", "must be at least 1MiB".into()));
+    }
+    Ok(crate::rootfs::image::ImageOptions {
+        insecure_registries,
+        auth_file: registry_auth,
+        max_image_bytes,
+        allow_devices: over
+            .allow_image_devices
+            .or(file.allow_image_devices)
+            .unwrap_or(false),
+        allow_pull: over
+            .image_pull
+            .or(file.image_pull)
+            .unwrap_or(defaults.allow_pull),
     })
 }
 

@@ -391,10 +391,21 @@ pub(crate) struct RunArgs {
     /// manage the host. Use with care.
     #[arg(long)]
     pub(crate) privileged: bool,
-    /// The rootfs (see `hutch rootfs ls`).
+    /// Run this program instead of the image's Entrypoint ("" clears it); the command
+    /// becomes its arguments and the image's Cmd is not used.
+    ///
+    /// Example: hutch run --rm --entrypoint /bin/ls busybox -- -l /
+    #[arg(long, value_name = "PROGRAM")]
+    pub(crate) entrypoint: Option<String>,
+    /// The rootfs (see `hutch rootfs ls`), or an image reference that the node imports
+    /// first unless it has it: oci:DIR[:TAG], oci-archive:FILE[:TAG],
+    /// docker-archive:FILE, docker://HOST[:PORT]/REPO[:TAG].
+    ///
+    /// Example: hutch run --rm docker://127.0.0.1:5000/busybox:latest -- sh -c 'echo hi'
     pub(crate) rootfs: String,
-    /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    /// The command and its arguments; optional with an image whose Entrypoint or Cmd
+    /// gives one.
+    #[arg(last = true)]
     pub(crate) command: Vec<String>,
 }
 
@@ -568,7 +579,19 @@ pub(crate) enum RootfsCommand {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Remove a rootfs from every node (or one); refused where containers use it.
+    /// Show one rootfs on each node that has it: its source, size, users, and for an
+    /// image its config (Entrypoint, Cmd, Env, WorkingDir, User, ports) and layers.
+    ///
+    /// Example: hutch rootfs inspect busybox
+    Inspect {
+        /// Name of the rootfs.
+        name: String,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Remove a rootfs from every node (or one); refused where containers use it. An
+    /// image's layers go with the last rootfs that uses them.
     Rm {
         /// Name of the rootfs.
         name: String,
@@ -607,6 +630,21 @@ pub(crate) struct BuildArgs {
     #[arg(long, conflicts_with = "initramfs")]
     pub(crate) directory: Option<String>,
     /// Build from a cpio/initramfs image on the nodes instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "image")]
     pub(crate) initramfs: Option<String>,
+    /// Import an OCI or Docker image instead: oci:DIR[:TAG], oci-archive:FILE[:TAG],
+    /// docker-archive:FILE or docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]. Its layers
+    /// are shared on each node; its config gives containers their defaults.
+    ///
+    /// Example: hutch rootfs build busybox --image docker://127.0.0.1:5000/busybox:latest
+    #[arg(long, value_name = "REF", conflicts_with_all = ["tarball", "directory"])]
+    pub(crate) image: Option<String>,
+    /// With --image: the platform to pick from a multi-platform image, os/arch[/variant]
+    /// [default: the node's].
+    #[arg(long, requires = "image", default_value = "")]
+    pub(crate) platform: String,
+    /// With --image: the entry of the agents' registry credentials file (--registry-auth)
+    /// to use [default: the one of the image's registry].
+    #[arg(long, requires = "image", default_value = "")]
+    pub(crate) credentials: String,
 }

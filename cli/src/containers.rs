@@ -324,6 +324,13 @@ fn spec_of(args: &RunArgs) -> Result<ContainerSpec, Error> {
     let mut spec = ContainerSpec::new(args.rootfs.clone())
         .command(args.command.clone())
         .restart(args.restart.parse::<RestartPolicy>()?);
+    if let Some(program) = &args.entrypoint {
+        spec = spec.entrypoint(if program.is_empty() {
+            Vec::new()
+        } else {
+            vec![program.clone()]
+        });
+    }
     if let Some(n) = &args.name {
         spec = spec.name(n.clone());
     }

@@ -179,6 +179,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Rootfs(RootfsCommand::Build(args)) => rootfs::build(&client, *args, json).await,
         Command::Rootfs(RootfsCommand::Ls { node }) => rootfs::ls(&client, node, json).await,
         Command::Rootfs(RootfsCommand::Rm { name, node }) => rootfs::rm(&client, &name, node).await,
+        Command::Rootfs(RootfsCommand::Inspect { name, node }) => {
+            rootfs::inspect(&client, &name, node, json).await
+        }
         Command::Volume(cmd) => volumes::run(&client, cmd, json).await,
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
     }

@@ -53,6 +53,112 @@ pub(crate) async fn ls(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `hutch rootfs inspect`: each node's copy, with an image's config and layers.
+pub(crate) async fn inspect(
+    client: &Client,
+    name: &str,
+    node: Option<String>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let listed = client.list_rootfs(node.as_deref().unwrap_or("")).await?;
+    let found: Vec<_> = listed
+        .rootfs
+        .iter()
+        .filter_map(|r| Some((r.node.clone(), r.rootfs.clone()?)))
+        .filter(|(_, i)| i.name == name)
+        .collect();
+    for (node, why) in &listed.unreachable {
+        eprintln!("hutch: node {node} did not answer: {why}");
+    }
+    if found.is_empty() {
+        eprintln!("hutch: no node has a rootfs named '{name}' (see `hutch rootfs ls`)");
+        return Ok(ExitCode::from(EXIT_HUTCH));
+    }
+    if json {
+        let rows: Vec<_> = found
+            .iter()
+            .map(|(node, i)| {
+                let image = i.image.as_ref().map(|m| {
+                    serde_json::json!({
+                        "manifest_digest": m.manifest_digest, "config_digest": m.config_digest,
+                        "os": m.os, "architecture": m.architecture, "entrypoint": m.entrypoint,
+                        "cmd": m.cmd, "env": m.env, "working_dir": m.working_dir, "user": m.user,
+                        "exposed_ports": m.exposed_ports, "labels": m.labels,
+                        "layers": m.layers.iter().map(|l| serde_json::json!({
+                            "diff_id": l.diff_id, "digest": l.digest, "size_bytes": l.size_bytes,
+                            "unpacked_bytes": l.unpacked_bytes})).collect::<Vec<_>>(),
+                    })
+                });
+                serde_json::json!({"node": node, "name": i.name, "key": i.key, "source": i.source,
+                    "size_bytes": i.size_bytes, "build_millis": i.build_millis,
+                    "containers": i.containers, "image": image})
+            })
+            .collect();
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (node, i) in &found {
+        outln!("{node}: {}", i.name);
+        outln!("  source:      {}", i.source);
+        outln!("  key:         {}", i.key);
+        outln!("  size:        {}", hutch::human_bytes(i.size_bytes));
+        outln!(
+            "  used by:     {}",
+            if i.containers.is_empty() {
+                "-".into()
+            } else {
+                i.containers.join(", ")
+            }
+        );
+        let Some(m) = &i.image else { continue };
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                serde_json::to_string(v).unwrap_or_default()
+            }
+        };
+        outln!("  manifest:    {}", m.manifest_digest);
+        outln!("  config:      {}", m.config_digest);
+        outln!("  platform:    {}/{}", m.os, m.architecture);
+        outln!("  entrypoint:  {}", list(&m.entrypoint));
+        outln!("  cmd:         {}", list(&m.cmd));
+        outln!(
+            "  workdir:     {}",
+            if m.working_dir.is_empty() {
+                "-"
+            } else {
+                &m.working_dir
+            }
+        );
+        outln!(
+            "  user:        {}",
+            if m.user.is_empty() { "-" } else { &m.user }
+        );
+        outln!(
+            "  ports:       {}",
+            if m.exposed_ports.is_empty() {
+                "-".into()
+            } else {
+                m.exposed_ports.join(", ")
+            }
+        );
+        outln!("  env:");
+        for e in &m.env {
+            outln!("    {e}");
+        }
+        outln!("  layers ({}, lowest first):", m.layers.len());
+        for l in &m.layers {
+            outln!(
+                "    {}  {}",
+                l.diff_id,
+                hutch::human_bytes(l.unpacked_bytes)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `hutch rootfs rm`.
 pub(crate) async fn rm(
     client: &Client,
@@ -78,7 +184,13 @@ pub(crate) async fn rm(
 /// `hutch rootfs build`: one progress line per node and stage, then each node's result.
 pub(crate) async fn build(client: &Client, args: BuildArgs, json: bool) -> Result<ExitCode, Error> {
     use v1::rootfs_spec::Source;
-    let source = if let Some(t) = args.tarball {
+    let source = if let Some(reference) = args.image {
+        Source::Image(v1::ImageSource {
+            reference,
+            platform: args.platform,
+            credentials: args.credentials,
+        })
+    } else if let Some(t) = args.tarball {
         Source::Tarball(t)
     } else if let Some(d) = args.directory {
         Source::Directory(d)
@@ -128,13 +240,24 @@ pub(crate) async fn build(client: &Client, args: BuildArgs, json: bool) -> Resul
                     (Some(d), Some(t)) if t > 0 => format!(" [{}] {d}/{t}", bar(d, t)),
                     _ => String::new(),
                 };
-                let line = format!("{}: {}{count} {}", msg.node, p.stage, p.message);
+                // Bytes change every MiB: redrawn on a terminal, not a line each elsewhere.
+                let bytes = match (p.bytes_done, p.bytes_total) {
+                    (Some(d), Some(t)) if t > 0 => format!(
+                        " [{}] {} / {}",
+                        bar(((d.min(t) * 1000) / t) as u32, 1000),
+                        hutch::human_bytes(d),
+                        hutch::human_bytes(t)
+                    ),
+                    (Some(d), _) => format!(" {}", hutch::human_bytes(d)),
+                    _ => String::new(),
+                };
+                let line = format!("{}: {}{count}{bytes} {}", msg.node, p.stage, p.message);
                 if let Some(board) = board.as_mut() {
                     board.show(&msg.node, line.trim_end());
                     continue;
                 }
                 // Not a terminal: one line per change of stage or count.
-                let key = format!("{}{count}", p.stage);
+                let key = format!("{}{count} {}", p.stage, p.message);
                 if last.get(&msg.node) != Some(&key) {
                     outln!("{}", line.trim_end());
                     last.insert(msg.node.clone(), key);

@@ -125,6 +125,9 @@ fn nasty_spec(r: &mut Rng) -> v1::ContainerSpec {
         // Modes and ports out of range: refused before anything is set up. (The test's
         // nodes have no cluster network, so no valid port ever gets published here.)
         auto_remove: r.chance(20),
+        entrypoint: r.chance(10).then(|| v1::Entrypoint {
+            args: (0..r.below(3)).map(|_| nasty(r)).collect(),
+        }),
         health: r.chance(20).then(|| v1::HealthCheck {
             command: (0..r.below(3)).map(|_| nasty(r)).collect(),
             interval_ms: r.pick(&[0, 1, 100, 1000, u32::MAX]),

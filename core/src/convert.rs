@@ -170,6 +170,7 @@ pub fn spec_from(p: v1::ContainerSpec) -> Result<ContainerSpec, FieldError> {
             .enumerate()
             .map(|(i, m)| mount_from(m, i))
             .collect::<Result<_, _>>()?,
+        entrypoint: p.entrypoint.map(|e| e.args),
         health: p.health.map(|h| HealthCheck {
             command: h.command,
             interval_ms: h.interval_ms,
@@ -354,6 +355,10 @@ pub fn spec_to(s: &ContainerSpec) -> v1::ContainerSpec {
         cpu: cpu_to(&s.cpu),
         auto_remove: s.auto_remove,
         mounts: s.mounts.iter().map(mount_to).collect(),
+        entrypoint: s
+            .entrypoint
+            .as_ref()
+            .map(|args| v1::Entrypoint { args: args.clone() }),
         health: s.health.as_ref().map(|h| v1::HealthCheck {
             command: h.command.clone(),
             interval_ms: h.interval_ms,
@@ -432,10 +437,15 @@ pub fn rootfs_from(p: Option<v1::RootfsSpec>) -> Result<(String, RootfsSource), 
         Some(Source::Tarball(path)) => RootfsSource::Tarball { path: path.into() },
         Some(Source::Directory(path)) => RootfsSource::Directory { path: path.into() },
         Some(Source::Initramfs(path)) => RootfsSource::Initramfs { path: path.into() },
+        Some(Source::Image(i)) => RootfsSource::Image {
+            reference: i.reference,
+            platform: i.platform,
+            credentials: i.credentials,
+        },
         None => {
             return Err(FieldError::new(
                 "rootfs.source",
-                "missing: set one of debootstrap, tarball, directory, initramfs",
+                "missing: set one of debootstrap, tarball, directory, initramfs, image",
             ))
         }
     };

@@ -19,6 +19,8 @@
 //! - [`security`]: capabilities, seccomp, pids limit, privileged, run-as; their checks.
 //! - [`seccomp_profile`]: seccomp profiles in Docker's JSON format.
 //! - [`rootfs_source`]: where a rootfs comes from, and its checks.
+//! - [`image_ref`]: OCI image references (`oci:`, `oci-archive:`, `docker-archive:`,
+//!   `docker://`), parsed.
 //! - `convert` (feature `wire`): wire <-> domain, with errors that name the field.
 //! - `bearer` (feature `wire`): the client side of bearer tokens.
 //! - `failover` (feature `wire`): a channel over several controllers that follows the
@@ -39,6 +41,7 @@ pub mod error_text;
 #[cfg(feature = "wire")]
 pub mod failover;
 pub mod health;
+pub mod image_ref;
 pub mod mounts;
 pub mod names;
 pub mod network;

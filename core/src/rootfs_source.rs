@@ -51,6 +51,20 @@ pub enum RootfsSource {
         /// Absolute path on the agent's host.
         path: PathBuf,
     },
+    /// An OCI or Docker image (see [`crate::image_ref`]): its layers are unpacked once per
+    /// node and shared; its config gives the container's defaults.
+    Image {
+        /// `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE` or
+        /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`.
+        reference: String,
+        /// `os/arch[/variant]` to pick from a multi-platform image; empty: the node's.
+        #[serde(default)]
+        platform: String,
+        /// Which entry of the agent's registry credentials file to use; empty: the one of
+        /// the reference's registry, if any. Never a secret itself.
+        #[serde(default)]
+        credentials: String,
+    },
 }
 
 fn is_token(s: &str, extra: &[char]) -> bool {
@@ -127,6 +141,23 @@ impl RootfsSource {
                 }
                 Ok(())
             }
+            RootfsSource::Image {
+                reference,
+                platform,
+                credentials,
+            } => {
+                crate::image_ref::ImageRef::parse(reference)
+                    .map_err(|e| InvalidSource(e.to_string()))?;
+                crate::image_ref::validate_platform(platform).map_err(InvalidSource)?;
+                if !credentials.is_empty() && !is_token(credentials, &['-', '.', '_', ':']) {
+                    return bad(
+                        "credentials",
+                        credentials,
+                        "name an entry of the agent's registry credentials file (HOST[:PORT])",
+                    );
+                }
+                Ok(())
+            }
             RootfsSource::Tarball { path }
             | RootfsSource::Directory { path }
             | RootfsSource::Initramfs { path } => {
@@ -151,6 +182,7 @@ impl RootfsSource {
             RootfsSource::Tarball { path } => format!("tarball {}", path.display()),
             RootfsSource::Directory { path } => format!("directory {}", path.display()),
             RootfsSource::Initramfs { path } => format!("initramfs {}", path.display()),
+            RootfsSource::Image { reference, .. } => format!("image {reference}"),
         }
     }
 }

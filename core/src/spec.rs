@@ -265,6 +265,30 @@ pub struct ContainerSpec {
     /// A check its node runs inside it.
     #[serde(default)]
     pub health: Option<HealthCheck>,
+    /// Replaces an image's Entrypoint (Docker's `--entrypoint`); `Some(vec![])` clears it.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+}
+
+/// The defaults an image's config gives the containers started from it (the OCI image
+/// config's `Entrypoint`, `Cmd`, `Env`, `WorkingDir` and `User`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDefaults {
+    /// Runs first; the command is its arguments.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// The command when the container gives none.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `NAME=VALUE` entries, below the container's own.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The working directory when the container gives none.
+    #[serde(default)]
+    pub working_dir: String,
+    /// `UID[:GID]` or `NAME[:GROUP]`, when the container names no user.
+    #[serde(default)]
+    pub user: String,
 }
 
 fn default_namespaces() -> Vec<Namespace> {
@@ -344,8 +368,11 @@ pub enum SpecError {
     #[error(transparent)]
     BadRootfsName(#[from] NameError),
     /// `command` is empty.
-    #[error("command is empty: give the program to run, e.g. [\"/bin/sh\", \"-c\", \"echo hi\"]")]
+    #[error("command is empty: give the program to run, e.g. [\"/bin/sh\", \"-c\", \"echo hi\"] (only an image rootfs whose config has an Entrypoint or Cmd gives one)")]
     EmptyCommand,
+    /// The rootfs is written as an image reference that does not parse.
+    #[error("{0}")]
+    BadImage(String),
     /// An argument or environment entry contains a NUL byte.
     #[error("{0} contains a NUL byte")]
     NulByte(String),
@@ -447,7 +474,57 @@ impl ContainerSpec {
             auto_remove: false,
             mounts: Vec::new(),
             health: None,
+            entrypoint: None,
         }
+    }
+
+    /// Fills what the spec leaves open from its image's config, by Docker's rules: the
+    /// argv is the Entrypoint (the spec's override, else the image's) followed by the
+    /// spec's command, or by the image's Cmd when the spec gives none and does not
+    /// override the Entrypoint; the image's Env lies below the spec's; its WorkingDir and
+    /// User apply when the spec sets none. Then checks the argv that results. `image` is
+    /// `None` for a rootfs that is no image: the spec must then name its command.
+    pub fn apply_image_defaults(&mut self, image: Option<&ImageDefaults>) -> Result<(), SpecError> {
+        let none = ImageDefaults::default();
+        let image = image.unwrap_or(&none);
+        let (entrypoint, default_cmd) = match self.entrypoint.take() {
+            Some(e) => (e, Vec::new()),
+            None => (image.entrypoint.clone(), image.cmd.clone()),
+        };
+        let cmd = if self.command.is_empty() {
+            default_cmd
+        } else {
+            std::mem::take(&mut self.command)
+        };
+        self.command = entrypoint.into_iter().chain(cmd).collect();
+        for entry in &image.env {
+            if let Some((k, v)) = entry.split_once('=') {
+                if !k.is_empty() && !self.env.contains_key(k) {
+                    self.env.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        if self.workdir.is_empty() {
+            self.workdir = image.working_dir.clone();
+        }
+        let sec = &mut self.security;
+        if !image.user.is_empty() && sec.run_as_user.is_none() && sec.user_name.is_none() {
+            let numeric = |s: &str| s.parse::<u32>().ok();
+            match image.user.split_once(':') {
+                None => match numeric(&image.user) {
+                    Some(uid) => sec.run_as_user = Some(uid),
+                    None => sec.user_name = Some(image.user.clone()),
+                },
+                Some((u, g)) => match (numeric(u), numeric(g)) {
+                    (Some(uid), Some(gid)) => {
+                        sec.run_as_user = Some(uid);
+                        sec.run_as_group = Some(gid);
+                    }
+                    _ => sec.user_name = Some(image.user.clone()),
+                },
+            }
+        }
+        validate_command(&self.command)
     }
 
     /// Whether the container gets namespace `ns` of its own.
@@ -542,8 +619,22 @@ impl ContainerSpec {
 
     /// Checks every rule that does not need the host. Errors name the field and the fix.
     pub fn validate(&self) -> Result<(), SpecError> {
-        validate_name("rootfs name", &self.rootfs)?;
-        validate_command(&self.command)?;
+        if crate::image_ref::looks_like_image(&self.rootfs) {
+            crate::image_ref::ImageRef::parse(&self.rootfs)
+                .map_err(|e| SpecError::BadImage(e.to_string()))?;
+        } else {
+            validate_name("rootfs name", &self.rootfs)?;
+        }
+        // Empty: an image rootfs may give it; the node checks the argv it resolves.
+        if !self.command.is_empty() {
+            validate_command(&self.command)?;
+        }
+        if let Some(entrypoint) = &self.entrypoint {
+            if let Some(arg) = entrypoint.iter().find(|a| a.contains('\0')) {
+                let shown: String = arg.chars().take(64).collect();
+                return Err(SpecError::NulByte(format!("entrypoint argument {shown:?}")));
+            }
+        }
         if self.stdin && !self.tty {
             return Err(SpecError::StdinWithoutTty);
         }
@@ -752,10 +843,81 @@ mod tests {
     #[test]
     fn refuses_empty_command() {
         let mut s = ok_spec();
-        s.command.clear();
-        assert_eq!(s.validate(), Err(SpecError::EmptyCommand));
         s.command = vec![String::new()];
         assert_eq!(s.validate(), Err(SpecError::EmptyCommand));
+        // Left empty, an image may give it; without one the node refuses it.
+        s.command.clear();
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.apply_image_defaults(None), Err(SpecError::EmptyCommand));
+    }
+
+    fn image() -> ImageDefaults {
+        ImageDefaults {
+            entrypoint: vec!["/entry".into(), "-x".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["PATH=/img/bin".into(), "A=image".into(), "junk".into()],
+            working_dir: "/srv".into(),
+            user: "1000:1001".into(),
+        }
+    }
+
+    #[test]
+    fn image_defaults_follow_dockers_rules() {
+        let mut s = ok_spec();
+        s.command.clear();
+        s.env.insert("A".into(), "mine".into());
+        s.apply_image_defaults(Some(&image())).expect("defaults");
+        assert_eq!(s.command, ["/entry", "-x", "serve"]);
+        assert_eq!(s.env.get("A").map(String::as_str), Some("mine"));
+        assert_eq!(s.env.get("PATH").map(String::as_str), Some("/img/bin"));
+        assert_eq!(s.workdir, "/srv");
+        assert_eq!(
+            (s.security.run_as_user, s.security.run_as_group),
+            (Some(1000), Some(1001))
+        );
+        // A command replaces Cmd, not the Entrypoint.
+        let mut s = ok_spec();
+        s.command = vec!["other".into()];
+        s.apply_image_defaults(Some(&image())).expect("defaults");
+        assert_eq!(s.command, ["/entry", "-x", "other"]);
+        // An Entrypoint override drops the image's Cmd too.
+        let mut s = ok_spec();
+        s.command.clear();
+        s.entrypoint = Some(vec!["/bin/sh".into()]);
+        s.apply_image_defaults(Some(&image())).expect("defaults");
+        assert_eq!(s.command, ["/bin/sh"]);
+        // Cleared Entrypoint, no command: nothing to run.
+        let mut s = ok_spec();
+        s.command.clear();
+        s.entrypoint = Some(vec![]);
+        assert_eq!(
+            s.apply_image_defaults(Some(&image())),
+            Err(SpecError::EmptyCommand)
+        );
+        // A named user, and the spec's own user wins.
+        let mut s = ok_spec();
+        let named = ImageDefaults {
+            user: "www-data".into(),
+            ..image()
+        };
+        s.apply_image_defaults(Some(&named)).expect("defaults");
+        assert_eq!(s.security.user_name.as_deref(), Some("www-data"));
+        let mut s = ok_spec();
+        s.security.run_as_user = Some(7);
+        s.apply_image_defaults(Some(&image())).expect("defaults");
+        assert_eq!(
+            (s.security.run_as_user, s.security.run_as_group),
+            (Some(7), None)
+        );
+    }
+
+    #[test]
+    fn an_image_reference_may_be_the_rootfs() {
+        let mut s = ok_spec();
+        s.rootfs = "docker://127.0.0.1:5000/busybox:latest".into();
+        assert_eq!(s.validate(), Ok(()));
+        s.rootfs = "docker://busybox".into();
+        assert!(matches!(s.validate(), Err(SpecError::BadImage(m)) if m.contains("registry")));
     }
 
     #[test]

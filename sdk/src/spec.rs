@@ -114,6 +114,15 @@ impl ContainerSpec {
         self
     }
 
+    /// Replaces the image's Entrypoint (Docker's `--entrypoint`); an empty argv clears it.
+    /// The command then follows it, and the image's Cmd is not used.
+    pub fn entrypoint<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
+        self.spec.entrypoint = Some(v1::Entrypoint {
+            args: argv.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
     /// A memory limit in human units: `1000000`, `64M`, `512MiB`, `1G`.
     pub fn memory(mut self, size: &str) -> Self {
         match parse_size(size) {

@@ -3,8 +3,12 @@
 //! copies nothing, so it costs the same for a 5 MB or a 500 MB rootfs; the container's writes
 //! land in its upper directory and never reach the rootfs or a sibling.
 //!
-//! With `read_only_rootfs` the rootfs is bind-mounted read-only instead (overlayfs refuses a
-//! single lower layer without an upper one).
+//! An image rootfs is several lower layers (its image layers, top first), stacked by the
+//! same overlay.
+//!
+//! With `read_only_rootfs` a single-layer rootfs is bind-mounted read-only instead
+//! (overlayfs refuses a single lower layer without an upper one); an image's layers are
+//! mounted as an overlay with no upper layer, which is read-only.
 //!
 //! With a disk limit, the upper and work directories live on a filesystem of exactly that
 //! size: a sparse ext4 image in the container's directory (`disk.img`), loop-mounted at
@@ -50,8 +54,8 @@ pub enum OverlayError {
 /// The directories of one container's layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
-    /// The shared, read-only rootfs.
-    pub lower: PathBuf,
+    /// The shared, read-only rootfs: one tree, or an image's layers, top first.
+    pub lowers: Vec<PathBuf>,
     /// The container's writes.
     pub upper: PathBuf,
     /// overlayfs's scratch directory (same filesystem as `upper`).
@@ -63,14 +67,14 @@ pub struct Layer {
 impl Layer {
     /// The layout hutch uses in a container's state directory; `size_limited` puts the
     /// upper and work directories on the limited filesystem (see [`mount_size_limit`]).
-    pub fn in_dir(container_dir: &Path, lower: &Path, size_limited: bool) -> Layer {
+    pub fn in_dir(container_dir: &Path, lowers: &[PathBuf], size_limited: bool) -> Layer {
         let writes = if size_limited {
             container_dir.join(SIZE_LIMITED_DIR)
         } else {
             container_dir.to_path_buf()
         };
         Layer {
-            lower: lower.to_path_buf(),
+            lowers: lowers.to_vec(),
             upper: writes.join("upper"),
             work: writes.join("work"),
             merged: container_dir.join("rootfs"),
@@ -81,11 +85,21 @@ impl Layer {
     /// their meaning, so such paths are refused by the caller's naming rules.
     pub fn options(&self) -> String {
         format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.lower.display(),
+            "{},upperdir={},workdir={}",
+            self.lowerdir(),
             self.upper.display(),
             self.work.display()
         )
+    }
+
+    /// `lowerdir=TOP:...:BOTTOM`.
+    fn lowerdir(&self) -> String {
+        let dirs: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("lowerdir={}", dirs.join(":"))
     }
 }
 
@@ -176,14 +190,35 @@ pub fn mount_layer(layer: &Layer, read_only: bool, nodev: bool) -> Result<(), Ov
         MsFlags::empty()
     };
     mkdir(&layer.merged)?;
+    if read_only && layer.lowers.len() > 1 {
+        if !overlay_supported() {
+            return Err(OverlayError::Unsupported);
+        }
+        return mount(
+            Some("hutch-overlay"),
+            &layer.merged,
+            Some("overlay"),
+            nodev | MsFlags::MS_RDONLY,
+            Some(layer.lowerdir().as_str()),
+        )
+        .map_err(|source| OverlayError::Mount {
+            what: "read-only overlay of the image's layers",
+            target: layer.merged.clone(),
+            source,
+        });
+    }
     if read_only {
+        let lower = layer.lowers.first().ok_or_else(|| OverlayError::Prepare {
+            path: layer.merged.clone(),
+            source: std::io::Error::other("the rootfs has no layer"),
+        })?;
         let err = |source| OverlayError::Mount {
             what: "read-only rootfs bind",
             target: layer.merged.clone(),
             source,
         };
         mount(
-            Some(&layer.lower),
+            Some(lower),
             &layer.merged,
             None::<&str>,
             MsFlags::MS_BIND,
@@ -226,7 +261,7 @@ mod tests {
     fn layout_and_options() {
         let l = Layer::in_dir(
             Path::new("/var/lib/hutch/containers/c1"),
-            Path::new("/store/e/rootfs"),
+            &["/store/e/rootfs".into()],
             false,
         );
         assert_eq!(
@@ -237,7 +272,15 @@ mod tests {
             l.options(),
             "lowerdir=/store/e/rootfs,upperdir=/var/lib/hutch/containers/c1/upper,workdir=/var/lib/hutch/containers/c1/work"
         );
-        let limited = Layer::in_dir(Path::new("/c1"), Path::new("/r"), true);
+        let layers = Layer::in_dir(
+            Path::new("/c1"),
+            &["/l/top".into(), "/l/base".into()],
+            false,
+        );
+        assert!(layers
+            .options()
+            .starts_with("lowerdir=/l/top:/l/base,upperdir=/c1/upper"));
+        let limited = Layer::in_dir(Path::new("/c1"), &["/r".into()], true);
         assert_eq!(
             (limited.upper, limited.work, limited.merged),
             (

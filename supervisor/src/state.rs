@@ -89,8 +89,11 @@ pub struct SupervisorConfig {
     pub hostname: String,
     /// The container's state directory.
     pub dir: PathBuf,
-    /// The root filesystem layers.
+    /// The root filesystem (an image's top layer).
     pub lower: PathBuf,
+    /// An image's further layers below `lower`, top first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lower_below: Vec<PathBuf>,
     /// Content key of the rootfs entry, to tell which containers use it.
     pub rootfs_key: String,
     /// The container's cgroup (already created, limits set).
@@ -111,7 +114,10 @@ pub struct SupervisorConfig {
 impl SupervisorConfig {
     /// The writable layer's directories.
     pub fn layer(&self) -> Layer {
-        Layer::in_dir(&self.dir, &self.lower, self.spec.disk_limit_bytes.is_some())
+        let lowers: Vec<PathBuf> = std::iter::once(self.lower.clone())
+            .chain(self.lower_below.iter().cloned())
+            .collect();
+        Layer::in_dir(&self.dir, &lowers, self.spec.disk_limit_bytes.is_some())
     }
 }
 

@@ -124,6 +124,7 @@ impl TestHost {
                 log_defaults: Default::default(),
                 network: Default::default(),
                 allowed_bind_paths: vec![PathBuf::from(BIND_ROOT)],
+                images: Default::default(),
             })
             .expect("runtime"),
         );
@@ -160,6 +161,7 @@ impl TestHost {
                 log_defaults: Default::default(),
                 network: Default::default(),
                 allowed_bind_paths: vec![PathBuf::from(BIND_ROOT)],
+                images: Default::default(),
             })
             .expect("runtime"),
         )

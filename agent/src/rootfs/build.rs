@@ -92,6 +92,11 @@ pub fn build_into(
         }
         RootfsSource::Tarball { path } => extract_tarball(path, target, sink),
         RootfsSource::Initramfs { path } => extract_initramfs(path, target, sink),
+        // Images have no tree of their own: the store imports their layers.
+        RootfsSource::Image { reference, .. } => Err(failed(
+            "image",
+            format!("{reference} is an image: its layers are imported, not built into a tree"),
+        )),
     }
 }
 

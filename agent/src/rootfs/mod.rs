@@ -16,6 +16,7 @@
 mod apt_sources;
 mod build;
 pub mod cpio;
+pub mod image;
 pub mod progress;
 pub mod source;
 
@@ -74,6 +75,9 @@ pub enum RootfsError {
         /// The containers using it, comma-separated.
         users: String,
     },
+    /// An image could not be imported.
+    #[error("image: {0}")]
+    Image(#[from] image::ImageError),
     /// The store itself could not be read or written.
     #[error("rootfs store at {path}: {message}")]
     Store {
@@ -132,8 +136,19 @@ pub struct RootfsInfo {
     pub size_bytes: u64,
     /// How long the build took.
     pub build_millis: u64,
-    /// The read-only tree containers start from.
+    /// The read-only tree containers start from (an image's: its top layer).
     pub path: PathBuf,
+    /// The overlay's lower directories, top first: `[path]`, or an image's layers.
+    pub layers: Vec<PathBuf>,
+    /// For an image: its config and layers.
+    pub image: Option<image::ImageMeta>,
+}
+
+impl RootfsInfo {
+    /// The container defaults of its image, if it is one.
+    pub fn image_defaults(&self) -> Option<&hutch_core::spec::ImageDefaults> {
+        self.image.as_ref().map(|i| &i.config.defaults)
+    }
 }
 
 /// How a build request was satisfied.
@@ -170,6 +185,7 @@ pub struct RootfsStore {
     /// directory), but for the rootfs trees of this store's entries.
     protected: Vec<PathBuf>,
     inflight: Arc<Mutex<HashMap<String, Arc<Flight>>>>,
+    images: Arc<image::ImageOptions>,
 }
 
 impl RootfsStore {
@@ -177,7 +193,7 @@ impl RootfsStore {
     /// crash interrupted.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, RootfsError> {
         let root = root.into();
-        for sub in ["entries", "names", "tmp", "logs", "locks"] {
+        for sub in ["entries", "names", "tmp", "logs", "locks", "layers"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|e| store_err(&p, e))?;
         }
@@ -185,6 +201,7 @@ impl RootfsStore {
             protected: Vec::new(),
             root,
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            images: Arc::new(image::ImageOptions::default()),
         };
         store.clear_abandoned_builds();
         Ok(store)
@@ -195,6 +212,17 @@ impl RootfsStore {
     pub fn protecting(mut self, dir: impl Into<PathBuf>) -> Self {
         self.protected.push(dir.into());
         self
+    }
+
+    /// Imports images with `options` (registries, credentials, limits).
+    pub fn with_image_options(mut self, options: image::ImageOptions) -> Self {
+        self.images = Arc::new(options);
+        self
+    }
+
+    /// How images are imported.
+    pub fn image_options(&self) -> &image::ImageOptions {
+        &self.images
     }
 
     /// Deletes `tmp/KEY.PID` directories whose building process no longer exists.
@@ -253,12 +281,30 @@ impl RootfsStore {
             }
             other => other,
         };
-        let resolved = {
+        let mut resolved = {
             let source = source.clone();
             tokio::task::spawn_blocking(move || Resolve::resolve(&source))
                 .await
                 .map_err(|e| store_err(Path::new("resolve"), e))??
         };
+        // A registry tag is keyed by the manifest it names now, so a moved tag imports anew.
+        if let RootfsSource::Image {
+            reference,
+            credentials,
+            ..
+        } = &resolved.source
+        {
+            if let Some(tx) = progress.as_ref() {
+                let _ = tx
+                    .send(BuildProgress::stage(
+                        BuildStage::Resolving,
+                        format!("resolving {reference}"),
+                    ))
+                    .await;
+            }
+            resolved.digest =
+                image::resolve_registry_digest(reference, credentials, &self.images).await?;
+        }
         let key = resolved.key();
         let (flight, outcome) = {
             let mut inflight = self.inflight.lock().map_err(|e| store_err(&self.root, e))?;
@@ -383,18 +429,47 @@ impl RootfsStore {
             .join(format!("{key}.{}", std::process::id()));
         self.discard(&tmp)?;
         let tree = tmp.join("rootfs");
-        fs::create_dir_all(&tree).map_err(|e| store_err(&tree, e))?;
         let log_path = self.log_path(key);
         let mut log = File::create(&log_path).map_err(|e| store_err(&log_path, e))?;
         tracing::info!(key, source = %resolved.source.describe(), "building rootfs");
-        let built = build::build_into(
-            resolved,
-            &tree,
-            &mut build::BuildSink {
-                log: &mut log,
-                progress,
-            },
-        );
+        // Held until the entry is in place: its layers are not collected meanwhile.
+        let mut layers_in_use = None;
+        let built = match &resolved.source {
+            RootfsSource::Image {
+                reference,
+                platform,
+                credentials,
+            } => fs::create_dir_all(&tmp)
+                .map_err(|e| store_err(&tmp, e))
+                .and_then(|()| {
+                    layers_in_use = Some(image::layers::Layers::new(&self.root).building()?);
+                    let wanted = image::Wanted {
+                        reference,
+                        platform,
+                        credentials,
+                        digest: resolved.digest.as_deref(),
+                    };
+                    let meta =
+                        image::import(&self.root, &wanted, &self.images, progress, &mut |line| {
+                            let _ =
+                                std::io::Write::write_all(&mut log, format!("{line}\n").as_bytes());
+                        })?;
+                    write_json_atomic(&tmp.join("image.json"), &meta)
+                        .map_err(|e| store_err(&tmp, e))
+                }),
+            _ => fs::create_dir_all(&tree)
+                .map_err(|e| store_err(&tree, e))
+                .and_then(|()| {
+                    build::build_into(
+                        resolved,
+                        &tree,
+                        &mut build::BuildSink {
+                            log: &mut log,
+                            progress,
+                        },
+                    )
+                }),
+        };
         let finished = built.and_then(|()| {
             progress(BuildProgress::stage(
                 BuildStage::Finalizing,
@@ -404,13 +479,17 @@ impl RootfsStore {
                 key: key.to_string(),
                 source: resolved.clone(),
                 created_ms: unix_millis_now(),
-                size_bytes: disk_usage(&tree),
+                size_bytes: match read_json::<image::ImageMeta>(&tmp.join("image.json")) {
+                    Ok(image) => image.unpacked_bytes(),
+                    Err(_) => disk_usage(&tree),
+                },
                 build_millis: started.elapsed().as_millis() as u64,
             };
             write_json_atomic(&tmp.join("meta.json"), &meta).map_err(|e| store_err(&tmp, e))?;
             let dest = self.entry_dir(key);
             fs::rename(&tmp, &dest).map_err(|e| store_err(&dest, e))
         });
+        drop(layers_in_use);
         if let Err(e) = finished {
             let _ = self.discard(&tmp);
             let e = match e {
@@ -461,6 +540,25 @@ impl RootfsStore {
     fn info_of(&self, name: &str, key: &str) -> Result<RootfsInfo, RootfsError> {
         let dir = self.entry_dir(key);
         let meta: EntryMeta = read_json(&dir.join("meta.json")).map_err(|e| store_err(&dir, e))?;
+        let image: Option<image::ImageMeta> = match meta.source.source {
+            RootfsSource::Image { .. } => {
+                let path = dir.join("image.json");
+                Some(read_json(&path).map_err(|e| store_err(&path, e))?)
+            }
+            _ => None,
+        };
+        let layers = match &image {
+            Some(image) => {
+                let store = image::layers::Layers::new(&self.root);
+                image
+                    .layers
+                    .iter()
+                    .rev()
+                    .map(|l| store.tree(&l.diff_id))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            None => vec![dir.join("rootfs")],
+        };
         Ok(RootfsInfo {
             name: name.to_string(),
             key: key.to_string(),
@@ -468,7 +566,12 @@ impl RootfsStore {
             created_ms: meta.created_ms,
             size_bytes: meta.size_bytes,
             build_millis: meta.build_millis,
-            path: dir.join("rootfs"),
+            path: layers
+                .first()
+                .cloned()
+                .unwrap_or_else(|| dir.join("rootfs")),
+            layers,
+            image,
         })
     }
 
@@ -535,8 +638,29 @@ impl RootfsStore {
             self.discard(&self.entry_dir(&info.key))?;
             let _ = fs::remove_file(self.log_path(&info.key));
             let _ = fs::remove_file(self.root.join("locks").join(format!("{}.lock", info.key)));
+            if info.image.is_some() {
+                self.collect_layers()?;
+            }
         }
         Ok(())
+    }
+
+    /// Removes the image layers no entry uses; returns their diff ids.
+    pub fn collect_layers(&self) -> Result<Vec<String>, RootfsError> {
+        let entries = || {
+            self.entry_keys()
+                .iter()
+                .map(|k| self.entry_dir(k))
+                .collect::<Vec<_>>()
+        };
+        let removed = image::collect_layers(&self.root, entries)?;
+        if !removed.is_empty() {
+            tracing::info!(
+                layers = removed.len(),
+                "removed image layers no rootfs uses"
+            );
+        }
+        Ok(removed)
     }
 
     /// Entries being built right now (in this store's `tmp/`).

@@ -23,6 +23,9 @@ pub struct ResolvedSource {
     pub source: RootfsSource,
     /// For local files and directories: size and modification time when resolved.
     pub fingerprint: Option<(u64, u64)>,
+    /// For a registry image: the digest its reference named when resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl ResolvedSource {
@@ -77,6 +80,7 @@ impl Resolve for RootfsSource {
                         mirror,
                     },
                     fingerprint: None,
+                    digest: None,
                 })
             }
             RootfsSource::Tarball { path } => {
@@ -85,16 +89,49 @@ impl Resolve for RootfsSource {
                 Ok(ResolvedSource {
                     source: self.clone(),
                     fingerprint: Some(fingerprint),
+                    digest: None,
                 })
             }
             RootfsSource::Initramfs { path } => Ok(ResolvedSource {
                 source: self.clone(),
                 fingerprint: Some(fingerprint(path, false)?),
+                digest: None,
             }),
             RootfsSource::Directory { path } => Ok(ResolvedSource {
                 source: self.clone(),
                 fingerprint: Some(fingerprint(path, true)?),
+                digest: None,
             }),
+            RootfsSource::Image {
+                reference,
+                platform,
+                credentials,
+            } => {
+                use hutch_core::image_ref::ImageRef;
+                let parsed = ImageRef::parse(reference)
+                    .map_err(|e| RootfsError::InvalidSource(e.to_string()))?;
+                // Local images are keyed by their files (a layout by its index), registry
+                // ones by the digest the store resolves next.
+                let fingerprint = match &parsed {
+                    ImageRef::OciLayout { dir, .. } => {
+                        fingerprint(dir, true)?;
+                        Some(fingerprint(&dir.join("index.json"), false)?)
+                    }
+                    ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file } => {
+                        Some(fingerprint(file, false)?)
+                    }
+                    ImageRef::Registry { .. } => None,
+                };
+                Ok(ResolvedSource {
+                    source: RootfsSource::Image {
+                        reference: parsed.to_string(),
+                        platform: platform.clone(),
+                        credentials: credentials.clone(),
+                    },
+                    fingerprint,
+                    digest: None,
+                })
+            }
         }
     }
 }

@@ -28,6 +28,10 @@ pub enum ErrorClass {
     ResourceExhausted,
     /// The node's configuration does not allow it.
     PermissionDenied,
+    /// A remote service the request needs (a registry) cannot be reached.
+    Unavailable,
+    /// Content did not have the digest that names it.
+    DataLoss,
     /// Something on the host went wrong.
     Internal,
 }
@@ -137,6 +141,7 @@ impl RuntimeError {
                     ErrorClass::FailedPrecondition
                 }
                 RootfsError::BuildFailed { .. } | RootfsError::Store { .. } => ErrorClass::Internal,
+                RootfsError::Image(e) => image_class(e),
             },
             RuntimeError::Cgroup(
                 CgroupError::SwapUnsupported(_) | CgroupError::NoPidsController(_),
@@ -169,6 +174,21 @@ impl RuntimeError {
                 ErrorClass::Internal
             }
         }
+    }
+}
+
+/// The class of an image error.
+fn image_class(e: &crate::rootfs::image::ImageError) -> ErrorClass {
+    use crate::rootfs::image::ImageError as E;
+    match e {
+        E::Invalid(_) | E::LayerRefused { .. } => ErrorClass::InvalidArgument,
+        E::NotFound(_) => ErrorClass::NotFound,
+        E::Missing(_) | E::Unsupported(_) => ErrorClass::FailedPrecondition,
+        E::DigestMismatch(_) => ErrorClass::DataLoss,
+        E::Unavailable(_) => ErrorClass::Unavailable,
+        E::Auth(_) | E::NotAllowed(_) => ErrorClass::PermissionDenied,
+        E::TooLarge(_) => ErrorClass::ResourceExhausted,
+        E::Io(_) => ErrorClass::Internal,
     }
 }
 

@@ -82,6 +82,8 @@ pub struct RuntimeConfig {
     pub network: NetworkSettings,
     /// Node paths under which bind sources may lie; empty: no bind mounts.
     pub allowed_bind_paths: Vec<PathBuf>,
+    /// How images are imported (registries, credentials, limits).
+    pub images: crate::rootfs::image::ImageOptions,
 }
 
 impl RuntimeConfig {
@@ -96,6 +98,7 @@ impl RuntimeConfig {
             log_defaults: LogLimits::default(),
             network: NetworkSettings::default(),
             allowed_bind_paths: Vec::new(),
+            images: Default::default(),
         }
     }
 }
@@ -175,7 +178,9 @@ impl Runtime {
             .rootfs_dir
             .clone()
             .unwrap_or_else(|| config.state_dir.join("rootfs"));
-        let store = RootfsStore::open(rootfs_dir.clone())?.protecting(config.state_dir.clone());
+        let store = RootfsStore::open(rootfs_dir.clone())?
+            .protecting(config.state_dir.clone())
+            .with_image_options(config.images.clone());
         let volumes = VolumeStore::open(config.state_dir.join("volumes"))?;
         let binds = BindPolicy::new(
             &config.allowed_bind_paths,
@@ -285,6 +290,33 @@ impl Runtime {
         }
     }
 
+    /// The rootfs a spec names: a rootfs of the store, or an image reference, imported under
+    /// its derived name unless the store has it (and the agent allows imports on the fly).
+    async fn rootfs_for(&self, rootfs: &str) -> Result<RootfsInfo, RuntimeError> {
+        use hutch_core::image_ref::{looks_like_image, ImageRef};
+        if !looks_like_image(rootfs) {
+            return Ok(self.store.get(rootfs)?);
+        }
+        let name = ImageRef::rootfs_name(rootfs);
+        if let Ok(info) = self.store.get(&name) {
+            return Ok(info);
+        }
+        if !self.store.image_options().allow_pull {
+            return Err(crate::rootfs::RootfsError::Image(
+                crate::rootfs::image::ImageError::NotAllowed(format!(
+                    "this agent imports no image for a container (--no-image-pull): import it first with `hutch rootfs build {name} --image {rootfs}`"
+                )),
+            )
+            .into());
+        }
+        let source = crate::rootfs::RootfsSource::Image {
+            reference: rootfs.to_string(),
+            platform: String::new(),
+            credentials: String::new(),
+        };
+        Ok(self.store.build(&name, &source, None).await?.info)
+    }
+
     /// Starts container `id` from `spec`; returns once its command has been exec'd (or with
     /// the step that failed, leaving nothing behind).
     #[tracing::instrument(skip(self, spec), fields(container = %id))]
@@ -295,10 +327,12 @@ impl Runtime {
     ) -> Result<ContainerInfo, RuntimeError> {
         let dir = self.dir(id)?;
         spec.validate()?;
-        let rootfs = self.store.get(&spec.rootfs)?;
+        let rootfs = self.rootfs_for(&spec.rootfs).await?;
+        spec.apply_image_defaults(rootfs.image_defaults())?;
+        spec.validate()?;
         if let Some(name) = spec.security.user_name.clone() {
             let (uid, gid) =
-                users::resolve(&rootfs.path, &name).map_err(RuntimeError::UnknownUser)?;
+                users::resolve(&rootfs.layers, &name).map_err(RuntimeError::UnknownUser)?;
             spec.security.run_as_user = Some(uid);
             spec.security.run_as_group = Some(gid);
         }
@@ -379,6 +413,7 @@ impl Runtime {
             hostname,
             dir: dir.to_path_buf(),
             lower: rootfs.path.clone(),
+            lower_below: rootfs.layers.iter().skip(1).cloned().collect(),
             rootfs_key: rootfs.key.clone(),
             cgroup: cgroup.path().clone(),
             supervisors_cgroup: self.cgroups.supervisors(),

@@ -101,6 +101,35 @@ pub fn rootfs_to(info: &RootfsInfo, containers: Vec<String>) -> v1::RootfsInfo {
         created_at: Some(timestamp_ms(info.created_ms)),
         build_millis: info.build_millis,
         containers,
+        image: info.image.as_ref().map(image_to),
+    }
+}
+
+/// An image's config and layers for the wire.
+fn image_to(i: &crate::rootfs::image::ImageMeta) -> v1::ImageInfo {
+    let d = &i.config.defaults;
+    v1::ImageInfo {
+        manifest_digest: i.manifest_digest.clone(),
+        config_digest: i.config_digest.clone(),
+        os: i.config.os.clone(),
+        architecture: i.config.architecture.clone(),
+        entrypoint: d.entrypoint.clone(),
+        cmd: d.cmd.clone(),
+        env: d.env.clone(),
+        working_dir: d.working_dir.clone(),
+        user: d.user.clone(),
+        exposed_ports: i.config.exposed_ports.clone(),
+        layers: i
+            .layers
+            .iter()
+            .map(|l| v1::ImageLayer {
+                diff_id: l.diff_id.clone(),
+                digest: l.digest.clone().unwrap_or_default(),
+                size_bytes: l.size.unwrap_or(0),
+                unpacked_bytes: l.unpacked_bytes,
+            })
+            .collect(),
+        labels: i.config.labels.clone().into_iter().collect(),
     }
 }
 

@@ -16,6 +16,8 @@ pub fn code_of(class: ErrorClass) -> Code {
         ErrorClass::FailedPrecondition => Code::FailedPrecondition,
         ErrorClass::ResourceExhausted => Code::ResourceExhausted,
         ErrorClass::PermissionDenied => Code::PermissionDenied,
+        ErrorClass::Unavailable => Code::Unavailable,
+        ErrorClass::DataLoss => Code::DataLoss,
         ErrorClass::Internal => Code::Internal,
     }
 }

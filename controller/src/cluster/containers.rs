@@ -45,6 +45,16 @@ impl Cluster {
         parsed
             .validate()
             .map_err(|e| ClusterError::InvalidArgument(format!("spec: {e}")))?;
+        // Only an image gives a command: refuse here what every node would refuse.
+        if parsed.command.is_empty()
+            && parsed.entrypoint.as_ref().is_none_or(Vec::is_empty)
+            && !self.is_image_rootfs(&parsed.rootfs)
+        {
+            return Err(ClusterError::InvalidArgument(format!(
+                "spec: {}",
+                hutch_core::spec::SpecError::EmptyCommand
+            )));
+        }
         let placement = req.placement.clone().unwrap_or_default();
         hutch_core::spec::validate_labels(
             "placement.node_selector",

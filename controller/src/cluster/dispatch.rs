@@ -247,6 +247,15 @@ impl Cluster {
     /// Builds the rootfs on the node first when the node lacks it and the cluster knows
     /// how to build it.
     async fn ensure_rootfs(self: &Arc<Self>, node: &str, rootfs: &str) -> Result<(), ClusterError> {
+        // An image reference is imported under its derived name, with a build's time limit.
+        let image = hutch_core::image_ref::looks_like_image(rootfs).then(|| v1::RootfsSpec {
+            name: hutch_core::image_ref::ImageRef::rootfs_name(rootfs),
+            source: Some(v1::rootfs_spec::Source::Image(v1::ImageSource {
+                reference: rootfs.to_string(),
+                ..Default::default()
+            })),
+        });
+        let rootfs = image.as_ref().map_or(rootfs, |s| s.name.as_str());
         let spec = {
             let st = self.lock();
             let has = st
@@ -256,7 +265,9 @@ impl Cluster {
             if has {
                 return Ok(());
             }
-            st.rootfs_specs.get(rootfs).cloned()
+            image
+                .clone()
+                .or_else(|| st.rootfs_specs.get(rootfs).cloned())
         };
         let Some(spec) = spec else { return Ok(()) };
         tracing::info!(%node, %rootfs, "building the rootfs on the node before the run");

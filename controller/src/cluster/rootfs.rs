@@ -14,6 +14,17 @@ use super::{Change, Cluster, ClusterError};
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Cluster {
+    /// Whether `rootfs` names an image: a reference, or a rootfs this cluster built from
+    /// one (its config may give a container's command).
+    pub(crate) fn is_image_rootfs(&self, rootfs: &str) -> bool {
+        hutch_core::image_ref::looks_like_image(rootfs)
+            || self
+                .lock()
+                .rootfs_specs
+                .get(rootfs)
+                .is_some_and(|s| matches!(s.source, Some(v1::rootfs_spec::Source::Image(_))))
+    }
+
     /// Starts the build on the target nodes; every node's progress, result or error is sent
     /// to `out`, tagged with the node. The spec is remembered (durably) so that any node
     /// can build the rootfs again before a container needs it there.

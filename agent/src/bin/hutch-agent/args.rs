@@ -66,7 +66,7 @@ pub(crate) enum Command {
     /// Run a command in a new container.
     ///
     /// Example: hutch-agent run --ns pid,ipc,net,uts,mount --memory 64M debian -- ps -ef
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers.
     Ps,
     /// Show a container's record and its namespace table.
@@ -224,6 +224,25 @@ pub(crate) struct ServeArgs {
     /// (e.g. --label zone=a --label disk=ssd).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub(crate) labels: Vec<String>,
+    /// A registry reached over plain HTTP instead of HTTPS, HOST:PORT; repeat for several.
+    /// Loopback registries (127.0.0.1, localhost, [::1]) always are, as with Docker.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub(crate) insecure_registries: Vec<String>,
+    /// Registry credentials in Docker's config.json format ({"auths": {"HOST:PORT":
+    /// {"auth": base64 of USER:PASSWORD}}}), used for the registry a pull names.
+    #[arg(long, env = "HUTCH_REGISTRY_AUTH", value_name = "FILE")]
+    pub(crate) registry_auth: Option<PathBuf>,
+    /// Most bytes one image may unpack to; a bigger one is refused [default: 32GiB].
+    #[arg(long, env = "HUTCH_IMAGE_MAX_SIZE", value_name = "SIZE")]
+    pub(crate) image_max_size: Option<String>,
+    /// Create the device nodes image layers hold (refused by default: a container gets
+    /// only the /dev entries hutch gives it).
+    #[arg(long)]
+    pub(crate) allow_image_devices: bool,
+    /// Never import an image because a container names it as its rootfs (an image must then
+    /// be imported first with `hutch rootfs build NAME --image REF`).
+    #[arg(long)]
+    pub(crate) no_image_pull: bool,
 }
 
 #[derive(Subcommand)]
@@ -233,7 +252,7 @@ pub(crate) enum RootfsCommand {
     /// Default: Debian bookworm minbase with procps and iproute2 from the host's apt mirror.
     /// Examples: `rootfs build debian`, `rootfs build --tarball /tmp/alpine.tar.gz alpine`,
     /// `rootfs build --initramfs /boot/initrd.img-$(uname -r) initrd`.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List rootfs.
     Ls,
     /// Show one rootfs as JSON.
@@ -275,8 +294,15 @@ pub(crate) struct BuildArgs {
     #[arg(long, conflicts_with_all = ["tarball", "initramfs"])]
     pub(crate) dir: Option<PathBuf>,
     /// Extract a cpio/initramfs image instead.
-    #[arg(long, conflicts_with_all = ["tarball", "dir"])]
+    #[arg(long, conflicts_with_all = ["tarball", "dir", "image"])]
     pub(crate) initramfs: Option<PathBuf>,
+    /// Import an OCI or Docker image instead: oci:DIR[:TAG], oci-archive:FILE[:TAG],
+    /// docker-archive:FILE, docker://HOST[:PORT]/REPO[:TAG|@DIGEST].
+    #[arg(long, value_name = "REF", conflicts_with_all = ["tarball", "dir"])]
+    pub(crate) image: Option<String>,
+    /// With --image: os/arch[/variant] to pick from a multi-platform image.
+    #[arg(long, requires = "image", default_value = "")]
+    pub(crate) platform: String,
 }
 
 #[derive(Args)]
@@ -324,6 +350,6 @@ pub(crate) struct RunArgs {
     /// Rootfs name.
     pub(crate) rootfs: String,
     /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    #[arg(last = true)]
     pub(crate) command: Vec<String>,
 }

@@ -76,6 +76,13 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Loaded, String> {
         allowed_bind_paths: serve
             .map(|s| s.allowed_bind_paths.clone())
             .filter(|p| !p.is_empty()),
+        insecure_registries: serve
+            .map(|s| s.insecure_registries.clone())
+            .filter(|r| !r.is_empty()),
+        registry_auth: serve.and_then(|s| s.registry_auth.clone()),
+        image_max_size: serve.and_then(|s| s.image_max_size.clone()),
+        allow_image_devices: serve.and_then(|s| s.allow_image_devices.then_some(true)),
+        image_pull: serve.and_then(|s| s.no_image_pull.then_some(false)),
         join_token: match serve {
             Some(s) => token_from(s.join_token.clone(), s.join_file.as_deref())
                 .map_err(|e| format!("--join-file: {e}"))?,

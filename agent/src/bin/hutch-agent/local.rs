@@ -231,7 +231,14 @@ pub(crate) fn describe_progress(p: &BuildProgress) -> String {
 pub(crate) async fn rootfs(runtime: &Runtime, cmd: RootfsCommand) -> Result<ExitCode, LocalError> {
     match cmd {
         RootfsCommand::Build(args) => {
-            let source = if let Some(path) = args.tarball {
+            let args = *args;
+            let source = if let Some(reference) = args.image {
+                RootfsSource::Image {
+                    reference,
+                    platform: args.platform,
+                    credentials: String::new(),
+                }
+            } else if let Some(path) = args.tarball {
                 RootfsSource::Tarball { path }
             } else if let Some(path) = args.dir {
                 RootfsSource::Directory { path }

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         log_defaults: config.agent.log_defaults,
         network: config.agent.network.clone(),
         allowed_bind_paths: config.agent.allowed_bind_paths.clone(),
+        images: config.agent.images.clone(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
