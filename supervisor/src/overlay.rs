@@ -173,6 +173,43 @@ pub fn overlay_supported() -> bool {
         .unwrap_or(false)
 }
 
+/// Directories the container's root needs as mount points.
+const MOUNT_POINT_DIRS: [&str; 3] = ["proc", "dev", "sys"];
+/// Files bound over in the container's root (its network's `/etc/hosts` and friends).
+const MOUNT_POINT_FILES: [&str; 3] = ["etc/hosts", "etc/resolv.conf", "etc/hostname"];
+
+/// `CONTAINER_DIR/mountpoints`, holding the mount points no layer of `layer` has; `None`
+/// when every layer set has them all.
+fn mountpoints_layer(layer: &Layer) -> Result<Option<PathBuf>, OverlayError> {
+    let has = |rel: &str| {
+        layer
+            .lowers
+            .iter()
+            .any(|l| std::fs::symlink_metadata(l.join(rel)).is_ok())
+    };
+    let Some(container_dir) = layer.merged.parent() else {
+        return Ok(None);
+    };
+    let dir = container_dir.join("mountpoints");
+    let mut made = false;
+    for rel in MOUNT_POINT_DIRS.iter().filter(|r| !has(r)) {
+        mkdir(&dir.join(rel))?;
+        made = true;
+    }
+    for rel in MOUNT_POINT_FILES.iter().filter(|r| !has(r)) {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            mkdir(parent)?;
+        }
+        std::fs::write(&path, b"").map_err(|source| OverlayError::Prepare {
+            path: path.clone(),
+            source,
+        })?;
+        made = true;
+    }
+    Ok(made.then_some(dir))
+}
+
 fn mkdir(path: &Path) -> Result<(), OverlayError> {
     std::fs::create_dir_all(path).map_err(|source| OverlayError::Prepare {
         path: path.to_path_buf(),
@@ -194,12 +231,18 @@ pub fn mount_layer(layer: &Layer, read_only: bool, nodev: bool) -> Result<(), Ov
         if !overlay_supported() {
             return Err(OverlayError::Unsupported);
         }
+        // Nothing can be created in a read-only root: the mount points the image lacks
+        // come from a small layer of the container's own, on top (Docker's "init layer").
+        let mut with_mountpoints = layer.clone();
+        if let Some(dir) = mountpoints_layer(layer)? {
+            with_mountpoints.lowers.insert(0, dir);
+        }
         return mount(
             Some("hutch-overlay"),
             &layer.merged,
             Some("overlay"),
             nodev | MsFlags::MS_RDONLY,
-            Some(layer.lowerdir().as_str()),
+            Some(with_mountpoints.lowerdir().as_str()),
         )
         .map_err(|source| OverlayError::Mount {
             what: "read-only overlay of the image's layers",

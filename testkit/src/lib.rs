@@ -9,6 +9,7 @@
 //!   registered with it ([`TestNode`]); request builders and waits.
 //! - [`etcd`]: a real etcd cluster on loopback ([`TestEtcd`]).
 //! - [`grpcurl`]: the real `grpcurl` as an outside client.
+//! - [`images`]: OCI images and archives made here, and a real registry on loopback.
 //! - [`rng`]: a seeded generator, so a randomized test's failure replays from its seed.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod grpcurl;
 pub mod host;
+pub mod images;
 pub mod rng;
 
 pub use cluster::*;

@@ -306,7 +306,7 @@ impl RootfsStore {
                 image::resolve_registry_digest(reference, credentials, &self.images).await?;
         }
         let key = resolved.key();
-        let (flight, outcome) = {
+        let (flight, outcome, first_events) = {
             let mut inflight = self.inflight.lock().map_err(|e| store_err(&self.root, e))?;
             if self.entry_dir(&key).join("meta.json").exists() {
                 drop(inflight);
@@ -317,15 +317,16 @@ impl RootfsStore {
                 });
             }
             match inflight.get(&key) {
-                Some(f) => (f.clone(), BuildOutcome::Joined),
+                Some(f) => (f.clone(), BuildOutcome::Joined, None),
                 None => {
-                    let f = self.start_flight(key.clone(), resolved);
+                    let (f, events) = self.start_flight(key.clone(), resolved);
                     inflight.insert(key.clone(), f.clone());
-                    (f, BuildOutcome::Built)
+                    (f, BuildOutcome::Built, Some(events))
                 }
             }
         };
-        let mut events = flight.progress.subscribe();
+        // The builder's own request hears every event; one that joins, those from then on.
+        let mut events = first_events.unwrap_or_else(|| flight.progress.subscribe());
         let mut done = flight.done.clone();
         loop {
             if let Some(result) = done.borrow().clone() {
@@ -358,8 +359,12 @@ impl RootfsStore {
         Ok(BuildResult { info, outcome })
     }
 
-    fn start_flight(&self, key: String, resolved: ResolvedSource) -> Arc<Flight> {
-        let (progress, _) = broadcast::channel(256);
+    fn start_flight(
+        &self,
+        key: String,
+        resolved: ResolvedSource,
+    ) -> (Arc<Flight>, broadcast::Receiver<BuildProgress>) {
+        let (progress, first_events) = broadcast::channel(256);
         let (done_tx, done_rx) = watch::channel(None);
         let flight = Arc::new(Flight {
             progress: progress.clone(),
@@ -381,7 +386,7 @@ impl RootfsStore {
             }
             let _ = done_tx.send(Some(result));
         });
-        flight
+        (flight, first_events)
     }
 
     /// Builds entry `key` under the cross-process lock, unless another process already did.

@@ -376,7 +376,7 @@ fn fetch_layer(
         Some(c) => c,
         None => Compression::sniff(buffered.fill_buf().map_err(corrupt)?),
     };
-    let (diff_digest, written) = {
+    let unpacked = (|| {
         let decompressed: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut buffered),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut buffered)),
@@ -397,7 +397,8 @@ fn fetch_layer(
             UnpackError::Io { context, source } => match source.kind() {
                 std::io::ErrorKind::InvalidData
                 | std::io::ErrorKind::InvalidInput
-                | std::io::ErrorKind::UnexpectedEof => ImageError::Invalid(format!(
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::Other => ImageError::Invalid(format!(
                     "layer {} is corrupt: {context}: {source}",
                     layer.diff_id
                 )),
@@ -408,21 +409,24 @@ fn fetch_layer(
             std::io::ErrorKind::FileTooLarge => too_large(limit),
             _ => ImageError::Invalid(format!("layer {} is corrupt: {e}", layer.diff_id)),
         })?;
-        (digest, written)
-    };
+        Ok::<_, ImageError>((digest, written))
+    })();
+    // The blob's own digest first: content that is not the image's is reported as such,
+    // whatever else it broke.
     let (blob_digest, blob_size) = buffered.into_inner().finish().map_err(corrupt)?;
+    if let Some(expected) = &layer.digest {
+        if &blob_digest != expected {
+            return Err(ImageError::DigestMismatch(format!(
+                "layer blob {expected} has digest {blob_digest}"
+            )));
+        }
+    }
+    let (diff_digest, written) = unpacked?;
     if let Some(size) = layer.size {
         if blob_size != size {
             return Err(ImageError::DigestMismatch(format!(
                 "layer {} is {blob_size} bytes, not the {size} its descriptor says",
                 layer.diff_id
-            )));
-        }
-    }
-    if let Some(expected) = &layer.digest {
-        if &blob_digest != expected {
-            return Err(ImageError::DigestMismatch(format!(
-                "layer blob {expected} has digest {blob_digest}"
             )));
         }
     }

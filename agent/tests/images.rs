@@ -1,0 +1,587 @@
+//! OCI images as rootfs, on a real runtime: images made here (busybox from Debian's
+//! `busybox-static`, crafted layers), imported into a store of the test's own, run with their
+//! defaults and with overrides; whiteouts and opaque directories; layers shared between
+//! images and collected when no rootfs uses them; malicious layers refused with nothing
+//! written outside; and every kind of bad image answered with its own gRPC code.
+
+use hutch_testkit as common;
+
+use std::path::{Path, PathBuf};
+
+use common::images::{busybox_layer, layer_tar, Compress, Item, Layout};
+use common::{unique, TestHost};
+use hutch_agent::rootfs::image::ImageOptions;
+use hutch_agent::rootfs::{BuildOutcome, RootfsError, RootfsSource, RootfsStore};
+use hutch_agent::spec::ContainerSpec;
+use serde_json::json;
+
+/// A directory of the test's own (`/var/tmp/hutch-test-img-NAME-PID-N`), removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = PathBuf::from(format!("/var/tmp/hutch-test-img-{}", unique(test)));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = hutch_agent::mounts::unmount_below(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn image(reference: &str) -> RootfsSource {
+    RootfsSource::Image {
+        reference: reference.into(),
+        platform: String::new(),
+        credentials: String::new(),
+    }
+}
+
+/// Layer directories in a store.
+fn layer_dirs(store: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store.join("layers"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The store holds no half-done build or layer.
+fn assert_no_partial(store: &Path) {
+    let tmp: Vec<_> = std::fs::read_dir(store.join("tmp"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+}
+
+async fn run_out(host: &TestHost, id: &str, spec: ContainerSpec) -> String {
+    let info = host.run_to_end(id, spec).await;
+    assert_eq!(info.state.exit_code, Some(0), "{id}: {:?}", info.state);
+    let out = host.stdout(id);
+    host.runtime.remove(id, false).await.expect("remove");
+    out
+}
+
+fn spec_on(rootfs: &str, command: &[&str]) -> ContainerSpec {
+    ContainerSpec::new(rootfs, command.iter().copied())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_runs_with_its_defaults_and_with_overrides() {
+    let scratch = Scratch::new("img-defaults");
+    let layout = Layout::create(&scratch.0.join("layout"));
+    let app = layer_tar(&[
+        Item::Dir("srv".into()),
+        Item::file("srv/hello", "from the second layer\n"),
+    ]);
+    layout.add_image(
+        "v1",
+        &[(busybox_layer(), Compress::Gzip), (app, Compress::Zstd)],
+        json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo from-image; pwd; id -u; echo $GREETING; cat hello"],
+            "Env": ["PATH=/bin", "GREETING=hello"],
+            "WorkingDir": "/srv",
+            "User": "1000:1000",
+            "ExposedPorts": {"8080/tcp": {}},
+        }),
+    );
+    let host = TestHost::with_rootfs_dir("img-defaults", scratch.0.join("store"));
+    let built = host
+        .runtime
+        .store()
+        .build("bb", &image(&layout.reference("v1")), None)
+        .await
+        .expect("import");
+    assert_eq!(built.outcome, BuildOutcome::Built);
+    let meta = built.info.image.clone().expect("an image entry");
+    assert_eq!(meta.layers.len(), 2);
+    assert_eq!(meta.config.exposed_ports, ["8080/tcp"]);
+    assert_eq!(built.info.layers.len(), 2, "two lower directories");
+    assert!(
+        built.info.layers[0].ends_with(format!(
+            "{}/diff",
+            meta.layers[1].diff_id.trim_start_matches("sha256:")
+        )),
+        "the top layer comes first: {:?}",
+        built.info.layers
+    );
+
+    // No command: Entrypoint + Cmd, in WorkingDir, as User, with Env.
+    let out = run_out(&host, "defaults", spec_on("bb", &[])).await;
+    assert_eq!(
+        out,
+        "from-image\n/srv\n1000\nhello\nfrom the second layer\n"
+    );
+    // A command replaces Cmd and follows the Entrypoint; the spec's env wins.
+    let mut spec = spec_on("bb", &["echo $GREETING; id -u"]);
+    spec.env.insert("GREETING".into(), "mine".into());
+    spec.security.run_as_user = Some(0);
+    assert_eq!(run_out(&host, "command", spec).await, "mine\n0\n");
+    // --entrypoint: the image's Cmd goes too.
+    let mut spec = spec_on("bb", &["a", "b"]);
+    spec.entrypoint = Some(vec!["/bin/echo".into()]);
+    assert_eq!(run_out(&host, "entrypoint", spec).await, "a b\n");
+    // A cleared Entrypoint and no command: nothing to run, refused.
+    let mut spec = spec_on("bb", &[]);
+    spec.entrypoint = Some(vec![]);
+    let e = host
+        .runtime
+        .run("nothing", spec)
+        .await
+        .expect_err("no argv");
+    assert!(e.to_string().contains("command is empty"), "{e}");
+    host.assert_nothing_left("nothing");
+
+    // Read-only: the layers as a read-only overlay.
+    let mut spec = spec_on(
+        "bb",
+        &["cat /srv/hello && ! touch /srv/x 2>/dev/null && echo ro"],
+    );
+    spec.read_only_rootfs = true;
+    assert_eq!(
+        run_out(&host, "read-only", spec).await,
+        "from the second layer\nro\n"
+    );
+    // Writes go to the container's layer, never to the shared layers.
+    // (As root: the image's user 1000 may not write root's file.)
+    let mut spec = spec_on("bb", &["echo changed > /srv/hello && cat /srv/hello"]);
+    spec.security.run_as_user = Some(0);
+    assert_eq!(run_out(&host, "writer", spec).await, "changed\n");
+    assert_eq!(
+        run_out(&host, "reader", spec_on("bb", &["cat /srv/hello"])).await,
+        "from the second layer\n"
+    );
+
+    // The reference itself as the rootfs: imported under its derived name, once.
+    let reference = layout.reference("v1");
+    let out = run_out(&host, "by-reference", spec_on(&reference, &["echo direct"])).await;
+    assert_eq!(out, "direct\n");
+    let derived = hutch_core::image_ref::ImageRef::rootfs_name(&reference);
+    let again = host
+        .runtime
+        .store()
+        .get(&derived)
+        .expect("imported under its name");
+    assert_eq!(
+        again.key,
+        host.runtime.store().get("bb").expect("bb").key,
+        "one entry"
+    );
+    host.assert_nothing_left("by-reference");
+    assert_no_partial(&scratch.0.join("store"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whiteouts_and_opaque_directories_hide_lower_files() {
+    let scratch = Scratch::new("img-whiteout");
+    let layout = Layout::create(&scratch.0.join("layout"));
+    let lower = layer_tar(&[
+        Item::Dir("data".into()),
+        Item::file("data/a", "a"),
+        Item::file("data/b", "b"),
+        Item::Dir("opq".into()),
+        Item::file("opq/old", "old"),
+        Item::Dir("opq/sub".into()),
+        Item::file("opq/sub/deep", "deep"),
+        Item::Dir("gone".into()),
+        Item::file("gone/x", "x"),
+    ]);
+    let upper = layer_tar(&[
+        Item::Whiteout("data/a".into()),
+        Item::Opaque("opq".into()),
+        Item::file("opq/new", "new"),
+        Item::Whiteout("gone".into()),
+        // A file and its whiteout's replacement in one later layer.
+        Item::file("data/c", "c"),
+    ]);
+    layout.add_image(
+        "w",
+        &[
+            (busybox_layer(), Compress::None),
+            (lower, Compress::Gzip),
+            (upper, Compress::Gzip),
+        ],
+        json!({"Env": ["PATH=/bin"]}),
+    );
+    let host = TestHost::with_rootfs_dir("img-whiteout", scratch.0.join("store"));
+    host.runtime
+        .store()
+        .build("w", &image(&layout.reference("w")), None)
+        .await
+        .expect("import");
+    let out = run_out(
+        &host,
+        "look",
+        spec_on(
+            "w",
+            &[
+                "/bin/sh",
+                "-c",
+                "ls /data; echo -; ls /opq; echo -; ls -d /gone 2>&1 || echo no-gone",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        "b\nc\n-\nnew\n-\nls: /gone: No such file or directory\nno-gone\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_share_layers_on_disk_and_unused_layers_are_collected() {
+    let scratch = Scratch::new("img-share");
+    let layout = Layout::create(&scratch.0.join("layout"));
+    let base = busybox_layer();
+    for tag in ["a", "b"] {
+        let own = layer_tar(&[Item::file(&format!("{tag}.txt"), tag)]);
+        layout.add_image(
+            tag,
+            &[(base.clone(), Compress::Gzip), (own, Compress::Gzip)],
+            json!({"Cmd": ["/bin/cat", format!("/{tag}.txt")]}),
+        );
+    }
+    let store_dir = scratch.0.join("store");
+    let host = TestHost::with_rootfs_dir("img-share", store_dir.clone());
+    let store = host.runtime.store();
+    // The same reference twice at once: one import, the other joins it.
+    let source_a = image(&layout.reference("a"));
+    let (one, two) = tokio::join!(
+        store.build("a", &source_a, None),
+        store.build("a2", &source_a, None)
+    );
+    let outcomes = [one.expect("a").outcome, two.expect("a2").outcome];
+    assert!(
+        outcomes.contains(&BuildOutcome::Built)
+            && outcomes
+                .iter()
+                .any(|o| matches!(o, BuildOutcome::Joined | BuildOutcome::Cached)),
+        "{outcomes:?}"
+    );
+    assert_eq!(layer_dirs(&store_dir).len(), 2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    store
+        .build("b", &image(&layout.reference("b")), Some(tx))
+        .await
+        .expect("b");
+    let mut shared = false;
+    while let Ok(p) = rx.try_recv() {
+        shared |= p.message.contains("already on the node");
+    }
+    assert!(shared, "the base layer was not unpacked again");
+    assert_eq!(
+        layer_dirs(&store_dir).len(),
+        3,
+        "one base layer for two images"
+    );
+    assert_eq!(run_out(&host, "run-b", spec_on("b", &[])).await, "b\n");
+
+    // A rootfs in use keeps its layers; the last name of an image takes them along.
+    store.remove("a", &[]).expect("rm a");
+    assert_eq!(layer_dirs(&store_dir).len(), 3, "a2 still names image a");
+    store.remove("a2", &[]).expect("rm a2");
+    assert_eq!(layer_dirs(&store_dir).len(), 2, "a's own layer collected");
+    let e = store.remove("b", &["c1".to_string()]).expect_err("in use");
+    assert!(matches!(e, RootfsError::InUse { .. }));
+    store.remove("b", &[]).expect("rm b");
+    assert!(layer_dirs(&store_dir).is_empty(), "every layer collected");
+    assert_no_partial(&store_dir);
+}
+
+/// A store with small limits, to refuse layers in.
+fn strict_store(dir: &Path) -> RootfsStore {
+    RootfsStore::open(dir)
+        .expect("store")
+        .with_image_options(ImageOptions {
+            max_image_bytes: 1 << 20,
+            ..ImageOptions::default()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
+    let scratch = Scratch::new("img-evil");
+    let outside = scratch.0.join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::fs::write(outside.join("victim"), "untouched").expect("victim");
+    let out = outside.display().to_string();
+    let layout = Layout::create(&scratch.0.join("layout"));
+    let cases: Vec<(&str, Vec<Item>, &str)> = vec![
+        ("dotdot", vec![Item::file("../escape", "x")], "'..'"),
+        (
+            "dotdot-deep",
+            vec![Item::Dir("a".into()), Item::file("a/../../escape", "x")],
+            "'..'",
+        ),
+        (
+            "symlink-abs",
+            vec![
+                Item::Symlink("link".into(), out.clone()),
+                Item::file("link/pwned", "x"),
+            ],
+            "symlink",
+        ),
+        (
+            "symlink-rel",
+            vec![
+                Item::Symlink("up".into(), "../../../../../../../../..".into()),
+                Item::file(&format!("up{out}/pwned"), "x"),
+            ],
+            "symlink",
+        ),
+        (
+            "hardlink-out",
+            vec![Item::Hardlink("hl".into(), "/etc/shadow".into())],
+            "hard link",
+        ),
+        (
+            "hardlink-dotdot",
+            vec![Item::Hardlink("hl".into(), "../../../etc/shadow".into())],
+            "'..'",
+        ),
+        (
+            "device",
+            vec![Item::CharDevice("dev-null".into())],
+            "device node",
+        ),
+        ("bomb", vec![Item::Zeros("big".into(), 3 << 20)], "limit"),
+    ];
+    for (tag, items, _) in &cases {
+        layout.add_image(tag, &[(layer_tar(items), Compress::Gzip)], json!({}));
+    }
+    // Replacing a planted symlink writes a new file, never through the link.
+    layout.add_image(
+        "replace-link",
+        &[(
+            layer_tar(&[
+                Item::Symlink("victim".into(), format!("{out}/victim")),
+                Item::file("victim", "overwritten?"),
+            ]),
+            Compress::Gzip,
+        )],
+        json!({}),
+    );
+    let store_dir = scratch.0.join("store");
+    let store = strict_store(&store_dir);
+    for (tag, _, why) in &cases {
+        let e = store
+            .build(tag, &image(&layout.reference(tag)), None)
+            .await
+            .expect_err(tag);
+        let text = e.to_string();
+        assert!(text.contains(why), "{tag}: {text}");
+        let code = hutch_agent::runtime::RuntimeError::Rootfs(e).class();
+        let expected = if *tag == "bomb" {
+            hutch_agent::runtime::ErrorClass::ResourceExhausted
+        } else {
+            hutch_agent::runtime::ErrorClass::InvalidArgument
+        };
+        assert_eq!(code, expected, "{tag}: {text}");
+        assert!(layer_dirs(&store_dir).is_empty(), "{tag}: a layer was kept");
+        assert!(store.get(tag).is_err(), "{tag}: named anyway");
+        assert_no_partial(&store_dir);
+    }
+    store
+        .build(
+            "replace-link",
+            &image(&layout.reference("replace-link")),
+            None,
+        )
+        .await
+        .expect("a replaced symlink is fine");
+    let names: Vec<_> = std::fs::read_dir(&outside)
+        .expect("outside")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["victim"], "nothing written outside");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("victim")).expect("victim"),
+        "untouched"
+    );
+    assert!(!Path::new("/escape").exists() && !scratch.0.join("escape").exists());
+
+    // An agent that allows device nodes creates them.
+    let lenient = RootfsStore::open(scratch.0.join("lenient"))
+        .expect("store")
+        .with_image_options(ImageOptions {
+            allow_devices: true,
+            ..ImageOptions::default()
+        });
+    let built = lenient
+        .build("dev", &image(&layout.reference("device")), None)
+        .await
+        .expect("devices allowed");
+    use std::os::unix::fs::FileTypeExt;
+    let node = built.info.path.join("dev-null");
+    assert!(std::fs::symlink_metadata(&node)
+        .expect("node")
+        .file_type()
+        .is_char_device());
+}
+
+/// Rewrites the manifest that `tag` names with `edit`, re-pointing the index at it.
+fn edit_manifest(layout: &Layout, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let index_path = layout.dir.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).expect("index")).expect("json");
+    let entry = index["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .iter_mut()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .expect("tag");
+    let digest = entry["digest"].as_str().expect("digest").to_string();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.blob_path(&digest)).expect("manifest"))
+            .expect("json");
+    edit(&mut manifest);
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    entry["digest"] = json!(layout.blob(&bytes));
+    entry["size"] = json!(bytes.len());
+    std::fs::write(&index_path, serde_json::to_vec(&index).expect("json")).expect("index");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_get_precise_errors_and_leave_nothing() {
+    use hutch_agent::runtime::{ErrorClass, RuntimeError};
+    let scratch = Scratch::new("img-bad");
+    let layout = Layout::create(&scratch.0.join("layout"));
+    let small = layer_tar(&[Item::file("f", "content")]);
+    layout.add_image("ok", &[(small.clone(), Compress::Gzip)], json!({}));
+    layout.add_image("corrupt", &[(small.clone(), Compress::None)], json!({}));
+    layout.add_image_for(
+        "arm",
+        &[(small.clone(), Compress::Gzip)],
+        json!({}),
+        "arm64",
+    );
+    layout.add_image("encrypted", &[(small.clone(), Compress::Gzip)], json!({}));
+    edit_manifest(&layout, "encrypted", |m| {
+        m["layers"][0]["mediaType"] = json!("application/vnd.oci.image.layer.v1.tar+encrypted");
+    });
+    layout.add_image("chart", &[(small.clone(), Compress::Gzip)], json!({}));
+    edit_manifest(&layout, "chart", |m| {
+        m["config"]["mediaType"] = json!("application/vnd.cncf.helm.config.v1+json");
+    });
+    // The corrupt image's layer: same size, other bytes.
+    {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.dir.join("index.json")).expect("index"))
+                .expect("json");
+        let m = index["manifests"]
+            .as_array()
+            .expect("manifests")
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "corrupt")
+            .expect("corrupt")["digest"]
+            .as_str()
+            .expect("digest")
+            .to_string();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.blob_path(&m)).expect("manifest"))
+                .expect("json");
+        let layer = manifest["layers"][0]["digest"].as_str().expect("layer");
+        let mut bytes = std::fs::read(layout.blob_path(layer)).expect("layer");
+        let last = bytes.len() - 600; // inside the file's data block
+        bytes[last] ^= 0xff;
+        std::fs::write(layout.blob_path(layer), bytes).expect("corrupt it");
+    }
+    let store_dir = scratch.0.join("store");
+    let store = strict_store(&store_dir);
+    let dir = layout.dir.display().to_string();
+    for (reference, class, says) in [
+        (
+            "oci:relative/path".to_string(),
+            ErrorClass::InvalidArgument,
+            "absolute",
+        ),
+        (
+            "docker://nohost/x".to_string(),
+            ErrorClass::InvalidArgument,
+            "registry",
+        ),
+        (
+            format!("oci:{dir}:missing"),
+            ErrorClass::NotFound,
+            "tag 'missing' is not in the layout",
+        ),
+        (
+            format!("oci:{dir}"),
+            ErrorClass::InvalidArgument,
+            "add a tag",
+        ),
+        (
+            format!("oci:{dir}-nope:x"),
+            ErrorClass::FailedPrecondition,
+            "cannot read",
+        ),
+        (format!("oci:{dir}:corrupt"), ErrorClass::DataLoss, "digest"),
+        (
+            format!("oci:{dir}:arm"),
+            ErrorClass::FailedPrecondition,
+            "linux/arm64, not linux/amd64",
+        ),
+        (
+            format!("oci:{dir}:encrypted"),
+            ErrorClass::FailedPrecondition,
+            "no tar layer",
+        ),
+        (
+            format!("oci:{dir}:chart"),
+            ErrorClass::FailedPrecondition,
+            "not a container image",
+        ),
+        (
+            "docker://127.0.0.1:1/x/y:z".to_string(),
+            ErrorClass::Unavailable,
+            "cannot be reached",
+        ),
+    ] {
+        let e = store
+            .build("bad", &image(&reference), None)
+            .await
+            .expect_err(&reference);
+        let text = e.to_string();
+        assert!(text.contains(says), "{reference}: {text}");
+        let got = RuntimeError::Rootfs(e).class();
+        assert_eq!(got, class, "{reference}: {text}");
+        assert!(
+            layer_dirs(&store_dir).is_empty(),
+            "{reference}: a layer was kept"
+        );
+        assert_no_partial(&store_dir);
+    }
+    // The platform asked for is what decides.
+    store
+        .build(
+            "arm",
+            &RootfsSource::Image {
+                reference: format!("oci:{dir}:arm"),
+                platform: "linux/arm64".into(),
+                credentials: String::new(),
+            },
+            None,
+        )
+        .await
+        .expect("an arm64 image when arm64 is asked for");
+    store
+        .build("ok", &image(&format!("oci:{dir}:ok")), None)
+        .await
+        .expect("a good image after the bad ones");
+    // Both have the same layer content: one directory.
+    assert_eq!(
+        layer_dirs(&store_dir).len(),
+        1,
+        "the arm64 and the good image share it"
+    );
+}
