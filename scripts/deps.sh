@@ -59,6 +59,24 @@ hutch_install_test_packages() {
       systemctl disable --now etcd >/dev/null 2>&1 || true
     fi
   fi
+  # OCI images for the image tests, made on this machine: umoci (an OCI layout from the
+  # test rootfs), skopeo (archives, pushes), docker-registry (a registry on loopback; its
+  # packaged service is not left running), htpasswd (its basic auth), busybox-static (a
+  # small image's one binary).
+  local image_tools=()
+  command -v umoci >/dev/null || image_tools+=(umoci)
+  command -v skopeo >/dev/null || image_tools+=(skopeo)
+  command -v docker-registry >/dev/null || image_tools+=(docker-registry)
+  command -v htpasswd >/dev/null || image_tools+=(apache2-utils)
+  [ -x /bin/busybox ] || image_tools+=(busybox-static)
+  if [ ${#image_tools[@]} -gt 0 ]; then
+    echo "hutch: installing ${image_tools[*]} (for the image tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${image_tools[@]}" >/dev/null
+    if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
+      systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
+  fi
   if ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
     echo "hutch: installing prometheus-client (pip, for the tests)"
     python3 -m pip install -q prometheus-client 2>/dev/null ||

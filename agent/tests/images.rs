@@ -585,3 +585,210 @@ async fn bad_images_get_precise_errors_and_leave_nothing() {
         "the arm64 and the good image share it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_image_from_every_transport_shares_one_layer() {
+    use common::images::{debian_images, TestRegistry};
+    // The shared rootfs first: the Debian image is made from it.
+    let shared = TestHost::new("img-debian-src").await;
+    let expected = std::fs::read_to_string(
+        shared
+            .runtime
+            .store()
+            .get(common::ROOTFS)
+            .expect("shared")
+            .path
+            .join("etc/debian_version"),
+    )
+    .expect("version");
+    drop(shared);
+    let cache = tokio::task::spawn_blocking(debian_images)
+        .await
+        .expect("images");
+    let scratch = Scratch::new("img-debian");
+    let store_dir = scratch.0.join("store");
+    let host = TestHost::with_rootfs_dir("img-debian", store_dir.clone());
+    let registry = TestRegistry::start("img-debian", None);
+    let layout = format!("oci:{}:bookworm", cache.join("debian-oci").display());
+    let pushed = tokio::task::spawn_blocking({
+        let layout = layout.clone();
+        let registry_addr = registry.addr.clone();
+        move || {
+            let r = TestRegistry::push_to(&registry_addr, None, &layout, "hutch/debian:bookworm");
+            r
+        }
+    })
+    .await
+    .expect("push");
+    let sources = [
+        ("oci", layout.clone()),
+        (
+            "oci-archive",
+            format!(
+                "oci-archive:{}:bookworm",
+                cache.join("debian-oci.tar").display()
+            ),
+        ),
+        (
+            "docker-archive",
+            format!(
+                "docker-archive:{}",
+                cache.join("debian-docker.tar").display()
+            ),
+        ),
+        ("registry", pushed.clone()),
+    ];
+    for (name, reference) in &sources {
+        let built = host
+            .runtime
+            .store()
+            .build(name, &image(reference), None)
+            .await
+            .unwrap_or_else(|e| panic!("{reference}: {e}"));
+        let meta = built.info.image.expect("image");
+        assert_eq!(
+            meta.config.defaults.cmd,
+            ["cat", "/etc/debian_version"],
+            "{name}"
+        );
+        // The image's Cmd, no command given.
+        assert_eq!(
+            run_out(&host, &format!("run-{name}"), spec_on(name, &[])).await,
+            expected,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        layer_dirs(&store_dir).len(),
+        1,
+        "four transports, one layer on disk"
+    );
+
+    // A tag the registry does not have, and a registry that is not there.
+    let missing = pushed.replace(":bookworm", ":nope");
+    let e = host
+        .runtime
+        .store()
+        .build("missing", &image(&missing), None)
+        .await
+        .expect_err("missing tag");
+    assert_eq!(
+        hutch_agent::runtime::RuntimeError::Rootfs(e).class(),
+        hutch_agent::runtime::ErrorClass::NotFound
+    );
+    drop(registry);
+    let e = host
+        .runtime
+        .store()
+        .build("gone", &image(&pushed.replace("bookworm", "other")), None)
+        .await
+        .expect_err("registry down");
+    assert_eq!(
+        hutch_agent::runtime::RuntimeError::Rootfs(e).class(),
+        hutch_agent::runtime::ErrorClass::Unavailable
+    );
+    assert_no_partial(&store_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_basic_auth_needs_the_agents_credentials() {
+    use base64::Engine;
+    use common::images::TestRegistry;
+    let scratch = Scratch::new("img-auth");
+    let layout = Layout::create(&scratch.0.join("layout"));
+    layout.add_image(
+        "latest",
+        &[(busybox_layer(), Compress::Gzip)],
+        json!({"Cmd": ["/bin/echo", "authenticated"]}),
+    );
+    let registry = TestRegistry::start("img-auth", Some(("hutch", "s3cret-pass")));
+    let reference = {
+        let (addr, source) = (registry.addr.clone(), layout.reference("latest"));
+        tokio::task::spawn_blocking(move || {
+            TestRegistry::push_to(
+                &addr,
+                Some(("hutch", "s3cret-pass")),
+                &source,
+                "tools/busybox:latest",
+            )
+        })
+        .await
+        .expect("push")
+    };
+    // No credentials: refused by the registry.
+    let anonymous = RootfsStore::open(scratch.0.join("anon")).expect("store");
+    let e = anonymous
+        .build("bb", &image(&reference), None)
+        .await
+        .expect_err("anonymous");
+    let text = e.to_string();
+    assert_eq!(
+        hutch_agent::runtime::RuntimeError::Rootfs(e).class(),
+        hutch_agent::runtime::ErrorClass::PermissionDenied,
+        "{text}"
+    );
+    // Wrong ones, then the right ones, from the agent's file (Docker's format).
+    let auth_file = scratch.0.join("auth.json");
+    let write_auth = |password: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("hutch:{password}"));
+        std::fs::write(
+            &auth_file,
+            json!({"auths": {registry.addr.clone(): {"auth": auth}}}).to_string(),
+        )
+        .expect("auth file");
+    };
+    let with_auth = |dir: &str| {
+        RootfsStore::open(scratch.0.join(dir))
+            .expect("store")
+            .with_image_options(ImageOptions {
+                auth_file: Some(auth_file.clone()),
+                ..ImageOptions::default()
+            })
+    };
+    write_auth("wrong");
+    let e = with_auth("wrong")
+        .build("bb", &image(&reference), None)
+        .await
+        .expect_err("wrong password");
+    assert_eq!(
+        hutch_agent::runtime::RuntimeError::Rootfs(e).class(),
+        hutch_agent::runtime::ErrorClass::PermissionDenied
+    );
+    write_auth("s3cret-pass");
+    let store_dir = scratch.0.join("right");
+    let built = with_auth("right")
+        .build("bb", &image(&reference), None)
+        .await
+        .expect("with the agent's credentials");
+    assert_eq!(
+        built.info.image.expect("image").config.defaults.cmd,
+        ["/bin/echo", "authenticated"]
+    );
+    // The credentials are nowhere in the store.
+    let grep = std::process::Command::new("grep")
+        .args(["-r", "-l", "s3cret-pass"])
+        .arg(&store_dir)
+        .output()
+        .expect("grep");
+    assert!(
+        grep.stdout.is_empty(),
+        "the password was written into the store"
+    );
+    // Naming an entry the file lacks is an error, not an anonymous pull.
+    let e = with_auth("named")
+        .build(
+            "bb",
+            &RootfsSource::Image {
+                reference: reference.clone(),
+                platform: String::new(),
+                credentials: "other.example:5000".into(),
+            },
+            None,
+        )
+        .await
+        .expect_err("unknown entry");
+    assert!(
+        e.to_string().contains("no entry 'other.example:5000'"),
+        "{e}"
+    );
+}

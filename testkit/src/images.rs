@@ -479,10 +479,24 @@ impl TestRegistry {
     /// Pushes the image `source` (a skopeo reference, e.g. `oci:DIR:TAG`) as `repo:tag`;
     /// returns `docker://ADDR/REPO:TAG`.
     pub fn push(&self, source: &str, repo_tag: &str) -> String {
-        let dest = format!("docker://{}/{repo_tag}", self.addr);
+        let creds = self
+            .credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()));
+        TestRegistry::push_to(&self.addr, creds, source, repo_tag)
+    }
+
+    /// [`TestRegistry::push`] to the registry at `addr` (for a blocking thread of its own).
+    pub fn push_to(
+        addr: &str,
+        creds: Option<(&str, &str)>,
+        source: &str,
+        repo_tag: &str,
+    ) -> String {
+        let dest = format!("docker://{addr}/{repo_tag}");
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "-q", "--dest-tls-verify=false"]);
-        if let Some((u, p)) = &self.credentials {
+        if let Some((u, p)) = creds {
             cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
         }
         run_tool(cmd.arg(source).arg(&dest));
