@@ -1067,3 +1067,131 @@ async fn users_env_files_ps_filters_and_prune() {
     assert_eq!(text(&o.stdout), "h-run\n");
     ok(&cli.run(&["rm", "-f", "h-run"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_run_by_reference_and_by_name_through_the_cli() {
+    use common::images::{busybox_layer, Compress, Layout, TestRegistry};
+    let scratch = std::path::PathBuf::from(format!(
+        "/var/tmp/hutch-test-cli-img-{}",
+        common::unique("layout")
+    ));
+    let layout = Layout::create(&scratch);
+    layout.add_image(
+        "1.0",
+        &[(busybox_layer(), Compress::Gzip)],
+        serde_json::json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo hello from $IMAGE_NAME in $(pwd)"],
+            "Env": ["PATH=/bin", "IMAGE_NAME=busybox"],
+            "WorkingDir": "/tmp",
+        }),
+    );
+    let registry = TestRegistry::start("cli-img", None);
+    let reference = {
+        let (addr, source) = (registry.addr.clone(), layout.reference("1.0"));
+        tokio::task::spawn_blocking(move || {
+            TestRegistry::push_to(&addr, None, &source, "tools/busybox:1.0")
+        })
+        .await
+        .expect("push")
+    };
+    let ctl = TestController::start("cli-img", &[]);
+    let node = TestNode::start("cli-img-node", &ctl, None, &[]).await;
+    let _ready = ctl.client_when_ready(&[&node]).await;
+    let cli = Cli { url: ctl.url() };
+
+    // The reference as the rootfs, no command: the image's Entrypoint and Cmd.
+    let o = cli.run(&["run", "--rm", &reference]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "hello from busybox in /tmp\n");
+    // A command replaces Cmd; --entrypoint replaces the Entrypoint.
+    let o = cli.run(&["run", "--rm", &reference, "--", "echo $IMAGE_NAME"]);
+    assert_eq!(text(&o.stdout), "busybox\n", "{}", text(&o.stderr));
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/echo",
+        &reference,
+        "--",
+        "x",
+        "y",
+    ]);
+    assert_eq!(text(&o.stdout), "x y\n", "{}", text(&o.stderr));
+
+    // By name, with progress; then inspect shows the config and the layer.
+    let o = cli.run(&["rootfs", "build", "bb", "--image", &reference]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    // The same image the run imported: its entry is found again, nothing is pulled.
+    assert!(
+        out.contains("asking the registry") && out.contains("bb cached"),
+        "{out}"
+    );
+    let o = cli.run(&["rootfs", "inspect", "bb"]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    for want in [
+        "image docker://",
+        "entrypoint:  [\"/bin/sh\",\"-c\"]",
+        "workdir:     /tmp",
+        "IMAGE_NAME=busybox",
+        "layers (1, lowest first)",
+    ] {
+        assert!(out.contains(want), "{want} in {out}");
+    }
+    let o = cli.run(&["-o", "json", "rootfs", "inspect", "bb"]);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        rows[0]["image"]["cmd"][0],
+        "echo hello from $IMAGE_NAME in $(pwd)"
+    );
+    let o = cli.run(&["run", "--rm", "bb"]);
+    assert_eq!(
+        text(&o.stdout),
+        "hello from busybox in /tmp\n",
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Bad input: exit 125 and a message that says what is wrong.
+    for (args, says) in [
+        (
+            vec!["run", "--rm", "docker://nohost/x"],
+            "hutch has no default registry",
+        ),
+        (vec!["run", "--rm", ROOTFS], "command is empty"),
+        (
+            vec![
+                "rootfs",
+                "build",
+                "nope",
+                "--image",
+                &reference.replace(":1.0", ":nope"),
+            ],
+            "manifest",
+        ),
+        (
+            vec!["rootfs", "inspect", "no-such-rootfs"],
+            "no node has a rootfs",
+        ),
+    ] {
+        let o = cli.run(&args);
+        assert_eq!(
+            code(&o),
+            125,
+            "{args:?}: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        let said = text(&o.stderr);
+        assert!(said.contains(says), "{args:?}: {said}");
+    }
+
+    let derived = hutch_core::image_ref::ImageRef::rootfs_name(&reference);
+    for name in ["bb", derived.as_str()] {
+        let o = cli.run(&["rootfs", "rm", name]);
+        assert_eq!(code(&o), 0, "rm {name}: {}", text(&o.stderr));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}

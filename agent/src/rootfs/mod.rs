@@ -298,7 +298,7 @@ impl RootfsStore {
                 let _ = tx
                     .send(BuildProgress::stage(
                         BuildStage::Resolving,
-                        format!("resolving {reference}"),
+                        format!("{reference}: asking the registry for its manifest"),
                     ))
                     .await;
             }

@@ -94,6 +94,7 @@ impl Cluster {
         // A rootfs no node has and the cluster cannot build would wait forever: said at once.
         let rootfs = spec.rootfs.as_str();
         let nowhere = !st.rootfs_specs.contains_key(rootfs)
+            && !hutch_core::image_ref::looks_like_image(rootfs)
             && !st.nodes.is_empty()
             && !st
                 .nodes
@@ -101,7 +102,7 @@ impl Cluster {
                 .any(|n| n.record.rootfs.iter().any(|r| r == rootfs));
         if nowhere {
             return Err(ClusterError::FailedPrecondition(format!(
-                "no node has rootfs '{rootfs}' and the cluster does not know how to build it: build it first, e.g. `hutch rootfs build {rootfs}` (Debian by debootstrap; --tarball, --directory, --initramfs for others)"
+                "no node has rootfs '{rootfs}' and the cluster does not know how to build it: build it first, e.g. `hutch rootfs build {rootfs}` (Debian by debootstrap; --image, --tarball, --directory, --initramfs for others)"
             )));
         }
         let record = v1::Container {
@@ -172,7 +173,9 @@ impl Cluster {
             node,
             selector: &selector,
             rootfs,
-            rootfs_buildable: st.rootfs_specs.contains_key(rootfs),
+            // An image reference: any node imports it.
+            rootfs_buildable: st.rootfs_specs.contains_key(rootfs)
+                || hutch_core::image_ref::looks_like_image(rootfs),
             ports: &ports,
         };
         st.scheduler.place(&req).map_err(|e| match &holder {
