@@ -613,10 +613,7 @@ async fn the_debian_image_from_every_transport_shares_one_layer() {
     let pushed = tokio::task::spawn_blocking({
         let layout = layout.clone();
         let registry_addr = registry.addr.clone();
-        move || {
-            let r = TestRegistry::push_to(&registry_addr, None, &layout, "hutch/debian:bookworm");
-            r
-        }
+        move || TestRegistry::push_to(&registry_addr, None, &layout, "hutch/debian:bookworm")
     })
     .await
     .expect("push");
