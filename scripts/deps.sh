@@ -104,6 +104,10 @@ hutch_install_bench_peers() {
   command -v runc >/dev/null || missing+=(runc)
   command -v containerd >/dev/null || missing+=(containerd)
   [ -x /bin/busybox ] || missing+=(busybox-static)
+  # The rootfs-image scenario: images made with umoci and skopeo, served by docker-registry.
+  command -v umoci >/dev/null || missing+=(umoci)
+  command -v skopeo >/dev/null || missing+=(skopeo)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "hutch: installing ${missing[*]} (benchmark peers)"
     apt-get update -qq

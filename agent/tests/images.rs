@@ -370,8 +370,38 @@ async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
         )],
         json!({}),
     );
+    // Extended attributes: a user's and a capability are kept, overlayfs's own never (an
+    // image could otherwise redirect or hide what the layers below hold).
+    layout.add_image(
+        "xattrs",
+        &[(
+            layer_tar(&[Item::FileWithXattrs(
+                "f".into(),
+                b"x".to_vec(),
+                vec![
+                    ("user.hutch".into(), "kept".into()),
+                    ("trusted.overlay.opaque".into(), "y".into()),
+                    ("trusted.overlay.redirect".into(), "/etc".into()),
+                ],
+            )]),
+            Compress::Gzip,
+        )],
+        json!({}),
+    );
     let store_dir = scratch.0.join("store");
     let store = strict_store(&store_dir);
+    let built = store
+        .build("xattrs", &image(&layout.reference("xattrs")), None)
+        .await
+        .expect("xattrs");
+    let f = built.info.path.join("f");
+    assert_eq!(
+        xattr_of(&f, "user.hutch").as_deref(),
+        Some(b"kept".as_slice())
+    );
+    assert_eq!(xattr_of(&f, "trusted.overlay.opaque"), None);
+    assert_eq!(xattr_of(&f, "trusted.overlay.redirect"), None);
+    store.remove("xattrs", &[]).expect("rm");
     for (tag, _, why) in &cases {
         let e = store
             .build(tag, &image(&layout.reference(tag)), None)
@@ -427,6 +457,11 @@ async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
         .expect("node")
         .file_type()
         .is_char_device());
+}
+
+/// An extended attribute of `path`, if it has it.
+fn xattr_of(path: &Path, name: &str) -> Option<Vec<u8>> {
+    xattr::get(path, name).ok().flatten()
 }
 
 /// Rewrites the manifest that `tag` names with `edit`, re-pointing the index at it.

@@ -4,6 +4,7 @@
 mod crosshost;
 mod density;
 mod ha;
+mod images;
 mod metrics;
 mod network;
 mod report;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 14] = [
+const ALL: [&str; 15] = [
     "start-latency",
     "start-latency-net",
     "throughput-net",
@@ -31,6 +32,7 @@ const ALL: [&str; 14] = [
     "tls",
     "metrics",
     "ha",
+    "rootfs-image",
 ];
 
 #[derive(Parser)]
@@ -39,7 +41,7 @@ const ALL: [&str; 14] = [
     about = "hutch side by side with runc and containerd, in one run on this machine",
     long_about = "Runs the scenarios (all when none is named): start-latency, start-latency-net, throughput-net, \
 tcp-cross-host, agent-latency, \
-throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls, metrics, ha. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls, metrics, ha, rootfs-image. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
 )]
@@ -158,6 +160,9 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
             ("ha", Some(env)) => {
                 let kills = if smoke { 2 } else { 10 };
                 ha::ha(env, runs.min(100), kills, sim_nodes, records).await?
+            }
+            ("rootfs-image", Some(env)) => {
+                images::rootfs_image(env, runs.min(100), if smoke { 1 } else { 3 }).await?
             }
             ("controller-scale", Some(env)) => {
                 scale::controller_scale(env, sim_nodes, records).await?

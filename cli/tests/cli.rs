@@ -301,8 +301,14 @@ async fn the_cli_runs_containers_like_docker_does() {
         assert_eq!(code(&o), 125, "a value hutch refuses: {}", text(&o.stderr));
         assert!(text(&o.stderr).contains(value), "{}", text(&o.stderr));
     }
+    // No command: optional for an image, so the controller refuses it for a tree rootfs.
     let o = cli.run(&["run", ROOTFS]);
-    assert_eq!(code(&o), 2, "no command is a usage error");
+    assert_eq!(code(&o), 125, "no command: {}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("command is empty"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = cli.run(&["run", "--no-such-flag", ROOTFS, "--", "true"]);
     assert_eq!(code(&o), 2, "an unknown flag is a usage error");
     let o = Command::new(workspace_bin("hutch", option_env!("CARGO_BIN_EXE_hutch")))

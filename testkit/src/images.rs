@@ -33,6 +33,19 @@ pub enum Item {
     Opaque(String),
     /// A regular file of `len` zero bytes (compresses to almost nothing).
     Zeros(String, u64),
+    /// A regular file with extended attributes (PAX `SCHILY.xattr.NAME` records): path,
+    /// content, `(name, value)` pairs.
+    FileWithXattrs(String, Vec<u8>, Vec<(String, String)>),
+}
+
+/// One PAX record, `LEN KEY=VALUE\n`, LEN counting itself.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}").len() + body.len() != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
 }
 
 impl Item {
@@ -77,6 +90,25 @@ pub fn layer_tar(items: &[Item]) -> Vec<u8> {
                 header(p, tar::EntryType::Regular, data.len() as u64, *mode),
                 data,
             ),
+            Item::FileWithXattrs(p, data, xattrs) => {
+                let records: Vec<u8> = xattrs
+                    .iter()
+                    .flat_map(|(k, v)| pax_record(&format!("SCHILY.xattr.{k}"), v))
+                    .collect();
+                append(
+                    header(
+                        "PaxHeaders/x",
+                        tar::EntryType::XHeader,
+                        records.len() as u64,
+                        0o644,
+                    ),
+                    &records,
+                );
+                append(
+                    header(p, tar::EntryType::Regular, data.len() as u64, 0o644),
+                    data,
+                )
+            }
             Item::Zeros(p, len) => {
                 let data = vec![0u8; *len as usize];
                 append(header(p, tar::EntryType::Regular, *len, 0o644), &data)
@@ -322,9 +354,7 @@ pub fn run_tool(cmd: &mut Command) -> String {
 }
 
 /// The images every test run shares, made once (under a lock) from the shared rootfs:
-/// the Debian tree as an OCI layout (`umoci`, tag `bookworm`), an `oci-archive` and a
-/// `docker-archive` of it (`skopeo`). Returns the cache directory holding `debian-oci/`,
-/// `debian-oci.tar` and `debian-docker.tar`.
+/// see [`debian_images_from`]. Returns the cache directory.
 pub fn debian_images() -> PathBuf {
     let rootfs_store = shared_rootfs_dir();
     let key = std::fs::read_to_string(rootfs_store.join("names/debian.json"))
@@ -336,19 +366,26 @@ pub fn debian_images() -> PathBuf {
         .parent()
         .unwrap_or(Path::new("/var/tmp"))
         .join(format!("images-{key}"));
+    debian_images_from(&rootfs_store.join(format!("entries/{key}/rootfs")), &cache);
+    cache
+}
+
+/// Makes (once, under a lock) in `cache` the Debian tree `src` as an OCI layout by `umoci`
+/// (`debian-oci/`, tag `bookworm`, Cmd `cat /etc/debian_version`), an `oci-archive` and a
+/// `docker-archive` of it by `skopeo` (`debian-oci.tar`, `debian-docker.tar`).
+pub fn debian_images_from(src: &Path, cache: &Path) {
     let done = cache.join("done");
-    std::fs::create_dir_all(&cache).expect("image cache dir");
+    std::fs::create_dir_all(cache).expect("image cache dir");
     let lock = std::fs::File::create(cache.join("lock")).expect("lock file");
     let _lock = exclusive_lock(&lock);
     if done.exists() {
-        return cache;
+        return;
     }
     let tree = cache.join("tree");
     let _ = std::fs::remove_dir_all(&tree);
     std::fs::create_dir_all(&tree).expect("tree");
     // The tree without debootstrap's device nodes (images carry none; the agent refuses
     // them by default).
-    let src = rootfs_store.join(format!("entries/{key}/rootfs"));
     run_tool(Command::new("sh").arg("-c").arg(format!(
         "tar -C '{}' --exclude='./dev/*' -cf - . | tar -C '{}' -xf -",
         src.display(),
@@ -397,7 +434,6 @@ pub fn debian_images() -> PathBuf {
         run_tool(Command::new("skopeo").args(["copy", "-q", &format!("oci:{image}"), &target]));
     }
     std::fs::write(&done, "").expect("done marker");
-    cache
 }
 
 /// An exclusive lock on `file` for as long as the guard lives.

@@ -386,25 +386,28 @@ fn fetch_layer(
             ),
         };
         let mut diff = Verifying::new(decompressed, limit);
-        let written = unpack::unpack_layer(&mut diff, tree, rules).map_err(|e| match e {
-            UnpackError::Refused { path, why } => ImageError::LayerRefused {
-                layer: layer.diff_id.clone(),
-                why: format!("entry '{path}': {why}"),
-            },
-            UnpackError::Io { source, .. } if source.kind() == std::io::ErrorKind::FileTooLarge => {
-                too_large(limit)
-            }
-            UnpackError::Io { context, source } => match source.kind() {
-                std::io::ErrorKind::InvalidData
-                | std::io::ErrorKind::InvalidInput
-                | std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::Other => ImageError::Invalid(format!(
-                    "layer {} is corrupt: {context}: {source}",
-                    layer.diff_id
-                )),
-                _ => ImageError::Io(format!("layer {}: {context}: {source}", layer.diff_id)),
-            },
-        })?;
+        let written = unpack::unpack_layer(unpack::CompletedTar::new(&mut diff), tree, rules)
+            .map_err(|e| match e {
+                UnpackError::Refused { path, why } => ImageError::LayerRefused {
+                    layer: layer.diff_id.clone(),
+                    why: format!("entry '{path}': {why}"),
+                },
+                UnpackError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::FileTooLarge =>
+                {
+                    too_large(limit)
+                }
+                UnpackError::Io { context, source } => match source.kind() {
+                    std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::Other => ImageError::Invalid(format!(
+                        "layer {} is corrupt: {context}: {source}",
+                        layer.diff_id
+                    )),
+                    _ => ImageError::Io(format!("layer {}: {context}: {source}", layer.diff_id)),
+                },
+            })?;
         let (digest, _) = diff.finish().map_err(|e| match e.kind() {
             std::io::ErrorKind::FileTooLarge => too_large(limit),
             _ => ImageError::Invalid(format!("layer {} is corrupt: {e}", layer.diff_id)),

@@ -139,7 +139,8 @@ pub fn unpack_layer(
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
+    // Applied by hand, filtered (see `wanted_xattrs`).
+    archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     let mut written = 0u64;
     let entries = archive.entries().map_err(io_err("reading the layer"))?;
@@ -224,19 +225,89 @@ pub fn unpack_layer(
                 if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
                     written += entry.size();
                 }
+                let xattrs = wanted_xattrs(&mut entry);
                 entry
                     .unpack(&dest)
                     .map_err(io_err(format!("unpacking '{raw}'")))?;
+                if !kind.is_symlink() {
+                    for (name, value) in xattrs {
+                        xattr::set(&dest, &name, &value)
+                            .map_err(io_err(format!("setting {name} on '{raw}'")))?;
+                    }
+                }
             }
         }
     }
     Ok(written)
 }
 
+/// The entry's extended attributes (PAX `SCHILY.xattr.NAME`) that a layer may set: `user.*`,
+/// `security.*` (file capabilities) and POSIX ACLs. Never `trusted.*`: those are
+/// overlayfs's own (`trusted.overlay.opaque`, `.redirect`, `.metacopy`), which only hutch
+/// writes, from the whiteout markers.
+fn wanted_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Vec<(String, Vec<u8>)> {
+    let Ok(Some(extensions)) = entry.pax_extensions() else {
+        return Vec::new();
+    };
+    extensions
+        .flatten()
+        .filter_map(|e| {
+            let name = e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_string();
+            let allowed = name.starts_with("user.")
+                || name.starts_with("security.")
+                || name == "system.posix_acl_access"
+                || name == "system.posix_acl_default";
+            allowed.then(|| (name, e.value_bytes().to_vec()))
+        })
+        .collect()
+}
+
 fn dev_of(header: &tar::Header) -> u64 {
     let major = header.device_major().ok().flatten().unwrap_or(0);
     let minor = header.device_minor().ok().flatten().unwrap_or(0);
     makedev(major as u64, minor as u64)
+}
+
+/// A tar stream completed at its end: some writers (umoci 0.4.7 for small layers) stop
+/// right after the last member's data, without its padding to 512 bytes or the two zero
+/// blocks that end an archive. Past the stream's end this reader gives the zeros a
+/// complete archive would have had; the caller's digest covers only the real bytes, so
+/// nothing is added to what was verified. A complete archive never reaches them.
+pub struct CompletedTar<R> {
+    inner: R,
+    read: u64,
+    /// Zero bytes still to give once `inner` is at its end; `None` before.
+    padding: Option<u64>,
+}
+
+impl<R: Read> CompletedTar<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        CompletedTar {
+            inner,
+            read: 0,
+            padding: None,
+        }
+    }
+}
+
+impl<R: Read> Read for CompletedTar<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.padding.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            let to_block = (512 - self.read % 512) % 512;
+            self.padding = Some(to_block + 1024);
+        }
+        let left = self.padding.unwrap_or(0);
+        let n = (buf.len() as u64).min(left) as usize;
+        buf[..n].fill(0);
+        self.padding = Some(left - n as u64);
+        Ok(n)
+    }
 }
 
 /// Whether `path` is an overlay whiteout (what [`unpack_layer`] makes of `.wh.NAME`).
@@ -263,5 +334,32 @@ mod tests {
         assert_eq!(relative_path("/").expect("root"), None);
         assert!(relative_path("a/../../x").is_err());
         assert!(relative_path("../x").is_err());
+    }
+
+    #[test]
+    fn a_tar_cut_after_its_last_data_is_completed() {
+        // A header and 7 bytes of data, nothing after: what umoci 0.4.7 writes.
+        let mut header = tar::Header::new_ustar();
+        header.set_path("etc/x").expect("path");
+        header.set_size(7);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        let mut cut = header.as_bytes().to_vec();
+        cut.extend_from_slice(b"layer-1");
+        let dir = std::env::temp_dir().join(format!("hutch-cut-tar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let written = unpack_layer(CompletedTar::new(&cut[..]), &dir, UnpackRules::default())
+            .expect("unpacked");
+        assert_eq!(written, 7);
+        assert_eq!(std::fs::read(dir.join("etc/x")).expect("file"), b"layer-1");
+        let _ = std::fs::remove_dir_all(&dir);
+        // A complete archive ends where it says, the padding never read.
+        let mut complete = CompletedTar::new(&[0u8; 1024][..]);
+        let mut all = Vec::new();
+        complete.read_to_end(&mut all).expect("read");
+        assert_eq!(all.len(), 1024 + 1024, "zeros past the end only");
     }
 }
