@@ -696,6 +696,45 @@ async fn the_debian_image_from_every_transport_shares_one_layer() {
         "four transports, one layer on disk"
     );
 
+    // Pinned by digest: the same manifest, so the same entry; a digest the registry lacks
+    // is not found.
+    let digest = host
+        .runtime
+        .store()
+        .get("registry")
+        .expect("registry")
+        .image
+        .expect("image")
+        .manifest_digest;
+    let pinned = format!("{}@{digest}", pushed.trim_end_matches(":bookworm"));
+    let by_digest = host
+        .runtime
+        .store()
+        .build("pinned", &image(&pinned), None)
+        .await
+        .expect("by digest");
+    assert_eq!(
+        by_digest.outcome,
+        BuildOutcome::Built,
+        "a new key (no tag), the same layer"
+    );
+    assert_eq!(layer_dirs(&store_dir).len(), 1);
+    let unknown = format!(
+        "{}@sha256:{}",
+        pushed.trim_end_matches(":bookworm"),
+        "0".repeat(64)
+    );
+    let e = host
+        .runtime
+        .store()
+        .build("unknown", &image(&unknown), None)
+        .await
+        .expect_err("unknown digest");
+    assert_eq!(
+        hutch_agent::runtime::RuntimeError::Rootfs(e).class(),
+        hutch_agent::runtime::ErrorClass::NotFound
+    );
+
     // A tag the registry does not have, and a registry that is not there.
     let missing = pushed.replace(":bookworm", ":nope");
     let e = host
@@ -823,4 +862,35 @@ async fn a_registry_with_basic_auth_needs_the_agents_credentials() {
         e.to_string().contains("no entry 'other.example:5000'"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_with_more_layers_than_one_overlay_takes_is_refused_clearly() {
+    let scratch = Scratch::new("img-deep");
+    let layout = Layout::create(&scratch.0.join("layout"));
+    let mut layers = vec![(busybox_layer(), Compress::Gzip)];
+    for i in 0..40 {
+        layers.push((
+            layer_tar(&[Item::file(&format!("layer-{i}"), &i.to_string())]),
+            Compress::None,
+        ));
+    }
+    layout.add_image("deep", &layers, json!({"Cmd": ["/bin/true"]}));
+    let host = TestHost::with_rootfs_dir("img-deep", scratch.0.join("store"));
+    host.runtime
+        .store()
+        .build("deep", &image(&layout.reference("deep")), None)
+        .await
+        .expect("41 layers import");
+    let e = host
+        .runtime
+        .run("deep", spec_on("deep", &[]))
+        .await
+        .expect_err("too many layers for one overlay");
+    assert!(e.to_string().contains("41 layers"), "{e}");
+    assert_eq!(
+        e.class(),
+        hutch_agent::runtime::ErrorClass::FailedPrecondition
+    );
+    host.assert_nothing_left("deep");
 }

@@ -58,6 +58,9 @@ use mount_plan::BindPolicy;
 use state::{ContainerState, Failure, StatePaths, Status, SupervisorConfig};
 use std::sync::Arc;
 
+/// The room the overlay's `lowerdir=` may take: the mount options are one page (4 KiB),
+/// which also holds the upper and work directories.
+const MAX_LOWERDIR_BYTES: usize = 3584;
 /// How long the supervisor may take to report that the container runs.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Output an exec may return per stream; the rest is dropped and flagged.
@@ -293,6 +296,23 @@ impl Runtime {
     /// The rootfs a spec names: a rootfs of the store, or an image reference, imported under
     /// its derived name unless the store has it (and the agent allows imports on the fly).
     async fn rootfs_for(&self, rootfs: &str) -> Result<RootfsInfo, RuntimeError> {
+        let info = self.find_or_import(rootfs).await?;
+        // overlayfs takes its options in one page: the layers' paths must fit.
+        let lowerdir: usize = info.layers.iter().map(|p| p.as_os_str().len() + 1).sum();
+        if lowerdir > MAX_LOWERDIR_BYTES {
+            return Err(crate::rootfs::RootfsError::Image(
+                crate::rootfs::image::ImageError::Unsupported(format!(
+                    "rootfs '{}' has {} layers, whose paths take {lowerdir} bytes: more than overlayfs takes in one mount ({MAX_LOWERDIR_BYTES}); flatten the image, or give the agent a shorter --rootfs-dir",
+                    info.name,
+                    info.layers.len()
+                )),
+            )
+            .into());
+        }
+        Ok(info)
+    }
+
+    async fn find_or_import(&self, rootfs: &str) -> Result<RootfsInfo, RuntimeError> {
         use hutch_core::image_ref::{looks_like_image, ImageRef};
         if !looks_like_image(rootfs) {
             return Ok(self.store.get(rootfs)?);
