@@ -353,6 +353,12 @@ async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
             vec![Item::CharDevice("dev-null".into())],
             "device node",
         ),
+        // A long name of 1 GiB: refused from its header, never read into memory.
+        (
+            "long-name",
+            vec![Item::ExtensionHeader(b'L', 1 << 30)],
+            "extension header",
+        ),
         ("bomb", vec![Item::Zeros("big".into(), 3 << 20)], "limit"),
     ];
     for (tag, items, _) in &cases {
@@ -845,23 +851,23 @@ async fn a_registry_with_basic_auth_needs_the_agents_credentials() {
         grep.stdout.is_empty(),
         "the password was written into the store"
     );
-    // Naming an entry the file lacks is an error, not an anonymous pull.
+    // Naming an entry the file lacks is an error, not an anonymous pull; an entry of
+    // another registry is refused before anything is sent.
+    let named = |entry: &str| RootfsSource::Image {
+        reference: reference.clone(),
+        platform: String::new(),
+        credentials: entry.into(),
+    };
     let e = with_auth("named")
-        .build(
-            "bb",
-            &RootfsSource::Image {
-                reference: reference.clone(),
-                platform: String::new(),
-                credentials: "other.example:5000".into(),
-            },
-            None,
-        )
+        .build("bb", &named(&format!("{}/team", registry.addr)), None)
         .await
         .expect_err("unknown entry");
-    assert!(
-        e.to_string().contains("no entry 'other.example:5000'"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("has no entry"), "{e}");
+    let e = with_auth("other")
+        .build("bb", &named("other.example:5000"), None)
+        .await
+        .expect_err("another registry's entry");
+    assert!(e.to_string().contains("not for the registry"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -893,4 +899,36 @@ async fn an_image_with_more_layers_than_one_overlay_takes_is_refused_clearly() {
         hutch_agent::runtime::ErrorClass::FailedPrecondition
     );
     host.assert_nothing_left("deep");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_cannot_point_its_mount_points_at_the_host() {
+    let scratch = Scratch::new("img-proc-link");
+    let planted = scratch.0.join("planted-on-the-host");
+    let layout = Layout::create(&scratch.0.join("layout"));
+    layout.add_image(
+        "evil",
+        &[
+            (busybox_layer(), Compress::Gzip),
+            (
+                layer_tar(&[Item::Symlink("proc".into(), planted.display().to_string())]),
+                Compress::Gzip,
+            ),
+        ],
+        json!({"Cmd": ["/bin/true"]}),
+    );
+    let host = TestHost::with_rootfs_dir("img-proc-link", scratch.0.join("store"));
+    host.runtime
+        .store()
+        .build("evil", &image(&layout.reference("evil")), None)
+        .await
+        .expect("import: a symlink is a fine layer member");
+    let e = host
+        .runtime
+        .run("evil", spec_on("evil", &[]))
+        .await
+        .expect_err("a /proc that points outside");
+    assert!(e.to_string().contains("is a symlink"), "{e}");
+    assert!(!planted.exists(), "a directory was made on the host");
+    host.assert_nothing_left("evil");
 }

@@ -1181,6 +1181,11 @@ async fn images_run_by_reference_and_by_name_through_the_cli() {
             vec!["rootfs", "inspect", "no-such-rootfs"],
             "no node has a rootfs",
         ),
+        // A registry that is not there: the run fails with the reason, not retried for ever.
+        (
+            vec!["run", "--rm", "docker://127.0.0.1:1/x/y:z"],
+            "cannot be reached",
+        ),
     ] {
         let o = cli.run(&args);
         assert_eq!(

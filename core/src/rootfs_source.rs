@@ -149,11 +149,11 @@ impl RootfsSource {
                 crate::image_ref::ImageRef::parse(reference)
                     .map_err(|e| InvalidSource(e.to_string()))?;
                 crate::image_ref::validate_platform(platform).map_err(InvalidSource)?;
-                if !credentials.is_empty() && !is_token(credentials, &['-', '.', '_', ':']) {
+                if !credentials.is_empty() && !is_token(credentials, &['-', '.', '_', ':', '/']) {
                     return bad(
                         "credentials",
                         credentials,
-                        "name an entry of the agent's registry credentials file (HOST[:PORT])",
+                        "name an entry of the agent's registry credentials file (HOST[:PORT], or HOST[:PORT]/NAMESPACE)",
                     );
                 }
                 Ok(())

@@ -383,6 +383,17 @@ fn mount_proc_dev_sys(root: &Path, private_net: bool, user_ns: bool) -> Result<(
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let target = |p: &str| root.join(p);
     let mkdir = |p: &Path, step: Step| {
+        // A symlink here (an image's `proc -> /somewhere`) would be followed on the host:
+        // the mount point must be the rootfs's own directory.
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Failure::new(
+                step,
+                format!(
+                    "{} is a symlink in the rootfs: a mount point must be a directory of its own",
+                    p.display()
+                ),
+            ));
+        }
         std::fs::create_dir_all(p)
             .map_err(|e| Failure::new(step, format!("creating {}: {e}", p.display())))
     };

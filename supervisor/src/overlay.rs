@@ -227,14 +227,20 @@ pub fn mount_layer(layer: &Layer, read_only: bool, nodev: bool) -> Result<(), Ov
         MsFlags::empty()
     };
     mkdir(&layer.merged)?;
-    if read_only && layer.lowers.len() > 1 {
+    // Nothing can be created in a read-only root: the mount points it lacks come from a
+    // small layer of the container's own, on top (Docker's "init layer"). A tree that has
+    // them all, alone, is bound instead.
+    let mountpoints = if read_only {
+        mountpoints_layer(layer)?
+    } else {
+        None
+    };
+    if read_only && (layer.lowers.len() > 1 || mountpoints.is_some()) {
         if !overlay_supported() {
             return Err(OverlayError::Unsupported);
         }
-        // Nothing can be created in a read-only root: the mount points the image lacks
-        // come from a small layer of the container's own, on top (Docker's "init layer").
         let mut with_mountpoints = layer.clone();
-        if let Some(dir) = mountpoints_layer(layer)? {
+        if let Some(dir) = mountpoints {
             with_mountpoints.lowers.insert(0, dir);
         }
         return mount(

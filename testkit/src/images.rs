@@ -33,6 +33,9 @@ pub enum Item {
     Opaque(String),
     /// A regular file of `len` zero bytes (compresses to almost nothing).
     Zeros(String, u64),
+    /// A bare header of an extension entry (`b'L'`, `b'x'`...) claiming `size` bytes, with
+    /// none after it: what a layer asking for a huge long name looks like.
+    ExtensionHeader(u8, u64),
     /// A regular file with extended attributes (PAX `SCHILY.xattr.NAME` records): path,
     /// content, `(name, value)` pairs.
     FileWithXattrs(String, Vec<u8>, Vec<(String, String)>),
@@ -109,6 +112,10 @@ pub fn layer_tar(items: &[Item]) -> Vec<u8> {
                     data,
                 )
             }
+            Item::ExtensionHeader(kind, size) => append(
+                header("././@LongLink", tar::EntryType::new(*kind), *size, 0o644),
+                &[],
+            ),
             Item::Zeros(p, len) => {
                 let data = vec![0u8; *len as usize];
                 append(header(p, tar::EntryType::Regular, *len, 0o644), &data)

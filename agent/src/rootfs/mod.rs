@@ -495,6 +495,12 @@ impl RootfsStore {
             fs::rename(&tmp, &dest).map_err(|e| store_err(&dest, e))
         });
         drop(layers_in_use);
+        // Layers a failed import published before it failed go, unless an entry uses them.
+        if finished.is_err() && matches!(resolved.source, RootfsSource::Image { .. }) {
+            if let Err(e) = self.collect_layers() {
+                tracing::warn!(key, error = %e, "cannot collect the layers of a failed import");
+            }
+        }
         if let Err(e) = finished {
             let _ = self.discard(&tmp);
             let e = match e {

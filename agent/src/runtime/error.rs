@@ -183,10 +183,10 @@ fn image_class(e: &crate::rootfs::image::ImageError) -> ErrorClass {
     match e {
         E::Invalid(_) | E::LayerRefused { .. } => ErrorClass::InvalidArgument,
         E::NotFound(_) => ErrorClass::NotFound,
-        E::Missing(_) | E::Unsupported(_) => ErrorClass::FailedPrecondition,
+        E::Missing(_) | E::Unsupported(_) | E::NotAllowed(_) => ErrorClass::FailedPrecondition,
         E::DigestMismatch(_) => ErrorClass::DataLoss,
         E::Unavailable(_) => ErrorClass::Unavailable,
-        E::Auth(_) | E::NotAllowed(_) => ErrorClass::PermissionDenied,
+        E::Auth(_) => ErrorClass::PermissionDenied,
         E::TooLarge(_) => ErrorClass::ResourceExhausted,
         E::Io(_) => ErrorClass::Internal,
     }

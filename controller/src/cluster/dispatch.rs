@@ -80,6 +80,17 @@ fn is_transient(code: tonic::Code) -> bool {
     )
 }
 
+/// A node that answers that it could not import an image (a registry down, a layer that
+/// broke off) is no node that cannot be reached: the run fails with the node's reason
+/// instead of being retried for ever.
+fn image_failure_is_final(status: tonic::Status) -> tonic::Status {
+    if is_transient(status.code()) && status.message().starts_with("image: ") {
+        tonic::Status::failed_precondition(status.message().to_string())
+    } else {
+        status
+    }
+}
+
 impl Cluster {
     /// The start slots of `node` ([`DISPATCH_PER_NODE`]).
     fn dispatch_slots(&self, node: &str) -> Arc<tokio::sync::Semaphore> {
@@ -280,7 +291,7 @@ impl Cluster {
             .map_err(|s| node_error(node, s))?
             .into_inner();
         while let Some(msg) = stream.next().await {
-            msg.map_err(|s| node_error(node, s))?;
+            msg.map_err(|s| node_error(node, image_failure_is_final(s)))?;
         }
         self.node_has_rootfs(node, rootfs);
         Ok(())

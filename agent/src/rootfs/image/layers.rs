@@ -17,6 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::digest::hex_of;
+use super::unpack::Unpacked;
 use super::ImageError;
 use crate::fsutil::{read_json, write_json_atomic};
 
@@ -31,6 +32,8 @@ pub struct Layers {
 struct LayerRecord {
     diff_id: String,
     unpacked_bytes: u64,
+    #[serde(default)]
+    entries: u64,
 }
 
 /// Held while a build may add layers its entry does not list yet; collection waits.
@@ -81,18 +84,22 @@ impl Layers {
     }
 
     /// Makes sure layer `diff_id` is in the store, calling `fill` to unpack it into an empty
-    /// directory when it is not. Returns its unpacked bytes and whether this call unpacked it.
+    /// directory when it is not. Returns what it holds and whether this call unpacked it.
     pub fn ensure(
         &self,
         diff_id: &str,
-        fill: impl FnOnce(&Path) -> Result<u64, ImageError>,
-    ) -> Result<(u64, bool), ImageError> {
+        fill: impl FnOnce(&Path) -> Result<Unpacked, ImageError>,
+    ) -> Result<(Unpacked, bool), ImageError> {
         let hex = Self::hex(diff_id)?.to_string();
         fs::create_dir_all(self.root.join("layers")).map_err(io(&self.root))?;
         let _lock = self.lock(&format!("layer-{hex}.lock"), FlockArg::LockExclusive)?;
         let dir = self.dir(diff_id)?;
         if let Ok(record) = read_json::<LayerRecord>(&dir.join("layer.json")) {
-            return Ok((record.unpacked_bytes, false));
+            let held = Unpacked {
+                bytes: record.unpacked_bytes,
+                entries: record.entries,
+            };
+            return Ok((held, false));
         }
         // A directory without its record is a leftover of a crash before the rename: redo it.
         let _ = fs::remove_dir_all(&dir);
@@ -103,14 +110,15 @@ impl Layers {
         let _ = fs::remove_dir_all(&tmp);
         let tree = tmp.join("diff");
         fs::create_dir_all(&tree).map_err(io(&tree))?;
-        let done = fill(&tree).and_then(|unpacked_bytes| {
+        let done = fill(&tree).and_then(|unpacked| {
             let record = LayerRecord {
                 diff_id: diff_id.to_string(),
-                unpacked_bytes,
+                unpacked_bytes: unpacked.bytes,
+                entries: unpacked.entries,
             };
             write_json_atomic(&tmp.join("layer.json"), &record).map_err(io(&tmp))?;
             fs::rename(&tmp, &dir).map_err(io(&dir))?;
-            Ok(unpacked_bytes)
+            Ok(unpacked)
         });
         if done.is_err() {
             let _ = fs::remove_dir_all(&tmp);
@@ -129,22 +137,38 @@ impl Layers {
             .unwrap_or_default()
     }
 
-    /// Removes every layer not in `keep` (diff ids); waits for builds in progress. Returns
-    /// the removed diff ids.
-    /// `keep` is asked under the lock, so no build adds a layer it would miss.
+    /// Removes every layer not in `keep` (diff ids), unless a build is in progress (then
+    /// nothing: the next collection, after a removal or a failed build, does it; never
+    /// waiting, so a caller on an async runtime cannot stall). `keep` is asked under the
+    /// lock, so no build adds a layer it would miss; when it cannot say (`None`: an entry
+    /// could not be read), nothing is removed. Returns the removed diff ids.
     pub fn collect(
         &self,
-        keep: impl FnOnce() -> HashSet<String>,
+        keep: impl FnOnce() -> Option<HashSet<String>>,
     ) -> Result<Vec<String>, ImageError> {
-        let _exclusive = self.lock("layers.lock", FlockArg::LockExclusive)?;
-        let keep = keep();
+        let Ok(_exclusive) = self.lock("layers.lock", FlockArg::LockExclusiveNonblock) else {
+            tracing::debug!("image builds in progress: unused layers are collected later");
+            return Ok(Vec::new());
+        };
+        let Some(keep) = keep() else {
+            tracing::warn!("an image entry could not be read: no layer is collected");
+            return Ok(Vec::new());
+        };
         let mut removed = Vec::new();
         for diff_id in self.present() {
             if keep.contains(&diff_id) {
                 continue;
             }
+            // Out of `layers/` first: a crash while deleting leaves no half layer behind
+            // its record (`tmp/` is cleared at the next start).
             let dir = self.dir(&diff_id)?;
-            fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            let doomed = self.root.join("tmp").join(format!(
+                "gone-{}.{}",
+                Self::hex(&diff_id)?,
+                std::process::id()
+            ));
+            fs::rename(&dir, &doomed).map_err(io(&dir))?;
+            fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
             if let Some(hex) = hex_of(&diff_id) {
                 let _ = fs::remove_file(self.root.join("locks").join(format!("layer-{hex}.lock")));
             }

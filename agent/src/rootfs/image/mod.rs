@@ -12,6 +12,7 @@ pub mod layers;
 pub mod local;
 pub mod manifest;
 pub mod registry;
+pub mod tar_guard;
 pub mod unpack;
 
 use std::collections::HashSet;
@@ -32,6 +33,13 @@ use super::progress::{BuildProgress, BuildStage};
 pub const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
 /// The default bound on an image's unpacked bytes (`--image-max-size`).
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 32 << 30;
+/// Most members (files, directories, links) of one image: each costs an inode and a block
+/// whatever its bytes (a large distribution image has a few hundred thousand).
+pub const MAX_IMAGE_ENTRIES: u64 = 2_000_000;
+/// Most layers of one image (Docker's own limit is 125 to 127).
+pub const MAX_LAYERS: usize = 127;
+/// Longest one layer may take to arrive and unpack.
+pub const LAYER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// Why an image could not be imported. Each maps to its own gRPC code at the edge.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -200,6 +208,14 @@ fn auth_for(
     credentials: &str,
     options: &ImageOptions,
 ) -> Result<oci_client::secrets::RegistryAuth, ImageError> {
+    // An entry is the registry's own (`HOST:PORT`, or `HOST:PORT/namespace` for one of
+    // several accounts there): a request cannot send one registry's password to another.
+    let own = credentials == registry || credentials.starts_with(&format!("{registry}/"));
+    if !credentials.is_empty() && !own {
+        return Err(ImageError::Auth(format!(
+            "credentials '{credentials}' are not for the registry {registry}: name an entry of that registry ({registry} or {registry}/...)"
+        )));
+    }
     let entry = if credentials.is_empty() {
         registry
     } else {
@@ -290,10 +306,26 @@ pub fn import(
         plan.layers.len()
     ));
     let layers = Layers::new(store_root);
-    let rules = UnpackRules {
-        allow_devices: options.allow_devices,
-    };
+    if plan.layers.len() > MAX_LAYERS {
+        return Err(ImageError::Unsupported(format!(
+            "the image has {} layers: hutch takes at most {MAX_LAYERS}; flatten it",
+            plan.layers.len()
+        )));
+    }
+    if let Some(big) = plan
+        .layers
+        .iter()
+        .find(|l| l.size.is_some_and(|s| s > options.max_image_bytes))
+    {
+        return Err(ImageError::TooLarge(format!(
+            "layer {} is {} bytes, more than the agent's limit of {} for a whole image (--image-max-size)",
+            big.diff_id,
+            big.size.unwrap_or(0),
+            hutch_core::units::human_bytes(options.max_image_bytes)
+        )));
+    }
     let mut budget = options.max_image_bytes;
+    let mut entries_left = MAX_IMAGE_ENTRIES;
     let mut metas = Vec::with_capacity(plan.layers.len());
     let count = plan.layers.len();
     for (i, layer) in plan.layers.iter().enumerate() {
@@ -304,6 +336,10 @@ pub fn import(
             .take(12)
             .collect();
         let label = format!("layer {}/{count} {short}", i + 1);
+        let rules = UnpackRules {
+            allow_devices: options.allow_devices,
+            max_entries: entries_left,
+        };
         let (unpacked, fetched) = layers.ensure(&layer.diff_id, |tree| {
             let blob = source.open(layer)?;
             fetch_layer(blob, layer, tree, budget, rules, &|done| {
@@ -322,17 +358,24 @@ pub fn import(
             ));
         }
         log(&format!(
-            "{label}: {} ({unpacked} bytes unpacked)",
-            if fetched { "unpacked" } else { "shared" }
+            "{label}: {} ({} bytes, {} entries)",
+            if fetched { "unpacked" } else { "shared" },
+            unpacked.bytes,
+            unpacked.entries
         ));
         budget = budget
-            .checked_sub(unpacked)
+            .checked_sub(unpacked.bytes)
             .ok_or_else(|| too_large(options.max_image_bytes))?;
+        entries_left = entries_left.checked_sub(unpacked.entries).ok_or_else(|| {
+            ImageError::TooLarge(format!(
+                "the image has more than {MAX_IMAGE_ENTRIES} files, directories and links"
+            ))
+        })?;
         metas.push(LayerMeta {
             diff_id: layer.diff_id.clone(),
             digest: layer.digest.clone(),
             size: layer.size,
-            unpacked_bytes: unpacked,
+            unpacked_bytes: unpacked.bytes,
         });
     }
     Ok(ImageMeta {
@@ -361,7 +404,7 @@ fn fetch_layer(
     limit: u64,
     rules: UnpackRules,
     on_bytes: &dyn Fn(u64),
-) -> Result<u64, ImageError> {
+) -> Result<unpack::Unpacked, ImageError> {
     let corrupt = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::FileTooLarge => ImageError::DigestMismatch(format!(
             "layer {} is longer than its descriptor's {} bytes",
@@ -450,10 +493,18 @@ pub fn collect_layers(
     entries: impl FnOnce() -> Vec<PathBuf>,
 ) -> Result<Vec<String>, ImageError> {
     Layers::new(store_root).collect(|| {
-        entries()
-            .iter()
-            .filter_map(|dir| crate::fsutil::read_json::<ImageMeta>(&dir.join("image.json")).ok())
-            .flat_map(|m| m.layers.into_iter().map(|l| l.diff_id))
-            .collect::<HashSet<String>>()
+        let mut keep = HashSet::new();
+        for dir in entries() {
+            match crate::fsutil::read_json::<ImageMeta>(&dir.join("image.json")) {
+                Ok(meta) => keep.extend(meta.layers.into_iter().map(|l| l.diff_id)),
+                // No image.json: a tree entry.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(entry = %dir.display(), error = %e, "cannot read an image entry");
+                    return None;
+                }
+            }
+        }
+        Some(keep)
     })
 }

@@ -276,21 +276,14 @@ impl Pull {
                 Manifest::Image(m) => {
                     manifest::check_config_media_type(m.config())?;
                     let config_digest = m.config().digest().to_string();
-                    let mut config_bytes = Vec::new();
-                    self.client
-                        .pull_blob(
-                            &self.reference(Some(&digest)),
-                            config_digest.as_str(),
-                            &mut config_bytes,
-                        )
-                        .await
-                        .map_err(|e| {
-                            registry_error(
-                                &self.registry,
-                                &format!("pulling the config of {}", self.describe()),
-                                e,
-                            )
-                        })?;
+                    if m.config().size() > super::MAX_DOCUMENT_BYTES {
+                        return Err(ImageError::Invalid(format!(
+                            "the config of {} is {} bytes: too large for a config",
+                            self.describe(),
+                            m.config().size()
+                        )));
+                    }
+                    let config_bytes = self.small_blob(&digest, &config_digest).await?;
                     if sha256_of(&config_bytes) != config_digest {
                         return Err(ImageError::DigestMismatch(format!(
                             "the config of {} does not have its digest {config_digest}",
@@ -310,6 +303,29 @@ impl Pull {
         Err(ImageError::Invalid(
             "the index nests indexes more than one level deep".into(),
         ))
+    }
+
+    /// A small blob (a config), read up to [`super::MAX_DOCUMENT_BYTES`].
+    async fn small_blob(&self, manifest: &str, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let what = format!("pulling the config of {}", self.describe());
+        let mut stream = self
+            .client
+            .pull_blob_stream(&self.reference(Some(manifest)), digest)
+            .await
+            .map_err(|e| registry_error(&self.registry, &what, e))?
+            .stream;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ImageError::Unavailable(format!("{what}: {e}")))?;
+            if (out.len() + chunk.len()) as u64 > super::MAX_DOCUMENT_BYTES {
+                return Err(ImageError::Invalid(format!(
+                    "{what}: more than {} bytes",
+                    super::MAX_DOCUMENT_BYTES
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     /// Streams layer `layer` from the registry: a blocking reader fed from the runtime
@@ -337,22 +353,47 @@ impl Pull {
         Ok(Box::new(ChannelReader {
             rx,
             current: bytes::Bytes::new(),
+            failed: None,
+            deadline: std::time::Instant::now() + super::LAYER_DEADLINE,
         }))
     }
 }
 
-/// A blocking reader over chunks sent from an async task.
+/// A blocking reader over chunks sent from an async task. A failure of the stream stays:
+/// every later read repeats it (the caller drains the blob to check its digest, and must
+/// not take a broken download for corrupt content). A layer that does not arrive within
+/// [`super::LAYER_DEADLINE`] fails too, however slowly it trickles.
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<bytes::Bytes>>,
     current: bytes::Bytes,
+    failed: Option<(io::ErrorKind, String)>,
+    deadline: std::time::Instant,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(chunk) => self.current = chunk?,
-                Err(_) => return Ok(0), // the stream ended
+            if let Some((kind, why)) = &self.failed {
+                return Err(io::Error::new(*kind, why.clone()));
+            }
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Ok(chunk)) => self.current = chunk,
+                Ok(Err(e)) => {
+                    self.failed = Some((e.kind(), format!("the download broke off: {e}")));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.failed = Some((
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the layer did not arrive within {} minutes",
+                            super::LAYER_DEADLINE.as_secs() / 60
+                        ),
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(0), // the stream ended
             }
         }
         let n = buf.len().min(self.current.len());

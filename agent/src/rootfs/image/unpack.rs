@@ -23,6 +23,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+use super::tar_guard::TarGuard;
 use tar::EntryType;
 use thiserror::Error;
 
@@ -47,11 +49,31 @@ pub enum UnpackError {
     },
 }
 
-/// What a layer may hold beyond files, directories, links and FIFOs.
-#[derive(Debug, Clone, Copy, Default)]
+/// What a layer may hold beyond files, directories, links and FIFOs, and how much.
+#[derive(Debug, Clone, Copy)]
 pub struct UnpackRules {
     /// Character and block devices are created (else the layer is refused).
     pub allow_devices: bool,
+    /// Most members (files, directories, links...) the layer may have.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackRules {
+    fn default() -> Self {
+        UnpackRules {
+            allow_devices: false,
+            max_entries: u64::MAX,
+        }
+    }
+}
+
+/// What a layer gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Bytes of its regular files.
+    pub bytes: u64,
+    /// Its members.
+    pub entries: u64,
 }
 
 /// Whiteout prefix of the OCI image spec (inherited from AUFS).
@@ -128,12 +150,32 @@ fn clear(dest: &Path, new_is_dir: bool) -> Result<(), UnpackError> {
     }
 }
 
-/// Unpacks the tar stream `reader` into `root` (an empty directory). Returns the bytes of
-/// the regular files it wrote.
+/// Unpacks the tar stream `reader` into `root` (an empty directory), watched by a
+/// [`TarGuard`]. Returns what it wrote.
 pub fn unpack_layer(
     reader: impl Read,
     root: &Path,
     rules: UnpackRules,
+) -> Result<Unpacked, UnpackError> {
+    let guard = TarGuard::new(reader, rules.max_entries);
+    let refusal = guard.refusal();
+    let refused_by_guard = |e: UnpackError| match refusal.borrow().clone() {
+        Some(why) => refused("", why),
+        None => e,
+    };
+    let mut entries = 0u64;
+    let written = unpack_entries(guard, root, rules, &mut entries).map_err(refused_by_guard)?;
+    Ok(Unpacked {
+        bytes: written,
+        entries,
+    })
+}
+
+fn unpack_entries(
+    reader: impl Read,
+    root: &Path,
+    rules: UnpackRules,
+    entries_seen: &mut u64,
 ) -> Result<u64, UnpackError> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -146,6 +188,7 @@ pub fn unpack_layer(
     let entries = archive.entries().map_err(io_err("reading the layer"))?;
     for entry in entries {
         let mut entry = entry.map_err(io_err("reading the layer"))?;
+        *entries_seen += 1;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let Some(rel) = relative_path(&raw)? else {
             continue; // the root itself: its mode stays the layer directory's
@@ -164,6 +207,9 @@ pub fn unpack_layer(
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
             if hidden.starts_with(WHITEOUT) || hidden.is_empty() {
                 continue; // other AUFS metadata (.wh..wh.plnk and the like)
+            }
+            if hidden == "." || hidden == ".." {
+                return Err(refused(&raw, "a whiteout of '.' or '..'"));
             }
             let dest = parent.join(hidden);
             clear(&dest, false)?;
@@ -353,7 +399,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let written = unpack_layer(CompletedTar::new(&cut[..]), &dir, UnpackRules::default())
             .expect("unpacked");
-        assert_eq!(written, 7);
+        assert_eq!(written.bytes, 7);
         assert_eq!(std::fs::read(dir.join("etc/x")).expect("file"), b"layer-1");
         let _ = std::fs::remove_dir_all(&dir);
         // A complete archive ends where it says, the padding never read.
