@@ -1077,11 +1077,18 @@ async fn users_env_files_ps_filters_and_prune() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_run_by_reference_and_by_name_through_the_cli() {
     use common::images::{busybox_layer, Compress, Layout, TestRegistry};
-    let scratch = std::path::PathBuf::from(format!(
+    /// Removed however the test ends.
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let scratch = Scratch(std::path::PathBuf::from(format!(
         "/var/tmp/hutch-test-cli-img-{}",
         common::unique("layout")
-    ));
-    let layout = Layout::create(&scratch);
+    )));
+    let layout = Layout::create(&scratch.0);
     layout.add_image(
         "1.0",
         &[(busybox_layer(), Compress::Gzip)],
@@ -1204,5 +1211,5 @@ async fn images_run_by_reference_and_by_name_through_the_cli() {
         let o = cli.run(&["rootfs", "rm", name]);
         assert_eq!(code(&o), 0, "rm {name}: {}", text(&o.stderr));
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
 }

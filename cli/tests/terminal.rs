@@ -287,6 +287,9 @@ async fn run_it_is_the_tutorials_chroot_bash_and_attach_detaches() {
     // top on the terminal itself (full screen), quit with q.
     t.keys(&["top -d 0.5", "Enter"]);
     t.wait_for("PID USER");
+    // A `q` typed while top is still setting up its terminal can be lost, and what is
+    // typed next then lands in top (as commands); let it draw a few frames first.
+    std::thread::sleep(Duration::from_millis(1500));
     t.keys(&["q"]);
     t.run("true");
     resize_and_check(&t, 25, 100);

@@ -101,7 +101,92 @@ impl Layer {
             .collect();
         format!("lowerdir={}", dirs.join(":"))
     }
+
+    /// The options as mounted: image layers by their short links (see [`short_lowers`]),
+    /// with the directory the mount must be made from.
+    fn mount_options(&self, with_upper: bool) -> (Option<PathBuf>, String) {
+        let (base, lowers) = short_lowers(&self.lowers);
+        let lowerdir = format!("lowerdir={}", lowers.join(":"));
+        let options = if with_upper {
+            format!(
+                "{lowerdir},upperdir={},workdir={}",
+                self.upper.display(),
+                self.work.display()
+            )
+        } else {
+            lowerdir
+        };
+        (base, options)
+    }
 }
+
+/// Where the layer store keeps a short link to each layer: `LAYERS/l/SHORT -> ../HEX/diff`.
+pub const SHORT_LINK_DIR: &str = "l";
+/// Hex digits of a layer's diff id in its short link's name.
+pub const SHORT_LINK_LEN: usize = 20;
+
+/// `lowers` as the overlay's option names them: each image layer (`.../layers/HEX/diff`
+/// whose short link exists) as `l/SHORT` relative to the layer store, the rest as given,
+/// and the store's directory to mount from (`None` when no layer is shortened). overlayfs
+/// takes its options in one page: full paths fit about 35 layers, short links over 150.
+pub fn short_lowers(lowers: &[PathBuf]) -> (Option<PathBuf>, Vec<String>) {
+    let mut base: Option<PathBuf> = None;
+    let names = lowers
+        .iter()
+        .map(|lower| {
+            let short = (|| {
+                let layer_dir = lower.strip_suffix_dir("diff")?;
+                let hex = layer_dir.file_name()?.to_str()?;
+                let store = layer_dir.parent()?;
+                if hex.len() != 64 || base.as_ref().is_some_and(|b| b != store) {
+                    return None;
+                }
+                let name = &hex[..SHORT_LINK_LEN];
+                let link = store.join(SHORT_LINK_DIR).join(name);
+                let target = std::fs::read_link(&link).ok()?;
+                (target == Path::new("..").join(hex).join("diff")).then(|| {
+                    base = Some(store.to_path_buf());
+                    format!("{SHORT_LINK_DIR}/{name}")
+                })
+            })();
+            short.unwrap_or_else(|| lower.display().to_string())
+        })
+        .collect();
+    (base, names)
+}
+
+/// `dir/NAME` -> `dir`, when the last component is NAME.
+trait StripSuffixDir {
+    fn strip_suffix_dir(&self, name: &str) -> Option<&Path>;
+}
+
+impl StripSuffixDir for PathBuf {
+    fn strip_suffix_dir(&self, name: &str) -> Option<&Path> {
+        (self.file_name()? == name).then(|| self.parent()).flatten()
+    }
+}
+
+/// Runs `mount_it` with `dir` as the working directory (restored after), so that relative
+/// lower directories resolve in it.
+fn from_dir<T>(
+    dir: Option<&Path>,
+    mount_it: impl FnOnce() -> Result<T, OverlayError>,
+) -> Result<T, OverlayError> {
+    let Some(dir) = dir else {
+        return mount_it();
+    };
+    let prepare = |source: std::io::Error| OverlayError::Prepare {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let here = std::fs::File::open(".").map_err(prepare)?;
+    nix::unistd::chdir(dir).map_err(|e| prepare(e.into()))?;
+    let result = mount_it();
+    nix::unistd::fchdir(&here).map_err(|e| prepare(e.into()))?;
+    result
+}
+
+impl Layer {}
 
 /// Where the size-limited filesystem is mounted, in the container's directory.
 const SIZE_LIMITED_DIR: &str = "disk";
@@ -243,17 +328,20 @@ pub fn mount_layer(layer: &Layer, read_only: bool, nodev: bool) -> Result<(), Ov
         if let Some(dir) = mountpoints {
             with_mountpoints.lowers.insert(0, dir);
         }
-        return mount(
-            Some("hutch-overlay"),
-            &layer.merged,
-            Some("overlay"),
-            nodev | MsFlags::MS_RDONLY,
-            Some(with_mountpoints.lowerdir().as_str()),
-        )
-        .map_err(|source| OverlayError::Mount {
-            what: "read-only overlay of the image's layers",
-            target: layer.merged.clone(),
-            source,
+        let (base, options) = with_mountpoints.mount_options(false);
+        return from_dir(base.as_deref(), || {
+            mount(
+                Some("hutch-overlay"),
+                &layer.merged,
+                Some("overlay"),
+                nodev | MsFlags::MS_RDONLY,
+                Some(options.as_str()),
+            )
+            .map_err(|source| OverlayError::Mount {
+                what: "read-only overlay of the image's layers",
+                target: layer.merged.clone(),
+                source,
+            })
         });
     }
     if read_only {
@@ -288,17 +376,20 @@ pub fn mount_layer(layer: &Layer, read_only: bool, nodev: bool) -> Result<(), Ov
     }
     mkdir(&layer.upper)?;
     mkdir(&layer.work)?;
-    mount(
-        Some("hutch-overlay"),
-        &layer.merged,
-        Some("overlay"),
-        nodev,
-        Some(layer.options().as_str()),
-    )
-    .map_err(|source| OverlayError::Mount {
-        what: "overlay",
-        target: layer.merged.clone(),
-        source,
+    let (base, options) = layer.mount_options(true);
+    from_dir(base.as_deref(), || {
+        mount(
+            Some("hutch-overlay"),
+            &layer.merged,
+            Some("overlay"),
+            nodev,
+            Some(options.as_str()),
+        )
+        .map_err(|source| OverlayError::Mount {
+            what: "overlay",
+            target: layer.merged.clone(),
+            source,
+        })
     })
 }
 
@@ -329,6 +420,27 @@ mod tests {
         assert!(layers
             .options()
             .starts_with("lowerdir=/l/top:/l/base,upperdir=/c1/upper"));
+        // Image layers with their short links: named by them, from the store.
+        let store = std::env::temp_dir().join(format!("hutch-short-{}", std::process::id()));
+        let hex = "ab".repeat(32);
+        std::fs::create_dir_all(store.join(&hex).join("diff")).expect("layer");
+        std::fs::create_dir_all(store.join(SHORT_LINK_DIR)).expect("links");
+        std::os::unix::fs::symlink(
+            Path::new("..").join(&hex).join("diff"),
+            store.join(SHORT_LINK_DIR).join(&hex[..SHORT_LINK_LEN]),
+        )
+        .expect("link");
+        let lowers = vec![
+            PathBuf::from("/c1/mountpoints"),
+            store.join(&hex).join("diff"),
+            store.join("cd".repeat(32)).join("diff"), // no link: as given
+        ];
+        let (base, names) = short_lowers(&lowers);
+        assert_eq!(base.as_deref(), Some(store.as_path()));
+        assert_eq!(names[0], "/c1/mountpoints");
+        assert_eq!(names[1], format!("l/{}", &hex[..SHORT_LINK_LEN]));
+        assert!(names[2].starts_with('/'));
+        let _ = std::fs::remove_dir_all(&store);
         let limited = Layer::in_dir(Path::new("/c1"), &["/r".into()], true);
         assert_eq!(
             (limited.upper, limited.work, limited.merged),

@@ -297,8 +297,9 @@ impl Runtime {
     /// its derived name unless the store has it (and the agent allows imports on the fly).
     async fn rootfs_for(&self, rootfs: &str) -> Result<RootfsInfo, RuntimeError> {
         let info = self.find_or_import(rootfs).await?;
-        // overlayfs takes its options in one page: the layers' paths must fit.
-        let lowerdir: usize = info.layers.iter().map(|p| p.as_os_str().len() + 1).sum();
+        // overlayfs takes its options in one page: the layers' names must fit.
+        let (_, names) = hutch_supervisor::overlay::short_lowers(&info.layers);
+        let lowerdir: usize = names.iter().map(|n| n.len() + 1).sum();
         if lowerdir > MAX_LOWERDIR_BYTES {
             return Err(crate::rootfs::RootfsError::Image(
                 crate::rootfs::image::ImageError::Unsupported(format!(

@@ -20,6 +20,7 @@ use super::digest::hex_of;
 use super::unpack::Unpacked;
 use super::ImageError;
 use crate::fsutil::{read_json, write_json_atomic};
+use hutch_supervisor::overlay::{SHORT_LINK_DIR, SHORT_LINK_LEN};
 
 /// The layers of a rootfs store.
 #[derive(Debug, Clone)]
@@ -95,6 +96,7 @@ impl Layers {
         let _lock = self.lock(&format!("layer-{hex}.lock"), FlockArg::LockExclusive)?;
         let dir = self.dir(diff_id)?;
         if let Ok(record) = read_json::<LayerRecord>(&dir.join("layer.json")) {
+            self.link_short(&hex)?;
             let held = Unpacked {
                 bytes: record.unpacked_bytes,
                 entries: record.entries,
@@ -118,6 +120,7 @@ impl Layers {
             };
             write_json_atomic(&tmp.join("layer.json"), &record).map_err(io(&tmp))?;
             fs::rename(&tmp, &dir).map_err(io(&dir))?;
+            self.link_short(&hex)?;
             Ok(unpacked)
         });
         if done.is_err() {
@@ -126,12 +129,27 @@ impl Layers {
         done.map(|bytes| (bytes, true))
     }
 
+    /// `layers/l/SHORT -> ../HEX/diff`: the name overlay mounts use (a page of options
+    /// holds over 150 of them, against about 35 full paths). Another layer with the same
+    /// short name keeps the link; this one is then mounted by its full path.
+    fn link_short(&self, hex: &str) -> Result<(), ImageError> {
+        let links = self.root.join("layers").join(SHORT_LINK_DIR);
+        fs::create_dir_all(&links).map_err(io(&links))?;
+        let link = links.join(&hex[..SHORT_LINK_LEN]);
+        match std::os::unix::fs::symlink(Path::new("..").join(hex).join("diff"), &link) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io(&link)(e)),
+        }
+    }
+
     /// Diff ids of the layers in the store.
     pub fn present(&self) -> Vec<String> {
         fs::read_dir(self.root.join("layers"))
             .map(|rd| {
                 rd.flatten()
                     .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+                    .filter(|d| hex_of(d).is_some())
                     .collect()
             })
             .unwrap_or_default()
@@ -170,6 +188,14 @@ impl Layers {
             fs::rename(&dir, &doomed).map_err(io(&dir))?;
             fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
             if let Some(hex) = hex_of(&diff_id) {
+                let link = self
+                    .root
+                    .join("layers")
+                    .join(SHORT_LINK_DIR)
+                    .join(&hex[..SHORT_LINK_LEN]);
+                if fs::read_link(&link).is_ok_and(|t| t == Path::new("..").join(hex).join("diff")) {
+                    let _ = fs::remove_file(&link);
+                }
                 let _ = fs::remove_file(self.root.join("locks").join(format!("layer-{hex}.lock")));
             }
             removed.push(diff_id);
