@@ -257,13 +257,7 @@ pub fn oci_layout_plan(
                 manifest::check_config_media_type(m.config())?;
                 let config_digest = m.config().digest().to_string();
                 let config_bytes = files.read_blob(&config_digest, Some(m.config().size()))?;
-                let config = parse_config(&config_bytes)?;
-                return Ok(Plan {
-                    manifest_digest: digest,
-                    config_digest,
-                    layers: manifest::plan_layers(m.layers(), &config, platform)?,
-                    config: manifest::summarize(&config),
-                });
+                return Plan::from_config(&m, digest, config_digest, &config_bytes, platform);
             }
         }
     }

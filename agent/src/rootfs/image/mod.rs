@@ -124,6 +124,26 @@ pub struct Plan {
     pub layers: Vec<PlannedLayer>,
 }
 
+impl Plan {
+    /// The plan of manifest `m` (`manifest_digest`) whose config, already checked against
+    /// `config_digest`, is `config_bytes`.
+    pub fn from_config(
+        m: &oci_spec::image::ImageManifest,
+        manifest_digest: String,
+        config_digest: String,
+        config_bytes: &[u8],
+        platform: &Platform,
+    ) -> Result<Plan, ImageError> {
+        let config = local::parse_config(config_bytes)?;
+        Ok(Plan {
+            manifest_digest,
+            config_digest,
+            layers: manifest::plan_layers(m.layers(), &config, platform)?,
+            config: manifest::summarize(&config),
+        })
+    }
+}
+
 /// One layer of an imported image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerMeta {

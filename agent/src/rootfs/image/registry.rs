@@ -290,13 +290,7 @@ impl Pull {
                             self.describe()
                         )));
                     }
-                    let config = super::local::parse_config(&config_bytes)?;
-                    return Ok(Plan {
-                        manifest_digest: digest,
-                        config_digest,
-                        layers: manifest::plan_layers(m.layers(), &config, platform)?,
-                        config: manifest::summarize(&config),
-                    });
+                    return Plan::from_config(&m, digest, config_digest, &config_bytes, platform);
                 }
             }
         }
