@@ -484,6 +484,7 @@ fn placement_seconds(nodes: usize, requests: usize) -> f64 {
             rootfs_buildable: false,
             ports: &[],
             cpu_millicores: 0,
+            spread: None,
         };
         if let Ok(n) = s.place(&req) {
             s.reserve(&n, &req.claim());

@@ -221,6 +221,29 @@ pub(crate) enum Command {
     /// Named volumes: directories a node keeps across containers (-v NAME:/path).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Create or update the services a TOML file declares ([[service]] tables), all or
+    /// none; changed templates roll their replicas over. --dry-run shows what would change.
+    ///
+    /// Example: hutch apply -f app.toml --dry-run
+    Apply {
+        /// The service file.
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// Only show what would change (created, updated with a diff, unchanged).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete the services a file declares (their replicas are stopped and removed).
+    ///
+    /// Example: hutch delete -f app.toml
+    Delete {
+        /// The service file.
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Services: replicas of one template kept running, spread over nodes, one name.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Cluster-wide housekeeping.
     #[command(subcommand)]
     System(SystemCommand),
@@ -512,6 +535,60 @@ pub(crate) struct LogsArgs {
     /// Example: hutch logs --previous crashy
     #[arg(long, short = 'p')]
     pub(crate) previous: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ServiceCommand {
+    /// List the services with their replica counts and rollout state.
+    ///
+    /// Example: hutch service ls
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show a service: its spec, revision, address, status and replicas.
+    ///
+    /// Example: hutch service inspect web
+    Inspect {
+        /// The service.
+        name: String,
+    },
+    /// Change a service's replica count.
+    ///
+    /// Example: hutch service scale web 6
+    Scale {
+        /// The service.
+        name: String,
+        /// How many replicas.
+        replicas: u32,
+    },
+    /// Bring back the template the service had before its last change (also resumes a
+    /// paused rolling update).
+    ///
+    /// Example: hutch service rollback web
+    Rollback {
+        /// The service.
+        name: String,
+    },
+    /// Print the output of every replica, each line prefixed by its replica.
+    ///
+    /// Example: hutch service logs -f web
+    Logs {
+        /// Keep following new output.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines of each replica.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+        /// The service.
+        name: String,
+    },
+    /// Delete a service; its replicas are stopped and removed.
+    ///
+    /// Example: hutch service rm web
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// The service.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -22,6 +22,7 @@ mod output;
 mod prune;
 mod ps_view;
 mod rootfs;
+mod services;
 mod stdout;
 mod time_arg;
 mod usage;
@@ -183,6 +184,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             rootfs::inspect(&client, &name, node, json).await
         }
         Command::Volume(cmd) => volumes::run(&client, cmd, json).await,
+        Command::Apply { file, dry_run } => services::apply(&client, &file, dry_run, json).await,
+        Command::Delete { file } => services::delete(&client, &file, json).await,
+        Command::Service(cmd) => services::run(&client, cmd, json).await,
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
     }
 }

@@ -34,6 +34,9 @@ pub struct FileConfig {
     pub cluster_cidr: Option<String>,
     /// Prefix length of each node's block.
     pub node_subnet_prefix: Option<u8>,
+    /// The block services' virtual addresses come from, e.g. "198.18.128.0/20"; "none"
+    /// for none.
+    pub service_cidr: Option<String>,
     /// How often agents heartbeat, e.g. "1s".
     pub heartbeat_interval: Option<String>,
     /// Missed heartbeats before a node is NOT_READY.
@@ -230,6 +233,44 @@ pub const DEFAULT_CLUSTER_CIDR: &str = "198.19.0.0/16";
 /// Each node's prefix length by default.
 pub const DEFAULT_NODE_SUBNET_PREFIX: u8 = 24;
 
+/// The services' block by default (inside RFC 2544's benchmark range, like the cluster's).
+pub const DEFAULT_SERVICE_CIDR: &str = "198.18.128.0/20";
+
+/// The block services' virtual addresses come from: none without a cluster network (their
+/// traffic goes to replicas over it); never overlapping the cluster's block.
+fn service_cidr(
+    text: Option<String>,
+    cluster: Option<&ClusterCidr>,
+) -> Result<Option<Cidr>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        field: "service_cidr",
+        message,
+    };
+    let text = text.unwrap_or_else(|| DEFAULT_SERVICE_CIDR.into());
+    if text == "none" || text.is_empty() {
+        return Ok(None);
+    }
+    let cidr: Cidr = text
+        .parse()
+        .map_err(|e: hutch_core::network::NetworkError| invalid(e.to_string()))?;
+    let Some(cluster) = cluster else {
+        return Ok(None);
+    };
+    if cidr.overlaps(&cluster.cidr) {
+        return Err(invalid(format!(
+            "{cidr} overlaps the cluster network {}: give services a block of their own",
+            cluster.cidr
+        )));
+    }
+    if !(8..=30).contains(&cidr.prefix) {
+        return Err(invalid(format!(
+            "/{} does not fit: the services' block is /8 to /30",
+            cidr.prefix
+        )));
+    }
+    Ok(Some(cidr))
+}
+
 fn cluster_cidr(
     text: Option<String>,
     prefix: Option<u8>,
@@ -350,6 +391,10 @@ pub fn resolve(
         over.cluster_cidr.or(file.cluster_cidr),
         over.node_subnet_prefix.or(file.node_subnet_prefix),
     )?;
+    let service_cidr = service_cidr(
+        over.service_cidr.or(file.service_cidr),
+        cluster_cidr.as_ref(),
+    )?;
     let heartbeat_interval = duration(
         "heartbeat_interval",
         over.heartbeat_interval.or(file.heartbeat_interval),
@@ -434,6 +479,7 @@ pub fn resolve(
             agent_token: agent_token.map(Secret),
             agent_tls: None,
             cluster_cidr,
+            service_cidr,
             strategy,
             heartbeat_interval,
             not_ready_misses,

@@ -117,6 +117,11 @@ struct Cli {
     /// containers per node].
     #[arg(long, env = "HUTCH_NODE_SUBNET_PREFIX", value_name = "BITS")]
     node_subnet_prefix: Option<u8>,
+    /// The block services' virtual addresses come from: a service's name resolves to its
+    /// address in bridged containers, and each node balances connections to it over the
+    /// service's ready replicas; "none" for none [default: 198.18.128.0/20].
+    #[arg(long, env = "HUTCH_SERVICE_CIDR", value_name = "CIDR")]
+    service_cidr: Option<String>,
     /// How often agents heartbeat, e.g. 500ms [default: 1s].
     #[arg(long, env = "HUTCH_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Option<String>,
@@ -330,6 +335,7 @@ fn main() -> ExitCode {
         strategy: cli.strategy,
         cluster_cidr: cli.cluster_cidr,
         node_subnet_prefix: cli.node_subnet_prefix,
+        service_cidr: cli.service_cidr,
         heartbeat_interval: cli.heartbeat_interval,
         not_ready_misses: cli.not_ready_misses,
         down_after: cli.down_after,

@@ -19,6 +19,8 @@ pub struct Copied {
     pub nodes: usize,
     /// Rootfs specs.
     pub rootfs_specs: usize,
+    /// Services.
+    pub services: usize,
     /// Watch events kept for resuming watchers.
     pub events: usize,
     /// The cluster revision.
@@ -38,8 +40,9 @@ pub enum MigrateError {
 
 fn describe(s: &Snapshot) -> String {
     format!(
-        "{} containers, {} nodes, {} rootfs specs, {} events, revision {}",
+        "{} containers, {} services, {} nodes, {} rootfs specs, {} events, revision {}",
         s.containers.len(),
+        s.services.len(),
         s.nodes.len(),
         s.rootfs_specs.len(),
         s.events.len(),
@@ -58,6 +61,7 @@ pub fn migrate(
         || !there.containers.is_empty()
         || !there.nodes.is_empty()
         || !there.rootfs_specs.is_empty()
+        || !there.services.is_empty()
         || !there.events.is_empty()
     {
         return Err(MigrateError::TargetNotEmpty(describe(&there)));
@@ -67,6 +71,7 @@ pub fn migrate(
         containers: snap.containers.len(),
         nodes: snap.nodes.len(),
         rootfs_specs: snap.rootfs_specs.len(),
+        services: snap.services.len(),
         events: snap.events.len(),
         revision: snap.revision,
     };
@@ -76,6 +81,11 @@ pub fn migrate(
         .map(Write::PutContainer)
         .chain(snap.nodes.into_iter().map(Write::PutNode))
         .chain(snap.rootfs_specs.into_iter().map(Write::PutRootfsSpec))
+        .chain(
+            snap.services
+                .into_iter()
+                .map(|s| Write::PutService(Box::new(s))),
+        )
         .chain(snap.events.into_iter().map(Write::Event))
         .collect();
     let total = writes.len();

@@ -86,6 +86,9 @@ pub struct Request<'a> {
     pub ports: &'a [PortMapping],
     /// Thousandths of CPUs to reserve (its CPU limit; 0 without one).
     pub cpu_millicores: u64,
+    /// A service's replica: how many of its siblings each node's spread domain holds;
+    /// the node whose domain holds the fewest is taken (then by the strategy).
+    pub spread: Option<&'a HashMap<String, usize>>,
 }
 
 impl<'a> Request<'a> {
@@ -317,12 +320,20 @@ impl Scheduler {
                     .get(name)
                     .is_some_and(|s| Self::fits_besides_memory(s, req))
         };
-        let found = match self.strategy {
-            Strategy::Spread => self.by_free.iter().rev().find(fits),
-            Strategy::Binpack => self
-                .by_free
-                .range((req.memory_bytes, String::new())..)
-                .find(fits),
+        let mut candidates: Box<dyn Iterator<Item = &(u64, String)>> = match self.strategy {
+            Strategy::Spread => Box::new(self.by_free.iter().rev().filter(fits)),
+            Strategy::Binpack => Box::new(
+                self.by_free
+                    .range((req.memory_bytes, String::new())..)
+                    .filter(fits),
+            ),
+        };
+        let found = match req.spread {
+            // The first of the least crowded, in the strategy's order.
+            Some(siblings) => {
+                candidates.min_by_key(|(_, name)| siblings.get(name).copied().unwrap_or(0))
+            }
+            None => candidates.next(),
         };
         match found {
             Some((_, name)) => Ok(name.clone()),
@@ -507,6 +518,7 @@ mod tests {
             rootfs_buildable: false,
             ports: &[],
             cpu_millicores: 0,
+            spread: None,
         }
     }
 

@@ -263,6 +263,11 @@ async fn malformed_requests_get_clear_errors_and_leave_nothing() {
             placement: r.chance(30).then(|| v1::Placement {
                 node: nasty(&mut r),
                 node_selector: [(nasty(&mut r), nasty(&mut r))].into(),
+                spread_by: if r.chance(20) {
+                    nasty(&mut r)
+                } else {
+                    String::new()
+                },
             }),
             restart_policy: r.chance(30).then(|| v1::RestartPolicy {
                 kind: r.pick(&[0, 1, 2, 3, -7, 99]),

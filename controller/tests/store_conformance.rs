@@ -42,6 +42,7 @@ fn empty_store_loads_empty(reopen: Reopen) {
     assert_eq!(snap.revision, 0);
     assert!(snap.containers.is_empty() && snap.nodes.is_empty());
     assert!(snap.rootfs_specs.is_empty() && snap.events.is_empty());
+    assert!(snap.services.is_empty());
 }
 
 fn committed_batches_survive_reopening(reopen: Reopen) {
@@ -65,6 +66,11 @@ fn committed_batches_survive_reopening(reopen: Reopen) {
             name: "debian".into(),
             ..Default::default()
         }));
+        batch.writes.push(Write::PutService(Box::new(v1::Service {
+            name: "web".into(),
+            template_revision: 3,
+            ..Default::default()
+        })));
         store.commit(&batch).expect("commit");
         // A later batch replaces a record, deletes one, compacts events.
         store
@@ -88,6 +94,8 @@ fn committed_batches_survive_reopening(reopen: Reopen) {
     assert_eq!(snap.nodes.len(), 1);
     assert_eq!(snap.nodes[0].last_event_seq, 42);
     assert_eq!(snap.rootfs_specs.len(), 1);
+    assert_eq!(snap.services.len(), 1);
+    assert_eq!(snap.services[0].template_revision, 3);
     let revs: Vec<u64> = snap.events.iter().map(|e| e.revision).collect();
     // In revision order across digit boundaries (9, 10, ...), 1..=8 compacted away.
     assert_eq!(revs, (9..=14).collect::<Vec<u64>>());
@@ -99,6 +107,7 @@ fn deletes_of_every_kind_apply(reopen: Reopen) {
             writes: vec![
                 Write::DeleteNode("n1".into()),
                 Write::DeleteRootfsSpec("debian".into()),
+                Write::DeleteService("web".into()),
                 Write::DeleteContainer("a".into()),
                 Write::DeleteContainer("never-there".into()),
             ],
@@ -108,6 +117,7 @@ fn deletes_of_every_kind_apply(reopen: Reopen) {
         .expect("commit");
     let snap = reopen().load().expect("load");
     assert!(snap.containers.is_empty() && snap.nodes.is_empty() && snap.rootfs_specs.is_empty());
+    assert!(snap.services.is_empty());
     assert_eq!(snap.revision, 15);
 }
 

@@ -203,6 +203,17 @@ impl Lab {
         }
     }
 
+    /// `hutch run --rm --node NODE debian -- perl -e SCRIPT` from the client host: a
+    /// short-lived container on one node (the minbase rootfs has perl, not netcat).
+    pub fn run_perl(&self, node: &str, script: &str) -> Output {
+        self.exec(
+            "client",
+            &[
+                "hutch", "run", "--rm", "--node", node, "debian", "--", "perl", "-e", script,
+            ],
+        )
+    }
+
     /// The `hutch` CLI on the client host; asserts success, returns stdout.
     pub fn hutch(&self, args: &[&str]) -> String {
         let mut cmd = vec!["hutch"];

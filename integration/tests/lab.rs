@@ -578,21 +578,7 @@ fn echo_client(addr: &str) -> String {
 fn client_container(lab: &Lab, node: &str, addr: &str) -> String {
     let mut answer = String::new();
     for _ in 0..50 {
-        let out = lab.exec(
-            "client",
-            &[
-                "hutch",
-                "run",
-                "--rm",
-                "--node",
-                node,
-                "debian",
-                "--",
-                "perl",
-                "-e",
-                &echo_client(addr),
-            ],
-        );
+        let out = lab.run_perl(node, &echo_client(addr));
         answer = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
             break;

@@ -151,7 +151,7 @@ impl Client {
             .into_inner())
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
         if let Some(t) = self.request_timeout {
             r.set_timeout(t);

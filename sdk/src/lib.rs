@@ -25,6 +25,8 @@
 pub mod client;
 pub mod container;
 pub mod error;
+pub mod manifest;
+pub mod services;
 pub mod spec;
 
 pub use client::{BoxStream, Client, ClientOptions, TlsOptions};

@@ -411,6 +411,11 @@ impl ContainerSpec {
         self
     }
 
+    /// The first problem found while building the spec, if any.
+    pub fn problem(&self) -> Option<&str> {
+        self.problems.first().map(String::as_str)
+    }
+
     /// The wire's request, or the first problem found while building it.
     pub fn to_request(&self) -> Result<v1::CreateContainerRequest> {
         if let Some(p) = self.problems.first() {

@@ -9,8 +9,10 @@
 //! plugin directories and the ports. The supervisor runs the plugins.
 
 pub mod host;
+pub mod services;
 
 pub use host::PeerRoute;
+pub use services::{ServiceTable, ServiceVip};
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -119,6 +121,8 @@ pub struct NodeNetwork {
     applied: Mutex<Option<(Option<Assignment>, BTreeSet<PeerRoute>)>>,
     /// The cluster's name table (other containers' addresses) and its version.
     names: RwLock<(u64, Vec<(Ipv4Addr, String)>)>,
+    /// The services this node balances: as the controller last said, and as last set up.
+    services: Mutex<(ServiceTable, Option<ServiceTable>)>,
 }
 
 impl NodeNetwork {
@@ -134,6 +138,7 @@ impl NodeNetwork {
             assignment: RwLock::new(assignment),
             applied: Mutex::new(None),
             names: RwLock::new((0, Vec::new())),
+            services: Mutex::new((ServiceTable::default(), None)),
         }
     }
 
@@ -159,6 +164,31 @@ impl NodeNetwork {
         }
         *current = (revision, names);
         true
+    }
+
+    /// Takes the controller's table of services (set up by [`NodeNetwork::sync_services`]).
+    pub fn set_services(&self, table: ServiceTable) {
+        self.services.lock().unwrap_or_else(|e| e.into_inner()).0 = table;
+    }
+
+    /// Brings the node's services' rules in step with the last table the controller sent;
+    /// runs `iptables` only when it changed since the last success.
+    pub async fn sync_services(self: &std::sync::Arc<Self>) -> Result<(), String> {
+        let wanted = {
+            let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            if s.1.as_ref() == Some(&s.0) || (s.1.is_none() && s.0 == ServiceTable::default()) {
+                return Ok(());
+            }
+            s.0.clone()
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            services::sync(&wanted)?;
+            this.services.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(wanted);
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("services' rules task: {e}"))?
     }
 
     /// Brings the node-wide pieces in step with the cluster (the controller's view, or

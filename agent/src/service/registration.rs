@@ -15,7 +15,7 @@ use hutch_proto::v1::nodes_client::NodesClient;
 use tonic::transport::Endpoint;
 
 use super::AgentCore;
-use crate::network::{Assignment, PeerRoute};
+use crate::network::{Assignment, PeerRoute, ServiceTable, ServiceVip};
 use crate::node;
 use hutch_core::network::Cidr;
 
@@ -269,8 +269,10 @@ async fn apply_network(
         return synced.is_ok();
     };
     if !registered && n.names_revision == core.runtime.network().names_revision() {
-        return synced.is_ok();
+        return sync_services(core).await && synced.is_ok();
     }
+    core.runtime.network().set_services(service_table(n));
+    let services_synced = sync_services(core).await;
     let names = n
         .names
         .iter()
@@ -285,5 +287,47 @@ async fn apply_network(
             }
         }
     }
-    synced.is_ok()
+    synced.is_ok() && services_synced
+}
+
+/// The services' table the controller sent (entries it could not read are left out,
+/// with a warning).
+fn service_table(n: &v1::ClusterNetwork) -> ServiceTable {
+    let cidr = (!n.service_cidr.is_empty())
+        .then(|| n.service_cidr.parse::<Cidr>().ok())
+        .flatten();
+    let services = n
+        .services
+        .iter()
+        .filter_map(|s| {
+            let address = s.address.parse().ok();
+            let backends: Option<Vec<_>> = s.backends.iter().map(|b| b.parse().ok()).collect();
+            match (address, backends) {
+                (Some(address), Some(mut backends)) => {
+                    backends.sort();
+                    Some(ServiceVip {
+                        name: s.name.clone(),
+                        address,
+                        backends,
+                    })
+                }
+                _ => {
+                    tracing::warn!(service = %s.name, address = %s.address, "unreadable service address from the controller");
+                    None
+                }
+            }
+        })
+        .collect();
+    ServiceTable { cidr, services }
+}
+
+/// Sets up the services' rules; whether they are in place.
+async fn sync_services(core: &AgentCore) -> bool {
+    match core.runtime.network().sync_services().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(node = %core.node, "services' addresses (retrying): {e}");
+            false
+        }
+    }
 }

@@ -56,6 +56,11 @@ impl Cluster {
             )));
         }
         let placement = req.placement.clone().unwrap_or_default();
+        if !placement.spread_by.is_empty() {
+            return Err(ClusterError::InvalidArgument(
+                "placement.spread_by: set by hutch on a service's replicas only; declare a service to spread replicas (hutch apply)".into(),
+            ));
+        }
         hutch_core::spec::validate_labels(
             "placement.node_selector",
             placement.node_selector.iter(),
@@ -77,8 +82,48 @@ impl Cluster {
                 "spec.auto_remove with a restart policy: a container removed when it ends cannot be restarted; drop one of the two (Docker refuses --rm with --restart too)".into(),
             ));
         }
+        if let Some(key) = spec
+            .labels
+            .keys()
+            .find(|k| super::services::spec::is_reserved_label(k))
+        {
+            return Err(ClusterError::InvalidArgument(format!(
+                "spec.labels: '{key}' marks a service's replicas and is set by hutch only; choose another key"
+            )));
+        }
 
         let mut st = self.lock();
+        if st.services.contains_key(&name) {
+            return Err(ClusterError::AlreadyExists(format!(
+                "a service is named '{name}': containers reach both by name, so choose another container name"
+            )));
+        }
+        let record = self.create_locked(
+            &mut st,
+            name,
+            spec,
+            placement,
+            policy,
+            parsed.host_exposure(),
+        )?;
+        drop(st);
+        if state(&record) == S::Scheduled {
+            self.spawn_dispatch(&record);
+        }
+        Ok(record)
+    }
+
+    /// Records and places a checked container under the state lock; the caller dispatches
+    /// it when it comes back SCHEDULED.
+    pub(crate) fn create_locked(
+        &self,
+        st: &mut State,
+        name: String,
+        spec: v1::ContainerSpec,
+        placement: v1::Placement,
+        policy: v1::RestartPolicy,
+        warnings: Vec<String>,
+    ) -> Result<v1::Container, ClusterError> {
         if let Some(existing) = st.containers.get(&name) {
             let same = existing.spec.as_ref() == Some(&spec)
                 && existing.placement.clone().unwrap_or_default() == placement
@@ -108,7 +153,7 @@ impl Cluster {
         let record = v1::Container {
             id: name.clone(),
             name: name.clone(),
-            warnings: parsed.host_exposure(),
+            warnings,
             reserved_memory_bytes: spec
                 .memory_limit_bytes
                 .unwrap_or(self.config.default_reservation_bytes),
@@ -119,12 +164,7 @@ impl Cluster {
             created_at: Some(timestamp(SystemTime::now())),
             ..Default::default()
         };
-        let record = self.place_and_commit(&mut st, record, WatchEventType::Created)?;
-        drop(st);
-        if state(&record) == S::Scheduled {
-            self.spawn_dispatch(&record);
-        }
-        Ok(record)
+        self.place_and_commit(st, record, WatchEventType::Created)
     }
 
     /// Tries to place `record` (PENDING), then commits it either SCHEDULED on a node or
@@ -157,6 +197,7 @@ impl Cluster {
         let rootfs = record.spec.as_ref().map_or("", |s| s.rootfs.as_str());
         let ports = ports_of(record);
         let holder = volume_node(st, record)?;
+        let spread = siblings_per_node(st, record, &placement.spread_by);
         let node = match (&holder, placement.node.as_str()) {
             (Some((node, volume)), asked) if !asked.is_empty() && asked != node => {
                 return Err(format!(
@@ -177,6 +218,7 @@ impl Cluster {
             rootfs_buildable: st.rootfs_specs.contains_key(rootfs)
                 || hutch_core::image_ref::looks_like_image(rootfs),
             ports: &ports,
+            spread: spread.as_ref(),
         };
         st.scheduler.place(&req).map_err(|e| match &holder {
             Some((node, volume)) => format!("volume '{volume}' is on node '{node}': {e}"),
@@ -328,7 +370,7 @@ impl Cluster {
 
     /// [`Cluster::remove`] of the record of `name` created at `created_at` only: nothing
     /// happens when the name now belongs to another record.
-    async fn remove_record(
+    pub(crate) async fn remove_record(
         self: &Arc<Self>,
         name: &str,
         force: bool,
@@ -746,4 +788,52 @@ fn volume_node(st: &State, record: &v1::Container) -> Result<Option<(String, Str
         }
     }
     Ok(found)
+}
+
+/// For a service's replica spread by `spread_by` (a node label, or `node`): per node, how
+/// many live replicas of its service the node's domain (the nodes sharing its value of the
+/// label) holds. `None` for other containers.
+fn siblings_per_node(
+    st: &State,
+    record: &v1::Container,
+    spread_by: &str,
+) -> Option<std::collections::HashMap<String, usize>> {
+    if spread_by.is_empty() {
+        return None;
+    }
+    let (service, _) = super::services::spec::replica_of(record)?;
+    let domain_of = |node: &str| -> String {
+        if spread_by == "node" {
+            return node.to_string();
+        }
+        st.nodes
+            .get(node)
+            .and_then(|n| n.record.labels.get(spread_by).cloned())
+            .unwrap_or_default()
+    };
+    let mut per_domain: std::collections::HashMap<String, usize> = Default::default();
+    for name in st.replicas.get(service).into_iter().flatten() {
+        let Some(c) = st.containers.get(name) else {
+            continue;
+        };
+        if c.name == record.name
+            || c.stop_requested
+            || c.node.is_empty()
+            || !holds_reservation(state(c))
+        {
+            continue;
+        }
+        *per_domain.entry(domain_of(&c.node)).or_default() += 1;
+    }
+    Some(
+        st.nodes
+            .keys()
+            .map(|n| {
+                (
+                    n.clone(),
+                    per_domain.get(&domain_of(n)).copied().unwrap_or(0),
+                )
+            })
+            .collect(),
+    )
 }

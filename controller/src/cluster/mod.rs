@@ -20,9 +20,10 @@ pub mod network;
 pub mod nodes;
 pub mod records;
 pub mod rootfs;
+pub mod services;
 pub mod volumes;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -63,6 +64,8 @@ pub struct ClusterConfig {
     pub agent_tls: Option<hutch_pki::material::TlsMaterial>,
     /// The cluster's container network; `None`: nodes get no subnet.
     pub cluster_cidr: Option<ClusterCidr>,
+    /// The block services' virtual addresses come from; `None`: services get none.
+    pub service_cidr: Option<hutch_core::network::Cidr>,
 }
 
 /// A value kept out of logs and debug output.
@@ -90,6 +93,7 @@ impl Default for ClusterConfig {
             agent_token: None,
             agent_tls: None,
             cluster_cidr: None,
+            service_cidr: None,
         }
     }
 }
@@ -171,6 +175,16 @@ pub(crate) struct State {
     /// Volumes being created, or created lately, by node: they count as held there before
     /// the node's heartbeats say so (see `volumes::CLAIM_TTL`).
     pub volume_claims: HashMap<String, (String, std::time::Instant)>,
+    /// Services, by name.
+    pub services: BTreeMap<String, v1::Service>,
+    /// Each service's replicas (containers carrying its label), also of a deleted service
+    /// until they are removed.
+    pub replicas: HashMap<String, BTreeSet<String>>,
+    /// Retired replicas with a task stopping and removing them.
+    pub retiring: HashSet<String>,
+    /// Each service's replicas that take connections now (running, not retired, healthy
+    /// where checked), with their addresses: what its virtual address balances over.
+    pub backends: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// One change to commit.
@@ -187,6 +201,10 @@ pub(crate) enum Change {
     RootfsSpec(v1::RootfsSpec),
     /// A rootfs spec to forget.
     ForgetRootfsSpec(String),
+    /// A service record, new or changed.
+    Service(WatchEventType, v1::Service),
+    /// A service to forget.
+    RemovedService(v1::Service),
 }
 
 /// The cluster.
@@ -199,6 +217,8 @@ pub struct Cluster {
     watchers: broadcast::Sender<v1::WatchEvent>,
     /// Wakes the pending-placement loop.
     pub(crate) kick: Arc<Notify>,
+    /// Wakes the services' reconciler.
+    pub(crate) service_kick: Arc<Notify>,
     pub(crate) agents: AgentPool,
     /// Starts in flight per node (see `dispatch::DISPATCH_PER_NODE`).
     pub(crate) dispatch_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
@@ -254,7 +274,15 @@ impl Cluster {
             log_readers: HashMap::new(),
             logs_read: HashSet::new(),
             volume_claims: HashMap::new(),
+            services: BTreeMap::new(),
+            replicas: HashMap::new(),
+            retiring: HashSet::new(),
+            backends: BTreeMap::new(),
         };
+        for svc in snap.services {
+            Self::account_service(&mut st, None, Some(&svc));
+            st.services.insert(svc.name.clone(), svc);
+        }
         let now = Instant::now();
         for mut node in snap.nodes {
             if node.state != v1::NodeState::Down as i32 {
@@ -296,6 +324,7 @@ impl Cluster {
             session: new_session()?,
             watchers,
             kick: Arc::new(Notify::new()),
+            service_kick: Arc::new(Notify::new()),
             agents,
             dispatch_slots: std::sync::Mutex::default(),
             metrics,
@@ -303,6 +332,7 @@ impl Cluster {
         });
         tokio::spawn(containers::placement_loop(Arc::downgrade(&cluster)));
         tokio::spawn(nodes::liveness_loop(Arc::downgrade(&cluster)));
+        tokio::spawn(services::reconcile::service_loop(Arc::downgrade(&cluster)));
         cluster.kick.notify_one();
         Ok(cluster)
     }
@@ -374,12 +404,71 @@ impl Cluster {
         if changed {
             st.names_revision += 1;
         }
+        Self::account_replica(st, old, new);
         let pending_now = new.is_some_and(|n| state(n) == S::Pending);
         let was_pending = st.pending.contains(&name);
         if pending_now && !was_pending {
             st.pending.push(name);
         } else if !pending_now && was_pending {
             st.pending.retain(|p| p != &name);
+        }
+    }
+
+    /// Keeps the services' replica index and backends in step with a container record
+    /// changing from `old` to `new`.
+    fn account_replica(st: &mut State, old: Option<&v1::Container>, new: Option<&v1::Container>) {
+        let Some((service, _)) = new.or(old).and_then(services::spec::replica_of) else {
+            return;
+        };
+        let service = service.to_string();
+        let name = new.or(old).map(|c| c.name.clone()).unwrap_or_default();
+        match new {
+            Some(_) => {
+                st.replicas
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
+            None => {
+                if let Some(set) = st.replicas.get_mut(&service) {
+                    set.remove(&name);
+                    if set.is_empty() {
+                        st.replicas.remove(&service);
+                    }
+                }
+            }
+        }
+        let address = new.filter(|n| takes_connections(n)).and_then(|n| {
+            n.network
+                .as_ref()
+                .map(|net| net.ip.clone())
+                .filter(|ip| !ip.is_empty())
+        });
+        let backends = st.backends.entry(service.clone()).or_default();
+        let changed = match address {
+            Some(ip) => backends.insert(name, ip.clone()).as_ref() != Some(&ip),
+            None => backends.remove(&name).is_some(),
+        };
+        if backends.is_empty() {
+            st.backends.remove(&service);
+        }
+        if changed {
+            st.names_revision += 1;
+        }
+    }
+
+    /// Keeps the name table in step with a service changing from `old` to `new`: its name
+    /// resolves to its virtual address.
+    fn account_service(st: &mut State, old: Option<&v1::Service>, new: Option<&v1::Service>) {
+        if let Some(o) = old.filter(|o| !o.address.is_empty()) {
+            if new.is_none_or(|n| n.address != o.address) && st.names.remove(&o.name).is_some() {
+                st.names_revision += 1;
+            }
+        }
+        if let Some(n) = new.filter(|n| !n.address.is_empty()) {
+            if st.names.insert(n.name.clone(), n.address.clone()).as_ref() != Some(&n.address) {
+                st.names_revision += 1;
+            }
         }
     }
 
@@ -403,6 +492,7 @@ impl Cluster {
         let mut revision = st.revision;
         let mut events = Vec::new();
         let mut records = Vec::new();
+        let mut services = Vec::new();
         let now = Some(timestamp(SystemTime::now()));
         for change in changes {
             match change {
@@ -424,6 +514,20 @@ impl Cluster {
                 Change::ForgetNode(n) => batch.writes.push(Write::DeleteNode(n)),
                 Change::RootfsSpec(r) => batch.writes.push(Write::PutRootfsSpec(r)),
                 Change::ForgetRootfsSpec(n) => batch.writes.push(Write::DeleteRootfsSpec(n)),
+                Change::Service(kind, mut svc) => {
+                    revision += 1;
+                    svc.revision = revision;
+                    batch.writes.push(Write::PutService(Box::new(svc.clone())));
+                    events.push(service_event(revision, now, kind, &svc));
+                    services.push((kind, svc));
+                }
+                Change::RemovedService(mut svc) => {
+                    revision += 1;
+                    svc.revision = revision;
+                    batch.writes.push(Write::DeleteService(svc.name.clone()));
+                    events.push(service_event(revision, now, WatchEventType::Removed, &svc));
+                    services.push((WatchEventType::Removed, svc));
+                }
             }
         }
         for e in &events {
@@ -479,6 +583,20 @@ impl Cluster {
                 _ => {}
             }
         }
+        let touches_services = !services.is_empty()
+            || records
+                .iter()
+                .any(|(_, c)| services::spec::replica_of(c).is_some());
+        for (kind, svc) in services {
+            let old = st.services.get(&svc.name).cloned();
+            if kind == WatchEventType::Removed {
+                Self::account_service(st, old.as_ref(), None);
+                st.services.remove(&svc.name);
+            } else {
+                Self::account_service(st, old.as_ref(), Some(&svc));
+                st.services.insert(svc.name.clone(), svc);
+            }
+        }
         let mut committed = Vec::new();
         for (kind, c) in records {
             let old = st.containers.get(&c.name).cloned();
@@ -500,6 +618,9 @@ impl Cluster {
         }
         while st.events.len() > self.config.event_keep {
             st.events.pop_front();
+        }
+        if touches_services {
+            self.service_kick.notify_one();
         }
         Ok(committed)
     }
@@ -598,7 +719,35 @@ fn watch_event(
         time,
         r#type: kind as i32,
         container: Some(c.clone()),
+        service: None,
     }
+}
+
+fn service_event(
+    revision: u64,
+    time: Option<prost_types::Timestamp>,
+    kind: WatchEventType,
+    svc: &v1::Service,
+) -> v1::WatchEvent {
+    v1::WatchEvent {
+        revision,
+        time,
+        r#type: kind as i32,
+        container: None,
+        service: Some(Box::new(svc.clone())),
+    }
+}
+
+/// Whether a replica takes connections to its service's address: running, not retired,
+/// and healthy where it has a health check.
+fn takes_connections(c: &v1::Container) -> bool {
+    let checked = c.spec.as_ref().is_some_and(|s| s.health.is_some());
+    state(c) == S::Running
+        && !c.stop_requested
+        && (!checked
+            || c.health
+                .as_ref()
+                .is_some_and(|h| h.state == v1::HealthState::Healthy as i32))
 }
 
 /// `NotFound` for a container name.

@@ -61,6 +61,7 @@ fn node_ip(address: &str) -> Option<std::net::Ipv4Addr> {
 pub(crate) fn view_for(
     st: &State,
     cluster: &ClusterCidr,
+    service_cidr: Option<Cidr>,
     name: &str,
     names_revision: Option<u64>,
 ) -> Option<v1::ClusterNetwork> {
@@ -80,7 +81,8 @@ pub(crate) fn view_for(
             })
         })
         .collect();
-    let names = if names_revision == Some(st.names_revision) {
+    let current = names_revision == Some(st.names_revision);
+    let names = if current {
         Vec::new()
     } else {
         st.names
@@ -91,13 +93,37 @@ pub(crate) fn view_for(
             })
             .collect()
     };
+    let services = if current {
+        Vec::new()
+    } else {
+        service_backends(st)
+    };
     Some(v1::ClusterNetwork {
         cluster_cidr: cluster.cidr.to_string(),
         subnet: own.record.subnet.clone(),
         routes,
         names_revision: st.names_revision,
         names,
+        service_cidr: service_cidr.map(|c| c.to_string()).unwrap_or_default(),
+        services,
     })
+}
+
+/// Every service with an address, and the replicas its connections go to.
+fn service_backends(st: &State) -> Vec<v1::ServiceBackends> {
+    st.services
+        .values()
+        .filter(|s| !s.address.is_empty())
+        .map(|s| v1::ServiceBackends {
+            name: s.name.clone(),
+            address: s.address.clone(),
+            backends: st
+                .backends
+                .get(&s.name)
+                .map(|b| b.values().cloned().collect())
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -193,7 +193,13 @@ impl Cluster {
         name: &str,
         names_revision: Option<u64>,
     ) -> Option<v1::ClusterNetwork> {
-        view_for(st, self.config.cluster_cidr.as_ref()?, name, names_revision)
+        view_for(
+            st,
+            self.config.cluster_cidr.as_ref()?,
+            self.config.service_cidr,
+            name,
+            names_revision,
+        )
     }
 
     /// Records a heartbeat. `FailedPrecondition` asks the agent to register again.

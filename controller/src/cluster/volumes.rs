@@ -77,6 +77,7 @@ impl Cluster {
                 rootfs_buildable: true,
                 ports: &[],
                 cpu_millicores: 0,
+                spread: None,
             };
             let node = st.scheduler.place(&any).map_err(|e| {
                 ClusterError::FailedPrecondition(format!("no node for the volume: {e}"))

@@ -111,6 +111,59 @@ fn wanted_state(value: i32) -> Result<Option<v1::ContainerState>, Status> {
     }
 }
 
+/// Every kept change after `since` that `wants` takes, then live ones, until the client
+/// goes, falls too far behind, or the controller stops leading.
+fn event_stream(
+    cluster: &Cluster,
+    mut closing: Closing,
+    since: u64,
+    wants: impl Fn(&v1::WatchEvent) -> bool + Send + 'static,
+) -> Result<RpcStream<v1::WatchEvent>, Status> {
+    let (replay, mut live) = cluster.watch(since)?;
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let mut last = since;
+        for e in replay {
+            last = e.revision;
+            if wants(&e) && tx.send(Ok(e)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                next = live.recv() => next,
+                _ = closing.wait() => Err(broadcast::error::RecvError::Closed),
+            };
+            match next {
+                Ok(e) if e.revision <= last => {}
+                Ok(e) => {
+                    last = e.revision;
+                    if wants(&e) && tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let _ = tx
+                        .send(Err(Status::resource_exhausted(format!(
+                            "this watch fell {n} changes behind (it reads slower than the cluster changes) and was cut off; watch again with since_revision={last}"
+                        ))))
+                        .await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "this controller is shutting down or stopped leading; watch again with since_revision={last} (on any controller of the cluster)"
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn create_container(
@@ -197,52 +250,14 @@ impl Controller for ControllerService {
     ) -> Result<Response<Self::WatchContainersStream>, Status> {
         let req = request.into_inner();
         let filter = watch_filter::WatchFilter::of(&req)?;
-        let since = req.since_revision;
         let cluster = self.cluster()?;
-        let (replay, mut live) = cluster.watch(since)?;
-        let mut closing = self.closing_for(&cluster);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(async move {
-            let mut last = since;
-            for e in replay {
-                last = e.revision;
-                if filter.wants(&e) && tx.send(Ok(e)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                let next = tokio::select! {
-                    next = live.recv() => next,
-                    _ = closing.wait() => Err(broadcast::error::RecvError::Closed),
-                };
-                match next {
-                    Ok(e) if e.revision <= last => {}
-                    Ok(e) => {
-                        last = e.revision;
-                        if filter.wants(&e) && tx.send(Ok(e)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx
-                            .send(Err(Status::resource_exhausted(format!(
-                                "this watch fell {n} changes behind (it reads slower than the cluster changes) and was cut off; watch again with since_revision={last}"
-                            ))))
-                            .await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!(
-                                "this controller is shutting down or stopped leading; watch again with since_revision={last} (on any controller of the cluster)"
-                            ))))
-                            .await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream = event_stream(
+            &cluster,
+            self.closing_for(&cluster),
+            req.since_revision,
+            move |e| filter.wants(e),
+        )?;
+        Ok(Response::new(stream))
     }
 
     type ContainerLogsStream = RpcStream<v1::LogEntry>;
@@ -534,6 +549,122 @@ impl Controller for ControllerService {
                 .await?,
         ))
     }
+    async fn create_service(
+        &self,
+        request: Request<v1::CreateServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
+        let req = request.into_inner();
+        let svc = self
+            .cluster()?
+            .commit_blocking(move |c| c.create_service(req))
+            .await?;
+        Ok(Response::new(svc))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<v1::GetServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
+        Ok(Response::new(
+            self.cluster()?.get_service(&request.into_inner().name)?,
+        ))
+    }
+
+    async fn list_services(
+        &self,
+        _request: Request<v1::ListServicesRequest>,
+    ) -> Result<Response<v1::ListServicesResponse>, Status> {
+        let (services, revision) = self.cluster()?.list_services();
+        Ok(Response::new(v1::ListServicesResponse {
+            services,
+            revision,
+        }))
+    }
+
+    async fn update_service(
+        &self,
+        request: Request<v1::UpdateServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
+        let req = request.into_inner();
+        let svc = self
+            .cluster()?
+            .commit_blocking(move |c| c.update_service(&req.name, req.spec))
+            .await?;
+        Ok(Response::new(svc))
+    }
+
+    async fn delete_service(
+        &self,
+        request: Request<v1::DeleteServiceRequest>,
+    ) -> Result<Response<v1::DeleteServiceResponse>, Status> {
+        let name = request.into_inner().name;
+        let svc = self
+            .cluster()?
+            .commit_blocking(move |c| c.delete_service(&name))
+            .await?;
+        Ok(Response::new(v1::DeleteServiceResponse {
+            service: Some(svc),
+        }))
+    }
+
+    async fn scale_service(
+        &self,
+        request: Request<v1::ScaleServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
+        let req = request.into_inner();
+        let svc = self
+            .cluster()?
+            .commit_blocking(move |c| c.scale_service(&req.name, req.replicas))
+            .await?;
+        Ok(Response::new(svc))
+    }
+
+    async fn rollback_service(
+        &self,
+        request: Request<v1::RollbackServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
+        let name = request.into_inner().name;
+        let svc = self
+            .cluster()?
+            .commit_blocking(move |c| c.rollback_service(&name))
+            .await?;
+        Ok(Response::new(svc))
+    }
+
+    async fn apply_services(
+        &self,
+        request: Request<v1::ApplyServicesRequest>,
+    ) -> Result<Response<v1::ApplyServicesResponse>, Status> {
+        let req = request.into_inner();
+        let out = self
+            .cluster()?
+            .commit_blocking(move |c| c.apply_services(req))
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    type WatchServicesStream = RpcStream<v1::WatchEvent>;
+
+    async fn watch_services(
+        &self,
+        request: Request<v1::WatchServicesRequest>,
+    ) -> Result<Response<Self::WatchServicesStream>, Status> {
+        let req = request.into_inner();
+        let names: std::collections::HashSet<String> = req.services.into_iter().collect();
+        let cluster = self.cluster()?;
+        let stream = event_stream(
+            &cluster,
+            self.closing_for(&cluster),
+            req.since_revision,
+            move |e| {
+                e.service
+                    .as_ref()
+                    .is_some_and(|s| names.is_empty() || names.contains(&s.name))
+            },
+        )?;
+        Ok(Response::new(stream))
+    }
+
     async fn get_cluster_status(
         &self,
         _request: Request<v1::GetClusterStatusRequest>,

@@ -222,6 +222,7 @@ fn backend(config: &EtcdConfig, message: String) -> StoreError {
 const CONTAINERS: &str = "containers/";
 const NODES: &str = "nodes/";
 const ROOTFS: &str = "rootfs/";
+const SERVICES: &str = "services/";
 const EVENTS: &str = "events/";
 const REVISION: &str = "revision";
 
@@ -305,6 +306,8 @@ impl Store for EtcdStore {
             self.block_on(move |c, cfg| async move { read_table(c, cfg, NODES, at).await })?;
         let (rootfs, _) =
             self.block_on(move |c, cfg| async move { read_table(c, cfg, ROOTFS, at).await })?;
+        let (services, _) =
+            self.block_on(move |c, cfg| async move { read_table(c, cfg, SERVICES, at).await })?;
         let (events, _) =
             self.block_on(move |c, cfg| async move { read_table(c, cfg, EVENTS, at).await })?;
         let revision = self.block_on(move |mut c, cfg| async move {
@@ -328,6 +331,7 @@ impl Store for EtcdStore {
             containers: decode_all("containers", containers)?,
             nodes: decode_all("nodes", nodes)?,
             rootfs_specs: decode_all("rootfs_specs", rootfs)?,
+            services: decode_all("services", services)?,
             revision,
             events: decode_all("events", events)?,
         })
@@ -359,6 +363,14 @@ impl Store for EtcdStore {
                 ),
                 Write::DeleteRootfsSpec(name) => {
                     TxnOp::delete(cfg.key(&format!("{ROOTFS}{name}")), None)
+                }
+                Write::PutService(s) => TxnOp::put(
+                    cfg.key(&format!("{SERVICES}{}", s.name)),
+                    s.encode_to_vec(),
+                    None,
+                ),
+                Write::DeleteService(name) => {
+                    TxnOp::delete(cfg.key(&format!("{SERVICES}{name}")), None)
                 }
                 Write::Event(e) => TxnOp::put(event_key(cfg, e.revision), e.encode_to_vec(), None),
             });

@@ -1,8 +1,8 @@
 //! Durable cluster state behind one small interface, so a distributed backend (etcd, say)
 //! can replace the embedded one without touching the rest of the controller.
 //!
-//! What is kept: every container record, every node, the rootfs specs the cluster knows how
-//! to build, the revision counter and the most recent watch events. Records are the wire's
+//! What is kept: every container record, every service, every node, the rootfs specs the
+//! cluster knows how to build, the revision counter and the most recent watch events. Records are the wire's
 //! protobuf messages, encoded with prost. A [`Batch`] is applied atomically and durably (the
 //! call returns after the data is on disk), and the controller acknowledges or publishes a
 //! change only after its batch is committed.
@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub nodes: Vec<v1::Node>,
     /// Rootfs specs built through the controller, which any node can build again.
     pub rootfs_specs: Vec<v1::RootfsSpec>,
+    /// Services.
+    pub services: Vec<v1::Service>,
     /// The highest revision committed.
     pub revision: u64,
     /// The watch events kept, oldest first.
@@ -82,6 +84,10 @@ pub enum Write {
     PutRootfsSpec(v1::RootfsSpec),
     /// Delete a rootfs spec.
     DeleteRootfsSpec(String),
+    /// Insert or replace a service (keyed by name).
+    PutService(Box<v1::Service>),
+    /// Delete a service.
+    DeleteService(String),
     /// Append a watch event (keyed by revision).
     Event(v1::WatchEvent),
 }

@@ -17,6 +17,7 @@ use super::{Batch, Snapshot, Store, StoreError, Write};
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const ROOTFS_SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("rootfs_specs");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
@@ -118,6 +119,12 @@ impl Store for RedbStore {
             snap.rootfs_specs
                 .push(decode("rootfs_specs", k.value().to_string(), v.value())?);
         }
+        let services = txn.open_table(SERVICES).map_err(|e| self.backend(e))?;
+        for row in services.iter().map_err(|e| self.backend(e))? {
+            let (k, v) = row.map_err(|e| self.backend(e))?;
+            snap.services
+                .push(decode("services", k.value().to_string(), v.value())?);
+        }
         let events = txn.open_table(EVENTS).map_err(|e| self.backend(e))?;
         for row in events.iter().map_err(|e| self.backend(e))? {
             let (k, v) = row.map_err(|e| self.backend(e))?;
@@ -138,6 +145,7 @@ impl Store for RedbStore {
             let mut containers = txn.open_table(CONTAINERS).map_err(|e| self.backend(e))?;
             let mut nodes = txn.open_table(NODES).map_err(|e| self.backend(e))?;
             let mut specs = txn.open_table(ROOTFS_SPECS).map_err(|e| self.backend(e))?;
+            let mut services = txn.open_table(SERVICES).map_err(|e| self.backend(e))?;
             let mut events = txn.open_table(EVENTS).map_err(|e| self.backend(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.backend(e))?;
             for write in &batch.writes {
@@ -154,6 +162,10 @@ impl Store for RedbStore {
                         .insert(r.name.as_str(), r.encode_to_vec().as_slice())
                         .map(drop),
                     Write::DeleteRootfsSpec(name) => specs.remove(name.as_str()).map(drop),
+                    Write::PutService(s) => services
+                        .insert(s.name.as_str(), s.encode_to_vec().as_slice())
+                        .map(drop),
+                    Write::DeleteService(name) => services.remove(name.as_str()).map(drop),
                     Write::Event(e) => events
                         .insert(e.revision, e.encode_to_vec().as_slice())
                         .map(drop),
