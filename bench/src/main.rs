@@ -10,6 +10,7 @@ mod network;
 mod report;
 mod scale;
 mod scenarios;
+mod services;
 mod setup;
 mod tls;
 
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 15] = [
+const ALL: [&str; 16] = [
     "start-latency",
     "start-latency-net",
     "throughput-net",
@@ -33,6 +34,7 @@ const ALL: [&str; 15] = [
     "metrics",
     "ha",
     "rootfs-image",
+    "service-apply",
 ];
 
 #[derive(Parser)]
@@ -41,7 +43,7 @@ const ALL: [&str; 15] = [
     about = "hutch side by side with runc and containerd, in one run on this machine",
     long_about = "Runs the scenarios (all when none is named): start-latency, start-latency-net, throughput-net, \
 tcp-cross-host, agent-latency, \
-throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls, metrics, ha, rootfs-image. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
+throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls, metrics, ha, rootfs-image, service-apply. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
 Example: scripts/bench.sh start-latency scheduler"
 )]
@@ -163,6 +165,9 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
             }
             ("rootfs-image", Some(env)) => {
                 images::rootfs_image(env, runs.min(100), if smoke { 1 } else { 3 }).await?
+            }
+            ("service-apply", Some(env)) => {
+                services::service_apply(env, if smoke { 10 } else { 100 }).await?
             }
             ("controller-scale", Some(env)) => {
                 scale::controller_scale(env, sim_nodes, records).await?

@@ -439,3 +439,98 @@ async fn services_across_hosts() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The service file of the restart test: `replicas` of a server answering with `version`,
+/// replaced one at a time, each new one counting after 2 s up.
+fn slow_app(replicas: u32, version: u32) -> String {
+    app(i64::from(replicas), version, None).replace(
+        "update = { max-unavailable = 1, max-surge = 0, min-ready = \"1s\"",
+        "update = { max-unavailable = 1, max-surge = 1, min-ready = \"2s\"",
+    )
+}
+
+/// 2. The controller killed in the middle of a rolling update and started again: the
+///    update resumes from the records and finishes, never more than replicas + max surge
+///    live nor fewer than replicas - max unavailable available, with exactly the declared
+///    count at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restart_mid_rollout_loses_and_doubles_nothing() {
+    let lab = Lab::up("svcrestart", 3, "").await;
+    let v1 = TempFile::new(&lab, "v1", &slow_app(4, 1));
+    lab.hutch(&["apply", "-f", v1.path()]);
+    wait_service(
+        &lab,
+        Duration::from_secs(60),
+        "converged at 4",
+        converged(4, 1),
+    );
+
+    let v2 = TempFile::new(&lab, "v2", &slow_app(4, 2));
+    lab.hutch(&["apply", "-f", v2.path()]);
+    let mid = wait_service(&lab, Duration::from_secs(60), "half way", |s| {
+        s["status"]["updated"]
+            .as_u64()
+            .is_some_and(|n| (1..4).contains(&n))
+    });
+    println!(
+        "restarting the controller with {} of 4 updated",
+        mid["status"]["updated"]
+    );
+    lab.lab(&["kill", "ctl", "controller"]);
+    std::thread::sleep(Duration::from_millis(300));
+    lab.lab(&["start", "ctl", "controller"]);
+
+    let (mut most_live, mut fewest_available) = (0, u64::MAX);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = lab.exec(
+            "client",
+            &["hutch", "-o", "json", "service", "inspect", "web"],
+        );
+        if let Ok(s) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            // Once the nodes have registered again (the restarted controller counts a
+            // replica only once its node reports it).
+            let ready = lab
+                .hutch_json(&["nodes"])
+                .as_array()
+                .is_some_and(|n| n.iter().all(|n| n["state"] == "ready"));
+            if ready {
+                most_live = most_live.max(s["status"]["replicas"].as_u64().unwrap_or(0));
+                fewest_available =
+                    fewest_available.min(s["status"]["available"].as_u64().unwrap_or(0));
+            }
+            if converged(4, 2)(&s) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the update never finished after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("after the restart: at most {most_live} live, at least {fewest_available} available");
+    assert!(
+        most_live <= 5,
+        "more than replicas + max surge live: {most_live}"
+    );
+    assert!(
+        fewest_available >= 3,
+        "fewer than replicas - max unavailable: {fewest_available}"
+    );
+    let gone = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = lab.hutch(&["ps", "-a", "--label", "hutch.service=web", "-q"]);
+        if all.lines().count() == 4 {
+            break;
+        }
+        assert!(Instant::now() < gone, "replicas left over: {all}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (answers, failures) = ask(&lab, &lab.node("n3"), 20);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        answers.keys().all(|r| r.starts_with("web-2-")),
+        "{answers:?}"
+    );
+}

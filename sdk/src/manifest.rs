@@ -190,9 +190,8 @@ fn to_request(e: Entry) -> Located<v1::CreateServiceRequest> {
         (
             e.replicas.span().start,
             format!(
-                "replicas: {} is not a count of replicas (0 to {})",
+                "replicas: {} is not a count of replicas (0 or more)",
                 e.replicas.get_ref(),
-                u32::MAX
             ),
         )
     })?;
@@ -372,6 +371,15 @@ fn duration_ms(field: &str, v: &Spanned<String>) -> Located<u32> {
 
 fn seconds(field: &str, v: &Spanned<String>) -> Located<u32> {
     let d = duration(field, v)?;
+    if d.subsec_nanos() != 0 {
+        return Err((
+            v.span().start,
+            format!(
+                "{field}: '{}' is not a whole number of seconds",
+                v.get_ref()
+            ),
+        ));
+    }
     u32::try_from(d.as_secs()).map_err(|_| (v.span().start, format!("{field}: too long")))
 }
 
@@ -452,6 +460,8 @@ command = ["sleep", "600"]
         let e = err("[[service]]\nname = \"web\"\nreplicas = 1\nrootfs = \"debian\"\nupdate = { min-ready = \"soon\" }\n");
         assert_eq!(e.line, 5, "{e}");
         assert!(e.message.contains("update.min-ready"), "{e}");
+        let e = err("[[service]]\nname = \"web\"\nreplicas = 1\nrootfs = \"debian\"\nupdate = { min-ready = \"500ms\" }\n");
+        assert!(e.message.contains("not a whole number of seconds"), "{e}");
 
         let twice = "[[service]]\nname = \"a\"\nreplicas = 1\nrootfs = \"d\"\n[[service]]\nname = \"a\"\nreplicas = 1\nrootfs = \"d\"\n";
         let e = err(twice);

@@ -176,7 +176,9 @@ impl NodeNetwork {
     pub async fn sync_services(self: &std::sync::Arc<Self>) -> Result<(), String> {
         let wanted = {
             let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
-            if s.1.as_ref() == Some(&s.0) || (s.1.is_none() && s.0 == ServiceTable::default()) {
+            // Also run once with an empty table: an earlier run of the agent may have left
+            // rules the cluster no longer wants.
+            if s.1.as_ref() == Some(&s.0) {
                 return Ok(());
             }
             s.0.clone()

@@ -124,12 +124,18 @@ fn hooks(
         hooks.push((
             "filter",
             "FORWARD",
-            marked(vec![
-                "-d".into(),
-                format!("{address}/32"),
-                "-j".into(),
-                "REJECT".into(),
-            ]),
+            marked(
+                [
+                    "-d",
+                    &format!("{address}/32"),
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "icmp-port-unreachable",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
         ));
     }
     hooks
@@ -331,20 +337,17 @@ mod tests {
 
     #[test]
     fn listed_rules_compare_with_wanted_ones() {
-        let listed =
-            shell_words(r#"-d 198.18.128.2/32 -m comment --comment "hutch-services" -j REJECT"#);
-        let wanted: Vec<String> = [
-            "-d",
-            "198.18.128.2/32",
-            "-m",
-            "comment",
-            "--comment",
-            MARK,
-            "-j",
-            "REJECT",
-        ]
-        .map(String::from)
-        .to_vec();
+        // As iptables -S lists it (the reject type spelled out).
+        let listed = shell_words(
+            r#"-d 198.18.128.2/32 -m comment --comment "hutch-services" -j REJECT --reject-with icmp-port-unreachable"#,
+        );
+        let wanted = hooks(
+            &"198.18.128.0/20".parse().expect("cidr"),
+            &[ip("198.18.128.2")],
+        )
+        .pop()
+        .expect("the reject rule")
+        .2;
         assert!(same_rule(&wanted, &listed));
         assert_eq!(comment("we b;\n"), "web");
     }

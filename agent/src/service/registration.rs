@@ -300,22 +300,28 @@ fn service_table(n: &v1::ClusterNetwork) -> ServiceTable {
         .services
         .iter()
         .filter_map(|s| {
-            let address = s.address.parse().ok();
-            let backends: Option<Vec<_>> = s.backends.iter().map(|b| b.parse().ok()).collect();
-            match (address, backends) {
-                (Some(address), Some(mut backends)) => {
-                    backends.sort();
-                    Some(ServiceVip {
-                        name: s.name.clone(),
-                        address,
-                        backends,
-                    })
-                }
-                _ => {
-                    tracing::warn!(service = %s.name, address = %s.address, "unreadable service address from the controller");
-                    None
-                }
-            }
+            let Ok(address) = s.address.parse() else {
+                tracing::warn!(service = %s.name, address = %s.address, "unreadable service address from the controller");
+                return None;
+            };
+            // A backend that does not read is left out; the others still take connections.
+            let mut backends: Vec<_> = s
+                .backends
+                .iter()
+                .filter_map(|b| match b.parse() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        tracing::warn!(service = %s.name, backend = %b, "unreadable replica address from the controller");
+                        None
+                    }
+                })
+                .collect();
+            backends.sort();
+            Some(ServiceVip {
+                name: s.name.clone(),
+                address,
+                backends,
+            })
         })
         .collect();
     ServiceTable { cidr, services }

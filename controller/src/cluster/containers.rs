@@ -137,19 +137,7 @@ impl Cluster {
             };
         }
         // A rootfs no node has and the cluster cannot build would wait forever: said at once.
-        let rootfs = spec.rootfs.as_str();
-        let nowhere = !st.rootfs_specs.contains_key(rootfs)
-            && !hutch_core::image_ref::looks_like_image(rootfs)
-            && !st.nodes.is_empty()
-            && !st
-                .nodes
-                .values()
-                .any(|n| n.record.rootfs.iter().any(|r| r == rootfs));
-        if nowhere {
-            return Err(ClusterError::FailedPrecondition(format!(
-                "no node has rootfs '{rootfs}' and the cluster does not know how to build it: build it first, e.g. `hutch rootfs build {rootfs}` (Debian by debootstrap; --image, --tarball, --directory, --initramfs for others)"
-            )));
-        }
+        check_rootfs_somewhere(st, &spec.rootfs)?;
         let record = v1::Container {
             id: name.clone(),
             name: name.clone(),
@@ -686,6 +674,24 @@ impl Cluster {
             }
         });
     }
+}
+
+/// FAILED_PRECONDITION when no node has `rootfs` and the cluster cannot build it (while the
+/// cluster has nodes at all).
+pub(crate) fn check_rootfs_somewhere(st: &State, rootfs: &str) -> Result<(), ClusterError> {
+    let nowhere = !st.rootfs_specs.contains_key(rootfs)
+        && !hutch_core::image_ref::looks_like_image(rootfs)
+        && !st.nodes.is_empty()
+        && !st
+            .nodes
+            .values()
+            .any(|n| n.record.rootfs.iter().any(|r| r == rootfs));
+    if nowhere {
+        return Err(ClusterError::FailedPrecondition(format!(
+            "no node has rootfs '{rootfs}' and the cluster does not know how to build it: build it first, e.g. `hutch rootfs build {rootfs}` (Debian by debootstrap; --image, --tarball, --directory, --initramfs for others)"
+        )));
+    }
+    Ok(())
 }
 
 /// Places PENDING containers whenever something may have freed or added capacity.

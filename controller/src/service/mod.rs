@@ -101,6 +101,18 @@ fn previous_copy_of(cluster: &Cluster, id: &str) -> Result<(String, String), Sta
     }
 }
 
+/// FAILED_PRECONDITION for a service's replica: a stopped replica would be removed and
+/// replaced at once, so stopping one by hand is refused with what to do instead.
+fn not_a_replica(cluster: &Cluster, id: &str, what: &str) -> Result<(), Status> {
+    let record = cluster.get(id)?;
+    match crate::cluster::services::spec::replica_of(&record) {
+        Some((service, _)) => Err(Status::failed_precondition(format!(
+            "container '{id}' is a replica of service '{service}' and cannot be {what} on its own: scale the service (hutch service scale {service} N) or delete it; `hutch rm -f {id}` replaces this replica"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn wanted_state(value: i32) -> Result<Option<v1::ContainerState>, Status> {
     match v1::ContainerState::try_from(value) {
         Ok(v1::ContainerState::Unspecified) => Ok(None),
@@ -213,8 +225,10 @@ impl Controller for ControllerService {
         request: Request<v1::StopContainerRequest>,
     ) -> Result<Response<v1::Container>, Status> {
         let req = request.into_inner();
+        let cluster = self.cluster()?;
+        not_a_replica(&cluster, &req.id, "stopped")?;
         Ok(Response::new(
-            self.cluster()?.stop(&req.id, req.grace_seconds).await?,
+            cluster.stop(&req.id, req.grace_seconds).await?,
         ))
     }
 
@@ -229,7 +243,12 @@ impl Controller for ControllerService {
                 req.signal
             )));
         }
-        self.cluster()?.kill(&req.id, req.signal).await?;
+        let cluster = self.cluster()?;
+        // Signals that end it (as a stop does); others (SIGHUP, SIGUSR1...) pass.
+        if matches!(req.signal, 0 | 2 | 9 | 15) {
+            not_a_replica(&cluster, &req.id, "killed")?;
+        }
+        cluster.kill(&req.id, req.signal).await?;
         Ok(Response::new(v1::KillContainerResponse {}))
     }
 

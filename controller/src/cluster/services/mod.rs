@@ -44,7 +44,7 @@ impl Cluster {
             };
         }
         check_name_free(&st, &req.name)?;
-        let record = self.declared(&st, None, &req.name, spec)?;
+        let record = self.declared(&st, None, &req.name, spec, &[])?;
         self.commit_service(&mut st, WatchEventType::Created, record)
     }
 
@@ -83,7 +83,7 @@ impl Cluster {
         if existing.spec.as_ref() == Some(&spec) {
             return Ok(with_status(&st, &existing, SystemTime::now()));
         }
-        let record = self.declared(&st, Some(&existing), name, spec)?;
+        let record = self.declared(&st, Some(&existing), name, spec, &[])?;
         self.commit_service(&mut st, WatchEventType::Updated, record)
     }
 
@@ -133,7 +133,22 @@ impl Cluster {
         let mut st = self.lock();
         let record = service_record(&st, name)?;
         let shown = with_status(&st, &record, SystemTime::now());
-        self.commit(&mut st, vec![Change::RemovedService(record)])?;
+        // Its replicas are retired in the same commit: a service created again under the
+        // name never counts them as its own.
+        let mut changes = vec![Change::RemovedService(record)];
+        for c in st
+            .replicas
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| st.containers.get(n))
+            .filter(|c| !c.stop_requested)
+        {
+            let mut c = c.clone();
+            c.stop_requested = true;
+            changes.push(Change::Container(WatchEventType::Updated, c));
+        }
+        self.commit(&mut st, changes)?;
         Ok(shown)
     }
 
@@ -165,6 +180,8 @@ impl Cluster {
         let mut st = self.lock();
         let mut response = v1::ApplyServicesResponse::default();
         let mut changes = Vec::new();
+        // Addresses given to services created earlier in this batch (not yet committed).
+        let mut given = Vec::new();
         for (i, s) in req.services.iter().enumerate() {
             let at = |e| prefixed(e, &format!("services[{i}] ({})", s.name));
             let spec = s.spec.clone().unwrap_or_default();
@@ -190,8 +207,9 @@ impl Cluster {
                     WatchEventType::Created
                 };
                 let record = self
-                    .declared(&st, existing.as_ref(), &s.name, spec)
+                    .declared(&st, existing.as_ref(), &s.name, spec, &given)
                     .map_err(at)?;
+                given.push(record.address.clone());
                 changes.push(Change::Service(kind, record));
             }
             response.changes.push(v1::ServiceChange {
@@ -231,11 +249,12 @@ impl Cluster {
         existing: Option<&v1::Service>,
         name: &str,
         spec: v1::ServiceSpec,
+        given: &[String],
     ) -> Result<v1::Service, ClusterError> {
-        check_placement(st, &spec)?;
+        check_feasible(st, &spec)?;
         let Some(existing) = existing else {
             let address = match self.config.service_cidr {
-                Some(cidr) => free_address(st, &cidr)
+                Some(cidr) => free_address(st, &cidr, given)
                     .ok_or_else(|| {
                         ClusterError::FailedPrecondition(format!(
                             "every address of the service block {cidr} is taken: delete a service or give the controller a larger --service-cidr"
@@ -308,12 +327,20 @@ fn prefixed(e: ClusterError, prefix: &str) -> ClusterError {
     }
 }
 
-/// A placement no node of the cluster can satisfy is refused (while the cluster has
-/// nodes: a new cluster's agents may not have joined yet).
-fn check_placement(st: &State, spec: &v1::ServiceSpec) -> Result<(), ClusterError> {
+/// A placement no node of the cluster can satisfy, or a rootfs no node has and the cluster
+/// cannot build, is refused (while the cluster has nodes: a new cluster's agents may not
+/// have joined yet).
+fn check_feasible(st: &State, spec: &v1::ServiceSpec) -> Result<(), ClusterError> {
     if st.nodes.is_empty() {
         return Ok(());
     }
+    let rootfs = spec.template.as_ref().map_or("", |t| t.rootfs.as_str());
+    crate::cluster::containers::check_rootfs_somewhere(st, rootfs).map_err(|e| match e {
+        ClusterError::FailedPrecondition(m) => {
+            ClusterError::FailedPrecondition(format!("spec.template.rootfs: {m}"))
+        }
+        other => other,
+    })?;
     let placement = spec.placement.clone().unwrap_or_default();
     let labels = |n: &super::NodeEntry| n.record.labels.clone();
     let fits = st.nodes.values().any(|n| {
@@ -358,9 +385,17 @@ fn check_name_free(st: &State, name: &str) -> Result<(), ClusterError> {
 }
 
 /// The first address of `cidr` no service has (neither the block's first nor last).
-fn free_address(st: &State, cidr: &hutch_core::network::Cidr) -> Option<std::net::Ipv4Addr> {
-    let taken: std::collections::HashSet<&str> =
-        st.services.values().map(|s| s.address.as_str()).collect();
+fn free_address(
+    st: &State,
+    cidr: &hutch_core::network::Cidr,
+    given: &[String],
+) -> Option<std::net::Ipv4Addr> {
+    let taken: std::collections::HashSet<&str> = st
+        .services
+        .values()
+        .map(|s| s.address.as_str())
+        .chain(given.iter().map(String::as_str))
+        .collect();
     let size = 1u32.checked_shl(32 - u32::from(cidr.prefix)).unwrap_or(0);
     (1..size.saturating_sub(1))
         .filter_map(|n| cidr.host(n))

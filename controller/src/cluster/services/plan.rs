@@ -129,6 +129,14 @@ pub fn plan(desired: &Desired, replicas: &[Replica], now: SystemTime) -> Plan {
         plan.pause = gate_failure(desired, &updated, &available, now);
     }
     if desired.paused || plan.pause.is_some() {
+        // Held: nothing new starts and no old one goes, but a lower count is honoured.
+        let live_count = count(live.len());
+        if live_count > n {
+            plan.retire = retire_order(&live, &available)
+                .into_iter()
+                .take((live_count - n) as usize)
+                .collect();
+        }
         return plan;
     }
 
@@ -158,7 +166,9 @@ pub fn plan(desired: &Desired, replicas: &[Replica], now: SystemTime) -> Plan {
             total -= 1;
         }
     }
-    let room = (n + desired.strategy.max_surge).saturating_sub(total);
+    let room = n
+        .saturating_add(desired.strategy.max_surge)
+        .saturating_sub(total);
     plan.create = room.min(n.saturating_sub(have_updated));
     plan
 }
@@ -369,10 +379,15 @@ mod tests {
         );
         assert_eq!((p.create, p.retire.len()), (0, 0));
 
-        // Once paused, it stays so.
+        // Once paused, it stays so; a lower count is still honoured.
         let paused = Desired { paused: true, ..d };
         let p = plan(&paused, &replicas, at(10));
         assert_eq!((p.create, p.retire.len(), p.pause), (0, 0, None));
+        let fewer = Desired {
+            replicas: 2,
+            ..paused
+        };
+        assert_eq!(plan(&fewer, &replicas, at(10)).retire, vec!["x"]);
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::cluster::{Change, Cluster, ClusterError, State};
 
 /// How often the loop runs without a change (the strategy's timers: min_ready, deadlines).
 const TICK: Duration = Duration::from_secs(1);
+/// Most replicas one pass creates (each is a commit under the state lock); the commits
+/// wake the loop again at once for the rest.
+const CREATES_PER_PASS: u32 = 100;
 /// Longest wait between attempts to remove a retired replica whose node does not answer.
 const RETIRE_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -115,47 +118,83 @@ impl Cluster {
             return Ok(());
         };
         let plan = plan::plan(&desired_of(&svc), &replicas_of(st, name), now);
-        if let Some(why) = &plan.pause {
+        let rolling = plan.counts.updated < plan.counts.replicas;
+        // New replicas first: when they cannot be made, no old one goes.
+        let created = self.create_replicas(st, &svc, plan.create.min(CREATES_PER_PASS), out);
+        let pause = match (&created, &plan.pause) {
+            (_, Some(why)) => Some(why.clone()),
+            (Err(e), None) if rolling => Some(format!(
+                "rolling update to revision {} paused: a new replica cannot be created ({e}); apply a fixed template or roll back",
+                svc.template_revision
+            )),
+            (Err(e), None) => {
+                tracing::error!("creating replicas: {e}");
+                None
+            }
+            (Ok(()), None) => None,
+        };
+        if let Some(why) = pause {
             tracing::warn!("{why}");
             let mut record = svc.clone();
             record.status = Some(v1::ServiceStatus {
                 paused: true,
-                message: why.clone(),
+                message: why,
                 ..Default::default()
             });
             self.commit(st, vec![Change::Service(WatchEventType::Updated, record)])?;
+            if created.is_err() {
+                return Ok(());
+            }
         }
         for replica in &plan.retire {
             self.mark_retired(st, replica, out)?;
         }
-        if plan.create > 0 {
-            let spec = svc.spec.clone().unwrap_or_default();
-            let template = spec.template.clone().unwrap_or_default();
-            let warnings = spec_from(template.clone())
-                .map(|s| s.host_exposure())
-                .unwrap_or_default();
-            let placement = spec.placement.clone().unwrap_or_default();
-            for _ in 0..plan.create {
-                let suffix = hutch_core::names::random_name("").map_err(ClusterError::Random)?;
-                let replica = format!(
-                    "{name}-{}-{}",
-                    svc.template_revision,
-                    &suffix[..suffix.len().min(6)]
-                );
-                let req =
-                    replica_request(name, &template, svc.template_revision, &placement, replica);
-                let record = self.create_locked(
-                    st,
-                    req.name,
-                    req.spec.unwrap_or_default(),
-                    req.placement.unwrap_or_default(),
-                    req.restart_policy.unwrap_or_default(),
-                    warnings.clone(),
-                )?;
-                tracing::info!(container = %record.name, node = %record.node, revision = svc.template_revision, "replica created");
-                if state(&record) == S::Scheduled {
-                    out.dispatch.push(record);
-                }
+        Ok(())
+    }
+
+    /// Records and places `count` new replicas of `svc`'s current template.
+    fn create_replicas(
+        &self,
+        st: &mut State,
+        svc: &v1::Service,
+        count: u32,
+        out: &mut Followups,
+    ) -> Result<(), ClusterError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let spec = svc.spec.clone().unwrap_or_default();
+        let template = spec.template.clone().unwrap_or_default();
+        let warnings = spec_from(template.clone())
+            .map(|s| s.host_exposure())
+            .unwrap_or_default();
+        let placement = spec.placement.clone().unwrap_or_default();
+        for _ in 0..count {
+            let suffix = hutch_core::names::random_name("").map_err(ClusterError::Random)?;
+            let replica = format!(
+                "{}-{}-{}",
+                svc.name,
+                svc.template_revision,
+                &suffix[..suffix.len().min(6)]
+            );
+            let req = replica_request(
+                &svc.name,
+                &template,
+                svc.template_revision,
+                &placement,
+                replica,
+            );
+            let record = self.create_locked(
+                st,
+                req.name,
+                req.spec.unwrap_or_default(),
+                req.placement.unwrap_or_default(),
+                req.restart_policy.unwrap_or_default(),
+                warnings.clone(),
+            )?;
+            tracing::info!(container = %record.name, node = %record.node, revision = svc.template_revision, "replica created");
+            if state(&record) == S::Scheduled {
+                out.dispatch.push(record);
             }
         }
         Ok(())

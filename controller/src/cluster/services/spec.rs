@@ -96,6 +96,17 @@ pub fn validate(spec: &v1::ServiceSpec, image_rootfs: bool) -> Result<(), String
         return Err("update: max_unavailable and max_surge are both 0, so no replica could ever be replaced; allow one of them".into());
     }
     for (field, value) in [
+        ("update.max_unavailable", update.max_unavailable),
+        ("update.max_surge", update.max_surge),
+    ] {
+        if value.is_some_and(|v| v > MAX_REPLICAS) {
+            return Err(format!(
+                "{field}: {} is more than the {MAX_REPLICAS} replicas a service may have",
+                value.unwrap_or(0)
+            ));
+        }
+    }
+    for (field, value) in [
         ("update.min_ready_seconds", update.min_ready_seconds),
         (
             "update.progress_deadline_seconds",
@@ -171,13 +182,12 @@ pub fn replica_request(
 }
 
 /// The service a container belongs to and the revision it runs, from its labels.
+/// Both labels must be there: a container labelled only `hutch.service` (possible before
+/// the label was reserved) is no replica.
 pub fn replica_of(c: &v1::Container) -> Option<(&str, u64)> {
     let labels = &c.spec.as_ref()?.labels;
     let service = labels.get(SERVICE_LABEL)?;
-    let revision = labels
-        .get(REVISION_LABEL)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0);
+    let revision = labels.get(REVISION_LABEL)?.parse().ok()?;
     Some((service.as_str(), revision))
 }
 
@@ -187,8 +197,17 @@ pub fn diff(old: &v1::ServiceSpec, new: &v1::ServiceSpec) -> Vec<String> {
     if old == new {
         return Vec::new();
     }
-    line_diff(&printed(old), &printed(new))
+    let (a, b) = (printed(old), printed(new));
+    // The diff's table is a.len() x b.len(): a template of thousands of arguments is only
+    // said to differ.
+    if a.len().saturating_mul(b.len()) > MAX_DIFF_CELLS {
+        return vec!["~ the spec changed (too large to show line by line)".into()];
+    }
+    line_diff(&a, &b)
 }
+
+/// Largest line-by-line diff computed (lines of the old spec x lines of the new).
+const MAX_DIFF_CELLS: usize = 1_000_000;
 
 /// A declaration as lines, the same for equal declarations (maps sorted).
 fn printed(spec: &v1::ServiceSpec) -> Vec<String> {
@@ -229,12 +248,12 @@ fn line_diff(a: &[String], b: &[String]) -> Vec<String> {
         if i < n && j < m && a[i] == b[j] {
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(format!("+ {}", b[j]));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
             out.push(format!("- {}", a[i]));
             i += 1;
+        } else {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
         }
     }
     out
