@@ -281,4 +281,39 @@ async fn grpcurl_against_the_controller() {
         &["hutch.v1.Controller/RemoveContainer"],
     );
     assert_eq!(rm.code, 0, "{}", rm.stderr);
+
+    // Services, as the README shows them: a dry run, a scale of a missing one, a bad count.
+    let dry = grpcurl(
+        a,
+        Some(
+            r#"{"services":[{"name":"web","spec":{"replicas":3,"template":{"rootfs":"debian","command":["sleep","600"]}}}],"dry_run":true}"#,
+        ),
+        &["hutch.v1.Controller/ApplyServices"],
+    );
+    assert!(
+        dry.stdout.contains("ACTION_CREATE"),
+        "{}{}",
+        dry.stdout,
+        dry.stderr
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(r#"{"name":"web","replicas":5}"#),
+            &["hutch.v1.Controller/ScaleService"],
+        ),
+        tonic::Code::NotFound,
+        "service 'web' not found",
+    );
+    assert_code(
+        &grpcurl(
+            a,
+            Some(
+                r#"{"name":"web","spec":{"replicas":20000,"template":{"rootfs":"debian","command":["true"]}}}"#,
+            ),
+            &["hutch.v1.Controller/CreateService"],
+        ),
+        tonic::Code::InvalidArgument,
+        "spec.replicas: 20000",
+    );
 }

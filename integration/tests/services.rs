@@ -11,7 +11,7 @@ use hutch_integration::Lab;
 
 /// A server answering each connection with its host name (the replica's name) and its
 /// VERSION (the minbase rootfs's perl has no Sys::Hostname); it marks itself ready (for the health check) once it listens.
-const SERVER: &str = r#"use IO::Socket::INET; open(my $h, "<", "/proc/sys/kernel/hostname") or die "hostname: $!"; my $name = <$h>; chomp $name; my $s = IO::Socket::INET->new(LocalPort => 80, Listen => 64, ReuseAddr => 1) or die "listen: $!"; open(my $f, ">", "/tmp/ready"); close $f; $| = 1; while (my $c = $s->accept) { print $c "$name v$ENV{VERSION}\n"; close $c }"#;
+const SERVER: &str = r#"use IO::Socket::INET; open(my $h, "<", "/proc/sys/kernel/hostname") or die "hostname: $!"; my $name = <$h>; chomp $name; $| = 1; my $s = IO::Socket::INET->new(LocalPort => 80, Listen => 64, ReuseAddr => 1) or die "listen: $!"; open(my $f, ">", "/tmp/ready"); close $f; print "listening\n"; while (my $c = $s->accept) { print $c "$name v$ENV{VERSION}\n"; close $c }"#;
 
 /// A client asking `web:80` `count` times, `pause_ms` apart; one line per try: `ok NAME
 /// vN` or `fail WHY`.
@@ -292,6 +292,16 @@ async fn services_across_hosts() {
         fewest_available >= 2,
         "fewer than 2 replicas available: {fewest_available}"
     );
+    // Every replica's output, each line prefixed by its replica.
+    let logs = lab.hutch(&["service", "logs", "web"]);
+    let prefixed: BTreeMap<&str, &str> = logs.lines().filter_map(|l| l.split_once(" | ")).collect();
+    assert_eq!(prefixed.len(), 3, "{logs}");
+    assert!(
+        prefixed
+            .iter()
+            .all(|(r, l)| r.starts_with("web-2-") && *l == "listening"),
+        "{logs}"
+    );
     let versions = lab.hutch(&["service", "inspect", "web"]);
     assert!(versions.contains("revision           2"), "{versions}");
 
@@ -456,29 +466,61 @@ fn slow_app(replicas: u32, version: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_restart_mid_rollout_loses_and_doubles_nothing() {
     let lab = Lab::up("svcrestart", 3, "").await;
-    let v1 = TempFile::new(&lab, "v1", &slow_app(4, 1));
+    mid_rollout_resumes(&lab, |lab| {
+        lab.lab(&["kill", "ctl", "controller"]);
+        std::thread::sleep(Duration::from_millis(300));
+        lab.lab(&["start", "ctl", "controller"]);
+    });
+}
+
+/// 3. The same with three controllers on etcd: the leader killed in the middle of the
+///    update, another one takes over and finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_mid_rollout_loses_and_doubles_nothing() {
+    let lab = Lab::up_ha("svcfailover", 3, 3).await;
+    mid_rollout_resumes(&lab, |lab| {
+        let leader = lab.leader_host(Duration::from_secs(20));
+        println!("kill -9 of the leading controller on {leader}");
+        lab.lab(&["kill", &leader, "controller"]);
+        // Until another one leads (the killed one's lease runs out first).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let next = loop {
+            let now = lab.leader_host(Duration::from_secs(20));
+            if now != leader {
+                break now;
+            }
+            assert!(Instant::now() < deadline, "no other controller took over");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        println!("{next} leads");
+        lab.lab(&["start", &leader, "controller"]);
+    });
+}
+
+/// Applies a 4-replica service, starts an update, calls `disrupt` half way and checks the
+/// update finishes within its bounds with exactly 4 replicas of the new revision.
+fn mid_rollout_resumes(lab: &Lab, disrupt: impl FnOnce(&Lab)) {
+    let v1 = TempFile::new(lab, "v1", &slow_app(4, 1));
     lab.hutch(&["apply", "-f", v1.path()]);
     wait_service(
-        &lab,
+        lab,
         Duration::from_secs(60),
         "converged at 4",
         converged(4, 1),
     );
 
-    let v2 = TempFile::new(&lab, "v2", &slow_app(4, 2));
+    let v2 = TempFile::new(lab, "v2", &slow_app(4, 2));
     lab.hutch(&["apply", "-f", v2.path()]);
-    let mid = wait_service(&lab, Duration::from_secs(60), "half way", |s| {
+    let mid = wait_service(lab, Duration::from_secs(60), "half way", |s| {
         s["status"]["updated"]
             .as_u64()
             .is_some_and(|n| (1..4).contains(&n))
     });
     println!(
-        "restarting the controller with {} of 4 updated",
+        "disrupting the controllers with {} of 4 updated",
         mid["status"]["updated"]
     );
-    lab.lab(&["kill", "ctl", "controller"]);
-    std::thread::sleep(Duration::from_millis(300));
-    lab.lab(&["start", "ctl", "controller"]);
+    disrupt(lab);
 
     let (mut most_live, mut fewest_available) = (0, u64::MAX);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -527,7 +569,7 @@ async fn a_controller_restart_mid_rollout_loses_and_doubles_nothing() {
         assert!(Instant::now() < gone, "replicas left over: {all}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (answers, failures) = ask(&lab, &lab.node("n3"), 20);
+    let (answers, failures) = ask(lab, &lab.node("n3"), 20);
     assert!(failures.is_empty(), "{failures:?}");
     assert!(
         answers.keys().all(|r| r.starts_with("web-2-")),

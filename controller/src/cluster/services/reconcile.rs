@@ -1,9 +1,10 @@
 //! The loop that keeps every service's replicas in step with its declaration: on each change
 //! of a service or a replica (and once a second, for the strategy's timers) it plans every
-//! service ([`super::plan`]) and carries the plan out: new replicas are recorded and placed
-//! at once, retired ones are marked as stopped on purpose (their name leaves the service's
-//! address at once) and then, in a task of their own, stopped and removed. A paused update
-//! is recorded in the service's status. Replicas of a deleted service are retired.
+//! service ([`super::plan`]) and carries the plan out: retired replicas are marked as
+//! stopped on purpose (they leave the service's address at once) and then, in a task of
+//! their own, stopped and removed; a paused update is recorded in the service's status; new
+//! replicas are recorded, placed and sent to their node one at a time. Replicas of a
+//! deleted service are retired.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
@@ -19,7 +20,7 @@ use crate::cluster::{Change, Cluster, ClusterError, State};
 
 /// How often the loop runs without a change (the strategy's timers: min_ready, deadlines).
 const TICK: Duration = Duration::from_secs(1);
-/// Most replicas one pass creates (each is a commit under the state lock); the commits
+/// Most replicas one pass creates for a service (each is a commit of its own); the commits
 /// wake the loop again at once for the rest.
 const CREATES_PER_PASS: u32 = 100;
 /// Longest wait between attempts to remove a retired replica whose node does not answer.
@@ -28,8 +29,8 @@ const RETIRE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// What a pass leaves to do once the state lock is released.
 #[derive(Default)]
 struct Followups {
-    /// Replicas placed on a node: their runs go out.
-    dispatch: Vec<v1::Container>,
+    /// Services that lack replicas.
+    create: Vec<String>,
     /// Replicas to stop and remove.
     retire: Vec<v1::Container>,
 }
@@ -49,8 +50,8 @@ pub(crate) async fn service_loop(cluster: Weak<Cluster>) {
         };
         if busy {
             let followups = c.commit_blocking(|c| c.reconcile_services()).await;
-            for record in &followups.dispatch {
-                c.spawn_dispatch(record);
+            for service in followups.create {
+                c.commit_blocking(move |c| c.create_wanted(&service)).await;
             }
             for record in followups.retire {
                 c.spawn_retire(record);
@@ -118,86 +119,112 @@ impl Cluster {
             return Ok(());
         };
         let plan = plan::plan(&desired_of(&svc), &replicas_of(st, name), now);
-        let rolling = plan.counts.updated < plan.counts.replicas;
-        // New replicas first: when they cannot be made, no old one goes.
-        let created = self.create_replicas(st, &svc, plan.create.min(CREATES_PER_PASS), out);
-        let pause = match (&created, &plan.pause) {
-            (_, Some(why)) => Some(why.clone()),
-            (Err(e), None) if rolling => Some(format!(
-                "rolling update to revision {} paused: a new replica cannot be created ({e}); apply a fixed template or roll back",
-                svc.template_revision
-            )),
-            (Err(e), None) => {
-                tracing::error!("creating replicas: {e}");
-                None
-            }
-            (Ok(()), None) => None,
-        };
-        if let Some(why) = pause {
-            tracing::warn!("{why}");
-            let mut record = svc.clone();
-            record.status = Some(v1::ServiceStatus {
-                paused: true,
-                message: why,
-                ..Default::default()
-            });
-            self.commit(st, vec![Change::Service(WatchEventType::Updated, record)])?;
-            if created.is_err() {
-                return Ok(());
-            }
+        if let Some(why) = &plan.pause {
+            self.pause(st, &svc, why.clone())?;
         }
         for replica in &plan.retire {
             self.mark_retired(st, replica, out)?;
         }
+        if plan.create > 0 {
+            out.create.push(name.to_string());
+        }
         Ok(())
     }
 
-    /// Records and places `count` new replicas of `svc`'s current template.
-    fn create_replicas(
+    /// Records the pause of `svc`'s update, with why.
+    fn pause(&self, st: &mut State, svc: &v1::Service, why: String) -> Result<(), ClusterError> {
+        tracing::warn!(service = %svc.name, "{why}");
+        let mut record = svc.clone();
+        record.status = Some(v1::ServiceStatus {
+            paused: true,
+            message: why,
+            ..Default::default()
+        });
+        self.commit(st, vec![Change::Service(WatchEventType::Updated, record)])
+            .map(drop)
+    }
+
+    /// Creates the replicas service `name` lacks, one per lock taken (planned again each
+    /// time, at most [`CREATES_PER_PASS`]), each sent to its node at once: the nodes start
+    /// replicas while the next ones are recorded. A creation that fails during an update
+    /// pauses it.
+    fn create_wanted(self: &Arc<Self>, name: &str) {
+        for _ in 0..CREATES_PER_PASS {
+            let created = {
+                let mut st = self.lock();
+                let Some(svc) = st.services.get(name).cloned() else {
+                    return;
+                };
+                let plan = plan::plan(
+                    &desired_of(&svc),
+                    &replicas_of(&st, name),
+                    SystemTime::now(),
+                );
+                if plan.create == 0 || plan.pause.is_some() {
+                    return;
+                }
+                match self.create_replica(&mut st, &svc) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        let rolling = plan.counts.updated < plan.counts.replicas;
+                        let why = format!(
+                            "rolling update to revision {} paused: a new replica cannot be created ({e}); apply a fixed template or roll back",
+                            svc.template_revision
+                        );
+                        match rolling {
+                            true => {
+                                if let Err(e) = self.pause(&mut st, &svc, why) {
+                                    tracing::error!(service = %name, "recording a pause: {e}");
+                                }
+                            }
+                            false => tracing::error!(service = %name, "creating a replica: {e}"),
+                        }
+                        return;
+                    }
+                }
+            };
+            if state(&created) == S::Scheduled {
+                self.spawn_dispatch(&created);
+            }
+        }
+    }
+
+    /// Records and places one new replica of `svc`'s current template.
+    fn create_replica(
         &self,
         st: &mut State,
         svc: &v1::Service,
-        count: u32,
-        out: &mut Followups,
-    ) -> Result<(), ClusterError> {
-        if count == 0 {
-            return Ok(());
-        }
+    ) -> Result<v1::Container, ClusterError> {
         let spec = svc.spec.clone().unwrap_or_default();
         let template = spec.template.clone().unwrap_or_default();
         let warnings = spec_from(template.clone())
             .map(|s| s.host_exposure())
             .unwrap_or_default();
         let placement = spec.placement.clone().unwrap_or_default();
-        for _ in 0..count {
-            let suffix = hutch_core::names::random_name("").map_err(ClusterError::Random)?;
-            let replica = format!(
-                "{}-{}-{}",
-                svc.name,
-                svc.template_revision,
-                &suffix[..suffix.len().min(6)]
-            );
-            let req = replica_request(
-                &svc.name,
-                &template,
-                svc.template_revision,
-                &placement,
-                replica,
-            );
-            let record = self.create_locked(
-                st,
-                req.name,
-                req.spec.unwrap_or_default(),
-                req.placement.unwrap_or_default(),
-                req.restart_policy.unwrap_or_default(),
-                warnings.clone(),
-            )?;
-            tracing::info!(container = %record.name, node = %record.node, revision = svc.template_revision, "replica created");
-            if state(&record) == S::Scheduled {
-                out.dispatch.push(record);
-            }
-        }
-        Ok(())
+        let suffix = hutch_core::names::random_name("").map_err(ClusterError::Random)?;
+        let replica = format!(
+            "{}-{}-{}",
+            svc.name,
+            svc.template_revision,
+            &suffix[..suffix.len().min(6)]
+        );
+        let req = replica_request(
+            &svc.name,
+            &template,
+            svc.template_revision,
+            &placement,
+            replica,
+        );
+        let record = self.create_locked(
+            st,
+            req.name,
+            req.spec.unwrap_or_default(),
+            req.placement.unwrap_or_default(),
+            req.restart_policy.unwrap_or_default(),
+            warnings,
+        )?;
+        tracing::info!(container = %record.name, node = %record.node, revision = svc.template_revision, "replica created");
+        Ok(record)
     }
 
     /// Marks replica `name` as stopped on purpose (it leaves the service's address and is
