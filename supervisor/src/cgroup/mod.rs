@@ -340,11 +340,17 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
             })
         }
         (None, Some(mount)) => {
-            let relative = relative_of(&|c, _| c.is_empty()).ok_or_else(|| {
+            let mut relative = relative_of(&|c, _| c.is_empty()).ok_or_else(|| {
                 CgroupError::NoMemoryController(
                     "cgroup2 is mounted but /proc/self/cgroup has no '0::' line".into(),
                 )
             })?;
+            // Already in the leaf hutch moves itself into (another runtime of this process
+            // did, or the process that started this one did): the delegated root is the
+            // leaf's parent.
+            if relative.file_name().is_some_and(|n| n == V2_AGENT_LEAF) {
+                relative.pop();
+            }
             Ok(CgroupPath {
                 version: CgroupVersion::V2,
                 mount,
@@ -359,6 +365,9 @@ pub fn detect_from(own_cgroup: &str, mountinfo: &str) -> Result<CgroupPath, Cgro
         )),
     }
 }
+
+/// The leaf of the delegated root the agent moves itself into on cgroup v2.
+pub const V2_AGENT_LEAF: &str = "hutch-agent";
 
 /// hutch's subtree for one agent instance.
 #[derive(Debug, Clone)]
@@ -679,6 +688,13 @@ mod tests {
         assert_eq!(
             p.child("hutch-n1").child("ctr-c1").dir(),
             PathBuf::from("/sys/fs/cgroup/system.slice/hutch-agent.service/hutch-n1/ctr-c1")
+        );
+        // Moved into its leaf already (by another runtime of the process, or by the process
+        // that started it): the root is the leaf's parent.
+        let moved = "0::/system.slice/hutch-agent.service/hutch-agent\n";
+        assert_eq!(
+            detect_from(moved, mi).expect("detect").dir(),
+            PathBuf::from("/sys/fs/cgroup/system.slice/hutch-agent.service")
         );
     }
 

@@ -42,7 +42,7 @@ impl Driver for V2 {
         // Inner nodes cannot hold processes: move this process into a leaf of its own.
         let me = std::process::id();
         if root.procs().contains(&me) {
-            let leaf = root.child("hutch-agent");
+            let leaf = root.child(super::V2_AGENT_LEAF);
             super::mkdir(&leaf.dir())?;
             leaf.add_process(me)?;
         }
