@@ -25,6 +25,8 @@ echo "== cargo build (binaries and the example programs the tests run)"
 cargo build --workspace --bins --examples
 echo "== cargo test"
 cargo test --workspace --all-targets
+echo "== the agent's cgroup tests on a pure cgroup v2 host (a VM: scripts/v2-suite.sh)"
+bash scripts/v2-suite.sh
 echo "== benchmark harness, smoke run (checks it works; its figures mean nothing here)"
 hutch_install_bench_peers
 target/debug/hutch-bench --smoke

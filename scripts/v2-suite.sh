@@ -3,11 +3,11 @@
 # Each test binary runs alone in a delegated cgroup of its own (hutch-vm-unit); the VM's
 # output says which cgroup mode it ran under. Builds the test binaries first (debug).
 #
-#   scripts/v2-suite.sh [TEST...]      default: memory cgroup_detection cpu stats lifecycle
+#   scripts/v2-suite.sh [TEST...]      default: memory cgroup_detection cpu stats lifecycle escape isolation pid_namespace
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(memory cgroup_detection cpu stats lifecycle)
+[ ${#tests[@]} -gt 0 ] || tests=(memory cgroup_detection cpu stats lifecycle escape isolation pid_namespace)
 cargo build --workspace --bins --examples -q
 binaries=()
 for t in "${tests[@]}"; do
