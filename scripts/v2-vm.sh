@@ -37,9 +37,9 @@ mkdir -p "$cache"
 # --- qemu and busybox from Debian's packages.
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || missing+=(busybox-static)
+# A static busybox: the initramfs has no libraries.
+{ [ -x /bin/busybox ] && grep -q "not a dynamic" <<<"$(ldd /bin/busybox 2>&1 || true)"; } || missing+=(busybox-static)
 command -v cpio >/dev/null || missing+=(cpio)
-command -v strings >/dev/null || missing+=(binutils)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "v2-vm: installing ${missing[*]}"
   apt-get update -qq
