@@ -38,7 +38,7 @@ rootfs = "debian"
 command = {command}
 env = {{ VERSION = "{version}" }}
 health = {{ cmd = "test -e /tmp/ready", interval = "200ms" }}
-update = {{ max-unavailable = 1, max-surge = 0, min-ready = "1s", progress-deadline = "30s" }}
+update = {{ max-unavailable = 1, max-surge = 0, min-ready = "1s", progress-deadline = "3m" }}
 "#
     )
 }
@@ -523,7 +523,7 @@ fn mid_rollout_resumes(lab: &Lab, disrupt: impl FnOnce(&Lab)) {
     disrupt(lab);
 
     let (mut most_live, mut fewest_available) = (0, u64::MAX);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let out = lab.exec(
             "client",
@@ -547,7 +547,8 @@ fn mid_rollout_resumes(lab: &Lab, disrupt: impl FnOnce(&Lab)) {
         }
         assert!(
             Instant::now() < deadline,
-            "the update never finished after the restart"
+            "the update never finished after the disruption: {}",
+            String::from_utf8_lossy(&out.stdout)
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -44,13 +44,18 @@ pub fn resolv_path(dir: &Path) -> PathBuf {
 
 /// Rewrites `DIR/hosts` in place (the container's `/etc/hosts` is a bind mount of it, so
 /// the file must stay the same inode): when the cluster's names change.
+///
+/// Overwritten in place, then cut to length (never truncated first): a resolver reading it
+/// meanwhile never sees it empty, and lines that did not move (localhost, the container's
+/// own names, then services' addresses, which the controller lists first) read the same
+/// throughout.
 pub fn rewrite_hosts(dir: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .truncate(true)
         .open(hosts_path(dir))?;
-    f.write_all(text.as_bytes())
+    f.write_all(text.as_bytes())?;
+    f.set_len(text.len() as u64)
 }
 
 /// The container's `/etc/hosts`: localhost, its own address under its hostname and name,
@@ -308,6 +313,22 @@ mod tests {
         assert!(text.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(text.contains("198.19.1.5\tweb\n"));
         assert!(text.contains("198.19.2.7\tdb\n"));
+    }
+
+    #[test]
+    fn hosts_are_rewritten_in_place_to_their_new_length() {
+        let dir = std::env::temp_dir().join(format!("hutch-hosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(hosts_path(&dir), "a long first version\nwith two lines\n").expect("write");
+        let inode =
+            |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"));
+        let before = inode(&hosts_path(&dir));
+        rewrite_hosts(&dir, "short\n").expect("rewrite");
+        let text = std::fs::read_to_string(hosts_path(&dir)).expect("read");
+        let after = inode(&hosts_path(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(text, "short\n");
+        assert_eq!(before, after, "the same file (a bind mount points at it)");
     }
 
     #[test]

@@ -85,8 +85,15 @@ pub(crate) fn view_for(
     let names = if current {
         Vec::new()
     } else {
-        st.names
+        // Services first: their lines keep their place in containers' /etc/hosts while
+        // containers come and go (see hutch_supervisor::network::rewrite_hosts).
+        let (services, containers): (Vec<_>, Vec<_>) = st
+            .names
             .iter()
+            .partition(|(name, _)| st.services.contains_key(*name));
+        services
+            .into_iter()
+            .chain(containers)
             .map(|(name, ip)| v1::ContainerAddress {
                 name: name.clone(),
                 ip: ip.clone(),
