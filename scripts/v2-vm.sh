@@ -119,7 +119,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 printf '%q ' "$@" >"$out/command"
-printf '%q' "$PWD" >"$out/cwd"
+printf '%s' "$PWD" >"$out/cwd-raw"
 env | grep -E '^(RUST_[A-Z_]+|HUTCH_[A-Z_]+|CARGO_[A-Z_]+)=' | sed 's/^/export /; s/=\(.*\)$/="\1"/' >"$out/env" || true
 cat >"$out/stage2.sh" <<'STAGE2'
 set -u
@@ -128,6 +128,13 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /var/tmp
 mkdir -p /var/lib/hutch /var/tmp/hutch-test-cache
 mount -t tmpfs tmpfs /var/lib/hutch
+# The caller's directory (a checkout under /tmp, say) where the tmpfs mounts hid it: an
+# overlay of this machine's copy, writes kept here.
+cwd=$(cat /hutch-vm-out/cwd-raw)
+if [ ! -d "$cwd" ] && [ -d "/hutch-vm-host$cwd" ]; then
+  mkdir -p "$cwd" /run/cwd/upper /run/cwd/work
+  mount -t overlay overlay -o "lowerdir=/hutch-vm-host$cwd,upperdir=/run/cwd/upper,workdir=/run/cwd/work" "$cwd"
+fi
 # The test rootfs store: an overlay of this machine's copy (9p, read-only), writes kept here.
 mkdir -p /run/cache/upper /run/cache/work
 if [ -d /hutch-vm-host/var/tmp/hutch-test-cache ]; then
@@ -170,7 +177,7 @@ UNIT
 chmod +x /run/hutch-vm/bin/hutch-vm-unit
 export PATH=/run/hutch-vm/bin:$PATH
 . /hutch-vm-out/env
-cd "$(cat /hutch-vm-out/cwd)" || exit 125
+cd "$cwd" || { echo "v2-vm: no $cwd in the VM"; echo 125 >/hutch-vm-out/status; poweroff -f; }
 sh -c "$(cat /hutch-vm-out/command)"
 echo $? >/hutch-vm-out/status
 sync
