@@ -281,6 +281,25 @@ impl Lab {
         }
     }
 
+    /// The last `lines` lines `what` (controller, agent, etcd) wrote on lab host `host`, for
+    /// a failing test's message (the lab's state goes with `lab down`).
+    pub fn log_tail(&self, host: &str, what: &str, lines: usize) -> String {
+        let path = PathBuf::from(format!(
+            "/var/tmp/hutch-lab-{}/{host}/{what}.log",
+            self.name
+        ));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+        let all: Vec<&str> = text.lines().collect();
+        let from = all.len().saturating_sub(lines);
+        format!(
+            "--- {} (last {} lines)\n{}",
+            path.display(),
+            all.len() - from,
+            all[from..].join("\n")
+        )
+    }
+
     /// Takes the lab down (also done on drop); returns `lab down`'s output.
     pub fn down(&self) -> String {
         self.lab(&["down"])

@@ -93,9 +93,36 @@ fn wait_service(
         if done(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "web never {what}: {s:#}");
+        assert!(
+            Instant::now() < deadline,
+            "web never {what}: {}\n{}",
+            summary(&s),
+            lab.log_tail("ctl", "controller", 60)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The service's status and one line per replica (the full record is too long for a
+/// failure message).
+fn summary(s: &serde_json::Value) -> String {
+    let mut out = format!(
+        "service {} revision {} replicas {} status {}\n",
+        s["name"], s["revision"], s["replicas"], s["status"]
+    );
+    for r in s["replica_containers"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {} {} on {} stop_requested={} health={} restarts={} {}\n",
+            r["id"],
+            r["state"],
+            r["node"],
+            r["stop_requested"],
+            r["health"],
+            r["restart_count"],
+            r["status"]
+        ));
+    }
+    out
 }
 
 fn converged(replicas: u64, revision: u64) -> impl Fn(&serde_json::Value) -> bool {
@@ -547,8 +574,11 @@ fn mid_rollout_resumes(lab: &Lab, disrupt: impl FnOnce(&Lab)) {
         }
         assert!(
             Instant::now() < deadline,
-            "the update never finished after the disruption: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "the update never finished after the disruption: {}\n{}",
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .map(|s| summary(&s))
+                .unwrap_or_else(|_| String::from_utf8_lossy(&out.stdout).into_owned()),
+            lab.log_tail("ctl", "controller", 80)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
