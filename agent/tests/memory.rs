@@ -28,6 +28,13 @@ async fn allocating_past_the_limit_is_oom_killed_and_recorded() {
         limit <= TUTORIAL_LIMIT && limit > TUTORIAL_LIMIT - 4096,
         "kernel rounds to a page: {limit}"
     );
+    // v1's memory.max_usage_in_bytes, v2's memory.peak (kernel 5.19+; this project's hosts
+    // and VM run 6.x): the process reached the limit before it was killed.
+    let peak = memory.peak_bytes.expect("peak recorded");
+    assert!(
+        peak > limit / 2 && peak <= limit + 4096,
+        "peak {peak} near the limit {limit}"
+    );
     assert!(
         !cgroup_dir.exists(),
         "cgroup {} removed after exit",
@@ -88,4 +95,42 @@ async fn limit_and_usage_are_readable_while_running() {
         .stop("m", Some(std::time::Duration::from_secs(1)))
         .await
         .expect("stop");
+}
+
+/// A memory + swap limit lands in the kernel's file (v1 `memory.memsw.limit_in_bytes`: the
+/// total; v2 `memory.swap.max`: the swap part), or, where the host does not account swap,
+/// the container is refused with FAILED_PRECONDITION rather than run without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_limit_is_enforced_or_refused() {
+    let host = TestHost::new("swaplimit").await;
+    let mut spec = host.spec(&["sleep", "60"]);
+    spec.memory_limit_bytes = Some(64 << 20);
+    spec.memory_swap_limit_bytes = Some(96 << 20);
+    match host.runtime.run("s", spec).await {
+        Ok(info) => {
+            let dir = info.cgroup.dir();
+            let (file, expected) = if dir.join("memory.swap.max").exists() {
+                ("memory.swap.max", 32u64 << 20)
+            } else {
+                ("memory.memsw.limit_in_bytes", 96u64 << 20)
+            };
+            let written = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            println!("{file} = {}", written.trim());
+            host.runtime
+                .stop("s", Some(std::time::Duration::from_secs(1)))
+                .await
+                .expect("stop");
+            assert_eq!(written.trim(), expected.to_string(), "{file}");
+        }
+        Err(e) => {
+            println!("this host has no swap accounting: {e}");
+            assert_eq!(
+                e.class(),
+                hutch_agent::runtime::ErrorClass::FailedPrecondition,
+                "{e}"
+            );
+            assert!(e.to_string().contains("swap"), "{e}");
+            host.assert_nothing_left("s");
+        }
+    }
 }

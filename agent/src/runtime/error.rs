@@ -144,7 +144,10 @@ impl RuntimeError {
                 RootfsError::Image(e) => image_class(e),
             },
             RuntimeError::Cgroup(
-                CgroupError::SwapUnsupported(_) | CgroupError::NoPidsController(_),
+                CgroupError::SwapUnsupported(_)
+                | CgroupError::NoPidsController(_)
+                | CgroupError::NoCpuController(_)
+                | CgroupError::MemoryNotDelegated { .. },
             ) => ErrorClass::FailedPrecondition,
             RuntimeError::StartFailed { failure, .. }
             | RuntimeError::ExecFailed { failure, .. } => {

@@ -190,6 +190,11 @@ impl Runtime {
             &[config.state_dir.as_path(), rootfs_dir.as_path()],
         )?;
         let cgroups = CgroupManager::init(config.cgroup_root.clone(), &config.instance)?;
+        if let Some(missing) = cgroups.memory_missing() {
+            tracing::warn!(
+                "{missing}: containers that ask for a memory limit will be refused (FAILED_PRECONDITION)"
+            );
+        }
         let supervisor_bin = match config.supervisor_bin {
             Some(p) => p,
             None => std::env::current_exe()

@@ -61,6 +61,16 @@ pub enum CgroupError {
     /// A pids limit is asked for where there is no pids controller.
     #[error("cannot limit the number of processes of {0}: no pids cgroup controller is available to it (mount the v1 pids hierarchy, or delegate pids on cgroup v2); set pids_limit to 0 to run without one")]
     NoPidsController(PathBuf),
+    /// cgroup v2: the memory controller cannot be enabled for hutch's cgroups (the parent did
+    /// not delegate it, or enabling it failed). An agent still starts, and refuses every
+    /// container that asks for a memory limit with this error rather than run it unlimited.
+    #[error("cannot enforce a memory limit below cgroup {path}: {reason}")]
+    MemoryNotDelegated {
+        /// The cgroup whose children would carry the limits.
+        path: PathBuf,
+        /// Why, and what to change.
+        reason: String,
+    },
     /// The delegated root is not usable.
     #[error("cgroup root {path}: {message}")]
     Root {
@@ -374,6 +384,9 @@ pub const V2_AGENT_LEAF: &str = "hutch-agent";
 pub struct CgroupManager {
     root: CgroupPath,
     instance: CgroupPath,
+    /// Why containers here cannot have a memory limit, when they cannot (cgroup v2 without
+    /// the memory controller delegated).
+    memory_missing: Option<(PathBuf, String)>,
 }
 
 /// A container's cgroup.
@@ -397,17 +410,31 @@ impl CgroupManager {
             });
         }
         let d = driver(root.version);
-        d.prepare_root(&root)?;
+        let mut memory_missing = match d.prepare_root(&root) {
+            Ok(()) => None,
+            Err(CgroupError::MemoryNotDelegated { path, reason }) => Some((path, reason)),
+            Err(e) => return Err(e),
+        };
         let instance = root.child(&format!("hutch-{instance}"));
         for cgroup in [&instance, &instance.child("supervisors")] {
             for dir in cgroup.dirs() {
                 mkdir(&dir)?;
             }
             if cgroup == &instance {
-                d.delegate_memory(&instance)?;
+                match d.delegate_memory(&instance) {
+                    Ok(()) => {}
+                    Err(CgroupError::MemoryNotDelegated { path, reason }) => {
+                        memory_missing.get_or_insert((path, reason));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
-        Ok(CgroupManager { root, instance })
+        Ok(CgroupManager {
+            root,
+            instance,
+            memory_missing,
+        })
     }
 
     /// The cgroup version in use.
@@ -423,6 +450,17 @@ impl CgroupManager {
     /// This instance's subtree.
     pub fn instance(&self) -> &CgroupPath {
         &self.instance
+    }
+
+    /// Why containers cannot get a memory limit here, when they cannot (a cgroup v2 subtree
+    /// without the memory controller): such containers are refused, others run.
+    pub fn memory_missing(&self) -> Option<CgroupError> {
+        self.memory_missing
+            .as_ref()
+            .map(|(path, reason)| CgroupError::MemoryNotDelegated {
+                path: path.clone(),
+                reason: reason.clone(),
+            })
     }
 
     /// Whether containers can get a pids limit here.
@@ -453,6 +491,9 @@ impl CgroupManager {
         id: &str,
         limits: ResourceLimits,
     ) -> Result<ContainerCgroup, CgroupError> {
+        if let (Some(missing), Some(_)) = (self.memory_missing(), limits.memory_bytes) {
+            return Err(missing);
+        }
         let mut path = self.container_path(id);
         if limits.cpu.is_empty() {
             path.cpu_dir = None;

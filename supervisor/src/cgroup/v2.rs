@@ -11,6 +11,18 @@ use hutch_core::cpu::CpuLimits;
 
 use super::{io_err, write_file, CgroupError, CgroupPath, Driver};
 
+/// The error of a cgroup whose parent did not hand it the memory controller.
+fn memory_not_delegated(cgroup: &CgroupPath) -> CgroupError {
+    let dir = cgroup.dir();
+    let listed = controllers(&dir.join("cgroup.controllers")).join(" ");
+    CgroupError::MemoryNotDelegated {
+        path: dir,
+        reason: format!(
+            "the memory controller is not delegated to this cgroup (its cgroup.controllers lists '{listed}'), so no memory limit can be enforced; run the agent in a unit with Delegate=yes or pass a delegated --cgroup-root"
+        ),
+    }
+}
+
 /// The v2 driver.
 pub struct V2;
 
@@ -27,10 +39,8 @@ impl Driver for V2 {
             .iter()
             .any(|c| c == "memory")
         {
-            return Err(CgroupError::Root {
-                path: dir,
-                message: "the memory controller is not delegated to this cgroup (see its cgroup.controllers); run the agent in a unit with Delegate=yes or pass a delegated --cgroup-root".into(),
-            });
+            // Nothing is moved or written: the caller decides whether to run without.
+            return Err(memory_not_delegated(root));
         }
         if controllers(&dir.join("cgroup.subtree_control"))
             .iter()
@@ -74,8 +84,16 @@ impl Driver for V2 {
         if controllers(&file).iter().any(|c| c == "memory") {
             return Ok(());
         }
-        std::fs::write(&file, "+memory")
-            .map_err(|e| io_err(&file, format!("enabling memory for children: {e}")))
+        if !available.iter().any(|c| c == "memory") {
+            return Err(memory_not_delegated(cgroup));
+        }
+        std::fs::write(&file, "+memory").map_err(|e| CgroupError::MemoryNotDelegated {
+            path: cgroup.dir(),
+            reason: format!(
+                "writing '+memory' to {} failed ({e}), so its children cannot carry a memory limit; delegate the cgroup with the memory controller (Delegate=yes) or pass a delegated --cgroup-root",
+                file.display()
+            ),
+        })
     }
 
     fn set_swap_limit(
