@@ -10,29 +10,32 @@ hutch_install_grpcurl
 hutch_install_test_packages
 
 started=$(date +%s)
+# Each step's heading says when it started (seconds into the suite), so a slow run shows where
+# its time went.
+phase() { echo "== [$(( $(date +%s) - started ))s] $*"; }
 # A whole-suite run gains nothing from incremental compilation, whose caches would double the
 # target directory's size (set CARGO_INCREMENTAL=1 to keep them while iterating).
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
+phase "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== rust-version: what the lockfile needs, and a build with that toolchain"
+phase "rust-version: what the lockfile needs, and a build with that toolchain"
 bash scripts/check-msrv.sh
-echo "== leftovers of earlier, killed test runs"
+phase "leftovers of earlier, killed test runs"
 bash scripts/clean-test-leftovers.sh
-echo "== cargo build (binaries and the example programs the tests run)"
+phase "cargo build (binaries and the example programs the tests run)"
 cargo build --workspace --bins --examples
-echo "== cargo test"
+phase "cargo test"
 cargo test --workspace --all-targets
-echo "== the agent's cgroup tests on a pure cgroup v2 host (a VM: scripts/v2-suite.sh)"
+phase "the agent's cgroup tests on a pure cgroup v2 host (a VM: scripts/v2-suite.sh)"
 bash scripts/v2-suite.sh
-echo "== benchmark harness, smoke run (checks it works; its figures mean nothing here)"
+phase "benchmark harness, smoke run (checks it works; its figures mean nothing here)"
 hutch_install_bench_peers
 target/debug/hutch-bench --smoke
-echo "== fuzz targets, smoke run (20 s each; scripts/fuzz.sh TARGET SECONDS for longer)"
+phase "fuzz targets, smoke run (20 s each; scripts/fuzz.sh TARGET SECONDS for longer)"
 bash scripts/fuzz.sh "" 20
-echo "== leak check (last: nothing hutch made may be left)"
+phase "leak check (last: nothing hutch made may be left)"
 cargo test -p hutch-agent --test leak_check -- --ignored
 echo "== disk: target directory $(du -sh target | cut -f1), fuzz/target $(du -sh fuzz/target | cut -f1)"
 echo "== suite passed in $(( $(date +%s) - started ))s"

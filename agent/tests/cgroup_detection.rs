@@ -306,6 +306,21 @@ async fn nothing_is_written_outside_the_delegated_root() {
         root.dir().display(),
         done.state.status
     );
+    if root.version == CgroupVersion::V2 {
+        // The agent's own place: moved into the root's leaf, the root itself empty (so it
+        // can hand controllers down).
+        let leaf = root.child(hutch_agent::cgroup::V2_AGENT_LEAF);
+        assert!(
+            leaf.procs().contains(&std::process::id()),
+            "the agent lives in {}",
+            leaf.dir().display()
+        );
+        assert_eq!(
+            root.procs(),
+            Vec::<u32>::new(),
+            "nothing in the root itself"
+        );
+    }
     let before_paths: std::collections::BTreeMap<_, _> = before.into_iter().collect();
     for (dir, control) in &after {
         match before_paths.get(dir) {
