@@ -5,6 +5,7 @@
 #   scripts/bench.sh                       every scenario
 #   scripts/bench.sh start-latency --json  one scenario, as JSON
 #   scripts/bench.sh --smoke               a quick run that only checks the harness works
+#   scripts/bench.sh start-latency --explain   also where a start's time goes, hop by hop
 # HUTCH_BENCH_PROFILE=debug uses a debug build (what CI's smoke run does: no rebuild).
 set -euo pipefail
 cd "$(dirname "$0")/.."

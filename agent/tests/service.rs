@@ -727,3 +727,54 @@ async fn auto_remove_and_cpus_at_the_agent() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("CPUs"), "{}", err.message());
 }
+
+/// A started container carries its start timeline: the agent taking the request, the
+/// supervisor beginning, the init released and exec'ing, in that order, within the time the
+/// call took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_container_says_when_each_step_of_its_start_happened() {
+    let host = TestHost::new("svctimeline").await;
+    let agent = host.serve(None, 1000).await;
+    let mut c = agent.client.clone();
+    let before = std::time::SystemTime::now();
+    let started = c
+        .run_container(run_req("timed", spec(&["sleep", "5"])))
+        .await
+        .expect("run")
+        .into_inner();
+    let after = std::time::SystemTime::now();
+    let seen = c
+        .get_container(v1::GetContainerRequest { id: "timed".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    c.remove_container(v1::RemoveContainerRequest {
+        id: "timed".into(),
+        force: true,
+    })
+    .await
+    .expect("remove");
+    let t = started.start_timeline.expect("a start timeline");
+    println!("{t:?}");
+    let steps: Vec<std::time::SystemTime> = [
+        &t.agent_received,
+        &t.supervisor_started,
+        &t.init_released,
+        &t.init_exec,
+    ]
+    .iter()
+    .map(|s| hutch_agent::service::convert::system_time(s.as_ref().expect("every step recorded")))
+    .collect();
+    // The steps are kept to the microsecond.
+    let mut bounds = vec![before - Duration::from_micros(1)];
+    bounds.extend(steps);
+    bounds.push(after);
+    assert!(
+        bounds.windows(2).all(|w| w[0] <= w[1]),
+        "in order, within the call: {bounds:?}"
+    );
+    assert_eq!(
+        seen.start_timeline, started.start_timeline,
+        "a later read gives the same"
+    );
+}

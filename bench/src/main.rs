@@ -1,8 +1,10 @@
 //! `hutch-bench`: hutch side by side with runc and containerd in one run, on this machine.
 //! See `bench/README.md`; `scripts/bench.sh` builds and runs it.
 
+mod cli;
 mod crosshost;
 mod density;
+mod explain;
 mod ha;
 mod images;
 mod metrics;
@@ -18,8 +20,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const ALL: [&str; 16] = [
+const ALL: [&str; 17] = [
     "start-latency",
+    "cli-latency",
     "start-latency-net",
     "throughput-net",
     "tcp-cross-host",
@@ -41,7 +44,7 @@ const ALL: [&str; 16] = [
 #[command(
     name = "hutch-bench",
     about = "hutch side by side with runc and containerd, in one run on this machine",
-    long_about = "Runs the scenarios (all when none is named): start-latency, start-latency-net, throughput-net, \
+    long_about = "Runs the scenarios (all when none is named): start-latency, cli-latency, start-latency-net, throughput-net, \
 tcp-cross-host, agent-latency, \
 throughput, density, rootfs-size, scheduler, watch-fanout, controller-scale, tls, metrics, ha, rootfs-image, service-apply. Prints one table: scenario, metric, hutch, peer, ratio, target, pass. \
 Ratios matter more than absolute figures on a shared machine.\n\n\
@@ -57,6 +60,11 @@ struct Cli {
     /// meaningful. CI runs this.
     #[arg(long)]
     smoke: bool,
+    /// Also print where the time of a start goes, hop by hop (client, controller, agent,
+    /// supervisor, init, watch), as medians over start-latency's starts; needs start-latency
+    /// among the scenarios (the default runs all).
+    #[arg(long)]
+    explain: bool,
     /// Internal: run this network scenario here (the harness starts itself so inside
     /// network and mount namespaces of its own) and print its rows as JSON.
     #[arg(long, hide = true)]
@@ -79,6 +87,10 @@ fn main() -> ExitCode {
     } else {
         cli.scenarios.iter().map(String::as_str).collect()
     };
+    if cli.explain && !wanted.contains(&"start-latency") {
+        eprintln!("hutch-bench: --explain breaks down start-latency's starts: name start-latency too (or no scenario, for all)");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,7 +119,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match rt.block_on(run(&wanted, cli.smoke)) {
+    match rt.block_on(run(&wanted, cli.smoke, cli.explain)) {
         Ok(rows) => {
             if cli.json {
                 match serde_json::to_string_pretty(&rows) {
@@ -126,7 +138,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
+async fn run(wanted: &[&str], smoke: bool, explain: bool) -> Result<Vec<report::Row>, String> {
     let (runs, count, requests) = if smoke {
         (5, 20, 10_000)
     } else {
@@ -149,7 +161,8 @@ async fn run(wanted: &[&str], smoke: bool) -> Result<Vec<report::Row>, String> {
             ("scheduler", _) => scenarios::scheduler(requests, if smoke { 1 } else { 5 }),
             (w, _) if network::SCENARIOS.contains(&w) => network::isolated(w, smoke)?,
             ("tcp-cross-host", Some(env)) => crosshost::tcp_cross_host(env, smoke)?,
-            ("start-latency", Some(env)) => scenarios::start_latency(env, runs).await?,
+            ("start-latency", Some(env)) => scenarios::start_latency(env, runs, explain).await?,
+            ("cli-latency", Some(env)) => cli::cli_latency(env, (runs / 4).max(3)).await?,
             ("agent-latency", Some(env)) => scenarios::agent_latency(env, runs).await?,
             ("throughput", Some(env)) => scenarios::throughput(env, count).await?,
             ("rootfs-size", Some(env)) => scenarios::rootfs_size(env, runs).await?,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hutch_controller::scheduler::{NodeCapacity, Request, Scheduler, Strategy};
 use hutch_proto::v1;
@@ -11,6 +11,7 @@ use hutch_proto::v1::agent_client::AgentClient;
 use hutch_proto::v1::controller_client::ControllerClient;
 use tokio_stream::StreamExt;
 
+use crate::explain;
 use crate::report::{ms, percentile, Row};
 use crate::setup::BenchEnv;
 
@@ -63,7 +64,9 @@ pub fn time_command(cmd: &mut Command) -> Result<Duration, String> {
     Ok(start.elapsed())
 }
 
-fn runc(env: &BenchEnv, id: &str, worker: usize) -> Command {
+/// `runc run` of worker `worker`'s start-latency bundle (`/bin/true`, 5 namespaces, 64 MiB)
+/// as container `id`.
+pub fn runc(env: &BenchEnv, id: &str, worker: usize) -> Command {
     let mut c = Command::new("runc");
     c.arg("--root")
         .arg(env.dir.join("runc-state"))
@@ -131,16 +134,45 @@ pub async fn hutch_sample_of(
     name: &str,
     spec: v1::ContainerSpec,
 ) -> Result<(Duration, Duration), String> {
+    let s = timed_start(client, watch, name, spec).await?;
+    Ok((s.running, s.exited))
+}
+
+/// One start through the controller, timed from the client's side, with the record it
+/// ended with (its start timeline from the node).
+pub struct TimedStart {
+    /// Create sent until a watcher saw RUNNING.
+    pub running: Duration,
+    /// Create sent until a watcher saw EXITED.
+    pub exited: Duration,
+    /// When the create was sent (this host's clock, as the nodes' timelines are).
+    pub sent: SystemTime,
+    /// The controller's answer to the create (its `created_at` is the record's birth).
+    pub created: v1::Container,
+    /// The last record the watch showed.
+    pub last: v1::Container,
+}
+
+/// [`hutch_sample_of`], keeping what [`explain::Breakdown`] reads.
+pub async fn timed_start(
+    client: &mut Client,
+    watch: &mut Watch,
+    name: &str,
+    spec: v1::ContainerSpec,
+) -> Result<TimedStart, String> {
+    let sent = SystemTime::now();
     let start = Instant::now();
-    client
+    let created = client
         .create_container(v1::CreateContainerRequest {
             name: name.to_string(),
             spec: Some(spec),
             ..Default::default()
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .into_inner();
     let mut running = None;
+    let mut last = v1::Container::default();
     while let Some(e) = watch.next().await {
         let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
         if c.name != name {
@@ -149,25 +181,35 @@ pub async fn hutch_sample_of(
         if c.state == v1::ContainerState::Running as i32 && running.is_none() {
             running = Some(start.elapsed());
         }
-        if is_final(c.state) {
-            if c.state != v1::ContainerState::Exited as i32 || c.exit_code != Some(0) {
-                return Err(format!("{name} ended badly: {}", c.status_message));
+        let done = is_final(c.state);
+        last = c;
+        if done {
+            if last.state != v1::ContainerState::Exited as i32 || last.exit_code != Some(0) {
+                return Err(format!("{name} ended badly: {}", last.status_message));
             }
             break;
         }
     }
     let exited = start.elapsed();
-    Ok((running.unwrap_or(exited), exited))
+    Ok(TimedStart {
+        running: running.unwrap_or(exited),
+        exited,
+        sent,
+        created,
+        last,
+    })
 }
 
 /// `start-latency`: CreateContainer at the controller until a watcher sees RUNNING and
 /// EXITED, next to `runc run` and containerd's `ctr run --rm` on the same rootfs.
-pub async fn start_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, String> {
+pub async fn start_latency(env: &BenchEnv, runs: usize, explain: bool) -> Result<Vec<Row>, String> {
     let (mut client, mut watch) = connect_and_watch(env).await?;
     let (mut to_running, mut to_exited, mut runc_t, mut ctr_t) = (vec![], vec![], vec![], vec![]);
+    let mut breakdown = explain::Breakdown::default();
     for i in 0..runs + 2 {
         let name = format!("start-{i}");
-        let (running, exited) = hutch_sample(&mut client, &mut watch, &name, "debian").await?;
+        let sample = timed_start(&mut client, &mut watch, &name, spec("debian")).await?;
+        let (running, exited) = (sample.running, sample.exited);
         let r = time_command(&mut runc(
             env,
             &format!("hb-runc-{}-{i}", std::process::id()),
@@ -181,7 +223,11 @@ pub async fn start_latency(env: &BenchEnv, runs: usize) -> Result<Vec<Row>, Stri
             to_exited.push(exited);
             runc_t.push(r);
             ctr_t.push(c);
+            breakdown.add(&sample);
         }
+    }
+    if explain {
+        breakdown.print(&mut std::io::stderr());
     }
     let runc_p50 = ms(percentile(&runc_t, 0.5));
     let ctr_p50 = ms(percentile(&ctr_t, 0.5));

@@ -53,6 +53,14 @@ pub fn timestamp_ms(ms: u64) -> prost_types::Timestamp {
     }
 }
 
+/// A protobuf timestamp from microseconds since the epoch.
+pub fn timestamp_us(us: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (us / 1_000_000) as i64,
+        nanos: ((us % 1_000_000) * 1_000) as i32,
+    }
+}
+
 /// A protobuf timestamp from a system time.
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -63,6 +63,14 @@ pub fn disk_usage(path: &Path) -> u64 {
     total
 }
 
+/// Microseconds since the Unix epoch (a container's start timeline).
+pub fn unix_micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Milliseconds since the Unix epoch, as stored in state records.
 pub fn unix_millis_now() -> u64 {
     std::time::SystemTime::now()

@@ -160,6 +160,29 @@ pub struct ContainerState {
     /// Its network once connected (bridge mode).
     #[serde(default)]
     pub network: Option<NetworkStatus>,
+    /// When each step of its start happened.
+    #[serde(default)]
+    pub timeline: StartTimeline,
+}
+
+/// When each step of a container's start happened, in microseconds since the Unix epoch on
+/// its node's clock: where the time of a start goes (`hutch-bench --explain` prints it hop
+/// by hop). Unset steps did not happen (or happened before these were recorded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartTimeline {
+    /// The agent took the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_received_us: Option<u64>,
+    /// The supervisor process began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_started_us: Option<u64>,
+    /// The supervisor released the container's init: namespaces, mounts, cgroup and network
+    /// were ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_released_us: Option<u64>,
+    /// The init exec'd the command (the supervisor saw its report pipe close).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_exec_us: Option<u64>,
 }
 
 impl ContainerState {
@@ -183,6 +206,7 @@ impl ContainerState {
             finished_ms: None,
             cleaned_up: false,
             network: None,
+            timeline: StartTimeline::default(),
         }
     }
 }

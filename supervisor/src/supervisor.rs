@@ -30,7 +30,7 @@ use nix::unistd::{self, Pid};
 
 use crate::attach::{self, AttachPoint};
 use crate::cgroup::ContainerCgroup;
-use crate::fsutil::{read_json, replace_json, unix_millis_now};
+use crate::fsutil::{read_json, replace_json, unix_micros_now, unix_millis_now};
 use crate::init::{self, InitIo, InitMessage};
 use crate::logs::{format_line, LineSplitter, RotatingLog, Stream};
 use crate::mounts::unmount_below;
@@ -79,6 +79,7 @@ macro_rules! diag {
 
 /// Entry point of `hutch-supervisor run DIR`. Returns the process exit code.
 pub fn main_run(dir: &Path) -> i32 {
+    let began_us = unix_micros_now();
     // Stage 1: fork and exit at once, so the agent reaps us immediately and the real
     // supervisor is re-parented away from the agent.
     // SAFETY: `hutch-supervisor` is single-threaded: nothing before this point starts a thread.
@@ -98,7 +99,7 @@ pub fn main_run(dir: &Path) -> i32 {
             return 1;
         }
     };
-    let mut sup = Supervisor::new(cfg);
+    let mut sup = Supervisor::new(cfg, began_us);
     sup.run();
     0
 }
@@ -122,10 +123,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
 }
 
 impl Supervisor {
-    fn new(cfg: SupervisorConfig) -> Self {
+    fn new(cfg: SupervisorConfig, began_us: u64) -> Self {
         let me = std::process::id();
         let mut state = read_json(&StatePaths::state(&cfg.dir))
             .unwrap_or_else(|_| ContainerState::created(&cfg.id, unix_millis_now()));
+        state.timeline.supervisor_started_us = Some(began_us);
         state.supervisor_pid = Some(me);
         state.supervisor_start_ticks = sys::process_start_ticks(me);
         let cgroup = ContainerCgroup::open(cfg.cgroup.clone());
@@ -288,6 +290,7 @@ impl Supervisor {
             let _ = waitpid(child, None);
             return Err(f);
         }
+        self.state.timeline.init_released_us = Some(unix_micros_now());
         unistd::write(&release.1, &[1])
             .map_err(|e| Failure::new(Step::Start, format!("releasing the init: {e}")))?;
         drop(release.1);
@@ -352,6 +355,7 @@ impl Supervisor {
         self.state.status = Status::Running;
         self.state.pid = Some(child.as_raw() as u32);
         self.state.started_ms = Some(unix_millis_now());
+        self.state.timeline.init_exec_us = Some(unix_micros_now());
         self.save();
         Ok((child, output))
     }

@@ -35,7 +35,7 @@ use crate::cgroup::{
     CgroupManager, CgroupPath, CgroupVersion, ContainerCgroup, MemoryStats, PidsStats,
     ResourceLimits,
 };
-use crate::fsutil::{read_json, replace_json, unix_millis_now};
+use crate::fsutil::{read_json, replace_json, unix_micros_now, unix_millis_now};
 use crate::mounts::unmount_below;
 use crate::names::validate_name;
 use crate::network::{NetworkSettings, NodeNetwork};
@@ -351,6 +351,7 @@ impl Runtime {
         id: &str,
         mut spec: ContainerSpec,
     ) -> Result<ContainerInfo, RuntimeError> {
+        let received_us = unix_micros_now();
         let dir = self.dir(id)?;
         spec.validate()?;
         let rootfs = self.rootfs_for(&spec.rootfs).await?;
@@ -387,7 +388,12 @@ impl Runtime {
             }
             Err(e) => return Err(io_err(&dir, e)),
         }
-        let started = self.start(id, &dir, spec, network, mounts, &rootfs).await;
+        let mut created = ContainerState::created(id, unix_millis_now());
+        created.timeline.agent_received_us = Some(received_us);
+        let started = match replace_json(&StatePaths::state(&dir), &created) {
+            Ok(()) => self.start(id, &dir, spec, network, mounts, &rootfs).await,
+            Err(e) => Err(io_err(&dir, e)),
+        };
         if started.is_err() {
             self.discard(id, &dir);
         }
@@ -448,11 +454,6 @@ impl Runtime {
             mounts,
         };
         replace_json(&StatePaths::config(dir), &config).map_err(|e| io_err(dir, e))?;
-        replace_json(
-            &StatePaths::state(dir),
-            &ContainerState::created(id, unix_millis_now()),
-        )
-        .map_err(|e| io_err(dir, e))?;
         let state = self.spawn_supervisor(id, dir).await?;
         if state.status == Status::Failed {
             let failure = state

@@ -70,8 +70,21 @@ pub fn container_to(info: &ContainerInfo, node: &str) -> v1::Container {
         rootfs_key: info.rootfs_key.clone(),
         network: network_of(info).map(|n| hutch_core::convert::network_status_to(&n)),
         health: info.health.as_ref().map(health_status_to),
+        start_timeline: start_timeline_to(&st.timeline),
         ..Default::default()
     }
+}
+
+/// The start timeline of the API, where the supervisor recorded one.
+fn start_timeline_to(t: &crate::runtime::state::StartTimeline) -> Option<v1::StartTimeline> {
+    let at = |us: Option<u64>| us.map(timestamp_us);
+    let out = v1::StartTimeline {
+        agent_received: at(t.agent_received_us),
+        supervisor_started: at(t.supervisor_started_us),
+        init_released: at(t.init_released_us),
+        init_exec: at(t.init_exec_us),
+    };
+    (out != v1::StartTimeline::default()).then_some(out)
 }
 
 /// The network a started container has: what its supervisor connected (bridge), or the

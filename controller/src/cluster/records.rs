@@ -172,6 +172,9 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
     }
     record.started_at = agent.started_at.or(record.started_at);
     record.finished_at = agent.finished_at.or(record.finished_at);
+    if agent.start_timeline.is_some() {
+        record.start_timeline = agent.start_timeline;
+    }
     if !agent.rootfs_key.is_empty() {
         record.rootfs_key = agent.rootfs_key.clone();
     }
@@ -211,6 +214,7 @@ pub fn reset_for_new_run(record: &mut v1::Container) {
     record.network = None;
     record.started_at = None;
     record.finished_at = None;
+    record.start_timeline = None;
     record.health = None;
     record.node.clear();
 }
@@ -345,5 +349,27 @@ mod tests {
         assert_eq!(c.exit_code, None);
         assert!(c.node.is_empty());
         assert_eq!(c.pid, 0);
+    }
+
+    #[test]
+    fn the_nodes_start_timeline_is_kept_until_the_next_run() {
+        let timeline = v1::StartTimeline {
+            agent_received: Some(hutch_core::convert::timestamp_us(1_000)),
+            init_exec: Some(hutch_core::convert::timestamp_us(3_000)),
+            ..Default::default()
+        };
+        let mut record = v1::Container::default();
+        let agent = v1::Container {
+            state: S::Running as i32,
+            start_timeline: Some(timeline),
+            ..Default::default()
+        };
+        merge_agent_view(&mut record, &agent);
+        assert_eq!(record.start_timeline, Some(timeline));
+        // A later view without one (an older agent) keeps it.
+        merge_agent_view(&mut record, &v1::Container::default());
+        assert_eq!(record.start_timeline, Some(timeline));
+        reset_for_new_run(&mut record);
+        assert_eq!(record.start_timeline, None);
     }
 }

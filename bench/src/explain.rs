@@ -1,0 +1,153 @@
+//! `--explain`: where the time of one start through the controller goes, hop by hop. Each
+//! start of `start-latency` gives eight instants on this host's clock (the client's, the
+//! controller's record, the node's start timeline, the watch); the breakdown prints, for
+//! each hop, the median time since the previous one and since the create was sent.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use hutch_core::convert::system_time;
+
+use crate::report::{ms, percentile};
+use crate::scenarios::TimedStart;
+
+/// The hops, in the order they happen.
+const HOPS: [&str; 8] = [
+    "client sent CreateContainer",
+    "controller recorded it",
+    "agent took RunContainer",
+    "supervisor process began",
+    "init released (namespaces, mounts, cgroup ready)",
+    "init exec'd the command",
+    "watch saw RUNNING",
+    "watch saw EXITED",
+];
+
+/// The instants of many starts.
+#[derive(Default)]
+pub struct Breakdown {
+    /// Per start, each hop's instant (None when the start did not record it).
+    starts: Vec<[Option<SystemTime>; 8]>,
+}
+
+impl Breakdown {
+    /// Adds one start.
+    pub fn add(&mut self, s: &TimedStart) {
+        let timeline = s.last.start_timeline.unwrap_or_default();
+        self.starts.push([
+            Some(s.sent),
+            s.created.created_at.as_ref().map(system_time),
+            timeline.agent_received.as_ref().map(system_time),
+            timeline.supervisor_started.as_ref().map(system_time),
+            timeline.init_released.as_ref().map(system_time),
+            timeline.init_exec.as_ref().map(system_time),
+            Some(s.sent + s.running),
+            Some(s.sent + s.exited),
+        ]);
+    }
+
+    /// Prints the table: per hop, the median since the previous hop and since the create.
+    pub fn print(&self, out: &mut impl Write) {
+        let _ = writeln!(
+            out,
+            "\nwhere a start's time goes (start-latency, medians of {} starts, ms):",
+            self.starts.len()
+        );
+        let _ = writeln!(
+            out,
+            "  {:<50} {:>10} {:>12}",
+            "hop", "since prev", "since sent"
+        );
+        for (i, hop) in HOPS.iter().enumerate() {
+            let since = |from: usize| -> Vec<Duration> {
+                self.starts
+                    .iter()
+                    .filter_map(|s| s[i]?.duration_since(s[from]?).ok())
+                    .collect()
+            };
+            let (step, total) = if i == 0 {
+                (Vec::new(), Vec::new())
+            } else {
+                (since(i - 1), since(0))
+            };
+            let cell = |v: &[Duration]| match v.is_empty() {
+                true if i == 0 => "0".to_string(),
+                true => "-".to_string(),
+                false => format!("{:.2}", ms(percentile(v, 0.5))),
+            };
+            let _ = writeln!(out, "  {hop:<50} {:>10} {:>12}", cell(&step), cell(&total));
+        }
+        let _ = writeln!(
+            out,
+            "  (the controller's and the node's instants are their own clocks: one host here)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hutch_core::convert::timestamp_us;
+    use hutch_proto::v1;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn hops_are_measured_from_the_previous_one_and_from_the_send() {
+        let base = 1_800_000_000_000_000u64;
+        let sent = UNIX_EPOCH + Duration::from_micros(base);
+        let start = TimedStart {
+            running: Duration::from_micros(6_000),
+            exited: Duration::from_micros(9_000),
+            sent,
+            created: v1::Container {
+                created_at: Some(timestamp_us(base + 500)),
+                ..Default::default()
+            },
+            last: v1::Container {
+                start_timeline: Some(v1::StartTimeline {
+                    agent_received: Some(timestamp_us(base + 1_500)),
+                    supervisor_started: Some(timestamp_us(base + 2_000)),
+                    init_released: Some(timestamp_us(base + 4_000)),
+                    init_exec: Some(timestamp_us(base + 5_000)),
+                }),
+                ..Default::default()
+            },
+        };
+        let mut b = Breakdown::default();
+        b.add(&start);
+        let mut out = Vec::new();
+        b.print(&mut out);
+        let text = String::from_utf8(out).unwrap_or_default();
+        let line = |hop: &str| {
+            text.lines()
+                .find(|l| l.contains(hop))
+                .map(|l| l.split_whitespace().rev().take(2).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(line("controller recorded"), ["0.50", "0.50"], "{text}");
+        assert_eq!(line("agent took"), ["1.50", "1.00"], "{text}");
+        assert_eq!(line("init exec'd"), ["5.00", "1.00"], "{text}");
+        assert_eq!(line("RUNNING"), ["6.00", "1.00"], "{text}");
+        assert_eq!(line("EXITED"), ["9.00", "3.00"], "{text}");
+    }
+
+    #[test]
+    fn a_start_without_a_timeline_shows_dashes() {
+        let mut b = Breakdown::default();
+        b.add(&TimedStart {
+            running: Duration::from_millis(1),
+            exited: Duration::from_millis(2),
+            sent: SystemTime::now(),
+            created: v1::Container::default(),
+            last: v1::Container::default(),
+        });
+        let mut out = Vec::new();
+        b.print(&mut out);
+        let text = String::from_utf8(out).unwrap_or_default();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("agent took") && l.trim_end().ends_with('-')),
+            "{text}"
+        );
+    }
+}
