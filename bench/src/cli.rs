@@ -32,31 +32,18 @@ pub async fn cli_latency(env: &BenchEnv, pairs: usize) -> Result<Vec<Row>, Strin
     let runc_p50 = ms(percentile(&runc_t, 0.5));
     let hutch_p99 = ms(percentile(&hutch_t, 0.99));
     let runc_p99 = ms(percentile(&runc_t, 0.99));
-    let row = |metric: &str, hutch: f64, peer: f64, peer_name: &str, target: &str, pass| Row {
-        scenario: "cli-latency".into(),
-        metric: metric.into(),
-        hutch,
-        peer: Some(peer),
-        peer_name: peer_name.into(),
-        unit: "ms".into(),
-        ratio: Some(hutch / peer),
-        target: target.into(),
-        pass,
-    };
     Ok(vec![
-        row(
+        Row::ms_against(
+            "cli-latency",
             "p50 hutch run --rm (whole process)",
-            hutch_p50,
-            runc_p50,
-            "runc run p50",
+            (hutch_p50, runc_p50, "runc run p50"),
             "<= 0.5x runc run",
             hutch_p50 <= 0.5 * runc_p50,
         ),
-        row(
+        Row::ms_against(
+            "cli-latency",
             "p99 hutch run --rm (whole process)",
-            hutch_p99,
-            runc_p99,
-            "runc run p99",
+            (hutch_p99, runc_p99, "runc run p99"),
             "(for the record)",
             true,
         ),

@@ -27,6 +27,29 @@ pub struct Row {
     pub pass: bool,
 }
 
+impl Row {
+    /// A row of `scenario` comparing hutch's `hutch` milliseconds with a peer's.
+    pub fn ms_against(
+        scenario: &str,
+        metric: &str,
+        (hutch, peer, peer_name): (f64, f64, &str),
+        target: &str,
+        pass: bool,
+    ) -> Row {
+        Row {
+            scenario: scenario.into(),
+            metric: metric.into(),
+            hutch,
+            peer: Some(peer),
+            peer_name: peer_name.into(),
+            unit: "ms".into(),
+            ratio: Some(hutch / peer),
+            target: target.into(),
+            pass,
+        }
+    }
+}
+
 /// Milliseconds of a duration.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

@@ -233,18 +233,15 @@ pub async fn start_latency(env: &BenchEnv, runs: usize, explain: bool) -> Result
     let ctr_p50 = ms(percentile(&ctr_t, 0.5));
     let p50 = ms(percentile(&to_exited, 0.5));
     let p99 = ms(percentile(&to_exited, 0.99));
-    let row =
-        |metric: &str, hutch: f64, peer: f64, peer_name: &str, target: &str, pass: bool| Row {
-            scenario: "start-latency".into(),
-            metric: metric.into(),
-            hutch,
-            peer: Some(peer),
-            peer_name: peer_name.into(),
-            unit: "ms".into(),
-            ratio: Some(hutch / peer),
-            target: target.into(),
+    let row = |metric: &str, hutch: f64, peer: f64, peer_name: &str, target: &str, pass| {
+        Row::ms_against(
+            "start-latency",
+            metric,
+            (hutch, peer, peer_name),
+            target,
             pass,
-        };
+        )
+    };
     Ok(vec![
         row(
             "p50 create->EXITED",
