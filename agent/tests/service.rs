@@ -729,8 +729,8 @@ async fn auto_remove_and_cpus_at_the_agent() {
 }
 
 /// A started container carries its start timeline: the agent taking the request, the
-/// supervisor beginning, the init released and exec'ing, in that order, within the time the
-/// call took.
+/// supervisor beginning and joining its cgroup, the init cloned, released and exec'ing, in
+/// that order, within the time the call took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_started_container_says_when_each_step_of_its_start_happened() {
     let host = TestHost::new("svctimeline").await;
@@ -759,6 +759,8 @@ async fn a_started_container_says_when_each_step_of_its_start_happened() {
     let steps: Vec<std::time::SystemTime> = [
         &t.agent_received,
         &t.supervisor_started,
+        &t.cgroup_joined,
+        &t.init_cloned,
         &t.init_released,
         &t.init_exec,
     ]

@@ -1,5 +1,5 @@
 //! `--explain`: where the time of one start through the controller goes, hop by hop. Each
-//! start of `start-latency` gives eight instants on this host's clock (the client's, the
+//! start of `start-latency` gives ten instants on this host's clock (the client's, the
 //! controller's record, the node's start timeline, the watch); the breakdown prints, for
 //! each hop, the median time since the previous one and since the create was sent.
 
@@ -12,12 +12,14 @@ use crate::report::{ms, percentile};
 use crate::scenarios::TimedStart;
 
 /// The hops, in the order they happen.
-const HOPS: [&str; 8] = [
+const HOPS: [&str; 10] = [
     "client sent CreateContainer",
     "controller recorded it",
     "agent took RunContainer",
     "supervisor process began",
-    "init released (namespaces, mounts, cgroup ready)",
+    "supervisor joined its cgroup",
+    "init cloned (overlay mounted, namespaces made)",
+    "init released (in its cgroup, network ready)",
     "init exec'd the command",
     "watch saw RUNNING",
     "watch saw EXITED",
@@ -27,7 +29,7 @@ const HOPS: [&str; 8] = [
 #[derive(Default)]
 pub struct Breakdown {
     /// Per start, each hop's instant (None when the start did not record it).
-    starts: Vec<[Option<SystemTime>; 8]>,
+    starts: Vec<[Option<SystemTime>; HOPS.len()]>,
 }
 
 impl Breakdown {
@@ -39,6 +41,8 @@ impl Breakdown {
             s.created.created_at.as_ref().map(system_time),
             timeline.agent_received.as_ref().map(system_time),
             timeline.supervisor_started.as_ref().map(system_time),
+            timeline.cgroup_joined.as_ref().map(system_time),
+            timeline.init_cloned.as_ref().map(system_time),
             timeline.init_released.as_ref().map(system_time),
             timeline.init_exec.as_ref().map(system_time),
             Some(s.sent + s.running),
@@ -107,6 +111,8 @@ mod tests {
                 start_timeline: Some(v1::StartTimeline {
                     agent_received: Some(timestamp_us(base + 1_500)),
                     supervisor_started: Some(timestamp_us(base + 2_000)),
+                    cgroup_joined: Some(timestamp_us(base + 3_000)),
+                    init_cloned: Some(timestamp_us(base + 3_500)),
                     init_released: Some(timestamp_us(base + 4_000)),
                     init_exec: Some(timestamp_us(base + 5_000)),
                 }),

@@ -176,6 +176,14 @@ pub struct StartTimeline {
     /// The supervisor process began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_started_us: Option<u64>,
+    /// The supervisor had moved itself into the supervisors' cgroup (on cgroup v1 the first
+    /// migration after an idle spell waits for an RCU grace period: milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_joined_us: Option<u64>,
+    /// The container's init was cloned into its namespaces (rootfs overlay and staged
+    /// mounts ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_cloned_us: Option<u64>,
     /// The supervisor released the container's init: namespaces, mounts, cgroup and network
     /// were ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -195,6 +195,7 @@ impl Supervisor {
                     format!("joining the supervisors' cgroup: {e}"),
                 )
             })?;
+        self.state.timeline.cgroup_joined_us = Some(unix_micros_now());
         sys::set_child_subreaper()
             .map_err(|e| Failure::new(Step::Start, format!("becoming subreaper: {e}")))?;
         if let Some(bytes) = cfg.spec.disk_limit_bytes {
@@ -263,6 +264,7 @@ impl Supervisor {
             release,
         } = pipes;
         drop((stdout.1, stderr.1, report.1, release.0));
+        self.state.timeline.init_cloned_us = Some(unix_micros_now());
         // The init's end goes with the init: a channel read then ends instead of waiting.
         let terminal = terminal.map(|(rx, tx, attach)| {
             drop(tx);

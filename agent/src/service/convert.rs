@@ -81,6 +81,8 @@ fn start_timeline_to(t: &crate::runtime::state::StartTimeline) -> Option<v1::Sta
     let out = v1::StartTimeline {
         agent_received: at(t.agent_received_us),
         supervisor_started: at(t.supervisor_started_us),
+        cgroup_joined: at(t.cgroup_joined_us),
+        init_cloned: at(t.init_cloned_us),
         init_released: at(t.init_released_us),
         init_exec: at(t.init_exec_us),
     };
