@@ -20,7 +20,7 @@ use thiserror::Error;
 use tokio::sync::broadcast;
 
 use crate::fsutil::write_atomic;
-use crate::runtime::state::Status;
+use crate::runtime::state::{StartTimeline, Status};
 
 /// Live events buffered per subscriber before it counts as lagging.
 const LIVE_BUFFER: usize = 1024;
@@ -57,6 +57,10 @@ pub struct NewEvent {
     /// Its health, when it has a check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<hutch_core::health::HealthStatus>,
+    /// When each step of its start happened: on every state of a started container, so
+    /// whichever of its events the controller applies last carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<StartTimeline>,
 }
 
 /// Why the log could not be used.
@@ -241,6 +245,7 @@ mod tests {
             oom_killed: false,
             removed: false,
             health: None,
+            timeline: None,
         }
     }
 

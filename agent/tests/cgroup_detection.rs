@@ -132,7 +132,7 @@ fn a_v2_root_without_the_memory_controller_refuses_memory_limits_clearly() {
     let refused = manager.create_container("limited", limited);
     let refused_left = manager.container_path("limited").dir().exists();
     let unlimited = manager.create_container("unlimited", ResourceLimits::default());
-    if let Ok(cg) = &unlimited {
+    for cg in [&refused, &unlimited].into_iter().flatten() {
         let _ = cg.remove();
     }
     remove_probe(Some(&manager), &probe);
@@ -287,9 +287,9 @@ fn outside_the_root(root: &CgroupPath) -> Vec<(PathBuf, String)> {
     out
 }
 
-/// hutch writes nothing outside the cgroup it was given: running containers (with memory,
-/// pids and CPU limits) neither creates a cgroup outside the delegated root nor changes the
-/// controllers any cgroup there hands down.
+/// hutch writes nothing outside the cgroup it was given: running a container with memory and
+/// pids limits neither creates a cgroup outside the delegated root (in the memory hierarchy
+/// and, on v1, the pids one) nor changes the controllers any cgroup there hands down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_written_outside_the_delegated_root() {
     let host = TestHost::new("outside").await;
@@ -338,4 +338,41 @@ async fn nothing_is_written_outside_the_delegated_root() {
         }
     }
     assert_eq!(done.state.exit_code, Some(0), "{:?}", done.state);
+}
+
+/// cgroup v2: a parent that delegates pids but not memory still gets its pids limits (the
+/// default fork-bomb limit included) while memory limits are refused.
+#[test]
+fn without_memory_the_pids_controller_is_still_handed_down() {
+    let own = detect_own_cgroup().expect("a memory cgroup");
+    if own.version != CgroupVersion::V2 {
+        println!("NOT RUN here (hybrid host: no pids controller in the cgroup2 mount); the VM suite runs it");
+        return;
+    }
+    let settled = CgroupManager::init(None, &common::unique("pids-settle")).expect("settle");
+    settled.remove_if_idle();
+    // A parent handing down pids only, and below it the root given to hutch.
+    let parent = own.child(&common::unique("pids-only"));
+    std::fs::create_dir(parent.dir()).expect("mkdir parent");
+    let handed = std::fs::write(parent.dir().join("cgroup.subtree_control"), "+pids");
+    let root = parent.child("root");
+    let made = std::fs::create_dir(root.dir());
+    let manager = CgroupManager::init(Some(root.clone()), "pids-only");
+    let (missing, has_pids) = match &manager {
+        Ok(m) => (m.memory_missing().map(|e| e.to_string()), m.has_pids()),
+        Err(_) => (None, false),
+    };
+    if let Ok(m) = &manager {
+        m.remove_if_idle();
+    }
+    let _ = std::fs::remove_dir(root.dir());
+    let _ = std::fs::remove_dir(parent.dir());
+    handed.expect("+pids in the parent's subtree_control");
+    made.expect("mkdir root");
+    let manager = manager.expect("the agent starts without memory");
+    println!("memory: {missing:?}; pids handed down: {has_pids}");
+    assert!(missing.is_some_and(|m| m.contains("memory controller is not delegated")));
+    assert!(has_pids, "pids limits still work");
+    assert!(!parent.dir().exists(), "nothing left");
+    drop(manager);
 }

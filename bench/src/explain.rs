@@ -81,9 +81,11 @@ impl Breakdown {
             };
             let _ = writeln!(out, "  {hop:<50} {:>10} {:>12}", cell(&step), cell(&total));
         }
+        let with_timeline = self.starts.iter().filter(|s| s[2].is_some()).count();
         let _ = writeln!(
             out,
-            "  (the controller's and the node's instants are their own clocks: one host here)"
+            "  ({with_timeline} of {} starts carried their node's timeline; the controller's and the node's instants are their own clocks: one host here)",
+            self.starts.len()
         );
     }
 }

@@ -354,6 +354,11 @@ impl Runtime {
         let received_us = unix_micros_now();
         let dir = self.dir(id)?;
         spec.validate()?;
+        // Refused before anything is fetched or made (CgroupManager::create_container
+        // refuses it again).
+        if let (Some(_), Some(missing)) = (spec.memory_limit_bytes, self.cgroups.memory_missing()) {
+            return Err(missing.into());
+        }
         let rootfs = self.rootfs_for(&spec.rootfs).await?;
         spec.apply_image_defaults(rootfs.image_defaults())?;
         spec.validate()?;

@@ -185,6 +185,7 @@ pub fn event_to(e: &Event) -> v1::Event {
         oom_killed: e.change.oom_killed,
         removed: e.change.removed,
         health: e.change.health.as_ref().map(health_status_to),
+        start_timeline: e.change.timeline.as_ref().and_then(start_timeline_to),
     }
 }
 

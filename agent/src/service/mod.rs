@@ -298,6 +298,7 @@ impl Agent for AgentService {
                             oom_killed: false,
                             removed: true,
                             health: None,
+                            timeline: None,
                         })
                         .await;
                 }

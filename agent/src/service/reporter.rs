@@ -81,6 +81,7 @@ pub fn event_of(info: &ContainerInfo, removed: bool) -> NewEvent {
         oom_killed: info.state.oom_killed,
         removed,
         health: info.health.clone(),
+        timeline: (info.state.timeline != Default::default()).then_some(info.state.timeline),
     }
 }
 

@@ -183,6 +183,9 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
 /// Applies one agent event to the record.
 pub fn merge_agent_event(record: &mut v1::Container, event: &v1::Event) {
     record.state = event.state;
+    if event.start_timeline.is_some() {
+        record.start_timeline = event.start_timeline;
+    }
     if event.health.is_some() {
         record.health = event.health.clone();
     }
@@ -369,6 +372,17 @@ mod tests {
         // A later view without one (an older agent) keeps it.
         merge_agent_view(&mut record, &v1::Container::default());
         assert_eq!(record.start_timeline, Some(timeline));
+        // Events carry it too: a short run's EXITED may be applied after its run's answer.
+        let mut other = v1::Container::default();
+        merge_agent_event(
+            &mut other,
+            &v1::Event {
+                state: S::Exited as i32,
+                start_timeline: Some(timeline),
+                ..Default::default()
+            },
+        );
+        assert_eq!(other.start_timeline, Some(timeline));
         reset_for_new_run(&mut record);
         assert_eq!(record.start_timeline, None);
     }

@@ -35,19 +35,20 @@ fn controllers(file: &std::path::Path) -> Vec<String> {
 impl Driver for V2 {
     fn prepare_root(&self, root: &CgroupPath) -> Result<(), CgroupError> {
         let dir = root.dir();
-        if !controllers(&dir.join("cgroup.controllers"))
-            .iter()
-            .any(|c| c == "memory")
-        {
-            // Nothing is moved or written: the caller decides whether to run without.
-            return Err(memory_not_delegated(root));
-        }
         if controllers(&dir.join("cgroup.subtree_control"))
             .iter()
             .any(|c| c == "memory")
         {
             // Delegated before (an earlier agent, an operator): pids and cpu may be missing.
             return self.delegate_memory(root);
+        }
+        if !controllers(&dir.join("cgroup.controllers"))
+            .iter()
+            .any(|c| ["memory", "pids", "cpu"].contains(&c.as_str()))
+        {
+            // Nothing to hand down: nothing is moved or written, and the caller decides
+            // whether to run without memory limits.
+            return Err(memory_not_delegated(root));
         }
         // Inner nodes cannot hold processes: move this process into a leaf of its own.
         let me = std::process::id();
@@ -65,6 +66,7 @@ impl Driver for V2 {
                 ),
             });
         }
+        // pids and cpu are handed down even when memory is not (their limits still work).
         self.delegate_memory(root)
     }
 
