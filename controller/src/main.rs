@@ -14,8 +14,9 @@ use hutch_controller::config::{ControllerConfig, StoreChoice};
 use hutch_controller::join::ClusterPki;
 use hutch_controller::leader::{self, Member};
 use hutch_controller::leadership::Leadership;
+use hutch_controller::store::etcd_store::{self, EtcdConfig};
 use hutch_controller::store::etcd_tokens::EtcdTokens;
-use hutch_controller::store::{etcd_store, RedbStore};
+use hutch_controller::store::RedbStore;
 use hutch_server::auth::Tokens;
 
 /// Exit code for errors of hutch itself.
@@ -504,6 +505,37 @@ impl Started {
     }
 }
 
+/// How long a starting controller waits for an etcd cluster without a leader (an election
+/// after a member's loss or a partition takes seconds) before it gives up.
+const ETCD_ELECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `attempt` until it succeeds, fails for another reason than etcd having no leader,
+/// or [`ETCD_ELECTION_WAIT`] has passed; says on stderr that it waits.
+async fn until_etcd_leads<T, F, Fut>(etcd: &EtcdConfig, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + ETCD_ELECTION_WAIT;
+    loop {
+        match attempt().await {
+            Err(e) if etcd_is_electing(&e) && std::time::Instant::now() < deadline => {
+                eprintln!(
+                    "hutch-controller: etcd {} has no leader yet; trying again ({e})",
+                    etcd.describe()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether an etcd error says the cluster is electing a leader.
+fn etcd_is_electing(error: &str) -> bool {
+    error.contains("etcdserver: no leader") || error.contains("etcdserver: leader changed")
+}
+
 /// Opens the configured store: the embedded one (this controller leads), or etcd (after
 /// checking the cluster's identity there, the election starts).
 async fn start_store(
@@ -537,23 +569,29 @@ async fn start_store(
                     config.listen
                 ));
             }
-            let mut client = etcd_store::connect(etcd.clone())
-                .await
-                .map_err(|e| format!("cannot use the etcd store {}: {e}", etcd.describe()))?;
-            tokio::time::timeout(std::time::Duration::from_secs(5), client.status())
-                .await
-                .map_err(|_| format!("etcd at {} did not answer within 5s", etcd.describe()))?
-                .map_err(|e| format!("cannot use the etcd store {}: {e}", etcd.describe()))?;
             let identity =
                 pki.map_or_else(|| "plaintext".to_string(), |p| p.fingerprint().to_string());
-            leader::claim_identity(&mut client, etcd, &identity).await?;
+            until_etcd_leads(etcd, || async {
+                let mut client = etcd_store::connect(etcd.clone())
+                    .await
+                    .map_err(|e| format!("cannot use the etcd store {}: {e}", etcd.describe()))?;
+                tokio::time::timeout(std::time::Duration::from_secs(5), client.status())
+                    .await
+                    .map_err(|_| format!("etcd at {} did not answer within 5s", etcd.describe()))?
+                    .map_err(|e| format!("cannot use the etcd store {}: {e}", etcd.describe()))?;
+                leader::claim_identity(&mut client, etcd, &identity).await
+            })
+            .await?;
             if let Some(pki) = pki {
                 // Join tokens in etcd: an agent joins through any controller.
-                let config = etcd.clone();
-                let tokens = tokio::task::spawn_blocking(move || EtcdTokens::connect(config))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                let tokens = until_etcd_leads(etcd, || async {
+                    let config = etcd.clone();
+                    tokio::task::spawn_blocking(move || EtcdTokens::connect(config))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())
+                })
+                .await?;
                 tokio::task::block_in_place(|| pki.keep_tokens_in(Box::new(tokens)))
                     .map_err(|e| format!("cannot keep join tokens in etcd: {e}"))?;
             }
@@ -585,5 +623,24 @@ async fn start_store(
                 election: Some((stop_tx, task)),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etcd_is_electing;
+
+    #[test]
+    fn an_election_is_told_from_other_etcd_errors() {
+        // As a controller started during an election printed it.
+        assert!(etcd_is_electing(
+            "cannot use the etcd store etcd http://198.18.1.1:2379: grpc request error: code: 'The service is currently unavailable', message: \"etcdserver: no leader\""
+        ));
+        assert!(!etcd_is_electing(
+            "cannot use the etcd store etcd http://198.18.1.1:2379: transport error"
+        ));
+        assert!(!etcd_is_electing(
+            "the cluster under /hutch/identity belongs to the cluster CA x"
+        ));
     }
 }

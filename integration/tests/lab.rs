@@ -1089,6 +1089,11 @@ async fn controllers_on_etcd_lose_nothing_through_kills_and_a_partition() {
             .iter()
             .filter(|c| c["id"].as_str().is_some_and(|id| id.starts_with("jep-")))
             .collect();
+        if Instant::now() > deadline {
+            for c in mine.iter().filter(|c| c["state"] != "exited") {
+                println!("NOT EXITED: {c}");
+            }
+        }
         if mine.iter().all(|c| c["state"] == "exited") || Instant::now() > deadline {
             break mine
                 .iter()
