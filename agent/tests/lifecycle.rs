@@ -124,6 +124,21 @@ async fn supervisor_outlives_its_starter_and_is_not_charged_to_the_container() {
         "supervisor sits in {}",
         supervisors_leaf.dir().display()
     );
+    // Both moved themselves thread-wise on cgroup v1 (SelfEntry): every hierarchy of
+    // theirs must hold the whole process.
+    let init = running.state.pid.expect("init pid");
+    let in_every_hierarchy = |cgroup: &hutch_supervisor::cgroup::CgroupPath, pid: u32| {
+        for dir in cgroup.dirs() {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).expect("procs");
+            assert!(
+                procs.lines().any(|l| l == pid.to_string()),
+                "{pid} not in {}: {procs:?}",
+                dir.display()
+            );
+        }
+    };
+    in_every_hierarchy(&running.cgroup, init);
+    in_every_hierarchy(&supervisors_leaf, supervisor);
     let ppid = std::fs::read_to_string(format!("/proc/{supervisor}/stat")).expect("stat");
     let ppid = ppid
         .rsplit(')')

@@ -144,7 +144,8 @@ fn exec_in(dir: &Path, argv: Vec<String>, tty: bool) -> Result<ExecResult, Failu
     }
 
     cgroup
-        .add_process(std::process::id())
+        .path()
+        .add_this_process()
         .map_err(|e| Failure::new(Step::Cgroup, e.to_string()))?;
     for (ns, fd) in &ns_fds {
         setns(fd, clone_flag(*ns))

@@ -31,6 +31,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{self, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::SelfEntry;
 use crate::security::{Filters, MASKED_PATHS, READ_ONLY_PATHS};
 use crate::state::{Failure, SupervisorConfig};
 use crate::sys;
@@ -95,14 +96,24 @@ fn borrow_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 
 /// The child's entry point after `clone`: never returns on success (the command replaces
 /// this process); on failure reports the step and returns the exit status 127.
-pub fn run(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> isize {
-    if let Err(failure) = setup_and_exec(cfg, io, filters) {
+pub fn run(
+    cfg: &SupervisorConfig,
+    io: InitIo,
+    cgroup: Option<&SelfEntry>,
+    filters: &Filters,
+) -> isize {
+    if let Err(failure) = setup_and_exec(cfg, io, cgroup, filters) {
         report(io.report, &InitMessage::Failed(failure));
     }
     127
 }
 
-fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Result<(), Failure> {
+fn setup_and_exec(
+    cfg: &SupervisorConfig,
+    io: InitIo,
+    cgroup: Option<&SelfEntry>,
+    filters: &Filters,
+) -> Result<(), Failure> {
     let spec = &cfg.spec;
     // stdio first, so that even a failing command's output would be captured.
     let devnull = nix::fcntl::open(
@@ -115,6 +126,15 @@ fn setup_and_exec(cfg: &SupervisorConfig, io: InitIo, filters: &Filters) -> Resu
     unistd::dup2_stdin(std::os::fd::AsFd::as_fd(&devnull)).map_err(redirect)?;
     unistd::dup2_stdout(borrow_fd(io.stdout)).map_err(redirect)?;
     unistd::dup2_stderr(borrow_fd(io.stderr)).map_err(redirect)?;
+
+    // Into the container's cgroup before anything of the container runs (a clone of the
+    // single-threaded supervisor has one thread); without an entry the supervisor has
+    // moved it by pid before the release.
+    if let Some(entry) = cgroup {
+        entry
+            .enter()
+            .map_err(|e| Failure::new(Step::Cgroup, format!("entering the cgroup: {e}")))?;
+    }
 
     let mut byte = [0u8; 1];
     match unistd::read(borrow_fd(io.release), &mut byte) {

@@ -188,7 +188,7 @@ impl Supervisor {
         // Another agent process may have just removed the idle leaf: recreate it.
         let _ = std::fs::create_dir_all(cfg.supervisors_cgroup.dir());
         cfg.supervisors_cgroup
-            .add_process(std::process::id())
+            .add_this_process()
             .map_err(|e| {
                 Failure::new(
                     Step::Cgroup,
@@ -241,13 +241,19 @@ impl Supervisor {
             stderr: pipes.stderr.1.as_raw_fd(),
             console: terminal.as_ref().map(|(_, tx, _)| tx.as_raw_fd()),
         };
+        // Where it can, the init moves itself into the container's cgroup (see SelfEntry);
+        // elsewhere it is moved by pid below.
+        let entry = self
+            .cgroup
+            .self_entry()
+            .map_err(|e| Failure::new(Step::Cgroup, e.to_string()))?;
         let host_namespaces = init::own_namespaces();
         let filters = Filters::compile(&cfg.spec.effective_security())
             .map_err(|e| Failure::new(Step::Security, e.to_string()))?;
         // SAFETY: the supervisor is single-threaded: it starts no thread, it polls its fds.
         let child = unsafe {
             sys::clone_process(
-                Box::new(|| init::run(&cfg, io, &filters)),
+                Box::new(|| init::run(&cfg, io, entry.as_ref(), &filters)),
                 clone_flags(&cfg),
             )
         }
@@ -271,11 +277,14 @@ impl Supervisor {
             (rx, attach)
         });
 
-        let placed = self
-            .cgroup
-            .add_process(child.as_raw() as u32)
-            .map_err(|e| Failure::new(Step::Cgroup, e.to_string()))
-            .and_then(|()| {
+        let placed = match entry {
+            Some(_) => Ok(()),
+            None => self
+                .cgroup
+                .add_process(child.as_raw() as u32)
+                .map_err(|e| Failure::new(Step::Cgroup, e.to_string())),
+        }
+        .and_then(|()| {
                 if cfg.spec.has(Namespace::User) {
                     write_id_maps(
                         child,
@@ -286,18 +295,23 @@ impl Supervisor {
                     Ok(())
                 }
             });
-        let connected = placed.and_then(|()| self.connect(child));
-        if let Err(f) = connected {
+        let mut reader = std::io::BufReader::new(File::from(report.0));
+        let released = placed
+            .and_then(|()| self.connect(child))
+            .and_then(|()| {
+                self.state.timeline.init_released_us = Some(unix_micros_now());
+                unistd::write(&release.1, &[1])
+                    .map(drop)
+                    .map_err(|e| Failure::new(Step::Start, format!("releasing the init: {e}")))
+            });
+        if let Err(f) = released {
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
             let _ = waitpid(child, None);
-            return Err(f);
+            // An init that failed before its release (entering its cgroup) said why.
+            return Err(reported_failure(&mut reader).unwrap_or(f));
         }
-        self.state.timeline.init_released_us = Some(unix_micros_now());
-        unistd::write(&release.1, &[1])
-            .map_err(|e| Failure::new(Step::Start, format!("releasing the init: {e}")))?;
         drop(release.1);
 
-        let mut reader = std::io::BufReader::new(File::from(report.0));
         let mut namespaces = None;
         let mut line = String::new();
         loop {
@@ -624,6 +638,16 @@ fn reap(init: Pid, exit: &mut Option<WaitStatus>) {
             }
         }
     }
+}
+
+/// The failure the init reported, read once it is gone (so the pipe ends).
+fn reported_failure(report: impl std::io::BufRead) -> Option<Failure> {
+    report.lines().map_while(Result::ok).find_map(|line| {
+        match serde_json::from_str::<InitMessage>(&line) {
+            Ok(InitMessage::Failed(f)) => Some(f),
+            _ => None,
+        }
+    })
 }
 
 fn clone_flags(cfg: &SupervisorConfig) -> CloneFlags {

@@ -98,8 +98,24 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
 /// Pure part of [`process_start_ticks`]; the command name in field 2 may contain spaces and
 /// parentheses, so fields are counted from the last `)`.
 pub fn parse_start_ticks(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)
+}
+
+/// Whether the calling process has a single thread (field 20 of `/proc/self/stat`);
+/// `false` when that cannot be read.
+pub fn is_single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| stat_field(&stat, 20))
+        == Some(1)
+}
+
+/// Field `number` (counted from 1, as proc(5) does) of a `/proc/PID/stat` line, from the
+/// third on; the command name in field 2 may contain spaces and parentheses, so fields are
+/// counted from its last `)`.
+fn stat_field(stat: &str, number: usize) -> Option<u64> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    after_comm.split_whitespace().nth(number.checked_sub(3)?)?.parse().ok()
 }
 
 /// Makes this process a child subreaper: orphans of its descendants are re-parented to it
@@ -338,6 +354,15 @@ mod tests {
             "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 200";
         assert_eq!(parse_start_ticks(stat), Some(123456));
         assert_eq!(parse_start_ticks("garbage"), None);
+        // Field 20, the thread count, is the 1 before the start time's 0.
+        assert_eq!(stat_field(stat, 20), Some(1));
+        assert_eq!(stat_field(stat, 2), None);
+    }
+
+    #[test]
+    fn a_test_thread_is_not_alone() {
+        // The test harness runs this on a thread of its own, beside the main one.
+        assert!(!is_single_threaded());
     }
 
     #[test]

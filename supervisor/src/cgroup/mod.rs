@@ -181,6 +181,37 @@ impl CgroupPath {
         Ok(())
     }
 
+    /// Moves the calling process into this cgroup (and into its v1 companions), through a
+    /// [`SelfEntry`] where the version has one and the process has a single thread, by pid
+    /// otherwise.
+    pub fn add_this_process(&self) -> Result<(), CgroupError> {
+        match self.self_entry()? {
+            Some(entry) if crate::sys::is_single_threaded() => entry.enter(),
+            _ => self.add_process(std::process::id()),
+        }
+    }
+
+    /// Opens the files through which a single-threaded process moves itself into this
+    /// cgroup without the kernel's global migration lock; `None` on cgroup v2, which has
+    /// none (see [`SelfEntry`]).
+    pub fn self_entry(&self) -> Result<Option<SelfEntry>, CgroupError> {
+        if self.version != CgroupVersion::V1 {
+            return Ok(None);
+        }
+        let files = self
+            .dirs()
+            .map(|dir| {
+                let path = dir.join("tasks");
+                // std opens close-on-exec: the files never reach a container's command.
+                match std::fs::OpenOptions::new().write(true).open(&path) {
+                    Ok(file) => Ok((path, file)),
+                    Err(e) => Err(io_err(&path, e)),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(SelfEntry { files }))
+    }
+
     /// Creates the cgroup's directory (and its v1 companions).
     fn create(&self) -> Result<(), CgroupError> {
         for dir in self.dirs() {
@@ -194,6 +225,32 @@ impl CgroupPath {
         std::fs::read_to_string(self.dir().join("cgroup.procs"))
             .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
+    }
+}
+
+/// A way into one cgroup v1 cgroup (and its companions in the other hierarchies) for the
+/// single-threaded process that uses it: each hierarchy's `tasks` file, opened in advance,
+/// to which the process writes `0`, "the calling thread".
+///
+/// Moving a whole process (its pid written to `cgroup.procs`) takes the kernel's global
+/// threadgroup lock for writing, and the first such move after an idle spell waits for an
+/// RCU grace period: 7-17 ms on a 2-core machine, against 0.2-0.35 ms for the same move
+/// of the calling thread, which the kernel makes without that lock. For a process with one
+/// thread, the calling thread is the whole process. Files opened by root work for a process
+/// that has since entered a user namespace: the kernel checks the opener's credentials.
+/// cgroup v2 moves threads only inside a threaded subtree, so it has no such entry.
+#[derive(Debug)]
+pub struct SelfEntry {
+    files: Vec<(PathBuf, std::fs::File)>,
+}
+
+impl SelfEntry {
+    /// Moves the calling thread into the cgroup; the caller has no other thread.
+    pub fn enter(&self) -> Result<(), CgroupError> {
+        for (path, file) in &self.files {
+            std::io::Write::write_all(&mut &*file, b"0").map_err(|e| io_err(path, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -576,6 +633,11 @@ impl ContainerCgroup {
     /// Moves process `pid` into the container's cgroup.
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
         self.path.add_process(pid)
+    }
+
+    /// The container cgroup's [`SelfEntry`], where the version has one.
+    pub fn self_entry(&self) -> Result<Option<SelfEntry>, CgroupError> {
+        self.path.self_entry()
     }
 
     /// Current memory figures.
