@@ -12,7 +12,7 @@ use crate::report::{ms, percentile};
 use crate::scenarios::TimedStart;
 
 /// The hops, in the order they happen.
-const HOPS: [&str; 10] = [
+const HOPS: [&str; 11] = [
     "client sent CreateContainer",
     "controller recorded it",
     "agent took RunContainer",
@@ -21,7 +21,8 @@ const HOPS: [&str; 10] = [
     "init cloned (overlay mounted, namespaces made)",
     "init released (in its cgroup, network ready)",
     "init exec'd the command",
-    "watch saw RUNNING",
+    "controller took the node's RUNNING",
+    "watch saw RUNNING (durable)",
     "watch saw EXITED",
 ];
 
@@ -45,6 +46,7 @@ impl Breakdown {
             timeline.init_cloned.as_ref().map(system_time),
             timeline.init_released.as_ref().map(system_time),
             timeline.init_exec.as_ref().map(system_time),
+            timeline.controller_running.as_ref().map(system_time),
             Some(s.sent + s.running),
             Some(s.sent + s.exited),
         ]);
@@ -117,6 +119,7 @@ mod tests {
                     init_cloned: Some(timestamp_us(base + 3_500)),
                     init_released: Some(timestamp_us(base + 4_000)),
                     init_exec: Some(timestamp_us(base + 5_000)),
+                    controller_running: Some(timestamp_us(base + 5_400)),
                 }),
                 ..Default::default()
             },
@@ -135,7 +138,8 @@ mod tests {
         assert_eq!(line("controller recorded"), ["0.50", "0.50"], "{text}");
         assert_eq!(line("agent took"), ["1.50", "1.00"], "{text}");
         assert_eq!(line("init exec'd"), ["5.00", "1.00"], "{text}");
-        assert_eq!(line("RUNNING"), ["6.00", "1.00"], "{text}");
+        assert_eq!(line("node's RUNNING"), ["5.40", "0.40"], "{text}");
+        assert_eq!(line("saw RUNNING"), ["6.00", "0.60"], "{text}");
         assert_eq!(line("EXITED"), ["9.00", "3.00"], "{text}");
     }
 

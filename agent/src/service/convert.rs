@@ -85,6 +85,8 @@ fn start_timeline_to(t: &crate::runtime::state::StartTimeline) -> Option<v1::Sta
         init_cloned: at(t.init_cloned_us),
         init_released: at(t.init_released_us),
         init_exec: at(t.init_exec_us),
+        // The controller's own instant.
+        controller_running: None,
     };
     (out != v1::StartTimeline::default()).then_some(out)
 }

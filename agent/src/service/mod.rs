@@ -282,9 +282,9 @@ impl Agent for AgentService {
         let span = tracing::info_span!("run_container", node = %core.node, container = %name);
         match tracing::Instrument::instrument(core.runtime.run(&name, spec), span).await {
             Ok(info) => {
-                core.reporter.report(&info).await;
-                core.reporter.watch(name);
-                Ok(Response::new(container_to(&info, &core.node)))
+                let answer = container_to(&info, &core.node);
+                core.reporter.report_started(info);
+                Ok(Response::new(answer))
             }
             Err(e) => {
                 if let RuntimeError::StartFailed { failure, .. } = &e {

@@ -14,6 +14,9 @@ use crate::runtime::state::Status;
 use crate::runtime::{ContainerInfo, Runtime};
 use hutch_core::health::HealthState;
 
+/// In a container's state directory: what was last reported of it.
+const REPORTED_FILE: &str = "reported.json";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Reported {
     status: Status,
@@ -98,10 +101,43 @@ impl Reporter {
     /// Reports `info`'s state unless it was already reported.
     pub async fn report(&self, info: &ContainerInfo) {
         let _guard = self.lock.lock().await;
+        self.report_locked(info);
+    }
+
+    /// Reports a started container's RUNNING unless a later state of it (a stop's EXITED)
+    /// was reported meanwhile, then watches it until it ends, which is then reported after
+    /// the RUNNING.
+    ///
+    /// A run's answer carries RUNNING to the controller at once; this records the same
+    /// durably as an event right after, off the answer's path.
+    pub fn report_started(self: &Arc<Self>, started: ContainerInfo) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = started.state.id.clone();
+            {
+                let _guard = me.lock.lock().await;
+                let ended = me
+                    .last_reported(&id)
+                    .is_some_and(|r| r.status.is_final());
+                if !ended {
+                    me.report_locked(&started);
+                }
+            }
+            me.watch(id);
+        });
+    }
+
+    /// What was last reported of container `id`.
+    fn last_reported(&self, id: &str) -> Option<Reported> {
+        let dir = self.runtime.existing_dir(id).ok()?;
+        read_json(&dir.join(REPORTED_FILE)).ok()
+    }
+
+    fn report_locked(&self, info: &ContainerInfo) {
         let Ok(dir) = self.runtime.existing_dir(&info.state.id) else {
             return;
         };
-        let marker = dir.join("reported.json");
+        let marker = dir.join(REPORTED_FILE);
         let last: Option<Reported> = read_json(&marker).ok();
         let now = Reported {
             status: info.state.status,

@@ -172,20 +172,35 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
     }
     record.started_at = agent.started_at.or(record.started_at);
     record.finished_at = agent.finished_at.or(record.finished_at);
-    if agent.start_timeline.is_some() {
-        record.start_timeline = agent.start_timeline;
-    }
+    take_timeline(record, agent.start_timeline);
     if !agent.rootfs_key.is_empty() {
         record.rootfs_key = agent.rootfs_key.clone();
+    }
+}
+
+/// Takes the node's start timeline into the record, keeping the controller's own instant,
+/// and stamps that instant the first time the record is RUNNING (from a run's answer or
+/// an event, whichever comes first).
+fn take_timeline(record: &mut v1::Container, node: Option<v1::StartTimeline>) {
+    let controller_running = record
+        .start_timeline
+        .and_then(|t| t.controller_running)
+        .or_else(|| {
+            (record.state == S::Running as i32)
+                .then(|| hutch_core::convert::timestamp(std::time::SystemTime::now()))
+        });
+    if let Some(node) = node {
+        record.start_timeline = Some(node);
+    }
+    if let Some(at) = controller_running {
+        record.start_timeline.get_or_insert_with(Default::default).controller_running = Some(at);
     }
 }
 
 /// Applies one agent event to the record.
 pub fn merge_agent_event(record: &mut v1::Container, event: &v1::Event) {
     record.state = event.state;
-    if event.start_timeline.is_some() {
-        record.start_timeline = event.start_timeline;
-    }
+    take_timeline(record, event.start_timeline);
     if event.health.is_some() {
         record.health = event.health.clone();
     }
@@ -367,11 +382,23 @@ mod tests {
             start_timeline: Some(timeline),
             ..Default::default()
         };
+        let before = std::time::SystemTime::now();
         merge_agent_view(&mut record, &agent);
-        assert_eq!(record.start_timeline, Some(timeline));
-        // A later view without one (an older agent) keeps it.
+        // The first RUNNING is stamped with the controller's instant.
+        let stamped = record.start_timeline.and_then(|t| t.controller_running);
+        let stamped = stamped.as_ref().map(hutch_core::convert::system_time);
+        assert!(stamped.is_some_and(|at| at >= before), "{stamped:?}");
+        let kept = v1::StartTimeline {
+            controller_running: record.start_timeline.and_then(|t| t.controller_running),
+            ..timeline
+        };
+        assert_eq!(record.start_timeline, Some(kept));
+        // A later view without one (an older agent) keeps it, and so does the same
+        // RUNNING again (reconciliation): the instant is the first one's.
         merge_agent_view(&mut record, &v1::Container::default());
-        assert_eq!(record.start_timeline, Some(timeline));
+        assert_eq!(record.start_timeline, Some(kept));
+        merge_agent_view(&mut record, &agent);
+        assert_eq!(record.start_timeline, Some(kept));
         // Events carry it too: a short run's EXITED may be applied after its run's answer.
         let mut other = v1::Container::default();
         merge_agent_event(
