@@ -1,7 +1,8 @@
 //! `--explain`: where the time of one start through the controller goes, hop by hop. Each
-//! start of `start-latency` gives ten instants on this host's clock (the client's, the
-//! controller's record, the node's start timeline, the watch); the breakdown prints, for
-//! each hop, the median time since the previous one and since the create was sent.
+//! start of `start-latency` gives thirteen instants on this host's clock (the client's, the
+//! controller's record, the node's start timeline up to the supervisor's clean-up, the
+//! watch); the breakdown prints, for each hop, the median time since the previous one and
+//! since the create was sent.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -11,21 +12,23 @@ use hutch_core::convert::system_time;
 use crate::report::{ms, percentile};
 use crate::scenarios::TimedStart;
 
-/// The hops, in the order they happen.
-const HOPS: [&str; 11] = [
-    "client sent CreateContainer",
-    "controller recorded it",
-    "agent took RunContainer",
-    "supervisor process began",
-    "supervisor joined its cgroup",
-    "init cloned (overlay mounted, namespaces made)",
-    "init released (in its cgroup, network ready)",
-    "init exec'd the command",
-    "controller took the node's RUNNING",
-    "watch saw RUNNING (durable)",
-    "watch saw EXITED",
+/// The hops, in the order they happen, each with the hop it is measured from (the
+/// previous one, except where the container's end runs beside the watch's RUNNING).
+const HOPS: [(&str, usize); 13] = [
+    ("client sent CreateContainer", 0),
+    ("controller recorded it", 0),
+    ("agent took RunContainer", 1),
+    ("supervisor process began", 2),
+    ("supervisor joined its cgroup", 3),
+    ("init cloned (overlay mounted, namespaces made)", 4),
+    ("init released (in its cgroup, network ready)", 5),
+    ("init exec'd the command", 6),
+    ("controller took the node's RUNNING", 7),
+    ("watch saw RUNNING (durable)", 8),
+    ("init exited (since its exec)", 7),
+    ("supervisor cleaned up (since the init exited)", 10),
+    ("watch saw EXITED (since the clean-up)", 11),
 ];
-
 /// The instants of many starts.
 #[derive(Default)]
 pub struct Breakdown {
@@ -48,6 +51,8 @@ impl Breakdown {
             timeline.init_exec.as_ref().map(system_time),
             timeline.controller_running.as_ref().map(system_time),
             Some(s.sent + s.running),
+            timeline.init_exited.as_ref().map(system_time),
+            timeline.cleaned_up.as_ref().map(system_time),
             Some(s.sent + s.exited),
         ]);
     }
@@ -64,7 +69,7 @@ impl Breakdown {
             "  {:<50} {:>10} {:>12}",
             "hop", "since prev", "since sent"
         );
-        for (i, hop) in HOPS.iter().enumerate() {
+        for (i, (hop, from)) in HOPS.iter().enumerate() {
             let since = |from: usize| -> Vec<Duration> {
                 self.starts
                     .iter()
@@ -74,7 +79,7 @@ impl Breakdown {
             let (step, total) = if i == 0 {
                 (Vec::new(), Vec::new())
             } else {
-                (since(i - 1), since(0))
+                (since(*from), since(0))
             };
             let cell = |v: &[Duration]| match v.is_empty() {
                 true if i == 0 => "0".to_string(),
@@ -120,6 +125,8 @@ mod tests {
                     init_released: Some(timestamp_us(base + 4_000)),
                     init_exec: Some(timestamp_us(base + 5_000)),
                     controller_running: Some(timestamp_us(base + 5_400)),
+                    init_exited: Some(timestamp_us(base + 5_200)),
+                    cleaned_up: Some(timestamp_us(base + 8_000)),
                 }),
                 ..Default::default()
             },
@@ -140,7 +147,10 @@ mod tests {
         assert_eq!(line("init exec'd"), ["5.00", "1.00"], "{text}");
         assert_eq!(line("node's RUNNING"), ["5.40", "0.40"], "{text}");
         assert_eq!(line("saw RUNNING"), ["6.00", "0.60"], "{text}");
-        assert_eq!(line("EXITED"), ["9.00", "3.00"], "{text}");
+        // The end is measured from the exec, beside the RUNNING.
+        assert_eq!(line("init exited"), ["5.20", "0.20"], "{text}");
+        assert_eq!(line("cleaned up"), ["8.00", "2.80"], "{text}");
+        assert_eq!(line("EXITED"), ["9.00", "1.00"], "{text}");
     }
 
     #[test]

@@ -191,6 +191,13 @@ pub struct StartTimeline {
     /// The init exec'd the command (the supervisor saw its report pipe close).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_exec_us: Option<u64>,
+    /// The supervisor reaped the init (the command ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_exited_us: Option<u64>,
+    /// The supervisor had cleaned up (processes, network, mounts, cgroup) and was about to
+    /// record the end; the agent reports it once the supervisor is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaned_up_us: Option<u64>,
 }
 
 impl ContainerState {

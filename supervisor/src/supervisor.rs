@@ -412,6 +412,7 @@ impl Supervisor {
             // Reap before sleeping, so a SIGCHLD that arrived before the mask is not missed.
             reap(child, &mut exit);
             if exit.is_some() && drain_deadline.is_none() {
+                self.state.timeline.init_exited_us = Some(unix_micros_now());
                 diag!("init exited: {exit:?}");
                 if let Err(e) = self.cgroup.kill_all() {
                     diag!("{e}");
@@ -618,6 +619,7 @@ impl Supervisor {
             diag!("{e}");
         }
         self.state.cleaned_up = left.is_empty() && !network_left;
+        self.state.timeline.cleaned_up_us = Some(unix_micros_now());
         self.save();
         diag!(
             "cleaned up in {:?} (processes gone after {killed:?}, unmounted after {unmounted:?})",

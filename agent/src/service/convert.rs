@@ -87,6 +87,8 @@ fn start_timeline_to(t: &crate::runtime::state::StartTimeline) -> Option<v1::Sta
         init_exec: at(t.init_exec_us),
         // The controller's own instant.
         controller_running: None,
+        init_exited: at(t.init_exited_us),
+        cleaned_up: at(t.cleaned_up_us),
     };
     (out != v1::StartTimeline::default()).then_some(out)
 }
