@@ -80,18 +80,6 @@ macro_rules! diag {
 /// Entry point of `hutch-supervisor run DIR`. Returns the process exit code.
 pub fn main_run(dir: &Path) -> i32 {
     let began_us = unix_micros_now();
-    // Stage 1: fork and exit at once, so the agent reaps us immediately and the real
-    // supervisor is re-parented away from the agent.
-    // SAFETY: `hutch-supervisor` is single-threaded: nothing before this point starts a thread.
-    match unsafe { sys::fork_single_threaded() } {
-        Ok(sys::Forked::Parent(_)) => return 0,
-        Ok(sys::Forked::Child) => {}
-        Err(e) => {
-            diag!("fork failed: {e}");
-            return 1;
-        }
-    }
-    let _ = unistd::setsid();
     let cfg: SupervisorConfig = match read_json(&StatePaths::config(dir)) {
         Ok(c) => c,
         Err(e) => {
@@ -99,8 +87,35 @@ pub fn main_run(dir: &Path) -> i32 {
             return 1;
         }
     };
+    // Stage 1: fork and exit at once, so the agent reaps us immediately and the real
+    // supervisor is re-parented away from the agent. On cgroup v2 the real supervisor is
+    // born in the supervisors' cgroup; elsewhere it moves itself there.
+    // Another agent process may have just removed the idle leaf: recreate it.
+    let _ = std::fs::create_dir_all(cfg.supervisors_cgroup.dir());
+    let target = cfg.supervisors_cgroup.clone_target().ok().flatten();
+    let born_in_cgroup = target.as_ref().map(|fd| {
+        // SAFETY: `hutch-supervisor` is single-threaded: nothing before this point starts a
+        // thread.
+        unsafe { sys::fork_into_cgroup(CloneFlags::empty(), fd.as_fd()) }
+    });
+    let forked = match born_in_cgroup {
+        Some(Ok(forked)) => Ok((forked, true)),
+        Some(Err(e)) if !sys::clone_into_cgroup_unsupported(e) => Err(e),
+        // SAFETY: as above.
+        _ => unsafe { sys::fork_single_threaded() }.map(|forked| (forked, false)),
+    };
+    let in_cgroup = match forked {
+        Ok((sys::Forked::Parent(_), _)) => return 0,
+        Ok((sys::Forked::Child, in_cgroup)) => in_cgroup,
+        Err(e) => {
+            diag!("fork failed: {e}");
+            return 1;
+        }
+    };
+    drop(target);
+    let _ = unistd::setsid();
     let mut sup = Supervisor::new(cfg, began_us);
-    sup.run();
+    sup.run(in_cgroup);
     0
 }
 
@@ -152,10 +167,11 @@ impl Supervisor {
         let _ = unistd::dup2_stdout(std::io::stderr());
     }
 
-    fn run(&mut self) {
+    /// `in_cgroup`: this process was born in the supervisors' cgroup.
+    fn run(&mut self, in_cgroup: bool) {
         let started = Instant::now();
         self.save();
-        match self.start() {
+        match self.start(in_cgroup) {
             Ok((child, output)) => {
                 diag!(
                     "container {} running as pid {child} (start took {:?})",
@@ -183,18 +199,16 @@ impl Supervisor {
     }
 
     /// Everything up to the exec of the command. On error nothing of the container runs.
-    fn start(&mut self) -> Result<(Pid, Output), Failure> {
+    fn start(&mut self, in_cgroup: bool) -> Result<(Pid, Output), Failure> {
         let cfg = self.cfg.clone();
-        // Another agent process may have just removed the idle leaf: recreate it.
-        let _ = std::fs::create_dir_all(cfg.supervisors_cgroup.dir());
-        cfg.supervisors_cgroup
-            .add_this_process()
-            .map_err(|e| {
+        if !in_cgroup {
+            cfg.supervisors_cgroup.add_this_process().map_err(|e| {
                 Failure::new(
                     Step::Cgroup,
                     format!("joining the supervisors' cgroup: {e}"),
                 )
             })?;
+        }
         self.state.timeline.cgroup_joined_us = Some(unix_micros_now());
         sys::set_child_subreaper()
             .map_err(|e| Failure::new(Step::Start, format!("becoming subreaper: {e}")))?;
@@ -241,21 +255,38 @@ impl Supervisor {
             stderr: pipes.stderr.1.as_raw_fd(),
             console: terminal.as_ref().map(|(_, tx, _)| tx.as_raw_fd()),
         };
-        // Where it can, the init moves itself into the container's cgroup (see SelfEntry);
-        // elsewhere it is moved by pid below.
-        let entry = self
-            .cgroup
-            .self_entry()
-            .map_err(|e| Failure::new(Step::Cgroup, e.to_string()))?;
+        // The init is born in the container's cgroup (v2), or moves itself there (v1, see
+        // SelfEntry); elsewhere (a v2 kernel before 5.7) it is moved by pid below.
+        let cgroup_err = |e: crate::cgroup::CgroupError| Failure::new(Step::Cgroup, e.to_string());
+        let entry = self.cgroup.self_entry().map_err(cgroup_err)?;
+        let target = self.cgroup.path().clone_target().map_err(cgroup_err)?;
         let host_namespaces = init::own_namespaces();
         let filters = Filters::compile(&cfg.spec.effective_security())
             .map_err(|e| Failure::new(Step::Security, e.to_string()))?;
-        // SAFETY: the supervisor is single-threaded: it starts no thread, it polls its fds.
-        let child = unsafe {
-            sys::clone_process(
-                Box::new(|| init::run(&cfg, io, entry.as_ref(), &filters)),
-                clone_flags(&cfg),
-            )
+        let born_in_cgroup = target.as_ref().map(|fd| {
+            // SAFETY: the supervisor is single-threaded: it starts no thread, it polls its
+            // fds. The child never returns from here: it execs or exits.
+            match unsafe { sys::fork_into_cgroup(clone_flags(&cfg), fd.as_fd()) } {
+                Ok(sys::Forked::Child) => {
+                    let code = init::run(&cfg, io, None, &filters);
+                    // SAFETY: _exit ends the child at once, without running the parent's
+                    // exit handlers or destructors on its copy of the memory.
+                    unsafe { libc::_exit(code as i32) }
+                }
+                Ok(sys::Forked::Parent(pid)) => Ok(pid),
+                Err(e) => Err(e),
+            }
+        });
+        let child = match born_in_cgroup {
+            Some(Ok(pid)) => Ok(pid),
+            Some(Err(e)) if !sys::clone_into_cgroup_unsupported(e) => Err(e),
+            // SAFETY: as above.
+            _ => unsafe {
+                sys::clone_process(
+                    Box::new(|| init::run(&cfg, io, entry.as_ref(), &filters)),
+                    clone_flags(&cfg),
+                )
+            },
         }
         .map_err(|e| {
             Failure::new(
@@ -277,33 +308,31 @@ impl Supervisor {
             (rx, attach)
         });
 
-        let placed = match entry {
-            Some(_) => Ok(()),
-            None => self
+        let placed = match (&entry, &born_in_cgroup) {
+            (Some(_), _) | (_, Some(Ok(_))) => Ok(()),
+            _ => self
                 .cgroup
                 .add_process(child.as_raw() as u32)
                 .map_err(|e| Failure::new(Step::Cgroup, e.to_string())),
         }
         .and_then(|()| {
-                if cfg.spec.has(Namespace::User) {
-                    write_id_maps(
-                        child,
-                        &cfg.spec.effective_uid_map(),
-                        &cfg.spec.effective_gid_map(),
-                    )
-                } else {
-                    Ok(())
-                }
-            });
+            if cfg.spec.has(Namespace::User) {
+                write_id_maps(
+                    child,
+                    &cfg.spec.effective_uid_map(),
+                    &cfg.spec.effective_gid_map(),
+                )
+            } else {
+                Ok(())
+            }
+        });
         let mut reader = std::io::BufReader::new(File::from(report.0));
-        let released = placed
-            .and_then(|()| self.connect(child))
-            .and_then(|()| {
-                self.state.timeline.init_released_us = Some(unix_micros_now());
-                unistd::write(&release.1, &[1])
-                    .map(drop)
-                    .map_err(|e| Failure::new(Step::Start, format!("releasing the init: {e}")))
-            });
+        let released = placed.and_then(|()| self.connect(child)).and_then(|()| {
+            self.state.timeline.init_released_us = Some(unix_micros_now());
+            unistd::write(&release.1, &[1])
+                .map(drop)
+                .map_err(|e| Failure::new(Step::Start, format!("releasing the init: {e}")))
+        });
         if let Err(f) = released {
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
             let _ = waitpid(child, None);

@@ -115,7 +115,11 @@ pub fn is_single_threaded() -> bool {
 /// counted from its last `)`.
 fn stat_field(stat: &str, number: usize) -> Option<u64> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(number.checked_sub(3)?)?.parse().ok()
+    after_comm
+        .split_whitespace()
+        .nth(number.checked_sub(3)?)?
+        .parse()
+        .ok()
 }
 
 /// Makes this process a child subreaper: orphans of its descendants are re-parented to it
@@ -196,6 +200,70 @@ pub fn close_on_exec_from(first: std::os::fd::RawFd) -> Result<(), Errno> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// `clone3(2)`'s arguments, version 2 (with `cgroup`, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` of `clone3(2)`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// [`fork_single_threaded`] with `flags` (namespaces) and straight into the cgroup v2
+/// directory `cgroup`, through `clone3(2)`: the child is born in that cgroup, where moving
+/// it there afterwards (its pid written to `cgroup.procs`) would take the kernel's global
+/// threadgroup lock, whose first use after an idle spell waits for an RCU grace period
+/// (milliseconds). `ENOSYS` or `E2BIG` says the kernel predates this (before 5.7): fork and
+/// move the child instead.
+///
+/// # Safety
+///
+/// As for [`fork_single_threaded`]: the calling process must be single-threaded. The child
+/// continues on a copy of the caller's stack, as after `fork`.
+pub unsafe fn fork_into_cgroup(
+    flags: CloneFlags,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+) -> Result<Forked, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack is fork(2) with more options: the
+    // child gets a copy of this process's memory and returns here with 0. `args` is valid
+    // for the call and its size is passed with it; the caller guarantees the
+    // single-threadedness that makes the copy sound.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match Errno::result(rc)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid as libc::pid_t))),
+    }
+}
+
+/// Whether a [`fork_into_cgroup`] error says the kernel cannot do it at all.
+pub fn clone_into_cgroup_unsupported(e: Errno) -> bool {
+    matches!(e, Errno::ENOSYS | Errno::E2BIG)
 }
 
 /// Which side of a [`fork_single_threaded`] this is.

@@ -116,9 +116,7 @@ impl Reporter {
             let id = started.state.id.clone();
             {
                 let _guard = me.lock.lock().await;
-                let ended = me
-                    .last_reported(&id)
-                    .is_some_and(|r| r.status.is_final());
+                let ended = me.last_reported(&id).is_some_and(|r| r.status.is_final());
                 if !ended {
                     me.report_locked(&started);
                 }

@@ -193,7 +193,10 @@ fn take_timeline(record: &mut v1::Container, node: Option<v1::StartTimeline>) {
         record.start_timeline = Some(node);
     }
     if let Some(at) = controller_running {
-        record.start_timeline.get_or_insert_with(Default::default).controller_running = Some(at);
+        record
+            .start_timeline
+            .get_or_insert_with(Default::default)
+            .controller_running = Some(at);
     }
 }
 
