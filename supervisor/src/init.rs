@@ -1,8 +1,9 @@
 //! The container's init: what the child of the supervisor does between `clone` and `exec`.
 //!
 //! The supervisor clones this process into its new namespaces (user first, so it owns the
-//! others), moves it into the container's cgroup and writes its uid/gid maps, then releases
-//! it. From there, in order:
+//! others) and, on cgroup v2, into the container's cgroup; on v1 the init moves itself
+//! there first thing (see `cgroup::SelfEntry`). The supervisor writes its uid/gid maps,
+//! then releases it. From there, in order:
 //!
 //! 1. become root of the user namespace (when private); unshare the cgroup namespace now that
 //!    the process sits in its own cgroup, so that cgroup becomes its `/`;

@@ -98,9 +98,11 @@ pub fn main_run(dir: &Path) -> i32 {
         // thread.
         unsafe { sys::fork_into_cgroup(CloneFlags::empty(), fd.as_fd()) }
     });
+    if let Some(Err(e)) = &born_in_cgroup {
+        diag!("clone3 into the supervisors' cgroup failed ({e}); forking, then moving");
+    }
     let forked = match born_in_cgroup {
         Some(Ok(forked)) => Ok((forked, true)),
-        Some(Err(e)) if !sys::clone_into_cgroup_unsupported(e) => Err(e),
         // SAFETY: as above.
         _ => unsafe { sys::fork_single_threaded() }.map(|forked| (forked, false)),
     };
@@ -256,7 +258,8 @@ impl Supervisor {
             console: terminal.as_ref().map(|(_, tx, _)| tx.as_raw_fd()),
         };
         // The init is born in the container's cgroup (v2), or moves itself there (v1, see
-        // SelfEntry); elsewhere (a v2 kernel before 5.7) it is moved by pid below.
+        // SelfEntry); where clone3 fails (a kernel before 5.7, a seccomp filter refusing
+        // it) it is moved by pid below.
         let cgroup_err = |e: crate::cgroup::CgroupError| Failure::new(Step::Cgroup, e.to_string());
         let entry = self.cgroup.self_entry().map_err(cgroup_err)?;
         let target = self.cgroup.path().clone_target().map_err(cgroup_err)?;
@@ -268,7 +271,12 @@ impl Supervisor {
             // fds. The child never returns from here: it execs or exits.
             match unsafe { sys::fork_into_cgroup(clone_flags(&cfg), fd.as_fd()) } {
                 Ok(sys::Forked::Child) => {
-                    let code = init::run(&cfg, io, None, &filters);
+                    // A panic must end here, not unwind through the supervisor's frames
+                    // (their destructors would remove the supervisor's files).
+                    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        init::run(&cfg, io, None, &filters)
+                    }))
+                    .unwrap_or(127);
                     // SAFETY: _exit ends the child at once, without running the parent's
                     // exit handlers or destructors on its copy of the memory.
                     unsafe { libc::_exit(code as i32) }
@@ -277,9 +285,11 @@ impl Supervisor {
                 Err(e) => Err(e),
             }
         });
+        if let Some(Err(e)) = born_in_cgroup {
+            diag!("clone3 into the container's cgroup failed ({e}); cloning, then moving the init");
+        }
         let child = match born_in_cgroup {
             Some(Ok(pid)) => Ok(pid),
-            Some(Err(e)) if !sys::clone_into_cgroup_unsupported(e) => Err(e),
             // SAFETY: as above.
             _ => unsafe {
                 sys::clone_process(

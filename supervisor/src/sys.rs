@@ -226,20 +226,25 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// directory `cgroup`, through `clone3(2)`: the child is born in that cgroup, where moving
 /// it there afterwards (its pid written to `cgroup.procs`) would take the kernel's global
 /// threadgroup lock, whose first use after an idle spell waits for an RCU grace period
-/// (milliseconds). `ENOSYS` or `E2BIG` says the kernel predates this (before 5.7): fork and
-/// move the child instead.
+/// (milliseconds). On an error (`ENOSYS` or `E2BIG` before Linux 5.7, `EPERM` under a
+/// seccomp filter that refuses clone3) callers fork and move the child instead.
 ///
 /// # Safety
 ///
 /// As for [`fork_single_threaded`]: the calling process must be single-threaded. The child
-/// continues on a copy of the caller's stack, as after `fork`.
+/// continues on a copy of the caller's stack, as after `fork`. Unlike glibc's `fork`, the
+/// raw system call leaves glibc's record of the thread id at the parent's in the child:
+/// glibc 2.34 and later use `gettid` where it matters (`raise`), Rust's locks are futexes
+/// of their own, and hutch's binaries use no pthread mutex that records an owner; glibc
+/// before 2.25 also cached the pid (then `getpid` in the child would be wrong).
 pub unsafe fn fork_into_cgroup(
     flags: CloneFlags,
     cgroup: std::os::fd::BorrowedFd<'_>,
 ) -> Result<Forked, Errno> {
     use std::os::fd::AsRawFd;
     let mut args = CloneArgs {
-        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+        // Through u32: the flags are a C int, and bit 31 must not spread into the high half.
+        flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: cgroup.as_raw_fd() as u64,
         ..Default::default()
@@ -259,11 +264,6 @@ pub unsafe fn fork_into_cgroup(
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent(Pid::from_raw(pid as libc::pid_t))),
     }
-}
-
-/// Whether a [`fork_into_cgroup`] error says the kernel cannot do it at all.
-pub fn clone_into_cgroup_unsupported(e: Errno) -> bool {
-    matches!(e, Errno::ENOSYS | Errno::E2BIG)
 }
 
 /// Which side of a [`fork_single_threaded`] this is.

@@ -106,7 +106,8 @@ impl Reporter {
 
     /// Reports a started container's RUNNING unless a later state of it (a stop's EXITED)
     /// was reported meanwhile, then watches it until it ends, which is then reported after
-    /// the RUNNING.
+    /// the RUNNING. Nothing is reported or watched when the container was removed meanwhile
+    /// (a run under the same id since is another run).
     ///
     /// A run's answer carries RUNNING to the controller at once; this records the same
     /// durably as an event right after, off the answer's path.
@@ -116,6 +117,15 @@ impl Reporter {
             let id = started.state.id.clone();
             {
                 let _guard = me.lock.lock().await;
+                // Removed, and maybe run again under the same id, meanwhile: that run is
+                // another's to report and watch.
+                let same_run = me.runtime.get(&id).is_ok_and(|now| {
+                    (now.state.supervisor_pid, now.state.started_ms)
+                        == (started.state.supervisor_pid, started.state.started_ms)
+                });
+                if !same_run {
+                    return;
+                }
                 let ended = me.last_reported(&id).is_some_and(|r| r.status.is_final());
                 if !ended {
                     me.report_locked(&started);

@@ -149,6 +149,7 @@ pub fn moves_forward(record: S, update: S) -> bool {
 /// Copies what the agent knows of its copy of the container into the record: state, exit,
 /// failure, pid, namespaces, memory and times. The controller's own fields stay.
 pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
+    let was = record.state;
     record.state = agent.state;
     record.exit_code = agent.exit_code;
     record.signal = agent.signal;
@@ -172,21 +173,23 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
     }
     record.started_at = agent.started_at.or(record.started_at);
     record.finished_at = agent.finished_at.or(record.finished_at);
-    take_timeline(record, agent.start_timeline);
+    take_timeline(record, was, agent.start_timeline);
     if !agent.rootfs_key.is_empty() {
         record.rootfs_key = agent.rootfs_key.clone();
     }
 }
 
 /// Takes the node's start timeline into the record, keeping the controller's own instant,
-/// and stamps that instant the first time the record is RUNNING (from a run's answer or
-/// an event, whichever comes first).
-fn take_timeline(record: &mut v1::Container, node: Option<v1::StartTimeline>) {
+/// and stamps that instant when the record becomes RUNNING (from a run's answer or an
+/// event, whichever comes first; a record already RUNNING, say from before an upgrade,
+/// gets none).
+fn take_timeline(record: &mut v1::Container, was: i32, node: Option<v1::StartTimeline>) {
+    let running = S::Running as i32;
     let controller_running = record
         .start_timeline
         .and_then(|t| t.controller_running)
         .or_else(|| {
-            (record.state == S::Running as i32)
+            (record.state == running && was != running)
                 .then(|| hutch_core::convert::timestamp(std::time::SystemTime::now()))
         });
     if let Some(node) = node {
@@ -202,8 +205,9 @@ fn take_timeline(record: &mut v1::Container, node: Option<v1::StartTimeline>) {
 
 /// Applies one agent event to the record.
 pub fn merge_agent_event(record: &mut v1::Container, event: &v1::Event) {
+    let was = record.state;
     record.state = event.state;
-    take_timeline(record, event.start_timeline);
+    take_timeline(record, was, event.start_timeline);
     if event.health.is_some() {
         record.health = event.health.clone();
     }
@@ -402,6 +406,14 @@ mod tests {
         assert_eq!(record.start_timeline, Some(kept));
         merge_agent_view(&mut record, &agent);
         assert_eq!(record.start_timeline, Some(kept));
+        // A record RUNNING before (an upgrade, a controller restart) gets no instant: it
+        // would not be when it became RUNNING.
+        let mut running_before = v1::Container {
+            state: S::Running as i32,
+            ..Default::default()
+        };
+        merge_agent_view(&mut running_before, &agent);
+        assert_eq!(running_before.start_timeline, Some(timeline));
         // Events carry it too: a short run's EXITED may be applied after its run's answer.
         let mut other = v1::Container::default();
         merge_agent_event(
