@@ -123,3 +123,94 @@ async fn resume_after_disconnect_and_restart_loses_nothing() {
     assert_eq!(c.exit_code, Some(0));
     agent.stop().await;
 }
+
+/// A caller that gives up half-way through a start (its deadline passes, or it
+/// disconnects: tonic then drops the call) must not leave a container that runs
+/// unreported: whatever was started is reported RUNNING, watched, and its exit reported.
+/// Deadlines from 1 ms to 40 ms cut starts at every step on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_caller_gives_up_is_still_reported_and_watched() {
+    const TRIES: u64 = 40;
+    let host = TestHost::new("evcut").await;
+    let agent = host.serve(None, 10_000).await;
+    let mut client = agent.client.clone();
+    let mut events = client
+        .events(v1::EventsRequest { since_seq: 0 })
+        .await
+        .expect("subscribe")
+        .into_inner();
+
+    let spec = v1::ContainerSpec {
+        rootfs: ROOTFS.into(),
+        command: vec!["/bin/sleep".into(), "0.5".into()],
+        ..Default::default()
+    };
+    let mut given_up = Vec::new();
+    for ms in 1..=TRIES {
+        let name = format!("cut{ms:02}");
+        let mut request = tonic::Request::new(v1::RunContainerRequest {
+            name: name.clone(),
+            spec: Some(spec.clone()),
+        });
+        request.set_timeout(Duration::from_millis(ms));
+        if client.run_container(request).await.is_err() {
+            given_up.push(name);
+        }
+    }
+    // A start cut off goes on without its caller: give the last ones time to get there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut started = Vec::new();
+    for name in (1..=TRIES).map(|ms| format!("cut{ms:02}")) {
+        let exists = client
+            .get_container(v1::GetContainerRequest { id: name.clone() })
+            .await
+            .is_ok();
+        if exists {
+            started.push(name);
+        }
+    }
+    let cut_but_started: Vec<&String> = given_up.iter().filter(|n| started.contains(n)).collect();
+    println!(
+        "{} of {TRIES} starts ran; {} of them after their caller had given up: {cut_but_started:?}",
+        started.len(),
+        cut_but_started.len()
+    );
+    assert!(
+        !cut_but_started.is_empty(),
+        "no start was cut half-way, so this test checked nothing: make the deadlines shorter"
+    );
+
+    // Every container that exists is reported RUNNING and then EXITED.
+    let mut seen: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    let unfinished = |seen: &BTreeMap<String, Vec<i32>>| -> Vec<String> {
+        started
+            .iter()
+            .filter(|n| !seen.get(*n).is_some_and(|s| s.contains(&EXITED)))
+            .cloned()
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !unfinished(&seen).is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, events.message()).await {
+            Ok(Ok(Some(e))) => seen
+                .entry(e.container_id.clone())
+                .or_default()
+                .push(e.state),
+            other => panic!(
+                "started but never reported EXITED: {:?} (stream: {other:?}); seen {seen:?}",
+                unfinished(&seen)
+            ),
+        }
+    }
+    for name in &started {
+        assert_eq!(
+            seen[name],
+            vec![v1::ContainerState::Running as i32, EXITED],
+            "{name}: started once, exited once"
+        );
+    }
+    agent.stop().await;
+}
+
+const EXITED: i32 = v1::ContainerState::Exited as i32;

@@ -85,6 +85,19 @@ impl AgentService {
     }
 }
 
+/// Runs `work` to its end even when its caller goes away: tonic drops an RPC's future when
+/// the client disconnects or its deadline passes, and a start, stop or removal cut off
+/// half-way would leave a container running unwatched (no RUNNING, no exit, no health
+/// checks) or half removed and never reported. The caller still gets the answer if it
+/// waits for it.
+async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("the agent's task for this call failed: {e}")))?
+}
+
 fn labels_match(
     have: &BTreeMap<String, String>,
     want: &std::collections::HashMap<String, String>,
@@ -280,31 +293,42 @@ impl Agent for AgentService {
             }
         }
         let span = tracing::info_span!("run_container", node = %core.node, container = %name);
-        match tracing::Instrument::instrument(core.runtime.run(&name, spec), span).await {
-            Ok(info) => {
-                let answer = container_to(&info, &core.node);
-                core.reporter.report_started(info);
-                Ok(Response::new(answer))
-            }
-            Err(e) => {
-                if let RuntimeError::StartFailed { failure, .. } = &e {
-                    core.reporter
-                        .report_event(NewEvent {
-                            container_id: name,
-                            status: RunStatus::Failed,
-                            details: format!("failed at {}: {}", failure.step, failure.message),
-                            exit_code: None,
-                            signal: None,
-                            oom_killed: false,
-                            removed: true,
-                            health: None,
-                            timeline: None,
-                        })
-                        .await;
+        let core = core.clone();
+        let started = to_the_end(tracing::Instrument::instrument(
+            async move {
+                match core.runtime.run(&name, spec).await {
+                    Ok(info) => {
+                        let answer = container_to(&info, &core.node);
+                        core.reporter.report_started(info);
+                        Ok(answer)
+                    }
+                    Err(e) => {
+                        if let RuntimeError::StartFailed { failure, .. } = &e {
+                            core.reporter
+                                .report_event(NewEvent {
+                                    container_id: name,
+                                    status: RunStatus::Failed,
+                                    details: format!(
+                                        "failed at {}: {}",
+                                        failure.step, failure.message
+                                    ),
+                                    exit_code: None,
+                                    signal: None,
+                                    oom_killed: false,
+                                    removed: true,
+                                    health: None,
+                                    timeline: None,
+                                })
+                                .await;
+                        }
+                        Err(e.into())
+                    }
                 }
-                Err(e.into())
-            }
-        }
+            },
+            span,
+        ))
+        .await?;
+        Ok(Response::new(started))
     }
 
     async fn get_container(
@@ -351,9 +375,14 @@ impl Agent for AgentService {
     ) -> Result<Response<v1::Container>, Status> {
         let req = request.into_inner();
         let grace = req.grace_seconds.map(|s| Duration::from_secs(u64::from(s)));
-        let info = self.core.runtime.stop(&req.id, grace).await?;
-        self.core.reporter.report(&info).await;
-        Ok(Response::new(container_to(&info, &self.core.node)))
+        let core = self.core.clone();
+        let stopped = to_the_end(async move {
+            let info = core.runtime.stop(&req.id, grace).await?;
+            core.reporter.report(&info).await;
+            Ok(container_to(&info, &core.node))
+        })
+        .await?;
+        Ok(Response::new(stopped))
     }
 
     async fn kill_container(
@@ -375,14 +404,18 @@ impl Agent for AgentService {
         request: Request<v1::RemoveContainerRequest>,
     ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
         let req = request.into_inner();
-        let core = &self.core;
-        let before = core.runtime.get(&req.id)?;
-        core.runtime.remove(&req.id, req.force).await?;
-        let mut event = reporter::event_of(&before, true);
-        if let Ok(latest) = core.runtime.get(&req.id) {
-            event = reporter::event_of(&latest, true);
-        }
-        core.reporter.report_event(event).await;
+        let core = self.core.clone();
+        to_the_end(async move {
+            let before = core.runtime.get(&req.id)?;
+            core.runtime.remove(&req.id, req.force).await?;
+            let mut event = reporter::event_of(&before, true);
+            if let Ok(latest) = core.runtime.get(&req.id) {
+                event = reporter::event_of(&latest, true);
+            }
+            core.reporter.report_event(event).await;
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(v1::RemoveContainerResponse {}))
     }
 

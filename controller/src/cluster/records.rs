@@ -168,7 +168,7 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
     if agent.network.is_some() {
         record.network = agent.network.clone();
     }
-    if agent.health.is_some() {
+    if agent.health.is_some() && !older_health(agent.health.as_ref(), record.health.as_ref()) {
         record.health = agent.health.clone();
     }
     record.started_at = agent.started_at.or(record.started_at);
@@ -177,6 +177,15 @@ pub fn merge_agent_view(record: &mut v1::Container, agent: &v1::Container) {
     if !agent.rootfs_key.is_empty() {
         record.rootfs_key = agent.rootfs_key.clone();
     }
+}
+
+/// Whether a view's health is older than the record's: a run's answer or a listing taken
+/// before a check whose event has since been applied. Both come from the node's clock;
+/// a status without a check yet is older than any check.
+fn older_health(view: Option<&v1::HealthStatus>, record: Option<&v1::HealthStatus>) -> bool {
+    let checked =
+        |h: Option<&v1::HealthStatus>| h.and_then(|h| h.last_check).map(|t| (t.seconds, t.nanos));
+    checked(view) < checked(record)
 }
 
 /// Takes the node's start timeline into the record, keeping the controller's own instant,
@@ -297,6 +306,45 @@ mod tests {
             restart_count: restarts,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_view_older_than_the_last_health_event_keeps_the_health() {
+        let health = |state: v1::HealthState, at: Option<i64>| v1::HealthStatus {
+            state: state as i32,
+            last_check: at.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let running = |h: v1::HealthStatus| v1::Container {
+            state: S::Running as i32,
+            health: Some(h),
+            ..Default::default()
+        };
+        // The healthy event came in first; the run's answer (no check yet) comes late.
+        let mut record = running(health(v1::HealthState::Healthy, Some(10)));
+        merge_agent_view(
+            &mut record,
+            &running(health(v1::HealthState::Starting, None)),
+        );
+        assert_eq!(
+            record.health,
+            Some(health(v1::HealthState::Healthy, Some(10)))
+        );
+        // A listing of an earlier check does not undo a later one either.
+        merge_agent_view(
+            &mut record,
+            &running(health(v1::HealthState::Starting, Some(9))),
+        );
+        assert_eq!(
+            record.health,
+            Some(health(v1::HealthState::Healthy, Some(10)))
+        );
+        // A later check is taken, and so is the same one again.
+        let later = health(v1::HealthState::Unhealthy, Some(11));
+        merge_agent_view(&mut record, &running(later.clone()));
+        assert_eq!(record.health, Some(later.clone()));
+        merge_agent_view(&mut record, &running(later.clone()));
+        assert_eq!(record.health, Some(later));
     }
 
     #[test]
