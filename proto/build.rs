@@ -22,6 +22,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A watch event holds a container or a service: the service boxed keeps events
         // (and the store's writes that carry them) as small as before.
         .boxed(".hutch.v1.WatchEvent.service")
-        .compile_fds(fds)?;
+        .compile_fds(fds.clone())?;
+
+    // The controller's server once more, with its watch events sent as bytes encoded once
+    // (`hutch_proto::wire`): every other type is the one generated above.
+    let wire = out.join("wire");
+    std::fs::create_dir_all(&wire)?;
+    let mut controller_only = fds;
+    for file in &mut controller_only.file {
+        if file.name() != "hutch/v1/controller.proto" {
+            file.service.clear();
+        }
+    }
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&wire)
+        .extern_path(".hutch.v1", "crate::v1")
+        .extern_path(".hutch.v1.WatchEvent", "crate::wire::PreEncoded")
+        .compile_fds(controller_only)?;
     Ok(())
 }

@@ -18,6 +18,7 @@ pub use network::ClusterCidr;
 pub mod dispatch;
 pub mod network;
 pub mod nodes;
+pub mod published;
 pub mod records;
 pub mod rootfs;
 pub mod services;
@@ -35,6 +36,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::agents::AgentPool;
 use crate::scheduler::{Scheduler, Strategy};
 use crate::store::{Batch, Store, StoreError, Write};
+use published::PublishedEvent;
 use records::{claim_of, holds_reservation, ports_of, state};
 
 /// How the cluster behaves; see the controller's configuration.
@@ -155,7 +157,7 @@ pub(crate) struct State {
     /// The revision counter as the store holds it (below `revision` only after a copy
     /// into the store that stopped before writing it): what the next batch expects.
     pub store_revision: u64,
-    pub events: VecDeque<v1::WatchEvent>,
+    pub events: VecDeque<Arc<PublishedEvent>>,
     /// PENDING containers, oldest first.
     pub pending: Vec<String>,
     pub rootfs_specs: HashMap<String, v1::RootfsSpec>,
@@ -207,6 +209,9 @@ pub(crate) enum Change {
     RemovedService(v1::Service),
 }
 
+/// A watcher's receiver of the events committed after it subscribed.
+pub type LiveEvents = broadcast::Receiver<Arc<PublishedEvent>>;
+
 /// The cluster.
 pub struct Cluster {
     pub(crate) config: ClusterConfig,
@@ -214,7 +219,7 @@ pub struct Cluster {
     state: Mutex<State>,
     /// Changes with every start of the controller; heartbeats must carry it.
     pub(crate) session: String,
-    watchers: broadcast::Sender<v1::WatchEvent>,
+    watchers: broadcast::Sender<Arc<PublishedEvent>>,
     /// Wakes the pending-placement loop.
     pub(crate) kick: Arc<Notify>,
     /// Wakes the services' reconciler.
@@ -260,7 +265,7 @@ impl Cluster {
             scheduler: Scheduler::new(config.strategy),
             revision,
             store_revision: snap.revision,
-            events: snap.events.into(),
+            events: snap.events.into_iter().map(PublishedEvent::new).collect(),
             pending: Vec::new(),
             rootfs_specs: snap
                 .rootfs_specs
@@ -612,6 +617,7 @@ impl Cluster {
             committed.push(c);
         }
         for e in events {
+            let e = PublishedEvent::new(e);
             st.events.push_back(e.clone());
             // No receivers is fine: nobody watches.
             let _ = self.watchers.send(e);
@@ -678,9 +684,9 @@ impl Cluster {
     pub fn watch(
         &self,
         since: u64,
-    ) -> Result<(Vec<v1::WatchEvent>, broadcast::Receiver<v1::WatchEvent>), ClusterError> {
+    ) -> Result<(Vec<Arc<PublishedEvent>>, LiveEvents), ClusterError> {
         let st = self.lock();
-        let oldest = st.events.front().map_or(st.revision + 1, |e| e.revision);
+        let oldest = st.events.front().map_or(st.revision + 1, |e| e.revision());
         if since > 0 && since + 1 < oldest {
             return Err(ClusterError::OutOfRange(format!(
                 "revision {since} is no longer kept (the oldest kept is {oldest}); list the containers to resync, then watch from revision {}",
@@ -696,7 +702,7 @@ impl Cluster {
         let replay = st
             .events
             .iter()
-            .filter(|e| e.revision > since)
+            .filter(|e| e.revision() > since)
             .cloned()
             .collect();
         Ok((replay, self.watchers.subscribe()))

@@ -13,7 +13,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use hutch_proto::v1;
-use hutch_proto::v1::controller_server::Controller;
+use hutch_proto::wire::controller_server::Controller;
+use hutch_proto::wire::PreEncoded;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -130,14 +131,14 @@ fn event_stream(
     mut closing: Closing,
     since: u64,
     wants: impl Fn(&v1::WatchEvent) -> bool + Send + 'static,
-) -> Result<RpcStream<v1::WatchEvent>, Status> {
+) -> Result<RpcStream<PreEncoded>, Status> {
     let (replay, mut live) = cluster.watch(since)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         let mut last = since;
         for e in replay {
-            last = e.revision;
-            if wants(&e) && tx.send(Ok(e)).await.is_err() {
+            last = e.revision();
+            if wants(e.event()) && tx.send(Ok(e.wire())).await.is_err() {
                 return;
             }
         }
@@ -147,10 +148,10 @@ fn event_stream(
                 _ = closing.wait() => Err(broadcast::error::RecvError::Closed),
             };
             match next {
-                Ok(e) if e.revision <= last => {}
+                Ok(e) if e.revision() <= last => {}
                 Ok(e) => {
-                    last = e.revision;
-                    if wants(&e) && tx.send(Ok(e)).await.is_err() {
+                    last = e.revision();
+                    if wants(e.event()) && tx.send(Ok(e.wire())).await.is_err() {
                         return;
                     }
                 }
@@ -261,7 +262,7 @@ impl Controller for ControllerService {
         Ok(Response::new(v1::RemoveContainerResponse {}))
     }
 
-    type WatchContainersStream = RpcStream<v1::WatchEvent>;
+    type WatchContainersStream = RpcStream<PreEncoded>;
 
     async fn watch_containers(
         &self,
@@ -662,7 +663,7 @@ impl Controller for ControllerService {
         Ok(Response::new(out))
     }
 
-    type WatchServicesStream = RpcStream<v1::WatchEvent>;
+    type WatchServicesStream = RpcStream<PreEncoded>;
 
     async fn watch_services(
         &self,

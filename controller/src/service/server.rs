@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use hutch_proto::v1::controller_server::ControllerServer;
 use hutch_proto::v1::nodes_server::NodesServer;
+use hutch_proto::wire::controller_server::ControllerServer;
 use hutch_server::auth::{Authed, Policy, Tokens};
 use hutch_server::limits::{Budget, Limited, ServerLimits};
 use hutch_server::listen::{
