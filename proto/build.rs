@@ -30,9 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&wire)?;
     let mut controller_only = fds;
     for file in &mut controller_only.file {
-        if file.name() != "hutch/v1/controller.proto" {
-            file.service.clear();
-        }
+        file.service.retain(|s| {
+            file.name == Some("hutch/v1/controller.proto".into()) && s.name() == "Controller"
+        });
     }
     tonic_prost_build::configure()
         .build_client(false)

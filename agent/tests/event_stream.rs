@@ -185,7 +185,11 @@ async fn a_start_whose_caller_gives_up_is_still_reported_and_watched() {
     let unfinished = |seen: &BTreeMap<String, Vec<i32>>| -> Vec<String> {
         started
             .iter()
-            .filter(|n| !seen.get(*n).is_some_and(|s| s.contains(&EXITED)))
+            .filter(|n| {
+                !seen
+                    .get(*n)
+                    .is_some_and(|s| s.contains(&EXITED) || s.contains(&FAILED))
+            })
             .cloned()
             .collect()
     };
@@ -198,7 +202,7 @@ async fn a_start_whose_caller_gives_up_is_still_reported_and_watched() {
                 .or_default()
                 .push(e.state),
             other => panic!(
-                "started but never reported EXITED: {:?} (stream: {other:?}); seen {seen:?}",
+                "started but never reported ended: {:?} (stream: {other:?}); seen {seen:?}",
                 unfinished(&seen)
             ),
         }
@@ -214,3 +218,4 @@ async fn a_start_whose_caller_gives_up_is_still_reported_and_watched() {
 }
 
 const EXITED: i32 = v1::ContainerState::Exited as i32;
+const FAILED: i32 = v1::ContainerState::Failed as i32;

@@ -487,6 +487,7 @@ async fn every_error_code_is_precise() {
         memory_reserve_bytes: 0,
         draining: std::sync::atomic::AtomicBool::new(false),
         closing: tokio::sync::watch::channel(false).0,
+        detached: Default::default(),
     });
     core.draining.store(true, Ordering::SeqCst);
     let svc = hutch_agent::service::AgentService::new(core);

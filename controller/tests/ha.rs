@@ -17,6 +17,7 @@ use hutch_testkit::{
     controller_bin, create, force_remove, spec, state_of, unique, wait_container, wait_node,
     TestController, TestEtcd, TestHost, TestNode,
 };
+use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
 
 type Client = ControllerClient<FailoverChannel>;
@@ -180,6 +181,15 @@ async fn a_killed_leader_is_replaced_within_seconds_and_nothing_acknowledged_is_
             let _ = events_tx.send(e.revision);
         }
     });
+    // And one through the SDK, given every controller: it resumes on its own.
+    let sdk = hutch::Client::connect(&all).await.expect("sdk client");
+    let mut sdk_stream = sdk.watch(0).await.expect("sdk watch");
+    let (sdk_tx, mut sdk_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sdk_watch = tokio::spawn(async move {
+        while let Some(e) = sdk_stream.next().await {
+            let _ = sdk_tx.send(e.map(|e| e.revision).map_err(|e| e.to_string()));
+        }
+    });
 
     // Creates acknowledged before the kill.
     let mut acknowledged = vec![long.to_string()];
@@ -316,6 +326,21 @@ async fn a_killed_leader_is_replaced_within_seconds_and_nothing_acknowledged_is_
         "revisions seen across the failover: gaps or duplicates"
     );
     assert_eq!(first, 1, "the first watch started at the beginning");
+    // The SDK's watch went on by itself across the failover: the same revisions.
+    let mut sdk_seen = Vec::new();
+    while sdk_seen.last().copied().unwrap_or(0) < current {
+        let r = tokio::time::timeout(Duration::from_secs(20), sdk_rx.recv())
+            .await
+            .expect("the SDK's watch goes on after the failover")
+            .expect("not ended");
+        sdk_seen.push(r.expect("no error: the watch resumed on the new leader"));
+    }
+    assert_eq!(
+        sdk_seen,
+        (1..=current).collect::<Vec<u64>>(),
+        "the SDK's watch across the failover: gaps or duplicates"
+    );
+    sdk_watch.abort();
 
     // The killed controller comes back as a follower.
     ctls[leader].restart();

@@ -27,8 +27,9 @@ pub mod wire {
     }
     pub use generated::controller_server;
 
-    /// A message already encoded: sent as its bytes, which clones share. Decoding one
-    /// keeps nothing (a server never decodes what it sends).
+    /// A message already encoded: sent as its bytes, which clones share. Only ever sent
+    /// (the controller's watch answers); decoding one keeps nothing, so it must never be an
+    /// RPC's request type.
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct PreEncoded(Bytes);
 

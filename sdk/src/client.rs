@@ -16,6 +16,21 @@ use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::spec::ContainerSpec;
 
+/// Whether a watch ended because its controller stopped serving it: it said so
+/// (UNAVAILABLE: shutting down, no longer leading), or the connection broke (a status made
+/// here from a transport error, which carries that error as its source; a killed
+/// controller's stream ends so).
+fn controller_gone(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.code() == tonic::Code::Unavailable
+        || (status.code() == tonic::Code::Unknown && status.source().is_some())
+}
+
+/// Watch events buffered for a reader of [`Client::watch`].
+const WATCH_BUFFER: usize = 64;
+/// Between attempts to resume a watch whose controller stopped serving it.
+const WATCH_RETRY: Duration = Duration::from_millis(200);
+
 /// A stream of items from the cluster.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
 
@@ -69,6 +84,7 @@ type Rpc = ControllerClient<InterceptedService<FailoverChannel, BearerToken>>;
 pub struct Client {
     rpc: Rpc,
     request_timeout: Option<Duration>,
+    failover_for: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -122,6 +138,7 @@ impl Client {
             rpc: ControllerClient::with_interceptor(channel, token)
                 .max_decoding_message_size(64 << 20),
             request_timeout: options.request_timeout,
+            failover_for: options.failover_for,
         })
     }
 
@@ -215,7 +232,10 @@ impl Client {
         }
     }
 
-    /// Every change after `since_revision` (0: all kept), then live ones.
+    /// Every change after `since_revision` (0: all kept), then live ones. When the
+    /// controller serving it stops leading or goes away (UNAVAILABLE), the watch resumes
+    /// from the last revision seen on the controller that leads next, for up to
+    /// [`ClientOptions::failover_for`]; the reader sees no gap and no repeat.
     pub async fn watch(&self, since_revision: u64) -> Result<BoxStream<v1::WatchEvent>> {
         self.watch_filtered(v1::WatchContainersRequest {
             since_revision,
@@ -230,8 +250,64 @@ impl Client {
         &self,
         request: v1::WatchContainersRequest,
     ) -> Result<BoxStream<v1::WatchEvent>> {
-        let stream = self.rpc().watch_containers(request).await?.into_inner();
-        Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
+        let first = self
+            .rpc()
+            .watch_containers(request.clone())
+            .await?
+            .into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        let client = self.clone();
+        tokio::spawn(async move {
+            let (mut request, mut stream) = (request, first);
+            loop {
+                let item = match stream.next().await {
+                    Some(Ok(event)) => {
+                        request.since_revision = event.revision;
+                        Ok(event)
+                    }
+                    // The controller stopped leading or went away: watch again from the
+                    // last revision seen, on whichever leads now.
+                    Some(Err(s)) if controller_gone(&s) => {
+                        match client.watch_again(&request).await {
+                            Ok(resumed) => {
+                                stream = resumed;
+                                continue;
+                            }
+                            Err(s) => Err(Error::from(s)),
+                        }
+                    }
+                    Some(Err(s)) => Err(Error::from(s)),
+                    None => return,
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return; // Dropped by its reader, or ended.
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// A watch resumed after its controller stopped serving it: tried again for
+    /// [`ClientOptions::failover_for`] while the controllers answer UNAVAILABLE (an
+    /// election takes about 1.5 s).
+    async fn watch_again(
+        &self,
+        request: &v1::WatchContainersRequest,
+    ) -> std::result::Result<tonic::Streaming<v1::WatchEvent>, tonic::Status> {
+        let deadline = tokio::time::Instant::now() + self.failover_for;
+        loop {
+            match self.rpc().watch_containers(request.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(WATCH_RETRY).await;
+                }
+                Err(s) => return Err(s),
+            }
+        }
     }
 
     /// Usage samples of the containers `ids` (every running one when empty): one each when

@@ -86,7 +86,13 @@ impl Budget {
     }
 }
 
-/// A request's slots; given back when it is answered.
+/// A request's hold on its daemon's budgets, also found in the request's extensions: work
+/// that carries on after the answer (a start whose caller went away) keeps a clone until it
+/// ends, so a caller that gives up early cannot have more work going than the limits allow.
+#[derive(Clone)]
+pub struct RequestSlot(#[allow(dead_code)] Arc<Admitted>);
+
+/// A request's slots; given back when it is answered and nothing holds its [`RequestSlot`].
 struct Admitted {
     budget: Arc<Budget>,
     client: Option<IpAddr>,
@@ -160,15 +166,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
+    fn call(&mut self, mut request: HttpRequest) -> Self::Future {
         let path = request.uri().path().to_string();
         let admitted = match self.budget.admit(client_of(&request)) {
-            Ok(a) => a,
+            Ok(a) => RequestSlot(Arc::new(a)),
             Err(status) => {
                 tracing::warn!(%path, "overloaded: request shed: {}", status.message());
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         };
+        request.extensions_mut().insert(admitted.clone());
         let timeout = self.budget.limits.request_timeout;
         let answer = self.inner.call(request);
         Box::pin(async move {
@@ -225,6 +232,25 @@ mod tests {
             budget.per_client.lock().map(|m| m.len()).unwrap_or(9),
             0,
             "idle clients are forgotten"
+        );
+    }
+
+    #[test]
+    fn work_carried_past_the_answer_keeps_its_slot() {
+        let budget = Budget::new(ServerLimits {
+            max_concurrent_requests: 1,
+            max_requests_per_client: 1,
+            request_timeout: None,
+        });
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let slot = RequestSlot(Arc::new(budget.admit(Some(a)).expect("first")));
+        let carried = slot.clone();
+        drop(slot); // The request was answered (or its caller left)...
+        assert!(budget.admit(Some(a)).is_err(), "...but its work goes on");
+        drop(carried);
+        assert!(
+            budget.admit(Some(a)).is_ok(),
+            "the work ended: the slot is back"
         );
     }
 }

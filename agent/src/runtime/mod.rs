@@ -841,7 +841,11 @@ impl Runtime {
         let tomb = self
             .containers_dir
             .join(format!(".removing-{id}-{}-{n}", std::process::id()));
-        std::fs::rename(&dir, &tomb).map_err(|e| io_err(&dir, e))?;
+        std::fs::rename(&dir, &tomb).map_err(|e| match e.kind() {
+            // Another removal of the same container got here first.
+            std::io::ErrorKind::NotFound => RuntimeError::NotFound(id.to_string()),
+            _ => io_err(&dir, e),
+        })?;
         std::fs::remove_dir_all(&tomb).map_err(|e| io_err(&tomb, e))
     }
 

@@ -3,6 +3,7 @@
 //! errors to status codes in [`status`]; conversions live in [`convert`].
 
 pub mod convert;
+pub mod detached;
 pub mod health;
 pub mod join;
 pub mod logs;
@@ -14,6 +15,7 @@ pub mod stats;
 pub mod status;
 
 pub use hutch_server::{auth, limits};
+use limits::RequestSlot;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -63,6 +65,8 @@ pub struct AgentCore {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// What the agent counts for its metrics.
     pub metrics: crate::metrics::AgentMetrics,
+    /// Starts, stops and removals going on (see [`detached`]).
+    pub detached: detached::Detached,
 }
 
 impl AgentCore {
@@ -83,19 +87,6 @@ impl AgentService {
     pub fn new(core: Arc<AgentCore>) -> Self {
         AgentService { core }
     }
-}
-
-/// Runs `work` to its end even when its caller goes away: tonic drops an RPC's future when
-/// the client disconnects or its deadline passes, and a start, stop or removal cut off
-/// half-way would leave a container running unwatched (no RUNNING, no exit, no health
-/// checks) or half removed and never reported. The caller still gets the answer if it
-/// waits for it.
-async fn to_the_end<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| Status::internal(format!("the agent's task for this call failed: {e}")))?
 }
 
 fn labels_match(
@@ -265,6 +256,7 @@ impl Agent for AgentService {
                 core.node
             )));
         }
+        let slot = request.extensions().get::<RequestSlot>().cloned();
         let req = request.into_inner();
         let name = if req.name.is_empty() {
             crate::names::random_container_name().map_err(|e| Status::internal(e.to_string()))?
@@ -293,41 +285,47 @@ impl Agent for AgentService {
             }
         }
         let span = tracing::info_span!("run_container", node = %core.node, container = %name);
-        let core = core.clone();
-        let started = to_the_end(tracing::Instrument::instrument(
-            async move {
-                match core.runtime.run(&name, spec).await {
-                    Ok(info) => {
-                        let answer = container_to(&info, &core.node);
-                        core.reporter.report_started(info);
-                        Ok(answer)
-                    }
-                    Err(e) => {
-                        if let RuntimeError::StartFailed { failure, .. } = &e {
-                            core.reporter
-                                .report_event(NewEvent {
-                                    container_id: name,
-                                    status: RunStatus::Failed,
-                                    details: format!(
-                                        "failed at {}: {}",
-                                        failure.step, failure.message
-                                    ),
-                                    exit_code: None,
-                                    signal: None,
-                                    oom_killed: false,
-                                    removed: true,
-                                    health: None,
-                                    timeline: None,
-                                })
-                                .await;
+        let work = core.clone();
+        let core = work.clone();
+        let started = work
+            .detached
+            .run(
+                slot,
+                tracing::Instrument::instrument(
+                    async move {
+                        match core.runtime.run(&name, spec).await {
+                            Ok(info) => {
+                                let answer = container_to(&info, &core.node);
+                                core.reporter.report_started(info);
+                                Ok(answer)
+                            }
+                            Err(e) => {
+                                if let RuntimeError::StartFailed { failure, .. } = &e {
+                                    core.reporter
+                                        .report_event(NewEvent {
+                                            container_id: name,
+                                            status: RunStatus::Failed,
+                                            details: format!(
+                                                "failed at {}: {}",
+                                                failure.step, failure.message
+                                            ),
+                                            exit_code: None,
+                                            signal: None,
+                                            oom_killed: false,
+                                            removed: true,
+                                            health: None,
+                                            timeline: None,
+                                        })
+                                        .await;
+                                }
+                                Err(e.into())
+                            }
                         }
-                        Err(e.into())
-                    }
-                }
-            },
-            span,
-        ))
-        .await?;
+                    },
+                    span,
+                ),
+            )
+            .await?;
         Ok(Response::new(started))
     }
 
@@ -373,15 +371,19 @@ impl Agent for AgentService {
         &self,
         request: Request<v1::StopContainerRequest>,
     ) -> Result<Response<v1::Container>, Status> {
+        let slot = request.extensions().get::<RequestSlot>().cloned();
         let req = request.into_inner();
         let grace = req.grace_seconds.map(|s| Duration::from_secs(u64::from(s)));
         let core = self.core.clone();
-        let stopped = to_the_end(async move {
-            let info = core.runtime.stop(&req.id, grace).await?;
-            core.reporter.report(&info).await;
-            Ok(container_to(&info, &core.node))
-        })
-        .await?;
+        let stopped = self
+            .core
+            .detached
+            .run(slot, async move {
+                let info = core.runtime.stop(&req.id, grace).await?;
+                core.reporter.report(&info).await;
+                Ok(container_to(&info, &core.node))
+            })
+            .await?;
         Ok(Response::new(stopped))
     }
 
@@ -403,19 +405,22 @@ impl Agent for AgentService {
         &self,
         request: Request<v1::RemoveContainerRequest>,
     ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
+        let slot = request.extensions().get::<RequestSlot>().cloned();
         let req = request.into_inner();
         let core = self.core.clone();
-        to_the_end(async move {
-            let before = core.runtime.get(&req.id)?;
-            core.runtime.remove(&req.id, req.force).await?;
-            let mut event = reporter::event_of(&before, true);
-            if let Ok(latest) = core.runtime.get(&req.id) {
-                event = reporter::event_of(&latest, true);
-            }
-            core.reporter.report_event(event).await;
-            Ok(())
-        })
-        .await?;
+        self.core
+            .detached
+            .run(slot, async move {
+                let before = core.runtime.get(&req.id)?;
+                core.runtime.remove(&req.id, req.force).await?;
+                let mut event = reporter::event_of(&before, true);
+                if let Ok(latest) = core.runtime.get(&req.id) {
+                    event = reporter::event_of(&latest, true);
+                }
+                core.reporter.report_event(event).await;
+                Ok(())
+            })
+            .await?;
         Ok(Response::new(v1::RemoveContainerResponse {}))
     }
 

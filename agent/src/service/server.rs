@@ -81,6 +81,7 @@ pub async fn serve(
         draining: AtomicBool::new(false),
         closing: tokio::sync::watch::channel(false).0,
         metrics: Default::default(),
+        detached: Default::default(),
     });
     let rpc_metrics = options.metrics.map(|listener| {
         let mut registry = Registry::with_prefix("hutch");
@@ -142,5 +143,17 @@ pub async fn serve(
             tracing::info!(node = %core.node, "shutting down; containers keep running under their supervisors");
         }
     };
-    Ok(serve_router(router.add_service(agent), listener, draining).await?)
+    serve_router(router.add_service(agent), listener, draining).await?;
+    // Starts, stops and removals whose callers left still finish and report.
+    if !core.detached.wait(SHUTDOWN_WORK_WAIT).await {
+        tracing::warn!(
+            node = %core.node,
+            unfinished = core.detached.running(),
+            "stopping with starts, stops or removals still going on; reconciliation at the next start finishes them"
+        );
+    }
+    Ok(())
 }
+
+/// How long shutdown waits for starts, stops and removals going on.
+const SHUTDOWN_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
