@@ -233,7 +233,8 @@ impl Client {
     }
 
     /// Every change after `since_revision` (0: all kept), then live ones. When the
-    /// controller serving it stops leading or goes away (UNAVAILABLE), the watch resumes
+    /// controller serving it stops leading or goes away (UNAVAILABLE, or a broken
+    /// connection), the watch resumes
     /// from the last revision seen on the controller that leads next, for up to
     /// [`ClientOptions::failover_for`]; the reader sees no gap and no repeat.
     pub async fn watch(&self, since_revision: u64) -> Result<BoxStream<v1::WatchEvent>> {
@@ -260,7 +261,13 @@ impl Client {
         tokio::spawn(async move {
             let (mut request, mut stream) = (request, first);
             loop {
-                let item = match stream.next().await {
+                // A reader that drops the stream ends the watch at once, not at the next
+                // event.
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = tx.closed() => return,
+                };
+                let item = match next {
                     Some(Ok(event)) => {
                         request.since_revision = event.revision;
                         Ok(event)
