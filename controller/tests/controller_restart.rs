@@ -13,6 +13,7 @@ use hutch_proto::v1::{self, ContainerState as S};
 use tokio_stream::StreamExt;
 
 const CREATES: usize = 50;
+const CREATORS: usize = 4;
 
 /// Follows `WatchContainers` from `since`, recording revisions, until the stream breaks.
 async fn watch_until_broken(
@@ -55,39 +56,50 @@ async fn nothing_acknowledged_is_lost_across_a_kill_9() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let watcher = tokio::spawn(watch_until_broken(ctl.url(), 0, seen.clone()));
 
-    // Creates in the background; the controller dies after the 20th acknowledgement.
+    // Creates in the background, from 4 clients at once (their commits race for the store
+    // and its lock); the controller dies after the 20th acknowledgement.
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
-    let url = ctl.url();
-    let creator = tokio::spawn(async move {
-        let mut client = hutch_proto::v1::controller_client::ControllerClient::connect(url)
-            .await
-            .expect("connect");
-        for i in 0..CREATES {
-            let name = format!("burst-{i:02}");
-            match client
-                .create_container(create(&name, spec(&["/bin/true"])))
-                .await
-            {
-                Ok(_) => {
-                    let _ = acked_tx.send(name);
+    let creators: Vec<_> = (0..CREATORS)
+        .map(|lane| {
+            let (url, acked_tx) = (ctl.url(), acked_tx.clone());
+            tokio::spawn(async move {
+                let mut client = hutch_proto::v1::controller_client::ControllerClient::connect(url)
+                    .await
+                    .expect("connect");
+                let mut sent = 0;
+                for i in (lane..CREATES).step_by(CREATORS) {
+                    let name = format!("burst-{i:02}");
+                    match client
+                        .create_container(create(&name, spec(&["/bin/true"])))
+                        .await
+                    {
+                        Ok(_) => {
+                            let _ = acked_tx.send(name);
+                        }
+                        Err(_) => return sent,
+                    }
+                    sent += 1;
                 }
-                Err(_) => return i,
-            }
-        }
-        CREATES
-    });
+                sent
+            })
+        })
+        .collect();
+    drop(acked_tx);
     let mut acked = BTreeSet::new();
     while acked.len() < 20 {
         acked.insert(acked_rx.recv().await.expect("acks stop before 20"));
     }
     ctl.kill();
-    let stopped_at = creator.await.expect("creator");
+    let mut stopped_at = 0;
+    for c in creators {
+        stopped_at += c.await.expect("creator");
+    }
     while let Ok(name) = acked_rx.try_recv() {
         acked.insert(name);
     }
     watcher.await.expect("watcher");
     println!(
-        "killed after {} acknowledged creates (the creator stopped at {stopped_at})",
+        "killed after {} acknowledged creates ({stopped_at} answered OK in all)",
         acked.len()
     );
     let before: Vec<u64> = seen.lock().expect("lock").clone();
