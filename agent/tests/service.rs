@@ -781,3 +781,59 @@ async fn a_started_container_says_when_each_step_of_its_start_happened() {
         "a later read gives the same"
     );
 }
+
+/// A run sent twice at once (a retry racing the first try, or a restarted controller
+/// sending again): one starts the container, the other answers ALREADY_EXISTS only once
+/// that start has ended, so the GetContainer sent right after it (what the controller does
+/// on ALREADY_EXISTS) finds the container started, never half made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_sent_twice_at_once_answers_already_exists_after_the_start() {
+    const PAIRS: usize = 20;
+    let host = TestHost::new("svctwice").await;
+    let agent = host.serve(None, 10_000).await;
+    // A run, and on ALREADY_EXISTS the container as a GetContainer sent at once sees it.
+    let run_or_get = |name: String| {
+        let mut client = agent.client.clone();
+        async move {
+            match client
+                .run_container(run_req(&name, spec(&["/bin/sleep", "0.2"])))
+                .await
+            {
+                Ok(started) => Ok(started.into_inner()),
+                Err(e) if e.code() == Code::AlreadyExists => Err(client
+                    .get_container(v1::GetContainerRequest { id: name })
+                    .await
+                    .map(tonic::Response::into_inner)),
+                Err(e) => panic!("run: {e:?}"),
+            }
+        }
+    };
+    let mut half_made = Vec::new();
+    for i in 0..PAIRS {
+        let name = format!("twice{i:02}");
+        let (a, b) = tokio::join!(run_or_get(name.clone()), run_or_get(name.clone()));
+        let seen = match (a, b) {
+            (Ok(_), Err(seen)) | (Err(seen), Ok(_)) => seen,
+            other => panic!("{name}: expected one start and one ALREADY_EXISTS, got {other:?}"),
+        };
+        match seen {
+            Ok(c) if c.state != v1::ContainerState::Preparing as i32 => {}
+            Ok(c) => half_made.push(format!("{name}: {:?}", c.state())),
+            Err(e) => half_made.push(format!("{name}: {:?} {}", e.code(), e.message())),
+        }
+    }
+    assert!(
+        half_made.is_empty(),
+        "right after ALREADY_EXISTS the container was not (fully) there: {half_made:#?}"
+    );
+    for i in 0..PAIRS {
+        let id = format!("twice{i:02}");
+        wait_final(&mut agent.client.clone(), &id).await;
+        agent
+            .client
+            .clone()
+            .remove_container(v1::RemoveContainerRequest { id, force: true })
+            .await
+            .expect("remove");
+    }
+}

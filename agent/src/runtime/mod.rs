@@ -15,6 +15,7 @@
 mod error;
 pub mod mount_plan;
 pub mod session;
+pub mod starting;
 pub mod sys;
 pub mod users;
 
@@ -169,6 +170,8 @@ pub struct Runtime {
     volumes: VolumeStore,
     binds: BindPolicy,
     exec_counter: AtomicU64,
+    /// Starts in flight: a second start of an id waits for the first.
+    starts: starting::Starts,
 }
 
 impl Runtime {
@@ -218,6 +221,7 @@ impl Runtime {
             volumes,
             binds,
             exec_counter: AtomicU64::new(0),
+            starts: Default::default(),
         })
     }
 
@@ -354,6 +358,9 @@ impl Runtime {
         let received_us = unix_micros_now();
         let dir = self.dir(id)?;
         spec.validate()?;
+        // A start of the same id in flight ends first: this one then finds it all there
+        // (ALREADY_EXISTS), or gone after a failure (and starts afresh).
+        let _claim = self.starts.claim(id).await;
         // Refused before anything is fetched or made (CgroupManager::create_container
         // refuses it again).
         if let (Some(_), Some(missing)) = (spec.memory_limit_bytes, self.cgroups.memory_missing()) {
