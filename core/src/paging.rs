@@ -31,14 +31,14 @@ pub struct Page<T> {
 
 /// The page of `items` (name and item; any order) that `page_size` and `page_token` ask
 /// for; `encoded_len` tells an item's size on the wire.
-pub fn page<T>(
-    mut items: Vec<(String, T)>,
+pub fn page<K: AsRef<str>, T>(
+    mut items: Vec<(K, T)>,
     page_size: u32,
     page_token: &str,
     encoded_len: impl Fn(&T) -> usize,
 ) -> Result<Page<T>, BadPageToken> {
     let after = resume_after(page_token)?;
-    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items.sort_unstable_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
     let limit = match page_size as usize {
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
@@ -47,7 +47,7 @@ pub fn page<T>(
     let (mut bytes, mut last, mut more) = (0usize, None, false);
     let rest = items
         .into_iter()
-        .filter(|(name, _)| after.as_ref().is_none_or(|a| name > a));
+        .filter(|(name, _)| after.as_ref().is_none_or(|a| name.as_ref() > a.as_str()));
     for (name, item) in rest {
         // A length-delimited field: the item, its length and its tag.
         let size = encoded_len(&item) + 8;
@@ -62,7 +62,7 @@ pub fn page<T>(
     Ok(Page {
         items: page,
         next_page_token: match (more, last) {
-            (true, Some(name)) => token_after(&name),
+            (true, Some(name)) => token_after(name.as_ref()),
             _ => String::new(),
         },
     })

@@ -662,21 +662,35 @@ impl Cluster {
         labels: &HashMap<String, String>,
     ) -> (Vec<v1::Container>, u64) {
         let st = self.lock();
-        let mut out: Vec<v1::Container> = st
-            .containers
-            .values()
-            .filter(|c| node.is_empty() || c.node == node)
-            .filter(|c| want.is_none_or(|w| state(c) == w))
-            .filter(|c| {
-                let have = c.spec.as_ref().map(|s| &s.labels);
-                labels
-                    .iter()
-                    .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
-            })
-            .cloned()
-            .collect();
+        let mut out: Vec<v1::Container> = matching(&st, node, want, labels).cloned().collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         (out, st.revision)
+    }
+
+    /// One page of the records matching the filters, and the revision they are current at.
+    /// Only the page's records are copied (a page of 1,000 among 100,000 records copies
+    /// 1,000).
+    pub fn list_page(
+        &self,
+        node: &str,
+        want: Option<S>,
+        labels: &HashMap<String, String>,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(hutch_core::paging::Page<v1::Container>, u64), ClusterError> {
+        let st = self.lock();
+        let named: Vec<(&str, &v1::Container)> = matching(&st, node, want, labels)
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        let page = hutch_core::paging::page(named, page_size, page_token, |c| {
+            prost::Message::encoded_len(*c)
+        })
+        .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
+        let page = hutch_core::paging::Page {
+            items: page.items.into_iter().cloned().collect(),
+            next_page_token: page.next_page_token,
+        };
+        Ok((page, st.revision))
     }
 
     /// Every change after `since` (kept ones), then a receiver of live ones, without gap
@@ -712,6 +726,26 @@ impl Cluster {
     pub fn revision(&self) -> u64 {
         self.lock().revision
     }
+}
+
+/// The records of `st` on `node` (any when empty), in state `want` (any when `None`) and
+/// carrying every label of `labels`, in no order.
+fn matching<'a>(
+    st: &'a State,
+    node: &'a str,
+    want: Option<S>,
+    labels: &'a HashMap<String, String>,
+) -> impl Iterator<Item = &'a v1::Container> {
+    st.containers
+        .values()
+        .filter(move |c| node.is_empty() || c.node == node)
+        .filter(move |c| want.is_none_or(|w| state(c) == w))
+        .filter(move |c| {
+            let have = c.spec.as_ref().map(|s| &s.labels);
+            labels
+                .iter()
+                .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+        })
 }
 
 fn watch_event(

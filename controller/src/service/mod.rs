@@ -7,8 +7,6 @@ pub mod status;
 mod usage;
 pub mod watch_filter;
 
-use hutch_core::paging;
-use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -205,15 +203,13 @@ impl Controller for ControllerService {
         request: Request<v1::ListClusterContainersRequest>,
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
         let req = request.into_inner();
-        let (containers, revision) =
-            self.cluster()?
-                .list(&req.node, wanted_state(req.state)?, &req.labels);
-        let named = containers
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect();
-        let page = paging::page(named, req.page_size, &req.page_token, |c| c.encoded_len())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (page, revision) = self.cluster()?.list_page(
+            &req.node,
+            wanted_state(req.state)?,
+            &req.labels,
+            req.page_size,
+            &req.page_token,
+        )?;
         Ok(Response::new(v1::ListContainersResponse {
             containers: page.items,
             revision,
