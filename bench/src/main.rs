@@ -145,7 +145,7 @@ async fn run(wanted: &[&str], smoke: bool, explain: bool) -> Result<Vec<report::
         (200, 1000, 100_000)
     };
     let (dense, idle) = if smoke { (5, 2) } else { (500, 10) };
-    let (sim_nodes, records) = if smoke { (20, 100) } else { (1000, 10_000) };
+    let (sim_nodes, records) = if smoke { (20, 100) } else { (5000, 100_000) };
     let needs_env = wanted
         .iter()
         .any(|w| *w != "scheduler" && !network::SCENARIOS.contains(w));
@@ -174,7 +174,9 @@ async fn run(wanted: &[&str], smoke: bool, explain: bool) -> Result<Vec<report::
             ("metrics", Some(env)) => metrics::metrics_cost(env, runs, dense).await?,
             ("ha", Some(env)) => {
                 let kills = if smoke { 2 } else { 10 };
-                ha::ha(env, runs.min(100), kills, sim_nodes, records).await?
+                // On etcd, the size controller-scale had before it grew to the issue's.
+                let (ha_nodes, ha_records) = if smoke { (20, 100) } else { (1000, 10_000) };
+                ha::ha(env, runs.min(100), kills, ha_nodes, ha_records).await?
             }
             ("rootfs-image", Some(env)) => {
                 images::rootfs_image(env, runs.min(100), if smoke { 1 } else { 3 }).await?

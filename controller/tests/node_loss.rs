@@ -1,6 +1,8 @@
 //! Kill -9 an agent: its node goes NOT_READY, then DOWN; its containers become LOST; an
 //! `on-failure` container starts again on the other node. Restart the agent: it registers
 //! again, and reconciliation stops the stale copy that kept running there and says so.
+//! Freeze agents for a moment: their nodes go NOT_READY, and READY again with their next
+//! heartbeats.
 
 use hutch_testkit as common;
 
@@ -240,4 +242,63 @@ async fn removing_a_node() {
     .await;
     assert_eq!(back.node, node.name);
     force_remove(&mut client, &["held"]).await;
+}
+
+/// Two agents frozen past three heartbeats: both nodes go NOT_READY and the scheduler
+/// passes them over (a create waits PENDING); their next heartbeats make them READY again
+/// (recorded together by the liveness check), the waiting container is placed, and so is a
+/// new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_heard_again_are_ready_again() {
+    let ctl = TestController::start("nodeback", &[]);
+    let a = TestNode::start("back-a", &ctl, None, &[]).await;
+    let b = TestNode::start("back-b", &ctl, None, &[]).await;
+    let mut client = ctl.client_when_ready(&[&a, &b]).await;
+
+    a.pause();
+    b.pause();
+    for node in [&a, &b] {
+        // NOT_READY after 3 heartbeats missed (600 ms); DOWN only after 2 s.
+        let n = wait_node(
+            &mut client,
+            &node.name,
+            v1::NodeState::NotReady,
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(n.message.contains("heartbeats missed"), "{n:#?}");
+    }
+    let early = client
+        .create_container(create("back-early", spec(&["sleep", "600"])))
+        .await
+        .expect("create")
+        .into_inner();
+    a.resume();
+    b.resume();
+    assert_eq!(
+        state_of(&early),
+        S::Pending,
+        "no node is ready, so nothing is placed: {early:#?}"
+    );
+    for node in [&a, &b] {
+        let n = wait_node(
+            &mut client,
+            &node.name,
+            v1::NodeState::Ready,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(n.message, "heartbeats resumed", "{n:#?}");
+    }
+    client
+        .create_container(create("back-later", spec(&["sleep", "600"])))
+        .await
+        .expect("create");
+    for name in ["back-early", "back-later"] {
+        let placed = wait_container(&mut client, name, Duration::from_secs(20), |c| {
+            state_of(c) == S::Running
+        })
+        .await;
+        assert!([&a.name, &b.name].contains(&&placed.node), "{placed:#?}");
+    }
 }

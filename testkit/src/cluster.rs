@@ -293,6 +293,25 @@ impl TestNode {
         kill9(&mut self.child);
     }
 
+    /// Freezes the agent (SIGSTOP): it sends no heartbeat until [`TestNode::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused agent run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the agent is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {}: {status}", child.id());
+    }
+
     /// The host the agent runs on (its state directory and cgroups).
     pub fn host(&self) -> &TestHost {
         &self.host

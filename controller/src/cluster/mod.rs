@@ -25,6 +25,7 @@ pub mod services;
 pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -146,11 +147,15 @@ pub(crate) struct NodeEntry {
     pub registered: bool,
     /// The task following the agent's events.
     pub link: Option<tokio::task::AbortHandle>,
+    /// A heartbeat came while the record says NOT_READY: the liveness check records the
+    /// node READY again (one commit for every node heard again, not one per heartbeat).
+    pub heard_again: bool,
 }
 
 /// Everything behind the mutex.
 pub(crate) struct State {
-    pub containers: HashMap<String, v1::Container>,
+    /// The container records by name, in name order (a page of a list is a range of it).
+    pub containers: BTreeMap<String, v1::Container>,
     pub nodes: BTreeMap<String, NodeEntry>,
     pub scheduler: Scheduler,
     pub revision: u64,
@@ -222,6 +227,8 @@ pub struct Cluster {
     watchers: broadcast::Sender<Arc<PublishedEvent>>,
     /// Wakes the pending-placement loop.
     pub(crate) kick: Arc<Notify>,
+    /// Wakes the liveness check before its next tick (a NOT_READY node was heard again).
+    pub(crate) liveness_kick: Arc<Notify>,
     /// Wakes the services' reconciler.
     pub(crate) service_kick: Arc<Notify>,
     pub(crate) agents: AgentPool,
@@ -260,7 +267,7 @@ impl Cluster {
             .chain(snap.events.iter().map(|e| e.revision))
             .fold(snap.revision, u64::max);
         let mut st = State {
-            containers: HashMap::new(),
+            containers: BTreeMap::new(),
             nodes: BTreeMap::new(),
             scheduler: Scheduler::new(config.strategy),
             revision,
@@ -303,6 +310,7 @@ impl Cluster {
                     last_seen: now,
                     registered: false,
                     link: None,
+                    heard_again: false,
                 },
             );
         }
@@ -329,6 +337,7 @@ impl Cluster {
             session: new_session()?,
             watchers,
             kick: Arc::new(Notify::new()),
+            liveness_kick: Arc::new(Notify::new()),
             service_kick: Arc::new(Notify::new()),
             agents,
             dispatch_slots: std::sync::Mutex::default(),
@@ -662,14 +671,15 @@ impl Cluster {
         labels: &HashMap<String, String>,
     ) -> (Vec<v1::Container>, u64) {
         let st = self.lock();
-        let mut out: Vec<v1::Container> = matching(&st, node, want, labels).cloned().collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        let all = st.containers.values();
+        let out: Vec<v1::Container> = matching(all, node, want, labels).cloned().collect();
         (out, st.revision)
     }
 
     /// One page of the records matching the filters, and the revision they are current at.
-    /// Only the page's records are copied (a page of 1,000 among 100,000 records copies
-    /// 1,000).
+    /// The page is read off the name-ordered records from where the token says: a page of
+    /// 1,000 among 100,000 records reads little more than its own 1,000 when no filter
+    /// skips records.
     pub fn list_page(
         &self,
         node: &str,
@@ -678,14 +688,19 @@ impl Cluster {
         page_size: u32,
         page_token: &str,
     ) -> Result<(hutch_core::paging::Page<v1::Container>, u64), ClusterError> {
+        let after = hutch_core::paging::resume_after(page_token)
+            .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
         let st = self.lock();
-        let named: Vec<(&str, &v1::Container)> = matching(&st, node, want, labels)
-            .map(|c| (c.name.as_str(), c))
-            .collect();
-        let page = hutch_core::paging::page(named, page_size, page_token, |c| {
+        let rest = match &after {
+            Some(a) => st
+                .containers
+                .range::<str, _>((Bound::Excluded(a.as_str()), Bound::Unbounded)),
+            None => st.containers.range::<str, _>(..),
+        };
+        let named = matching(rest.map(|(_, c)| c), node, want, labels).map(|c| (&c.name, c));
+        let page = hutch_core::paging::page_in_order(named, page_size, |c| {
             prost::Message::encoded_len(*c)
-        })
-        .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
+        });
         let page = hutch_core::paging::Page {
             items: page.items.into_iter().cloned().collect(),
             next_page_token: page.next_page_token,
@@ -728,16 +743,15 @@ impl Cluster {
     }
 }
 
-/// The records of `st` on `node` (any when empty), in state `want` (any when `None`) and
-/// carrying every label of `labels`, in no order.
+/// The records of `records` on `node` (any when empty), in state `want` (any when `None`)
+/// and carrying every label of `labels`, in the order of `records`.
 fn matching<'a>(
-    st: &'a State,
+    records: impl Iterator<Item = &'a v1::Container> + 'a,
     node: &'a str,
     want: Option<S>,
     labels: &'a HashMap<String, String>,
-) -> impl Iterator<Item = &'a v1::Container> {
-    st.containers
-        .values()
+) -> impl Iterator<Item = &'a v1::Container> + 'a {
+    records
         .filter(move |c| node.is_empty() || c.node == node)
         .filter(move |c| want.is_none_or(|w| state(c) == w))
         .filter(move |c| {

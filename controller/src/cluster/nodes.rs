@@ -140,6 +140,7 @@ impl Cluster {
             last_seen: Instant::now(),
             registered: true,
             link: None,
+            heard_again: false,
         });
         entry.last_seen = Instant::now();
         entry.registered = true;
@@ -229,7 +230,13 @@ impl Cluster {
         r.rootfs = req.rootfs;
         let volumes_changed = r.volumes != req.volumes;
         r.volumes = req.volumes;
-        let was_not_ready = node_state(r) == NodeState::NotReady;
+        if node_state(r) == NodeState::NotReady {
+            // Recorded READY by the liveness check, with every other node heard again in
+            // the same commit: after a stall, thousands of nodes come back at once, and one
+            // durable commit each under the state lock would stall the heartbeats again.
+            entry.heard_again = true;
+            self.liveness_kick.notify_one();
+        }
         let record = r.clone();
         if rootfs_changed {
             st.scheduler
@@ -239,15 +246,7 @@ impl Cluster {
             st.scheduler
                 .set_volumes(&req.name, record.volumes.iter().cloned().collect());
         }
-        if was_not_ready {
-            let mut ready = record;
-            ready.state = NodeState::Ready as i32;
-            ready.message = "heartbeats resumed".into();
-            self.commit(&mut st, vec![Change::Node(ready.clone())])?;
-            st.scheduler.set_schedulable(&req.name, schedulable(&ready));
-            tracing::info!(node = %req.name, "node ready again");
-        }
-        if rootfs_changed || was_not_ready {
+        if rootfs_changed {
             self.kick.notify_one();
         }
         Ok(v1::HeartbeatResponse {
@@ -255,8 +254,9 @@ impl Cluster {
         })
     }
 
-    /// Moves silent nodes to NOT_READY, then DOWN; the containers of a DOWN node become
-    /// LOST (and are restarted elsewhere when their policy says so).
+    /// Moves silent nodes to NOT_READY, then DOWN, and NOT_READY nodes heard again back to
+    /// READY; the containers of a DOWN node become LOST (and are restarted elsewhere when
+    /// their policy says so).
     pub(crate) fn check_liveness(self: &Arc<Self>) {
         let not_ready_after = self.config.heartbeat_interval * self.config.not_ready_misses;
         let mut lost = Vec::new();
@@ -265,10 +265,20 @@ impl Cluster {
             let now = Instant::now();
             let mut changes = Vec::new();
             let mut down_nodes = Vec::new();
+            let mut ready_again = false;
             for (name, entry) in st.nodes.iter_mut() {
                 let silent = now.duration_since(entry.last_seen);
+                let heard_again = std::mem::take(&mut entry.heard_again);
                 let r = &entry.record;
                 match node_state(r) {
+                    NodeState::NotReady if heard_again && silent < not_ready_after => {
+                        let mut n = r.clone();
+                        n.state = NodeState::Ready as i32;
+                        n.message = "heartbeats resumed".into();
+                        tracing::info!(node = %name, "node ready again");
+                        ready_again = true;
+                        changes.push(Change::Node(n));
+                    }
                     NodeState::Ready | NodeState::NotReady if silent >= self.config.down_after => {
                         let mut n = r.clone();
                         n.state = NodeState::Down as i32;
@@ -319,6 +329,9 @@ impl Cluster {
                     let ok = schedulable(&e.record);
                     st.scheduler.set_schedulable(&name, ok);
                 }
+            }
+            if ready_again {
+                self.kick.notify_one();
             }
         }
         for c in lost {
@@ -610,7 +623,8 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-/// Checks node liveness a few times per heartbeat interval.
+/// Checks node liveness a few times per heartbeat interval, and at once when a NOT_READY
+/// node is heard again.
 pub(crate) async fn liveness_loop(cluster: Weak<Cluster>) {
     let period = match cluster.upgrade() {
         Some(c) => (c.config.heartbeat_interval / 4).max(Duration::from_millis(20)),
@@ -618,8 +632,15 @@ pub(crate) async fn liveness_loop(cluster: Weak<Cluster>) {
     };
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let kick = match cluster.upgrade() {
+        Some(c) => c.liveness_kick.clone(),
+        None => return,
+    };
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = kick.notified() => {}
+        }
         let Some(c) = cluster.upgrade() else { return };
         if c.stepped_down() {
             return;
