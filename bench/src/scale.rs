@@ -192,7 +192,6 @@ fn rss_bytes(pid: u32) -> Result<u64, String> {
     proc_kb_field(&format!("/proc/{pid}/status"), "VmRSS")
 }
 
-/// Registers `count` simulated nodes at `agent_addr`; returns the controller's session.
 /// The simulated nodes registered so far, and the session their heartbeats carry.
 #[derive(Default)]
 struct Registered {

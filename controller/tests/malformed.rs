@@ -476,9 +476,16 @@ async fn oversized_records_are_refused_and_long_lists_come_in_pages() {
             .await
             .expect("a record at the bounds");
     }
+    // Every third small record is labelled, for a filtered walk.
+    let gold: BTreeMap<String, String> = [("tier".to_string(), "gold".to_string())].into();
     for i in 0..1000 {
+        let labels = if i % 3 == 0 {
+            gold.clone()
+        } else {
+            BTreeMap::new()
+        };
         client
-            .create_container(pending(format!("small-{i:04}"), BTreeMap::new()))
+            .create_container(pending(format!("small-{i:04}"), labels))
             .await
             .expect("a small record");
     }
@@ -517,6 +524,38 @@ async fn oversized_records_are_refused_and_long_lists_come_in_pages() {
         (1160, names.clone()),
         "every record once, in order"
     );
+
+    // A filtered walk: pages skip the records the filter leaves out, every page but the last
+    // is full, and 334 records in pages of 2 end on a full page with no next token.
+    let expected: Vec<String> = (0..1000)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("small-{i:04}"))
+        .collect();
+    for page_size in [7u32, 2] {
+        let (mut token, mut walked) = (String::new(), Vec::new());
+        let last_len = loop {
+            let page = client
+                .list_containers(v1::ListClusterContainersRequest {
+                    labels: gold.clone().into_iter().collect(),
+                    page_size,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("a filtered page")
+                .into_inner();
+            let len = page.containers.len();
+            walked.extend(page.containers.into_iter().map(|c| c.name));
+            if page.next_page_token.is_empty() {
+                break len;
+            }
+            assert_eq!(len, page_size as usize, "a page before the last is full");
+            token = page.next_page_token;
+        };
+        assert_eq!(walked, expected, "pages of {page_size}");
+        let full_last = expected.len().is_multiple_of(page_size as usize);
+        assert!(!full_last || last_len == page_size as usize, "{last_len}");
+    }
 
     // A small page size, and a token nobody gave.
     let out = grpcurl(

@@ -123,7 +123,8 @@ impl TestController {
         logs_text(&self.logs)
     }
 
-    /// Starts a controller on a free port with fast liveness timing and `extra` flags.
+    /// Starts a controller on a free port with fast liveness timing and `extra` flags (which
+    /// may give another `--down-after`).
     pub fn start(test: &str, extra: &[&str]) -> TestController {
         let data_dir = PathBuf::from(format!("/var/tmp/hutch-test-ctl-{}", unique(test)));
         let mut c = TestController {
@@ -152,12 +153,12 @@ impl TestController {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--heartbeat-interval")
-            .arg(HEARTBEAT)
-            .arg("--down-after")
-            .arg(DOWN_AFTER)
-            .arg("--restart-backoff")
-            .arg("100ms")
-            .args(&self.extra);
+            .arg(HEARTBEAT);
+        // A test may give its own --down-after.
+        if !self.extra.iter().any(|a| a.starts_with("--down-after")) {
+            cmd.arg("--down-after").arg(DOWN_AFTER);
+        }
+        cmd.arg("--restart-backoff").arg("100ms").args(&self.extra);
         let started = spawn_listening(cmd, "controller", &mut self.logs);
         self.child = Some(started.child);
         self.addr = started.addr;

@@ -265,7 +265,7 @@ impl Cluster {
             let now = Instant::now();
             let mut changes = Vec::new();
             let mut down_nodes = Vec::new();
-            let mut ready_again = false;
+            let mut ready_again = Vec::new();
             for (name, entry) in st.nodes.iter_mut() {
                 let silent = now.duration_since(entry.last_seen);
                 let heard_again = std::mem::take(&mut entry.heard_again);
@@ -275,9 +275,7 @@ impl Cluster {
                         let mut n = r.clone();
                         n.state = NodeState::Ready as i32;
                         n.message = "heartbeats resumed".into();
-                        tracing::info!(node = %name, "node ready again");
-                        ready_again = true;
-                        changes.push(Change::Node(n));
+                        ready_again.push(n);
                     }
                     NodeState::Ready | NodeState::NotReady if silent >= self.config.down_after => {
                         let mut n = r.clone();
@@ -304,7 +302,7 @@ impl Cluster {
                     _ => {}
                 }
             }
-            if changes.is_empty() {
+            if changes.is_empty() && ready_again.is_empty() {
                 return;
             }
             for node in &down_nodes {
@@ -323,15 +321,33 @@ impl Cluster {
                 Ok(committed) => lost = committed,
                 Err(e) => tracing::error!("recording node liveness: {e}"),
             }
+            // Their own batch, so that a failing batch of DOWN nodes and LOST containers
+            // does not keep them NOT_READY; if it fails, the next check tries again.
+            let names: Vec<String> = ready_again.iter().map(|n| n.name.clone()).collect();
+            let ready = ready_again.into_iter().map(Change::Node).collect();
+            match self.commit(&mut st, ready) {
+                Ok(_) if !names.is_empty() => {
+                    for name in &names {
+                        tracing::info!(node = %name, "node ready again");
+                    }
+                    self.kick.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("recording nodes ready again: {e}");
+                    for name in &names {
+                        if let Some(entry) = st.nodes.get_mut(name) {
+                            entry.heard_again = true;
+                        }
+                    }
+                }
+            }
             let names: Vec<String> = st.nodes.keys().cloned().collect();
             for name in names {
                 if let Some(e) = st.nodes.get(&name) {
                     let ok = schedulable(&e.record);
                     st.scheduler.set_schedulable(&name, ok);
                 }
-            }
-            if ready_again {
-                self.kick.notify_one();
             }
         }
         for c in lost {
