@@ -48,7 +48,8 @@ pub struct NoLabels {}
 pub struct ClusterMetrics {
     /// Containers placed on a node.
     pub placements: Counter,
-    /// Time to make a batch of changes durable.
+    /// Time of a write to the state store: a batch staged (durable at once on etcd), or a
+    /// sync making the staged batches durable.
     pub store_writes: Histogram,
     /// Rootfs builds asked through the controller, by outcome (one per node asked).
     pub rootfs_builds: Family<BuildLabels, Counter>,
@@ -203,7 +204,7 @@ pub fn register(registry: &mut Registry, leadership: Arc<Leadership>) {
     );
     registry.register(
         "store_write_duration_seconds",
-        "Time to make a batch of changes durable in the state store",
+        "Time of a write to the state store: a batch of changes staged (on etcd: committed), or one sync making every staged batch durable",
         counted.store_writes,
     );
     registry.register(

@@ -213,6 +213,13 @@ impl Scheduler {
 
     /// Marks a node schedulable or not (readiness, cordon).
     pub fn set_schedulable(&mut self, name: &str, schedulable: bool) {
+        if self
+            .slots
+            .get(name)
+            .is_none_or(|s| s.capacity.schedulable == schedulable)
+        {
+            return;
+        }
         self.unindex(name);
         if let Some(slot) = self.slots.get_mut(name) {
             slot.capacity.schedulable = schedulable;

@@ -152,6 +152,11 @@ impl Cluster {
                 }
                 return;
             }
+            // Never start a container on a node before its record is durable: a crash
+            // would forget it while it runs.
+            if self.settled().await.is_err() {
+                return;
+            }
             let node = record.node.clone();
             match self.run_on_node(&record).await {
                 Ok(view) => {

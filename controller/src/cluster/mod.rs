@@ -16,6 +16,7 @@
 pub mod containers;
 pub use network::ClusterCidr;
 pub mod dispatch;
+pub(crate) mod durable;
 pub mod network;
 pub mod nodes;
 pub mod published;
@@ -159,6 +160,11 @@ pub(crate) struct State {
     pub nodes: BTreeMap<String, NodeEntry>,
     pub scheduler: Scheduler,
     pub revision: u64,
+    /// The revision of the last event published (durable): what watchers have seen.
+    pub published_revision: u64,
+    /// Events of changes staged but not yet durable, with their change numbers, oldest
+    /// first: published once a sync covers them (see [`durable`]).
+    pub unpublished: VecDeque<(u64, v1::WatchEvent)>,
     /// The revision counter as the store holds it (below `revision` only after a copy
     /// into the store that stopped before writing it): what the next batch expects.
     pub store_revision: u64,
@@ -239,6 +245,8 @@ pub struct Cluster {
     /// Turns true when this controller stops leading: the cluster then changes nothing and
     /// its streams end.
     term_over: tokio::sync::watch::Sender<bool>,
+    /// Which staged changes are durable (group commit).
+    group: durable::GroupSync,
 }
 
 impl Cluster {
@@ -271,6 +279,8 @@ impl Cluster {
             nodes: BTreeMap::new(),
             scheduler: Scheduler::new(config.strategy),
             revision,
+            published_revision: revision,
+            unpublished: VecDeque::new(),
             store_revision: snap.revision,
             events: snap.events.into_iter().map(PublishedEvent::new).collect(),
             pending: Vec::new(),
@@ -343,6 +353,7 @@ impl Cluster {
             dispatch_slots: std::sync::Mutex::default(),
             metrics,
             term_over: tokio::sync::watch::channel(false).0,
+            group: durable::GroupSync::default(),
         });
         tokio::spawn(containers::placement_loop(Arc::downgrade(&cluster)));
         tokio::spawn(nodes::liveness_loop(Arc::downgrade(&cluster)));
@@ -486,7 +497,10 @@ impl Cluster {
         }
     }
 
-    /// Persists `changes` in one durable batch, then applies and publishes them. Returns
+    /// Stages `changes` in one batch and applies them in memory; they are published once
+    /// durable. Inside [`Cluster::commit_blocking`] the caller is answered after the sync
+    /// that makes them durable, which runs without the state lock and is shared with other
+    /// commits (see [`durable`]); elsewhere the sync is made here, under the lock. Returns
     /// the container records as committed (with their revisions).
     pub(crate) fn commit(
         &self,
@@ -549,13 +563,13 @@ impl Cluster {
         }
         batch.revision = revision;
         batch.expect_revision = Some(st.store_revision);
-        let kept = st.events.len() + events.len();
+        let kept = st.events.len() + st.unpublished.len() + events.len();
         if kept > self.config.event_keep {
             let first_kept = revision + 1 - self.config.event_keep.min(kept) as u64;
             batch.drop_events_below = first_kept;
         }
         let started = std::time::Instant::now();
-        if let Err(e) = self.store.commit(&batch) {
+        if let Err(e) = self.store.stage(&batch) {
             let view_in_doubt = matches!(e, StoreError::Unknown { .. } | StoreError::NotLeader(_));
             if view_in_doubt && self.store.outcome_may_be_unknown() {
                 // The batch may have been applied (etcd's answer was lost) or refused as
@@ -569,8 +583,7 @@ impl Cluster {
         self.metrics
             .store_writes
             .observe(started.elapsed().as_secs_f64());
-
-        // Durable: apply and publish.
+        // Staged: apply now (the next change is placed against it), publish once durable.
         st.revision = revision;
         if revision > 0 {
             st.store_revision = revision;
@@ -625,7 +638,45 @@ impl Cluster {
             }
             committed.push(c);
         }
-        for e in events {
+        let seq = self.group.staged();
+        st.unpublished.extend(events.into_iter().map(|e| (seq, e)));
+        if touches_services {
+            self.service_kick.notify_one();
+        }
+        if !durable::defer(seq) {
+            self.sync_locked(st, seq)?;
+        }
+        Ok(committed)
+    }
+
+    /// Makes every staged change durable under the state lock, then publishes up to `seq`.
+    fn sync_locked(&self, st: &mut State, seq: u64) -> Result<(), ClusterError> {
+        let synced = self.timed_sync();
+        self.after_sync(st, seq, synced, false)
+    }
+
+    /// Publishes the events of the changes up to `seq` once a sync covering them is done;
+    /// ends the term when it failed (`led`: the caller claimed that sync).
+    fn after_sync(
+        &self,
+        st: &mut State,
+        seq: u64,
+        synced: Result<(), StoreError>,
+        led: bool,
+    ) -> Result<(), ClusterError> {
+        if let Err(e) = synced {
+            // What is staged and applied in memory may never reach the disk: this view
+            // cannot be trusted. The term ends; a leader loads the records afresh.
+            tracing::error!("state store sync failed, ending this term: {e}");
+            self.group.failed(e.to_string(), led);
+            self.step_down_locked(st);
+            return Err(e.into());
+        }
+        while st.unpublished.front().is_some_and(|(s, _)| *s <= seq) {
+            let Some((_, e)) = st.unpublished.pop_front() else {
+                break;
+            };
+            st.published_revision = e.revision;
             let e = PublishedEvent::new(e);
             st.events.push_back(e.clone());
             // No receivers is fine: nobody watches.
@@ -634,23 +685,88 @@ impl Cluster {
         while st.events.len() > self.config.event_keep {
             st.events.pop_front();
         }
-        if touches_services {
-            self.service_kick.notify_one();
-        }
-        Ok(committed)
+        self.group.synced(seq, led);
+        Ok(())
     }
 
-    /// Commits under the lock, from a blocking thread (the store's commit waits for the
-    /// disk).
-    pub(crate) async fn commit_blocking<T: Send + 'static>(
+    /// The store's sync, timed into the metrics.
+    fn timed_sync(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let synced = self.store.sync();
+        self.metrics
+            .store_writes
+            .observe(started.elapsed().as_secs_f64());
+        synced
+    }
+
+    /// Runs one sync for every change staged so far, unless one is under way or nothing
+    /// waits for one (a blocking call: the store's sync waits for the disk).
+    fn lead_sync(&self) {
+        if let Some(target) = self.group.claim() {
+            let synced = self.timed_sync();
+            let mut st = self.lock();
+            // A failure is logged and handed to every waiter by `after_sync`.
+            let _ = self.after_sync(&mut st, target, synced, true);
+        }
+    }
+
+    /// Waits until change `seq` is durable, running the sync itself when none is under way.
+    async fn settle(self: &Arc<Self>, seq: u64) -> Result<(), ClusterError> {
+        loop {
+            match self.group.wait(seq).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    let me = self.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || me.lead_sync()).await {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+                Err(message) => {
+                    return Err(StoreError::Backend {
+                        path: "state store".into(),
+                        message: format!(
+                            "{message}; the change may not be durable, and this controller stopped leading"
+                        ),
+                    }
+                    .into())
+                }
+            }
+        }
+    }
+
+    /// Waits until every change made so far is durable: what a reader does before it
+    /// answers with what it read, and a dispatch before it starts a container, so that no
+    /// one acts on a change a crash could take back.
+    pub async fn settled(self: &Arc<Self>) -> Result<(), ClusterError> {
+        self.settle(self.group.last_staged()).await
+    }
+
+    /// Runs `f`, which commits under the lock, on a blocking thread, then waits until its
+    /// changes are durable (one sync shared with every commit staged meanwhile, made
+    /// without the state lock; see [`durable`]) before handing back what it returned. When
+    /// they cannot be made durable, a `Result` becomes the error.
+    pub(crate) async fn commit_blocking<T: durable::Outcome + Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Arc<Cluster>) -> T + Send + 'static,
     ) -> T {
         let me = self.clone();
-        let task = tokio::task::spawn_blocking(move || f(&me));
-        match task.await {
+        let task = tokio::task::spawn_blocking(move || {
+            let (value, staged) = durable::deferring(|| f(&me));
+            if staged.is_some() {
+                me.lead_sync();
+            }
+            (value, staged)
+        });
+        let (value, staged) = match task.await {
             Ok(v) => v,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        match staged {
+            Some(seq) => match self.settle(seq).await {
+                Ok(()) => value,
+                Err(e) => value.unless_lost(e),
+            },
+            None => value,
         }
     }
 
@@ -715,17 +831,16 @@ impl Cluster {
         since: u64,
     ) -> Result<(Vec<Arc<PublishedEvent>>, LiveEvents), ClusterError> {
         let st = self.lock();
-        let oldest = st.events.front().map_or(st.revision + 1, |e| e.revision());
+        let published = st.published_revision;
+        let oldest = st.events.front().map_or(published + 1, |e| e.revision());
         if since > 0 && since + 1 < oldest {
             return Err(ClusterError::OutOfRange(format!(
-                "revision {since} is no longer kept (the oldest kept is {oldest}); list the containers to resync, then watch from revision {}",
-                st.revision
+                "revision {since} is no longer kept (the oldest kept is {oldest}); list the containers to resync, then watch from revision {published}"
             )));
         }
-        if since > st.revision {
+        if since > published {
             return Err(ClusterError::OutOfRange(format!(
-                "revision {since} is in the future: the cluster is at revision {}",
-                st.revision
+                "revision {since} is in the future: the cluster is at revision {published}"
             )));
         }
         let replay = st

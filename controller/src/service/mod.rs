@@ -72,6 +72,14 @@ impl ControllerService {
     }
 }
 
+/// `value`, read from `cluster`, answered once every change it may show is durable (a
+/// change is in memory a moment before its shared sync to disk is done; see the cluster's
+/// group commit).
+async fn once_durable<T>(cluster: &Arc<Cluster>, value: T) -> Result<Response<T>, Status> {
+    cluster.settled().await?;
+    Ok(Response::new(value))
+}
+
 /// The node running `id` and the id of its copy there, for proxied calls.
 fn copy_of(cluster: &Cluster, id: &str) -> Result<(String, String), Status> {
     {
@@ -193,9 +201,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::GetContainerRequest>,
     ) -> Result<Response<v1::Container>, Status> {
-        Ok(Response::new(
-            self.cluster()?.get(&request.into_inner().id)?,
-        ))
+        let cluster = self.cluster()?;
+        let record = cluster.get(&request.into_inner().id)?;
+        once_durable(&cluster, record).await
     }
 
     async fn list_containers(
@@ -203,18 +211,20 @@ impl Controller for ControllerService {
         request: Request<v1::ListClusterContainersRequest>,
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
         let req = request.into_inner();
-        let (page, revision) = self.cluster()?.list_page(
+        let cluster = self.cluster()?;
+        let (page, revision) = cluster.list_page(
             &req.node,
             wanted_state(req.state)?,
             &req.labels,
             req.page_size,
             &req.page_token,
         )?;
-        Ok(Response::new(v1::ListContainersResponse {
+        let page = v1::ListContainersResponse {
             containers: page.items,
             revision,
             next_page_token: page.next_page_token,
-        }))
+        };
+        once_durable(&cluster, page).await
     }
 
     async fn stop_container(
@@ -408,18 +418,20 @@ impl Controller for ControllerService {
         &self,
         _: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
-        Ok(Response::new(v1::ListNodesResponse {
-            nodes: self.cluster()?.nodes(),
-        }))
+        let cluster = self.cluster()?;
+        let nodes = v1::ListNodesResponse {
+            nodes: cluster.nodes(),
+        };
+        once_durable(&cluster, nodes).await
     }
 
     async fn get_node(
         &self,
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
-        Ok(Response::new(
-            self.cluster()?.node(&request.into_inner().name)?,
-        ))
+        let cluster = self.cluster()?;
+        let node = cluster.node(&request.into_inner().name)?;
+        once_durable(&cluster, node).await
     }
 
     async fn cordon_node(
@@ -581,20 +593,19 @@ impl Controller for ControllerService {
         &self,
         request: Request<v1::GetServiceRequest>,
     ) -> Result<Response<v1::Service>, Status> {
-        Ok(Response::new(
-            self.cluster()?.get_service(&request.into_inner().name)?,
-        ))
+        let cluster = self.cluster()?;
+        let service = cluster.get_service(&request.into_inner().name)?;
+        once_durable(&cluster, service).await
     }
 
     async fn list_services(
         &self,
         _request: Request<v1::ListServicesRequest>,
     ) -> Result<Response<v1::ListServicesResponse>, Status> {
-        let (services, revision) = self.cluster()?.list_services();
-        Ok(Response::new(v1::ListServicesResponse {
-            services,
-            revision,
-        }))
+        let cluster = self.cluster()?;
+        let (services, revision) = cluster.list_services();
+        let services = v1::ListServicesResponse { services, revision };
+        once_durable(&cluster, services).await
     }
 
     async fn update_service(

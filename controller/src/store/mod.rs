@@ -114,6 +114,16 @@ pub trait Store: Send + Sync {
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// Applies `batch` atomically; returns once it is durable.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Applies `batch` atomically, visible to later batches and loads of this process, but
+    /// durable only once a later [`Store::sync`] returns: many staged batches then share one
+    /// flush to disk (group commit). A store whose writes are durable anyway (etcd) commits.
+    fn stage(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.commit(batch)
+    }
+    /// Makes every batch staged before the call durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Whether a failed commit may still have been applied (a network store whose answer
     /// was lost). The controller then reloads its view from the store before writing again.
     fn outcome_may_be_unknown(&self) -> bool {

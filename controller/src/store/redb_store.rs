@@ -1,6 +1,8 @@
 //! The embedded [`Store`]: one redb file (`DATA_DIR/state.redb`), one table per kind of
-//! record, values are prost-encoded protobuf messages. Every commit is durable
-//! (`Durability::Immediate`: fsync before `commit` returns).
+//! record, values are prost-encoded protobuf messages. A commit is durable
+//! (`Durability::Immediate`: fsync before `commit` returns); a staged batch is a
+//! `Durability::None` commit, made durable with every other staged one by the next `sync`
+//! (one empty durable commit: one fsync for them all).
 //!
 //! Files written by hutch before redb 3 are in redb's file format 2, which redb 3 and later
 //! no longer read. Such a file is upgraded in place the first time it is opened, with redb
@@ -10,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Batch, Snapshot, Store, StoreError, Write};
 
@@ -140,7 +142,25 @@ impl Store for RedbStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.backend(e))?;
+        self.write(batch, Durability::Immediate)
+    }
+
+    fn stage(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.write(batch, Durability::None)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // An empty durable commit makes every non-durable one before it durable.
+        self.write(&Batch::default(), Durability::Immediate)
+    }
+}
+
+impl RedbStore {
+    /// Writes `batch` in one transaction committed with `durability`.
+    fn write(&self, batch: &Batch, durability: Durability) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.backend(e))?;
+        txn.set_durability(durability)
+            .map_err(|e| self.backend(e))?;
         {
             let mut containers = txn.open_table(CONTAINERS).map_err(|e| self.backend(e))?;
             let mut nodes = txn.open_table(NODES).map_err(|e| self.backend(e))?;
@@ -251,6 +271,36 @@ mod tests {
         assert!(store.load().expect("load").containers.is_empty());
         let after = size();
         assert!(after < full / 10, "{full} bytes before, {after} after");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn staged_batches_are_read_at_once_and_kept_once_synced() {
+        let dir = temp_dir("staged");
+        let container = |name: &str| v1::Container {
+            name: name.into(),
+            ..Default::default()
+        };
+        {
+            let store = RedbStore::open(&dir).expect("open");
+            for (revision, name) in [(1, "a"), (2, "b")] {
+                let batch = Batch {
+                    writes: vec![Write::PutContainer(container(name))],
+                    revision,
+                    ..Default::default()
+                };
+                store.stage(&batch).expect("stage");
+            }
+            let seen = store.load().expect("load");
+            assert_eq!(seen.containers.len(), 2, "staged batches are read back");
+            assert_eq!(seen.revision, 2);
+            store.sync().expect("sync");
+        }
+        let store = RedbStore::open(&dir).expect("reopen");
+        let snap = store.load().expect("load");
+        let names: Vec<&str> = snap.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(snap.revision, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

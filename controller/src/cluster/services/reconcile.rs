@@ -35,6 +35,13 @@ struct Followups {
     retire: Vec<v1::Container>,
 }
 
+impl crate::cluster::durable::Outcome for Followups {
+    /// Nothing to follow up once the changes are lost: the cluster stepped down.
+    fn unless_lost(self, _: crate::cluster::ClusterError) -> Self {
+        Followups::default()
+    }
+}
+
 /// Runs the reconciler until the cluster is gone or steps down.
 pub(crate) async fn service_loop(cluster: Weak<Cluster>) {
     loop {
