@@ -183,7 +183,7 @@ impl Cluster {
             nodes: nodes.into_iter().collect(),
             pending: st.pending.len(),
             restarts,
-            events: st.events.len(),
+            events: self.kept_events(),
         }
     }
 }

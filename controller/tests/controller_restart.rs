@@ -12,8 +12,10 @@ use common::*;
 use hutch_proto::v1::{self, ContainerState as S};
 use tokio_stream::StreamExt;
 
-const CREATES: usize = 50;
-const CREATORS: usize = 4;
+const CREATES: usize = 64;
+/// Enough clients at once that their changes are staged for shared syncs (group commit:
+/// see the controller's `cluster::durable::GROUP_MIN`).
+const CREATORS: usize = 8;
 
 /// Follows `WatchContainers` from `since`, recording revisions, until the stream breaks.
 async fn watch_until_broken(
@@ -56,8 +58,8 @@ async fn nothing_acknowledged_is_lost_across_a_kill_9() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let watcher = tokio::spawn(watch_until_broken(ctl.url(), 0, seen.clone()));
 
-    // Creates in the background, from 4 clients at once (their commits race for the store
-    // and its lock); the controller dies after the 20th acknowledgement.
+    // Creates in the background, from 8 clients at once (their commits share syncs and race
+    // for the store); the controller dies after the 20th acknowledgement.
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
     let creators: Vec<_> = (0..CREATORS)
         .map(|lane| {

@@ -2,8 +2,9 @@
 //! three-member etcd cluster on loopback (started and removed by the test). Every case
 //! checks what the controller relies on: a committed batch is all there after reopening,
 //! deletes and event compaction apply, the revision is kept, events load in revision
-//! order, a large state loads whole. Then what only etcd has: fencing, a clear error when
-//! etcd is unreachable, corrupt records named.
+//! order, a large state loads whole, staged batches are all there, in order, after a sync.
+//! Then what only etcd has: fencing, a clear error when etcd is unreachable, corrupt
+//! records named.
 
 use hutch_controller::store::{
     Batch, EtcdConfig, EtcdStore, Fence, RedbStore, Store, StoreError, Write,
@@ -147,12 +148,42 @@ fn a_large_state_loads_whole(reopen: Reopen) {
     assert_eq!(revs.last().copied(), Some(revision));
 }
 
+fn staged_batches_are_kept_in_order_after_a_sync(reopen: Reopen) {
+    let store = reopen();
+    let before = store.load().expect("load").revision;
+    for (i, name) in ["s1", "s2", "s1"].into_iter().enumerate() {
+        let revision = before + 1 + i as u64;
+        let batch = Batch {
+            writes: vec![
+                Write::PutContainer(container(name, revision)),
+                Write::Event(event(revision, name)),
+            ],
+            revision,
+            ..Default::default()
+        };
+        store.stage(&batch).expect("stage");
+    }
+    store.sync().expect("sync");
+    drop(store);
+    let snap = reopen().load().expect("load");
+    assert_eq!(snap.revision, before + 3);
+    let staged: Vec<u64> = snap
+        .containers
+        .iter()
+        .filter(|c| c.name.starts_with('s'))
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(staged, [before + 3, before + 2], "s1 (replaced), s2");
+    assert_eq!(snap.events.last().map(|e| e.revision), Some(before + 3));
+}
+
 /// Every case, in order (each builds on the state the one before left).
 fn conformance(reopen: Reopen) {
     empty_store_loads_empty(reopen);
     committed_batches_survive_reopening(reopen);
     deletes_of_every_kind_apply(reopen);
     a_large_state_loads_whole(reopen);
+    staged_batches_are_kept_in_order_after_a_sync(reopen);
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub mod rootfs;
 pub mod services;
 pub mod volumes;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,12 +33,12 @@ use std::time::{Duration, Instant, SystemTime};
 use hutch_core::convert::timestamp;
 use hutch_proto::v1::{self, ContainerState as S, WatchEventType};
 use thiserror::Error;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 
 use crate::agents::AgentPool;
 use crate::scheduler::{Scheduler, Strategy};
 use crate::store::{Batch, Store, StoreError, Write};
-use published::PublishedEvent;
+use published::{Feed, NotKept, PublishedEvent};
 use records::{claim_of, holds_reservation, ports_of, state};
 
 /// How the cluster behaves; see the controller's configuration.
@@ -134,6 +134,10 @@ pub enum ClusterError {
     /// The state store failed; nothing was changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The sync that was to make a change durable failed: the change is in memory, may or
+    /// may not be on disk, and this controller stopped leading.
+    #[error("the state store could not make the change durable ({0}); the change may or may not have been made, and this controller stopped leading")]
+    SyncFailed(String),
     /// No randomness could be read for a fresh name.
     #[error(transparent)]
     Random(std::io::Error),
@@ -160,15 +164,9 @@ pub(crate) struct State {
     pub nodes: BTreeMap<String, NodeEntry>,
     pub scheduler: Scheduler,
     pub revision: u64,
-    /// The revision of the last event published (durable): what watchers have seen.
-    pub published_revision: u64,
-    /// Events of changes staged but not yet durable, with their change numbers, oldest
-    /// first: published once a sync covers them (see [`durable`]).
-    pub unpublished: VecDeque<(u64, v1::WatchEvent)>,
     /// The revision counter as the store holds it (below `revision` only after a copy
     /// into the store that stopped before writing it): what the next batch expects.
     pub store_revision: u64,
-    pub events: VecDeque<Arc<PublishedEvent>>,
     /// PENDING containers, oldest first.
     pub pending: Vec<String>,
     pub rootfs_specs: HashMap<String, v1::RootfsSpec>,
@@ -220,8 +218,7 @@ pub(crate) enum Change {
     RemovedService(v1::Service),
 }
 
-/// A watcher's receiver of the events committed after it subscribed.
-pub type LiveEvents = broadcast::Receiver<Arc<PublishedEvent>>;
+pub use published::LiveEvents;
 
 /// The cluster.
 pub struct Cluster {
@@ -230,7 +227,9 @@ pub struct Cluster {
     state: Mutex<State>,
     /// Changes with every start of the controller; heartbeats must carry it.
     pub(crate) session: String,
-    watchers: broadcast::Sender<Arc<PublishedEvent>>,
+    /// The watch events, published once durable (a lock of its own, taken after the state
+    /// lock when both are held).
+    feed: Mutex<Feed>,
     /// Wakes the pending-placement loop.
     pub(crate) kick: Arc<Notify>,
     /// Wakes the liveness check before its next tick (a NOT_READY node was heard again).
@@ -279,10 +278,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             scheduler: Scheduler::new(config.strategy),
             revision,
-            published_revision: revision,
-            unpublished: VecDeque::new(),
             store_revision: snap.revision,
-            events: snap.events.into_iter().map(PublishedEvent::new).collect(),
             pending: Vec::new(),
             rootfs_specs: snap
                 .rootfs_specs
@@ -334,7 +330,12 @@ impl Cluster {
             .into_iter()
             .map(|c| (c.name.clone(), c))
             .collect();
-        let watchers = broadcast::channel(config.watch_buffer.max(1)).0;
+        let feed = Feed::new(
+            snap.events,
+            revision,
+            config.event_keep,
+            config.watch_buffer,
+        );
         let agents = AgentPool::new(
             config.agent_token.as_ref().map(|s| s.0.as_str()),
             config.agent_tls.clone(),
@@ -345,7 +346,7 @@ impl Cluster {
             store,
             state: Mutex::new(st),
             session: new_session()?,
-            watchers,
+            feed: Mutex::new(feed),
             kick: Arc::new(Notify::new()),
             liveness_kick: Arc::new(Notify::new()),
             service_kick: Arc::new(Notify::new()),
@@ -392,6 +393,12 @@ impl Cluster {
     /// Turns true when the cluster steps down.
     pub fn term_over(&self) -> tokio::sync::watch::Receiver<bool> {
         self.term_over.subscribe()
+    }
+
+    /// The watch events' lock (after the state lock when both are taken).
+    fn feed(&self) -> MutexGuard<'_, Feed> {
+        // Publication changes the feed field by field in an order that stays consistent.
+        self.feed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -497,11 +504,12 @@ impl Cluster {
         }
     }
 
-    /// Stages `changes` in one batch and applies them in memory; they are published once
-    /// durable. Inside [`Cluster::commit_blocking`] the caller is answered after the sync
-    /// that makes them durable, which runs without the state lock and is shared with other
-    /// commits (see [`durable`]); elsewhere the sync is made here, under the lock. Returns
-    /// the container records as committed (with their revisions).
+    /// Writes `changes` in one batch, applies them in memory and publishes them once
+    /// durable. Inside [`Cluster::commit_blocking`], while other calls may commit too, the
+    /// batch is staged and the caller answered after the sync that makes it durable, which
+    /// runs without the state lock and is shared with other commits (see [`durable`]);
+    /// otherwise the batch is written durably here, under the lock. Returns the container
+    /// records as committed (with their revisions).
     pub(crate) fn commit(
         &self,
         st: &mut State,
@@ -563,14 +571,31 @@ impl Cluster {
         }
         batch.revision = revision;
         batch.expect_revision = Some(st.store_revision);
-        let kept = st.events.len() + st.unpublished.len() + events.len();
+        let kept = self.feed().held() + events.len();
         if kept > self.config.event_keep {
             let first_kept = revision + 1 - self.config.event_keep.min(kept) as u64;
             batch.drop_events_below = first_kept;
         }
         let started = std::time::Instant::now();
-        if let Err(e) = self.store.stage(&batch) {
+        // Staged for a shared sync when other changes may share it; else durable at once.
+        let staging = durable::may_defer() && !self.group.alone();
+        // A durable write here also writes what others staged before (and loses it if it
+        // fails).
+        let others_staged = !staging && self.group.waiting();
+        let written = match staging {
+            true => self.store.stage(&batch),
+            false => self.store.commit(&batch),
+        };
+        if let Err(e) = written {
             let view_in_doubt = matches!(e, StoreError::Unknown { .. } | StoreError::NotLeader(_));
+            if others_staged {
+                tracing::error!(
+                    "state store write failed with staged changes, ending this term: {e}"
+                );
+                self.group.failed(e.to_string(), false);
+                self.step_down_locked(st);
+                return Err(ClusterError::SyncFailed(e.to_string()));
+            }
             if view_in_doubt && self.store.outcome_may_be_unknown() {
                 // The batch may have been applied (etcd's answer was lost) or refused as
                 // made from a stale view: this view cannot be trusted to write again. The
@@ -639,54 +664,35 @@ impl Cluster {
             committed.push(c);
         }
         let seq = self.group.staged();
-        st.unpublished.extend(events.into_iter().map(|e| (seq, e)));
+        let mut feed = self.feed();
+        feed.stage(seq, events);
+        if staging {
+            durable::deferred(seq);
+        } else {
+            // Durable already, and with it everything staged before.
+            feed.publish_through(seq);
+            self.group.synced(seq, false);
+        }
+        drop(feed);
         if touches_services {
             self.service_kick.notify_one();
-        }
-        if !durable::defer(seq) {
-            self.sync_locked(st, seq)?;
         }
         Ok(committed)
     }
 
-    /// Makes every staged change durable under the state lock, then publishes up to `seq`.
-    fn sync_locked(&self, st: &mut State, seq: u64) -> Result<(), ClusterError> {
-        let synced = self.timed_sync();
-        self.after_sync(st, seq, synced, false)
-    }
-
-    /// Publishes the events of the changes up to `seq` once a sync covering them is done;
-    /// ends the term when it failed (`led`: the caller claimed that sync).
-    fn after_sync(
-        &self,
-        st: &mut State,
-        seq: u64,
-        synced: Result<(), StoreError>,
-        led: bool,
-    ) -> Result<(), ClusterError> {
+    /// Publishes the events of the changes up to `seq` once the sync it led covering them
+    /// is done; ends the term when it failed.
+    fn after_sync(&self, seq: u64, synced: Result<(), StoreError>) {
         if let Err(e) = synced {
             // What is staged and applied in memory may never reach the disk: this view
             // cannot be trusted. The term ends; a leader loads the records afresh.
             tracing::error!("state store sync failed, ending this term: {e}");
-            self.group.failed(e.to_string(), led);
-            self.step_down_locked(st);
-            return Err(e.into());
+            self.group.failed(e.to_string(), true);
+            self.step_down();
+            return;
         }
-        while st.unpublished.front().is_some_and(|(s, _)| *s <= seq) {
-            let Some((_, e)) = st.unpublished.pop_front() else {
-                break;
-            };
-            st.published_revision = e.revision;
-            let e = PublishedEvent::new(e);
-            st.events.push_back(e.clone());
-            // No receivers is fine: nobody watches.
-            let _ = self.watchers.send(e);
-        }
-        while st.events.len() > self.config.event_keep {
-            st.events.pop_front();
-        }
-        self.group.synced(seq, led);
-        Ok(())
+        self.feed().publish_through(seq);
+        self.group.synced(seq, true);
     }
 
     /// The store's sync, timed into the metrics.
@@ -704,9 +710,7 @@ impl Cluster {
     fn lead_sync(&self) {
         if let Some(target) = self.group.claim() {
             let synced = self.timed_sync();
-            let mut st = self.lock();
-            // A failure is logged and handed to every waiter by `after_sync`.
-            let _ = self.after_sync(&mut st, target, synced, true);
+            self.after_sync(target, synced);
         }
     }
 
@@ -721,15 +725,20 @@ impl Cluster {
                         std::panic::resume_unwind(e.into_panic());
                     }
                 }
-                Err(message) => {
-                    return Err(StoreError::Backend {
-                        path: "state store".into(),
-                        message: format!(
-                            "{message}; the change may not be durable, and this controller stopped leading"
-                        ),
-                    }
-                    .into())
-                }
+                Err(message) => return Err(ClusterError::SyncFailed(message)),
+            }
+        }
+    }
+
+    /// [`Cluster::settle`] on a blocking thread of the runtime (a commit's own, which then
+    /// leads the next sync itself instead of handing it to another thread).
+    fn settle_blocking(&self, seq: u64) -> Result<(), ClusterError> {
+        let runtime = tokio::runtime::Handle::current();
+        loop {
+            match runtime.block_on(self.group.wait(seq)) {
+                Ok(true) => return Ok(()),
+                Ok(false) => self.lead_sync(),
+                Err(message) => return Err(ClusterError::SyncFailed(message)),
             }
         }
     }
@@ -749,24 +758,23 @@ impl Cluster {
         self: &Arc<Self>,
         f: impl FnOnce(&Arc<Cluster>) -> T + Send + 'static,
     ) -> T {
+        let _counted = self.group.committing();
         let me = self.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let (value, staged) = durable::deferring(|| f(&me));
-            if staged.is_some() {
-                me.lead_sync();
+            if me.group.few() {
+                // Nothing to share a sync with: wait for the one under way, then write at
+                // once (see `durable::GROUP_MIN`).
+                tokio::runtime::Handle::current().block_on(me.group.idle());
             }
-            (value, staged)
+            let (value, staged) = durable::deferring(|| f(&me));
+            match staged.map(|seq| me.settle_blocking(seq)) {
+                Some(Err(e)) => value.unless_lost(e),
+                _ => value,
+            }
         });
-        let (value, staged) = match task.await {
+        match task.await {
             Ok(v) => v,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
-        match staged {
-            Some(seq) => match self.settle(seq).await {
-                Ok(()) => value,
-                Err(e) => value.unless_lost(e),
-            },
-            None => value,
         }
     }
 
@@ -825,31 +833,24 @@ impl Cluster {
     }
 
     /// Every change after `since` (kept ones), then a receiver of live ones, without gap
-    /// or duplicate: both are taken under the lock that commits publish under.
+    /// or duplicate: both are taken under the lock that syncs publish under.
     pub fn watch(
         &self,
         since: u64,
     ) -> Result<(Vec<Arc<PublishedEvent>>, LiveEvents), ClusterError> {
-        let st = self.lock();
-        let published = st.published_revision;
-        let oldest = st.events.front().map_or(published + 1, |e| e.revision());
-        if since > 0 && since + 1 < oldest {
-            return Err(ClusterError::OutOfRange(format!(
+        self.feed().watch(since).map_err(|e| match e {
+            NotKept::Compacted { oldest, published } => ClusterError::OutOfRange(format!(
                 "revision {since} is no longer kept (the oldest kept is {oldest}); list the containers to resync, then watch from revision {published}"
-            )));
-        }
-        if since > published {
-            return Err(ClusterError::OutOfRange(format!(
+            )),
+            NotKept::Future { published } => ClusterError::OutOfRange(format!(
                 "revision {since} is in the future: the cluster is at revision {published}"
-            )));
-        }
-        let replay = st
-            .events
-            .iter()
-            .filter(|e| e.revision() > since)
-            .cloned()
-            .collect();
-        Ok((replay, self.watchers.subscribe()))
+            )),
+        })
+    }
+
+    /// Watch events kept for watchers resuming from a revision.
+    pub fn kept_events(&self) -> usize {
+        self.feed().kept()
     }
 
     /// The current revision.

@@ -18,6 +18,9 @@ impl From<ClusterError> for Status {
                 Status::new(status.code(), format!("node {node}: {}", status.message()))
             }
             ClusterError::Random(e) => Status::internal(e.to_string()),
+            e @ ClusterError::SyncFailed(_) => {
+                Status::unavailable(format!("{e}: look before trying again"))
+            }
             ClusterError::Store(crate::store::StoreError::NotLeader(m)) => {
                 crate::leadership::not_leader_status(m)
             }

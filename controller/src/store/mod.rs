@@ -93,7 +93,7 @@ pub enum Write {
 }
 
 /// Writes applied together, or not at all.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// The writes, in order.
     pub writes: Vec<Write>,
@@ -114,13 +114,14 @@ pub trait Store: Send + Sync {
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// Applies `batch` atomically; returns once it is durable.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
-    /// Applies `batch` atomically, visible to later batches and loads of this process, but
-    /// durable only once a later [`Store::sync`] returns: many staged batches then share one
-    /// flush to disk (group commit). A store whose writes are durable anyway (etcd) commits.
+    /// Takes `batch` to be applied atomically, after every batch staged before it, by the
+    /// next [`Store::sync`] (it may not be read back before): many staged batches then
+    /// share one write to disk (group commit). A store whose writes are durable anyway
+    /// (etcd) commits it at once.
     fn stage(&self, batch: &Batch) -> Result<(), StoreError> {
         self.commit(batch)
     }
-    /// Makes every batch staged before the call durable.
+    /// Makes every batch staged before the call durable, in the order they were staged.
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! The embedded [`Store`]: one redb file (`DATA_DIR/state.redb`), one table per kind of
-//! record, values are prost-encoded protobuf messages. A commit is durable
-//! (`Durability::Immediate`: fsync before `commit` returns); a staged batch is a
-//! `Durability::None` commit, made durable with every other staged one by the next `sync`
-//! (one empty durable commit: one fsync for them all).
+//! record, values are prost-encoded protobuf messages. Every write is durable
+//! (`Durability::Immediate`: fsync before it returns). A staged batch waits in memory for
+//! the next `sync`, which writes every batch staged before it, in order, in one transaction:
+//! one write and one fsync for them all (group commit); `commit` is a stage and a sync.
 //!
 //! Files written by hutch before redb 3 are in redb's file format 2, which redb 3 and later
 //! no longer read. Such a file is upgraded in place the first time it is opened, with redb
@@ -12,7 +12,9 @@
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::sync::{Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Batch, Snapshot, Store, StoreError, Write};
 
@@ -28,6 +30,11 @@ const REVISION: &str = "revision";
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    /// Batches staged, in order, for the next sync to write.
+    staged: Mutex<Vec<Batch>>,
+    /// Held by a sync from taking the staged batches until they are written, so that
+    /// batches reach the file in the order they were staged.
+    writing: Mutex<()>,
 }
 
 impl RedbStore {
@@ -52,7 +59,12 @@ impl RedbStore {
             // start would not help.
             tracing::warn!(path = %path.display(), "state store not compacted: {e}");
         }
-        let store = RedbStore { db, path };
+        let store = RedbStore {
+            db,
+            path,
+            staged: Mutex::default(),
+            writing: Mutex::default(),
+        };
         // Create every table, so readers never meet a missing one.
         store.commit(&Batch::default())?;
         Ok(store)
@@ -142,25 +154,35 @@ impl Store for RedbStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.write(batch, Durability::Immediate)
+        self.stage(batch)?;
+        self.sync()
     }
 
     fn stage(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.write(batch, Durability::None)
+        lock(&self.staged).push(batch.clone());
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        // An empty durable commit makes every non-durable one before it durable.
-        self.write(&Batch::default(), Durability::Immediate)
+        let _writing = lock(&self.writing);
+        let batches = std::mem::take(&mut *lock(&self.staged));
+        if batches.is_empty() {
+            return Ok(());
+        }
+        self.write(&batches)
     }
 }
 
+/// A mutex's data, also after a panic elsewhere (the data stays consistent: a batch list
+/// is pushed to or taken whole).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl RedbStore {
-    /// Writes `batch` in one transaction committed with `durability`.
-    fn write(&self, batch: &Batch, durability: Durability) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.backend(e))?;
-        txn.set_durability(durability)
-            .map_err(|e| self.backend(e))?;
+    /// Writes `batches`, in order, in one durable transaction (one fsync for them all).
+    fn write(&self, batches: &[Batch]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.backend(e))?;
         {
             let mut containers = txn.open_table(CONTAINERS).map_err(|e| self.backend(e))?;
             let mut nodes = txn.open_table(NODES).map_err(|e| self.backend(e))?;
@@ -168,7 +190,7 @@ impl RedbStore {
             let mut services = txn.open_table(SERVICES).map_err(|e| self.backend(e))?;
             let mut events = txn.open_table(EVENTS).map_err(|e| self.backend(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.backend(e))?;
-            for write in &batch.writes {
+            for write in batches.iter().flat_map(|b| &b.writes) {
                 let done = match write {
                     Write::PutContainer(c) => containers
                         .insert(c.name.as_str(), c.encode_to_vec().as_slice())
@@ -192,13 +214,15 @@ impl RedbStore {
                 };
                 done.map_err(|e| self.backend(e))?;
             }
-            if batch.drop_events_below > 0 {
+            let drop_below = batches.iter().map(|b| b.drop_events_below).max();
+            if let Some(below) = drop_below.filter(|&b| b > 0) {
                 events
-                    .retain_in(..batch.drop_events_below, |_, _| false)
+                    .retain_in(..below, |_, _| false)
                     .map_err(|e| self.backend(e))?;
             }
-            if batch.revision > 0 {
-                meta.insert(REVISION, batch.revision)
+            let revision = batches.iter().map(|b| b.revision).max().unwrap_or(0);
+            if revision > 0 {
+                meta.insert(REVISION, revision)
                     .map_err(|e| self.backend(e))?;
             }
         }
@@ -275,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn staged_batches_are_read_at_once_and_kept_once_synced() {
+    fn staged_batches_are_written_in_order_by_one_sync() {
         let dir = temp_dir("staged");
         let container = |name: &str| v1::Container {
             name: name.into(),
@@ -283,24 +307,33 @@ mod tests {
         };
         {
             let store = RedbStore::open(&dir).expect("open");
-            for (revision, name) in [(1, "a"), (2, "b")] {
-                let batch = Batch {
+            for (revision, name) in [(1, "a"), (2, "b"), (3, "a")] {
+                let mut batch = Batch {
                     writes: vec![Write::PutContainer(container(name))],
                     revision,
                     ..Default::default()
                 };
+                if revision == 3 {
+                    batch.writes.insert(0, Write::DeleteContainer("b".into()));
+                }
                 store.stage(&batch).expect("stage");
             }
-            let seen = store.load().expect("load");
-            assert_eq!(seen.containers.len(), 2, "staged batches are read back");
-            assert_eq!(seen.revision, 2);
+            assert!(
+                store.load().expect("load").containers.is_empty(),
+                "nothing is written before the sync"
+            );
             store.sync().expect("sync");
+            store.sync().expect("a sync with nothing staged");
         }
         let store = RedbStore::open(&dir).expect("reopen");
         let snap = store.load().expect("load");
         let names: Vec<&str> = snap.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["a", "b"]);
-        assert_eq!(snap.revision, 2);
+        assert_eq!(
+            names,
+            ["a"],
+            "the later batch's delete applied after the put"
+        );
+        assert_eq!(snap.revision, 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
