@@ -23,6 +23,9 @@ use hutch_server::auth::Tokens;
 const EXIT_HUTCH_ERROR: u8 = 125;
 /// Exit code for invalid configuration.
 const EXIT_USAGE: u8 = 2;
+/// The exit code of a controller whose embedded store failed a write (EX_TEMPFAIL: start
+/// it again).
+const EXIT_STORE_FAILED: u8 = 75;
 
 #[derive(Parser)]
 #[command(
@@ -464,7 +467,14 @@ fn main() -> ExitCode {
             config.cluster.strategy
         );
         let _ = std::io::stdout().flush();
-        let shutdown = hutch_server::listen::shutdown_signal();
+        let store_failed = started.store_failed.clone();
+        let failed = store_failed.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = hutch_server::listen::shutdown_signal() => {}
+                _ = store_failure(failed) => {}
+            }
+        };
         let limits = hutch_controller::service::server::Limits {
             tokens,
             limits: config.limits,
@@ -474,6 +484,10 @@ fn main() -> ExitCode {
         let served =
             hutch_controller::service::server::serve(leadership, listener, limits, shutdown).await;
         started.stop().await;
+        if store_failed.is_some_and(|failed| *failed.borrow()) {
+            eprintln!("hutch-controller: {STORE_FAILED}");
+            return ExitCode::from(EXIT_STORE_FAILED);
+        }
         match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -487,6 +501,8 @@ fn main() -> ExitCode {
 /// The store opened and, with etcd, the election running.
 struct Started {
     leadership: Arc<Leadership>,
+    /// Turns true when the embedded store failed a write (see [`store_failure`]).
+    store_failed: Option<tokio::sync::watch::Receiver<bool>>,
     /// For the start line: the revision (redb) or the etcd endpoints.
     describe: String,
     /// Ends the election (revoking the lease, so a follower takes over at once).
@@ -504,6 +520,33 @@ impl Started {
         }
     }
 }
+
+/// Resolves once the cluster on the embedded store steps down, which it does only when a
+/// write to the file failed (`None`, etcd: never): redb takes no more writes after an I/O
+/// error, and changes staged with the failed one are in memory only. The controller then
+/// stops serving and exits with [`EXIT_STORE_FAILED`]; started again (systemd's
+/// `Restart=on-failure`), it loads what the file holds, which is every change it
+/// acknowledged, where staying up it would refuse every write for ever. Past
+/// [`STORE_FAILED_DRAIN`], it exits without waiting for the last calls to end.
+async fn store_failure(failed: Option<tokio::sync::watch::Receiver<bool>>) {
+    let Some(mut failed) = failed else {
+        return std::future::pending().await;
+    };
+    if failed.wait_for(|over| *over).await.is_err() {
+        return std::future::pending().await;
+    }
+    tokio::spawn(async {
+        tokio::time::sleep(STORE_FAILED_DRAIN).await;
+        eprintln!("hutch-controller: {STORE_FAILED}");
+        std::process::exit(EXIT_STORE_FAILED.into());
+    });
+}
+
+/// How long a controller whose store failed lets the calls under way get their answers.
+const STORE_FAILED_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a controller whose store failed says as it exits.
+const STORE_FAILED: &str = "the state store failed a write and takes no more until it is opened again; exiting so that a restart loads what it holds (every change acknowledged to a client is there; free disk space first if it is full)";
 
 /// How long a starting controller waits for an etcd cluster without a leader (an election
 /// after a member's loss or a partition takes seconds) before it gives up.
@@ -557,6 +600,7 @@ async fn start_store(
                 .map_err(|e| e.to_string())?;
             let describe = format!("redb {path}, revision {}", cluster.revision());
             Ok(Started {
+                store_failed: Some(cluster.term_over()),
                 leadership: Leadership::single(cluster, me, path),
                 describe,
                 election: None,
@@ -621,6 +665,7 @@ async fn start_store(
                 leadership,
                 describe: format!("{}, controller {}", etcd.describe(), me.id),
                 election: Some((stop_tx, task)),
+                store_failed: None,
             })
         }
     }

@@ -127,6 +127,12 @@ impl TestController {
     /// may give another `--down-after`).
     pub fn start(test: &str, extra: &[&str]) -> TestController {
         let data_dir = PathBuf::from(format!("/var/tmp/hutch-test-ctl-{}", unique(test)));
+        TestController::start_in(data_dir, extra)
+    }
+
+    /// [`TestController::start`] on the data directory `data_dir` (a test's own, which the
+    /// controller empties when dropped).
+    pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> TestController {
         let mut c = TestController {
             addr: "127.0.0.1:0".into(),
             metrics_url: None,
@@ -168,6 +174,19 @@ impl TestController {
     /// SIGKILLs the controller.
     pub fn kill(&mut self) {
         kill9(&mut self.child);
+    }
+
+    /// How the controller exited, once it has on its own within `timeout`; `None` while it
+    /// runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.child.as_mut()?.try_wait().ok().flatten();
+            if status.is_some() || std::time::Instant::now() > deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `http://ADDR`.

@@ -7,6 +7,7 @@
 //! file lock. Later runs find it cached.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -359,5 +360,41 @@ impl Drop for TestHost {
             );
         }
         self.runtime.close();
+    }
+}
+
+/// A tmpfs of a given size mounted on a test's own directory, to fill a disk under a
+/// daemon; unmounted, and the directory removed, when dropped.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs with `options` (`size=2m`) on `dir`, made first.
+    pub fn mount(dir: PathBuf, options: &str) -> SmallDisk {
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let disk = SmallDisk(dir);
+        disk.mount_with(options);
+        disk
+    }
+
+    /// Mounts it again with other `options` (`remount,size=64m` makes room).
+    pub fn mount_with(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(&self.0)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -o {options} {}", self.0.display());
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -654,13 +654,18 @@ impl Cluster {
         });
     }
 
-    /// Removes the node's copy `name` (an agent id) in the background (best effort).
+    /// Removes the node's copy `name` (an agent id) in the background (best effort), once
+    /// the change that made it an old copy is durable.
     pub(crate) fn spawn_remove_copy(self: &Arc<Self>, node: &str, name: &str) {
         let Ok(mut client) = self.client_for(node) else {
             return;
         };
         let (node, name) = (node.to_string(), name.to_string());
+        let cluster = self.clone();
         tokio::spawn(async move {
+            if cluster.settled().await.is_err() {
+                return;
+            }
             let removed = client
                 .remove_container(v1::RemoveContainerRequest {
                     id: name.clone(),

@@ -588,13 +588,16 @@ impl Cluster {
         };
         if let Err(e) = written {
             let view_in_doubt = matches!(e, StoreError::Unknown { .. } | StoreError::NotLeader(_));
-            if others_staged {
-                tracing::error!(
-                    "state store write failed with staged changes, ending this term: {e}"
-                );
+            if others_staged || self.store.broken().is_some() {
+                // Others' staged changes went with it, or the store takes no more writes:
+                // memory is ahead of the disk for good.
+                tracing::error!("state store write failed, ending this term: {e}");
                 self.group.failed(e.to_string(), false);
                 self.step_down_locked(st);
-                return Err(ClusterError::SyncFailed(e.to_string()));
+                return Err(match others_staged {
+                    true => ClusterError::SyncFailed(e.to_string()),
+                    false => e.into(),
+                });
             }
             if view_in_doubt && self.store.outcome_may_be_unknown() {
                 // The batch may have been applied (etcd's answer was lost) or refused as
@@ -684,15 +687,20 @@ impl Cluster {
     /// is done; ends the term when it failed.
     fn after_sync(&self, seq: u64, synced: Result<(), StoreError>) {
         if let Err(e) = synced {
-            // What is staged and applied in memory may never reach the disk: this view
-            // cannot be trusted. The term ends; a leader loads the records afresh.
-            tracing::error!("state store sync failed, ending this term: {e}");
-            self.group.failed(e.to_string(), true);
-            self.step_down();
+            self.sync_failed(e.to_string());
             return;
         }
         self.feed().publish_through(seq);
         self.group.synced(seq, true);
+    }
+
+    /// Ends the term after the sync this caller led failed: what is staged and applied in
+    /// memory may never reach the disk, so this view cannot be trusted (a leader loads the
+    /// records afresh; a controller on the embedded store exits to be started again).
+    fn sync_failed(&self, why: String) {
+        tracing::error!("state store sync failed, ending this term: {why}");
+        self.group.failed(why, true);
+        self.step_down();
     }
 
     /// The store's sync, timed into the metrics.
@@ -708,8 +716,20 @@ impl Cluster {
     /// Runs one sync for every change staged so far, unless one is under way or nothing
     /// waits for one (a blocking call: the store's sync waits for the disk).
     fn lead_sync(&self) {
+        /// Ends the term if the sync panics: no sync would otherwise be claimed again, and
+        /// every waiter would wait for ever.
+        struct Leading<'a>(Option<&'a Cluster>);
+        impl Drop for Leading<'_> {
+            fn drop(&mut self) {
+                if let Some(cluster) = self.0 {
+                    cluster.sync_failed("the sync panicked".into());
+                }
+            }
+        }
         if let Some(target) = self.group.claim() {
+            let mut leading = Leading(Some(self));
             let synced = self.timed_sync();
+            leading.0 = None;
             self.after_sync(target, synced);
         }
     }
@@ -721,9 +741,7 @@ impl Cluster {
                 Ok(true) => return Ok(()),
                 Ok(false) => {
                     let me = self.clone();
-                    if let Err(e) = tokio::task::spawn_blocking(move || me.lead_sync()).await {
-                        std::panic::resume_unwind(e.into_panic());
-                    }
+                    rethrow(tokio::task::spawn_blocking(move || me.lead_sync()).await);
                 }
                 Err(message) => return Err(ClusterError::SyncFailed(message)),
             }
@@ -754,9 +772,32 @@ impl Cluster {
     /// changes are durable (one sync shared with every commit staged meanwhile, made
     /// without the state lock; see [`durable`]) before handing back what it returned. When
     /// they cannot be made durable, a `Result` becomes the error.
+    ///
+    /// A call that changed nothing waits too while changes that others staged are not yet
+    /// durable, as its answer may rest on them (ALREADY_EXISTS for a name whose create is
+    /// staged).
     pub(crate) async fn commit_blocking<T: durable::Outcome + Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Arc<Cluster>) -> T + Send + 'static,
+    ) -> T {
+        self.run_committing(f, true).await
+    }
+
+    /// [`Cluster::commit_blocking`] that waits only for its own changes: for a call that
+    /// answers with nothing others changed, or waits itself when it does (a heartbeat).
+    pub(crate) async fn commit_blocking_own<T: durable::Outcome + Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Arc<Cluster>) -> T + Send + 'static,
+    ) -> T {
+        self.run_committing(f, false).await
+    }
+
+    /// Runs `f` on a blocking thread and waits for its changes (and with `seen`, for what
+    /// others staged before it ended) to be durable.
+    async fn run_committing<T: durable::Outcome + Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Arc<Cluster>) -> T + Send + 'static,
+        seen: bool,
     ) -> T {
         let _counted = self.group.committing();
         let me = self.clone();
@@ -767,15 +808,22 @@ impl Cluster {
                 tokio::runtime::Handle::current().block_on(me.group.idle());
             }
             let (value, staged) = durable::deferring(|| f(&me));
-            match staged.map(|seq| me.settle_blocking(seq)) {
+            let wait_for = match staged {
+                None if seen && me.group.waiting() => Some(me.group.last_staged()),
+                own => own,
+            };
+            match wait_for.map(|seq| me.settle_blocking(seq)) {
                 Some(Err(e)) => value.unless_lost(e),
                 _ => value,
             }
         });
-        match task.await {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        let outcome = task.await;
+        if outcome.is_err() {
+            // `f` panicked, maybe after staging a change: it is synced all the same (its
+            // events published) rather than left for the next commit.
+            let _ = self.settled().await;
         }
+        rethrow(outcome)
     }
 
     /// The record of `name`.
@@ -921,6 +969,16 @@ fn takes_connections(c: &v1::Container) -> bool {
 }
 
 /// `NotFound` for a container name.
+/// What a blocking task returned, or its panic carried on in the caller.
+fn rethrow<T>(joined: Result<T, tokio::task::JoinError>) -> T {
+    match joined {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels a blocking task before it runs.
+        Err(e) => panic!("a blocking task of the controller did not run: {e}"),
+    }
+}
+
 pub(crate) fn not_found(name: &str) -> ClusterError {
     ClusterError::NotFound(format!("container '{name}' not found"))
 }

@@ -130,7 +130,7 @@ impl Feed {
     pub fn watch(&self, since: u64) -> Result<(Vec<Arc<PublishedEvent>>, LiveEvents), NotKept> {
         let published = self.revision;
         let oldest = self.kept.front().map_or(published + 1, |e| e.revision());
-        if since > 0 && since + 1 < oldest {
+        if since > 0 && since.saturating_add(1) < oldest {
             return Err(NotKept::Compacted { oldest, published });
         }
         if since > published {

@@ -59,11 +59,19 @@ impl Nodes for NodesService {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         check_name(&request, &request.get_ref().name)?;
         let req = request.into_inner();
-        let response = self
-            .leadership
-            .cluster()?
-            .commit_blocking(move |c| c.heartbeat(req))
+        let had = req.names_revision;
+        let cluster = self.leadership.cluster()?;
+        let response = cluster
+            .commit_blocking_own(move |c| c.heartbeat(req))
             .await?;
+        if response
+            .network
+            .as_ref()
+            .is_some_and(|n| n.names_revision != had)
+        {
+            // A new name table: sent once the changes it shows are durable.
+            cluster.settled().await?;
+        }
         Ok(Response::new(response))
     }
 

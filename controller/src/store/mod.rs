@@ -130,4 +130,10 @@ pub trait Store: Send + Sync {
     fn outcome_may_be_unknown(&self) -> bool {
         false
     }
+    /// Why the store takes no more writes until it is opened again (a write failed, and
+    /// with it every batch staged before: what the controller holds in memory is ahead of
+    /// the disk), or `None` while it takes writes.
+    fn broken(&self) -> Option<String> {
+        None
+    }
 }

@@ -33,8 +33,10 @@ pub struct RedbStore {
     /// Batches staged, in order, for the next sync to write.
     staged: Mutex<Vec<Batch>>,
     /// Held by a sync from taking the staged batches until they are written, so that
-    /// batches reach the file in the order they were staged.
-    writing: Mutex<()>,
+    /// batches reach the file in the order they were staged. Holds why a write failed:
+    /// the batches it took are lost and redb refuses every later write after an I/O error,
+    /// so the store takes none until it is opened again.
+    writing: Mutex<Option<String>>,
 }
 
 impl RedbStore {
@@ -164,13 +166,31 @@ impl Store for RedbStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let _writing = lock(&self.writing);
+        let mut failed = lock(&self.writing);
+        if let Some(why) = failed.as_ref() {
+            return Err(self.backend(refused_after(why)));
+        }
         let batches = std::mem::take(&mut *lock(&self.staged));
         if batches.is_empty() {
             return Ok(());
         }
-        self.write(&batches)
+        let written = self.write(&batches);
+        if let Err(e) = &written {
+            *failed = Some(e.to_string());
+        }
+        written
     }
+
+    fn broken(&self) -> Option<String> {
+        lock(&self.writing).as_deref().map(refused_after)
+    }
+}
+
+/// Why a store whose write failed with `why` takes no more.
+fn refused_after(why: &str) -> String {
+    format!(
+        "a write failed ({why}); the store takes no more writes until the controller opens it again"
+    )
 }
 
 /// A mutex's data, also after a panic elsewhere (the data stays consistent: a batch list
@@ -335,6 +355,65 @@ mod tests {
         );
         assert_eq!(snap.revision, 3);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_write_refuses_every_later_one_until_the_store_is_opened_again() {
+        // A disk too small for the staged batches: the sync that takes them fails, and every
+        // later sync fails too, also with nothing staged (its caller would otherwise take
+        // the lost batches for durable).
+        let disk = hutch_testkit::SmallDisk::mount(temp_dir("full"), "size=4m");
+        let dir = disk.path().to_path_buf();
+        let container = |name: String| v1::Container {
+            name,
+            status_message: "x".repeat(100_000),
+            ..Default::default()
+        };
+        let store = RedbStore::open(&dir).expect("open");
+        store
+            .commit(&Batch {
+                writes: vec![Write::PutContainer(container("kept".into()))],
+                revision: 1,
+                ..Default::default()
+            })
+            .expect("a write that fits");
+        assert_eq!(store.broken(), None);
+        for revision in 2..80 {
+            store
+                .stage(&Batch {
+                    writes: vec![Write::PutContainer(container(format!("c{revision}")))],
+                    revision,
+                    ..Default::default()
+                })
+                .expect("stage");
+        }
+        let full = store.sync().expect_err("8 MB staged on a 4 MB disk");
+        assert!(store.broken().is_some(), "{full}");
+        for (what, result) in [
+            ("a sync with nothing staged", store.sync()),
+            ("a commit that fits", {
+                store.commit(&Batch {
+                    writes: vec![Write::PutContainer(v1::Container {
+                        name: "small".into(),
+                        ..Default::default()
+                    })],
+                    revision: 80,
+                    ..Default::default()
+                })
+            }),
+        ] {
+            let refused = result.expect_err(what).to_string();
+            assert!(
+                refused.contains("takes no more writes"),
+                "{what}: {refused}"
+            );
+        }
+        drop(store);
+        disk.mount_with("remount,size=64m");
+        let snap = RedbStore::open(&dir).expect("reopen").load().expect("load");
+        let names: Vec<&str> = snap.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["kept"], "nothing of the failed syncs was written");
+        assert_eq!(snap.revision, 1);
     }
 
     #[test]
