@@ -56,6 +56,39 @@ async fn writes_stay_in_the_container() {
         !host.container_dir("writer").exists(),
         "remove deletes the writable layer"
     );
+    // Its files are deleted just after the answer, in a directory no listing shows.
+    let containers = host.state_dir.join("containers");
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("writer"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        left(),
+        Vec::<String>::new(),
+        "the removed container's files"
+    );
+    assert!(
+        !host.runtime.ids().iter().any(|id| id.contains("writer")),
+        "{:?}",
+        host.runtime.ids()
+    );
+
+    // One an agent stopped before deleting (killed mid-way) is deleted at the next start.
+    let tomb = containers.join(".removing-sibling-1-1");
+    std::fs::create_dir_all(tomb.join("upper/etc")).expect("tomb");
+    std::fs::write(tomb.join("upper/etc/file"), "x").expect("tomb file");
+    assert!(!host.runtime.ids().iter().any(|id| id.starts_with('.')));
+    drop(host.reopen());
+    assert!(!tomb.exists(), "a tomb left by an earlier agent is swept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

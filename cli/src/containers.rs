@@ -517,23 +517,46 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
         eprintln!("hutch: warning: {warning}");
     }
     // Until it runs on a node: report why it waits. Ctrl-C here gives up on it (removed
-    // with --rm: it never ran).
-    let mut events = container.events().await?;
+    // with --rm: it never ran). Its changes after the created record, on one watch that
+    // also follows its end (and with --rm its removal).
+    let mut events = client
+        .watch_filtered(v1::WatchContainersRequest {
+            since_revision: record.revision,
+            containers: vec![record.name.clone()],
+            ..Default::default()
+        })
+        .await?;
     let mut said = String::new();
     let mut started = None;
+    let mut created = Some(record);
     loop {
-        let next = tokio::select! {
-            next = events.next() => next,
-            _ = tokio::signal::ctrl_c() => {
-                if args.rm {
-                    remove_unless_gone(&container).await?;
+        let c = match created.take() {
+            Some(c) => c,
+            None => {
+                let next = tokio::select! {
+                    next = events.next() => next,
+                    _ = tokio::signal::ctrl_c() => {
+                        if args.rm {
+                            remove_unless_gone(&container).await?;
+                        }
+                        eprintln!("hutch: interrupted before {} started", container.id());
+                        return Ok(ExitCode::from(130));
+                    }
+                };
+                let Some(event) = next else { break };
+                let event = event?;
+                let Some(c) = event.container.filter(|c| c.name == container.id()) else {
+                    continue;
+                };
+                if event.r#type == v1::WatchEventType::Removed as i32 {
+                    return Err(Error::InvalidInput(format!(
+                        "container {} was removed before it started",
+                        container.id()
+                    )));
                 }
-                eprintln!("hutch: interrupted before {} started", container.id());
-                return Ok(ExitCode::from(130));
+                c
             }
         };
-        let Some(c) = next else { break };
-        let c = c?;
         let state = v1::ContainerState::try_from(c.state).unwrap_or_default();
         match state {
             v1::ContainerState::Pending if c.status_message != said => {
@@ -551,7 +574,6 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
             _ => {}
         }
     }
-    drop(events);
     let Some(started) = started else {
         return Err(Error::Status(tonic::Status::unavailable(
             "the controller stopped answering before the container started",
@@ -568,7 +590,7 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
     }
     // Its end (and with --rm its removal), followed from now on, so the history it is found
     // in cannot be compacted away during a long run.
-    let ending = follow_end(client, &container, &started, args.rm);
+    let ending = follow_end(events, &container, &started, args.rm);
     if args.tty && !hutch::is_final(started.state) {
         return attach_terminal(&container, args.interactive, args.rm, Some(ending)).await;
     }
@@ -625,18 +647,18 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> Result<Ex
 /// How long `hutch run --rm` waits for the removal once the container ended.
 const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Follows `container` from `started` (its first record seen running, or already ended) in
-/// a task: its final record; with `removal`, once it is also removed, as `docker run --rm`
-/// returns (at most [`REMOVAL_WAIT`] after the end: the controller removes it anyway).
+/// Follows `container` on `events` (its watch, read up to `started`: its first record seen
+/// running, or already ended) in a task: its final record; with `removal`, once it is also
+/// removed, as `docker run --rm` returns (at most [`REMOVAL_WAIT`] after the end: the
+/// controller removes it anyway).
 fn follow_end(
-    client: &Client,
+    mut events: hutch::BoxStream<v1::WatchEvent>,
     container: &hutch::Container,
     started: &v1::Container,
     removal: bool,
 ) -> tokio::task::JoinHandle<Result<v1::Container, Error>> {
-    let (client, id, started) = (client.clone(), container.id().to_string(), started.clone());
+    let (id, started) = (container.id().to_string(), started.clone());
     tokio::spawn(async move {
-        let mut events = client.watch(started.revision).await?;
         let mut end = hutch::is_final(started.state).then_some(started);
         loop {
             if let (Some(e), false) = (&end, removal) {

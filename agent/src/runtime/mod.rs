@@ -180,6 +180,7 @@ impl Runtime {
         validate_name("instance name", &config.instance).map_err(RuntimeError::BadId)?;
         let containers_dir = config.state_dir.join("containers");
         std::fs::create_dir_all(&containers_dir).map_err(|e| io_err(&containers_dir, e))?;
+        sweep_tombs(&containers_dir);
         let rootfs_dir = config
             .rootfs_dir
             .clone()
@@ -709,6 +710,7 @@ impl Runtime {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| !name.starts_with(TOMB_PREFIX))
                     .collect()
             })
             .unwrap_or_default();
@@ -847,13 +849,17 @@ impl Runtime {
         let n = self.exec_counter.fetch_add(1, Ordering::Relaxed);
         let tomb = self
             .containers_dir
-            .join(format!(".removing-{id}-{}-{n}", std::process::id()));
+            .join(format!("{TOMB_PREFIX}{id}-{}-{n}", std::process::id()));
         std::fs::rename(&dir, &tomb).map_err(|e| match e.kind() {
             // Another removal of the same container got here first.
             std::io::ErrorKind::NotFound => RuntimeError::NotFound(id.to_string()),
             _ => io_err(&dir, e),
         })?;
-        std::fs::remove_dir_all(&tomb).map_err(|e| io_err(&tomb, e))
+        // Gone now; its files are deleted off the answer's path (a dozen unlinks and
+        // rmdirs, about a millisecond on a journalled disk). A tomb an agent stopped before
+        // deleting is swept at its next start.
+        tokio::task::spawn_blocking(move || delete_tomb(&tomb));
+        Ok(())
     }
 
     /// Checks that `id` runs and names a fresh result file for an exec helper.
@@ -1191,4 +1197,29 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> (Vec
         }
     }
     (out, truncated)
+}
+
+/// Where a removed container's directory goes while its files are deleted (a name no
+/// container id can have).
+const TOMB_PREFIX: &str = ".removing-";
+
+/// Deletes a removed container's directory (see [`Runtime::remove`]).
+fn delete_tomb(tomb: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(tomb) {
+        tracing::warn!(dir = %tomb.display(), "deleting a removed container's files: {e}");
+    }
+}
+
+/// Deletes the directories of removed containers that an earlier agent process did not
+/// finish deleting.
+fn sweep_tombs(containers_dir: &Path) {
+    let tombs = std::fs::read_dir(containers_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TOMB_PREFIX));
+    for tomb in tombs {
+        tracing::info!(dir = %tomb.path().display(), "deleting a removed container's files left by an earlier run");
+        delete_tomb(&tomb.path());
+    }
 }

@@ -552,9 +552,11 @@ impl Cluster {
         // This record only: a new container may take the name once it is gone.
         let created_at = record.created_at;
         tokio::spawn(async move {
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             loop {
                 let Some(cluster) = me.upgrade() else { return };
+                // Made before the look, so a reader closing right after it is not missed.
+                let closed = cluster.log_reader_closed.notified();
                 let (readers, read) = cluster.log_readers(&name);
                 let waited = started.elapsed();
                 if (readers == 0 && (read || waited >= AUTO_REMOVE_GRACE))
@@ -562,8 +564,18 @@ impl Cluster {
                 {
                     break;
                 }
-                drop(cluster);
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                // Woken by a closing reader (of any container), or when the wait is up.
+                let until = started
+                    + match readers {
+                        0 => AUTO_REMOVE_GRACE,
+                        _ => AUTO_REMOVE_READERS_MAX,
+                    };
+                let mut term_over = cluster.term_over();
+                tokio::select! {
+                    _ = closed => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = term_over.wait_for(|over| *over) => return,
+                }
             }
             let Some(cluster) = me.upgrade() else { return };
             match cluster.remove_record(&name, true, created_at).await {
@@ -749,6 +761,8 @@ impl Drop for LogReader {
             if st.containers.contains_key(&self.name) {
                 st.logs_read.insert(self.name.clone());
             }
+            drop(st);
+            c.log_reader_closed.notify_waiters();
         }
     }
 }

@@ -236,6 +236,9 @@ pub struct Cluster {
     pub(crate) liveness_kick: Arc<Notify>,
     /// Wakes the services' reconciler.
     pub(crate) service_kick: Arc<Notify>,
+    /// Notified when a `ContainerLogs` stream closes (an `auto_remove` container waits for
+    /// its readers).
+    pub(crate) log_reader_closed: Notify,
     pub(crate) agents: AgentPool,
     /// Starts in flight per node (see `dispatch::DISPATCH_PER_NODE`).
     pub(crate) dispatch_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
@@ -350,6 +353,7 @@ impl Cluster {
             kick: Arc::new(Notify::new()),
             liveness_kick: Arc::new(Notify::new()),
             service_kick: Arc::new(Notify::new()),
+            log_reader_closed: Notify::new(),
             agents,
             dispatch_slots: std::sync::Mutex::default(),
             metrics,
