@@ -7,7 +7,7 @@ use hutch_testkit as common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestHost, ROOTFS};
+use common::{TestAgent, TestHost, ROOTFS};
 use hutch_proto::v1;
 
 const CONTAINERS: usize = 50;
@@ -20,17 +20,25 @@ fn true_spec() -> v1::ContainerSpec {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_after_disconnect_and_restart_loses_nothing() {
-    let host = TestHost::new("events").await;
+/// A host named after `test`, its agent serving, and a subscription to its events from
+/// the first.
+async fn subscribed(test: &str) -> (TestHost, TestAgent, tonic::Streaming<v1::Event>) {
+    let host = TestHost::new(test).await;
     let agent = host.serve(None, 10_000).await;
-    let mut client = agent.client.clone();
-
-    let mut first = client
+    let events = agent
+        .client
+        .clone()
         .events(v1::EventsRequest { since_seq: 0 })
         .await
         .expect("subscribe")
         .into_inner();
+    (host, agent, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_disconnect_and_restart_loses_nothing() {
+    let (host, agent, mut first) = subscribed("events").await;
+    let mut client = agent.client.clone();
     for i in 0..CONTAINERS {
         client
             .run_container(v1::RunContainerRequest {
@@ -219,3 +227,91 @@ async fn a_start_whose_caller_gives_up_is_still_reported_and_watched() {
 
 const EXITED: i32 = v1::ContainerState::Exited as i32;
 const FAILED: i32 = v1::ContainerState::Failed as i32;
+
+/// The end is reported from the exit record, before the supervisor has cleaned up: the
+/// event carries the exit code, and a follower of the logs has every line by then. A
+/// supervisor killed before writing an exit record closes its pipe to the agent too: that
+/// end is reported as FAILED, naming the supervisor, once the supervisor is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ends_are_reported_from_the_exit_record_or_the_supervisor_s_death() {
+    let (host, agent, mut events) = subscribed("ends").await;
+    let mut client = agent.client.clone();
+    let mut spec = true_spec();
+    spec.command = ["sh", "-c", "seq 1 2000; exit 3"]
+        .map(String::from)
+        .to_vec();
+    client
+        .run_container(v1::RunContainerRequest {
+            name: "counted".into(),
+            spec: Some(spec),
+        })
+        .await
+        .expect("run");
+    let mut sleeper = true_spec();
+    sleeper.command = vec!["sleep".into(), "600".into()];
+    let running = client
+        .run_container(v1::RunContainerRequest {
+            name: "orphaned".into(),
+            spec: Some(sleeper),
+        })
+        .await
+        .expect("run")
+        .into_inner();
+    assert!(running.pid > 0, "{running:?}");
+    let supervisor = host
+        .runtime
+        .get("orphaned")
+        .expect("get")
+        .state
+        .supervisor_pid
+        .expect("a supervisor");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the supervisor");
+
+    let mut ends = BTreeMap::new();
+    while ends.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .expect("event in time")
+            .expect("stream")
+            .expect("open");
+        let state = v1::ContainerState::try_from(e.state).unwrap_or_default();
+        if matches!(
+            state,
+            v1::ContainerState::Exited | v1::ContainerState::Failed
+        ) {
+            ends.insert(e.container_id.clone(), e);
+        }
+    }
+    let counted = &ends["counted"];
+    assert_eq!(
+        (counted.state, counted.exit_code),
+        (v1::ContainerState::Exited as i32, Some(3)),
+        "{counted:?}"
+    );
+    assert_eq!(
+        host.stdout("counted").lines().count(),
+        2000,
+        "the whole log"
+    );
+    let orphaned = &ends["orphaned"];
+    assert_eq!(
+        orphaned.state,
+        v1::ContainerState::Failed as i32,
+        "{orphaned:?}"
+    );
+    assert!(orphaned.details.contains("supervisor"), "{orphaned:?}");
+    for id in ["counted", "orphaned"] {
+        client
+            .remove_container(v1::RemoveContainerRequest {
+                id: id.into(),
+                force: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("remove {id}: {e}"));
+    }
+    agent.stop().await;
+}

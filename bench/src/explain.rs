@@ -1,7 +1,6 @@
 //! `--explain`: where the time of one start through the controller goes, hop by hop. Each
-//! start of `start-latency` gives thirteen instants on this host's clock (the client's, the
-//! controller's record, the node's start timeline up to the supervisor's clean-up, the
-//! watch); the breakdown prints, for each hop, the median time since the previous one and
+//! start of `start-latency` gives twelve instants on this host's clock (the client's, the
+//! controller's record, the node's start timeline up to the init's exit, the watch); the breakdown prints, for each hop, the median time since the previous one and
 //! since the create was sent.
 
 use std::io::Write;
@@ -14,7 +13,7 @@ use crate::scenarios::TimedStart;
 
 /// The hops, in the order they happen, each with the hop it is measured from (the
 /// previous one, except where the container's end runs beside the watch's RUNNING).
-const HOPS: [(&str, usize); 13] = [
+const HOPS: [(&str, usize); 12] = [
     ("client sent CreateContainer", 0),
     ("controller recorded it", 0),
     ("agent took RunContainer", 1),
@@ -26,8 +25,8 @@ const HOPS: [(&str, usize); 13] = [
     ("controller took the node's RUNNING", 7),
     ("watch saw RUNNING (durable)", 8),
     ("init exited (since its exec)", 7),
-    ("supervisor cleaned up (since the init exited)", 10),
-    ("watch saw EXITED (since the clean-up)", 11),
+    // The end is reported once its record is written; the clean-up runs meanwhile.
+    ("watch saw EXITED (since the init exited)", 10),
 ];
 /// The instants of many starts.
 #[derive(Default)]
@@ -52,7 +51,6 @@ impl Breakdown {
             timeline.controller_running.as_ref().map(system_time),
             Some(s.sent + s.running),
             timeline.init_exited.as_ref().map(system_time),
-            timeline.cleaned_up.as_ref().map(system_time),
             Some(s.sent + s.exited),
         ]);
     }
@@ -149,8 +147,7 @@ mod tests {
         assert_eq!(line("saw RUNNING"), ["6.00", "0.60"], "{text}");
         // The end is measured from the exec, beside the RUNNING.
         assert_eq!(line("init exited"), ["5.20", "0.20"], "{text}");
-        assert_eq!(line("cleaned up"), ["8.00", "2.80"], "{text}");
-        assert_eq!(line("EXITED"), ["9.00", "1.00"], "{text}");
+        assert_eq!(line("EXITED"), ["9.00", "3.80"], "{text}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! namespaces (see [`crate::init`]), places it in the container's cgroup, writes its uid/gid
 //! maps and releases it. It then:
 //!
-//! - tells the agent the outcome with one JSON line on its stdout (the container's state);
+//! - tells the agent the outcome with one JSON line on its stdout (the container's state),
+//!   and keeps that pipe open until the exit record is written (its end tells the agent);
 //! - copies the container's stdout and stderr into `container.log`, one tagged line each;
 //! - reaps the init (and, as child subreaper, every orphan of the container);
 //! - writes the exit record (code, signal, OOM kill, memory peak) atomically *first*,
@@ -125,6 +126,10 @@ struct Supervisor {
     cfg: SupervisorConfig,
     state: ContainerState,
     cgroup: ContainerCgroup,
+    /// The pipe the start was reported on, kept open (close-on-exec: nothing the supervisor
+    /// runs inherits it) until the exit record is written: its end tells the agent the
+    /// container has ended, before the clean-up.
+    agent_pipe: Option<OwnedFd>,
 }
 
 struct Pipes {
@@ -148,7 +153,12 @@ impl Supervisor {
         state.supervisor_pid = Some(me);
         state.supervisor_start_ticks = sys::process_start_ticks(me);
         let cgroup = ContainerCgroup::open(cfg.cgroup.clone());
-        Supervisor { cfg, state, cgroup }
+        Supervisor {
+            cfg,
+            state,
+            cgroup,
+            agent_pipe: None,
+        }
     }
 
     fn save(&self) {
@@ -157,13 +167,17 @@ impl Supervisor {
         }
     }
 
-    /// Tells the agent the outcome of the start, then stops using the pipe to it.
-    fn tell_agent(&self) {
+    /// Tells the agent the outcome of the start, then stops writing to the pipe to it; a
+    /// running container's supervisor keeps it open until the exit record is written.
+    fn tell_agent(&mut self) {
         if let Ok(mut line) = serde_json::to_vec(&self.state) {
             line.push(b'\n');
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&line);
             let _ = out.flush();
+        }
+        if !self.state.status.is_final() {
+            self.agent_pipe = std::io::stdout().as_fd().try_clone_to_owned().ok();
         }
         // From now on stdout goes to the diagnostics log like stderr.
         let _ = unistd::dup2_stdout(std::io::stderr());
@@ -601,6 +615,8 @@ impl Supervisor {
         self.state.final_pids = self.cgroup.pids();
         self.state.finished_ms = Some(unix_millis_now());
         self.save();
+        // The agent reports the end from here on, while the clean-up runs.
+        drop(self.agent_pipe.take());
         diag!(
             "container {} ended: status {:?}, exit code {:?}, signal {:?}, oom kills {}",
             self.cfg.id,

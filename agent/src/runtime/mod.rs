@@ -172,6 +172,9 @@ pub struct Runtime {
     exec_counter: AtomicU64,
     /// Starts in flight: a second start of an id waits for the first.
     starts: starting::Starts,
+    /// Per container started by this process: turns true once its supervisor has written
+    /// the exit record (see [`Runtime::wait_ended`]).
+    ended: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
 }
 
 impl Runtime {
@@ -223,6 +226,7 @@ impl Runtime {
             binds,
             exec_counter: AtomicU64::new(0),
             starts: Default::default(),
+            ended: Default::default(),
         })
     }
 
@@ -549,6 +553,14 @@ impl Runtime {
                     let mut rest = Vec::new();
                     let _ =
                         tokio::time::timeout(START_TIMEOUT, reader.read_to_end(&mut rest)).await;
+                } else {
+                    // The supervisor closes the pipe once the exit record is written.
+                    let (ended, watch) = tokio::sync::watch::channel(false);
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+                        let _ = ended.send(true);
+                    });
+                    lock_ended(&self.ended).insert(id.to_string(), watch);
                 }
                 Ok(state)
             }
@@ -768,6 +780,26 @@ impl Runtime {
         Ok(self.info_from(config, state))
     }
 
+    /// Waits until the container has ended and its exit record is written, which for a
+    /// container this process started is before its supervisor has cleaned up (unmounted,
+    /// removed the cgroup) and exited: what reporting the end and following the logs need
+    /// (the output is all in the log by then). Otherwise, as [`Runtime::wait`].
+    pub async fn wait_ended(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let ended = lock_ended(&self.ended).get(id).cloned();
+        if let Some(mut ended) = ended {
+            // An error: the reading task is gone, which it is only once the pipe closed.
+            let _ = ended.wait_for(|done| *done).await;
+            let dir = self.existing_dir(id)?;
+            let state = self.read_state(&dir)?;
+            if state.status.is_final() {
+                let config = self.read_config(&dir)?;
+                return Ok(self.info_from(config, state));
+            }
+            // The pipe closed without an exit record: the supervisor died.
+        }
+        self.wait(id).await
+    }
+
     /// Sends `signal` to the container's init.
     pub fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
         if !(1..=64).contains(&signal) {
@@ -823,6 +855,7 @@ impl Runtime {
     /// refused unless `force`, which kills it first.
     pub async fn remove(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
         let dir = self.existing_dir(id)?;
+        lock_ended(&self.ended).remove(id);
         let state = self.read_state(&dir)?;
         if state.status == Status::Running || state.status == Status::Created {
             if !force {
@@ -1197,6 +1230,12 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> (Vec
         }
     }
     (out, truncated)
+}
+
+/// The map of ended-signals, also after a panic elsewhere (entries are inserted or removed
+/// whole).
+fn lock_ended<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where a removed container's directory goes while its files are deleted (a name no

@@ -111,15 +111,16 @@ pub async fn stream_logs(
     if !query.follow {
         return;
     }
-    // Wakes the loop as soon as the supervisor is done (output drained, log closed), so a
-    // follower learns of the end at once instead of at the next poll.
-    let supervisor_done = runtime.wait(&query.id);
+    // Wakes the loop as soon as the exit is recorded (the supervisor writes it once the
+    // output is drained into the log), so a follower learns of the end at once instead of
+    // at the next poll.
+    let supervisor_done = runtime.wait_ended(&query.id);
     tokio::pin!(supervisor_done);
     let mut done_seen = false;
     loop {
         let ended = runtime
             .get(&query.id)
-            .map(|i| i.state.status.is_final() && i.state.cleaned_up)
+            .map(|i| i.state.status.is_final())
             .unwrap_or(true);
         let lines = reader.read_new(READ_CHUNK).unwrap_or_default();
         let quiet = lines.is_empty();

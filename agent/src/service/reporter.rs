@@ -183,7 +183,8 @@ impl Reporter {
         super::health::spawn(self.clone(), self.runtime.clone(), id.clone());
         let me = self.clone();
         tokio::spawn(async move {
-            match me.runtime.wait(&id).await {
+            // Reported as soon as the exit is recorded, while the supervisor cleans up.
+            match me.runtime.wait_ended(&id).await {
                 Ok(info) => {
                     me.report(&info).await;
                     if info.spec.auto_remove {
