@@ -776,24 +776,23 @@ impl Cluster {
     /// changes are durable (one sync shared with every commit staged meanwhile, made
     /// without the state lock; see [`durable`]) before handing back what it returned. When
     /// they cannot be made durable, a `Result` becomes the error.
-    ///
-    /// A call that changed nothing waits too while changes that others staged are not yet
-    /// durable, as its answer may rest on them (ALREADY_EXISTS for a name whose create is
-    /// staged).
     pub(crate) async fn commit_blocking<T: durable::Outcome + Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Arc<Cluster>) -> T + Send + 'static,
     ) -> T {
-        self.run_committing(f, true).await
+        self.run_committing(f, false).await
     }
 
-    /// [`Cluster::commit_blocking`] that waits only for its own changes: for a call that
-    /// answers with nothing others changed, or waits itself when it does (a heartbeat).
-    pub(crate) async fn commit_blocking_own<T: durable::Outcome + Send + 'static>(
+    /// [`Cluster::commit_blocking`] for a call whose answer goes to a client: one that
+    /// changed nothing waits too while changes others staged are not yet durable, as its
+    /// answer may rest on them (ALREADY_EXISTS for a name whose create is staged). The
+    /// cluster's own loops (an agent's events, placement, liveness) answer no one and do
+    /// not wait for others.
+    pub(crate) async fn commit_blocking_answer<T: durable::Outcome + Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Arc<Cluster>) -> T + Send + 'static,
     ) -> T {
-        self.run_committing(f, false).await
+        self.run_committing(f, true).await
     }
 
     /// Runs `f` on a blocking thread and waits for its changes (and with `seen`, for what

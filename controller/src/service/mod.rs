@@ -192,7 +192,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let record = self
             .cluster()?
-            .commit_blocking(move |c| c.create(req))
+            .commit_blocking_answer(move |c| c.create(req))
             .await?;
         Ok(Response::new(record))
     }
@@ -441,7 +441,7 @@ impl Controller for ControllerService {
         let name = request.into_inner().name;
         let node = self
             .cluster()?
-            .commit_blocking(move |c| c.set_cordoned(&name, true))
+            .commit_blocking_answer(move |c| c.set_cordoned(&name, true))
             .await?;
         Ok(Response::new(node))
     }
@@ -453,7 +453,7 @@ impl Controller for ControllerService {
         let name = request.into_inner().name;
         let node = self
             .cluster()?
-            .commit_blocking(move |c| c.set_cordoned(&name, false))
+            .commit_blocking_answer(move |c| c.set_cordoned(&name, false))
             .await?;
         Ok(Response::new(node))
     }
@@ -474,7 +474,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let removed = self
             .cluster()?
-            .commit_blocking(move |c| c.remove_node(&req.name, req.force))
+            .commit_blocking_answer(move |c| c.remove_node(&req.name, req.force))
             .await?;
         Ok(Response::new(removed))
     }
@@ -584,7 +584,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let svc = self
             .cluster()?
-            .commit_blocking(move |c| c.create_service(req))
+            .commit_blocking_answer(move |c| c.create_service(req))
             .await?;
         Ok(Response::new(svc))
     }
@@ -615,7 +615,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let svc = self
             .cluster()?
-            .commit_blocking(move |c| c.update_service(&req.name, req.spec))
+            .commit_blocking_answer(move |c| c.update_service(&req.name, req.spec))
             .await?;
         Ok(Response::new(svc))
     }
@@ -627,7 +627,7 @@ impl Controller for ControllerService {
         let name = request.into_inner().name;
         let svc = self
             .cluster()?
-            .commit_blocking(move |c| c.delete_service(&name))
+            .commit_blocking_answer(move |c| c.delete_service(&name))
             .await?;
         Ok(Response::new(v1::DeleteServiceResponse {
             service: Some(svc),
@@ -641,7 +641,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let svc = self
             .cluster()?
-            .commit_blocking(move |c| c.scale_service(&req.name, req.replicas))
+            .commit_blocking_answer(move |c| c.scale_service(&req.name, req.replicas))
             .await?;
         Ok(Response::new(svc))
     }
@@ -653,7 +653,7 @@ impl Controller for ControllerService {
         let name = request.into_inner().name;
         let svc = self
             .cluster()?
-            .commit_blocking(move |c| c.rollback_service(&name))
+            .commit_blocking_answer(move |c| c.rollback_service(&name))
             .await?;
         Ok(Response::new(svc))
     }
@@ -665,7 +665,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let out = self
             .cluster()?
-            .commit_blocking(move |c| c.apply_services(req))
+            .commit_blocking_answer(move |c| c.apply_services(req))
             .await?;
         Ok(Response::new(out))
     }

@@ -48,7 +48,7 @@ impl Nodes for NodesService {
         let response = self
             .leadership
             .cluster()?
-            .commit_blocking(move |c| c.register(req))
+            .commit_blocking_answer(move |c| c.register(req))
             .await?;
         Ok(Response::new(response))
     }
@@ -61,9 +61,7 @@ impl Nodes for NodesService {
         let req = request.into_inner();
         let had = req.names_revision;
         let cluster = self.leadership.cluster()?;
-        let response = cluster
-            .commit_blocking_own(move |c| c.heartbeat(req))
-            .await?;
+        let response = cluster.commit_blocking(move |c| c.heartbeat(req)).await?;
         if response
             .network
             .as_ref()
