@@ -109,10 +109,18 @@ async fn supervisor_outlives_its_starter_and_is_not_charged_to_the_container() {
         assert!(Instant::now() < deadline, "container never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let supervisor = running.state.supervisor_pid.expect("supervisor pid");
+    let zygote = parent_of(supervisor);
+    assert_eq!(
+        command_line(zygote).get(1).map(String::as_str),
+        Some("zygote")
+    );
     starter.kill().expect("SIGKILL the starter");
     let _ = starter.wait();
+    // The zygote goes with the agent that started it; the supervisor stays.
+    wait_gone(zygote, Duration::from_secs(10));
+    assert!(std::path::Path::new(&format!("/proc/{supervisor}")).exists());
 
-    let supervisor = running.state.supervisor_pid.expect("supervisor pid");
     let container_procs = running.cgroup.procs();
     assert!(
         !container_procs.contains(&supervisor),
@@ -139,13 +147,11 @@ async fn supervisor_outlives_its_starter_and_is_not_charged_to_the_container() {
     };
     in_every_hierarchy(&running.cgroup, init);
     in_every_hierarchy(&supervisors_leaf, supervisor);
-    let ppid = std::fs::read_to_string(format!("/proc/{supervisor}/stat")).expect("stat");
-    let ppid = ppid
-        .rsplit(')')
-        .next()
-        .and_then(|r| r.split_whitespace().nth(1))
-        .unwrap_or("");
-    assert_ne!(ppid, starter.id().to_string(), "not the starter's child");
+    assert_ne!(
+        parent_of(supervisor),
+        starter.id(),
+        "not the starter's child"
+    );
 
     let done = host.runtime.wait("orphan").await.expect("wait");
     assert_eq!(
@@ -189,4 +195,133 @@ async fn logs_keep_streams_apart_and_survive_the_container() {
         .await
         .expect("forced remove");
     host.assert_nothing_left("busy");
+}
+
+/// Supervisors are forked by one zygote per runtime, each showing in `ps` as
+/// `hutch-supervisor run DIR` with nothing of the zygote's channel; a zygote that dies is
+/// replaced at the next start, and the supervisors it forked go on and end as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisors_come_from_one_zygote_that_is_replaced_when_it_dies() {
+    let host = TestHost::new("zygote").await;
+    let mut supervisors = Vec::new();
+    for id in ["za", "zb"] {
+        let info = host
+            .runtime
+            .run(id, host.spec(&["sleep", "60"]))
+            .await
+            .expect("run");
+        supervisors.push(info.state.supervisor_pid.expect("supervisor pid"));
+    }
+    let zygote = parent_of(supervisors[0]);
+    assert_eq!(parent_of(supervisors[1]), zygote, "one zygote forks both");
+    let zygote_line = command_line(zygote);
+    assert!(
+        zygote_line
+            .first()
+            .is_some_and(|p| p.ends_with("hutch-supervisor"))
+            && zygote_line.get(1).map(String::as_str) == Some("zygote"),
+        "{zygote_line:?}"
+    );
+    let dir = host.container_dir("za");
+    assert_eq!(
+        command_line(supervisors[0])[1..],
+        ["run".to_string(), dir.display().to_string()]
+    );
+    assert_eq!(common::supervisors_of(&dir), [supervisors[0]]);
+    // stdin is /dev/null, as for an executed supervisor: not the zygote's channel.
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/fd/0", supervisors[0])).expect("fd 0"),
+        std::path::Path::new("/dev/null")
+    );
+
+    // SIGKILL the zygote: the next start gets another; the earlier containers run on.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the zygote");
+    wait_gone(zygote, Duration::from_secs(10));
+    let zc = host
+        .runtime
+        .run("zc", host.spec(&["sleep", "60"]))
+        .await
+        .expect("run after the zygote died");
+    let zc_supervisor = zc.state.supervisor_pid.expect("supervisor pid");
+    let second = parent_of(zc_supervisor);
+    assert_ne!(second, zygote);
+    assert_eq!(
+        command_line(second).get(1).map(String::as_str),
+        Some("zygote")
+    );
+    for id in ["za", "zb", "zc"] {
+        assert_eq!(
+            host.runtime.get(id).expect("get").state.status,
+            Status::Running
+        );
+        host.runtime.kill(id, libc::SIGKILL).expect("kill");
+        let ended = host.runtime.wait(id).await.expect("wait");
+        assert_eq!(ended.state.signal, Some(libc::SIGKILL), "{id}");
+        host.runtime.remove(id, false).await.expect("remove");
+        host.assert_nothing_left(id);
+    }
+    // Closing the runtime stops the zygote.
+    host.runtime.close();
+    wait_gone(second, Duration::from_secs(10));
+
+    // Without a zygote (what the agent falls back to when none can take a request), the
+    // supervisor is executed, and is the same supervisor.
+    let executing = host.reopen_with(|config| config.supervisor_zygote = false);
+    let zd = executing
+        .run("zd", host.spec(&["sh", "-c", "echo executed; exit 4"]))
+        .await
+        .expect("run without a zygote");
+    let zd_supervisor = zd.state.supervisor_pid.expect("supervisor pid");
+    let started_by = command_line(parent_of(zd_supervisor));
+    assert_ne!(started_by.get(1).map(String::as_str), Some("zygote"));
+    let ended = executing.wait("zd").await.expect("wait");
+    assert_eq!(ended.state.exit_code, Some(4));
+    assert_eq!(host.stdout("zd"), "executed\n");
+    executing.remove("zd", false).await.expect("remove");
+    host.assert_nothing_left("zd");
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    stat.rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("ppid in stat")
+}
+
+/// The command line of process `pid`, argument by argument.
+fn command_line(pid: u32) -> Vec<String> {
+    let line = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    line.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Waits until process `pid` has exited (gone, or a zombie its parent has not reaped yet).
+fn wait_gone(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next().map(String::from))
+            });
+        if state.as_deref().is_none_or(|s| s == "Z" || s == "X") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} still running ({state:?})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -1,8 +1,9 @@
 //! hutch-supervisor: the single-threaded programs of a container's life, and the host-level
 //! pieces they and the agent share.
 //!
-//! The `hutch-supervisor` binary is started by the agent with `exec`, once per container
-//! (`run`) and once per exec into one (`exec`, `exec-tty`). It is single-threaded and has no
+//! The `hutch-supervisor` binary is started by the agent with `exec`: once as the zygote
+//! that forks a supervisor per container (`zygote`; `run` where the zygote is unavailable)
+//! and once per exec into a container (`exec`, `exec-tty`). It is single-threaded and has no
 //! async runtime, so forking and cloning in it are sound; every `fork`/`clone` of hutch is
 //! here ([`sys::fork_single_threaded`], [`sys::clone_process`], both `unsafe fn`s with
 //! that contract). Everything the cloned child needs (the seccomp filters among it) is
@@ -23,6 +24,7 @@
 //! - [`container_mounts`]: the spec's binds, volumes and tmpfs, mounted without following
 //!   a symlink out of the root.
 //! - [`fsutil`]: durable JSON files, atomically replaced.
+//! - [`zygote`]: the one process per agent that forks supervisors on request.
 //! - [`sys`]: the raw system calls, each in one small commented place.
 
 pub mod attach;
@@ -40,3 +42,4 @@ pub mod security;
 pub mod state;
 pub mod supervisor;
 pub mod sys;
+pub mod zygote;

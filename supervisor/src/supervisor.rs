@@ -81,45 +81,98 @@ macro_rules! diag {
 /// Entry point of `hutch-supervisor run DIR`. Returns the process exit code.
 pub fn main_run(dir: &Path) -> i32 {
     let began_us = unix_micros_now();
-    let cfg: SupervisorConfig = match read_json(&StatePaths::config(dir)) {
+    let cfg = match read_config(dir) {
         Ok(c) => c,
-        Err(e) => {
-            diag!("cannot read {}: {e}", StatePaths::config(dir).display());
+        Err(message) => {
+            diag!("{message}");
             return 1;
         }
     };
-    // Stage 1: fork and exit at once, so the agent reaps us immediately and the real
-    // supervisor is re-parented away from the agent. On cgroup v2 the real supervisor is
-    // born in the supervisors' cgroup; elsewhere it moves itself there.
+    // Fork and exit at once, so the agent reaps us immediately and the real supervisor is
+    // re-parented away from the agent.
+    // SAFETY: `hutch-supervisor` is single-threaded: nothing before this point starts a
+    // thread.
+    match unsafe { fork_supervisor(&cfg) } {
+        Ok(Born::Parent) => 0,
+        Ok(Born::Supervisor { in_cgroup, note }) => {
+            supervise(cfg, began_us, in_cgroup, note);
+            0
+        }
+        Err(e) => {
+            diag!("fork failed: {e}");
+            1
+        }
+    }
+}
+
+/// Reads the configuration the agent wrote into the state directory `dir`.
+pub fn read_config(dir: &Path) -> Result<SupervisorConfig, String> {
+    read_json(&StatePaths::config(dir))
+        .map_err(|e| format!("cannot read {}: {e}", StatePaths::config(dir).display()))
+}
+
+/// Which side of [`fork_supervisor`] this is.
+pub enum Born {
+    /// The process that forked.
+    Parent,
+    /// The new supervisor; `in_cgroup`: it was born in the supervisors' cgroup; `note`: why
+    /// it was not, where that failed.
+    Supervisor {
+        /// Born in the supervisors' cgroup (or else it must move itself there).
+        in_cgroup: bool,
+        /// Why it could not be born there, if it tried.
+        note: Option<String>,
+    },
+}
+
+/// Forks the supervisor of the container configured by `cfg`. On cgroup v2 it is born in
+/// the supervisors' cgroup; elsewhere it moves itself there once running.
+///
+/// # Safety
+///
+/// As for [`sys::fork_single_threaded`]: the calling process must be single-threaded.
+pub unsafe fn fork_supervisor(cfg: &SupervisorConfig) -> nix::Result<Born> {
     // Another agent process may have just removed the idle leaf: recreate it.
     let _ = std::fs::create_dir_all(cfg.supervisors_cgroup.dir());
     let target = cfg.supervisors_cgroup.clone_target().ok().flatten();
     let born_in_cgroup = target.as_ref().map(|fd| {
-        // SAFETY: `hutch-supervisor` is single-threaded: nothing before this point starts a
-        // thread.
+        // SAFETY: the caller guarantees that this process is single-threaded.
         unsafe { sys::fork_into_cgroup(CloneFlags::empty(), fd.as_fd()) }
     });
-    if let Some(Err(e)) = &born_in_cgroup {
-        diag!("clone3 into the supervisors' cgroup failed ({e}); forking, then moving");
-    }
-    let forked = match born_in_cgroup {
-        Some(Ok(forked)) => Ok((forked, true)),
+    let (forked, in_cgroup, note) = match born_in_cgroup {
+        Some(Ok(forked)) => (forked, true, None),
+        Some(Err(e)) => (
+            // SAFETY: as above.
+            unsafe { sys::fork_single_threaded() }?,
+            false,
+            Some(format!(
+                "clone3 into the supervisors' cgroup failed ({e}); forked, then moving"
+            )),
+        ),
         // SAFETY: as above.
-        _ => unsafe { sys::fork_single_threaded() }.map(|forked| (forked, false)),
+        None => (unsafe { sys::fork_single_threaded() }?, false, None),
     };
-    let in_cgroup = match forked {
-        Ok((sys::Forked::Parent(_), _)) => return 0,
-        Ok((sys::Forked::Child, in_cgroup)) => in_cgroup,
-        Err(e) => {
-            diag!("fork failed: {e}");
-            return 1;
-        }
-    };
-    drop(target);
+    Ok(match forked {
+        sys::Forked::Parent(_) => Born::Parent,
+        sys::Forked::Child => Born::Supervisor { in_cgroup, note },
+    })
+}
+
+/// The life of a supervisor once forked (see [`fork_supervisor`]): a session of its own,
+/// then the container's start, supervision and clean-up. `began_us`: when the start request
+/// was taken, for the timeline; `notes`: diagnostics of its birth.
+pub fn supervise(
+    cfg: SupervisorConfig,
+    began_us: u64,
+    in_cgroup: bool,
+    notes: impl IntoIterator<Item = String>,
+) {
+    for note in notes {
+        diag!("{note}");
+    }
     let _ = unistd::setsid();
     let mut sup = Supervisor::new(cfg, began_us);
     sup.run(in_cgroup);
-    0
 }
 
 struct Supervisor {

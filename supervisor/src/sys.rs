@@ -373,43 +373,156 @@ pub fn fd_channel() -> Result<(OwnedFd, OwnedFd), Errno> {
 
 /// Sends descriptor `fd` over `channel` (SCM_RIGHTS).
 pub fn send_fd(channel: std::os::fd::BorrowedFd<'_>, fd: RawFd) -> Result<(), Errno> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    send_with_fds(channel, b"t", &[fd], nix::sys::socket::MsgFlags::empty())
+}
+
+/// Receives one descriptor sent with [`send_fd`]; `None` when the other end closed first.
+pub fn recv_fd(channel: std::os::fd::BorrowedFd<'_>) -> Result<Option<OwnedFd>, Errno> {
+    let mut byte = [0u8; 1];
+    Ok(recv_with_fds::<1>(channel, &mut byte)?.and_then(|(_, fds)| fds.into_iter().next()))
+}
+
+/// Sends one message, `bytes` with descriptors `fds` (SCM_RIGHTS), over a `SOCK_SEQPACKET`
+/// or datagram `channel`.
+pub fn send_with_fds(
+    channel: std::os::fd::BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[RawFd],
+    flags: nix::sys::socket::MsgFlags,
+) -> Result<(), Errno> {
+    use nix::sys::socket::{sendmsg, ControlMessage, UnixAddr};
     use std::os::fd::AsRawFd;
-    let fds = [fd];
-    let rights = [ControlMessage::ScmRights(&fds)];
+    let rights = [ControlMessage::ScmRights(fds)];
     sendmsg::<UnixAddr>(
         channel.as_raw_fd(),
-        &[std::io::IoSlice::new(b"t")],
+        &[std::io::IoSlice::new(bytes)],
         &rights,
-        MsgFlags::empty(),
+        flags,
         None,
     )
     .map(drop)
 }
 
-/// Receives one descriptor sent with [`send_fd`]; `None` when the other end closed first.
-pub fn recv_fd(channel: std::os::fd::BorrowedFd<'_>) -> Result<Option<OwnedFd>, Errno> {
+/// Receives one message sent with [`send_with_fds`] into `buf`, with up to `N` descriptors
+/// (close-on-exec): its length and the descriptors, or `None` once the other end has
+/// closed. A message longer than `buf`, or with more than `N` descriptors, is `EMSGSIZE`
+/// (its descriptors closed).
+pub fn recv_with_fds<const N: usize>(
+    channel: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
     use std::os::fd::{AsRawFd, FromRawFd};
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; N]);
     let msg = recvmsg::<UnixAddr>(
         channel.as_raw_fd(),
         &mut iov,
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
+    let mut fds = Vec::new();
     for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(fd) = fds.first() {
-                // SAFETY: the kernel just installed this descriptor in this process for this
-                // message; nothing else refers to it, so it is ours to own and close.
-                return Ok(Some(unsafe { OwnedFd::from_raw_fd(*fd) }));
-            }
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just installed these descriptors in this process for this
+            // message; nothing else refers to them, so they are ours to own and close.
+            fds.extend(
+                received
+                    .iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) }),
+            );
         }
     }
-    Ok(None)
+    if msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+    {
+        return Err(Errno::EMSGSIZE);
+    }
+    if msg.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((msg.bytes, fds)))
+}
+
+/// The memory map fields of `prctl(PR_SET_MM, PR_SET_MM_MAP)` (`struct prctl_mm_map`).
+#[repr(C)]
+struct MemoryMapLayout {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+
+/// Makes `/proc/self/cmdline` (what `ps` shows) read `args`, as if this process had been
+/// started with them: a process forked from the zygote would otherwise show the zygote's.
+/// The new arguments live until the process ends; every other field of the memory map is
+/// passed back as `/proc/self/stat` shows it (`PR_SET_MM_MAP` needs no capability, unlike
+/// setting the arguments' bounds one by one).
+pub fn set_command_line(args: &[&[u8]]) -> Result<(), Errno> {
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|_| Errno::EIO)?;
+    let field = |number| stat_field(&stat, number).ok_or(Errno::EIO);
+    let mut area = Vec::new();
+    for arg in args {
+        area.extend_from_slice(arg);
+        area.push(0);
+    }
+    let area: &'static [u8] = Box::leak(area.into_boxed_slice());
+    // SAFETY: brk(0) changes nothing and returns the current end of the heap.
+    let brk = unsafe { libc::syscall(libc::SYS_brk, 0) };
+    let layout = MemoryMapLayout {
+        start_code: field(26)?,
+        end_code: field(27)?,
+        start_data: field(45)?,
+        end_data: field(46)?,
+        start_brk: field(47)?,
+        brk: u64::try_from(brk).map_err(|_| Errno::EIO)?,
+        start_stack: field(28)?,
+        arg_start: area.as_ptr() as u64,
+        arg_end: area.as_ptr() as u64 + area.len() as u64,
+        env_start: field(50)?,
+        env_end: field(51)?,
+        auxv: 0,
+        auxv_size: 0,
+        exe_fd: u32::MAX,
+    };
+    // SAFETY: the kernel reads `layout` (of the size passed) during the call and records
+    // the addresses, after checking they lie in this process's mappings; `area` is leaked,
+    // so the arguments stay valid; auxv and the executable are left as they are.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_MM,
+            libc::PR_SET_MM_MAP,
+            &layout as *const MemoryMapLayout,
+            std::mem::size_of::<MemoryMapLayout>(),
+            0,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// Lets the kernel reap this process's children as they exit (`SIGCHLD` ignored), or, with
+/// `false`, makes them wait to be reaped again (the default).
+pub fn reap_children_automatically(on: bool) -> Result<(), Errno> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let handler = if on {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    let action = SigAction::new(handler, SaFlags::empty(), SigSet::empty());
+    // SAFETY: ignoring a signal or restoring its default runs no handler code.
+    unsafe { sigaction(Signal::SIGCHLD, &action) }.map(drop)
 }
 
 #[cfg(test)]

@@ -116,18 +116,7 @@ impl TestHost {
         let state_dir = PathBuf::from(format!("/var/tmp/hutch-test-{name}"));
         let instance = format!("t-{name}");
         let runtime = std::sync::Arc::new(
-            Runtime::new(RuntimeConfig {
-                state_dir: state_dir.clone(),
-                rootfs_dir: Some(rootfs_dir),
-                supervisor_bin: Some(supervisor_bin()),
-                cgroup_root: None,
-                instance: instance.clone(),
-                log_defaults: Default::default(),
-                network: Default::default(),
-                allowed_bind_paths: vec![PathBuf::from(BIND_ROOT)],
-                images: Default::default(),
-            })
-            .expect("runtime"),
+            Runtime::new(test_config(&state_dir, rootfs_dir, &instance)).expect("runtime"),
         );
         TestHost {
             runtime,
@@ -152,20 +141,21 @@ impl TestHost {
     /// A second runtime on the same state directory, store and cgroup instance: what a
     /// restarted agent process would open.
     pub fn reopen(&self) -> std::sync::Arc<Runtime> {
-        std::sync::Arc::new(
-            Runtime::new(RuntimeConfig {
-                state_dir: self.state_dir.clone(),
-                rootfs_dir: Some(self.runtime.store().root().to_path_buf()),
-                supervisor_bin: Some(supervisor_bin()),
-                cgroup_root: None,
-                instance: self.instance.clone(),
-                log_defaults: Default::default(),
-                network: Default::default(),
-                allowed_bind_paths: vec![PathBuf::from(BIND_ROOT)],
-                images: Default::default(),
-            })
-            .expect("runtime"),
-        )
+        self.reopen_with(|_| {})
+    }
+
+    /// [`TestHost::reopen`], its configuration changed by `configure` first.
+    pub fn reopen_with(
+        &self,
+        configure: impl FnOnce(&mut RuntimeConfig),
+    ) -> std::sync::Arc<Runtime> {
+        let mut config = test_config(
+            &self.state_dir,
+            self.runtime.store().root().to_path_buf(),
+            &self.instance,
+        );
+        configure(&mut config);
+        std::sync::Arc::new(Runtime::new(config).expect("runtime"))
     }
 
     /// Serves `runtime` (this host's unless given) over gRPC on 127.0.0.1:0.
@@ -265,6 +255,17 @@ impl TestHost {
             supervisors_of(&dir).is_empty(),
             "supervisor of {id} still running"
         );
+    }
+}
+
+/// The configuration of a test runtime.
+fn test_config(state_dir: &Path, rootfs_dir: PathBuf, instance: &str) -> RuntimeConfig {
+    RuntimeConfig {
+        rootfs_dir: Some(rootfs_dir),
+        supervisor_bin: Some(supervisor_bin()),
+        instance: instance.to_string(),
+        allowed_bind_paths: vec![PathBuf::from(BIND_ROOT)],
+        ..RuntimeConfig::new(state_dir)
     }
 }
 

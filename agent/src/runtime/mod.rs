@@ -1,8 +1,9 @@
 //! The container runtime: the agent-side API over containers on this host.
 //!
 //! [`Runtime::run`] validates a spec, creates the container's state directory and its cgroup
-//! (limits set before any process exists), and starts a [`supervisor`] by `exec` (the
-//! `hutch-supervisor` program of the `hutch-supervisor` crate). The
+//! (limits set before any process exists), and has a [`supervisor`] started: forked by the
+//! supervisor [`zygote`], or by `exec` of the `hutch-supervisor` program where the zygote
+//! cannot take the request. The
 //! supervisor does all namespace and mount work in its own single-threaded process, then
 //! reports back one line. Everything after that is read from the state directory the
 //! supervisor writes (see [`state`]), so a restarted agent knows as much as the one that
@@ -18,6 +19,7 @@ pub mod session;
 pub mod starting;
 pub mod sys;
 pub mod users;
+pub mod zygote;
 
 use error::io_err;
 pub use error::{ErrorClass, RuntimeError};
@@ -62,6 +64,8 @@ use std::sync::Arc;
 /// The room the overlay's `lowerdir=` may take: the mount options are one page (4 KiB),
 /// which also holds the upper and work directories.
 const MAX_LOWERDIR_BYTES: usize = 3584;
+/// The pipe a supervisor reports its start on.
+type ReportPipe = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 /// How long the supervisor may take to report that the container runs.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Output an exec may return per stream; the rest is dropped and flagged.
@@ -76,6 +80,9 @@ pub struct RuntimeConfig {
     pub rootfs_dir: Option<PathBuf>,
     /// The `hutch-supervisor` program; default: next to the running executable.
     pub supervisor_bin: Option<PathBuf>,
+    /// Whether supervisors are forked by a zygote (see [`zygote`]; the default) rather
+    /// than each started by `exec` of `supervisor_bin`.
+    pub supervisor_zygote: bool,
     /// The delegated cgroup; default: the one this process was started in.
     pub cgroup_root: Option<CgroupPath>,
     /// Instance name: hutch's cgroups go below `ROOT/hutch-INSTANCE`.
@@ -97,6 +104,7 @@ impl RuntimeConfig {
             state_dir: state_dir.into(),
             rootfs_dir: None,
             supervisor_bin: None,
+            supervisor_zygote: true,
             cgroup_root: None,
             instance: "default".into(),
             log_defaults: LogLimits::default(),
@@ -163,6 +171,8 @@ pub struct Runtime {
     state_dir: PathBuf,
     containers_dir: PathBuf,
     supervisor_bin: PathBuf,
+    /// Forks the supervisors (see [`zygote`]); `None`: each is started by `exec`.
+    zygote: Option<zygote::ZygoteClient>,
     store: RootfsStore,
     cgroups: CgroupManager,
     log_defaults: LogLimits,
@@ -217,6 +227,9 @@ impl Runtime {
         Ok(Runtime {
             state_dir: config.state_dir.clone(),
             containers_dir,
+            zygote: config
+                .supervisor_zygote
+                .then(|| zygote::ZygoteClient::new(supervisor_bin.clone())),
             supervisor_bin,
             store,
             cgroups,
@@ -486,7 +499,7 @@ impl Runtime {
         Ok(self.info_from(config, state))
     }
 
-    /// Starts `hutch-supervisor run DIR` and reads its one-line report.
+    /// Starts the container's supervisor and reads its one-line report.
     async fn spawn_supervisor(&self, id: &str, dir: &Path) -> Result<ContainerState, RuntimeError> {
         let sup_err = |message: String| RuntimeError::Supervisor {
             id: id.to_string(),
@@ -494,28 +507,14 @@ impl Runtime {
         };
         let log_path = StatePaths::supervisor_log(dir);
         let log = std::fs::File::create(&log_path).map_err(|e| io_err(&log_path, e))?;
-        let mut child = tokio::process::Command::new(&self.supervisor_bin)
-            .arg("run")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| {
-                sup_err(format!(
-                    "cannot start {}: {e}",
-                    self.supervisor_bin.display()
-                ))
-            })?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| sup_err("no stdout pipe".into()))?;
-        let mut reader = tokio::io::BufReader::new(stdout);
+        let (report, first_stage) = self.launch_supervisor(dir, log).await.map_err(sup_err)?;
+        let mut reader = tokio::io::BufReader::new(report);
         let mut line = String::new();
         let read = tokio::time::timeout(START_TIMEOUT, reader.read_line(&mut line)).await;
-        // The first stage exits as soon as it has forked the real supervisor.
-        let _ = child.wait().await;
+        if let Some(mut first_stage) = first_stage {
+            // The first stage exits as soon as it has forked the real supervisor.
+            let _ = first_stage.wait().await;
+        }
         let tail = || {
             std::fs::read_to_string(&log_path)
                 .unwrap_or_default()
@@ -560,11 +559,47 @@ impl Runtime {
                         let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
                         let _ = ended.send(true);
                     });
-                    lock_ended(&self.ended).insert(id.to_string(), watch);
+                    lock_whole(&self.ended).insert(id.to_string(), watch);
                 }
                 Ok(state)
             }
         }
+    }
+
+    /// Starts the supervisor of the container in `dir`, its diagnostics going to `log`:
+    /// forked by the zygote, or, where the zygote cannot take the request, by executing
+    /// `hutch-supervisor run DIR` (whose first stage the caller reaps). Returns the pipe its
+    /// report comes on.
+    async fn launch_supervisor(
+        &self,
+        dir: &Path,
+        log: std::fs::File,
+    ) -> Result<(ReportPipe, Option<tokio::process::Child>), String> {
+        let log = std::os::fd::OwnedFd::from(log);
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("creating its report pipe: {e}"))?;
+        if let Some(zygote) = &self.zygote {
+            match zygote.start(dir, &write, &log).await {
+                Ok(()) => {
+                    // Ours closed, the pipe ends when the supervisor's copy does.
+                    drop(write);
+                    let report = tokio::net::unix::pipe::Receiver::from_owned_fd(read)
+                        .map_err(|e| format!("reading its report pipe: {e}"))?;
+                    return Ok((Box::new(report), None));
+                }
+                Err(e) => tracing::warn!(error = %e, "starting the supervisor by exec instead"),
+            }
+        }
+        let mut child = tokio::process::Command::new(&self.supervisor_bin)
+            .arg(hutch_supervisor::zygote::RUN_MODE)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.supervisor_bin.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        Ok((Box::new(stdout), Some(child)))
     }
 
     /// Removes what a failed start left: network, mounts, cgroup, state directory.
@@ -785,7 +820,7 @@ impl Runtime {
     /// removed the cgroup) and exited: what reporting the end and following the logs need
     /// (the output is all in the log by then). Otherwise, as [`Runtime::wait`].
     pub async fn wait_ended(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
-        let ended = lock_ended(&self.ended).get(id).cloned();
+        let ended = lock_whole(&self.ended).get(id).cloned();
         if let Some(mut ended) = ended {
             // An error: the reading task is gone, which it is only once the pipe closed.
             let _ = ended.wait_for(|done| *done).await;
@@ -855,7 +890,7 @@ impl Runtime {
     /// refused unless `force`, which kills it first.
     pub async fn remove(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
         let dir = self.existing_dir(id)?;
-        lock_ended(&self.ended).remove(id);
+        lock_whole(&self.ended).remove(id);
         let state = self.read_state(&dir)?;
         if state.status == Status::Running || state.status == Status::Created {
             if !force {
@@ -1179,8 +1214,12 @@ impl Runtime {
         Ok(self.volumes.remove(name, users)?)
     }
 
-    /// Removes hutch's cgroup subtree of this instance if no container is left in it.
+    /// Stops the supervisor zygote (supervisors go on) and removes hutch's cgroup subtree of
+    /// this instance if no container is left in it.
     pub fn close(&self) {
+        if let Some(zygote) = &self.zygote {
+            zygote.stop();
+        }
         self.cgroups.remove_if_idle();
     }
 
@@ -1232,9 +1271,9 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> (Vec
     (out, truncated)
 }
 
-/// The map of ended-signals, also after a panic elsewhere (entries are inserted or removed
-/// whole).
-fn lock_ended<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A runtime's lock, also after a panic elsewhere: what each guards (the map of
+/// ended-signals, the current zygote) is inserted, removed or replaced whole.
+fn lock_whole<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

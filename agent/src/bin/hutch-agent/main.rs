@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         state_dir: config.agent.state_dir.clone(),
         rootfs_dir: config.agent.rootfs_dir.clone(),
         supervisor_bin: None,
+        supervisor_zygote: true,
         cgroup_root: config.cgroup_root.clone(),
         instance: config.agent.name.clone(),
         log_defaults: config.agent.log_defaults,
