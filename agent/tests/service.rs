@@ -837,3 +837,54 @@ async fn a_run_sent_twice_at_once_answers_already_exists_after_the_start() {
             .expect("remove");
     }
 }
+
+/// A removal is answered before its event is recorded (the event log's fsync is off the
+/// answer's path), yet the event keeps its place: a run of the same id asked for right after
+/// the answer is reported after the removal, and the shutdown waits for the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_s_event_comes_before_any_report_asked_for_after_its_answer() {
+    let host = TestHost::new("svcrmorder").await;
+    let agent = host.serve(None, 1000).await;
+    let mut c = agent.client.clone();
+    for round in 0..5 {
+        c.run_container(run_req("again", spec(&["sleep", "60"])))
+            .await
+            .unwrap_or_else(|e| panic!("run {round}: {e}"));
+        c.remove_container(v1::RemoveContainerRequest {
+            id: "again".into(),
+            force: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("remove {round}: {e}"));
+    }
+    let events = c
+        .events(v1::EventsRequest { since_seq: 0 })
+        .await
+        .expect("events")
+        .into_inner();
+    let mut events = Box::pin(events);
+    // Each round: its RUNNING (and, killed, maybe its end) then its removal, never a
+    // removal after the next round's RUNNING.
+    let mut seen = Vec::new();
+    while seen.iter().filter(|removed| **removed).count() < 5 {
+        let next = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_stream::StreamExt::next(&mut events),
+        )
+        .await;
+        let Ok(Some(Ok(e))) = next else {
+            panic!("the events stopped after {seen:?}");
+        };
+        if e.container_id != "again" {
+            continue;
+        }
+        let running = e.state == v1::ContainerState::Running as i32 && !e.removed;
+        if running || e.removed {
+            seen.push(e.removed);
+        }
+    }
+    let expected: Vec<bool> = (0..5).flat_map(|_| [false, true]).collect();
+    assert_eq!(seen, expected, "false: a RUNNING, true: a removal");
+    agent.stop().await;
+    host.assert_nothing_left("again");
+}

@@ -47,6 +47,17 @@ impl Detached {
         })?
     }
 
+    /// Runs `work` to its end without a caller waiting for it; a shutdown waits for it as
+    /// for [`Detached::run`]'s.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.running.send_modify(|n| *n += 1);
+        let ends = Ends(self.running.clone());
+        tokio::spawn(async move {
+            let _held = ends;
+            work.await
+        });
+    }
+
     /// Waits up to `limit` for the work going on to end; false when some is still going.
     pub async fn wait(&self, limit: Duration) -> bool {
         let mut running = self.running.subscribe();
@@ -83,6 +94,19 @@ mod tests {
         caller.abort(); // The caller goes away.
         let _ = caller.await;
         assert_eq!(detached.running(), 1, "the work goes on without its caller");
+        assert!(!detached.wait(Duration::from_millis(20)).await);
+        let _ = tx.send(());
+        assert!(detached.wait(Duration::from_secs(5)).await, "it ended");
+    }
+
+    #[tokio::test]
+    async fn spawned_work_is_waited_for_by_shutdown() {
+        let detached = Detached::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        detached.spawn(async move {
+            let _ = rx.await;
+        });
+        assert_eq!(detached.running(), 1);
         assert!(!detached.wait(Duration::from_millis(20)).await);
         let _ = tx.send(());
         assert!(detached.wait(Duration::from_secs(5)).await, "it ended");

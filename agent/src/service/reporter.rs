@@ -28,7 +28,12 @@ struct Reported {
 pub struct Reporter {
     runtime: Arc<Runtime>,
     events: Arc<EventLog>,
-    lock: tokio::sync::Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A report's place in the order of reports (see [`Reporter::take_turn`]).
+pub struct Turn {
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// A one-line summary of a container's state, for an event.
@@ -94,7 +99,7 @@ impl Reporter {
         Arc::new(Reporter {
             runtime,
             events,
-            lock: tokio::sync::Mutex::new(()),
+            lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -164,6 +169,30 @@ impl Reporter {
             Err(e) => {
                 tracing::error!(container = %info.state.id, error = %e, "cannot record an event")
             }
+        }
+    }
+
+    /// Takes the next place among the reports, for [`Reporter::report_event_in_turn`]: no
+    /// report asked for later is appended before that one.
+    pub async fn take_turn(&self) -> Turn {
+        Turn {
+            _held: self.lock.clone().lock_owned().await,
+        }
+    }
+
+    /// Reports `event` in the place `turn` took; the append (and its fsync) runs on a
+    /// blocking thread, so its caller may answer before it, in its order all the same.
+    pub async fn report_event_in_turn(&self, turn: Turn, event: NewEvent) {
+        let events = self.events.clone();
+        let appended = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            events.append(event)
+        })
+        .await;
+        match appended {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot record an event"),
+            Err(e) => tracing::error!(error = %e, "recording an event failed"),
         }
     }
 
