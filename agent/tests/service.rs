@@ -19,6 +19,18 @@ fn spec(command: &[&str]) -> v1::ContainerSpec {
     }
 }
 
+/// The agent's event stream from its first event.
+async fn all_events(
+    c: &mut hutch_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+) -> std::pin::Pin<Box<tonic::Streaming<v1::Event>>> {
+    let events = c
+        .events(v1::EventsRequest { since_seq: 0 })
+        .await
+        .expect("events")
+        .into_inner();
+    Box::pin(events)
+}
+
 fn run_req(name: &str, spec: v1::ContainerSpec) -> v1::RunContainerRequest {
     v1::RunContainerRequest {
         name: name.into(),
@@ -682,12 +694,7 @@ async fn auto_remove_and_cpus_at_the_agent() {
         removed,
         "an auto_remove container is still there after it ended"
     );
-    let events = c
-        .events(v1::EventsRequest { since_seq: 0 })
-        .await
-        .expect("events")
-        .into_inner();
-    let mut events = Box::pin(events);
+    let mut events = all_events(&mut c).await;
     let (mut exit_code, mut saw_removal) = (None, false);
     while let Ok(Some(Ok(e))) = tokio::time::timeout(
         Duration::from_secs(2),
@@ -857,12 +864,7 @@ async fn a_removal_s_event_comes_before_any_report_asked_for_after_its_answer() 
         .await
         .unwrap_or_else(|e| panic!("remove {round}: {e}"));
     }
-    let events = c
-        .events(v1::EventsRequest { since_seq: 0 })
-        .await
-        .expect("events")
-        .into_inner();
-    let mut events = Box::pin(events);
+    let mut events = all_events(&mut c).await;
     // Each round: its RUNNING (and, killed, maybe its end) then its removal, never a
     // removal after the next round's RUNNING.
     let mut seen = Vec::new();
