@@ -93,7 +93,15 @@ async fn plan(client: &Client, all: bool) -> Result<Plan, Error> {
     })
 }
 
-fn confirmed(plan: &Plan) -> Result<bool, Error> {
+/// Asks on the terminal, on a blocking thread: the one thread of the CLI's runtime keeps
+/// the connection to the controller served (its pings answered) while the person thinks.
+async fn confirmed(plan: Plan) -> Result<(bool, Plan), Error> {
+    tokio::task::spawn_blocking(move || ask(&plan).map(|yes| (yes, plan)))
+        .await
+        .map_err(|e| Error::InvalidInput(format!("asking for confirmation: {e}")))?
+}
+
+fn ask(plan: &Plan) -> Result<bool, Error> {
     if !std::io::stdin().is_terminal() {
         return Err(Error::InvalidInput(
             "system prune asks before removing anything, and there is no terminal to ask on: add --force".into(),
@@ -125,10 +133,14 @@ pub(crate) async fn prune(
     all: bool,
     json: bool,
 ) -> Result<ExitCode, Error> {
-    let plan = plan(client, all).await?;
-    if !force && !confirmed(&plan)? {
-        eprintln!("hutch: nothing removed");
-        return Ok(ExitCode::SUCCESS);
+    let mut plan = plan(client, all).await?;
+    if !force {
+        let (yes, asked) = confirmed(plan).await?;
+        if !yes {
+            eprintln!("hutch: nothing removed");
+            return Ok(ExitCode::SUCCESS);
+        }
+        plan = asked;
     }
     let mut failed = false;
     let mut report = |what: &str,
