@@ -325,3 +325,27 @@ fn wait_gone(pid: u32, limit: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A container whose record was left empty (its state file is written without waiting for
+/// the disk, and a host crash can leave it so) is listed as FAILED, saying why, and removed
+/// like any ended container: never hidden, never stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_record_is_unreadable_is_failed_and_removable() {
+    let host = TestHost::new("unreadable").await;
+    let ended = host
+        .run_to_end("blank", host.spec(&["sh", "-c", "exit 3"]))
+        .await;
+    assert_eq!(ended.state.exit_code, Some(3));
+    let state_file = hutch_agent::runtime::state::StatePaths::state(&host.container_dir("blank"));
+    std::fs::write(&state_file, b"").expect("empty the record");
+    let info = host.runtime.get("blank").expect("still there");
+    assert_eq!(info.state.status, Status::Failed);
+    let why = info.state.failure.expect("a failure").message;
+    assert!(
+        why.contains("unreadable") && why.contains("remove it"),
+        "{why}"
+    );
+    assert!(host.runtime.list().iter().any(|c| c.state.id == "blank"));
+    host.runtime.remove("blank", false).await.expect("remove");
+    host.assert_nothing_left("blank");
+}

@@ -16,6 +16,7 @@ pub mod node;
 pub mod peer;
 pub mod pinned;
 
+use hutch_core::atomic_file::Durability;
 use thiserror::Error;
 
 /// The name every controller certificate carries, and that clients check for.
@@ -104,7 +105,8 @@ fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> Result<(), PkiE
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| PkiError::io(dir, e))?;
     }
-    hutch_core::atomic_file::replace(path, data, mode, true).map_err(|e| PkiError::io(path, e))
+    hutch_core::atomic_file::replace(path, data, mode, Durability::Synced)
+        .map_err(|e| PkiError::io(path, e))
 }
 
 /// Reads a text file, naming it in the error.

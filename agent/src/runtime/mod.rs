@@ -649,8 +649,32 @@ impl Runtime {
         read_json(&StatePaths::config(dir)).map_err(|e| io_err(&StatePaths::config(dir), e))
     }
 
+    /// The container's record; one that cannot be parsed (empty after a host crash: it is
+    /// written without waiting for the disk) is a container that failed, so that it is
+    /// listed, reported and removable rather than hidden.
     fn read_state(&self, dir: &Path) -> Result<ContainerState, RuntimeError> {
-        read_json(&StatePaths::state(dir)).map_err(|e| io_err(&StatePaths::state(dir), e))
+        let path = StatePaths::state(dir);
+        match read_json(&path) {
+            Ok(state) => Ok(state),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let id = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut state = ContainerState::created(&id, 0);
+                state.status = Status::Failed;
+                state.failure = Some(Failure::new(
+                    Step::State,
+                    format!(
+                        "its record {} is unreadable ({e}); a host crash can leave it so, and \
+                         ends the container; remove it",
+                        path.display()
+                    ),
+                ));
+                Ok(state)
+            }
+            Err(e) => Err(io_err(&path, e)),
+        }
     }
 
     fn info_from(&self, config: SupervisorConfig, state: ContainerState) -> ContainerInfo {

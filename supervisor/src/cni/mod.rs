@@ -119,10 +119,11 @@ impl Attachment {
         }
     }
 
-    /// Writes the record into `dir` (atomically).
+    /// Writes the record into `dir` (atomically, and never empty after a crash: the leases
+    /// it names outlive one, and DEL needs it to release them).
     pub fn save(&self, dir: &Path) -> Result<(), CniError> {
         let path = Self::path(dir);
-        crate::fsutil::replace_json(&path, self).map_err(|e| CniError::Record {
+        crate::fsutil::replace_json_ordered(&path, self).map_err(|e| CniError::Record {
             path,
             source: std::io::Error::other(e.to_string()),
         })
