@@ -283,6 +283,20 @@ impl Collector for NodeCollector {
             None,
             MetricType::Gauge,
             &events,
+        )?;
+        let syncs = [(
+            NodeLabels {
+                node: self.node.clone(),
+            },
+            self.events.syncs() as f64,
+        )];
+        encode_rows(
+            e,
+            "event_log_syncs",
+            "fsyncs of the node's event log (concurrent events share one)",
+            None,
+            MetricType::Counter,
+            &syncs,
         )
     }
 }

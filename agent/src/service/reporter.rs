@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{EventLog, NewEvent};
+use crate::events::{EventLog, NewEvent, Staged};
 use crate::fsutil::{read_json, replace_json};
 use crate::runtime::state::Status;
 use crate::runtime::{ContainerInfo, Runtime};
@@ -28,7 +28,20 @@ struct Reported {
 pub struct Reporter {
     runtime: Arc<Runtime>,
     events: Arc<EventLog>,
+    /// Held while a report is decided and staged, so reports are recorded in the order
+    /// they were decided; the wait for the disk is outside it.
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// Per container: the state last staged as an event and the event's seq, until the
+    /// event is durable and `reported.json` says so.
+    staged: std::sync::Mutex<std::collections::HashMap<String, (Reported, u64)>>,
+}
+
+/// A container's state staged as an event, for [`Reporter::settle`].
+struct StagedState<'a> {
+    staged: Staged<'a>,
+    id: String,
+    marker: std::path::PathBuf,
+    reported: Reported,
 }
 
 /// A report's place in the order of reports (see [`Reporter::take_turn`]).
@@ -100,13 +113,19 @@ impl Reporter {
             runtime,
             events,
             lock: Arc::new(tokio::sync::Mutex::new(())),
+            staged: Default::default(),
         })
     }
 
     /// Reports `info`'s state unless it was already reported.
     pub async fn report(&self, info: &ContainerInfo) {
-        let _guard = self.lock.lock().await;
-        self.report_locked(info);
+        let staged = {
+            let _guard = self.lock.lock().await;
+            self.stage_state(info)
+        };
+        if let Some(staged) = staged {
+            self.settle(staged).await;
+        }
     }
 
     /// Reports a started container's RUNNING unless a later state of it (a stop's EXITED)
@@ -120,7 +139,7 @@ impl Reporter {
         let me = self.clone();
         tokio::spawn(async move {
             let id = started.state.id.clone();
-            {
+            let staged = {
                 let _guard = me.lock.lock().await;
                 // Removed, and maybe run again under the same id, meanwhile: that run is
                 // another's to report and watch.
@@ -132,75 +151,107 @@ impl Reporter {
                     return;
                 }
                 let ended = me.last_reported(&id).is_some_and(|r| r.status.is_final());
-                if !ended {
-                    me.report_locked(&started);
-                }
-            }
+                (!ended).then(|| me.stage_state(&started)).flatten()
+            };
+            // Staged: its end, reported by the watch, is recorded after it.
             me.watch(id);
+            if let Some(staged) = staged {
+                me.settle(staged).await;
+            }
         });
     }
 
-    /// What was last reported of container `id`.
+    /// What was last reported (or staged) of container `id`.
     fn last_reported(&self, id: &str) -> Option<Reported> {
+        if let Some((reported, _)) = lock_staged(&self.staged).get(id) {
+            return Some(*reported);
+        }
         let dir = self.runtime.existing_dir(id).ok()?;
         read_json(&dir.join(REPORTED_FILE)).ok()
     }
 
-    fn report_locked(&self, info: &ContainerInfo) {
-        let Ok(dir) = self.runtime.existing_dir(&info.state.id) else {
-            return;
-        };
-        let marker = dir.join(REPORTED_FILE);
-        let last: Option<Reported> = read_json(&marker).ok();
+    /// Stages `info`'s state as an event unless it was the last reported or staged; under
+    /// `self.lock`.
+    fn stage_state(&self, info: &ContainerInfo) -> Option<StagedState<'_>> {
+        let id = info.state.id.clone();
+        let dir = self.runtime.existing_dir(&id).ok()?;
         let now = Reported {
             status: info.state.status,
             health: info.health.as_ref().map(|h| h.state),
         };
-        if last == Some(now) {
-            return;
+        if self.last_reported(&id) == Some(now) {
+            return None;
         }
-        match self.events.append(event_of(info, false)) {
-            Ok(event) => {
-                tracing::debug!(container = %info.state.id, seq = event.seq, "event recorded");
-                if let Err(e) = replace_json(&marker, &now) {
-                    tracing::warn!(container = %info.state.id, error = %e, "cannot record the reported state");
-                }
+        match self.events.stage(event_of(info, false)) {
+            Ok(staged) => {
+                lock_staged(&self.staged).insert(id.clone(), (now, staged.seq()));
+                Some(StagedState {
+                    staged,
+                    id,
+                    marker: dir.join(REPORTED_FILE),
+                    reported: now,
+                })
             }
             Err(e) => {
-                tracing::error!(container = %info.state.id, error = %e, "cannot record an event")
+                tracing::error!(container = %id, error = %e, "cannot record an event");
+                None
             }
         }
     }
 
-    /// Takes the next place among the reports, for [`Reporter::report_event_in_turn`]: no
-    /// report asked for later is appended before that one.
-    pub async fn take_turn(&self) -> Turn {
-        Turn {
-            _held: self.lock.clone().lock_owned().await,
+    /// Waits until a staged state is durable, then records it as reported, unless a later
+    /// state of the container was staged meanwhile (that one will).
+    async fn settle(&self, state: StagedState<'_>) {
+        let seq = state.staged.seq();
+        let durable = state.staged.durable().await;
+        {
+            // The marker is written before the entry goes, so a report deciding meanwhile
+            // sees this state in one or the other.
+            let mut staged = lock_staged(&self.staged);
+            if staged.get(&state.id).is_some_and(|(_, s)| *s == seq) {
+                if durable.is_ok() {
+                    if let Err(e) = replace_json(&state.marker, &state.reported) {
+                        tracing::warn!(container = %state.id, error = %e, "cannot record the reported state");
+                    }
+                }
+                // Failed: not marked reported, so the next report of it stages it again.
+                staged.remove(&state.id);
+            }
         }
-    }
-
-    /// Reports `event` in the place `turn` took; the append (and its fsync) runs on a
-    /// blocking thread, so its caller may answer before it, in its order all the same.
-    pub async fn report_event_in_turn(&self, turn: Turn, event: NewEvent) {
-        let events = self.events.clone();
-        let appended = tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            events.append(event)
-        })
-        .await;
-        match appended {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot record an event"),
-            Err(e) => tracing::error!(error = %e, "recording an event failed"),
+        match durable {
+            Ok(event) => {
+                tracing::debug!(container = %state.id, seq = event.seq, "event recorded")
+            }
+            Err(e) => {
+                tracing::error!(container = %state.id, error = %e, "cannot record an event")
+            }
         }
     }
 
     /// Reports an event that is not a state of an existing container (a failed start, a
     /// removal).
     pub async fn report_event(&self, event: NewEvent) {
-        let _guard = self.lock.lock().await;
-        if let Err(e) = self.events.append(event) {
+        let turn = self.take_turn().await;
+        self.report_event_in_turn(turn, event).await;
+    }
+
+    /// Takes the next place among the reports, for [`Reporter::report_event_in_turn`]: no
+    /// report asked for later is recorded before that one.
+    pub async fn take_turn(&self) -> Turn {
+        Turn {
+            _held: self.lock.clone().lock_owned().await,
+        }
+    }
+
+    /// Reports `event` in the place `turn` took (its caller may answer before: the event
+    /// keeps its place all the same).
+    pub async fn report_event_in_turn(&self, turn: Turn, event: NewEvent) {
+        let staged = self.events.stage(event);
+        drop(turn);
+        if let Err(e) = match staged {
+            Ok(staged) => staged.durable().await.map(drop),
+            Err(e) => Err(e),
+        } {
             tracing::error!(error = %e, "cannot record an event");
         }
     }
@@ -250,4 +301,10 @@ impl Reporter {
             }
         }
     }
+}
+
+/// The map of staged states, also after a panic elsewhere (entries are inserted or removed
+/// whole).
+fn lock_staged<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
