@@ -106,6 +106,9 @@ struct Inner {
     syncing: bool,
     /// The highest seq published (0 before the first).
     published_seq: u64,
+    /// Why the log takes no more events: a write, or the rewrite after a failed write or
+    /// sync, failed, so the file may not hold what was published (restart the agent).
+    broken: Option<String>,
     next_seq: u64,
     keep: usize,
 }
@@ -157,6 +160,7 @@ impl EventLog {
             pending: VecDeque::new(),
             syncing: false,
             published_seq,
+            broken: None,
             next_seq,
             keep,
         };
@@ -204,6 +208,9 @@ impl EventLog {
     /// sync has settled it.
     fn write(&self, event: NewEvent) -> Result<(Event, Settled), EventLogError> {
         let mut inner = self.lock();
+        if let Some(why) = &inner.broken {
+            return Err(io_err(&inner.path, format!("{why}; restart the agent")));
+        }
         let event = Event {
             seq: inner.next_seq,
             time_ms: crate::fsutil::unix_millis_now(),
@@ -212,7 +219,15 @@ impl EventLog {
         let mut line = serde_json::to_vec(&event).map_err(|e| io_err(&inner.path, e))?;
         line.push(b'\n');
         let path = inner.path.clone();
-        inner.file.write_all(&line).map_err(|e| io_err(&path, e))?;
+        if let Err(e) = inner.file.write_all(&line) {
+            // Part of the line may be in the file: rewrite it without.
+            if let Err(rewrite) = compact(&mut inner, true) {
+                inner.broken = Some(format!(
+                    "a write failed ({e}), then its rewrite ({rewrite})"
+                ));
+            }
+            return Err(io_err(&path, e));
+        }
         inner.next_seq += 1;
         let (settle, settled) = oneshot::channel();
         inner.pending.push_back((event.clone(), settle));
@@ -260,11 +275,12 @@ impl EventLog {
             }
             let _ = settle.send(synced.clone());
         }
-        let compacted = compact(&mut inner, synced.is_err());
-        drop(inner);
-        if let Err(e) = compacted {
-            tracing::error!(error = %e, "compacting the event log");
+        // After a failed sync, the lines it covered are rewritten away.
+        if let Err(e) = compact(&mut inner, synced.is_err()) {
+            tracing::error!(error = %e, "rewriting the event log failed; it takes no more events");
+            inner.broken = Some(format!("rewriting it failed ({e})"));
         }
+        drop(inner);
         self.sync_ended.notify_waiters();
     }
 

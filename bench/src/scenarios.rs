@@ -365,11 +365,21 @@ async fn create_many(
             ..Default::default()
         };
         in_flight.spawn(async move {
-            client
-                .create_container(request)
-                .await
-                .map(drop)
-                .map_err(|e| format!("create {}: {e}", i))
+            // A controller whose term ended (its etcd lease lapsed on a loaded machine)
+            // says UNAVAILABLE until it leads again: try again, as a client would.
+            let mut retried = false;
+            for _ in 0..TERM_RETRIES {
+                match client.create_container(request.clone()).await {
+                    Ok(_) => return Ok(()),
+                    Err(s) if retried && s.code() == tonic::Code::AlreadyExists => return Ok(()),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        retried = true;
+                        tokio::time::sleep(TERM_RETRY_PAUSE).await;
+                    }
+                    Err(s) => return Err(format!("create {i}: {s}")),
+                }
+            }
+            Err(format!("create {i}: still unavailable"))
         });
     }
     while let Some(done) = in_flight.join_next().await {
@@ -378,20 +388,54 @@ async fn create_many(
     Ok(())
 }
 
+/// How often a scenario's creates and watch try again on a controller between terms.
+const TERM_RETRIES: usize = 40;
+/// The pause between those tries.
+const TERM_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
 /// Follows `watch` until `count` containers named `prefix...` have reached a state `reached`
-/// accepts.
+/// accepts; a watch that a controller ends with UNAVAILABLE (its term ended) is opened
+/// again from the last revision seen.
 async fn wait_for_states(
+    client: &Client,
     watch: &mut Watch,
     prefix: &str,
     count: usize,
     reached: impl Fn(i32) -> bool,
 ) -> Result<(), String> {
     let mut done = std::collections::HashSet::new();
+    let (mut revision, mut rewatches) = (0, 0);
     while done.len() < count {
         let Some(e) = watch.next().await else {
             return Err("the watch ended".into());
         };
-        let c = e.map_err(|e| e.to_string())?.container.unwrap_or_default();
+        let e = match e {
+            Ok(e) => e,
+            Err(s) if s.code() == tonic::Code::Unavailable && rewatches < TERM_RETRIES => {
+                eprintln!(
+                    "bench: the watch ended ({}); watching again from revision {revision}",
+                    s.message()
+                );
+                rewatches += 1;
+                tokio::time::sleep(TERM_RETRY_PAUSE).await;
+                match client
+                    .clone()
+                    .watch_containers(v1::WatchContainersRequest {
+                        since_revision: revision,
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(w) => *watch = w.into_inner(),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {}
+                    Err(s) => return Err(s.to_string()),
+                }
+                continue;
+            }
+            Err(s) => return Err(s.to_string()),
+        };
+        revision = revision.max(e.revision);
+        let c = e.container.unwrap_or_default();
         if c.name.starts_with(prefix) && reached(c.state) {
             done.insert(c.name);
         }
@@ -413,7 +457,7 @@ pub async fn start_and_wait(
         let (client, prefix, spec) = (client.clone(), prefix.to_string(), spec.clone());
         tokio::spawn(async move { create_many(&client, &prefix, count, &spec).await })
     };
-    wait_for_states(watch, prefix, count, reached).await?;
+    wait_for_states(client, watch, prefix, count, reached).await?;
     creator.await.map_err(|e| e.to_string())?
 }
 

@@ -299,14 +299,14 @@ pub(crate) async fn events(
             })
             .unwrap_or_default();
         let time = output::rfc3339(&e.time);
-        if json {
-            outln!(
-                "{}",
+        let line = if json {
+            format!(
+                "{}\n",
                 serde_json::json!({"revision": e.revision, "time": time, "type": kind, "container": output::container_json(&c)})
-            );
+            )
         } else {
-            outln!(
-                "{:>8}  {:<24} {:<8} {:<20} {:<10} {:<12} {}",
+            format!(
+                "{:>8}  {:<24} {:<8} {:<20} {:<10} {:<12} {}\n",
                 e.revision,
                 time.unwrap_or_else(|| "-".into()),
                 kind,
@@ -314,8 +314,9 @@ pub(crate) async fn events(
                 output::state_name(c.state),
                 if c.node.is_empty() { "-" } else { &c.node },
                 c.status_message
-            );
-        }
+            )
+        };
+        stdout::write_streamed(line.into_bytes()).await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -832,7 +833,10 @@ pub(crate) async fn print_logs(
                 "line": entry.line,
                 "partial": entry.partial,
             });
-            if stdout::try_write(format!("{line}\n").as_bytes()).is_err() {
+            if stdout::try_write_streamed(format!("{line}\n").into_bytes())
+                .await
+                .is_err()
+            {
                 return Ok(Printed::OutputClosed);
             }
             continue;
@@ -849,7 +853,7 @@ pub(crate) async fn print_logs(
         if is_err {
             let _ = err.write_all(&line);
             let _ = err.flush();
-        } else if stdout::try_write(&line).is_err() {
+        } else if stdout::try_write_streamed(line).await.is_err() {
             return Ok(Printed::OutputClosed);
         }
     }

@@ -89,7 +89,7 @@ pub async fn run(
         tokio::select! {
             item = output.next() => match item {
                 Some(Ok(SessionOutput::Stdout(b))) => {
-                    if crate::stdout::try_write(&b).is_err() {
+                    if crate::stdout::try_write_streamed(b.to_vec()).await.is_err() {
                         return Ok(Ended::OutputClosed);
                     }
                 }

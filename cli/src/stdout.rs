@@ -19,12 +19,34 @@ pub fn try_write(bytes: &[u8]) -> std::io::Result<()> {
 /// Writes `bytes` to stdout and flushes, so streamed output appears as it comes.
 pub fn write(bytes: &[u8]) {
     if let Err(e) = try_write(bytes) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(i32::from(EXIT_BROKEN_PIPE));
-        }
-        eprintln!("hutch: writing to stdout: {e}");
-        std::process::exit(i32::from(crate::EXIT_HUTCH));
+        end_on(e);
     }
+}
+
+/// [`try_write`] for output that streams for as long as something follows (logs, events,
+/// a session's output): the write runs on the blocking pool, so a reader that stops
+/// reading (a paused pager) holds this task, not the CLI's one runtime thread, which keeps
+/// the connection to the controller served (its keepalive pings answered).
+pub async fn try_write_streamed(bytes: Vec<u8>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || try_write(&bytes))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// [`write`] through [`try_write_streamed`].
+pub async fn write_streamed(bytes: Vec<u8>) {
+    if let Err(e) = try_write_streamed(bytes).await {
+        end_on(e);
+    }
+}
+
+/// Ends hutch after a failed write to stdout: quietly with 141 when its reader is gone.
+fn end_on(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(i32::from(EXIT_BROKEN_PIPE));
+    }
+    eprintln!("hutch: writing to stdout: {e}");
+    std::process::exit(i32::from(crate::EXIT_HUTCH));
 }
 
 /// `println!` through [`write`].

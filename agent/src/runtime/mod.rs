@@ -508,6 +508,7 @@ impl Runtime {
         let log_path = StatePaths::supervisor_log(dir);
         let log = std::fs::File::create(&log_path).map_err(|e| io_err(&log_path, e))?;
         let (report, first_stage) = self.launch_supervisor(dir, log).await.map_err(sup_err)?;
+        let by_zygote = first_stage.is_none();
         let mut reader = tokio::io::BufReader::new(report);
         let mut line = String::new();
         let read = tokio::time::timeout(START_TIMEOUT, reader.read_line(&mut line)).await;
@@ -530,12 +531,18 @@ impl Runtime {
         match read {
             Err(_) => {
                 // A supervisor stuck in setup must not outlive the cleanup of a failed start.
-                if let Some(fd) = self
-                    .read_state(dir)
-                    .ok()
-                    .and_then(|st| Self::supervisor_pidfd(&st))
-                {
+                let state = self.read_state(dir).ok();
+                if let Some(fd) = state.as_ref().and_then(Self::supervisor_pidfd) {
                     let _ = sys::pidfd_send_signal(&fd, libc::SIGKILL);
+                }
+                // No supervisor began: the zygote took no request (stopped, or stuck on the
+                // disk); the next start gets another.
+                let began = state.is_some_and(|st| st.supervisor_pid.is_some());
+                if let (Some(zygote), true, false) = (&self.zygote, by_zygote, began) {
+                    tracing::error!(
+                        "the supervisor zygote forked nothing for {START_TIMEOUT:?}; killing it"
+                    );
+                    zygote.stop_stuck();
                 }
                 Err(sup_err(format!(
                     "no report within {START_TIMEOUT:?}; it was killed; see {}",
@@ -656,7 +663,9 @@ impl Runtime {
         let path = StatePaths::state(dir);
         match read_json(&path) {
             Ok(state) => Ok(state),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            // Empty (or zeros): what a crash leaves of a record written without waiting for
+            // the disk. Anything else unparsable is an error, not a guess.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData && blank(&path) => {
                 let id = dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -666,8 +675,8 @@ impl Runtime {
                 state.failure = Some(Failure::new(
                     Step::State,
                     format!(
-                        "its record {} is unreadable ({e}); a host crash can leave it so, and \
-                         ends the container; remove it",
+                        "its record {} is empty ({e}): what a host crash leaves of it, and \
+                         such a crash ended the container; remove it",
                         path.display()
                     ),
                 ));
@@ -1293,6 +1302,11 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> (Vec
         }
     }
     (out, truncated)
+}
+
+/// Whether the file at `path` holds nothing but zero bytes (or nothing).
+fn blank(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|data| data.iter().all(|b| *b == 0))
 }
 
 /// A runtime's lock, also after a panic elsewhere: what each guards (the map of

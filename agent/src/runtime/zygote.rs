@@ -16,8 +16,9 @@ use tokio::io::unix::AsyncFd;
 use super::lock_whole;
 use hutch_supervisor::zygote::{request_start, ZYGOTE_MODE};
 
-/// How long a request may wait for room in a zygote's queue before that zygote is taken
-/// for stuck, killed, and the supervisor started without it.
+/// How long a request may wait for room in a zygote's socket (its send buffer holds a few
+/// hundred requests: a socketpair has no queue limit of its own) before that zygote is
+/// taken for stuck, killed, and the supervisor started without it.
 const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the zygote could not take a request; the caller starts the supervisor by `exec`.
@@ -81,10 +82,12 @@ impl ZygoteClient {
                     self.forget(&zygote);
                     replaced = true;
                 }
-                Err(e) => {
+                Err(e @ ZygoteError::Stuck) => {
                     self.forget(&zygote);
                     return Err(e);
                 }
+                // This request's own trouble: the zygote stays for the next.
+                Err(e) => return Err(e),
             }
         }
     }
@@ -93,6 +96,14 @@ impl ZygoteClient {
     /// forked what it was asked for. The next request starts another.
     pub fn stop(&self) {
         lock_whole(&self.current).take();
+    }
+
+    /// Kills the running zygote, taken for stuck: what it was asked for and has not forked
+    /// is dropped (those starts' report pipes end); the next request starts another.
+    pub fn stop_stuck(&self) {
+        if let Some(zygote) = lock_whole(&self.current).take() {
+            let _ = lock_whole(&zygote.process).start_kill();
+        }
     }
 
     /// The running zygote, started if there is none.

@@ -246,6 +246,11 @@ impl Reporter {
     /// Reports `event` in the place `turn` took (its caller may answer before: the event
     /// keeps its place all the same).
     pub async fn report_event_in_turn(&self, turn: Turn, event: NewEvent) {
+        if event.removed {
+            // That run is over: a state of it still waiting for the disk must not stand for
+            // a new run under the same id (nor write its marker into that run's directory).
+            lock_staged(&self.staged).remove(&event.container_id);
+        }
         let staged = self.events.stage(event);
         drop(turn);
         if let Err(e) = match staged {
