@@ -392,6 +392,8 @@ async fn create_many(
 const TERM_RETRIES: usize = 40;
 /// The pause between those tries.
 const TERM_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// How long a scenario's watch may see no change before the scenario fails.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Follows `watch` until `count` containers named `prefix...` have reached a state `reached`
 /// accepts; a watch that a controller ends with UNAVAILABLE (its term ended) is opened
@@ -406,7 +408,16 @@ async fn wait_for_states(
     let mut done = std::collections::HashSet::new();
     let (mut revision, mut rewatches) = (0, 0);
     while done.len() < count {
-        let Some(e) = watch.next().await else {
+        // A scenario that stops moving fails instead of hanging the run (after a term
+        // change, the scale scenarios' simulated nodes do not register again).
+        let next = tokio::time::timeout(STALL_LIMIT, watch.next()).await;
+        let Ok(next) = next else {
+            return Err(format!(
+                "no change for {STALL_LIMIT:?}: {} of {count} containers reached the state",
+                done.len()
+            ));
+        };
+        let Some(e) = next else {
             return Err("the watch ended".into());
         };
         let e = match e {
