@@ -27,6 +27,8 @@ pub const LEADER_KEY: &str = "leader";
 pub const MEMBERS: &str = "controllers/";
 /// How long a failed lease grant waits before the next try.
 const RETRY: Duration = Duration::from_millis(250);
+/// How long a failed attempt to open a broken stream again waits before the next.
+const REOPEN_PAUSE: Duration = Duration::from_millis(20);
 /// How long a controller that resigned waits before campaigning again.
 const RESIGN_PAUSE: Duration = Duration::from_secs(3);
 
@@ -161,7 +163,7 @@ impl Election {
             match end {
                 TermEnd::Stopped => return,
                 TermEnd::Lost(why) => {
-                    tracing::warn!(lease = id, "lease lost ({why}); campaigning again")
+                    tracing::warn!(lease = id, "this term ended ({why}); campaigning again")
                 }
                 TermEnd::Resigned => {
                     tracing::warn!(
@@ -178,6 +180,11 @@ impl Election {
     }
 
     /// One lease: keeps it alive, campaigns, follows the leader key.
+    ///
+    /// A broken connection to etcd ends neither: the renewal stream and the leader key's
+    /// watch are opened again (on a new connection) for as long as the lease may still be
+    /// valid, so a connection etcd or the network dropped costs no failover. Only the
+    /// lease running out, etcd saying it expired, or the key changing ends the term.
     async fn term(
         &mut self,
         lease: i64,
@@ -213,6 +220,9 @@ impl Election {
         let mut renew = tokio::time::interval(ttl / 4);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_watch = None;
+        // The revision the leader key's watch starts at: opened again there, it replays
+        // what it may have missed (a few changes of one key at most).
+        let mut watch_from = 0;
         let mut campaign = true;
         loop {
             if campaign {
@@ -223,29 +233,22 @@ impl Election {
                         role.send_replace(Role::Leader { fence });
                         // The leader watches its own key too: deleted or taken (an
                         // operator, a restore), it stops at once.
-                        let key = self.config.key(LEADER_KEY);
-                        let options =
-                            WatchOptions::new().with_start_revision(fence.leader_key_revision + 1);
-                        match self.client.watch(key, Some(options)).await {
-                            Ok(w) => leader_watch = Some(w),
-                            Err(e) => return lost(&e),
-                        }
+                        watch_from = fence.leader_key_revision + 1;
                         led = Some(fence);
                     }
                     Ok(Campaign::Lost { leader, revision }) => {
                         led = None;
                         role.send_if_modified(|r| set_follower(r, leader.clone(), None));
-                        let key = self.config.key(LEADER_KEY);
-                        let options = WatchOptions::new().with_start_revision(revision + 1);
-                        match self.client.watch(key, Some(options)).await {
-                            Ok(w) => leader_watch = Some(w),
-                            Err(e) => return lost(&e),
-                        }
+                        watch_from = revision + 1;
                     }
                     Err(e) => return lost(&e),
                 }
+                match self.watch_leader_key(watch_from).await {
+                    Ok(w) => leader_watch = Some(w),
+                    Err(e) => return lost(&e),
+                }
             }
-            tokio::select! {
+            let broken = tokio::select! {
                 // The moment the lease may have run out, not the next tick after it.
                 _ = tokio::time::sleep_until(valid_until.into()) => {
                     return TermEnd::Lost(format!(
@@ -255,8 +258,9 @@ impl Election {
                 }
                 _ = renew.tick() => {
                     sent.push_back(Instant::now());
-                    if let Err(e) = keeper.keep_alive().await {
-                        return lost(&e);
+                    match keeper.keep_alive().await {
+                        Ok(()) => continue,
+                        Err(e) => Broken::Renewals(e.to_string()),
                     }
                 }
                 renewal = renewals.message() => match renewal {
@@ -264,10 +268,11 @@ impl Election {
                         if let Some(at) = sent.pop_front() {
                             valid_until = valid_until.max(at + ttl);
                         }
+                        continue;
                     }
                     Ok(Some(_)) => return TermEnd::Lost("the lease expired in etcd".into()),
-                    Ok(None) => return TermEnd::Lost("etcd closed the lease's renewal stream".into()),
-                    Err(e) => return lost(&e),
+                    Ok(None) => Broken::Renewals("etcd closed the stream".into()),
+                    Err(e) => Broken::Renewals(e.to_string()),
                 },
                 event = next_watch_event(&mut leader_watch) => match (event, led) {
                     (Ok(LeaderChange::Gone), Some(_)) => {
@@ -278,17 +283,105 @@ impl Election {
                         if created != f.leader_key_revision || m.id != self.me.id {
                             return TermEnd::Lost(format!("the leader key now names {}", m.address));
                         }
+                        continue;
                     }
-                    (Ok(LeaderChange::Gone), None) => campaign = true,
+                    (Ok(LeaderChange::Gone), None) => {
+                        campaign = true;
+                        continue;
+                    }
                     (Ok(LeaderChange::Now(m, _)), None) => {
                         role.send_if_modified(|r| set_follower(r, Some(m.clone()), None));
+                        continue;
                     }
-                    (Err(e), _) => return lost(&e),
+                    // etcd's own refusal (a compacted revision): opening it again would
+                    // get the same.
+                    (Err(e @ etcd_client::Error::WatchError(_)), _) => return lost(&e),
+                    (Err(e), _) => Broken::LeaderWatch(e.to_string()),
                 },
                 _ = self.resign.notified(), if led.is_some() => {
                     return TermEnd::Resigned;
                 }
                 _ = stop.changed() => return TermEnd::Stopped,
+            };
+            tracing::warn!(
+                lease,
+                "{etcd}: {broken}; opening it again on a new connection"
+            );
+            let reopened = match broken {
+                Broken::Renewals(_) => self
+                    .until_lease_ends(valid_until, stop, |c| async move {
+                        let mut c = c;
+                        c.lease_keep_alive(lease).await
+                    })
+                    .await
+                    .map(|(k, r)| {
+                        (keeper, renewals) = (k, r);
+                        // Renewals sent on the old stream are never answered.
+                        sent.clear();
+                    }),
+                Broken::LeaderWatch(_) => {
+                    let key = self.config.key(LEADER_KEY);
+                    self.until_lease_ends(valid_until, stop, |c| {
+                        let key = key.clone();
+                        async move {
+                            let mut c = c;
+                            let options = WatchOptions::new().with_start_revision(watch_from);
+                            c.watch(key, Some(options)).await
+                        }
+                    })
+                    .await
+                    .map(|w| leader_watch = Some(w))
+                }
+            };
+            match reopened {
+                Ok(()) => tracing::info!(lease, "{etcd}: the {} is open again", broken.stream()),
+                Err(Reopen::Stopped) => return TermEnd::Stopped,
+                Err(Reopen::Expired(last)) => {
+                    return TermEnd::Lost(format!(
+                        "{etcd}: {broken}, and it could not be opened again before the lease's TTL of {ttl:?} ran out: {last}"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Watches the leader key from `revision` on.
+    async fn watch_leader_key(
+        &mut self,
+        revision: i64,
+    ) -> Result<etcd_client::WatchStream, etcd_client::Error> {
+        let key = self.config.key(LEADER_KEY);
+        let options = WatchOptions::new().with_start_revision(revision);
+        self.client.watch(key, Some(options)).await
+    }
+
+    /// Tries `open` (on a clone of the client: a broken connection is replaced on its next
+    /// call) every [`REOPEN_PAUSE`] until it succeeds, the lease may have run out, or
+    /// `stop`.
+    async fn until_lease_ends<T, F, Fut>(
+        &self,
+        valid_until: Instant,
+        stop: &mut watch::Receiver<bool>,
+        mut open: F,
+    ) -> Result<T, Reopen>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = String::from("no attempt");
+        loop {
+            tokio::select! {
+                opened = open(self.client.clone()) => match opened {
+                    Ok(t) => return Ok(t),
+                    Err(e) => last = e.to_string(),
+                },
+                _ = tokio::time::sleep_until(valid_until.into()) => return Err(Reopen::Expired(last)),
+                _ = stop.changed() => return Err(Reopen::Stopped),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REOPEN_PAUSE) => {}
+                _ = tokio::time::sleep_until(valid_until.into()) => return Err(Reopen::Expired(last)),
+                _ = stop.changed() => return Err(Reopen::Stopped),
             }
         }
     }
@@ -325,6 +418,37 @@ impl Election {
         });
         Ok(Campaign::Lost { leader, revision })
     }
+}
+
+/// A stream of a term that broke with its connection (the lease itself may be fine).
+enum Broken {
+    /// The lease's renewal stream, with the error.
+    Renewals(String),
+    /// The leader key's watch, with the error.
+    LeaderWatch(String),
+}
+
+impl Broken {
+    fn stream(&self) -> &'static str {
+        match self {
+            Broken::Renewals(_) => "lease's renewal stream",
+            Broken::LeaderWatch(_) => "leader key's watch",
+        }
+    }
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Broken::Renewals(e) | Broken::LeaderWatch(e)) = self;
+        write!(f, "the {} broke ({e})", self.stream())
+    }
+}
+
+/// Why a broken stream was not opened again.
+enum Reopen {
+    Stopped,
+    /// The lease may have run out; the last attempt's error.
+    Expired(String),
 }
 
 enum Campaign {

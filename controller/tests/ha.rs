@@ -2,7 +2,8 @@
 //! test): one leads, followers refuse writes naming it, a kill -9 of the leader is taken
 //! over within seconds with nothing acknowledged lost, the agent keeps its node through
 //! the failover, a watch resumes on another controller without gap or duplicate; etcd lost
-//! while running makes writes UNAVAILABLE naming etcd until it returns; a controller with
+//! while running makes writes UNAVAILABLE naming etcd until it returns; connections to etcd
+//! cut while it runs cost the leader nothing (its streams open again); a controller with
 //! another cluster CA, or without a reachable etcd, refuses to start.
 
 use std::collections::BTreeSet;
@@ -15,7 +16,7 @@ use hutch_proto::v1;
 use hutch_proto::v1::controller_client::ControllerClient;
 use hutch_testkit::{
     controller_bin, create, force_remove, spec, state_of, unique, wait_container, wait_node,
-    TestController, TestEtcd, TestHost, TestNode,
+    TcpRelay, TestController, TestEtcd, TestHost, TestNode,
 };
 use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
@@ -417,6 +418,101 @@ async fn etcd_lost_makes_writes_unavailable_naming_etcd_until_it_returns() {
     assert_eq!(got.into_inner().name, "lost-before");
     let mut plain = ctls[0].client().await;
     force_remove(&mut plain, &["lost-before", "lost-after"]).await;
+}
+
+/// The leader's term, as `ctl` reports it: its address and when it began leading.
+async fn leader_term(ctl: &TestController) -> Option<(String, Option<prost_types::Timestamp>)> {
+    let status = ctl
+        .client()
+        .await
+        .get_cluster_status(v1::GetClusterStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    status
+        .controllers
+        .into_iter()
+        .find(|c| c.leader)
+        .map(|c| (c.address, c.leader_since))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_etcd_cut_while_the_lease_lives_cost_the_leader_nothing() {
+    let etcd = TestEtcd::start("ha-cut", 1);
+    let endpoint = etcd.endpoint(0);
+    let target = endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("etcd's client address");
+    let relay = TcpRelay::start(target).expect("relay");
+    let prefix = format!("/{}/", unique("cut"));
+    let flags = [
+        "--etcd-endpoints".to_string(),
+        format!("http://{}", relay.addr()),
+        "--etcd-prefix".into(),
+        prefix,
+    ];
+    let ctls = start_controllers(1, &flags);
+    agreed_leader(&[&ctls[0]], 1).await;
+    let before = leader_term(&ctls[0]).await.expect("a leader");
+    let mut client = ctls[0].client().await;
+    // What etcd or a middlebox that drops connections does: five times, the election's
+    // and the store's connections are closed under the controller (the lease is 1 s).
+    for round in 0..5 {
+        let cut = relay.cut();
+        assert!(cut >= 1, "round {round}: no connection to cut");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let name = format!("cut-{round}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client
+                .create_container(create(&name, spec(&["/bin/true"])))
+                .await
+            {
+                Ok(_) => break,
+                // Made, though its answer was lost with a connection.
+                Err(e) if e.code() == tonic::Code::AlreadyExists => break,
+                // A write in flight as its connection was cut may fail; the next is served.
+                Err(e) => assert!(Instant::now() < deadline, "round {round}: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let after = leader_term(&ctls[0]).await.expect("a leader");
+    let log = ctls[0].log_text();
+    assert_eq!(before, after, "the term changed: {log}");
+    assert!(!log.contains("campaigning again"), "{log}");
+    assert!(
+        log.contains("opening it again on a new connection") && log.contains("is open again"),
+        "the streams were not opened again: {log}"
+    );
+    assert!(relay.accepted() >= 10, "{} connections", relay.accepted());
+    let names: Vec<String> = (0..5).map(|r| format!("cut-{r}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    force_remove(&mut client, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_controllers_keep_their_etcd_connections_and_terms() {
+    // Three members: the etcd client spreads its streams over one connection per member, so
+    // the leader key's watch sits alone on a connection etcd sends nothing on, where pings
+    // more frequent than etcd's minimum are answered with GOAWAY after about 8 s.
+    let etcd = TestEtcd::start("ha-idle", 3);
+    let prefix = format!("/{}/", unique("idle"));
+    let ctls = start_controllers(2, &etcd_flags(&etcd, &prefix));
+    let refs: Vec<&TestController> = ctls.iter().collect();
+    let leader = agreed_leader(&refs, 2).await;
+    let before = leader_term(&ctls[leader]).await.expect("a leader");
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let after = leader_term(&ctls[leader]).await.expect("a leader");
+    for c in &ctls {
+        let log = c.log_text();
+        assert!(
+            !log.contains(" broke (") && !log.contains("campaigning again"),
+            "{log}"
+        );
+    }
+    assert_eq!(before, after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@
 //! - [`etcd`]: a real etcd cluster on loopback ([`TestEtcd`]).
 //! - [`grpcurl`]: the real `grpcurl` as an outside client.
 //! - [`images`]: OCI images and archives made here, and a real registry on loopback.
+//! - [`relay`]: a TCP relay whose connections a test cuts ([`TcpRelay`]).
 //! - [`rng`]: a seeded generator, so a randomized test's failure replays from its seed.
 #![forbid(unsafe_code)]
 
@@ -18,10 +19,12 @@ pub mod etcd;
 pub mod grpcurl;
 pub mod host;
 pub mod images;
+pub mod relay;
 pub mod rng;
 
 pub use cluster::*;
 pub use etcd::*;
 pub use grpcurl::*;
 pub use host::*;
+pub use relay::TcpRelay;
 pub use rng::Rng;

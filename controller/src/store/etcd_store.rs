@@ -32,6 +32,9 @@ use super::{Batch, Snapshot, Store, StoreError, Write};
 const LOAD_PAGE: i64 = 500;
 /// How long one etcd request may take before the store reports etcd unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an etcd connection is pinged (HTTP/2) when nothing arrives on it: more than
+/// etcd's minimum between pings (`--grpc-keepalive-min-time`, 5 s by default).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
 
 /// Where etcd is and how to reach it.
 #[derive(Debug, Clone, Default)]
@@ -173,7 +176,10 @@ pub async fn connect(config: EtcdConfig) -> Result<Client, String> {
     }
     let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        // A ping at most every 6 s: etcd answers pings more frequent than its
+        // --grpc-keepalive-min-time (5 s by default) on a connection it sends nothing on (an
+        // idle watch's) with GOAWAY "too_many_pings" at the third, and closes it.
+        .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(3))
         .with_require_leader(true);
     if config.ca.is_some() || config.cert.is_some() {
         let mut tls = TlsOptions::new();
