@@ -143,6 +143,9 @@ pub enum ClusterError {
     Random(std::io::Error),
 }
 
+/// A node's start slots and the CPU count they were sized for.
+pub(crate) type DispatchSlots = (u32, Arc<tokio::sync::Semaphore>);
+
 /// What the controller keeps per node besides its record.
 pub(crate) struct NodeEntry {
     pub record: v1::Node,
@@ -240,8 +243,9 @@ pub struct Cluster {
     /// its readers).
     pub(crate) log_reader_closed: Notify,
     pub(crate) agents: AgentPool,
-    /// Starts in flight per node (see `dispatch::DISPATCH_PER_NODE`).
-    pub(crate) dispatch_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Starts in flight per node, with the CPU count they were made for (see
+    /// `dispatch::start_slots`).
+    pub(crate) dispatch_slots: std::sync::Mutex<HashMap<String, DispatchSlots>>,
     /// What it counts for its metrics.
     pub metrics: crate::metrics::ClusterMetrics,
     /// Turns true when this controller stops leading: the cluster then changes nothing and
