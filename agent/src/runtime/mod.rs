@@ -889,8 +889,21 @@ impl Runtime {
         if !cgroup.procs().contains(&pid) {
             return Err(not_running());
         }
-        sys::pidfd_send_signal(&fd, signal)
-            .map_err(|e| io_err(&dir, format!("signal {signal}: {e}")))
+        match sys::pidfd_send_signal(&fd, signal) {
+            Ok(()) => Ok(()),
+            // It exited since the check above (the pidfd is its own: no other process got
+            // the signal); its supervisor has not recorded the end yet.
+            Err(nix::errno::Errno::ESRCH) => Err(RuntimeError::NotRunning {
+                id: id.to_string(),
+                status: self.read_state(&dir).map_or(Status::Exited, |s| {
+                    match s.status.is_final() {
+                        true => s.status,
+                        false => Status::Exited,
+                    }
+                }),
+            }),
+            Err(e) => Err(io_err(&dir, format!("signal {signal}: {e}"))),
+        }
     }
 
     /// Stops the container: SIGTERM, then SIGKILL after `grace` (default: the spec's).
